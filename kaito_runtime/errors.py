@@ -1,0 +1,125 @@
+"""One error hierarchy for the whole launcher.
+
+Every error carries three parts a user needs: *what* went wrong, *why* (the numbers or the
+input at fault) and *how to fix* it. The CLI prints them and exits with ``exit_code``.
+
+Exit codes (documented in README.md):
+  2      bad input, or the model does not fit (nothing was started)
+  10-19  the weights step (one code per cause, so scripts and init containers can branch on it)
+  20     vLLM is not installed / cannot be started
+  the child's own code when vLLM fails, 128+signal when killed
+"""
+
+from __future__ import annotations
+
+
+class KaitoError(Exception):
+    """Base of every error the launcher raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, what: str, *, why: str | None = None, fix: str | None = None) -> None:
+        self.what = what
+        self.why = why
+        self.fix = fix
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        parts = [self.what.rstrip(".") + "."]
+        if self.why:
+            parts.append(self.why.rstrip(".") + ".")
+        if self.fix:
+            parts.append("Fix: " + self.fix.rstrip(".") + ".")
+        return " ".join(parts)
+
+
+# --- bad input (exit 2) -------------------------------------------------------------------------
+
+
+class InputError(KaitoError):
+    """The user (flags, environment, files) asked for something invalid."""
+
+    exit_code = 2
+
+
+class CatalogError(InputError):
+    """A preset file is malformed or inconsistent."""
+
+
+class UnknownPresetError(InputError):
+    """No preset has that name."""
+
+
+class UnknownSkuError(InputError):
+    """No GPU SKU / GPU model has that name."""
+
+
+class TopologyError(InputError):
+    """The node's place in its group, read from flags or environment, is invalid."""
+
+
+class ConfigFileError(InputError):
+    """The KAITO-style config file cannot be read."""
+
+
+class DoesNotFitError(KaitoError):
+    """The model cannot run on this node/group with the requested settings."""
+
+    exit_code = 2
+
+
+# --- weights (exit 10-19) -----------------------------------------------------------------------
+
+
+class WeightsError(KaitoError):
+    """Fetching or verifying the model weights failed."""
+
+    exit_code = 10
+
+
+class GatedRepoNoTokenError(WeightsError):
+    exit_code = 11
+
+
+class TokenRejectedError(WeightsError):
+    exit_code = 12
+
+
+class GatedAccessDeniedError(WeightsError):
+    exit_code = 13
+
+
+class RepoNotFoundError(WeightsError):
+    exit_code = 14
+
+
+class RevisionNotFoundError(WeightsError):
+    exit_code = 15
+
+
+class HubUnreachableError(WeightsError):
+    exit_code = 16
+
+
+class InsufficientDiskError(WeightsError):
+    exit_code = 17
+
+
+class WeightsCorruptError(WeightsError):
+    exit_code = 18
+
+
+# --- launching ------------------------------------------------------------------------------------
+
+
+class VllmNotInstalledError(KaitoError):
+    exit_code = 20
+
+
+class LaunchFailedError(KaitoError):
+    """vLLM exited; ``exit_code`` is the child's own code (or 128+signal)."""
+
+    def __init__(self, what: str, *, exit_code: int, why: str | None = None, fix: str | None = None):
+        super().__init__(what, why=why, fix=fix)
+        self.exit_code = exit_code
