@@ -143,6 +143,7 @@ class NodeInventory:
     cuda_driver_version: str | None = None  # e.g. "12.4"
     nvlink: bool = False  # every pair of visible GPUs is NVLink-connected
     no_gpu_reason: str | None = None  # why gpus is empty ("NVML library not found", ...)
+    notes: tuple[str, ...] = ()  # warnings found while probing (bad CUDA_VISIBLE_DEVICES, ...)
 
     @property
     def gpu_count(self) -> int:

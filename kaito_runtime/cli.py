@@ -1,0 +1,308 @@
+"""`kaito-run`: a thin click shell over kaito_runtime.api.
+
+It parses flags (each with an environment-variable twin for container use), calls the API,
+prints, and maps errors to exit codes. Arguments after `--` go to vLLM unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from kaito_runtime.errors import KaitoError
+from kaito_runtime.values import PlanOverrides
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class DefaultToServe(click.Group):
+    """`kaito-run [OPTIONS]` means `kaito-run serve [OPTIONS]`; `kaito-run doctor` is the other command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            if not (args and args[0] in ("-h", "--help")):
+                args = ["serve", *args]
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help(ctx, formatter)
+        formatter.write_paragraph()
+        formatter.write_text("Run `kaito-run serve --help` for every launch option.")
+
+
+def _fail(error: KaitoError) -> None:
+    click.echo(f"kaito-run: error: {error.message}", err=True)
+    sys.exit(error.exit_code)
+
+
+@click.group(cls=DefaultToServe, context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="kaito-runtime", prog_name="kaito-run")
+def main() -> None:
+    """Turn this node into a vLLM endpoint for a model preset or a Hugging Face model.
+
+    \b
+    kaito-run --list-presets
+    kaito-run --preset phi-4-mini-instruct --dry-run
+    kaito-run --preset llama-3.3-70b-instruct --dry-run --sku Standard_NC96ads_A100_v4
+    kaito-run --model ./models/tiny-llama --port 5000
+    kaito-run doctor
+    """
+
+
+def _model_options(f):
+    options = [
+        click.option("--preset", envvar="KAITO_PRESET", help="Built-in preset name (see --list-presets)."),
+        click.option(
+            "--model",
+            envvar="KAITO_MODEL",
+            help="A Hugging Face repo id (org/name) or a local model folder, instead of --preset.",
+        ),
+        click.option(
+            "--revision",
+            envvar="KAITO_REVISION",
+            help="Commit, branch or tag for --model HF_ID (resolved to a commit and pinned).",
+        ),
+        click.option(
+            "--served-model-name",
+            envvar="KAITO_SERVED_MODEL_NAME",
+            help="Name clients use in requests (default: the preset name, or the model folder/repo name).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _node_options(f):
+    options = [
+        click.option(
+            "--sku",
+            envvar="KAITO_SKU",
+            help="Plan for this cloud GPU SKU instead of the local GPUs (e.g. Standard_NC96ads_A100_v4, p5.48xlarge).",
+        ),
+        click.option(
+            "--assume-gpus",
+            envvar="KAITO_ASSUME_GPUS",
+            help="Plan for these GPUs instead of the local ones, e.g. 4xA100-80GB or 8xH200.",
+        ),
+        click.option("--nnodes", type=int, envvar="KAITO_NNODES", help="Number of nodes in the group (default: from the environment, else 1)."),
+        click.option("--node-rank", type=int, envvar="KAITO_NODE_RANK", help="This node's rank, 0 = leader (default: from the environment)."),
+        click.option(
+            "--leader-address",
+            envvar="KAITO_LEADER_ADDRESS",
+            help="Address of the rank-0 node for torch.distributed rendezvous (default: from the environment).",
+        ),
+        click.option("--master-port", type=int, envvar="KAITO_MASTER_PORT", help="Rendezvous port on the leader (default 29501)."),
+        click.option(
+            "--weights-dir",
+            type=click.Path(path_type=Path),
+            envvar="KAITO_WEIGHTS_DIR",
+            help="Where weights are stored (default: /workspace/weights in a container, else the Hugging Face cache).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _output_option(f):
+    return click.option(
+        "--output",
+        "-o",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        envvar="KAITO_OUTPUT",
+        show_default=True,
+        help="Format of --list-presets, --dry-run and doctor output.",
+    )(f)
+
+
+def _logging_options(f):
+    f = click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        envvar="KAITO_LOG_LEVEL",
+        show_default=True,
+        help="Log verbosity.",
+    )(f)
+    f = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        envvar="KAITO_LOG_FORMAT",
+        show_default=True,
+        help="Log lines as text or as JSON objects (one per line).",
+    )(f)
+    return f
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@_model_options
+@click.option("--list-presets", is_flag=True, help="List the built-in presets and exit.")
+@click.option("--dry-run", is_flag=True, envvar="KAITO_DRY_RUN", help="Print the plan and the vLLM command, start nothing.")
+@click.option("--download-only", is_flag=True, envvar="KAITO_DOWNLOAD_ONLY", help="Fetch and verify the weights, then exit (init containers, pre-warming).")
+@_output_option
+@_node_options
+@click.option("--cpu", "force_cpu", is_flag=True, envvar="KAITO_CPU", help="Use vLLM's CPU backend even when GPUs are present.")
+@click.option("--max-model-len", type=int, envvar="KAITO_MAX_MODEL_LEN", help="Context length; refused with the numbers when it cannot fit.")
+@click.option(
+    "--gpu-memory-utilization",
+    type=click.FloatRange(0.05, 1.0),
+    envvar="KAITO_GPU_MEMORY_UTILIZATION",
+    help="Fraction of each GPU's memory vLLM may use (default: from the free memory seen).",
+)
+@click.option("--tensor-parallel-size", "-tp", type=int, envvar="KAITO_TENSOR_PARALLEL_SIZE", help="Override the planned tensor-parallel size.")
+@click.option("--pipeline-parallel-size", "-pp", type=int, envvar="KAITO_PIPELINE_PARALLEL_SIZE", help="Override the planned pipeline-parallel size.")
+@click.option("--kv-cache-dtype", envvar="KAITO_KV_CACHE_DTYPE", help="KV cache dtype, e.g. fp8 (halves KV memory per token).")
+@click.option(
+    "--parallel",
+    "parallel_preference",
+    type=click.Choice(["auto", "tensor", "replicas"]),
+    default="auto",
+    envvar="KAITO_PARALLEL",
+    show_default=True,
+    help="When one GPU holds the model on a multi-GPU node: shard it (tensor) or run replicas.",
+)
+@click.option(
+    "--tensor-parallel-across-nodes",
+    is_flag=True,
+    envvar="KAITO_TP_ACROSS_NODES",
+    help="Multi-node: span tensor parallelism over all nodes instead of pipeline parallel across nodes.",
+)
+@click.option("--offline", is_flag=True, envvar="KAITO_OFFLINE", help="Use a complete local copy of the weights; no network (also HF_HUB_OFFLINE=1).")
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    envvar="KAITO_HF_TOKEN_FILE",
+    help="File holding the Hugging Face token (a mounted secret). Otherwise HF_TOKEN, then the huggingface_hub login.",
+)
+@click.option("--host", default="0.0.0.0", envvar="KAITO_HOST", show_default=True, help="Address vLLM listens on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, envvar="KAITO_PORT", show_default=True, help="Port vLLM listens on (KAITO pods use 5000).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    envvar="KAITO_CONFIG_FILE",
+    help="KAITO inference config YAML; its 'vllm:' flags win over the plan.",
+)
+@click.option("--chat-template-dir", envvar="KAITO_CHAT_TEMPLATE_DIR", help="Folder of preset chat templates (default /workspace/chat_templates).")
+@click.option("--grace-period", type=float, default=30.0, envvar="KAITO_GRACE_PERIOD", show_default=True, help="Seconds vLLM gets to stop after SIGTERM before it is killed.")
+@click.option("--ready-timeout", type=float, envvar="KAITO_READY_TIMEOUT", help="Give up if vLLM is not ready after this many seconds (default: wait).")
+@_logging_options
+@click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
+def serve(**opts) -> None:
+    """Plan, fetch weights and serve a model with vLLM (the default command).
+
+    Arguments after `--` are passed to vLLM unchanged and win over the plan.
+    """
+    from kaito_runtime.logs import setup_logging
+
+    setup_logging(opts["log_format"], opts["log_level"])
+    try:
+        if opts["list_presets"]:
+            _print_presets(opts["output"])
+            return
+        request = _request_from_options(opts)
+        if opts["dry_run"]:
+            from kaito_runtime import api, render
+
+            prepared = api.prepare(request)
+            click.echo(render.plan_json(prepared) if opts["output"] == "json" else render.plan_text(prepared))
+            return
+        from kaito_runtime import api
+
+        sys.exit(api.run(request, download_only=opts["download_only"]))
+    except KaitoError as error:
+        _fail(error)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@_output_option
+@_node_options
+@_logging_options
+def doctor(**opts) -> None:
+    """Print this node's GPUs, host and place in its group, as kaito-run sees them."""
+    from kaito_runtime import api, render
+    from kaito_runtime.logs import setup_logging
+
+    setup_logging(opts["log_format"], opts["log_level"])
+    try:
+        request = api.RuntimeRequest(
+            sku=opts["sku"],
+            assume_gpus=opts["assume_gpus"],
+            nnodes=opts["nnodes"],
+            node_rank=opts["node_rank"],
+            leader_address=opts["leader_address"],
+            master_port=opts["master_port"],
+            weights_dir=opts["weights_dir"],
+        )
+        env = dict(os.environ)
+        node = api.probe_node(request, env)
+        topo = api.resolve_topology(request, env)
+        if opts["output"] == "json":
+            click.echo(render.doctor_json(node, topo))
+        else:
+            click.echo(render.doctor_text(node, topo))
+    except KaitoError as error:
+        _fail(error)
+
+
+def _request_from_options(opts: dict):
+    from kaito_runtime.api import RuntimeRequest
+
+    vllm_args = tuple(opts["vllm_args"])
+    stray = [a for a in vllm_args if not a.startswith("-")][:1]
+    if stray and "--" not in sys.argv:
+        # click collects unknown positional words here; only arguments after `--` are for vLLM.
+        raise click.UsageError(f"Unexpected argument {stray[0]!r}. Put vLLM arguments after `--`.")
+    return RuntimeRequest(
+        preset=opts["preset"],
+        model=opts["model"],
+        revision=opts["revision"],
+        served_model_name=opts["served_model_name"],
+        overrides=PlanOverrides(
+            max_model_len=opts["max_model_len"],
+            gpu_memory_utilization=opts["gpu_memory_utilization"],
+            tensor_parallel_size=opts["tensor_parallel_size"],
+            pipeline_parallel_size=opts["pipeline_parallel_size"],
+            kv_cache_dtype=opts["kv_cache_dtype"],
+            tensor_parallel_across_nodes=opts["tensor_parallel_across_nodes"],
+            parallel_preference=opts["parallel_preference"],
+            force_cpu=opts["force_cpu"],
+        ),
+        sku=opts["sku"],
+        assume_gpus=opts["assume_gpus"],
+        nnodes=opts["nnodes"],
+        node_rank=opts["node_rank"],
+        leader_address=opts["leader_address"],
+        master_port=opts["master_port"],
+        weights_dir=opts["weights_dir"],
+        offline=opts["offline"],
+        token_file=opts["token_file"],
+        host=opts["host"],
+        port=opts["port"],
+        extra_vllm_args=vllm_args,
+        config_file=opts["config_file"],
+        chat_template_dir=opts["chat_template_dir"],
+        grace_seconds=opts["grace_period"],
+        ready_timeout=opts["ready_timeout"],
+    )
+
+
+def _print_presets(output: str) -> None:
+    from kaito_runtime import render
+    from kaito_runtime.catalog import load_catalog
+
+    catalog = load_catalog()
+    click.echo(render.presets_json(catalog.presets) if output == "json" else render.presets_table(catalog.presets))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.captureWarnings(True)
+    main()

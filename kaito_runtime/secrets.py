@@ -1,0 +1,194 @@
+"""The Hugging Face token: where it comes from, a type that never shows it, and log redaction.
+
+A token must never reach a log line, a plan, an error message or a process argv. ``Secret``
+hides its value from ``repr``/``str``/``format``; ``RedactingFilter`` replaces every registered
+secret in log records (message, arguments, exception text) with ``***``. ``resolve_token``
+registers what it finds, so installing the filter on the root handler covers every logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from kaito_runtime.errors import InputError
+
+MASK = "***"
+TOKEN_FILE_ENV = "KAITO_HF_TOKEN_FILE"
+# Keys a Kubernetes Secret mounted as a folder may use for the token.
+_TOKEN_KEYS_IN_FOLDER = ("token", "HF_TOKEN", "hf_token")
+# Shorter values would redact ordinary words; real tokens are far longer.
+_MIN_REDACT_LEN = 6
+
+
+class Secret:
+    """A string that does not show itself. Call ``reveal()`` where the value is really needed."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("Secret holds a str")
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK!r})"
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __format__(self, spec: str) -> str:
+        return MASK
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a Secret is not picklable (it would leave the process in clear text)")
+
+
+# --- registry + logging filter ----------------------------------------------------------------
+
+_registry: set[str] = set()
+_registry_lock = threading.Lock()
+
+
+def register_secret(value: str | Secret | None) -> None:
+    """Add a value that every ``RedactingFilter`` will mask from now on."""
+    if isinstance(value, Secret):
+        value = value.reveal()
+    if not value or len(value) < _MIN_REDACT_LEN:
+        return
+    with _registry_lock:
+        _registry.add(value)
+
+
+def registered_secrets() -> tuple[str, ...]:
+    with _registry_lock:
+        # Longest first, so a secret that contains another is masked whole.
+        return tuple(sorted(_registry, key=len, reverse=True))
+
+
+def redact(text: str) -> str:
+    for value in registered_secrets():
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Masks registered secrets in a record; install it on handlers (it never drops a record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = registered_secrets()
+        if not secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: mask the raw parts instead
+            message = f"{record.msg} {record.args}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def install_redaction(handler: logging.Handler) -> None:
+    """Idempotently add a ``RedactingFilter`` to ``handler``."""
+    if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+        handler.addFilter(RedactingFilter())
+
+
+# --- token resolution -------------------------------------------------------------------------
+
+
+def _read_token_file(path: Path, origin: str) -> str:
+    target = path
+    if path.is_dir():
+        found = [path / key for key in _TOKEN_KEYS_IN_FOLDER if (path / key).is_file()]
+        if not found:
+            raise InputError(
+                f"The Hugging Face token folder {path} (from {origin}) holds no token file",
+                why=f"looked for {', '.join(_TOKEN_KEYS_IN_FOLDER)} inside it",
+                fix="mount the Secret key as one of those names, or point to the file itself",
+            )
+        target = found[0]
+    try:
+        value = target.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise InputError(
+            f"The Hugging Face token file {target} (from {origin}) does not exist",
+            fix="mount the access Secret at that path, or drop the option to use HF_TOKEN",
+        ) from None
+    except OSError as e:
+        raise InputError(
+            f"The Hugging Face token file {target} (from {origin}) cannot be read",
+            why=e.strerror or type(e).__name__,
+            fix="check the file's permissions and the volume mount",
+        ) from None
+    if not value:
+        raise InputError(
+            f"The Hugging Face token file {target} (from {origin}) is empty",
+            fix="put the token in the file (one line), or drop the option",
+        )
+    return value
+
+
+def _stored_login_path(env: Mapping[str, str]) -> Path:
+    """Where ``huggingface_hub login`` stores the token, computed from ``env`` (not os.environ)."""
+    if env.get("HF_TOKEN_PATH"):
+        return Path(env["HF_TOKEN_PATH"]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "token"
+    cache = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or str(Path.home()), ".cache")
+    return Path(cache).expanduser() / "huggingface" / "token"
+
+
+def resolve_token(env: Mapping[str, str], token_file: Path | None = None) -> tuple[Secret | None, str]:
+    """Find the Hugging Face token; returns it (or None) and a description of its source.
+
+    Order: ``token_file`` (the --token-file option), ``$KAITO_HF_TOKEN_FILE``, ``$HF_TOKEN``,
+    ``$HUGGING_FACE_HUB_TOKEN``, then huggingface_hub's stored login (``$HF_TOKEN_PATH`` or
+    ``$HF_HOME/token``). A token file named by the user must exist and hold a token. The value
+    found is registered for log redaction.
+    """
+    value: str | None = None
+    source = "none"
+    if token_file is not None:
+        value, source = _read_token_file(Path(token_file), "--token-file"), f"file {token_file}"
+    elif env.get(TOKEN_FILE_ENV):
+        path = Path(env[TOKEN_FILE_ENV])
+        value, source = _read_token_file(path, TOKEN_FILE_ENV), f"file {path}"
+    elif env.get("HF_TOKEN", "").strip():
+        value, source = env["HF_TOKEN"].strip(), "HF_TOKEN"
+    elif env.get("HUGGING_FACE_HUB_TOKEN", "").strip():
+        value, source = env["HUGGING_FACE_HUB_TOKEN"].strip(), "HUGGING_FACE_HUB_TOKEN"
+    else:
+        stored = _stored_login_path(env)
+        try:
+            text = stored.read_text(encoding="utf-8").strip() if stored.is_file() else ""
+        except OSError:
+            text = ""
+        if text:
+            value, source = text, f"huggingface_hub login ({stored})"
+    if value is None:
+        return None, source
+    register_secret(value)
+    return Secret(value), source

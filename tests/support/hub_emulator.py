@@ -1,0 +1,579 @@
+"""A small, real HTTP server that answers like the Hugging Face Hub for model downloads.
+
+Repos are plain folders: ``<root>/<org>/<name>/`` holds the files of repo ``org/name``. Each repo has
+one branch, ``main``, whose commit sha is derived from the repo id and its files (deterministic
+40-hex), so the same folder always yields the same commit.
+
+The contract (paths, headers, error codes) is the one in shared/reference/hf-hub.md; the real
+``huggingface_hub`` client talks to this server through ``HF_ENDPOINT`` or ``endpoint=``.
+
+Auth rule (consistent with the real Hub as far as it is documented):
+
+* an ``Authorization`` header whose token is not a known user token -> 401 with
+  ``X-Error-Message: Invalid credentials in Authorization header`` on every call;
+* a gated repo's files (``/resolve``) without a token -> 401 ``X-Error-Code: GatedRepo``;
+* a gated repo's files with a known token that is not on the repo's accepted list -> 403 GatedRepo;
+* metadata (model info, tree) of a gated repo is public, as on the real Hub.
+
+Fault injection, for tests: drop the connection after N bytes of a file body (the first K
+times), serve corrupted bytes of the same length, cap the bytes per second of bodies. Every
+request is recorded (method, kind, path, range start, status) so tests can count them.
+
+Run it standalone: ``python -m tests.support.hub_emulator --root DIR --port P --gated ORG/NAME
+--token T`` (prints ``READY <url>`` on stdout when it listens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+DEFAULT_LFS_THRESHOLD = 10 * 1000 * 1000
+INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+_CHUNK = 256 * 1024
+_POINTER_SIZE = 134
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    blob_sha1: str
+    sha256: str | None  # set for LFS files only
+
+    @property
+    def etag(self) -> str:
+        return self.sha256 or self.blob_sha1
+
+    def tree_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"type": "file", "oid": self.blob_sha1, "size": self.size, "path": self.path}
+        if self.sha256:
+            entry["lfs"] = {"oid": self.sha256, "size": self.size, "pointerSize": _POINTER_SIZE}
+        return entry
+
+
+@dataclass
+class RepoState:
+    repo_id: str
+    folder: Path
+    gated: bool = False
+    accepted_tokens: set[str] = field(default_factory=set)
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    commit: str = ""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    method: str
+    kind: str  # model_info | tree | paths_info | resolve | other
+    path: str
+    range_start: int | None
+    status: int
+    authorized: bool  # an Authorization header was sent
+
+
+@dataclass
+class _Drop:
+    after_bytes: int
+    times: int
+
+
+def git_blob_sha1(data_path: Path) -> str:
+    size = data_path.stat().st_size
+    h = hashlib.sha1(f"blob {size}\0".encode())
+    with data_path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(data_path: Path) -> str:
+    h = hashlib.sha256()
+    with data_path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _corrupt(chunk: bytes, offset: int) -> bytes:
+    """Flip one bit every 4096 bytes (positions are absolute, so ranged reads agree)."""
+    out = bytearray(chunk)
+    first = (-offset) % 4096
+    for i in range(first, len(out), 4096):
+        out[i] ^= 0x01
+    return bytes(out)
+
+
+class HubEmulator:
+    """The server plus its state; use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        lfs_threshold: int = DEFAULT_LFS_THRESHOLD,
+        valid_tokens: set[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.root = Path(root)
+        self.lfs_threshold = lfs_threshold
+        self.valid_tokens: set[str] = set(valid_tokens or ())
+        self.host = host
+        self.port = port
+        self.records: list[RequestRecord] = []
+        self.rate_limit_bps: int | None = None
+        self._gated: dict[str, set[str]] = {}
+        self._repos: dict[str, RepoState] = {}
+        self._drops: dict[str, _Drop] = {}
+        self._corrupt: dict[str, int | None] = {}  # "repo/path" -> times left (None = always)
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- configuration --------------------------------------------------------------------------
+
+    def gate(self, repo_id: str, accepted_tokens: set[str] | list[str] = ()) -> None:
+        """Make a repo gated; ``accepted_tokens`` were granted access (they also become valid users)."""
+        with self._lock:
+            self._gated[repo_id] = set(accepted_tokens)
+            self.valid_tokens |= set(accepted_tokens)
+            self._repos.pop(repo_id, None)
+
+    def drop_connection(self, repo_id: str, path: str, *, after_bytes: int, times: int = 1) -> None:
+        with self._lock:
+            self._drops[f"{repo_id}/{path}"] = _Drop(after_bytes, times)
+
+    def corrupt(self, repo_id: str, path: str, *, times: int | None = None) -> None:
+        with self._lock:
+            self._corrupt[f"{repo_id}/{path}"] = times
+
+    def refresh(self) -> None:
+        """Forget the indexed files (call after changing a repo folder)."""
+        with self._lock:
+            self._repos.clear()
+
+    def commit_of(self, repo_id: str) -> str:
+        repo = self._repo(repo_id)
+        assert repo is not None, f"no repo {repo_id} under {self.root}"
+        return repo.commit
+
+    def file_entry(self, repo_id: str, path: str) -> FileEntry:
+        repo = self._repo(repo_id)
+        assert repo is not None
+        return repo.files[path]
+
+    # --- request accounting ---------------------------------------------------------------------
+
+    def clear_records(self) -> None:
+        with self._lock:
+            self.records.clear()
+
+    def count(self, *, method: str | None = None, kind: str | None = None, path_contains: str = "") -> int:
+        with self._lock:
+            return sum(
+                1
+                for r in self.records
+                if (method is None or r.method == method)
+                and (kind is None or r.kind == kind)
+                and path_contains in r.path
+            )
+
+    def body_gets(self) -> int:
+        """GET requests for file bodies (what a warm start must never send)."""
+        return self.count(method="GET", kind="resolve")
+
+    def range_starts(self, path_contains: str = "") -> list[int]:
+        with self._lock:
+            return [
+                r.range_start
+                for r in self.records
+                if r.method == "GET" and r.kind == "resolve" and path_contains in r.path and r.range_start is not None
+            ]
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "emulator not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> HubEmulator:
+        handler = type("BoundHandler", (_Handler,), {"emulator": self})
+        self._server = ThreadingHTTPServer((self.host, self.port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="hub-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> HubEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _repo(self, repo_id: str) -> RepoState | None:
+        with self._lock:
+            cached = self._repos.get(repo_id)
+            if cached is not None:
+                return cached
+        folder = self.root / repo_id
+        if repo_id.count("/") != 1 or not folder.is_dir() or ".." in repo_id:
+            return None
+        files: dict[str, FileEntry] = {}
+        for p in sorted(folder.rglob("*")):
+            if not p.is_file():
+                continue
+            rel = p.relative_to(folder).as_posix()
+            size = p.stat().st_size
+            sha256 = file_sha256(p) if size >= self.lfs_threshold else None
+            files[rel] = FileEntry(rel, size, git_blob_sha1(p), sha256)
+        digest = hashlib.sha1(repo_id.encode())
+        for rel, entry in files.items():
+            digest.update(f"{rel}\0{entry.blob_sha1}\0".encode())
+        with self._lock:
+            gated = repo_id in self._gated
+            repo = RepoState(
+                repo_id,
+                folder,
+                gated=gated,
+                accepted_tokens=set(self._gated.get(repo_id, ())),
+                files=files,
+                commit=digest.hexdigest(),
+            )
+            self._repos[repo_id] = repo
+        return repo
+
+    def _record(self, rec: RequestRecord) -> None:
+        with self._lock:
+            self.records.append(rec)
+
+    def _take_drop(self, key: str) -> int | None:
+        with self._lock:
+            drop = self._drops.get(key)
+            if drop is None or drop.times <= 0:
+                return None
+            drop.times -= 1
+            return drop.after_bytes
+
+    def _take_corrupt(self, key: str) -> bool:
+        with self._lock:
+            if key not in self._corrupt:
+                return False
+            left = self._corrupt[key]
+            if left is None:
+                return True
+            if left <= 0:
+                return False
+            self._corrupt[key] = left - 1
+            return True
+
+
+_API_RE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<op>revision|tree|paths-info)/(?P<rest>.+))?$")
+_RESOLVE_RE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+class _HubError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, commit: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.commit = status, message, code, commit
+
+
+class _Handler(BaseHTTPRequestHandler):
+    emulator: HubEmulator
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # silence stderr access log
+        pass
+
+    # --- dispatch -------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self._body = self.rfile.read(length) if length else b""
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        path = url.path
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        kind, status, range_start = "other", 404, None
+        try:
+            token = self._token()
+            if token is not None and token not in self.emulator.valid_tokens:
+                raise _HubError(401, INVALID_CREDENTIALS)
+            if m := _RESOLVE_RE.match(path):
+                kind = "resolve"
+                range_start = self._range_start()
+                status = self._resolve(method, m["repo"], unquote(m["rev"]), unquote(m["path"]), token)
+            elif m := _API_RE.match(path):
+                op, rest = m["op"], m["rest"]
+                kind = {None: "model_info", "revision": "model_info", "tree": "tree", "paths-info": "paths_info"}[op]
+                repo = self._require_repo(m["repo"])
+                if op is None:
+                    status = self._model_info(repo, "main", query)
+                elif op == "revision":
+                    status = self._model_info(repo, unquote(rest), query)
+                elif op == "tree":
+                    rev, _, sub = rest.partition("/")
+                    status = self._tree(repo, unquote(rev), unquote(sub), query)
+                else:
+                    status = self._paths_info(repo, unquote(rest))
+            else:
+                raise _HubError(404, "Not Found")
+        except _HubError as e:
+            status = e.status
+            self._send_error(e, head=method == "HEAD")
+        except (BrokenPipeError, ConnectionResetError):
+            status = 499
+        self.emulator._record(RequestRecord(method, kind, path, range_start, status, token is not None))
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _token(self) -> str | None:
+        auth = self.headers.get("Authorization")
+        if not auth:
+            return None
+        return auth.removeprefix("Bearer ").strip() or None
+
+    def _range_start(self) -> int | None:
+        m = _RANGE_RE.match(self.headers.get("Range", ""))
+        return int(m.group(1)) if m else None
+
+    def _require_repo(self, repo_id: str) -> RepoState:
+        repo = self.emulator._repo(repo_id)
+        if repo is None:
+            raise _HubError(404, "Repository Not Found", "RepoNotFound")
+        return repo
+
+    def _check_revision(self, repo: RepoState, rev: str) -> None:
+        if rev not in ("main", repo.commit):
+            raise _HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+
+    def _send_json(self, obj: Any, status: int = 200) -> int:
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return status
+
+    def _send_error(self, e: _HubError, *, head: bool) -> None:
+        body = json.dumps({"error": e.message}).encode()
+        self.send_response(e.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Error-Message", e.message)
+        if e.code:
+            self.send_header("X-Error-Code", e.code)
+        if e.commit:
+            self.send_header("X-Repo-Commit", e.commit)
+        self.send_header("Content-Length", "0" if head else str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    # --- endpoints ------------------------------------------------------------------------------
+
+    def _model_info(self, repo: RepoState, rev: str, query: dict[str, str]) -> int:
+        self._check_revision(repo, rev)
+        blobs = query.get("blobs", "").lower() == "true"
+        siblings = []
+        for entry in repo.files.values():
+            sib: dict[str, Any] = {"rfilename": entry.path}
+            if blobs:
+                sib["size"] = entry.size
+                sib["blobId"] = entry.blob_sha1
+                if entry.sha256:
+                    sib["lfs"] = {"size": entry.size, "sha256": entry.sha256, "pointerSize": _POINTER_SIZE}
+            siblings.append(sib)
+        info = {
+            "_id": repo.commit[:24],
+            "id": repo.repo_id,
+            "modelId": repo.repo_id,
+            "sha": repo.commit,
+            "private": False,
+            "gated": "manual" if repo.gated else False,
+            "disabled": False,
+            "tags": [],
+            "siblings": siblings,
+        }
+        return self._send_json(info)
+
+    def _tree(self, repo: RepoState, rev: str, sub: str, query: dict[str, str]) -> int:
+        self._check_revision(repo, rev)
+        recursive = query.get("recursive", "false").lower() == "true"
+        prefix = sub.strip("/") + "/" if sub.strip("/") else ""
+        if prefix and not any(p.startswith(prefix) for p in repo.files):
+            raise _HubError(404, f"Entry {sub} not found", "EntryNotFound", repo.commit)
+        out: list[dict[str, Any]] = []
+        dirs: set[str] = set()
+        for path, entry in repo.files.items():
+            if not path.startswith(prefix):
+                continue
+            rest = path[len(prefix) :]
+            parts = rest.split("/")
+            for i in range(1, len(parts)):
+                d = prefix + "/".join(parts[:i])
+                if d not in dirs and (recursive or i == 1):
+                    dirs.add(d)
+                    out.append({"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "path": d})
+            if recursive or len(parts) == 1:
+                out.append(entry.tree_json())
+        return self._send_json(out)
+
+    def _paths_info(self, repo: RepoState, rev: str) -> int:
+        self._check_revision(repo, rev)
+        form = parse_qs(getattr(self, "_body", b"").decode())
+        wanted = form.get("paths", [])
+        return self._send_json([repo.files[p].tree_json() for p in wanted if p in repo.files])
+
+    def _resolve(self, method: str, repo_id: str, rev: str, path: str, token: str | None) -> int:
+        repo = self._require_repo(repo_id)
+        self._check_revision(repo, rev)
+        if repo.gated and token not in repo.accepted_tokens:
+            if token is None:
+                raise _HubError(
+                    401,
+                    f"Access to model {repo_id} is restricted. You must have access to it and be "
+                    "authenticated to access it. Please log in.",
+                    "GatedRepo",
+                )
+            raise _HubError(
+                403,
+                f"Access to model {repo_id} is restricted and you are not in the authorized list. "
+                f"Visit https://huggingface.co/{repo_id} to ask for access.",
+                "GatedRepo",
+            )
+        entry = repo.files.get(path)
+        if entry is None:
+            raise _HubError(404, f"Entry {path} not found", "EntryNotFound", repo.commit)
+
+        start, end = 0, entry.size - 1
+        partial = False
+        if (rh := self.headers.get("Range")) and (m := _RANGE_RE.match(rh)):
+            start = int(m.group(1))
+            end = min(int(m.group(2)), entry.size - 1) if m.group(2) else entry.size - 1
+            if start >= entry.size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{entry.size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return 416
+            partial = True
+        length = end - start + 1 if entry.size else 0
+
+        status = 206 if partial else 200
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", f'"{entry.etag}"')
+        self.send_header("X-Repo-Commit", repo.commit)
+        if partial:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{entry.size}")
+        self.end_headers()
+        if method == "HEAD":
+            return status
+
+        key = f"{repo_id}/{path}"
+        drop_after = self.emulator._take_drop(key)
+        corrupt = self.emulator._take_corrupt(key)
+        self._stream(repo.folder / path, start, length, drop_after, corrupt)
+        return status
+
+    def _stream(self, file: Path, start: int, length: int, drop_after: int | None, corrupt: bool) -> None:
+        sent = 0
+        began = time.monotonic()
+        with file.open("rb") as f:
+            f.seek(start)
+            while sent < length:
+                want = min(_CHUNK, length - sent)
+                if drop_after is not None:
+                    want = min(want, drop_after - sent)
+                    if want <= 0:
+                        self._abort()
+                        return
+                chunk = f.read(want)
+                if not chunk:
+                    break
+                if corrupt:
+                    chunk = _corrupt(chunk, start + sent)
+                self.wfile.write(chunk)
+                sent += len(chunk)
+                rate = self.emulator.rate_limit_bps
+                if rate:
+                    ahead = sent / rate - (time.monotonic() - began)
+                    if ahead > 0:
+                        time.sleep(ahead)
+
+    def _abort(self) -> None:
+        """Cut the connection mid-body, as a flaky network would."""
+        self.wfile.flush()
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve folders as Hugging Face model repos over HTTP.")
+    parser.add_argument("--root", required=True, type=Path, help="folder holding <org>/<name>/ repos")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--gated", action="append", default=[], help="ORG/NAME to gate (repeatable)")
+    parser.add_argument("--token", action="append", default=[], help="token granted access to the gated repos")
+    parser.add_argument("--valid-token", action="append", default=[], help="a known user token without grants")
+    parser.add_argument("--lfs-threshold", type=int, default=DEFAULT_LFS_THRESHOLD)
+    parser.add_argument("--rate-limit", type=int, default=None, help="cap body bytes per second per response")
+    args = parser.parse_args(argv)
+
+    emulator = HubEmulator(
+        args.root, lfs_threshold=args.lfs_threshold, valid_tokens=set(args.valid_token), host=args.host, port=args.port
+    )
+    for repo_id in args.gated:
+        emulator.gate(repo_id, args.token)
+    emulator.rate_limit_bps = args.rate_limit
+    emulator.start()
+    print(f"READY {emulator.url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
