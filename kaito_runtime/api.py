@@ -126,8 +126,15 @@ def resolve_model(request: RuntimeRequest, *, token=None, env: Mapping[str, str]
 
         spec = load_catalog().get(request.preset)
     elif request.model:
+        from kaito_runtime.catalog import load_catalog
+
+        known = None if _looks_like_path(request.model) else load_catalog().find_by_repo(request.model)
         if _looks_like_path(request.model):
             spec = model_source.spec_from_folder(Path(request.model).expanduser())
+        elif known is not None and request.revision in (None, known.revision):
+            # A preset's repo id: keep its pinned commit and the vLLM arguments it needs.
+            log.info("%s is the repo of preset %s; using the preset", request.model, known.name)
+            spec = known
         else:
             spec = model_source.spec_from_hub(
                 request.model,
@@ -173,13 +180,10 @@ def resolve_topology(request: RuntimeRequest, env: Mapping[str, str]) -> Topolog
 
 def prepare(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> Prepared:
     """Resolve the model, read the node and plan the launch. No weights, no processes."""
-    from kaito_runtime import planner, secrets, vllm_command, vllm_install, weights
-    from kaito_runtime.config_file import read_vllm_section
+    from kaito_runtime import planner, secrets, weights
 
     env = dict(os.environ if env is None else env)
     token, token_source = secrets.resolve_token(env, request.token_file)
-    if token is not None:
-        secrets.register_secret(token.reveal())
 
     weights_dir = request.weights_dir or default_weights_dir(env)
     request = _with(request, weights_dir=weights_dir)
@@ -192,21 +196,8 @@ def prepare(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> Pr
 
     started = time.monotonic()
     plan = planner.plan_launch(model, node, topo, request.overrides)
-    config_args = read_vllm_section(request.config_file) if request.config_file else None
     model_path = Path(model.local_path) if model.local_path else weights.planned_path(model, weights_dir)
-    install = vllm_install.detect_vllm()
-    entrypoint = install.entrypoint if install else ("vllm", "serve")
-    launch = vllm_command.build_vllm_command(
-        plan,
-        model_path=str(model_path),
-        entrypoint=entrypoint,
-        model_as_flag=bool(install and install.model_as_flag),
-        host=request.host,
-        port=request.port,
-        extra_args=request.extra_vllm_args,
-        config_args=config_args,
-        chat_template_dir=request.chat_template_dir or env.get("KAITO_CHAT_TEMPLATE_DIR") or DEFAULT_CHAT_TEMPLATE_DIR,
-    )
+    launch = build_launch(request, plan, model_path, env)
     plan_seconds = time.monotonic() - started
     return Prepared(
         request=request,
@@ -226,11 +217,12 @@ def fetch_weights(prepared: Prepared, env: Mapping[str, str] | None = None):
     from kaito_runtime import secrets, weights
 
     env = dict(os.environ if env is None else env)
-    token, _ = secrets.resolve_token(env, prepared.request.token_file)
+    token, token_source = secrets.resolve_token(env, prepared.request.token_file)
     return weights.ensure_weights(
         prepared.model,
         weights_dir=prepared.request.weights_dir or default_weights_dir(env),
         token=token,
+        token_source=token_source,
         offline=is_offline(prepared.request, env),
         endpoint=prepared.request.endpoint,
     )
@@ -275,7 +267,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
 
     launch = prepared.launch
     if Path(result.path) != prepared.model_path:
-        launch = _rebuild_launch(prepared, Path(result.path), env)
+        launch = build_launch(prepared.request, prepared.plan, Path(result.path), env)
     for warning in launch.warnings:
         log.warning("%s", warning)
 
@@ -322,14 +314,14 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     return outcome.exit_code
 
 
-def _rebuild_launch(prepared: Prepared, model_path: Path, env: Mapping[str, str]):
+def build_launch(request: RuntimeRequest, plan: LaunchPlan, model_path: Path, env: Mapping[str, str]):
+    """The exact vLLM argv and environment for the plan (pure apart from reading the config file)."""
     from kaito_runtime import vllm_command, vllm_install
     from kaito_runtime.config_file import read_vllm_section
 
-    request = prepared.request
     install = vllm_install.detect_vllm()
     return vllm_command.build_vllm_command(
-        prepared.plan,
+        plan,
         model_path=str(model_path),
         entrypoint=install.entrypoint if install else ("vllm", "serve"),
         model_as_flag=bool(install and install.model_as_flag),
@@ -338,6 +330,8 @@ def _rebuild_launch(prepared: Prepared, model_path: Path, env: Mapping[str, str]
         extra_args=request.extra_vllm_args,
         config_args=read_vllm_section(request.config_file) if request.config_file else None,
         chat_template_dir=request.chat_template_dir or env.get("KAITO_CHAT_TEMPLATE_DIR") or DEFAULT_CHAT_TEMPLATE_DIR,
+        base_env=env,
+        max_model_len_auto_supported=vllm_install.supports_max_model_len_auto(install) if install else True,
     )
 
 

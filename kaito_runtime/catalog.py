@@ -133,10 +133,10 @@ def _catalog_error(path: Path, preset: str | None, field_name: str | None, probl
         where.append(f"preset '{preset}'")
     if field_name:
         where.append(f"field '{field_name}'")
-    subject = ", ".join(where) or "file"
+    subject = ", ".join(where)
     err = CatalogError(
         f"Invalid preset catalog file {path}",
-        why=f"{subject}: {problem}",
+        why=f"{subject[:1].upper()}{subject[1:]}: {problem}" if where else problem[:1].upper() + problem[1:],
         fix=f"correct {subject} in {path}" if where else f"correct {path}",
     )
     err.path = path  # type: ignore[attr-defined]
@@ -157,11 +157,12 @@ def _from_validation_error(path: Path, raw: Any, exc: ValidationError) -> Catalo
         preset = name if isinstance(name, str) else f"#{index + 1}"
         loc = loc[2:]
     field_name = ".".join(str(part) for part in loc) or None
-    problem = first["msg"]
+    problem = first["msg"].removeprefix("Value error, ")
     if first["type"] not in ("missing", "extra_forbidden") and not isinstance(first["input"], dict):
         problem += f" (got {first['input']!r})"
     if first["type"] == "extra_forbidden":
-        problem = "unknown key"
+        schema = _FamilyFile if preset is None else _Attention if len(loc) > 1 else _Preset
+        problem = f"unknown key (known keys: {', '.join(schema.model_fields)})"
     if len(errors) > 1:
         problem += f" (and {len(errors) - 1} more problem(s) in this file)"
     return _catalog_error(path, preset, field_name, problem)

@@ -6,7 +6,6 @@ prints, and maps errors to exit codes. Arguments after `--` go to vLLM unchanged
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -24,6 +23,12 @@ class DefaultToServe(click.Group):
     """`kaito-run [OPTIONS]` means `kaito-run serve [OPTIONS]`; `kaito-run doctor` is the other command."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Everything after the first `--` belongs to vLLM; click never sees it, so a stray word
+        # before `--` is still reported as an unexpected argument.
+        if "--" in args:
+            cut = args.index("--")
+            ctx.meta["kaito.vllm_args"] = tuple(args[cut + 1 :])
+            args = args[:cut]
         if not args or args[0] not in self.commands:
             if not (args and args[0] in ("-h", "--help")):
                 args = ["serve", *args]
@@ -47,9 +52,9 @@ def main() -> None:
 
     \b
     kaito-run --list-presets
-    kaito-run --preset phi-4-mini-instruct --dry-run
-    kaito-run --preset llama-3.3-70b-instruct --dry-run --sku Standard_NC96ads_A100_v4
-    kaito-run --model ./models/tiny-llama --port 5000
+    kaito-run --preset NAME --dry-run [--sku SKU | --assume-gpus 4xA100-80GB]
+    kaito-run --preset NAME [-- VLLM_ARGS...]
+    kaito-run --model ORG/NAME_OR_FOLDER --port 5000
     kaito-run doctor
     """
 
@@ -195,7 +200,6 @@ def _logging_options(f):
 @click.option("--grace-period", type=float, default=30.0, envvar="KAITO_GRACE_PERIOD", show_default=True, help="Seconds vLLM gets to stop after SIGTERM before it is killed.")
 @click.option("--ready-timeout", type=float, envvar="KAITO_READY_TIMEOUT", help="Give up if vLLM is not ready after this many seconds (default: wait).")
 @_logging_options
-@click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def serve(**opts) -> None:
     """Plan, fetch weights and serve a model with vLLM (the default command).
 
@@ -256,11 +260,7 @@ def doctor(**opts) -> None:
 def _request_from_options(opts: dict):
     from kaito_runtime.api import RuntimeRequest
 
-    vllm_args = tuple(opts["vllm_args"])
-    stray = [a for a in vllm_args if not a.startswith("-")][:1]
-    if stray and "--" not in sys.argv:
-        # click collects unknown positional words here; only arguments after `--` are for vLLM.
-        raise click.UsageError(f"Unexpected argument {stray[0]!r}. Put vLLM arguments after `--`.")
+    vllm_args = click.get_current_context().meta.get("kaito.vllm_args", ())
     return RuntimeRequest(
         preset=opts["preset"],
         model=opts["model"],

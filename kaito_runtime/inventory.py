@@ -27,9 +27,9 @@ import logging
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
 
 import psutil
 
@@ -38,9 +38,11 @@ from .nvml_probe import (
     NVML_ERROR_DRIVER_NOT_LOADED,
     NVML_ERROR_LIB_RM_VERSION_MISMATCH,
     NVML_ERROR_LIBRARY_NOT_FOUND,
+    NVML_ERROR_UNKNOWN,
     NvmlBackend,
     NvmlCallError,
     RealNvml,
+    RecordedNvml,
 )
 from .values import GiB, GpuInfo, HostInfo, NodeInventory
 
@@ -393,9 +395,29 @@ def _cuda_version_text(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
+RECORDING_ENV = "KAITO_NVML_RECORDING"
+
+
+def default_backend(env: Mapping[str, str]) -> NvmlBackend:
+    """The real NVML library, or a recorded machine when ``KAITO_NVML_RECORDING`` names a JSON file.
+
+    The recording (``nvml_probe.record_machine`` format) lets the CLI be exercised end to end as if
+    on hardware we do not have; a file that cannot be read is reported as a no-GPU reason.
+    """
+    path = env.get(RECORDING_ENV)
+    if not path:
+        return RealNvml()
+    try:
+        return RecordedNvml.from_file(path)
+    except (OSError, ValueError) as exc:
+        return RecordedNvml(
+            {"init_error": {"code": NVML_ERROR_UNKNOWN, "text": f"{RECORDING_ENV}={path} unreadable: {exc}"}}
+        )
+
+
 def probe_inventory(
     *,
-    weights_dir: Path | None = None,
+    weights_dir: Path | str | None = None,
     env: Mapping[str, str] | None = None,
     backend: NvmlBackend | None = None,
     host: HostInfo | None = None,
@@ -407,13 +429,22 @@ def probe_inventory(
     ``gpus=()``, ``source="none"`` and ``no_gpu_reason``.
     """
     env = os.environ if env is None else env
-    backend = backend if backend is not None else RealNvml()
+    backend = backend if backend is not None else default_backend(env)
     host = host if host is not None else probe_host(weights_dir)
     notes: list[str] = []
 
-    def no_gpu(reason: str, **versions: str | None) -> NodeInventory:
+    driver: str | None = None
+    cuda: str | None = None
+
+    def no_gpu(reason: str) -> NodeInventory:
         return NodeInventory(
-            gpus=(), host=host, source="none", no_gpu_reason=reason, notes=tuple(notes), **versions
+            gpus=(),
+            host=host,
+            source="none",
+            no_gpu_reason=reason,
+            notes=tuple(notes),
+            driver_version=driver,
+            cuda_driver_version=cuda,
         )
 
     try:
@@ -422,30 +453,28 @@ def probe_inventory(
         return no_gpu(_reason_for_init_error(exc))
     try:
         try:
-            driver: str | None = backend.driver_version()
+            driver = backend.driver_version()
         except NvmlCallError:
-            driver = None
+            pass
         try:
-            cuda: str | None = _cuda_version_text(backend.cuda_driver_version())
+            cuda = _cuda_version_text(backend.cuda_driver_version())
         except NvmlCallError:
-            cuda = None
+            pass
         try:
             cands = _enumerate(backend, notes)
             physical = backend.device_count()
         except NvmlCallError as exc:
-            return no_gpu(f"NVML could not list the GPUs: {exc.text}", driver_version=driver,
-                          cuda_driver_version=cuda)
+            return no_gpu(f"NVML could not list the GPUs: {exc.text}")
         if not cands:
-            reason = "NVML found no usable NVIDIA GPU on this node" if notes or physical else (
-                "NVML found no NVIDIA GPU on this node"
-            )
-            return no_gpu(reason, driver_version=driver, cuda_driver_version=cuda)
+            if notes or physical:
+                return no_gpu("NVML found no usable NVIDIA GPU on this node")
+            return no_gpu("NVML found no NVIDIA GPU on this node")
         cands, reason = _apply_nvidia_visible(cands, env.get("NVIDIA_VISIBLE_DEVICES"), physical, notes)
         if reason is None:
             _order_note(cands, env, notes)
             cands, reason = _apply_cuda_visible(cands, env.get("CUDA_VISIBLE_DEVICES"), notes)
         if reason is not None:
-            return no_gpu(reason, driver_version=driver, cuda_driver_version=cuda)
+            return no_gpu(reason)
         gpus = tuple(replace(c.gpu, index=i) for i, c in enumerate(cands))
         for g in gpus:
             used = g.total_bytes - g.free_bytes

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from kaito_runtime.secrets import RedactingFilter
+from kaito_runtime.secrets import install_redaction
 
 
 class JsonLineFormatter(logging.Formatter):
@@ -30,7 +30,7 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
         handler.setFormatter(JsonLineFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s kaito-run: %(message)s", "%H:%M:%S"))
-    handler.addFilter(RedactingFilter())
+    install_redaction(handler)
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_kaito", False):

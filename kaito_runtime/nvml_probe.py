@@ -12,9 +12,10 @@ callers never import pynvml.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 # NVML return codes the inventory reacts to (values from nvml.h / pynvml).
 NVML_ERROR_UNINITIALIZED = 1
@@ -245,7 +246,7 @@ class RecordedNvml:
         self._groups = [set(g) for g in data.get("nvlink_groups", [])]
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "RecordedNvml":
+    def from_file(cls, path: str | Path) -> RecordedNvml:
         return cls(json.loads(Path(path).read_text()))
 
     def _check(self) -> None:

@@ -252,6 +252,7 @@ class LaunchPlan:
     cpu_kv_cache_gib: int | None = None  # VLLM_CPU_KVCACHE_SPACE
     cpu_threads_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND
     enforce_eager: bool = False
+    gpus_per_node: int | None = None  # GPUs the plan saw on this node (None on CPU)
     decisions: tuple[Decision, ...] = field(default_factory=tuple)
 
     @property

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import sysconfig
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "models" / "tiny-llama"
@@ -134,6 +136,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     out: Path = parser.parse_args().out
     out.mkdir(parents=True, exist_ok=True)
+    hf_logging.disable_progress_bar()
 
     files = corpus_files()
     fast = PreTrainedTokenizerFast(
@@ -146,7 +149,13 @@ def main() -> None:
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
-    # Older transformers write the template into tokenizer_config.json only; keep the file too.
+    # Name the class every transformers release knows (5.x writes its new alias
+    # "TokenizersBackend", which 4.x cannot load), and keep the template as its own file.
+    config_path = out / "tokenizer_config.json"
+    tok_config = json.loads(config_path.read_text())
+    tok_config.pop("backend", None)
+    tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(tok_config, indent=2, sort_keys=True) + "\n")
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 
     model = build_model()

@@ -349,3 +349,32 @@ def test_describe_inventory_lines() -> None:
 def test_describe_inventory_shows_warnings() -> None:
     lines = describe_inventory(probe("h100-sxm-8x", CUDA_VISIBLE_DEVICES="0,42"))
     assert any(line.startswith("Warning: CUDA_VISIBLE_DEVICES entry '42'") for line in lines)
+
+
+def test_real_h100_recording_from_the_device_machine() -> None:
+    # recorded with record_machine(RealNvml()) on a one-H100 machine (driver 580.159.04)
+    inv = probe("h100-sxm-1x-real")
+    assert inv.gpu_count == 1 and inv.nvlink is False
+    g = inv.gpus[0]
+    assert g.name == "NVIDIA H100 80GB HBM3" and g.compute_capability == (9, 0)
+    assert g.total_bytes == 81559 * 1024**2
+    assert inv.cuda_driver_version == "13.0"
+
+
+def test_no_gpu_answer_keeps_driver_versions() -> None:
+    inv = probe("zero-gpus")
+    assert inv.driver_version == "550.54.15" and inv.cuda_driver_version == "12.4"
+    hidden = probe("h100-sxm-8x", CUDA_VISIBLE_DEVICES="")
+    assert hidden.driver_version == "550.54.15"
+
+
+def test_recording_named_in_the_environment_replaces_nvml() -> None:
+    env = {"KAITO_NVML_RECORDING": str(DATA / "h100-sxm-8x.json"), "CUDA_VISIBLE_DEVICES": "0,1"}
+    inv = probe_inventory(env=env, host=HOST)
+    assert inv.gpu_count == 2 and inv.nvlink is True
+
+
+def test_unreadable_recording_is_a_no_gpu_reason(tmp_path: Path) -> None:
+    env = {"KAITO_NVML_RECORDING": str(tmp_path / "missing.json")}
+    inv = probe_inventory(env=env, host=HOST)
+    assert inv.gpus == () and "KAITO_NVML_RECORDING" in inv.no_gpu_reason

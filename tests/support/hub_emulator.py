@@ -215,7 +215,7 @@ class HubEmulator:
         handler = type("BoundHandler", (_Handler,), {"emulator": self})
         self._server = ThreadingHTTPServer((self.host, self.port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hub-emulator", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="hub-emulator", daemon=True)
         self._thread.start()
         return self
 
@@ -325,36 +325,44 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        kind, status, range_start = "other", 404, None
+        token = self._token()
+        # Recorded when the status line goes out (send_response), so a client that has read the
+        # answer always finds its request in the records.
+        self._pending: dict[str, Any] | None = {
+            "method": method, "kind": "other", "path": path, "range_start": None, "authorized": token is not None
+        }
         try:
-            token = self._token()
             if token is not None and token not in self.emulator.valid_tokens:
                 raise _HubError(401, INVALID_CREDENTIALS)
             if m := _RESOLVE_RE.match(path):
-                kind = "resolve"
-                range_start = self._range_start()
-                status = self._resolve(method, m["repo"], unquote(m["rev"]), unquote(m["path"]), token)
+                self._pending.update(kind="resolve", range_start=self._range_start())
+                self._resolve(method, m["repo"], unquote(m["rev"]), unquote(m["path"]), token)
             elif m := _API_RE.match(path):
                 op, rest = m["op"], m["rest"]
                 kind = {None: "model_info", "revision": "model_info", "tree": "tree", "paths-info": "paths_info"}[op]
+                self._pending.update(kind=kind)
                 repo = self._require_repo(m["repo"])
                 if op is None:
-                    status = self._model_info(repo, "main", query)
+                    self._model_info(repo, "main", query)
                 elif op == "revision":
-                    status = self._model_info(repo, unquote(rest), query)
+                    self._model_info(repo, unquote(rest), query)
                 elif op == "tree":
                     rev, _, sub = rest.partition("/")
-                    status = self._tree(repo, unquote(rev), unquote(sub), query)
+                    self._tree(repo, unquote(rev), unquote(sub), query)
                 else:
-                    status = self._paths_info(repo, unquote(rest))
+                    self._paths_info(repo, unquote(rest))
             else:
                 raise _HubError(404, "Not Found")
         except _HubError as e:
-            status = e.status
             self._send_error(e, head=method == "HEAD")
         except (BrokenPipeError, ConnectionResetError):
-            status = 499
-        self.emulator._record(RequestRecord(method, kind, path, range_start, status, token is not None))
+            pass
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is not None:
+            self.emulator._record(RequestRecord(status=code, **pending))
+        super().send_response(code, message)
 
     # --- helpers --------------------------------------------------------------------------------
 

@@ -1,0 +1,271 @@
+"""Metadata from the Hugging Face Hub, and the translation of its errors into ours.
+
+Every call goes through the ``huggingface_hub`` client with an explicit ``endpoint`` (the client
+reads ``HF_ENDPOINT`` only once, at import). Tokens travel as ``Secret`` and are revealed only at
+the call into the client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from kaito_runtime.errors import (
+    GatedAccessDeniedError,
+    GatedRepoNoTokenError,
+    HubUnreachableError,
+    KaitoError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+    TokenRejectedError,
+    WeightsError,
+)
+from kaito_runtime.secrets import Secret
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+TOKEN_HINT = "set HF_TOKEN, or mount the token and pass --token-file / KAITO_HF_TOKEN_FILE"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    blob_id: str | None = None  # git blob sha1
+    sha256: str | None = None  # LFS files only: the content hash
+
+    @property
+    def is_lfs(self) -> bool:
+        return self.sha256 is not None
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """What the Hub says about one model at one commit."""
+
+    repo_id: str
+    revision: str  # the resolved 40-hex commit
+    files: tuple[RemoteFile, ...]
+    gated: bool = False
+    config: dict[str, Any] | None = None  # config.json, when the repo has one
+    params: dict[str, Any] | None = None  # Mistral-format params.json, when the repo has one
+
+    @property
+    def file_sizes(self) -> list[tuple[str, int]]:
+        return [(f.path, f.size) for f in self.files]
+
+    @property
+    def commit(self) -> str:
+        return self.revision
+
+    def weights_bytes_for(self, load_format: str = "hf") -> int:
+        """Bytes of the weight files vLLM loads (the selection ensure_weights downloads)."""
+        from kaito_runtime.weights import select_files
+
+        chosen = set(select_files([f.path for f in self.files], load_format))
+        return sum(f.size for f in self.files if f.path in chosen and f.path.endswith((".safetensors", ".bin")))
+
+    @property
+    def weights_bytes(self) -> int:
+        return self.weights_bytes_for("hf")
+
+
+def resolve_endpoint(endpoint: str | None) -> str:
+    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def client_token(token: Secret | None) -> str | bool:
+    """What to hand the client: the token, or False so it never picks one up on its own."""
+    return token.reveal() if token else False
+
+
+# --- error translation ------------------------------------------------------------------------
+
+
+def _connection_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, names in (
+        ("httpx2", ("ConnectError", "TimeoutException", "RemoteProtocolError", "NetworkError")),
+        ("httpx", ("ConnectError", "TimeoutException", "RemoteProtocolError", "NetworkError")),
+        ("requests", ("ConnectionError", "Timeout")),
+    ):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        types.extend(getattr(mod, n) for n in names if hasattr(mod, n))
+    return tuple(types)
+
+
+def translate_error(
+    exc: BaseException, *, repo_id: str, revision: str | None, token_source: str, endpoint: str
+) -> KaitoError | None:
+    """Our error for a client exception, or None when it is not a Hub/network failure."""
+    from huggingface_hub import errors as hf
+
+    has_token = token_source != "none"
+    page = f"https://huggingface.co/{repo_id}"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, hf.GatedRepoError):
+        if not has_token:
+            return GatedRepoNoTokenError(
+                f"Model {repo_id} is gated and no Hugging Face token was given",
+                why="the Hub answers downloads of a gated repo only for accounts granted access",
+                fix=f"accept the licence at {page}, then {TOKEN_HINT}",
+            )
+        if status == 401:
+            return TokenRejectedError(
+                f"The Hugging Face token from {token_source} was rejected for {repo_id}",
+                why="the Hub did not accept it (expired, revoked or mistyped)",
+                fix=f"create a new read token at https://huggingface.co/settings/tokens and {TOKEN_HINT}",
+            )
+        return GatedAccessDeniedError(
+            f"The Hugging Face token from {token_source} has no access to gated model {repo_id}",
+            why="the account is not (yet) in the repo's authorized list",
+            fix=f"request access at {page} and wait for the grant, or use a token of an account that has it",
+        )
+    if isinstance(exc, hf.RevisionNotFoundError):
+        return RevisionNotFoundError(
+            f"Revision {revision} of {repo_id} does not exist on {endpoint}",
+            fix=f"use a branch, tag or 40-hex commit listed at {page}/commits/main",
+        )
+    if isinstance(exc, hf.RepositoryNotFoundError):
+        return RepoNotFoundError(
+            f"Model repo {repo_id} was not found on {endpoint}",
+            why="the id is wrong, or the repo is private" + ("" if has_token else " and no token was given"),
+            fix="check the spelling (org/name, case-sensitive)" + ("" if has_token else f"; for a private repo {TOKEN_HINT}"),
+        )
+    if isinstance(exc, hf.EntryNotFoundError) and not isinstance(exc, hf.LocalEntryNotFoundError):
+        return WeightsError(
+            f"A file of {repo_id} at {revision} is missing on {endpoint}",
+            why=str(exc).splitlines()[0],
+            fix="pick a revision that has the model's files",
+        )
+    if isinstance(exc, hf.HfHubHTTPError) and status is not None:
+        if status == 401:
+            if has_token:
+                return TokenRejectedError(
+                    f"The Hugging Face token from {token_source} was rejected",
+                    why="the Hub answered 401 (invalid credentials)",
+                    fix=f"create a new read token at https://huggingface.co/settings/tokens and {TOKEN_HINT}",
+                )
+            return RepoNotFoundError(
+                f"Model repo {repo_id} needs authentication on {endpoint}",
+                why="the Hub answered 401 to an anonymous request",
+                fix=TOKEN_HINT,
+            )
+        if status == 403:
+            return GatedAccessDeniedError(
+                f"The Hugging Face token from {token_source} may not read {repo_id}",
+                why="the Hub answered 403 Forbidden",
+                fix=f"give the token read access to {repo_id} (fine-grained tokens need it), or request access at {page}",
+            )
+        if status >= 500 or status in (408, 429):
+            return HubUnreachableError(
+                f"The Hub at {endpoint} failed to answer for {repo_id}",
+                why=f"HTTP {status}",
+                fix="retry later, or run with --offline using a pre-fetched copy of the weights",
+            )
+    if isinstance(exc, (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError, *_connection_error_types())):
+        return HubUnreachableError(
+            f"The Hugging Face Hub at {endpoint} cannot be reached, and no complete copy of {repo_id} is on disk",
+            why=type(exc).__name__ + (f": {str(exc).splitlines()[0]}" if str(exc) else ""),
+            fix="check the network / HF_ENDPOINT / proxy settings, or pre-fetch the weights into the "
+            "weights folder and run with --offline",
+        )
+    return None
+
+
+@contextmanager
+def hub_errors(*, repo_id: str, revision: str | None, token_source: str, endpoint: str) -> Iterator[None]:
+    """Re-raise client exceptions as our errors (with what, why and fix; never the token)."""
+    try:
+        yield
+    except KaitoError:
+        raise
+    except Exception as exc:
+        ours = translate_error(exc, repo_id=repo_id, revision=revision, token_source=token_source, endpoint=endpoint)
+        if ours is None:
+            raise
+        raise ours from None
+
+
+# --- metadata calls ---------------------------------------------------------------------------
+
+
+def _api(endpoint: str, token: Secret | None) -> Any:
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=endpoint, token=client_token(token))
+
+
+def resolve_revision(repo_id: str, revision: str | None, *, token: Secret | None, endpoint: str) -> tuple[str, bool]:
+    """(40-hex commit, gated) for a branch, tag or commit (one model-info call)."""
+    info = _api(endpoint, token).model_info(repo_id, revision=revision or "main")
+    if not info.sha or not COMMIT_RE.match(info.sha):
+        raise WeightsError(
+            f"The Hub at {endpoint} gave no commit for {repo_id}@{revision or 'main'}",
+            fix="check HF_ENDPOINT points at a Hugging Face Hub",
+        )
+    return info.sha, bool(info.gated)
+
+
+def list_files(repo_id: str, commit: str, *, token: Secret | None, endpoint: str) -> tuple[RemoteFile, ...]:
+    from huggingface_hub.hf_api import RepoFile
+
+    out = []
+    for entry in _api(endpoint, token).list_repo_tree(repo_id, recursive=True, revision=commit):
+        if isinstance(entry, RepoFile):
+            sha256 = entry.lfs.sha256 if entry.lfs is not None else None
+            out.append(RemoteFile(entry.path, int(entry.size), entry.blob_id, sha256))
+    return tuple(sorted(out, key=lambda f: f.path))
+
+
+def probe_access(repo_id: str, commit: str, filename: str, *, token: Secret | None, endpoint: str) -> None:
+    """One HEAD on a file: gated / bad-token failures surface here, in about a second."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
+    get_hf_file_metadata(url, token=client_token(token), endpoint=endpoint)
+
+
+def _read_json_file(repo_id: str, commit: str, filename: str, *, token: Secret | None, endpoint: str) -> dict | None:
+    from huggingface_hub import hf_hub_download
+
+    with tempfile.TemporaryDirectory(prefix="kaito-meta-") as tmp:
+        path = hf_hub_download(
+            repo_id, filename, revision=commit, local_dir=tmp, token=client_token(token), endpoint=endpoint
+        )
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    return data if isinstance(data, dict) else None
+
+
+def fetch_model_metadata(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    token: Secret | None,
+    endpoint: str | None = None,
+    token_source: str | None = None,
+) -> RemoteModel:
+    """config.json (and params.json), the file list with sizes, the resolved commit, gated flag.
+
+    For ``--model ORG/NAME`` the lead builds a ModelSpec from this before planning; the commit
+    returned pins the later weight download.
+    """
+    ep = resolve_endpoint(endpoint)
+    source = token_source or ("a token" if token else "none")
+    with hub_errors(repo_id=repo_id, revision=revision, token_source=source, endpoint=ep):
+        commit, gated = resolve_revision(repo_id, revision, token=token, endpoint=ep)
+        files = list_files(repo_id, commit, token=token, endpoint=ep)
+        names = {f.path for f in files}
+        config = _read_json_file(repo_id, commit, "config.json", token=token, endpoint=ep) if "config.json" in names else None
+        params = _read_json_file(repo_id, commit, "params.json", token=token, endpoint=ep) if "params.json" in names else None
+    return RemoteModel(repo_id, commit, files, gated=gated, config=config, params=params)

@@ -1,0 +1,82 @@
+"""A model that is not a preset: a local folder, or any Hugging Face repo id read from the hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kaito_runtime.errors import InputError
+from kaito_runtime.hf_config import read_config_json, spec_from_hf_config
+from kaito_runtime.values import ModelSpec
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def served_name_for(model: str) -> str:
+    """KAITO main's convention: the lower-cased last part of the repo id or folder."""
+    return Path(model.rstrip("/")).name.lower()
+
+
+def folder_weights_bytes(folder: Path) -> int:
+    """Bytes of the one weight format vLLM will load from the folder (safetensors first)."""
+    files = [p for p in folder.iterdir() if p.is_file()]
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    hf_shards = [p for p in safetensors if not p.name.startswith("consolidated")]
+    chosen = hf_shards or safetensors or [p for p in files if p.suffix in _WEIGHT_SUFFIXES]
+    return sum(p.stat().st_size for p in chosen)
+
+
+def spec_from_folder(folder: Path) -> ModelSpec:
+    if not folder.is_dir():
+        raise InputError(
+            f"Model folder {folder} does not exist",
+            fix="pass an existing folder holding config.json and the weights, or a Hugging Face id (org/name)",
+        )
+    config = read_config_json(folder / "config.json")
+    weights_bytes = folder_weights_bytes(folder)
+    if weights_bytes == 0:
+        raise InputError(
+            f"Model folder {folder} holds no weight files",
+            why="no *.safetensors or *.bin files at its top level",
+            fix="download the weights into the folder first (kaito-run --model ORG/NAME --download-only)",
+        )
+    return spec_from_hf_config(
+        config,
+        name=served_name_for(str(folder)),
+        weights_bytes=weights_bytes,
+        local_path=str(folder.resolve()),
+    )
+
+
+def check_repo_id(repo_id: str) -> None:
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise InputError(
+            f"{repo_id!r} is neither a local folder nor a Hugging Face repo id",
+            fix="use the form org/name (e.g. my-org/my-model) or an existing folder path",
+        )
+
+
+def spec_from_hub(
+    repo_id: str,
+    *,
+    revision: str | None,
+    token,
+    endpoint: str | None,
+    offline: bool,
+    weights_dir: Path,
+) -> ModelSpec:
+    """Read config.json and the file sizes from the hub (or a complete local copy when offline)."""
+    from kaito_runtime import weights
+
+    check_repo_id(repo_id)
+    remote = weights.fetch_model_metadata(
+        repo_id, revision, token=token, endpoint=endpoint, offline=offline, weights_dir=weights_dir
+    )
+    return spec_from_hf_config(
+        remote.config,
+        name=served_name_for(repo_id),
+        weights_bytes=remote.weights_bytes,
+        repo_id=repo_id,
+        revision=remote.commit,
+        gated=remote.gated,
+    )

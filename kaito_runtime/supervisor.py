@@ -1,0 +1,334 @@
+"""Run vLLM as a child process: stream its output, detect readiness, forward signals, clean up.
+
+States a log line can name: starting -> ready -> stopping -> exited.
+
+* The child gets its own process group (``start_new_session``), so a signal and the final sweep
+  reach every process vLLM spawned (API server, engine core, workers), including ones orphaned
+  when their parent died: an orphaned ``VLLM::EngineCore`` keeps GPU memory and breaks the next
+  start.
+* SIGTERM / SIGINT sent to us are forwarded to the group; after ``grace_seconds`` the group is
+  SIGKILLed. A second signal SIGKILLs at once.
+* Exit code (SupervisorResult.exit_code): the child's own code when it exited (a graceful vLLM
+  stop after our forwarded SIGTERM is usually 0); 128+N when it was killed by signal N (143 for
+  SIGTERM, 137 after the grace-period SIGKILL); READY_TIMEOUT_EXIT_CODE when it never became ready
+  within ``ready_timeout`` and we stopped it.
+* Readiness is checked in a thread; ``on_ready`` is called from the calling thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Literal
+
+import psutil
+
+TAIL_LINES = 40
+READY_TIMEOUT_EXIT_CODE = 124  # as timeout(1): we gave up waiting and stopped the child
+_POLL_SECONDS = 0.1
+_SWEEP_SECONDS = 5.0  # how long leftovers of the group get after SIGTERM before SIGKILL
+
+Outcome = Literal["exited", "stopped", "ready_timeout"]
+
+
+@dataclass(frozen=True)
+class ReadinessCheck:
+    """When is the server ready: /health 200, the served name in /v1/models and (optionally)
+    one real 1-token completion, because the CPU backend can report healthy and still fail."""
+
+    host: str
+    port: int
+    served_name: str
+    probe_request: bool = True
+    interval: float = 0.5
+    request_timeout: float = 60.0  # the first completion can be slow (seconds on CPU with TP)
+
+    @property
+    def base_url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def _call(self, path: str, payload: dict | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+        """(status, body); HTTP errors are answers too. Raises OSError when nothing answers."""
+        request = urllib.request.Request(
+            self.base_url + path,
+            data=json.dumps(payload).encode() if payload is not None else None,
+            headers={"Content-Type": "application/json"} if payload is not None else {},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, b""
+
+    def stage(self) -> str:
+        """The first check that does not pass yet ("health", "models", "request"), or "ready"."""
+        try:
+            status, _ = self._call("/health")
+            if status != 200:
+                return "health"
+            status, body = self._call("/v1/models")
+            if status != 200 or self.served_name not in _model_ids(body):
+                return "models"
+            if self.probe_request:
+                payload = {"model": self.served_name, "prompt": "ready?", "max_tokens": 1, "temperature": 0}
+                status, body = self._call("/v1/completions", payload, timeout=self.request_timeout)
+                if status != 200 or not _has_choices(body):
+                    return "request"
+        except OSError:  # refused, reset, timed out: not listening yet (or gone)
+            return "health"
+        return "ready"
+
+
+def _model_ids(body: bytes) -> set[str]:
+    try:
+        return {entry.get("id") for entry in json.loads(body).get("data", [])}
+    except (ValueError, AttributeError):
+        return set()
+
+
+def _has_choices(body: bytes) -> bool:
+    try:
+        return bool(json.loads(body).get("choices"))
+    except (ValueError, AttributeError):
+        return False
+
+
+@dataclass(frozen=True)
+class SupervisorResult:
+    exit_code: int
+    ready_after: float | None  # seconds from start to ready; None if never ready
+    tail: tuple[str, ...]  # the child's last output lines
+    signal_received: int | None  # the signal we got and forwarded (SIGTERM/SIGINT), if any
+    outcome: Outcome = "exited"
+    pid: int | None = None
+
+
+class _Child:
+    """The running child, its output pump and its process group."""
+
+    def __init__(
+        self, argv: Sequence[str], env: Mapping[str, str], output: IO[str] | None, log: logging.Logger
+    ) -> None:
+        self.log = log
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._output = output
+        self.proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pgid = self.proc.pid  # a new session leader's group id is its pid
+        self._pump = threading.Thread(target=self._copy_output, name="vllm-output", daemon=True)
+        self._pump.start()
+
+    def _copy_output(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode("utf-8", errors="replace")
+            # progress bars redraw with \r: keep what the terminal would finally show
+            self.tail.append(line.rstrip("\r\n").rsplit("\r", 1)[-1])
+            if self._output is not None:
+                try:
+                    self._output.write(line)
+                    self._output.flush()
+                except (OSError, ValueError):
+                    self._output = None  # our stdout is gone; keep draining the pipe
+        self.proc.stdout.close()
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def finish_output(self) -> None:
+        # grandchildren may hold the pipe open; the sweep kills them, so this returns soon
+        self._pump.join(timeout=2.0)
+
+    def group_members(self) -> list[int]:
+        """Living (non-zombie) processes still in the child's group."""
+        alive = []
+        for proc in psutil.process_iter(["pid", "status"]):
+            try:
+                if os.getpgid(proc.pid) == self.pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                    alive.append(proc.pid)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                continue
+        return alive
+
+    def reap_group(self) -> None:
+        """Reap zombies of the group that are our children (we may be PID 1 / a subreaper)."""
+        while True:
+            try:
+                pid, _ = os.waitpid(-self.pgid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    def sweep(self, patience: float) -> None:
+        """Stop whatever is left of the group: SIGTERM, wait up to ``patience``, SIGKILL."""
+        self.reap_group()
+        leftovers = self.group_members()
+        if not leftovers:
+            return
+        self.log.warning("stopping %d leftover vLLM process(es): %s", len(leftovers), leftovers)
+        self.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            time.sleep(_POLL_SECONDS)
+            self.reap_group()
+            if not self.group_members():
+                return
+        self.signal_group(signal.SIGKILL)
+        deadline = time.monotonic() + 2.0
+        while self.group_members() and time.monotonic() < deadline:
+            time.sleep(0.02)
+            self.reap_group()
+
+
+def _watch_readiness(check: ReadinessCheck, ready: threading.Event, stop: threading.Event) -> None:
+    while not stop.is_set():
+        if check.stage() == "ready":
+            ready.set()
+            return
+        stop.wait(check.interval)
+
+
+def _exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def supervise(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    ready: ReadinessCheck | None,
+    grace_seconds: float = 30.0,
+    ready_timeout: float | None = None,
+    on_ready: Callable[[float], None] | None = None,
+    log: logging.Logger,
+    output: IO[str] | None | Literal["stdout"] = "stdout",
+) -> SupervisorResult:
+    """Run ``argv`` with exactly ``env`` until it exits; see the module docstring for the rules.
+
+    ``output`` receives the child's stdout and stderr, line by line, unchanged ("stdout": our
+    sys.stdout at call time; None: discard; the tail is kept either way). Signal handlers are installed only when called from the main
+    thread, and the previous handlers are restored before returning.
+    """
+    if output == "stdout":
+        output = sys.stdout
+    received: list[int] = []
+    child: _Child | None = None
+    kill_at: float | None = None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal kill_at
+        first = not received
+        received.append(signum)
+        if child is None:
+            return  # forwarded right after the child starts
+        if first:
+            log.info("received %s: stopping vLLM (grace %gs)", signal.Signals(signum).name, grace_seconds)
+            child.signal_group(signum)
+            kill_at = time.monotonic() + grace_seconds
+        else:
+            log.warning("second signal: killing vLLM now")
+            child.signal_group(signal.SIGKILL)
+
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+
+    started = time.monotonic()
+    stop_watch = threading.Event()
+    became_ready = threading.Event()
+    try:
+        try:
+            child = _Child(argv, env, output, log)
+        except OSError as exc:
+            log.error("cannot start %s: %s", argv[0] if argv else "?", exc)
+            return SupervisorResult(127, None, (str(exc),), received[0] if received else None)
+        log.debug("started pid %d (process group %d)", child.proc.pid, child.pgid)
+        if received:
+            child.signal_group(received[0])
+            kill_at = time.monotonic() + grace_seconds
+
+        if ready is not None:
+            threading.Thread(
+                target=_watch_readiness,
+                args=(ready, became_ready, stop_watch),
+                name="vllm-readiness",
+                daemon=True,
+            ).start()
+
+        ready_after: float | None = None
+        outcome: Outcome = "exited"
+        while True:
+            try:
+                returncode = child.proc.wait(timeout=_POLL_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if ready_after is None and became_ready.is_set() and not received:
+                ready_after = now - started
+                if on_ready is not None:
+                    on_ready(ready_after)
+            if kill_at is not None and now >= kill_at:
+                log.warning("vLLM did not stop within %gs: killing its process group", grace_seconds)
+                child.signal_group(signal.SIGKILL)
+                kill_at = None
+            if (
+                ready_timeout is not None
+                and ready_after is None
+                and outcome != "ready_timeout"
+                and not received
+                and now - started >= ready_timeout
+            ):
+                log.error("vLLM was not ready after %gs: stopping it", ready_timeout)
+                outcome = "ready_timeout"
+                child.signal_group(signal.SIGTERM)
+                kill_at = now + grace_seconds
+
+        stop_watch.set()
+        child.sweep(min(grace_seconds, _SWEEP_SECONDS))
+        child.finish_output()
+        if received and outcome == "exited":
+            outcome = "stopped"
+        code = READY_TIMEOUT_EXIT_CODE if outcome == "ready_timeout" else _exit_code(returncode)
+        return SupervisorResult(
+            exit_code=code,
+            ready_after=ready_after,
+            tail=tuple(child.tail),
+            signal_received=received[0] if received else None,
+            outcome=outcome,
+            pid=child.proc.pid,
+        )
+    finally:
+        stop_watch.set()
+        if child is not None and child.proc.poll() is None:  # we are leaving on an exception
+            child.signal_group(signal.SIGKILL)
+            child.proc.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]

@@ -1,0 +1,396 @@
+"""LaunchPlan -> the vLLM argv and environment. Pure: no processes, no file writes.
+
+Flags come from the plan first, then the model's own ``vllm_args``, then the user's KAITO config
+file ``vllm:`` section, then the arguments after ``--``. A later layer WINS: the earlier
+occurrence of the same flag is removed (so vLLM never sees two), and a user value that
+contradicts the fit check is kept but warned about with the numbers (presets.md mistake #12).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kaito_runtime.memory import align_down, gib
+from kaito_runtime.planner import CONTEXT_ALIGN, tp_rule_violation
+from kaito_runtime.values import LaunchPlan
+
+# vLLM reads the Hub token from these; it runs offline on a local folder and must never see one.
+TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")
+
+# Flags whose value is a secret: dropped from user arguments, never put in an argv.
+_SECRET_FLAGS = frozenset({"hf-token"})
+
+# Short spellings vLLM accepts for flags the plan sets (vllm.md "Parallelism flags").
+_SHORT_FLAGS = {
+    "tp": "tensor-parallel-size",
+    "pp": "pipeline-parallel-size",
+    "dp": "data-parallel-size",
+    "n": "nnodes",
+    "r": "node-rank",
+}
+
+_MODULE_ENTRY = "vllm.entrypoints.openai.api_server"
+_NUMBER = re.compile(r"^-\d")
+
+
+@dataclass(frozen=True)
+class VllmLaunch:
+    """What to start: argv, the variables to set and to remove, and warnings for the user."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    unset_env: tuple[str, ...] = TOKEN_ENV_VARS
+    warnings: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument groups: a flag with its values, compared by normalised name
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Arg:
+    name: str | None  # normalised flag name ("max-model-len"); None for a stray positional
+    tokens: tuple[str, ...]
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        first = self.tokens[0]
+        if self.name is not None and "=" in first and first.startswith("--"):
+            return (first.split("=", 1)[1], *self.tokens[1:])
+        return self.tokens[1:] if self.name is not None else self.tokens
+
+
+def normalise_flag(token: str) -> str:
+    """'--max_model_len=8' -> 'max-model-len'; '-tp' -> 'tensor-parallel-size'."""
+    bare = token.split("=", 1)[0] if token.startswith("--") else token
+    short = not bare.startswith("--")
+    name = bare.lstrip("-").replace("_", "-").lower()
+    if short:
+        return _SHORT_FLAGS.get(name, name)
+    return name
+
+
+def _is_flag(token: str) -> bool:
+    return token.startswith("-") and len(token) > 1 and not _NUMBER.match(token)
+
+
+def _group(tokens: Sequence[str]) -> list[_Arg]:
+    groups: list[_Arg] = []
+    current: list[str] = []
+    for token in tokens:
+        if _is_flag(token) or (current and current[0].startswith("--") and "=" in current[0]):
+            if current:
+                groups.append(_make(current))
+            current = [token]
+        else:
+            current.append(token)
+    if current:
+        groups.append(_make(current))
+    return groups
+
+
+def _make(tokens: list[str]) -> _Arg:
+    return _Arg(normalise_flag(tokens[0]) if _is_flag(tokens[0]) else None, tuple(tokens))
+
+
+def _conflicts(a: str | None, b: str | None) -> bool:
+    """Same flag, counting the --no-X form of a boolean flag X."""
+    if a is None or b is None:
+        return False
+    return a == b or a == f"no-{b}" or b == f"no-{a}"
+
+
+def _config_tokens(config_args: Mapping[str, object]) -> tuple[list[str], list[str]]:
+    """KAITO config ``vllm:`` section -> tokens, plus the flags it switches off (False/None)."""
+    tokens: list[str] = []
+    dropped: list[str] = []
+    for key, value in config_args.items():
+        flag = "--" + str(key).lstrip("-")
+        if value is None or value is False:
+            dropped.append(normalise_flag(flag))
+        elif value is True:
+            tokens.append(flag)
+        elif isinstance(value, (list, tuple)):
+            tokens += [flag, *(str(v) for v in value)]
+        elif isinstance(value, dict):
+            tokens += [flag, json.dumps(value, separators=(",", ":"))]
+        else:
+            tokens += [flag, str(value)]
+    return tokens, dropped
+
+
+def _merge(base: list[_Arg], layer: list[_Arg], dropped: Sequence[str] = ()) -> list[_Arg]:
+    merged = [a for a in base if not any(_conflicts(a.name, d) for d in dropped)]
+    for arg in layer:
+        merged = [a for a in merged if not _conflicts(a.name, arg.name)]
+        merged.append(arg)
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan's own flags
+# ------------------------------------------------------------------------------------------------
+
+
+def _plan_tokens(plan: LaunchPlan, host: str, port: int, auto_supported: bool, warnings: list[str]) -> list[str]:
+    t: list[str] = [
+        "--served-model-name", plan.model.name,
+        "--host", host,
+        "--port", str(port),
+        "--tensor-parallel-size", str(plan.tensor_parallel_size),
+    ]
+    if plan.pipeline_parallel_size > 1:
+        t += ["--pipeline-parallel-size", str(plan.pipeline_parallel_size)]
+    if plan.data_parallel_size > 1:
+        t += ["--data-parallel-size", str(plan.data_parallel_size)]
+    if plan.target == "gpu" and plan.gpu_memory_utilization is not None:
+        t += ["--gpu-memory-utilization", f"{plan.gpu_memory_utilization:.2f}"]
+    length = _max_model_len_value(plan, auto_supported, warnings)
+    if length is not None:
+        t += ["--max-model-len", length]
+    if plan.kv_cache_dtype:
+        t += ["--kv-cache-dtype", plan.kv_cache_dtype]
+    if plan.enforce_eager:
+        t.append("--enforce-eager")
+    topo = plan.topology
+    if topo.multi_node:
+        # vLLM's multi-node without Ray (mp backend): same command everywhere except the rank,
+        # and no API server on the workers (vllm.md "Multi-node without Ray").
+        t += [
+            "--distributed-executor-backend", "mp",
+            "--nnodes", str(topo.nnodes),
+            "--node-rank", str(topo.node_rank),
+            "--master-addr", str(topo.leader_address),
+            "--master-port", str(topo.master_port),
+        ]
+        if not topo.is_leader:
+            t.append("--headless")
+    elif plan.target == "cpu" and plan.world_size == 1:
+        # One process, engine in the API server: fastest CPU start (vllm-cpu.md: 24 s vs 44 s).
+        t += ["--distributed-executor-backend", "uni"]
+    return t
+
+
+def _max_model_len_value(plan: LaunchPlan, auto_supported: bool, warnings: list[str]) -> str | None:
+    if not plan.max_model_len_auto:
+        return str(plan.max_model_len) if plan.max_model_len else None
+    if auto_supported:
+        return "auto"
+    if plan.kv_cache_tokens:
+        estimate = min(plan.model.max_context, align_down(plan.kv_cache_tokens, CONTEXT_ALIGN))
+        warnings.append(
+            f"this vLLM has no '--max-model-len auto'; passing the planner's estimate {estimate} "
+            "(if vLLM reports too little KV cache, lower it with --max-model-len)"
+        )
+        return str(estimate)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Warnings for user values that contradict the fit check
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_human_int(text: str) -> int | None:
+    """vLLM's human units: 1k = 1000, 1K = 1024, decimals allowed; None for 'auto' / garbage."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT]?)", text.strip())
+    if not match:
+        return None
+    number, unit = float(match.group(1)), match.group(2)
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
+    return int(number * scale)
+
+
+def _contradictions(plan: LaunchPlan, user: Sequence[_Arg]) -> list[str]:
+    warnings: list[str] = []
+    model = plan.model
+    for arg in user:
+        value = arg.values[0] if arg.values else ""
+        if arg.name == "max-model-len":
+            wanted = parse_human_int(value)
+            if wanted is None:
+                continue
+            if wanted > model.max_context:
+                warnings.append(
+                    f"--max-model-len {wanted} is longer than {model.name}'s context {model.max_context}; vLLM will refuse it"
+                )
+            elif plan.kv_cache_tokens is not None and wanted > plan.kv_cache_tokens:
+                fits = min(model.max_context, align_down(plan.kv_cache_tokens, CONTEXT_ALIGN))
+                kv = ""
+                if plan.memory:
+                    kv = (f": it needs {gib(wanted * plan.memory.kv_bytes_per_token)} of KV per GPU, "
+                          f"only {gib(max(0, plan.memory.kv_cache))} left")
+                warnings.append(
+                    f"--max-model-len {wanted} is more than the planner estimates fits ({plan.kv_cache_tokens:,} tokens){kv}; "
+                    f"expect vLLM to fail at start-up; fits with --max-model-len <= {fits}"
+                )
+        elif arg.name == "gpu-memory-utilization" and plan.memory is not None:
+            try:
+                wanted_u = float(value)
+            except ValueError:
+                continue
+            free_u = plan.memory.free / plan.memory.total
+            if wanted_u > free_u:
+                warnings.append(
+                    f"--gpu-memory-utilization {wanted_u} needs {gib(plan.memory.total * wanted_u)} per GPU but only "
+                    f"{gib(plan.memory.free)} of {gib(plan.memory.total)} is free; vLLM will refuse to start "
+                    f"(planned {plan.gpu_memory_utilization})"
+                )
+            elif plan.memory.total * wanted_u < plan.memory.weights + plan.memory.overhead:
+                warnings.append(
+                    f"--gpu-memory-utilization {wanted_u} gives {gib(plan.memory.total * wanted_u)} per GPU, less than the "
+                    f"{gib(plan.memory.weights + plan.memory.overhead)} the weights and runtime need"
+                )
+        elif arg.name in ("tensor-parallel-size", "pipeline-parallel-size"):
+            number = parse_human_int(value)
+            if number is None:
+                continue
+            tp = number if arg.name == "tensor-parallel-size" else _final_int(user, "tensor-parallel-size", plan.tensor_parallel_size)
+            pp = number if arg.name == "pipeline-parallel-size" else _final_int(user, "pipeline-parallel-size", plan.pipeline_parallel_size)
+            if arg.name == "tensor-parallel-size":
+                rule = tp_rule_violation(model, tp)
+                if rule:
+                    warnings.append(f"--tensor-parallel-size {tp}: {rule}; vLLM will refuse it")
+            if plan.gpus_per_node:
+                group = plan.gpus_per_node * plan.topology.nnodes
+                if tp * pp > group:
+                    warnings.append(
+                        f"TP {tp} x PP {pp} = {tp * pp} GPUs, but the group has {group} "
+                        f"({plan.topology.nnodes} node(s) x {plan.gpus_per_node})"
+                    )
+                elif plan.topology.multi_node and tp * pp != group:
+                    warnings.append(f"TP {tp} x PP {pp} = {tp * pp} does not match the group's {group} GPUs")
+    return warnings
+
+
+def _final_int(args: Sequence[_Arg], name: str, default: int) -> int:
+    for arg in reversed(args):
+        if arg.name == name and arg.values:
+            number = parse_human_int(arg.values[0])
+            if number is not None:
+                return number
+    return default
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry points
+# ------------------------------------------------------------------------------------------------
+
+
+def _model_as_flag(entrypoint: Sequence[str]) -> bool:
+    """The module entry (python -m vllm.entrypoints.openai.api_server) takes --model PATH."""
+    return any(part == _MODULE_ENTRY or part.endswith("api_server.py") for part in entrypoint)
+
+
+def _env(plan: LaunchPlan, base_env: Mapping[str, str], host_ip: str | None) -> dict[str, str]:
+    env = {
+        "HF_HUB_OFFLINE": "1",  # vLLM loads the local folder; zero Hub calls
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+    }
+    wanted: dict[str, str] = {}
+    if plan.target == "cpu":
+        wanted["VLLM_CPU_KVCACHE_SPACE"] = str(plan.cpu_kv_cache_gib or 1)
+        wanted["VLLM_CPU_OMP_THREADS_BIND"] = plan.cpu_threads_bind or "auto"
+        if plan.world_size == 1:
+            wanted["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if host_ip:
+        # Multi-node: this node's address for torch.distributed (the runtime resolves it).
+        wanted["VLLM_HOST_IP"] = host_ip
+    for key, value in wanted.items():
+        if key not in base_env:  # a value the user exported wins
+            env[key] = value
+    return env
+
+
+def build_vllm_command(
+    plan: LaunchPlan,
+    *,
+    model_path: str,
+    entrypoint: Sequence[str] = ("vllm", "serve"),
+    model_as_flag: bool | None = None,
+    host: str = "0.0.0.0",
+    port: int = 5000,
+    extra_args: Sequence[str] = (),
+    config_args: Mapping[str, object] | None = None,
+    chat_template_dir: str | None = None,
+    base_env: Mapping[str, str] | None = None,
+    host_ip: str | None = None,
+    max_model_len_auto_supported: bool = True,
+) -> VllmLaunch:
+    """The vLLM command for ``plan`` serving the weights in ``model_path``.
+
+    ``model_as_flag`` None: decided from ``entrypoint`` (module entry -> ``--model PATH``).
+    ``base_env``: the environment the child inherits; variables the user set there win over ours.
+    ``host_ip``: this node's address for multi-node runs (``VLLM_HOST_IP``).
+    """
+    warnings: list[str] = []
+    base_env = base_env or {}
+    as_flag = _model_as_flag(entrypoint) if model_as_flag is None else model_as_flag
+    head = [*entrypoint, *(("--model", model_path) if as_flag else (model_path,))]
+
+    args = _group(_plan_tokens(plan, host, port, max_model_len_auto_supported, warnings))
+    args = _merge(args, _group(plan.model.vllm_args))
+
+    user: list[_Arg] = []
+    dropped: list[str] = []
+    if config_args:
+        tokens, dropped = _config_tokens(config_args)
+        user += _group(tokens)
+    user += _group(extra_args)
+    secret = [a for a in user if a.name in _SECRET_FLAGS]
+    if secret:
+        warnings.append(
+            "dropped --hf-token from the vLLM arguments: tokens never go on a command line and vLLM "
+            "runs offline from the downloaded folder"
+        )
+        user = [a for a in user if a.name not in _SECRET_FLAGS]
+
+    template = plan.model.chat_template
+    user_template = any(a.name == "chat-template" for a in user)
+    if template and not user_template:
+        path = os.path.join(chat_template_dir, template) if chat_template_dir else None
+        if path and os.path.isfile(path):
+            args.append(_Arg("chat-template", ("--chat-template", path)))
+        else:
+            where = chat_template_dir or "(no chat-template folder given)"
+            warnings.append(
+                f"chat template {template} not found in {where}; the tokenizer's own chat template is used"
+            )
+
+    args = _merge(args, [], dropped)
+    args = _merge(args, user)
+    warnings += _contradictions(plan, user)
+
+    argv = tuple(head + [token for arg in args for token in arg.tokens])
+    return VllmLaunch(
+        argv=argv,
+        env=_env(plan, base_env, host_ip),
+        unset_env=TOKEN_ENV_VARS,
+        warnings=tuple(warnings),
+    )
+
+
+def format_command(launch: VllmLaunch) -> str:
+    """A shell line that reproduces the launch (for --dry-run): env -u ... VAR=value ... argv."""
+    parts = ["env"]
+    parts += [f"-u {name}" for name in launch.unset_env]
+    parts += [f"{key}={shlex.quote(value)}" for key, value in sorted(launch.env.items())]
+    return " ".join(parts) + " " + shlex.join(launch.argv)
+
+
+__all__ = [
+    "TOKEN_ENV_VARS",
+    "VllmLaunch",
+    "build_vllm_command",
+    "format_command",
+    "normalise_flag",
+    "parse_human_int",
+]
+

@@ -1,0 +1,491 @@
+"""The preset catalog: shipped data matches the reference, bad files fail with one clear error."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from kaito_runtime import catalog as catalog_module
+from kaito_runtime.catalog import Catalog, load_catalog
+from kaito_runtime.errors import CatalogError, UnknownPresetError
+from kaito_runtime.values import GiB
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# KV-cache bytes per token at 16-bit KV, copied from the "KV B/tok" column of
+# /work/shared/reference/presets.md (the correct values, not the bracketed KAITO v0.10.0 ones).
+REFERENCE_KV_BYTES_PER_TOKEN = {
+    "deepseek-r1-distill-llama-8b": 131072,
+    "deepseek-r1-distill-qwen-14b": 196608,
+    "deepseek-r1-0528": 70272,
+    "deepseek-v3-0324": 70272,
+    "falcon-7b": 8192,
+    "falcon-7b-instruct": 8192,
+    "falcon-40b": 122880,
+    "falcon-40b-instruct": 122880,
+    "gemma-3-4b-instruct": 139264,
+    "gemma-3-27b-instruct": 507904,
+    "gpt-oss-20b": 49152,
+    "gpt-oss-120b": 73728,
+    "llama-3.1-8b-instruct": 131072,
+    "llama-3.3-70b-instruct": 327680,
+    "mistral-7b": 131072,
+    "mistral-7b-instruct": 131072,
+    "ministral-3-3b-instruct": 106496,
+    "ministral-3-8b-instruct": 139264,
+    "ministral-3-14b-instruct": 163840,
+    "mistral-large-3-675b-instruct": 70272,
+    "phi-3-mini-4k-instruct": 393216,
+    "phi-3-mini-128k-instruct": 393216,
+    "phi-3-medium-4k-instruct": 204800,
+    "phi-3-medium-128k-instruct": 204800,
+    "phi-3.5-mini-instruct": 393216,
+    "phi-4": 204800,
+    "phi-4-mini-instruct": 131072,
+    "qwen2.5-coder-7b-instruct": 57344,
+    "qwen2.5-coder-32b-instruct": 262144,
+}
+
+FAMILIES = ["deepseek", "falcon", "gemma-3", "gpt-oss", "llama", "mistral", "phi-3", "phi-4", "qwen"]
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Catalog:
+    return load_catalog()
+
+
+# ------------------------------------------------------------------------------------------------
+# The shipped catalog
+# ------------------------------------------------------------------------------------------------
+
+
+def test_shipped_catalog_has_every_reference_preset_and_nothing_else(shipped: Catalog) -> None:
+    assert sorted(shipped.names()) == sorted(REFERENCE_KV_BYTES_PER_TOKEN)
+
+
+def test_all_nine_families_present(shipped: Catalog) -> None:
+    assert shipped.families() == FAMILIES
+    for family in FAMILIES:
+        assert (REPO_ROOT / "presets" / f"{family}.yaml").is_file()
+
+
+@pytest.mark.parametrize("name,expected", sorted(REFERENCE_KV_BYTES_PER_TOKEN.items()))
+def test_kv_bytes_per_token_matches_reference(shipped: Catalog, name: str, expected: int) -> None:
+    spec = shipped.get(name)
+    assert spec.attention.kv_bytes_per_token() == expected
+    assert spec.kv_bytes_per_token == expected
+
+
+def test_every_revision_is_a_full_commit_id(shipped: Catalog) -> None:
+    for spec in shipped.presets:
+        assert spec.revision is not None and re.fullmatch(r"[0-9a-f]{40}", spec.revision), spec.name
+
+
+def test_presets_sorted_by_family_then_name(shipped: Catalog) -> None:
+    keys = [(spec.family, spec.name) for spec in shipped.presets]
+    assert keys == sorted(keys)
+    assert shipped.names() == [spec.name for spec in shipped.presets]
+
+
+def test_spec_conversion(shipped: Catalog) -> None:
+    spec = shipped.get("llama-3.3-70b-instruct")
+    assert spec.weights_bytes == round(131.42 * 2**30)
+    assert spec.family == "llama"
+    assert spec.repo_id == "meta-llama/Llama-3.3-70B-Instruct"
+    assert spec.vllm_args == ("--tool-call-parser", "llama3_json", "--enable-auto-tool-choice")
+    assert isinstance(spec.vllm_args, tuple)
+    assert spec.chat_template == "tool-chat-llama3.1-json.jinja"
+    assert spec.attention.num_attention_heads == 64
+    assert spec.gated and spec.multi_node and spec.tensor_parallel_allowed
+
+
+def test_known_mistakes_are_avoided(shipped: Catalog) -> None:
+    for spec in shipped.presets:
+        args = spec.vllm_args
+        assert "--trust-remote-code" not in args, spec.name
+        assert "--attention-backend" not in args, spec.name
+        assert "--chat-template" not in args, spec.name
+        assert not any(a.endswith(".jinja") for a in args), spec.name
+        if spec.family == "mistral":
+            assert "--reasoning-parser" not in args, spec.name
+    for name in ("deepseek-r1-distill-llama-8b", "deepseek-r1-distill-qwen-14b"):
+        assert shipped.get(name).vllm_args == ("--reasoning-parser", "deepseek_r1")
+        assert shipped.get(name).chat_template is None
+    phi4_mini = shipped.get("phi-4-mini-instruct")
+    assert phi4_mini.vllm_args[:2] == ("--tool-call-parser", "phi4_mini_json")
+    assert "--enable-auto-tool-choice" in phi4_mini.vllm_args
+    for name in ("ministral-3-3b-instruct", "ministral-3-8b-instruct", "ministral-3-14b-instruct"):
+        assert shipped.get(name).vllm_args[:2] == ("--tool-call-parser", "mistral")
+    # head_dim from config, not hidden/heads
+    assert shipped.get("gemma-3-4b-instruct").attention.head_dim == 256
+    assert shipped.get("gpt-oss-20b").attention.head_dim == 64
+
+
+def test_flags_per_preset(shipped: Catalog) -> None:
+    no_tp = {s.name for s in shipped.presets if not s.tensor_parallel_allowed}
+    assert no_tp == {"falcon-7b", "falcon-7b-instruct"}
+    multi = {s.name for s in shipped.presets if s.multi_node}
+    assert multi == {
+        "deepseek-r1-0528",
+        "deepseek-v3-0324",
+        "llama-3.1-8b-instruct",
+        "llama-3.3-70b-instruct",
+        "mistral-large-3-675b-instruct",
+    }
+    gated = {s.name for s in shipped.presets if s.gated}
+    assert gated == {
+        "llama-3.1-8b-instruct",
+        "llama-3.3-70b-instruct",
+        "gemma-3-4b-instruct",
+        "gemma-3-27b-instruct",
+        "mistral-7b",
+        "mistral-7b-instruct",
+    }
+    mistral_format = {s.name for s in shipped.presets if s.load_format == "mistral"}
+    assert mistral_format == {
+        "ministral-3-3b-instruct",
+        "ministral-3-8b-instruct",
+        "ministral-3-14b-instruct",
+        "mistral-large-3-675b-instruct",
+    }
+    for spec in shipped.presets:
+        has_flag = "--load-format" in spec.vllm_args
+        assert has_flag == (spec.load_format == "mistral"), spec.name
+
+
+def test_no_preset_name_in_python_code(shipped: Catalog) -> None:
+    sources = sorted((REPO_ROOT / "kaito_runtime").rglob("*.py"))
+    assert sources
+    offenders = []
+    for path in sources:
+        text = path.read_text(encoding="utf-8").lower()
+        for name in shipped.names():
+            if name in text:
+                offenders.append(f"{path.relative_to(REPO_ROOT)}: {name}")
+    assert not offenders, "preset names belong in presets/*.yaml:\n" + "\n".join(offenders)
+
+
+def test_default_catalog_is_cached() -> None:
+    assert load_catalog() is load_catalog()
+
+
+def test_loading_is_fast() -> None:
+    presets = REPO_ROOT / "presets"
+    load_catalog(presets)  # warm the imports
+    start = time.perf_counter()
+    for _ in range(5):
+        load_catalog(presets)
+    per_load = (time.perf_counter() - start) / 5
+    assert per_load < 0.1, f"{per_load * 1000:.1f} ms per catalog load"
+
+
+# ------------------------------------------------------------------------------------------------
+# Lookup
+# ------------------------------------------------------------------------------------------------
+
+
+def test_lookup_is_case_insensitive(shipped: Catalog) -> None:
+    assert shipped.get("LLAMA-3.1-8B-Instruct").name == "llama-3.1-8b-instruct"
+    assert shipped.get(" Phi-4 ").name == "phi-4"
+    assert "GEMMA-3-4B-INSTRUCT" in shipped
+
+
+def test_unknown_preset_suggests_the_instruct_variant(shipped: Catalog) -> None:
+    assert shipped.suggest("llama-3.3-70b")[0] == "llama-3.3-70b-instruct"
+    with pytest.raises(UnknownPresetError) as info:
+        shipped.get("llama-3.3-70b")
+    err = info.value
+    assert err.what == "Unknown preset 'llama-3.3-70b'"
+    assert err.fix is not None and err.fix.startswith("did you mean llama-3.3-70b-instruct")
+    assert err.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "query,first",
+    [
+        ("gemma-3-4b-it", "gemma-3-4b-instruct"),  # KAITO main's served name
+        ("google/gemma-3-4b-it", "gemma-3-4b-instruct"),  # a repo id
+        ("mistral-7b-v0.3", "mistral-7b"),
+        ("phi4-mini", "phi-4-mini-instruct"),
+        ("deepseek-r1", "deepseek-r1-0528"),
+        ("qwen2.5-coder-7b", "qwen2.5-coder-7b-instruct"),
+        ("falcon-40b-instruct-v2", "falcon-40b-instruct"),
+    ],
+)
+def test_suggestions(shipped: Catalog, query: str, first: str) -> None:
+    suggestions = shipped.suggest(query)
+    assert suggestions[0] == first
+    assert len(suggestions) <= 3
+
+
+def test_no_suggestion_lists_known_names(shipped: Catalog) -> None:
+    assert shipped.suggest("zzzzqqq") == []
+    with pytest.raises(UnknownPresetError) as info:
+        shipped.get("zzzzqqq")
+    assert "phi-4" in (info.value.fix or "")
+
+
+def test_find_by_repo(shipped: Catalog) -> None:
+    spec = shipped.find_by_repo("META-LLAMA/Llama-3.1-8B-Instruct")
+    assert spec is not None and spec.name == "llama-3.1-8b-instruct"
+    assert shipped.find_by_repo("someone/else") is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad catalogs
+# ------------------------------------------------------------------------------------------------
+
+GOOD_ENTRY = """\
+  - name: {name}
+    repo_id: acme/Acme-7B
+    revision: "0123456789abcdef0123456789abcdef01234567"
+    weights_gib: 13.5
+    architecture: AcmeForCausalLM
+    max_context: 32768
+    attention: {{num_layers: 32, num_attention_heads: 32, num_kv_heads: 8, head_dim: 128}}
+    kv_bytes_per_token: 131072
+    vllm_args: ["--tool-call-parser", "hermes", "--enable-auto-tool-choice"]
+"""
+
+
+def _write(folder: Path, family: str, body: str) -> Path:
+    path = folder / f"{family}.yaml"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def _family(family: str, *entries: str) -> str:
+    return f"family: {family}\npresets:\n" + "".join(entries)
+
+
+def _entry(name: str = "acme-7b", replace: tuple[str, str] | None = None, extra: str = "") -> str:
+    text = GOOD_ENTRY.format(name=name)
+    if replace:
+        assert replace[0] in text
+        text = text.replace(replace[0], replace[1])
+    return text + extra
+
+
+def _load_error(folder: Path) -> CatalogError:
+    with pytest.raises(CatalogError) as info:
+        load_catalog(folder)
+    return info.value
+
+
+def test_good_fixture_loads(tmp_path: Path) -> None:
+    _write(tmp_path, "acme", _family("acme", _entry(), _entry("acme-7b-chat")))
+    cat = load_catalog(tmp_path)
+    assert cat.names() == ["acme-7b", "acme-7b-chat"]
+    spec = cat.get("acme-7b")
+    assert spec.weights_bytes == round(13.5 * GiB)
+    assert spec.vllm_args == ("--tool-call-parser", "hermes", "--enable-auto-tool-choice")
+
+
+def test_subfolders_are_not_read(tmp_path: Path) -> None:
+    _write(tmp_path, "acme", _family("acme", _entry()))
+    (tmp_path / "hardware").mkdir()
+    (tmp_path / "hardware" / "gpu-skus.yaml").write_text("skus: [not, a, family]\n")
+    assert load_catalog(tmp_path).names() == ["acme-7b"]
+
+
+BAD_ENTRIES = [
+    # (case id, entry replacement or extra lines, field named, words in the problem)
+    ("unknown key", None, "    colour: blue\n", "colour", "unknown key"),
+    ("wrong type", ("max_context: 32768", "max_context: lots"), "", "max_context", "integer"),
+    ("string number", ("max_context: 32768", 'max_context: "32768"'), "", "max_context", "integer"),
+    ("negative", ("weights_gib: 13.5", "weights_gib: -1"), "", "weights_gib", "greater than 0"),
+    (
+        "missing revision",
+        ('    revision: "0123456789abcdef0123456789abcdef01234567"\n', ""),
+        "",
+        "revision",
+        "required",
+    ),
+    ("short revision", ("0123456789abcdef0123456789abcdef01234567", "0123abc"), "", "revision", "40"),
+    (
+        "non-hex revision",
+        ("0123456789abcdef0123456789abcdef01234567", "0123456789abcdef0123456789abcdef0123456z"),
+        "",
+        "revision",
+        "hex",
+    ),
+    (
+        "unquoted numeric revision",
+        ('"0123456789abcdef0123456789abcdef01234567"', "1234567890123456789012345678901234567890"),
+        "",
+        "revision",
+        "quoted",
+    ),
+    (
+        "kv mismatch",
+        ("kv_bytes_per_token: 131072", "kv_bytes_per_token: 8192"),
+        "",
+        "kv_bytes_per_token",
+        "131072",
+    ),
+    (
+        "mla mixed with standard",
+        ("head_dim: 128}", "head_dim: 128, kv_lora_rank: 512, qk_rope_head_dim: 64}"),
+        "",
+        "attention.kv_lora_rank",
+        "mixed",
+    ),
+    (
+        "half of standard geometry",
+        (", head_dim: 128}", "}"),
+        "",
+        "attention.head_dim",
+        "missing",
+    ),
+    (
+        "kv heads do not divide heads",
+        ("num_kv_heads: 8,", "num_kv_heads: 6,"),
+        "",
+        "attention.num_kv_heads",
+        "divide",
+    ),
+    (
+        "unknown attention key",
+        ("head_dim: 128}", "head_dim: 128, heads: 4}"),
+        "",
+        "attention.heads",
+        "unknown key",
+    ),
+    (
+        "args not a list of strings",
+        ('["--tool-call-parser", "hermes", "--enable-auto-tool-choice"]', '"--tool-call-parser hermes"'),
+        "",
+        "vllm_args",
+        "list",
+    ),
+    (
+        "reserved flag",
+        ('"--enable-auto-tool-choice"]', '"--enable-auto-tool-choice", "--trust-remote-code"]'),
+        "",
+        "vllm_args",
+        "--trust-remote-code",
+    ),
+    (
+        "chat template as argv",
+        ('"--enable-auto-tool-choice"]', '"--enable-auto-tool-choice", "--chat-template", "x.jinja"]'),
+        "",
+        "vllm_args",
+        "chat_template",
+    ),
+    (
+        "load format does not match flags",
+        ('"--enable-auto-tool-choice"]', '"--enable-auto-tool-choice", "--load_format=mistral"]'),
+        "",
+        "load_format",
+        "mistral",
+    ),
+    ("bad load format", None, "    load_format: gguf\n", "load_format", "'hf' or 'mistral'"),
+    ("bad name", ("name: acme-7b", "name: Acme 7B"), "", "name", "pattern"),
+]
+
+
+@pytest.mark.parametrize(
+    "replace,extra,field,problem",
+    [case[1:] for case in BAD_ENTRIES],
+    ids=[case[0] for case in BAD_ENTRIES],
+)
+def test_bad_entry_names_file_preset_and_field(
+    tmp_path: Path, replace: tuple[str, str] | None, extra: str, field: str, problem: str
+) -> None:
+    name = "Acme 7B" if replace and replace[1] == "name: Acme 7B" else "acme-7b"
+    path = _write(tmp_path, "acme", _family("acme", _entry(replace=replace, extra=extra)))
+    err = _load_error(tmp_path)
+    message = str(err)
+    assert str(path) in message
+    assert f"preset '{name}'" in message
+    assert f"field '{field}'" in message
+    assert problem in message
+    assert err.field == field  # type: ignore[attr-defined]
+    assert err.exit_code == 2
+
+
+def test_second_preset_in_file_is_named(tmp_path: Path) -> None:
+    bad = _entry("acme-13b", replace=("max_context: 32768", "max_context: 1.5"))
+    _write(tmp_path, "acme", _family("acme", _entry(), bad))
+    message = str(_load_error(tmp_path))
+    assert "preset 'acme-13b'" in message and "field 'max_context'" in message
+
+
+def test_entry_without_name_is_named_by_position(tmp_path: Path) -> None:
+    _write(tmp_path, "acme", _family("acme", _entry(), _entry(replace=("name: acme-7b", "title: x"))))
+    message = str(_load_error(tmp_path))
+    assert "preset '#2'" in message
+
+
+def test_duplicate_name_across_files(tmp_path: Path) -> None:
+    _write(tmp_path, "acme", _family("acme", _entry()))
+    second = _write(tmp_path, "zeta", _family("zeta", _entry("ACME-7b".lower())))
+    err = _load_error(tmp_path)
+    message = str(err)
+    assert str(second) in message
+    assert "preset 'acme-7b'" in message and "field 'name'" in message
+    assert str(tmp_path / "acme.yaml") in message
+
+
+def test_duplicate_name_within_a_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "acme", _family("acme", _entry(), _entry()))
+    message = str(_load_error(tmp_path))
+    assert str(path) in message and "preset 'acme-7b'" in message and "field 'name'" in message
+
+
+def test_family_must_match_file_name(tmp_path: Path) -> None:
+    path = _write(tmp_path, "acme", _family("acme-labs", _entry()))
+    err = _load_error(tmp_path)
+    message = str(err)
+    assert str(path) in message and "field 'family'" in message and "'acme'" in message
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = _write(tmp_path, "acme", "family: acme\npresets:\n  - name: [unclosed\n")
+    message = str(_load_error(tmp_path))
+    assert str(path) in message and "Not valid YAML" in message and "line" in message
+
+
+def test_key_given_twice(tmp_path: Path) -> None:
+    path = _write(tmp_path, "acme", _family("acme", _entry(extra="    max_context: 4096\n")))
+    message = str(_load_error(tmp_path))
+    assert str(path) in message and "'max_context' is given twice" in message
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ("- just\n- a list\n", None),
+        ("family: acme\n", "presets"),
+        ("family: acme\npresets: []\n", "presets"),
+        ("family: acme\nowner: me\npresets:\n" + GOOD_ENTRY.format(name="acme-7b"), "owner"),
+    ],
+)
+def test_bad_file_shape(tmp_path: Path, body: str, field: str | None) -> None:
+    path = _write(tmp_path, "acme", body)
+    err = _load_error(tmp_path)
+    assert str(path) in str(err)
+    assert err.field == field  # type: ignore[attr-defined]
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    err = _load_error(tmp_path)
+    assert str(tmp_path) in str(err)
+
+
+def test_only_one_error_for_many_problems(tmp_path: Path) -> None:
+    text = _entry(replace=("max_context: 32768", "max_context: lots"), extra="    colour: blue\n")
+    _write(tmp_path, "acme", _family("acme", text))
+    message = str(_load_error(tmp_path))
+    assert "1 more problem" in message
+
+
+def test_catalog_module_reads_yaml_with_the_c_loader_when_available() -> None:
+    import yaml
+
+    if hasattr(yaml, "CSafeLoader"):
+        assert issubclass(catalog_module._Loader, yaml.CSafeLoader)
+

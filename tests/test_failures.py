@@ -1,0 +1,219 @@
+"""explain_failure on vLLM start-up output as vLLM prints it (wording variants included)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kaito_runtime.failures import FailureContext, explain_failure
+
+ENGINE_FAILED = [
+    "(EngineCore_DP0 pid=2412) ERROR 11-26 17:02:11 [core.py:843] EngineCore failed to start.",
+    "(APIServer pid=2301) Traceback (most recent call last):",
+    "(APIServer pid=2301) RuntimeError: Engine core initialization failed. See root cause above. "
+    "Failed core proc(s): {}",
+]
+
+KV_V1 = [
+    "(EngineCore_DP0 pid=2412) INFO 11-26 17:02:10 [gpu_worker.py:298] Available KV cache memory: 1.25 GiB",
+    "(EngineCore_DP0 pid=2412) ERROR 11-26 17:02:11 [core.py:843]   File \"/usr/local/lib/python3.12/"
+    "site-packages/vllm/v1/core/kv_cache_utils.py\", line 686, in check_enough_kv_cache_memory",
+    "(EngineCore_DP0 pid=2412) ERROR 11-26 17:02:11 [core.py:843] ValueError: To serve at least one "
+    "request with the models's max seq len (131072), (16.00 GiB KV cache is needed, which is larger "
+    "than the available KV cache memory (1.25 GiB). Based on the available memory, the estimated "
+    "maximum model length is 10000. Try increasing `gpu_memory_utilization` or decreasing "
+    "`max_model_len` when initializing the engine.",
+    *ENGINE_FAILED,
+]
+
+# older wording: "model's", no "(" before the size, "Estimated maximum model length is N."
+KV_V1_OLD = [
+    "ValueError: To serve at least one request with the model's max seq len (32768), 4.0 GiB KV "
+    "cache is needed, which is larger than the available KV cache memory (2.5 GiB). Estimated "
+    "maximum model length is 20480. Try increasing `gpu_memory_utilization` or decreasing "
+    "`max_model_len` when initializing the engine.",
+]
+
+KV_V0 = [
+    "ERROR 05-02 10:11:12 engine.py:366] ValueError: The model's max seq len (32768) is larger than "
+    "the maximum number of tokens that can be stored in KV cache (13000). Try increasing "
+    "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.",
+]
+
+NO_BLOCKS = [
+    "ERROR 05-02 10:11:12 engine.py:366] ValueError: No available memory for the cache blocks. Try "
+    "increasing `gpu_memory_utilization` when initializing the engine.",
+]
+
+FREE_MEMORY = [
+    "(EngineCore_DP0 pid=88) ERROR 11-26 17:02:11 [core.py:843] ValueError: Free memory on device "
+    "cuda:0 (30.12/79.19 GiB) on startup is less than desired GPU memory utilization (0.92, 72.85 "
+    "GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes.",
+    *ENGINE_FAILED,
+]
+
+FREE_MEMORY_OLD = [
+    "ValueError: Free memory on device (0.5/23.68 GiB) on startup is less than desired GPU memory "
+    "utilization (0.9, 21.31 GiB). Decrease GPU memory utilization or reduce GPU memory used by "
+    "other processes.",
+]
+
+CUDA_OOM = [
+    "(EngineCore_DP0 pid=88) ERROR [core.py:843] torch.OutOfMemoryError: CUDA out of memory. Tried "
+    "to allocate 2.00 GiB. GPU 0 has a total capacity of 22.05 GiB of which 1.03 GiB is free.",
+    *ENGINE_FAILED,
+]
+
+UNSUPPORTED_ARCH = [
+    "(APIServer pid=1) pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig",
+    "(APIServer pid=1)   Value error, Model architectures ['FancyNewForCausalLM'] are not supported "
+    "for now. Supported architectures: dict_keys(['AquilaModel', 'LlamaForCausalLM', 'MistralForCausalLM'])",
+]
+
+PORT_IN_USE = [
+    "(APIServer pid=1) INFO 11-26 17:00:00 [api_server.py:1880] vLLM API server version 0.32.0",
+    "(APIServer pid=1) OSError: [Errno 98] error while attempting to bind on address ('0.0.0.0', "
+    "8000): address already in use",
+]
+
+USER_LEN = [
+    "(APIServer pid=1)   Value error, User-specified max_model_len (65536) is greater than the derived "
+    "max_model_len (max_position_embeddings=32768 or model_max_length=None in model's config.json). To "
+    "allow overriding this maximum, set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1.",
+]
+
+CPU_HEAD_DIM = [
+    "(EngineCore pid=5) ERROR [core.py:900] RuntimeError: Unsupported CPU attention configuration: "
+    "head_dim=16 isa=2 kv_cache_idx=0",
+    "(APIServer pid=1) vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.",
+]
+
+
+def test_kv_cache_too_small_suggests_a_rounded_length_and_more_gpus() -> None:
+    ctx = FailureContext(gpu_count=4, tensor_parallel_size=1, gpu_memory_utilization=0.9)
+    exp = explain_failure(KV_V1, plan_hint=ctx)
+    assert exp is not None
+    assert exp.cause == "kv-cache-too-small"
+    assert "max-model-len 131072" in exp.summary
+    assert "16.00 GiB" in exp.summary and "1.25 GiB" in exp.summary
+    assert "--max-model-len <= 9984" in exp.summary  # 10000 rounded down to 256
+    assert "use 2 GPUs (--tensor-parallel-size 2)" in exp.summary
+    assert "above 0.9" in exp.summary
+    assert "check_enough" not in exp.evidence and "ValueError" in exp.evidence
+    assert "\n" not in exp.summary
+
+
+def test_kv_cache_too_small_older_wording() -> None:
+    exp = explain_failure(KV_V1_OLD)
+    assert exp is not None and exp.cause == "kv-cache-too-small"
+    assert "--max-model-len <= 20480" in exp.summary
+    assert "4.0 GiB" in exp.summary
+
+
+def test_kv_cache_too_small_without_spare_gpus_says_more_gpus() -> None:
+    ctx = FailureContext(gpu_count=2, tensor_parallel_size=2)
+    exp = explain_failure(KV_V1, plan_hint=ctx)
+    assert exp is not None
+    assert "--tensor-parallel-size" not in exp.summary
+    assert "more GPUs" in exp.summary
+
+
+def test_kv_cache_too_small_on_cpu_points_at_the_cpu_kv_space() -> None:
+    exp = explain_failure(KV_V1, plan_hint=FailureContext(target="cpu"))
+    assert exp is not None and "VLLM_CPU_KVCACHE_SPACE" in exp.summary
+
+
+def test_kv_cache_too_small_v0() -> None:
+    exp = explain_failure(KV_V0)
+    assert exp is not None and exp.cause == "kv-cache-too-small"
+    assert "--max-model-len <= 12800" in exp.summary
+    assert "13000 tokens" in exp.summary
+
+
+def test_no_memory_for_cache_blocks() -> None:
+    exp = explain_failure(NO_BLOCKS)
+    assert exp is not None and exp.cause == "no-kv-cache-memory"
+    assert "gpu-memory-utilization" in exp.summary
+
+
+@pytest.mark.parametrize(
+    ("lines", "device", "suggested"),
+    [(FREE_MEMORY, "cuda:0", "0.36"), (FREE_MEMORY_OLD, "the GPU", None)],
+)
+def test_free_memory_below_utilization(lines: list[str], device: str, suggested: str | None) -> None:
+    exp = explain_failure(lines)
+    assert exp is not None and exp.cause == "free-memory-below-utilization"
+    assert exp.summary.startswith(f"vLLM failed to start: {device} has only")
+    assert "orphaned" in exp.summary
+    if suggested:
+        # 30.12 / 79.19 = 0.380 -> minus 0.02 -> 0.36
+        assert f"--gpu-memory-utilization {suggested} or lower" in exp.summary
+    else:  # 0.5 of 23.68 GiB free: no useful utilization, free the GPU
+        assert "--gpu-memory-utilization" not in exp.summary
+        assert "free the GPU" in exp.summary
+
+
+def test_cuda_oom_wins_over_the_generic_engine_failure() -> None:
+    exp = explain_failure(CUDA_OOM)
+    assert exp is not None and exp.cause == "cuda-out-of-memory"
+    assert "OutOfMemoryError" in exp.evidence
+
+
+def test_unsupported_architecture_names_it() -> None:
+    exp = explain_failure(UNSUPPORTED_ARCH)
+    assert exp is not None and exp.cause == "unsupported-architecture"
+    assert "['FancyNewForCausalLM']" in exp.summary
+    assert "--model-impl transformers" in exp.summary
+    assert len(exp.evidence) <= 300
+
+
+def test_port_in_use_names_the_port() -> None:
+    exp = explain_failure(PORT_IN_USE)
+    assert exp is not None and exp.cause == "port-in-use"
+    assert "port 8000 is already in use" in exp.summary
+    assert "--port" in exp.summary
+
+
+def test_port_in_use_falls_back_to_the_planned_port() -> None:
+    exp = explain_failure(["OSError: [Errno 98] Address already in use"], plan_hint=FailureContext(port=9001))
+    assert exp is not None and "port 9001" in exp.summary
+
+
+def test_user_max_model_len_above_the_model() -> None:
+    exp = explain_failure(USER_LEN)
+    assert exp is not None and exp.cause == "max-model-len-too-long"
+    assert "--max-model-len 65536" in exp.summary
+    assert "--max-model-len <= 32768" in exp.summary
+
+
+def test_cpu_head_dim() -> None:
+    exp = explain_failure(CPU_HEAD_DIM)
+    assert exp is not None and exp.cause == "cpu-head-dim"
+    assert "head_dim=16" in exp.summary
+
+
+def test_generic_engine_failure() -> None:
+    exp = explain_failure(ENGINE_FAILED)
+    assert exp is not None and exp.cause == "engine-failed"
+
+
+def test_unknown_output_gives_none() -> None:
+    assert explain_failure([]) is None
+    assert explain_failure(["INFO starting", "Traceback (most recent call last):", "KeyError: 'x'"]) is None
+
+
+def test_context_from_a_plan_counts_only_this_nodes_gpus() -> None:
+    from kaito_runtime.values import AttentionGeometry, LaunchPlan, ModelSpec, Topology
+
+    model = ModelSpec(
+        name="m", architecture="LlamaForCausalLM", weights_bytes=1, max_context=4096,
+        attention=AttentionGeometry(num_layers=2, num_kv_heads=2, head_dim=32),
+    )
+    plan = LaunchPlan(
+        model=model, target="gpu", topology=Topology(nnodes=2, leader_address="10.0.0.1"),
+        tensor_parallel_size=4, pipeline_parallel_size=2, gpu_memory_utilization=0.9, gpus_per_node=8,
+    )
+    ctx = FailureContext.from_plan(plan, 5000)
+    assert (ctx.gpu_count, ctx.port, ctx.target, ctx.nnodes) == (8, 5000, "gpu", 2)
+    exp = explain_failure(KV_V1, plan_hint=ctx)
+    assert exp is not None
+    assert "use 8 GPUs (--tensor-parallel-size 8)" in exp.line  # 4 of 8 local GPUs in use

@@ -1,0 +1,291 @@
+"""The supervisor against a fake vLLM (tests/fixtures/fake_vllm.py): readiness, signals, clean-up.
+
+Signal tests run supervise() in a driver subprocess (its main thread owns the signal handlers)
+and signal that process, as Kubernetes would signal kaito-run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kaito_runtime.failures import explain_failure
+from kaito_runtime.supervisor import (
+    READY_TIMEOUT_EXIT_CODE,
+    ReadinessCheck,
+    SupervisorResult,
+    supervise,
+)
+
+FAKE = Path(__file__).parent / "fixtures" / "fake_vllm.py"
+LOG = logging.getLogger("test_supervisor")
+
+# Runs supervise() with the JSON spec in argv[1]; prints "READY <s>" when ready and the result
+# as JSON on the last line.
+DRIVER = r"""
+import json, logging, signal, sys
+from kaito_runtime.supervisor import ReadinessCheck, supervise
+spec = json.loads(sys.argv[1])
+def on_ready(seconds):
+    print("READY", seconds, flush=True)
+result = supervise(
+    spec["argv"], spec["env"],
+    ready=ReadinessCheck("127.0.0.1", spec["port"], "tiny", interval=0.05),
+    grace_seconds=spec["grace"], on_ready=on_ready, log=logging.getLogger("driver"),
+)
+print("RESULT " + json.dumps({
+    "exit_code": result.exit_code, "ready_after": result.ready_after,
+    "signal": result.signal_received, "outcome": result.outcome, "pid": result.pid,
+    "handler_restored": signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,
+}), flush=True)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fake_argv(port: int, *extra: str) -> list[str]:
+    return [sys.executable, str(FAKE), "--port", str(port), *extra]
+
+
+def run_inline(port: int, *extra: str, **kwargs) -> SupervisorResult:
+    kwargs.setdefault("ready", ReadinessCheck("127.0.0.1", port, "tiny", interval=0.05))
+    kwargs.setdefault("grace_seconds", 2.0)
+    return supervise(fake_argv(port, *extra), dict(os.environ), log=LOG, output=None, **kwargs)
+
+
+class Driver:
+    """supervise() in a subprocess that the test can signal."""
+
+    def __init__(self, port: int, *extra: str, grace: float = 5.0) -> None:
+        spec = {"argv": fake_argv(port, *extra), "env": dict(os.environ), "port": port, "grace": grace}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+
+    def wait_for(self, prefix: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"no {prefix!r} line; output:\n{''.join(self.lines)}")
+
+    def result(self) -> dict:
+        line = self.wait_for("RESULT ")
+        self.proc.wait(timeout=10)
+        return json.loads(line.split(" ", 1)[1])
+
+    def child_pid(self) -> int:
+        for line in self.lines:
+            if "fake-vllm: starting pid" in line:
+                return int(line.rsplit(" ", 1)[1])
+        raise AssertionError("child pid not seen")
+
+
+def assert_gone(pid: int, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                pass
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still exists")
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return members
+
+
+# --- readiness ----------------------------------------------------------------------------------
+
+
+def test_ready_is_reported_after_the_server_answers_and_timing_includes_the_delay() -> None:
+    seen: list[float] = []
+
+    def on_ready(seconds: float) -> None:
+        seen.append(seconds)
+        for proc in psutil.Process().children():  # end the run: stop the fake server
+            if str(FAKE) in proc.cmdline():
+                proc.terminate()
+
+    t0 = time.monotonic()
+    result = run_inline(free_port(), "--ready-delay", "0.6", on_ready=on_ready)
+    elapsed = time.monotonic() - t0
+
+    assert len(seen) == 1
+    assert result.ready_after == pytest.approx(seen[0])
+    assert 0.6 <= result.ready_after < elapsed
+    assert result.exit_code == 0  # the fake's graceful stop
+    assert result.outcome == "exited"
+    assert any("Application startup complete" in line for line in result.tail)
+
+
+def test_a_healthy_server_whose_completions_fail_is_not_ready() -> None:
+    port = free_port()
+    check = ReadinessCheck("127.0.0.1", port, "tiny", interval=0.05)
+    assert check.stage() == "health"  # nothing listening yet
+    result = run_inline(port, "--completions-fail", ready=check, ready_timeout=1.5, grace_seconds=1.0)
+    assert result.ready_after is None
+    assert result.outcome == "ready_timeout"
+    assert result.exit_code == READY_TIMEOUT_EXIT_CODE
+
+
+def test_readiness_without_the_probe_request_accepts_health_and_models_only() -> None:
+    port = free_port()
+    proc = subprocess.Popen(fake_argv(port, "--completions-fail"), stdout=subprocess.DEVNULL)
+    try:
+        strict = ReadinessCheck("127.0.0.1", port, "tiny")
+        lenient = ReadinessCheck("0.0.0.0", port, "tiny", probe_request=False)
+        wrong_name = ReadinessCheck("127.0.0.1", port, "other", probe_request=False)
+        deadline = time.monotonic() + 10
+        while lenient.stage() != "ready" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lenient.base_url == f"http://127.0.0.1:{port}"
+        assert lenient.stage() == "ready"
+        assert strict.stage() == "request"
+        assert wrong_name.stage() == "models"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+# --- exits and failures -------------------------------------------------------------------------
+
+
+def test_child_exit_code_is_returned_when_it_dies_before_ready() -> None:
+    result = run_inline(free_port(), "--exit-code", "3")
+    assert result.exit_code == 3
+    assert result.ready_after is None
+    assert result.signal_received is None
+    assert result.tail[-1] == "fake-vllm: exiting with 3"
+
+
+def test_failure_tail_is_kept_and_explained() -> None:
+    message = (
+        "ERROR 11-26 17:00:01 [core.py:700] ValueError: To serve at least one request with the "
+        "models's max seq len (32768), (4.00 GiB KV cache is needed, which is larger than the "
+        "available KV cache memory (1.25 GiB). Based on the available memory, the estimated maximum "
+        "model length is 10240. Try increasing `gpu_memory_utilization` or decreasing "
+        "`max_model_len` when initializing the engine.\\n"
+        "RuntimeError: Engine core initialization failed. See root cause above."
+    )
+    result = run_inline(free_port(), "--fail-with", message)
+    assert result.exit_code == 1
+    assert result.tail[-1].startswith("RuntimeError: Engine core initialization failed")
+    explanation = explain_failure(result.tail)
+    assert explanation is not None and explanation.cause == "kv-cache-too-small"
+    assert "--max-model-len <= 10240" in explanation.summary
+
+
+def test_missing_program_gives_127() -> None:
+    result = supervise(["/nonexistent/vllm"], {}, ready=None, log=LOG, output=None)
+    assert result.exit_code == 127
+
+
+def test_output_is_streamed_unchanged(tmp_path: Path) -> None:
+    out = (tmp_path / "out.txt").open("w")
+    supervise(fake_argv(free_port(), "--exit-code", "0"), dict(os.environ), ready=None, log=LOG, output=out)
+    out.close()
+    text = (tmp_path / "out.txt").read_text()
+    assert text.startswith("fake-vllm: starting pid ")
+    assert "fake-vllm: exiting with 0\n" in text
+
+
+def test_handlers_are_restored_after_an_inline_run() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    run_inline(free_port(), "--exit-code", "0")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+# --- signals --------------------------------------------------------------------------------------
+
+
+def test_sigterm_is_forwarded_and_a_graceful_stop_exits_0() -> None:
+    driver = Driver(free_port())
+    driver.wait_for("READY")
+    driver.proc.send_signal(signal.SIGTERM)
+    result = driver.result()
+    assert result["signal"] == signal.SIGTERM
+    assert result["exit_code"] == 0
+    assert result["outcome"] == "stopped"
+    assert result["handler_restored"]
+    assert any("fake-vllm: shutting down" in line for line in driver.lines)
+    assert_gone(result["pid"])
+
+
+def test_child_killed_by_the_forwarded_signal_gives_128_plus_signal() -> None:
+    driver = Driver(free_port(), "--die-on-sigterm")
+    driver.wait_for("READY")
+    driver.proc.send_signal(signal.SIGTERM)
+    result = driver.result()
+    assert result["exit_code"] == 128 + signal.SIGTERM
+
+
+def test_child_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
+    driver = Driver(free_port(), "--ignore-sigterm", grace=1.0)
+    driver.wait_for("READY")
+    t0 = time.monotonic()
+    driver.proc.send_signal(signal.SIGTERM)
+    result = driver.result()
+    waited = time.monotonic() - t0
+    assert result["exit_code"] == 128 + signal.SIGKILL
+    assert 1.0 <= waited < 5.0
+    assert_gone(result["pid"])
+
+
+def test_second_signal_kills_at_once() -> None:
+    driver = Driver(free_port(), "--ignore-sigterm", grace=30.0)
+    driver.wait_for("READY")
+    t0 = time.monotonic()
+    driver.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    driver.proc.send_signal(signal.SIGINT)
+    result = driver.result()
+    assert result["exit_code"] == 128 + signal.SIGKILL
+    assert time.monotonic() - t0 < 5.0
+
+
+def test_orphaned_grandchild_is_swept_and_no_process_of_the_group_survives(tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    driver = Driver(free_port(), "--spawn-grandchild", str(pidfile), grace=1.0)
+    driver.wait_for("READY")
+    child = driver.child_pid()
+    grandchild = int(pidfile.read_text())
+    assert os.getpgid(grandchild) == child  # same group as the child (its session leader)
+    driver.proc.send_signal(signal.SIGTERM)
+    result = driver.result()
+    assert result["exit_code"] == 0
+    assert_gone(grandchild)
+    assert_gone(child)
+    assert group_members(child) == []

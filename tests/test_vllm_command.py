@@ -1,0 +1,236 @@
+"""vLLM command builder: argv shape, merge rule, warnings, environment."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from kaito_runtime.catalog import load_catalog
+from kaito_runtime.planner import plan_launch
+from kaito_runtime.values import GiB, AttentionGeometry, GpuInfo, HostInfo, ModelSpec, NodeInventory, PlanOverrides, Topology
+from kaito_runtime.vllm_command import (
+    TOKEN_ENV_VARS,
+    build_vllm_command,
+    format_command,
+    normalise_flag,
+    parse_human_int,
+)
+
+CATALOG = load_catalog()
+
+
+def node(count: int, total_gib: float = 80.0, free_gib: float | None = None) -> NodeInventory:
+    total = int(total_gib * GiB)
+    free = total if free_gib is None else int(free_gib * GiB)
+    gpus = tuple(GpuInfo(i, "NVIDIA A100 80GB", f"GPU-{i}", total, free, (8, 0)) for i in range(count))
+    return NodeInventory(gpus, HostInfo(96, 900 * GiB, 800 * GiB), source="sku")
+
+
+def group(nnodes: int = 1, rank: int = 0) -> Topology:
+    return Topology(nnodes=nnodes, node_rank=rank, leader_address="10.1.2.3" if nnodes > 1 else None, master_port=29555)
+
+
+def tiny() -> ModelSpec:
+    return ModelSpec(
+        name="tiny",
+        architecture="LlamaForCausalLM",
+        weights_bytes=1_641_920,
+        max_context=512,
+        attention=AttentionGeometry(num_layers=2, num_attention_heads=4, num_kv_heads=2, head_dim=32),
+    )
+
+
+def cpu_plan():
+    inv = NodeInventory((), HostInfo(2, 24 * GiB, 20 * GiB), source="none", no_gpu_reason="no NVML")
+    return plan_launch(tiny(), inv, group())
+
+
+def llama70b_plan(**overrides):
+    return plan_launch(CATALOG.get("llama-3.3-70b-instruct"), node(4), group(), PlanOverrides(**overrides))
+
+
+def flag_value(argv, flag):
+    i = argv.index(flag)
+    return argv[i + 1]
+
+
+def test_gpu_argv_shape():
+    launch = build_vllm_command(llama70b_plan(), model_path="/w/llama", chat_template_dir=None)
+    argv = launch.argv
+    assert argv[:3] == ("vllm", "serve", "/w/llama")
+    assert flag_value(argv, "--served-model-name") == "llama-3.3-70b-instruct"
+    assert flag_value(argv, "--host") == "0.0.0.0" and flag_value(argv, "--port") == "5000"
+    assert flag_value(argv, "--tensor-parallel-size") == "4"
+    assert "--pipeline-parallel-size" not in argv
+    assert flag_value(argv, "--gpu-memory-utilization") == "0.95"
+    assert flag_value(argv, "--max-model-len") == "131072"
+    assert flag_value(argv, "--tool-call-parser") == "llama3_json"
+    assert "--enable-auto-tool-choice" in argv
+    assert "--distributed-executor-backend" not in argv and "--enforce-eager" not in argv
+
+
+def test_module_entrypoint_takes_model_as_flag():
+    entry = ("python", "-m", "vllm.entrypoints.openai.api_server")
+    launch = build_vllm_command(cpu_plan(), model_path="/m", entrypoint=entry)
+    assert launch.argv[:5] == (*entry, "--model", "/m")
+    explicit = build_vllm_command(cpu_plan(), model_path="/m", entrypoint=("vllm", "serve"), model_as_flag=True)
+    assert explicit.argv[:4] == ("vllm", "serve", "--model", "/m")
+
+
+def test_cpu_env_and_flags():
+    launch = build_vllm_command(cpu_plan(), model_path="/m")
+    assert launch.env["HF_HUB_OFFLINE"] == "1"
+    assert launch.env["VLLM_NO_USAGE_STATS"] == "1"
+    assert launch.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert launch.env["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
+    assert launch.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert flag_value(launch.argv, "--distributed-executor-backend") == "uni"
+    assert "--enforce-eager" in launch.argv
+    assert "--gpu-memory-utilization" not in launch.argv
+    assert flag_value(launch.argv, "--max-model-len") == "512"
+
+
+def test_user_exported_cpu_variables_win():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", base_env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in launch.env  # inherited from the parent instead
+    assert launch.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def test_token_variables_are_unset_and_never_in_argv():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["--hf-token", "hf_secret123"])
+    assert set(TOKEN_ENV_VARS) == {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"}
+    assert set(launch.unset_env) >= set(TOKEN_ENV_VARS)
+    assert not any(k in launch.env for k in TOKEN_ENV_VARS)
+    assert "hf_secret123" not in " ".join(launch.argv)
+    assert any("--hf-token" in w for w in launch.warnings)
+
+
+def test_merge_rule_user_values_win_once():
+    launch = build_vllm_command(
+        llama70b_plan(),
+        model_path="/w",
+        config_args={"max_model_len": 16384, "enforce-eager": True, "cpu-offload-gb": 0, "enable-auto-tool-choice": False},
+        extra_args=["-tp", "2", "--gpu-memory-utilization=0.9", "--tool-call-parser", "pythonic"],
+    )
+    argv = launch.argv
+    assert argv.count("--max-model-len") == 0 and flag_value(argv, "--max_model_len") == "16384"
+    assert "--tensor-parallel-size" not in argv and flag_value(argv, "-tp") == "2"
+    assert "--gpu-memory-utilization=0.9" in argv and "--gpu-memory-utilization" not in argv
+    assert flag_value(argv, "--tool-call-parser") == "pythonic" and argv.count("--tool-call-parser") == 1
+    assert "--enable-auto-tool-choice" not in argv  # switched off by the config file
+    assert "--enforce-eager" in argv and flag_value(argv, "--cpu-offload-gb") == "0"
+    # Config file first, then the arguments after --.
+    assert argv.index("--max_model_len") < argv.index("-tp")
+    assert launch.warnings == ("chat template tool-chat-llama3.1-json.jinja not found in (no chat-template folder given); "
+                               "the tokenizer's own chat template is used",)
+
+
+def test_extra_args_override_config_args():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", config_args={"max-model-len": 256}, extra_args=["--max-model-len", "128"])
+    assert launch.argv.count("--max-model-len") == 1 and flag_value(launch.argv, "--max-model-len") == "128"
+
+
+def test_negative_number_is_a_value_not_a_flag():
+    launch = build_vllm_command(llama70b_plan(), model_path="/w", extra_args=["--max-model-len", "-1"])
+    assert flag_value(launch.argv, "--max-model-len") == "-1"
+    assert launch.argv.count("--max-model-len") == 1
+
+
+def test_unknown_flags_pass_through():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["--some-future-flag", "x", "--bare"])
+    assert launch.argv[-3:] == ("--some-future-flag", "x", "--bare")
+    assert launch.warnings == ()
+
+
+def test_warns_when_user_values_contradict_the_fit():
+    plan = plan_launch(CATALOG.get("llama-3.1-8b-instruct"), node(1, 22.5, free_gib=20), group())
+    launch = build_vllm_command(
+        plan, model_path="/w", chat_template_dir=None,
+        extra_args=["--max-model-len", "128k", "--gpu-memory-utilization", "0.95", "--tensor-parallel-size", "3"],
+    )
+    text = "\n".join(launch.warnings)
+    assert "--max-model-len 128000 is more than the planner estimates fits" in text
+    assert "fits with --max-model-len <=" in text
+    assert "--gpu-memory-utilization 0.95 needs 21.4 GiB per GPU but only 20.0 GiB of 22.5 GiB is free" in text
+    assert "--tensor-parallel-size 3: tensor-parallel-size 3 does not divide the 32 attention heads" in text
+    assert "TP 3 x PP 1 = 3 GPUs, but the group has 1" in text
+
+
+def test_longer_than_model_context_warns():
+    launch = build_vllm_command(llama70b_plan(), model_path="/w", config_args={"max-model-len": 200000})
+    assert any("longer than llama-3.3-70b-instruct's context 131072" in w for w in launch.warnings)
+
+
+def test_chat_template_used_only_when_file_exists(tmp_path):
+    plan = llama70b_plan()
+    missing = build_vllm_command(plan, model_path="/w", chat_template_dir=str(tmp_path))
+    assert "--chat-template" not in missing.argv
+    assert any("tokenizer's own chat template" in w for w in missing.warnings)
+    (tmp_path / "tool-chat-llama3.1-json.jinja").write_text("{{ messages }}")
+    present = build_vllm_command(plan, model_path="/w", chat_template_dir=str(tmp_path))
+    assert flag_value(present.argv, "--chat-template") == str(tmp_path / "tool-chat-llama3.1-json.jinja")
+    assert present.warnings == ()
+    user = build_vllm_command(plan, model_path="/w", chat_template_dir=str(tmp_path), extra_args=["--chat-template", "/mine.jinja"])
+    assert flag_value(user.argv, "--chat-template") == "/mine.jinja" and user.argv.count("--chat-template") == 1
+
+
+def test_model_without_template_gets_no_warning():
+    assert build_vllm_command(cpu_plan(), model_path="/m").warnings == ()
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_multi_node_flags(rank):
+    plan = plan_launch(CATALOG.get("llama-3.3-70b-instruct"), node(2), group(2, rank))
+    launch = build_vllm_command(plan, model_path="/w", host_ip="10.1.2.9")
+    argv = launch.argv
+    assert flag_value(argv, "--tensor-parallel-size") == "2"
+    assert flag_value(argv, "--pipeline-parallel-size") == "2"
+    assert flag_value(argv, "--distributed-executor-backend") == "mp"
+    assert flag_value(argv, "--nnodes") == "2"
+    assert flag_value(argv, "--node-rank") == str(rank)
+    assert flag_value(argv, "--master-addr") == "10.1.2.3"
+    assert flag_value(argv, "--master-port") == "29555"
+    assert ("--headless" in argv) == (rank > 0)
+    assert launch.env["VLLM_HOST_IP"] == "10.1.2.9"
+
+
+def test_replicas_get_data_parallel_flag():
+    plan = plan_launch(CATALOG.get("phi-3-mini-4k-instruct"), node(4), group())
+    assert flag_value(build_vllm_command(plan, model_path="/w").argv, "--data-parallel-size") == "4"
+
+
+def test_auto_max_model_len_and_fallback_for_old_vllm():
+    plan = plan_launch(CATALOG.get("llama-3.1-8b-instruct"), node(1, 22.5), group())
+    assert plan.max_model_len_auto
+    assert flag_value(build_vllm_command(plan, model_path="/w").argv, "--max-model-len") == "auto"
+    old = build_vllm_command(plan, model_path="/w", max_model_len_auto_supported=False)
+    value = int(flag_value(old.argv, "--max-model-len"))
+    assert value % 256 == 0 and value <= plan.kv_cache_tokens
+    assert any("no '--max-model-len auto'" in w for w in old.warnings)
+
+
+def test_model_vllm_args_with_underscore_form_are_overridden():
+    spec = CATALOG.get("ministral-3-3b-instruct")
+    plan = plan_launch(spec, node(1), group())
+    launch = build_vllm_command(plan, model_path="/w", extra_args=["--tokenizer-mode", "auto"])
+    modes = [t for t in launch.argv if normalise_flag(t) == "tokenizer-mode" and t.startswith("--")]
+    assert modes == ["--tokenizer-mode"] and flag_value(launch.argv, "--tokenizer-mode") == "auto"
+
+
+def test_normalise_and_units():
+    assert normalise_flag("--max_model_len=8") == "max-model-len"
+    assert normalise_flag("-tp") == "tensor-parallel-size"
+    assert normalise_flag("-pp") == "pipeline-parallel-size"
+    assert parse_human_int("32k") == 32000
+    assert parse_human_int("32K") == 32768
+    assert parse_human_int("auto") is None
+
+
+def test_format_command_is_a_runnable_shell_line():
+    launch = build_vllm_command(cpu_plan(), model_path="/models/my model")
+    line = format_command(launch)
+    assert line.startswith("env -u HF_TOKEN -u HUGGING_FACE_HUB_TOKEN -u HF_TOKEN_PATH ")
+    words = shlex.split(line)
+    assert "HF_HUB_OFFLINE=1" in words
+    assert "/models/my model" in words

