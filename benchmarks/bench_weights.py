@@ -6,6 +6,7 @@ Creates a repo of N random safetensors-named shards plus a config in a temp fold
   (a) ensure_weights, cold           (download + sha256 verification + marker)
   (b) `hf download REPO --revision SHA --local-dir X`   (huggingface_hub's own CLI, same files)
   (c) ensure_weights, warm re-launch (the marker is present)
+  (d) ensure_weights after the cold run was SIGKILLed half-way (resumes from its partial files)
 
 Usage: python benchmarks/bench_weights.py [--shards 4] [--shard-mb 75] [--reps 1]
 """
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -85,6 +87,24 @@ def commit_of(url: str, env: dict[str, str]) -> str:
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
+def killed_then_resumed(kcmd: list[str], wdir: Path, total: int, env: dict[str, str]) -> tuple[float, int, int]:
+    """SIGKILL a cold run once half the bytes are on disk; time the re-run.
+
+    Returns (re-run seconds, bytes on disk at the kill, bytes the re-run downloaded)."""
+    child = subprocess.Popen(kcmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT)
+    on_disk = 0
+    while child.poll() is None and on_disk < total // 2:
+        on_disk = sum(p.stat().st_size for p in wdir.rglob("*") if p.is_file()) if wdir.exists() else 0
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    if child.returncode != -signal.SIGKILL:
+        raise SystemExit("the cold run finished before it could be killed; use bigger shards")
+    on_disk = sum(p.stat().st_size for p in wdir.rglob("*") if p.is_file())
+    t, out = timed(kcmd, env)
+    return t, on_disk, int(out.split()[7])
+
+
 def hf_cli() -> list[str]:
     script = Path(sys.executable).parent / "hf"
     return [str(script)] if script.exists() else [sys.executable, "-c", "from huggingface_hub.cli.hf import main; main()"]
@@ -116,7 +136,7 @@ def main() -> int:
         print(f"repo {REPO_ID}@{sha[:12]}: {args.shards} x {args.shard_mb} MB shards, {total / 1e6:.0f} MB total; "
               f"emulator {url}; python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
 
-        kaito_cold, kaito_step, hf_times, warm, warm_step = [], [], [], [], []
+        kaito_cold, kaito_step, hf_times, warm, warm_step, resumed, kept, refetched = [], [], [], [], [], [], [], []
         for rep in range(args.reps):
             wdir, hdir = work / f"weights-{rep}", work / f"hf-{rep}"
             kcmd = [sys.executable, "-c", KAITO_SNIPPET, str(wdir), url, str(REPO_ROOT), REPO_ID, sha]
@@ -131,12 +151,19 @@ def main() -> int:
             warm_step.append(float(out.split()[1]))
             shutil.rmtree(wdir)
             shutil.rmtree(hdir)
+            t, on_disk, fetched = killed_then_resumed(kcmd, wdir, total, env)
+            resumed.append(t)
+            kept.append(on_disk)
+            refetched.append(fetched)
+            shutil.rmtree(wdir)
 
         med = statistics.median
         print(f"(a) kaito ensure_weights cold : {med(kaito_cold):7.2f} s process ({med(kaito_step):.2f} s in the step, "
               f"incl. sha256 verification) = {total / 1e6 / med(kaito_step):.0f} MB/s")
         print(f"(b) hf download (CLI)         : {med(hf_times):7.2f} s process")
         print(f"(c) kaito warm re-launch      : {med(warm):7.2f} s process ({med(warm_step) * 1000:.1f} ms in the step)")
+        print(f"(d) kaito re-run after SIGKILL: {med(resumed):7.2f} s process; {med(kept) / 1e6:.0f} MB were on disk at "
+              f"the kill, the re-run fetched {med(refetched) / 1e6:.0f} MB of {total / 1e6:.0f} MB")
         print(f"ratio kaito/hf (cold, process): {med(kaito_cold) / med(hf_times):.2f}")
         print(f"ratio warm/cold (process)     : {med(warm) / med(kaito_cold):.3f}")
         print(f"ratio warm/cold (step only)   : {med(warm_step) / med(kaito_step):.5f}")

@@ -83,17 +83,17 @@ class Prepared:
 
 
 def default_weights_dir(env: Mapping[str, str]) -> Path:
-    """/workspace/weights in a KAITO-style container, the user's Hugging Face cache elsewhere."""
+    """/workspace/weights in a KAITO-style container, the user's Hugging Face home elsewhere."""
     if env.get("KAITO_WEIGHTS_DIR"):
         return Path(env["KAITO_WEIGHTS_DIR"]).expanduser()
     if CONTAINER_WEIGHTS_DIR.parent.is_dir():
         return CONTAINER_WEIGHTS_DIR
-    if env.get("HF_HUB_CACHE"):
-        return Path(env["HF_HUB_CACHE"]).expanduser()
+    # Beside huggingface_hub's own cache (HF_HOME), not inside hub/: our layout is one plain
+    # folder per repo and commit, which hub/'s cache scanners would report as corrupt entries.
     hf_home = env.get("HF_HOME") or os.path.join(
         env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
     )
-    return Path(hf_home).expanduser() / "hub"
+    return Path(hf_home).expanduser() / "kaito-weights"
 
 
 def is_offline(request: RuntimeRequest, env: Mapping[str, str]) -> bool:
@@ -308,7 +308,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
             outcome.tail, plan_hint=failures.FailureContext.from_plan(prepared.plan, request.port)
         )
         if explanation is not None:
-            log.error("vLLM failed: %s", explanation.line)
+            log.error("%s", explanation.line)
         else:
             log.error("vLLM exited with code %d; its last lines:\n%s", outcome.exit_code, "\n".join(outcome.tail[-20:]))
     return outcome.exit_code

@@ -73,6 +73,8 @@ def _round_len(tokens: int) -> int:
 
 def _more_gpus_hint(ctx: FailureContext | None) -> str:
     """ "or use N GPUs" when the node has more than the plan uses, else a generic hint."""
+    if ctx and ctx.target == "cpu":
+        return "use a machine with more free RAM"
     if ctx and ctx.gpu_count:
         world = (ctx.tensor_parallel_size or 1) * (ctx.pipeline_parallel_size or 1)
         used = max(1, world // max(1, ctx.nnodes))  # GPUs this node uses
@@ -86,7 +88,7 @@ def _more_gpus_hint(ctx: FailureContext | None) -> str:
 
 def _utilization_hint(ctx: FailureContext | None) -> str:
     if ctx and ctx.target == "cpu":
-        return "raise VLLM_CPU_KVCACHE_SPACE"
+        return "give the KV cache more RAM (--kv-cache-memory-bytes, or VLLM_CPU_KVCACHE_SPACE in GiB)"
     if ctx and ctx.gpu_memory_utilization is not None:
         return f"raise --gpu-memory-utilization above {ctx.gpu_memory_utilization:g}"
     return "raise --gpu-memory-utilization"

@@ -14,7 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from kaito_runtime.errors import (
     GatedAccessDeniedError,
@@ -233,6 +234,63 @@ def probe_access(repo_id: str, commit: str, filename: str, *, token: Secret | No
 
     url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
     get_hf_file_metadata(url, token=client_token(token), endpoint=endpoint)
+
+
+def http_download_limit() -> int:
+    """The largest file the client fetches over plain HTTP (bigger ones need Xet)."""
+    from huggingface_hub import constants
+
+    return int(constants.MAX_HTTP_DOWNLOAD_SIZE)
+
+
+def download_range(
+    repo_id: str,
+    commit: str,
+    filename: str,
+    out: BinaryIO,
+    *,
+    resume_size: int,
+    expected_size: int,
+    token: Secret | None,
+    endpoint: str,
+    tqdm_class: type | None = None,
+) -> None:
+    """Append the bytes of ``filename`` after its first ``resume_size`` to ``out``.
+
+    The client's own ``http_get``: a ``Range: bytes=<resume_size>-`` request when resuming, its
+    retries (with Range) on dropped connections, its status-to-error mapping, and its check that
+    ``resume_size`` + received == ``expected_size`` (an ``OSError`` without errno otherwise). A
+    server that ignores Range answers 200; ``http_get`` then truncates ``out`` and starts over.
+    Redirects to a CDN are followed without the Authorization header (httpx drops it off-host).
+    """
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
+    http_get(
+        url,
+        out,
+        resume_size=resume_size,
+        headers=build_hf_headers(token=client_token(token)),
+        expected_size=expected_size,
+        displayed_filename=filename,
+        tqdm_class=tqdm_class,
+    )
+
+
+def download_whole(
+    repo_id: str, commit: str, filename: str, local_dir: Path, *, token: Secret | None, endpoint: str, tqdm_class: type | None = None
+) -> Path:
+    """``hf_hub_download`` into ``local_dir`` (Xet when available; restarts from zero if interrupted)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(
+        hf_hub_download(
+            repo_id, filename, revision=commit, local_dir=local_dir, token=client_token(token), endpoint=endpoint,
+            tqdm_class=tqdm_class,
+        )
+    )
 
 
 def _read_json_file(repo_id: str, commit: str, filename: str, *, token: Secret | None, endpoint: str) -> dict | None:

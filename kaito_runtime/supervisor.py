@@ -34,7 +34,7 @@ from typing import IO, Literal
 
 import psutil
 
-TAIL_LINES = 40
+TAIL_LINES = 400  # enough to hold a vLLM traceback and the error line above it
 READY_TIMEOUT_EXIT_CODE = 124  # as timeout(1): we gave up waiting and stopped the child
 _POLL_SECONDS = 0.1
 _SWEEP_SECONDS = 5.0  # how long leftovers of the group get after SIGTERM before SIGKILL

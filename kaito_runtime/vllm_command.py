@@ -288,7 +288,9 @@ def _model_as_flag(entrypoint: Sequence[str]) -> bool:
     return any(part == _MODULE_ENTRY or part.endswith("api_server.py") for part in entrypoint)
 
 
-def _env(plan: LaunchPlan, base_env: Mapping[str, str], host_ip: str | None) -> dict[str, str]:
+def _env(
+    plan: LaunchPlan, base_env: Mapping[str, str], host_ip: str | None, user_flags: set[str], warnings: list[str]
+) -> dict[str, str]:
     env = {
         "HF_HUB_OFFLINE": "1",  # vLLM loads the local folder; zero Hub calls
         "TRANSFORMERS_OFFLINE": "1",
@@ -296,7 +298,14 @@ def _env(plan: LaunchPlan, base_env: Mapping[str, str], host_ip: str | None) -> 
     }
     wanted: dict[str, str] = {}
     if plan.target == "cpu":
-        wanted["VLLM_CPU_KVCACHE_SPACE"] = str(plan.cpu_kv_cache_gib or 1)
+        # The CPU backend lets VLLM_CPU_KVCACHE_SPACE override --kv-cache-memory-bytes
+        # (vllm/platforms/cpu.py), so a user's flag only wins if we leave the variable unset.
+        if "kv-cache-memory-bytes" not in user_flags:
+            wanted["VLLM_CPU_KVCACHE_SPACE"] = str(plan.cpu_kv_cache_gib or 1)
+        elif base_env.get("VLLM_CPU_KVCACHE_SPACE"):
+            warnings.append(
+                "VLLM_CPU_KVCACHE_SPACE is set in the environment and overrides --kv-cache-memory-bytes on the CPU backend"
+            )
         wanted["VLLM_CPU_OMP_THREADS_BIND"] = plan.cpu_threads_bind or "auto"
         if plan.world_size == 1:
             wanted["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -369,9 +378,10 @@ def build_vllm_command(
     warnings += _contradictions(plan, user)
 
     argv = tuple(head + [token for arg in args for token in arg.tokens])
+    env = _env(plan, base_env, host_ip, {a.name for a in user}, warnings)
     return VllmLaunch(
         argv=argv,
-        env=_env(plan, base_env, host_ip),
+        env=env,
         unset_env=TOKEN_ENV_VARS,
         warnings=tuple(warnings),
     )

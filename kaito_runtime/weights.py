@@ -4,7 +4,7 @@ Layout (one folder per repo and commit, real files, no symlinks, directly loadab
 
     <weights_dir>/<org>--<name>/<commit>/            the files vLLM loads (``WeightsResult.path``)
     <weights_dir>/<org>--<name>/<commit>/.kaito-complete.json   written last: the copy is whole
-    <weights_dir>/<org>--<name>/<commit>/.cache/huggingface/    the client's per-file metadata
+    <weights_dir>/<org>--<name>/<commit>/.cache/kaito/partial/  files being downloaded (resumable)
     <weights_dir>/<org>--<name>/refs/<branch>        commit a branch resolved to (for --offline)
     <weights_dir>/<org>--<name>/.<commit>.lock       one downloader per repo+commit on the volume
 
@@ -13,12 +13,17 @@ which some shared volumes cannot hold), a commit is its own folder (pinning is v
 and the completion marker sits next to the files it vouches for.
 
 A warm start reads the marker and checks file sizes only: no network, no hashing.
+
+Each file streams into a partial file named after its path and expected hash, through the
+client's ``http_get``. The partial outlives the process (unlike the client's own per-process
+temp files), so a run after a kill or crash asks only for the missing bytes (HTTP Range). A file
+reaches its real path only after its size and hash (sha256 of LFS files, git blob sha1 of the
+others) match, by an atomic rename; nothing half-written ever sits where vLLM looks.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import glob
 import hashlib
 import json
 import logging
@@ -27,8 +32,8 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +63,7 @@ from kaito_runtime.values import GiB, MiB, ModelSpec
 logger = logging.getLogger(__name__)
 
 MARKER_NAME = ".kaito-complete.json"
+PARTIAL_DIR = Path(".cache") / "kaito" / "partial"
 MARKER_FORMAT = 1
 DEFAULT_DISK_MARGIN = 512 * MiB
 DEFAULT_PROGRESS_INTERVAL_S = 5.0
@@ -220,26 +226,35 @@ def _write_ref(root: Path, ref: str, commit: str) -> None:
 # --- verification -----------------------------------------------------------------------------
 
 
-def _hash_file(path: Path, h: Any) -> str:
-    with path.open("rb") as f:
-        while chunk := f.read(4 * MiB):
+def _new_hasher(f: RemoteFile) -> Any | None:
+    """A hash object whose digest must equal ``_expected_digest(f)``, or None (nothing to check)."""
+    if f.sha256:
+        return hashlib.sha256()
+    if f.blob_id:
+        return hashlib.sha1(f"blob {f.size}\0".encode())
+    return None
+
+
+def _expected_digest(f: RemoteFile) -> str | None:
+    return f.sha256 or f.blob_id
+
+
+def _hash_file(path: Path, h: Any, limit: int | None = None) -> str:
+    left = limit
+    with path.open("rb") as fh:
+        while chunk := fh.read(4 * MiB if left is None else min(4 * MiB, left)):
             h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
     return h.hexdigest()
 
 
 def _file_ok(folder: Path, f: RemoteFile) -> bool:
     path = folder / f.path
-    try:
-        size = path.stat().st_size
-    except OSError:
+    if not _size_is(path, f.size):
         return False
-    if size != f.size:
-        return False
-    if f.sha256:
-        return _hash_file(path, hashlib.sha256()) == f.sha256
-    if f.blob_id:
-        return _hash_file(path, hashlib.sha1(f"blob {size}\0".encode())) == f.blob_id
-    return True
+    h = _new_hasher(f)
+    return h is None or _hash_file(path, h) == _expected_digest(f)
 
 
 def _bad_files(folder: Path, files: Sequence[RemoteFile]) -> list[RemoteFile]:
@@ -247,6 +262,73 @@ def _bad_files(folder: Path, files: Sequence[RemoteFile]) -> list[RemoteFile]:
     with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL on large buffers
         oks = list(pool.map(lambda f: _file_ok(folder, f), files))
     return [f for f, ok in zip(files, oks) if not ok]
+
+
+def _size_is(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+# --- partial files ----------------------------------------------------------------------------
+
+
+def partial_path(folder: Path, f: RemoteFile) -> Path:
+    """Where ``f`` is downloaded before it is verified; the expected hash is in the name, so bytes
+    of another version of the file are never appended to."""
+    tag = (_expected_digest(f) or "unhashed")[:16]
+    return folder / PARTIAL_DIR / f"{f.path}.{tag}.part"
+
+
+class _Cancelled(Exception):
+    """Another file failed: stop this one (its partial stays, for the next run to resume)."""
+
+
+class _HashingAppender:
+    """The open partial file as ``http_get`` sees it: every appended chunk is hashed on its way
+    to disk, so a finished file is verified without reading it back."""
+
+    def __init__(self, fh: Any, hasher: Any | None, stop: threading.Event, fresh: Callable[[], Any | None],
+                 on_bytes: Callable[[int], None] | None) -> None:
+        self._fh, self.hasher, self._stop, self._fresh, self._on_bytes = fh, hasher, stop, fresh, on_bytes
+
+    def write(self, data: bytes) -> int:
+        if self._stop.is_set():
+            raise _Cancelled()
+        n = self._fh.write(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
+        if self._on_bytes:
+            self._on_bytes(n)
+        return n
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._fh.seek(offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        # http_get truncates when the server ignored our Range and sent the whole file again.
+        size = self._fh.tell() if size is None else size
+        self._fh.flush()
+        before = os.fstat(self._fh.fileno()).st_size
+        self._fh.truncate(size)
+        self.hasher = self._fresh() if size == 0 else None  # None: hash the file from disk afterwards
+        if self._on_bytes:
+            self._on_bytes(size - before)
+        return size
+
+    def flush(self) -> None:
+        self._fh.flush()
 
 
 # --- progress ---------------------------------------------------------------------------------
@@ -263,8 +345,17 @@ def _silent_tqdm() -> type:
     return SilentTqdm
 
 
+def _bytes_on_disk(folder: Path, files: Sequence[RemoteFile]) -> int:
+    """Finished files plus the partial files being written (what a resume does not fetch again)."""
+    done = 0
+    for f in files:
+        final = _size_of(folder / f.path)
+        done += final if final == f.size else min(_size_of(partial_path(folder, f)), f.size)
+    return done
+
+
 class _ProgressLogger:
-    """Logs bytes on disk (finished files + ``.incomplete`` ones) every ``interval`` seconds."""
+    """Logs bytes on disk (finished + partial files) every ``interval`` seconds."""
 
     def __init__(self, folder: Path, files: Sequence[RemoteFile], baseline: int, log: logging.Logger, interval: float):
         self.folder, self.files, self.baseline, self.log, self.interval = folder, files, baseline, log, interval
@@ -273,24 +364,8 @@ class _ProgressLogger:
         self._thread = threading.Thread(target=self._run, name="weights-progress", daemon=True)
         self._t0 = time.monotonic()
 
-    def bytes_on_disk(self) -> int:
-        done = 0
-        for f in self.files:
-            try:
-                done += (self.folder / f.path).stat().st_size
-            except OSError:
-                pass
-        partial = self.folder / ".cache" / "huggingface" / "download"
-        if partial.is_dir():
-            for p in partial.rglob("*.incomplete"):
-                try:
-                    done += p.stat().st_size
-                except OSError:
-                    pass
-        return min(done, self.total)
-
     def _line(self) -> None:
-        done = self.bytes_on_disk()
+        done = _bytes_on_disk(self.folder, self.files)
         elapsed = max(time.monotonic() - self._t0, 1e-6)
         rate = max(done - self.baseline, 0) / elapsed
         pct = 100.0 * done / self.total if self.total else 100.0
@@ -311,6 +386,23 @@ class _ProgressLogger:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class _ProgressBar:
+    """One bar for the whole model (TTY), fed by the appenders."""
+
+    def __init__(self, total: int, initial: int) -> None:
+        from huggingface_hub.utils import tqdm as hf_tqdm
+
+        self._bar = hf_tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc="weights")
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 # --- the step ---------------------------------------------------------------------------------
@@ -334,11 +426,6 @@ def _use_local_folder(path_text: str, t0: float) -> WeightsResult:
             fix="finish copying the weights into it, or point --model at the right folder",
         )
     return WeightsResult(path, 0, True, time.monotonic() - t0, len(names))
-
-
-def _orphans(folder: Path) -> list[Path]:
-    download = folder / ".cache" / "huggingface" / "download"
-    return list(download.rglob("*.incomplete")) if download.is_dir() else []
 
 
 def ensure_weights(
@@ -493,8 +580,8 @@ def _download(
         probe_access(repo_id, commit, probe, token=token, endpoint=ep)
 
     total = sum(f.size for f in files)
-    present = sum(f.size for f in files if _size_is(folder / f.path, f.size))
-    needed = total - present
+    on_disk = _bytes_on_disk(folder, files)
+    needed = total - on_disk
     free = disk_free_bytes(folder)
     if needed + margin > free:
         raise InsufficientDiskError(
@@ -503,65 +590,149 @@ def _download(
             fix="free space or mount a larger volume at the weights folder",
         )
     folder.mkdir(parents=True, exist_ok=True)
-    for orphan in _orphans(folder):  # left by a killed download; we hold the lock, so no one owns them
-        orphan.unlink(missing_ok=True)
-
     log.info(
-        "weights: fetching %d files (%s, %s already present) of %s@%s from %s into %s",
-        len(files), _fmt_bytes(total), _fmt_bytes(present), repo_id, commit[:12], ep, folder,
+        "weights: fetching %d files (%s, %s already on disk) of %s@%s from %s into %s",
+        len(files), _fmt_bytes(total), _fmt_bytes(on_disk), repo_id, commit[:12], ep, folder,
     )
     mode = progress if progress != "auto" else ("bar" if sys.stderr.isatty() else "log")
-    reporter = _ProgressLogger(folder, files, present, log, interval) if mode == "log" else None
-
-    def fetch(subset: Sequence[RemoteFile]) -> None:
-        from huggingface_hub import snapshot_download
-
-        with errors():
-            snapshot_download(
-                repo_id,
-                revision=commit,
-                local_dir=folder,
-                allow_patterns=[glob.escape(f.path) for f in subset],
-                token=client_token(token),
-                endpoint=ep,
-                max_workers=max_workers,
-                tqdm_class=None if mode == "bar" else _silent_tqdm(),
-            )
+    reporter = _ProgressLogger(folder, files, on_disk, log, interval) if mode == "log" else None
+    bar = _ProgressBar(total, on_disk) if mode == "bar" else None
+    fetcher = _Fetcher(repo_id, commit, folder, token, ep, log, bar.add if bar else None)
 
     if reporter:
         reporter.__enter__()
     try:
-        fetch(files)
-        log.info("weights: verifying %d files (size, sha256 of LFS files)", len(files))
-        bad = _bad_files(folder, files)
-        if bad:
-            log.warning("weights: %s failed verification; fetching again", ", ".join(f.path for f in bad))
-            for f in bad:
-                (folder / f.path).unlink(missing_ok=True)
-            fetch(bad)
-            still = _bad_files(folder, bad)
-            if still:
-                for f in still:
-                    (folder / f.path).unlink(missing_ok=True)
-                raise WeightsCorruptError(
-                    f"{', '.join(f.path for f in still)} of {repo_id}@{commit[:12]} failed verification twice",
-                    why="the bytes received do not match the size/sha256 the Hub lists",
-                    fix="retry later; if it persists, check proxies or caches between this node and the Hub",
-                )
+        with errors():
+            bad = fetcher.run(files, max_workers)
     finally:
         if reporter:
             reporter.__exit__(None, None, None)
+        if bar:
+            bar.close()
+    if bad:
+        raise WeightsCorruptError(
+            f"{', '.join(f.path for f in bad)} of {repo_id}@{commit[:12]} failed verification twice",
+            why="the bytes received do not match the size/sha256 the Hub lists",
+            fix="retry later; if it persists, check proxies or caches between this node and the Hub",
+        )
+    shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)  # leftovers of files no longer selected
     _write_marker(folder, repo_id, commit, model.load_format, files)
     seconds = time.monotonic() - t0
     log.info("weights: %s@%s complete in %s (%.1fs)", repo_id, commit[:12], folder, seconds)
     return WeightsResult(folder, needed, False, seconds, len(files), commit)
 
 
-def _size_is(path: Path, size: int) -> bool:
-    try:
-        return path.stat().st_size == size
-    except OSError:
+class _Fetcher:
+    """Brings each file to its real path, verified: resumes its partial file, checks size and hash,
+    renames it into place; a mismatch discards the partial and fetches the file once more."""
+
+    def __init__(self, repo_id: str, commit: str, folder: Path, token: Secret | None, endpoint: str,
+                 log: logging.Logger, on_bytes: Callable[[int], None] | None) -> None:
+        self.repo_id, self.commit, self.folder, self.token, self.endpoint = repo_id, commit, folder, token, endpoint
+        self.log, self.on_bytes = log, on_bytes
+        self.stop = threading.Event()
+        self.tqdm_class = _silent_tqdm()
+        self.http_limit = hub.http_download_limit()
+
+    def run(self, files: Sequence[RemoteFile], max_workers: int) -> list[RemoteFile]:
+        """The files that failed verification twice; raises the first other failure."""
+        order = sorted(files, key=lambda f: -f.size)  # big ones first: they bound the wall time
+        with ThreadPoolExecutor(max(1, min(max_workers, len(order))), thread_name_prefix="weights") as pool:
+            futures = {pool.submit(self.fetch, f): f for f in order}
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    if fut.exception() is not None:
+                        fut.result()
+            except BaseException:
+                self.stop.set()  # running downloads stop at their next chunk; partials stay
+                for fut in futures:
+                    fut.cancel()
+                raise
+        return [f for fut, f in futures.items() if not fut.result()]
+
+    def fetch(self, f: RemoteFile) -> bool:
+        final = self.folder / f.path
+        if _size_is(final, f.size):
+            # Renamed into place, verified, by a run killed before its marker. No fsync before the
+            # rename: after a node crash ext4/xfs show unflushed files short, never padded.
+            return True
+        final.unlink(missing_ok=True)
+        for attempt in (1, 2):
+            if self.stop.is_set():
+                raise _Cancelled()
+            ok = self._whole(f) if f.size > self.http_limit else self._resumed(f)
+            if ok:
+                return True
+            self.log.warning(
+                "weights: %s failed verification (%s); %s", f.path, "size or hash mismatch",
+                "fetching it again" if attempt == 1 else "giving up",
+            )
         return False
+
+    def _resumed(self, f: RemoteFile) -> bool:
+        part = partial_path(self.folder, f)
+        have = _size_of(part)
+        if have > f.size:
+            self.log.warning("weights: partial %s is larger than %s; discarding it", part, f.path)
+            self._discard(part)
+            have = 0
+        elif have:
+            self.log.info("weights: resuming %s at %s of %s", f.path, _fmt_bytes(have), _fmt_bytes(f.size))
+        hasher = _new_hasher(f)
+        if hasher is not None and have:
+            _hash_file(part, hasher, limit=have)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        size_ok = True
+        with part.open("ab") as fh:
+            out = _HashingAppender(fh, hasher, self.stop, lambda: _new_hasher(f), self.on_bytes)
+            try:
+                hub.download_range(
+                    self.repo_id, self.commit, f.path, out,  # type: ignore[arg-type]
+                    resume_size=have, expected_size=f.size, token=self.token, endpoint=self.endpoint,
+                    tqdm_class=self.tqdm_class,
+                )
+            except OSError as e:
+                if e.errno is not None or getattr(e, "response", None) is not None:
+                    raise  # a disk error, or an HTTP error for hub_errors to translate
+                size_ok = False  # the client's size consistency check
+        ok = size_ok and _size_is(part, f.size)
+        expected = _expected_digest(f)
+        if ok and expected is not None:
+            digest = out.hasher.hexdigest() if out.hasher is not None else _hash_file(part, _new_hasher(f))
+            ok = digest == expected
+        if not ok:
+            self._discard(part)
+            return False
+        final = self.folder / f.path
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, final)
+        return True
+
+    def _whole(self, f: RemoteFile) -> bool:
+        # Over the client's plain-HTTP limit the Hub serves the file through Xet only, which the
+        # client does not resume across processes; hf_hub_download picks Xet when it can.
+        try:
+            hub.download_whole(
+                self.repo_id, self.commit, f.path, self.folder, token=self.token, endpoint=self.endpoint,
+                tqdm_class=self.tqdm_class,
+            )
+        except ValueError as e:
+            raise WeightsError(
+                f"{f.path} of {self.repo_id} ({_fmt_bytes(f.size)}) is too large for a plain HTTP download",
+                why=str(e).strip().splitlines()[0],
+                fix="install the hf_xet package (pip install hf_xet) and leave HF_HUB_DISABLE_XET unset",
+            ) from None
+        if _file_ok(self.folder, f):
+            return True
+        (self.folder / f.path).unlink(missing_ok=True)
+        return False
+
+    def _discard(self, part: Path) -> None:
+        size = _size_of(part)
+        part.unlink(missing_ok=True)
+        if self.on_bytes and size:
+            self.on_bytes(-size)
 
 
 # --- for planning (before the download) -------------------------------------------------------

@@ -97,6 +97,16 @@ def test_user_exported_cpu_variables_win():
     assert launch.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
 
 
+def test_user_kv_cache_flag_wins_over_planned_cpu_kv_space():
+    # VLLM_CPU_KVCACHE_SPACE overrides --kv-cache-memory-bytes on the CPU backend, so the planned
+    # variable must go when the user passes the flag.
+    planned = build_vllm_command(cpu_plan(), model_path="/m")
+    assert "VLLM_CPU_KVCACHE_SPACE" in planned.env
+    user = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["--kv-cache-memory-bytes", "64k"])
+    assert "VLLM_CPU_KVCACHE_SPACE" not in user.env
+    assert flag_value(user.argv, "--kv-cache-memory-bytes") == "64k"
+
+
 def test_token_variables_are_unset_and_never_in_argv():
     launch = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["--hf-token", "hf_secret123"])
     assert set(TOKEN_ENV_VARS) == {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"}

@@ -27,8 +27,9 @@ from kaito_runtime.errors import (
     RevisionNotFoundError,
     TokenRejectedError,
     WeightsCorruptError,
+    WeightsError,
 )
-from kaito_runtime.hub import fetch_model_metadata
+from kaito_runtime.hub import RemoteFile, fetch_model_metadata
 from kaito_runtime.secrets import Secret, resolve_token
 from kaito_runtime.values import AttentionGeometry, ModelSpec
 from kaito_runtime.weights import MARKER_NAME, ensure_weights, select_files
@@ -277,31 +278,125 @@ def test_verify_option_rehashes_and_repairs_a_tampered_copy(hub, tmp_path):
     assert sha256(shard) == hub.file_entry("org/tiny", "model.safetensors").sha256
 
 
-def test_killed_download_process_is_completed_by_the_next_run(hub, tmp_path):
-    hub.rate_limit_bps = 3 * 1024 * 1024  # the 12 MiB shard takes ~4 s
+RESUME_FILE_BYTES = 24 * 1024 * 1024  # the client writes to disk every 10 MiB: partials of 10 and 20 MiB
+
+
+@pytest.fixture
+def resume_hub(tmp_path_factory):
+    """An emulator serving ``org/resume``: a config and one 24 MiB LFS shard."""
+    from tests.support.hub_emulator import HubEmulator
+
+    root = tmp_path_factory.mktemp("resume-repos")
+    repo = root / "org" / "resume"
+    repo.mkdir(parents=True)
+    (repo / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (repo / "model.safetensors").write_bytes(__import__("random").Random(7).randbytes(RESUME_FILE_BYTES))
+    with HubEmulator(root, lfs_threshold=1024) as emulator:
+        yield emulator
+
+
+def remote_file(hub, repo_id: str, path: str) -> RemoteFile:
+    e = hub.file_entry(repo_id, path)
+    return RemoteFile(e.path, e.size, e.blob_sha1, e.sha256)
+
+
+def test_killed_download_process_resumes_from_its_partial_file(resume_hub, tmp_path):
+    hub = resume_hub
+    hub.rate_limit_bps = 8 * 1024 * 1024  # the 24 MiB shard takes ~3 s; its first 10 MiB land at ~1.3 s
     code = (
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]);"
         "from tests.test_weights import spec; from kaito_runtime.weights import ensure_weights;"
-        "ensure_weights(spec('org/big'), weights_dir=Path(sys.argv[1]), token=None, endpoint=sys.argv[2])"
+        "ensure_weights(spec('org/resume'), weights_dir=Path(sys.argv[1]), token=None, endpoint=sys.argv[2])"
     )
     env = {**os.environ, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), hub.url, str(Path(__file__).parent.parent)], env=env)
-    folder = tmp_path / "org--big" / hub.commit_of("org/big")
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and not list(folder.glob(".cache/huggingface/download/*.incomplete")):
-        time.sleep(0.05)
-    time.sleep(0.5)
+    folder = tmp_path / "org--resume" / hub.commit_of("org/resume")
+    shard = remote_file(hub, "org/resume", "model.safetensors")
+    part = weights.partial_path(folder, shard)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (part.exists() and part.stat().st_size > 0):
+        time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL
     assert not (folder / MARKER_NAME).exists() and not (folder / "model.safetensors").exists()
-    assert list(folder.glob(".cache/huggingface/download/*.incomplete"))  # the killed run's partial file
+    kept = part.stat().st_size
+    assert 0 < kept < RESUME_FILE_BYTES  # the killed run's bytes survive it
 
     hub.rate_limit_bps = None
-    result = ensure_weights(spec("org/big"), weights_dir=tmp_path, token=None, endpoint=hub.url)
-    assert sha256(result.path / "model.safetensors") == hub.file_entry("org/big", "model.safetensors").sha256
-    assert (folder / MARKER_NAME).exists()
-    assert not list(folder.rglob("*.incomplete"))  # the killed run's partial file is cleaned up
+    hub.clear_records()
+    result = ensure_weights(spec("org/resume"), weights_dir=tmp_path, token=None, endpoint=hub.url)
+    assert hub.range_starts("model.safetensors") == [kept]  # only the missing bytes were asked for
+    assert hub.count(method="GET", path_contains="model.safetensors") == 1
+    assert sha256(result.path / "model.safetensors") == shard.sha256
+    assert (folder / MARKER_NAME).exists() and not part.exists()
+    assert result.downloaded_bytes <= RESUME_FILE_BYTES - kept + 1024
+
+
+def test_valid_partial_file_is_resumed_and_counted_as_on_disk(hub, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="kaito_runtime.weights")
+    folder = tmp_path / "org--tiny" / hub.commit_of("org/tiny")
+    shard = remote_file(hub, "org/tiny", "model.safetensors")
+    part = weights.partial_path(folder, shard)
+    part.parent.mkdir(parents=True)
+    part.write_bytes((hub.root / "org" / "tiny" / "model.safetensors").read_bytes()[:150_000])
+    hub.rate_limit_bps = 200_000
+    result = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="log", progress_interval_s=0.05)
+    assert hub.range_starts("model.safetensors") == [150_000]
+    assert sha256(result.path / "model.safetensors") == shard.sha256
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("146.5 KiB already on disk" in m for m in messages)
+    progress = [m for m in messages if "ETA" in m]
+    assert progress
+    for line in progress:  # "weights: 150.2 KiB / 195.5 KiB (77%), ...": never below the partial
+        amount, unit = line.split()[1:3]
+        assert unit == "KiB" and float(amount) >= 146.5, line
+
+
+def test_server_ignoring_range_restarts_the_file_cleanly(hub, tmp_path):
+    hub.ignore_range = True  # answers the ranged GET with 200 and the whole body
+    folder = tmp_path / "org--tiny" / hub.commit_of("org/tiny")
+    shard = remote_file(hub, "org/tiny", "model.safetensors")
+    part = weights.partial_path(folder, shard)
+    part.parent.mkdir(parents=True)
+    part.write_bytes((hub.root / "org" / "tiny" / "model.safetensors").read_bytes()[:150_000])
+    result = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url)
+    assert hub.range_starts("model.safetensors") == [150_000]
+    assert hub.count(method="GET", path_contains="model.safetensors") == 1  # no second fetch: hash matched
+    assert sha256(result.path / "model.safetensors") == shard.sha256
+
+
+@pytest.mark.parametrize(
+    ("garbage_bytes", "ranges", "gets"),
+    [
+        (100_000, [100_000], 2),  # resumed, hash mismatch, refetched from zero
+        (200_000, [], 1),  # full size already: no request, hash mismatch, refetched
+        (250_000, [], 1),  # larger than the file: discarded before any request
+    ],
+)
+def test_garbage_partial_file_is_detected_and_refetched(hub, tmp_path, caplog, garbage_bytes, ranges, gets):
+    caplog.set_level(logging.WARNING, logger="kaito_runtime.weights")
+    folder = tmp_path / "org--tiny" / hub.commit_of("org/tiny")
+    shard = remote_file(hub, "org/tiny", "model.safetensors")
+    part = weights.partial_path(folder, shard)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\x5a" * garbage_bytes)
+    result = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url)
+    assert hub.range_starts("model.safetensors") == ranges
+    assert hub.count(method="GET", path_contains="model.safetensors") == gets
+    assert sha256(result.path / "model.safetensors") == shard.sha256
+    assert not part.exists() and (folder / MARKER_NAME).exists()
+    assert any("model.safetensors" in r.getMessage() for r in caplog.records)
+
+
+def test_file_over_the_http_limit_needs_xet(hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "MAX_HTTP_DOWNLOAD_SIZE", 100_000)  # the 200 kB shard is "too large"
+    with pytest.raises(WeightsError, match="too large for a plain HTTP download") as info:
+        ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url)
+    assert "hf_xet" in str(info.value)
+    assert not (tmp_path / "org--tiny" / hub.commit_of("org/tiny") / MARKER_NAME).exists()
 
 
 # --- offline, local folder, concurrency, progress ---------------------------------------------

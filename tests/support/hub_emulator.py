@@ -16,7 +16,8 @@ Auth rule (consistent with the real Hub as far as it is documented):
 * metadata (model info, tree) of a gated repo is public, as on the real Hub.
 
 Fault injection, for tests: drop the connection after N bytes of a file body (the first K
-times), serve corrupted bytes of the same length, cap the bytes per second of bodies. Every
+times), serve corrupted bytes of the same length, cap the bytes per second of bodies, ignore
+Range headers (200 with the whole body, as some proxies do). Every
 request is recorded (method, kind, path, range start, status) so tests can count them.
 
 Run it standalone: ``python -m tests.support.hub_emulator --root DIR --port P --gated ORG/NAME
@@ -135,6 +136,7 @@ class HubEmulator:
         self.port = port
         self.records: list[RequestRecord] = []
         self.rate_limit_bps: int | None = None
+        self.ignore_range = False  # answer 200 with the whole body even to a Range request (some proxies do)
         self._gated: dict[str, set[str]] = {}
         self._repos: dict[str, RepoState] = {}
         self._drops: dict[str, _Drop] = {}
@@ -487,7 +489,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         start, end = 0, entry.size - 1
         partial = False
-        if (rh := self.headers.get("Range")) and (m := _RANGE_RE.match(rh)):
+        if not self.emulator.ignore_range and (rh := self.headers.get("Range")) and (m := _RANGE_RE.match(rh)):
             start = int(m.group(1))
             end = min(int(m.group(2)), entry.size - 1) if m.group(2) else entry.size - 1
             if start >= entry.size:
@@ -521,10 +523,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(self, file: Path, start: int, length: int, drop_after: int | None, corrupt: bool) -> None:
         sent = 0
         began = time.monotonic()
+        rate = self.emulator.rate_limit_bps
+        # Rate-limited bodies go out in pieces of ~50 ms each, so even a small file takes its time.
+        piece = min(_CHUNK, max(4096, rate // 20)) if rate else _CHUNK
         with file.open("rb") as f:
             f.seek(start)
             while sent < length:
-                want = min(_CHUNK, length - sent)
+                want = min(piece, length - sent)
                 if drop_after is not None:
                     want = min(want, drop_after - sent)
                     if want <= 0:
@@ -537,7 +542,6 @@ class _Handler(BaseHTTPRequestHandler):
                     chunk = _corrupt(chunk, start + sent)
                 self.wfile.write(chunk)
                 sent += len(chunk)
-                rate = self.emulator.rate_limit_bps
                 if rate:
                     ahead = sent / rate - (time.monotonic() - began)
                     if ahead > 0:
