@@ -109,7 +109,9 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", "./", "../", "~")) or Path(text).expanduser().exists()
 
 
-def resolve_model(request: RuntimeRequest, *, token=None, env: Mapping[str, str] | None = None) -> ModelSpec:
+def resolve_model(
+    request: RuntimeRequest, *, token=None, token_source: str | None = None, env: Mapping[str, str] | None = None
+) -> ModelSpec:
     """A preset name, a local folder or a Hugging Face repo id -> ModelSpec."""
     from dataclasses import replace
 
@@ -140,6 +142,7 @@ def resolve_model(request: RuntimeRequest, *, token=None, env: Mapping[str, str]
                 request.model,
                 revision=request.revision,
                 token=token,
+                token_source=token_source,
                 endpoint=request.endpoint,
                 offline=is_offline(request, env),
                 weights_dir=request.weights_dir or default_weights_dir(env),
@@ -187,7 +190,7 @@ def prepare(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> Pr
 
     weights_dir = request.weights_dir or default_weights_dir(env)
     request = _with(request, weights_dir=weights_dir)
-    model = resolve_model(request, token=token, env=env)
+    model = resolve_model(request, token=token, token_source=token_source, env=env)
 
     started = time.monotonic()
     node = probe_node(request, env)

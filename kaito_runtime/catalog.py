@@ -404,7 +404,7 @@ def _load(presets_dir: Path) -> Catalog:
     if not files:
         raise CatalogError(
             f"No preset catalog files in {presets_dir}",
-            why="the folder is missing or holds no *.yaml family files",
+            why="The folder is missing or holds no *.yaml family files",
             fix="point to the folder holding the presets/*.yaml files, or reinstall kaito-runtime",
         )
     seen: dict[str, Path] = {}

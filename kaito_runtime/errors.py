@@ -26,12 +26,18 @@ class KaitoError(Exception):
 
     @property
     def message(self) -> str:
-        parts = [self.what.rstrip(".") + "."]
+        parts = [_sentence(self.what)]
         if self.why:
-            parts.append(self.why.rstrip(".") + ".")
+            parts.append(_sentence(self.why))
         if self.fix:
-            parts.append("Fix: " + self.fix.rstrip(".") + ".")
+            parts.append("Fix: " + _sentence(self.fix))
         return " ".join(parts)
+
+
+def _sentence(text: str) -> str:
+    # No capitalisation: parts often start with a name (a preset, a file, a flag) that must stay as is.
+    text = text.strip()
+    return text if text.endswith((".", "?", "!")) else text + "."
 
 
 # --- bad input (exit 2) -------------------------------------------------------------------------

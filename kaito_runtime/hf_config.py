@@ -75,7 +75,7 @@ class _Reader:
         names = " / ".join(f"'{k}'" for k in keys)
         return InputError(
             f"{self.source} has no {names}",
-            why="the launcher needs it to size the model's KV cache and context",
+            why="The launcher needs it to size the model's KV cache and context",
             fix="use a model whose config.json has it, or add the model to the preset catalog",
         )
 

@@ -117,18 +117,18 @@ def translate_error(
         if not has_token:
             return GatedRepoNoTokenError(
                 f"Model {repo_id} is gated and no Hugging Face token was given",
-                why="the Hub answers downloads of a gated repo only for accounts granted access",
+                why="The Hub answers downloads of a gated repo only for accounts granted access",
                 fix=f"accept the licence at {page}, then {TOKEN_HINT}",
             )
         if status == 401:
             return TokenRejectedError(
                 f"The Hugging Face token from {token_source} was rejected for {repo_id}",
-                why="the Hub did not accept it (expired, revoked or mistyped)",
+                why="The Hub did not accept it (expired, revoked or mistyped)",
                 fix=f"create a new read token at https://huggingface.co/settings/tokens and {TOKEN_HINT}",
             )
         return GatedAccessDeniedError(
             f"The Hugging Face token from {token_source} has no access to gated model {repo_id}",
-            why="the account is not (yet) in the repo's authorized list",
+            why="The account is not (yet) in the repo's authorized list",
             fix=f"request access at {page} and wait for the grant, or use a token of an account that has it",
         )
     if isinstance(exc, hf.RevisionNotFoundError):
@@ -139,7 +139,7 @@ def translate_error(
     if isinstance(exc, hf.RepositoryNotFoundError):
         return RepoNotFoundError(
             f"Model repo {repo_id} was not found on {endpoint}",
-            why="the id is wrong, or the repo is private" + ("" if has_token else " and no token was given"),
+            why="The id is wrong, or the repo is private" + ("" if has_token else " and no token was given"),
             fix="check the spelling (org/name, case-sensitive)" + ("" if has_token else f"; for a private repo {TOKEN_HINT}"),
         )
     if isinstance(exc, hf.EntryNotFoundError) and not isinstance(exc, hf.LocalEntryNotFoundError):
@@ -153,18 +153,18 @@ def translate_error(
             if has_token:
                 return TokenRejectedError(
                     f"The Hugging Face token from {token_source} was rejected",
-                    why="the Hub answered 401 (invalid credentials)",
+                    why="The Hub answered 401 (invalid credentials)",
                     fix=f"create a new read token at https://huggingface.co/settings/tokens and {TOKEN_HINT}",
                 )
             return RepoNotFoundError(
                 f"Model repo {repo_id} needs authentication on {endpoint}",
-                why="the Hub answered 401 to an anonymous request",
+                why="The Hub answered 401 to an anonymous request",
                 fix=TOKEN_HINT,
             )
         if status == 403:
             return GatedAccessDeniedError(
                 f"The Hugging Face token from {token_source} may not read {repo_id}",
-                why="the Hub answered 403 Forbidden",
+                why="The Hub answered 403 Forbidden",
                 fix=f"give the token read access to {repo_id} (fine-grained tokens need it), or request access at {page}",
             )
         if status >= 500 or status in (408, 429):

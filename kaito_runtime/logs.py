@@ -37,8 +37,7 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
             root.removeHandler(old)
     handler._kaito = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    root.setLevel(level.upper())
-    # huggingface_hub and filelock are chatty at debug; keep them at warning unless asked.
-    if level.lower() != "debug":
-        for noisy in ("huggingface_hub", "filelock", "httpx", "httpcore"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Libraries (huggingface_hub, its HTTP client, filelock) log every request at info: keep
+    # them at warning unless debugging, and our own loggers at the level asked for.
+    root.setLevel(logging.DEBUG if level.lower() == "debug" else logging.WARNING)
+    logging.getLogger("kaito_runtime").setLevel(level.upper())

@@ -61,6 +61,7 @@ def spec_from_hub(
     *,
     revision: str | None,
     token,
+    token_source: str | None = None,
     endpoint: str | None,
     offline: bool,
     weights_dir: Path,
@@ -70,7 +71,8 @@ def spec_from_hub(
 
     check_repo_id(repo_id)
     remote = weights.fetch_model_metadata(
-        repo_id, revision, token=token, endpoint=endpoint, offline=offline, weights_dir=weights_dir
+        repo_id, revision, token=token, token_source=token_source, endpoint=endpoint, offline=offline,
+        weights_dir=weights_dir,
     )
     return spec_from_hf_config(
         remote.config,

@@ -182,7 +182,7 @@ def _check_overrides(model: ModelSpec, o: PlanOverrides) -> None:
         if o.max_model_len > model.max_context:
             raise InputError(
                 f"--max-model-len {o.max_model_len} is longer than {model.name}'s context",
-                why=f"the model's max_position_embeddings is {model.max_context}; vLLM refuses longer",
+                why=f"The model's max_position_embeddings is {model.max_context}; vLLM refuses longer",
                 fix=f"use --max-model-len <= {model.max_context}",
             )
     if o.gpu_memory_utilization is not None and not 0 < o.gpu_memory_utilization <= 1:
@@ -510,7 +510,7 @@ def _does_not_fit(
     gpus = list(inv.gpus)
     where = _describe_gpus(gpus, inv) + (f" per node, {topo.nnodes} nodes" if topo.multi_node else "")
     why = (
-        f"at {fit.layout.describe()} each GPU needs {gib(fit.weights)} of weights + {gib(fit.overhead)} "
+        f"At {fit.layout.describe()} each GPU needs {gib(fit.weights)} of weights + {gib(fit.overhead)} "
         f"runtime + {gib(fit.kv_bytes(context))} KV for {context:,} tokens = {gib(fit.needed(context))}; "
         f"GPU {fit.gpu_index} offers {gib(fit.usable)} ({gib(fit.total)} x {fit.utilization:.2f}, "
         f"{gib(fit.free)} free)"
@@ -572,7 +572,7 @@ def _plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverr
         if value is not None and value > 1:
             raise InputError(
                 f"--{flag} {value} is not supported on the CPU target",
-                why="the launcher runs vLLM's CPU backend as one process (TP = PP = 1)",
+                why="The launcher runs vLLM's CPU backend as one process (TP = PP = 1)",
                 fix=f"leave --{flag} out",
             )
     att = model.attention

@@ -50,7 +50,6 @@ from kaito_runtime.hub import (
     COMMIT_RE,
     RemoteFile,
     RemoteModel,
-    client_token,
     hub_errors,
     list_files,
     probe_access,
@@ -481,7 +480,7 @@ def ensure_weights(
     if offline:
         raise HubUnreachableError(
             f"Offline mode, and no complete copy of {repo_id}@{commit[:12]} is in {folder}",
-            why=f"the completion marker {MARKER_NAME} is missing or files are missing/short",
+            why=f"The completion marker {MARKER_NAME} is missing or files are missing/short",
             fix="pre-fetch the weights online into the same weights folder, or drop --offline",
         )
 
@@ -498,7 +497,7 @@ def ensure_weights(
         except Timeout:
             raise WeightsError(
                 f"Timed out after {lock_timeout_s:.0f}s waiting for another download of {repo_id}",
-                why=f"the lock {lock.lock_file} stayed held",
+                why=f"The lock {lock.lock_file} stayed held",
                 fix="check the other launcher sharing the weights volume, or remove the stale lock",
             ) from None
     try:
@@ -612,7 +611,7 @@ def _download(
     if bad:
         raise WeightsCorruptError(
             f"{', '.join(f.path for f in bad)} of {repo_id}@{commit[:12]} failed verification twice",
-            why="the bytes received do not match the size/sha256 the Hub lists",
+            why="The bytes received do not match the size/sha256 the Hub lists",
             fix="retry later; if it persists, check proxies or caches between this node and the Hub",
         )
     shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)  # leftovers of files no longer selected
@@ -804,10 +803,15 @@ def fetch_model_metadata(
             )
         return local
     try:
-        return hub.fetch_model_metadata(repo_id, revision, token=token, endpoint=endpoint, token_source=token_source)
+        remote = hub.fetch_model_metadata(repo_id, revision, token=token, endpoint=endpoint, token_source=token_source)
     except HubUnreachableError:
         local = _local_metadata(repo_id, revision, weights_dir) if weights_dir else None
         if local is None:
             raise
         log.warning("weights: hub unreachable; reading %s from the complete copy at %s", repo_id, local.revision[:12])
         return local
+    ref = revision or "main"
+    if weights_dir is not None and not COMMIT_RE.match(ref):
+        # Remember what the branch resolved to, so a later --offline run finds this copy.
+        _write_ref(repo_folder(weights_dir, repo_id), ref, remote.revision)
+    return remote

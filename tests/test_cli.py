@@ -44,7 +44,7 @@ def test_list_presets_json_parses_and_covers_all_families():
 def test_unknown_preset_exits_2_with_suggestion():
     result = CliRunner().invoke(main, ["--preset", "llama-3.3-70b", "--dry-run"])
     assert result.exit_code == 2
-    assert "did you mean llama-3.3-70b-instruct" in result.output
+    assert "did you mean llama-3.3-70b-instruct" in result.output.lower()
 
 
 def test_unknown_preset_without_dry_run_also_exits_2():
