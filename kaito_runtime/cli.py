@@ -107,7 +107,7 @@ def _node_options(f):
             "--weights-dir",
             type=click.Path(path_type=Path),
             envvar="KAITO_WEIGHTS_DIR",
-            help="Where weights are stored (default: /workspace/weights in a container, else the Hugging Face cache).",
+            help="Where weights are stored (default: /workspace/weights in a container, else ~/.cache/huggingface/kaito-weights).",
         ),
     ]
     for option in reversed(options):

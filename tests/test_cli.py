@@ -212,3 +212,24 @@ def test_wheel_ships_the_catalog(tmp_path):
     assert module_file.startswith(str(target))
     assert presets.startswith(str(target))
     assert count == len(load_catalog().presets)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--list-presets"],
+        ["--preset", "llama-3.3-70b-instruct", "--dry-run", "--sku", "Standard_NC96ads_A100_v4"],
+        ["--preset", "phi-4-mini-instruct", "--dry-run"],
+        ["doctor"],
+    ],
+)
+def test_instant_commands_import_no_torch_transformers_or_vllm(args):
+    probe = (
+        "import sys\n"
+        "from kaito_runtime.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in out.stderr, out.stderr[-2000:]

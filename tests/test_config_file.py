@@ -1,0 +1,90 @@
+"""KAITO's inference config file (`--config`): its `vllm:` flags reach vLLM and win over the plan."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kaito_runtime.cli import main
+from kaito_runtime.config_file import read_vllm_section
+from kaito_runtime.errors import ConfigFileError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "inference_config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_reads_the_vllm_section_and_ignores_kaito_only_keys(tmp_path):
+    path = write(tmp_path, "vllm:\n  max-model-len: 8192\n  --enforce-eager: true\nmax_probe_steps: 6\n")
+    assert read_vllm_section(path) == {"max-model-len": 8192, "enforce-eager": True}
+
+
+def test_empty_file_means_no_flags(tmp_path):
+    assert read_vllm_section(write(tmp_path, "")) == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("vllm: [1, 2]\n", "must be a mapping"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("vllm:\n  a: 1\nvlm:\n  b: 2\n", "unknown top-level keys: vlm"),
+        ("vllm:\n  max-model-len: [1]\n", "vllm.max-model-len"),
+        ("vllm: {a: 1\n", "not valid YAML"),
+    ],
+)
+def test_bad_files_name_the_file_and_the_problem(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigFileError) as caught:
+        read_vllm_section(path)
+    assert str(path) in str(caught.value) and expected in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(
+        main, ["--preset", "phi-4", "--dry-run", "--assume-gpus", "1xA100-80GB", "--config", str(tmp_path / "nope.yaml")]
+    )
+    assert result.exit_code == 2
+    assert "nope.yaml" in result.output
+
+
+def test_config_flags_win_over_the_plan_and_pass_through_wins_over_config(tmp_path):
+    path = write(tmp_path, "vllm:\n  max-model-len: 8192\n  max-num-seqs: 9\n  cpu-offload-gb: 0\n")
+    result = CliRunner().invoke(
+        main,
+        ["--preset", "phi-4-mini-instruct", "--dry-run", "--assume-gpus", "1xA100-80GB", "-o", "json",
+         "--config", str(path), "--", "--max-num-seqs", "5"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    argv = json.loads(result.output)["vllm"]["argv"]
+    assert argv.count("--max-model-len") == 1 and argv[argv.index("--max-model-len") + 1] == "8192"
+    assert argv.count("--max-num-seqs") == 1 and argv[argv.index("--max-num-seqs") + 1] == "5"
+    assert argv[argv.index("--cpu-offload-gb") + 1] == "0"
+
+
+def test_container_entrypoint_passes_kaito_config_file(tmp_path):
+    """entrypoints/kaito-entrypoint.sh: KAITO_CONFIG_FILE reaches kaito-run; arguments pass through."""
+    path = write(tmp_path, "vllm:\n  max-num-seqs: 11\n")
+    env = {**os.environ, "KAITO_CONFIG_FILE": str(path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    if not (Path(sys.executable).parent / "kaito-run").exists():
+        pytest.skip("the kaito-run console script is not installed in this environment")
+    out = subprocess.run(
+        ["sh", str(REPO / "entrypoints" / "kaito-entrypoint.sh"), "--preset", "phi-4-mini-instruct", "--dry-run",
+         "--assume-gpus", "1xA100-80GB", "-o", "json"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    argv = json.loads(out.stdout)["vllm"]["argv"]
+    assert argv[argv.index("--max-num-seqs") + 1] == "11"
