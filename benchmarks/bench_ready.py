@@ -118,7 +118,13 @@ def fmt(values: list[float]) -> str:
     return f"median {statistics.median(values):6.2f} s  (runs: {', '.join(f'{v:.2f}' for v in values)})"
 
 
+def _exit_on_sigterm(signum, frame):
+    # `timeout` or Ctrl-C: unwind through the finally blocks that stop the servers.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/tiny-llama")
     parser.add_argument("--reps", type=int, default=2, help="runs of each kind (alternating)")

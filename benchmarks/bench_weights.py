@@ -7,6 +7,7 @@ Creates a repo of N random safetensors-named shards plus a config in a temp fold
   (b) `hf download REPO --revision SHA --local-dir X`   (huggingface_hub's own CLI, same files)
   (c) ensure_weights, warm re-launch (the marker is present)
   (d) ensure_weights after the cold run was SIGKILLed half-way (resumes from its partial files)
+  (e) ensure_weights, warm with verify=True (re-hashes every file of the complete copy)
 
 Usage: python benchmarks/bench_weights.py [--shards 4] [--shard-mb 75] [--reps 1]
 """
@@ -38,7 +39,8 @@ from kaito_runtime.weights import ensure_weights
 spec = ModelSpec(name="bench", architecture="LlamaForCausalLM", weights_bytes=1, max_context=8,
                  attention=AttentionGeometry(2, 2, 2, 8), repo_id=sys.argv[4], revision=sys.argv[5])
 t1 = time.monotonic()
-r = ensure_weights(spec, weights_dir=Path(sys.argv[1]), token=None, endpoint=sys.argv[2], progress="none")
+r = ensure_weights(spec, weights_dir=Path(sys.argv[1]), token=None, endpoint=sys.argv[2], progress="none",
+                   verify=sys.argv[6:] == ["verify"])
 t2 = time.monotonic()
 print(f"STEP {t2 - t1:.4f} IMPORT {t1 - t0:.4f} REUSED {r.reused} BYTES {r.downloaded_bytes}")
 """
@@ -137,6 +139,7 @@ def main() -> int:
               f"emulator {url}; python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
 
         kaito_cold, kaito_step, hf_times, warm, warm_step, resumed, kept, refetched = [], [], [], [], [], [], [], []
+        verified_step: list[float] = []
         for rep in range(args.reps):
             wdir, hdir = work / f"weights-{rep}", work / f"hf-{rep}"
             kcmd = [sys.executable, "-c", KAITO_SNIPPET, str(wdir), url, str(REPO_ROOT), REPO_ID, sha]
@@ -149,6 +152,9 @@ def main() -> int:
             assert "REUSED True" in out, out
             warm.append(t)
             warm_step.append(float(out.split()[1]))
+            _, out = timed(kcmd + ["verify"], env)
+            assert "REUSED True" in out, out
+            verified_step.append(float(out.split()[1]))
             shutil.rmtree(wdir)
             shutil.rmtree(hdir)
             t, on_disk, fetched = killed_then_resumed(kcmd, wdir, total, env)
@@ -164,6 +170,8 @@ def main() -> int:
         print(f"(c) kaito warm re-launch      : {med(warm):7.2f} s process ({med(warm_step) * 1000:.1f} ms in the step)")
         print(f"(d) kaito re-run after SIGKILL: {med(resumed):7.2f} s process; {med(kept) / 1e6:.0f} MB were on disk at "
               f"the kill, the re-run fetched {med(refetched) / 1e6:.0f} MB of {total / 1e6:.0f} MB")
+        print(f"(e) kaito warm, verify=True   : {med(verified_step):7.2f} s in the step (re-hash) = "
+              f"{total / 1e6 / med(verified_step):.0f} MB/s")
         print(f"ratio kaito/hf (cold, process): {med(kaito_cold) / med(hf_times):.2f}")
         print(f"ratio warm/cold (process)     : {med(warm) / med(kaito_cold):.3f}")
         print(f"ratio warm/cold (step only)   : {med(warm_step) / med(kaito_step):.5f}")

@@ -76,6 +76,10 @@ class _Preset(BaseModel):
     multi_node: bool = False
     gated: bool = False
     notes: str | None = None
+    # Each GPU must have at least this much total memory (GiB, as NVML reports it), whatever the
+    # layout; min_gpu_memory_reason says which observed failure the floor comes from.
+    min_gpu_memory_gib: PositiveFloat | None = None
+    min_gpu_memory_reason: Annotated[str, Field(min_length=1)] | None = None
 
     @field_validator("revision", mode="before")
     @classmethod
@@ -261,9 +265,25 @@ def _check_args(path: Path, entry: _Preset) -> None:
         )
 
 
+def _check_min_gpu_memory(path: Path, entry: _Preset) -> None:
+    has_floor = entry.min_gpu_memory_gib is not None
+    has_reason = entry.min_gpu_memory_reason is not None
+    if has_floor != has_reason:
+        given, missing = (
+            ("min_gpu_memory_gib", "min_gpu_memory_reason") if has_floor else ("min_gpu_memory_reason", "min_gpu_memory_gib")
+        )
+        raise _catalog_error(
+            path,
+            entry.name,
+            missing,
+            f"missing; {given} needs {missing} too (a floor on GPU memory must say where it comes from)",
+        )
+
+
 def _to_spec(path: Path, family: str, entry: _Preset) -> ModelSpec:
     geometry = _geometry(path, entry)
     _check_args(path, entry)
+    _check_min_gpu_memory(path, entry)
     return ModelSpec(
         name=entry.name,
         architecture=entry.architecture,
@@ -283,6 +303,8 @@ def _to_spec(path: Path, family: str, entry: _Preset) -> ModelSpec:
         multi_node=entry.multi_node,
         gated=entry.gated,
         notes=entry.notes,
+        min_gpu_memory_bytes=round(entry.min_gpu_memory_gib * GiB) if entry.min_gpu_memory_gib else None,
+        min_gpu_memory_reason=entry.min_gpu_memory_reason,
     )
 
 

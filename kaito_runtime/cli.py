@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -17,6 +18,15 @@ from kaito_runtime.errors import KaitoError
 from kaito_runtime.values import PlanOverrides
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
+
+log = logging.getLogger("kaito_runtime.cli")
+
+
+def option(*decls: str, **attrs):
+    """click.option that shows its environment twin in --help."""
+    attrs.setdefault("show_envvar", True)
+    return click.option(*decls, **attrs)
 
 
 class DefaultToServe(click.Group):
@@ -29,20 +39,62 @@ class DefaultToServe(click.Group):
             cut = args.index("--")
             ctx.meta["kaito.vllm_args"] = tuple(args[cut + 1 :])
             args = args[:cut]
-        if not args or args[0] not in self.commands:
-            if not (args and args[0] in ("-h", "--help")):
-                args = ["serve", *args]
+        if not args or (args[0] not in self.commands and args[0] not in _TOP_LEVEL_FLAGS):
+            args = ["serve", *args]
         return super().parse_args(ctx, args)
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        super().format_help(ctx, formatter)
-        formatter.write_paragraph()
-        formatter.write_text("Run `kaito-run serve --help` for every launch option.")
+        """The launch options are the ones people look for, so the top-level help shows them."""
+        serve_cmd = self.commands["serve"]
+        serve_ctx = click.Context(serve_cmd, info_name=ctx.info_name, **serve_cmd.context_settings)
+        formatter.write_usage(ctx.command_path, "[OPTIONS] [-- VLLM_ARGS...]")
+        formatter.write_usage(ctx.command_path, "doctor [OPTIONS]", prefix="   or: ")
+        self.format_help_text(ctx, formatter)
+        serve_cmd.format_options(serve_ctx, formatter)
+        with formatter.section("Commands"):
+            formatter.write_dl(
+                [
+                    ("serve", "Plan, fetch weights and serve (the default command; the options above)."),
+                    ("doctor", "Print this node's GPUs, host and place in its group (kaito-run doctor --help)."),
+                ]
+            )
+        with formatter.section("Other options"):
+            formatter.write_dl([("--version", "Show the version and exit.")])
 
 
 def _fail(error: KaitoError) -> None:
-    click.echo(f"kaito-run: error: {error.message}", err=True)
+    from kaito_runtime.secrets import redact
+
+    # A KaitoError's why may quote a server's or a library's message: never trust it to be clean.
+    click.echo(f"kaito-run: error: {redact(error.message)}", err=True)
     sys.exit(error.exit_code)
+
+
+def _guarded(body: Callable[[], None], log_level: str) -> None:
+    """Run a command body; every failure ends as one `kaito-run: error:` line and an exit code.
+
+    KaitoError: its own code. OSError (a disk, a permission, a mount): 1. Anything else is a
+    bug: 1, with the traceback at --log-level debug.
+    """
+    from kaito_runtime.secrets import redact
+
+    try:
+        body()
+    except KaitoError as error:
+        _fail(error)
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        debug = log_level.lower() == "debug"
+        if debug:
+            log.debug("traceback of the error below", exc_info=True)
+        if isinstance(error, OSError):
+            what = f"{error.strerror or type(error).__name__}"
+            where = " ".join(str(f) for f in (error.filename, error.filename2) if f)
+            text = f"{what}: {where}" if where else str(error) or what
+        else:
+            text = f"unexpected {type(error).__name__}: {error}"
+        hint = "" if debug else " (run with --log-level debug for the traceback)"
+        click.echo(f"kaito-run: error: {redact(text)}{hint}", err=True)
+        sys.exit(1)
 
 
 @click.group(cls=DefaultToServe, context_settings=CONTEXT_SETTINGS)
@@ -56,67 +108,69 @@ def main() -> None:
     kaito-run --preset NAME [-- VLLM_ARGS...]
     kaito-run --model ORG/NAME_OR_FOLDER --port 5000
     kaito-run doctor
+
+    Every option can also be set through the environment variable shown beside it.
     """
 
 
 def _model_options(f):
     options = [
-        click.option("--preset", envvar="KAITO_PRESET", help="Built-in preset name (see --list-presets)."),
-        click.option(
+        option("--preset", envvar="KAITO_PRESET", help="Built-in preset name (see --list-presets)."),
+        option(
             "--model",
             envvar="KAITO_MODEL",
             help="A Hugging Face repo id (org/name) or a local model folder, instead of --preset.",
         ),
-        click.option(
+        option(
             "--revision",
             envvar="KAITO_REVISION",
-            help="Commit, branch or tag for --model HF_ID (resolved to a commit and pinned).",
+            help="Commit, branch or tag for --model ORG/NAME (resolved to a commit and pinned); presets pin their own.",
         ),
-        click.option(
+        option(
             "--served-model-name",
             envvar="KAITO_SERVED_MODEL_NAME",
             help="Name clients use in requests (default: the preset name, or the model folder/repo name).",
         ),
     ]
-    for option in reversed(options):
-        f = option(f)
+    for decorator in reversed(options):
+        f = decorator(f)
     return f
 
 
 def _node_options(f):
     options = [
-        click.option(
+        option(
             "--sku",
             envvar="KAITO_SKU",
             help="Plan for this cloud GPU SKU instead of the local GPUs (e.g. Standard_NC96ads_A100_v4, p5.48xlarge).",
         ),
-        click.option(
+        option(
             "--assume-gpus",
             envvar="KAITO_ASSUME_GPUS",
             help="Plan for these GPUs instead of the local ones, e.g. 4xA100-80GB or 8xH200.",
         ),
-        click.option("--nnodes", type=int, envvar="KAITO_NNODES", help="Number of nodes in the group (default: from the environment, else 1)."),
-        click.option("--node-rank", type=int, envvar="KAITO_NODE_RANK", help="This node's rank, 0 = leader (default: from the environment)."),
-        click.option(
+        option("--nnodes", type=int, envvar="KAITO_NNODES", help="Number of nodes in the group (default: from the environment, else 1)."),
+        option("--node-rank", type=int, envvar="KAITO_NODE_RANK", help="This node's rank, 0 = leader (default: from the environment)."),
+        option(
             "--leader-address",
             envvar="KAITO_LEADER_ADDRESS",
             help="Address of the rank-0 node for torch.distributed rendezvous (default: from the environment).",
         ),
-        click.option("--master-port", type=int, envvar="KAITO_MASTER_PORT", help="Rendezvous port on the leader (default 29501)."),
-        click.option(
+        option("--master-port", type=int, envvar="KAITO_MASTER_PORT", help="Rendezvous port on the leader (default 29501)."),
+        option(
             "--weights-dir",
             type=click.Path(path_type=Path),
             envvar="KAITO_WEIGHTS_DIR",
-            help="Where weights are stored (default: /workspace/weights in a container, else ~/.cache/huggingface/kaito-weights).",
+            help="Where weights are stored (default: /workspace/weights when that folder exists, else ~/.cache/huggingface/kaito-weights).",
         ),
     ]
-    for option in reversed(options):
-        f = option(f)
+    for decorator in reversed(options):
+        f = decorator(f)
     return f
 
 
 def _output_option(f):
-    return click.option(
+    return option(
         "--output",
         "-o",
         type=click.Choice(["text", "json"]),
@@ -128,7 +182,7 @@ def _output_option(f):
 
 
 def _logging_options(f):
-    f = click.option(
+    f = option(
         "--log-level",
         type=click.Choice(["debug", "info", "warning", "error"]),
         default="info",
@@ -136,7 +190,7 @@ def _logging_options(f):
         show_default=True,
         help="Log verbosity.",
     )(f)
-    f = click.option(
+    f = option(
         "--log-format",
         type=click.Choice(["text", "json"]),
         default="text",
@@ -149,23 +203,29 @@ def _logging_options(f):
 
 @main.command(context_settings=CONTEXT_SETTINGS)
 @_model_options
-@click.option("--list-presets", is_flag=True, help="List the built-in presets and exit.")
-@click.option("--dry-run", is_flag=True, envvar="KAITO_DRY_RUN", help="Print the plan and the vLLM command, start nothing.")
-@click.option("--download-only", is_flag=True, envvar="KAITO_DOWNLOAD_ONLY", help="Fetch and verify the weights, then exit (init containers, pre-warming).")
+@option("--list-presets", is_flag=True, help="List the built-in presets and exit.")
+@option("--dry-run", is_flag=True, envvar="KAITO_DRY_RUN", help="Print the plan and the vLLM command, start nothing.")
+@option("--download-only", is_flag=True, envvar="KAITO_DOWNLOAD_ONLY", help="Fetch the weights, then exit (init containers, pre-warming); does not check that the model fits this machine.")
+@option(
+    "--verify-weights",
+    is_flag=True,
+    envvar="KAITO_VERIFY_WEIGHTS",
+    help="Re-hash a complete local copy of the weights before using it (slow for big models; catches bit rot).",
+)
 @_output_option
 @_node_options
-@click.option("--cpu", "force_cpu", is_flag=True, envvar="KAITO_CPU", help="Use vLLM's CPU backend even when GPUs are present.")
-@click.option("--max-model-len", type=int, envvar="KAITO_MAX_MODEL_LEN", help="Context length; refused with the numbers when it cannot fit.")
-@click.option(
+@option("--cpu", "force_cpu", is_flag=True, envvar="KAITO_CPU", help="Use vLLM's CPU backend even when GPUs are present.")
+@option("--max-model-len", type=int, envvar="KAITO_MAX_MODEL_LEN", help="Context length; refused with the numbers when it cannot fit.")
+@option(
     "--gpu-memory-utilization",
     type=click.FloatRange(0.05, 1.0),
     envvar="KAITO_GPU_MEMORY_UTILIZATION",
     help="Fraction of each GPU's memory vLLM may use (default: from the free memory seen).",
 )
-@click.option("--tensor-parallel-size", "-tp", type=int, envvar="KAITO_TENSOR_PARALLEL_SIZE", help="Override the planned tensor-parallel size.")
-@click.option("--pipeline-parallel-size", "-pp", type=int, envvar="KAITO_PIPELINE_PARALLEL_SIZE", help="Override the planned pipeline-parallel size.")
-@click.option("--kv-cache-dtype", envvar="KAITO_KV_CACHE_DTYPE", help="KV cache dtype, e.g. fp8 (halves KV memory per token).")
-@click.option(
+@option("--tensor-parallel-size", "-tp", type=int, envvar="KAITO_TENSOR_PARALLEL_SIZE", help="Override the planned tensor-parallel size.")
+@option("--pipeline-parallel-size", "-pp", type=int, envvar="KAITO_PIPELINE_PARALLEL_SIZE", help="Override the planned pipeline-parallel size.")
+@option("--kv-cache-dtype", envvar="KAITO_KV_CACHE_DTYPE", help="KV cache dtype, e.g. fp8 (halves KV memory per token).")
+@option(
     "--parallel",
     "parallel_preference",
     type=click.Choice(["auto", "tensor", "replicas"]),
@@ -174,31 +234,31 @@ def _logging_options(f):
     show_default=True,
     help="When one GPU holds the model on a multi-GPU node: shard it (tensor) or run replicas.",
 )
-@click.option(
+@option(
     "--tensor-parallel-across-nodes",
     is_flag=True,
     envvar="KAITO_TP_ACROSS_NODES",
     help="Multi-node: span tensor parallelism over all nodes instead of pipeline parallel across nodes.",
 )
-@click.option("--offline", is_flag=True, envvar="KAITO_OFFLINE", help="Use a complete local copy of the weights; no network (also HF_HUB_OFFLINE=1).")
-@click.option(
+@option("--offline", is_flag=True, envvar="KAITO_OFFLINE", help="Use a complete local copy of the weights; no network (also HF_HUB_OFFLINE=1).")
+@option(
     "--token-file",
     type=click.Path(path_type=Path),
     envvar="KAITO_HF_TOKEN_FILE",
     help="File holding the Hugging Face token (a mounted secret). Otherwise HF_TOKEN, then the huggingface_hub login.",
 )
-@click.option("--host", default="0.0.0.0", envvar="KAITO_HOST", show_default=True, help="Address vLLM listens on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, envvar="KAITO_PORT", show_default=True, help="Port vLLM listens on (KAITO pods use 5000).")
-@click.option(
+@option("--host", default="0.0.0.0", envvar="KAITO_HOST", show_default=True, help="Address vLLM listens on.")
+@option("--port", type=click.IntRange(1, 65535), default=5000, envvar="KAITO_PORT", show_default=True, help="Port vLLM listens on (KAITO pods use 5000).")
+@option(
     "--config",
     "config_file",
     type=click.Path(path_type=Path),
     envvar="KAITO_CONFIG_FILE",
     help="KAITO inference config YAML; its 'vllm:' flags win over the plan.",
 )
-@click.option("--chat-template-dir", envvar="KAITO_CHAT_TEMPLATE_DIR", help="Folder of preset chat templates (default /workspace/chat_templates).")
-@click.option("--grace-period", type=float, default=30.0, envvar="KAITO_GRACE_PERIOD", show_default=True, help="Seconds vLLM gets to stop after SIGTERM before it is killed.")
-@click.option("--ready-timeout", type=float, envvar="KAITO_READY_TIMEOUT", help="Give up if vLLM is not ready after this many seconds (default: wait).")
+@option("--chat-template-dir", envvar="KAITO_CHAT_TEMPLATE_DIR", help="Folder of preset chat templates (default /workspace/chat_templates).")
+@option("--grace-period", type=click.FloatRange(min=0), default=30.0, envvar="KAITO_GRACE_PERIOD", show_default=True, help="Seconds vLLM gets to stop after SIGTERM before it is killed.")
+@option("--ready-timeout", type=click.FloatRange(min=0, min_open=True), envvar="KAITO_READY_TIMEOUT", help="Give up if vLLM is not ready after this many seconds (default: wait).")
 @_logging_options
 def serve(**opts) -> None:
     """Plan, fetch weights and serve a model with vLLM (the default command).
@@ -208,22 +268,23 @@ def serve(**opts) -> None:
     from kaito_runtime.logs import setup_logging
 
     setup_logging(opts["log_format"], opts["log_level"])
-    try:
+
+    def body() -> None:
         if opts["list_presets"]:
             _print_presets(opts["output"])
             return
+        from kaito_runtime import api
+
         request = _request_from_options(opts)
         if opts["dry_run"]:
-            from kaito_runtime import api, render
+            from kaito_runtime import render
 
             prepared = api.prepare(request)
             click.echo(render.plan_json(prepared) if opts["output"] == "json" else render.plan_text(prepared))
             return
-        from kaito_runtime import api
-
         sys.exit(api.run(request, download_only=opts["download_only"]))
-    except KaitoError as error:
-        _fail(error)
+
+    _guarded(body, opts["log_level"])
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -236,7 +297,8 @@ def doctor(**opts) -> None:
     from kaito_runtime.logs import setup_logging
 
     setup_logging(opts["log_format"], opts["log_level"])
-    try:
+
+    def body() -> None:
         request = api.RuntimeRequest(
             sku=opts["sku"],
             assume_gpus=opts["assume_gpus"],
@@ -253,8 +315,8 @@ def doctor(**opts) -> None:
             click.echo(render.doctor_json(node, topo))
         else:
             click.echo(render.doctor_text(node, topo))
-    except KaitoError as error:
-        _fail(error)
+
+    _guarded(body, opts["log_level"])
 
 
 def _request_from_options(opts: dict):
@@ -292,6 +354,8 @@ def _request_from_options(opts: dict):
         chat_template_dir=opts["chat_template_dir"],
         grace_seconds=opts["grace_period"],
         ready_timeout=opts["ready_timeout"],
+        dry_run=opts["dry_run"],
+        verify_weights=opts["verify_weights"],
     )
 
 

@@ -2,10 +2,17 @@
 
 KAITO mounts it at /mnt/config/inference_config.yaml. Its values win over the plan (they are
 merged after the planned flags), exactly as KAITO appends them after its own flags.
+
+Values: a scalar is one flag value; ``true`` is a bare switch; ``false``/null drops the flag; a
+list gives several values (``served-model-name: [a, b]``); a mapping is one JSON value, as vLLM's
+JSON flags take it (``compilation-config: {level: 3}`` -> ``--compilation-config '{"level":3}'``).
+The top-level KAITO-only keys are accepted and ignored with a note.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +20,53 @@ import yaml
 
 from kaito_runtime.errors import ConfigFileError
 
-# Keys of the KAITO file that are not vLLM flags; accepted and ignored with a note.
-KAITO_ONLY_KEYS = frozenset({"kv_cache_cpu_memory_utilization", "max_probe_steps"})
+# Keys of the KAITO file that are not vLLM flags, with why they do not apply here.
+KAITO_ONLY_KEYS: dict[str, str] = {
+    "kv_cache_cpu_memory_utilization": "KAITO's CPU KV-cache offload setting; kaito-run does not offload the KV cache",
+    "max_probe_steps": "a legacy KAITO setting; kaito-run plans the context length without probing",
+}
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """The parts of a KAITO config file that matter to the launch."""
+
+    vllm_args: dict[str, Any]  # flag name without dashes -> value (see the module docstring)
+    notes: tuple[str, ...] = ()  # things read and ignored, for the log
+
+
+def read_config(path: Path) -> ConfigFile:
+    """Read and check ``path``; raises ConfigFileError (exit 2) naming the file and the problem."""
+    document = _load(path)
+    unknown = sorted(set(document) - {"vllm"} - set(KAITO_ONLY_KEYS))
+    if unknown:
+        raise ConfigFileError(
+            f"The config file {path} has unknown top-level keys: {', '.join(map(str, unknown))}",
+            fix="put vLLM flags under the 'vllm:' section",
+        )
+    section = document.get("vllm") or {}
+    if not isinstance(section, dict):
+        raise ConfigFileError(
+            f"The 'vllm' section of {path} must be a mapping of flag names to values",
+            why=f"it holds a {type(section).__name__}",
+            fix="write e.g. 'vllm:\\n  max-model-len: 8192'",
+        )
+    for key, value in section.items():
+        _check_value(path, str(key), value)
+    notes = tuple(
+        f"{path}: ignoring {key}: {value!r} ({KAITO_ONLY_KEYS[key]})"
+        for key, value in document.items()
+        if key in KAITO_ONLY_KEYS
+    )
+    return ConfigFile(vllm_args={str(k).lstrip("-"): v for k, v in section.items()}, notes=notes)
 
 
 def read_vllm_section(path: Path) -> dict[str, Any]:
+    """The ``vllm:`` flags of ``path`` (the notes of read_config are dropped)."""
+    return read_config(path).vllm_args
+
+
+def _load(path: Path) -> dict[Any, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -38,23 +87,21 @@ def read_vllm_section(path: Path) -> dict[str, Any]:
             f"The config file {path} must be a mapping", why=f"it holds a {type(document).__name__}",
             fix="write it as 'vllm:' followed by 'flag-name: value' lines",
         )
-    unknown = sorted(set(document) - {"vllm"} - KAITO_ONLY_KEYS)
-    if unknown:
+    return document
+
+
+def _check_value(path: Path, key: str, value: object) -> None:
+    if isinstance(value, list) and not value:
         raise ConfigFileError(
-            f"The config file {path} has unknown top-level keys: {', '.join(unknown)}",
-            fix="put vLLM flags under the 'vllm:' section",
+            f"The config file {path} sets vllm.{key} to an empty list",
+            fix="give the flag at least one value, or 'false' to leave it out",
         )
-    section = document.get("vllm") or {}
-    if not isinstance(section, dict):
-        raise ConfigFileError(
-            f"The 'vllm' section of {path} must be a mapping of flag names to values",
-            why=f"it holds a {type(section).__name__}",
-            fix="write e.g. 'vllm:\\n  max-model-len: 8192'",
-        )
-    for key, value in section.items():
-        if isinstance(value, (dict, list)):
+    if isinstance(value, (dict, list)):
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
             raise ConfigFileError(
-                f"The config file {path} sets vllm.{key} to a {type(value).__name__}",
-                fix="give each flag a single value (string, number or true/false)",
-            )
-    return {str(k).lstrip("-"): v for k, v in section.items()}
+                f"The config file {path} sets vllm.{key} to a value that is not plain JSON",
+                why=str(exc),
+                fix="use only strings, numbers, true/false, null, lists and mappings (quote dates and the like)",
+            ) from exc

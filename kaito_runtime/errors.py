@@ -121,11 +121,3 @@ class WeightsCorruptError(WeightsError):
 
 class VllmNotInstalledError(KaitoError):
     exit_code = 20
-
-
-class LaunchFailedError(KaitoError):
-    """vLLM exited; ``exit_code`` is the child's own code (or 128+signal)."""
-
-    def __init__(self, what: str, *, exit_code: int, why: str | None = None, fix: str | None = None):
-        super().__init__(what, why=why, fix=fix)
-        self.exit_code = exit_code

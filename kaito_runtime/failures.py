@@ -2,7 +2,8 @@
 
 vLLM's messages drift between releases, so every pattern matches loosely (key phrases, optional
 punctuation) and numbers are parsed when present but never required. Unknown output gives None:
-the caller then shows the child's last lines as they are.
+the caller then shows the child's last lines as they are. "The engine core failed to start" alone
+names no cause, so it counts as unknown too; ``failure_report`` builds the whole message either way.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class FailureContext:
     port: int | None = None
     target: str | None = None  # "gpu" or "cpu"
     nnodes: int = 1
+    data_parallel_size: int = 1  # replicas: each uses TP x PP GPUs
 
     @classmethod
     def from_plan(cls, plan: LaunchPlan, port: int | None = None) -> FailureContext:
@@ -48,6 +50,7 @@ class FailureContext:
             port=port,
             target=plan.target,
             nnodes=plan.topology.nnodes,
+            data_parallel_size=plan.data_parallel_size,
         )
 
 
@@ -72,17 +75,25 @@ def _round_len(tokens: int) -> int:
 
 
 def _more_gpus_hint(ctx: FailureContext | None) -> str:
-    """ "or use N GPUs" when the node has more than the plan uses, else a generic hint."""
+    """ "or use N GPUs" when the node has GPUs the plan leaves idle, else a generic hint.
+
+    Counts every GPU the launch uses on this node: TP x PP x DP over the nodes.
+    """
     if ctx and ctx.target == "cpu":
         return "use a machine with more free RAM"
     if ctx and ctx.gpu_count:
-        world = (ctx.tensor_parallel_size or 1) * (ctx.pipeline_parallel_size or 1)
-        used = max(1, world // max(1, ctx.nnodes))  # GPUs this node uses
+        tp, pp, dp = ctx.tensor_parallel_size or 1, ctx.pipeline_parallel_size or 1, ctx.data_parallel_size or 1
+        used = max(1, tp * pp * dp // max(1, ctx.nnodes))  # GPUs this node uses
+        per_node = " per node" if ctx.nnodes > 1 else ""
         if ctx.gpu_count >= 2 * used:
-            wider = 2 * (ctx.tensor_parallel_size or 1)
-            return f"use {wider} GPUs (--tensor-parallel-size {wider})"
-        if ctx.target != "cpu":
-            return "use more GPUs (more nodes, or a larger GPU)"
+            return f"use {2 * used} GPUs{per_node} (--tensor-parallel-size {2 * tp})"
+        if dp % 2 == 0:
+            # every GPU is busy, but fewer, wider replicas give each one more memory
+            return (
+                f"use fewer, larger replicas (--data-parallel-size {dp // 2} "
+                f"--tensor-parallel-size {2 * tp}, same {used} GPUs{per_node})"
+            )
+        return "use more GPUs (more nodes, or a larger GPU)"
     return "use more GPUs"
 
 
@@ -192,12 +203,15 @@ def _cpu_head_dim(m: re.Match[str], text: str, ctx: FailureContext | None) -> st
 
 def _engine_failed(m: re.Match[str], text: str, ctx: FailureContext | None) -> str:
     return (
-        "vLLM's engine core failed to start; its own error is in the lines above. Fix: read that "
+        "its engine core did not start; its own error is in the lines above. Fix: read that "
         "error (often memory or an unsupported setting) and adjust the flags"
     )
 
 
 # Most specific first: the generic engine-failure rule must lose to any concrete cause.
+# Causes that name no concrete problem: explain_failure reports them as unknown (None).
+GENERIC_CAUSES = frozenset({"engine-failed"})
+
 _RULES: tuple[_Rule, ...] = (
     _Rule(
         "port-in-use",
@@ -281,10 +295,7 @@ def _line_of(text: str, pos: int) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
-def explain_failure(
-    lines: Sequence[str], *, plan_hint: FailureContext | None = None
-) -> Explanation | None:
-    """The known cause in ``lines`` (vLLM's last output lines), or None when unrecognised."""
+def _match(lines: Sequence[str], plan_hint: FailureContext | None) -> Explanation | None:
     text = "\n".join(lines)
     for rule in _RULES:
         match = rule.pattern.search(text)
@@ -295,3 +306,37 @@ def explain_failure(
                 evidence=_line_of(text, match.start()),
             )
     return None
+
+
+def explain_failure(
+    lines: Sequence[str], *, plan_hint: FailureContext | None = None
+) -> Explanation | None:
+    """The known cause in ``lines`` (vLLM's last output lines), or None when unrecognised.
+
+    Only the generic "engine core failed to start" matching counts as unrecognised: the real
+    cause is then somewhere in vLLM's own lines, which the caller must show.
+    """
+    found = _match(lines, plan_hint)
+    if found is None or found.cause in GENERIC_CAUSES:
+        return None
+    return found
+
+
+def failure_report(
+    lines: Sequence[str], exit_code: int, *, plan_hint: FailureContext | None = None, tail_lines: int = 20
+) -> str:
+    """The message to log when vLLM exits with ``exit_code`` != 0 before it was asked to stop.
+
+    A known cause: its one line. Otherwise vLLM's last ``tail_lines`` lines, then one closing line
+    (naming the engine-core failure when that much is known), so the cause does not scroll away
+    in long container logs.
+    """
+    found = _match(lines, plan_hint)
+    if found is not None and found.cause not in GENERIC_CAUSES:
+        return found.line
+    tail = [line for line in lines if line.strip()][-tail_lines:]
+    shown = "\n".join(tail) if tail else "(no output)"
+    closing = found.line if found is not None else (
+        f"vLLM exited with code {exit_code}; the cause is in its last lines above"
+    )
+    return f"vLLM exited with code {exit_code}; its last lines:\n{shown}\n{closing}"

@@ -2,12 +2,17 @@
 
 Every call goes through the ``huggingface_hub`` client with an explicit ``endpoint`` (the client
 reads ``HF_ENDPOINT`` only once, at import). Tokens travel as ``Secret`` and are revealed only at
-the call into the client.
+the call into the client. The client is imported lazily (start-up stays fast, and this module
+imports under any client version).
+
+Every call is bounded by ``hub_timeouts`` (``KAITO_HUB_TIMEOUT``); a silent Hub ends in
+HubUnreachableError.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -27,7 +32,11 @@ from kaito_runtime.errors import (
     TokenRejectedError,
     WeightsError,
 )
+from kaito_runtime.file_selection import select_files
+from kaito_runtime.hub_timeouts import TIMEOUT_ENV, ExtendsOnWrite, bounded, install_timeouts
 from kaito_runtime.secrets import Secret
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -58,17 +67,11 @@ class RemoteModel:
     params: dict[str, Any] | None = None  # Mistral-format params.json, when the repo has one
 
     @property
-    def file_sizes(self) -> list[tuple[str, int]]:
-        return [(f.path, f.size) for f in self.files]
-
-    @property
     def commit(self) -> str:
         return self.revision
 
     def weights_bytes_for(self, load_format: str = "hf") -> int:
         """Bytes of the weight files vLLM loads (the selection ensure_weights downloads)."""
-        from kaito_runtime.weights import select_files
-
         chosen = set(select_files([f.path for f in self.files], load_format))
         return sum(f.size for f in self.files if f.path in chosen and f.path.endswith((".safetensors", ".bin")))
 
@@ -177,8 +180,8 @@ def translate_error(
         return HubUnreachableError(
             f"The Hugging Face Hub at {endpoint} cannot be reached, and no complete copy of {repo_id} is on disk",
             why=type(exc).__name__ + (f": {str(exc).splitlines()[0]}" if str(exc) else ""),
-            fix="check the network / HF_ENDPOINT / proxy settings, or pre-fetch the weights into the "
-            "weights folder and run with --offline",
+            fix="check the network / HF_ENDPOINT / proxy settings (each request waits up to "
+            f"{TIMEOUT_ENV} seconds), or pre-fetch the weights into the weights folder and run with --offline",
         )
     return None
 
@@ -192,9 +195,24 @@ def hub_errors(*, repo_id: str, revision: str | None, token_source: str, endpoin
         raise
     except Exception as exc:
         ours = translate_error(exc, repo_id=repo_id, revision=revision, token_source=token_source, endpoint=endpoint)
-        if ours is None:
-            raise
-        raise ours from None
+        if ours is not None:
+            raise ours from None
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # a local disk error: the weights step names the path and the fix
+        logger.debug("unexpected failure talking to %s", endpoint, exc_info=True)
+        raise unexpected_answer(exc, repo_id=repo_id, endpoint=endpoint) from None
+
+
+def unexpected_answer(exc: BaseException, *, repo_id: str, endpoint: str) -> WeightsError:
+    """Our error for a hub failure nothing else explains (odd status, malformed JSON …)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    why = (f"HTTP {status}: " if status is not None else "") + type(exc).__name__ + (f": {text}" if text else "")
+    return WeightsError(
+        f"Unexpected answer from the Hub at {endpoint} for {repo_id}",
+        why=why,
+        fix="check that HF_ENDPOINT points at a Hugging Face Hub (or a mirror speaking its API), then retry",
+    )
 
 
 # --- metadata calls ---------------------------------------------------------------------------
@@ -208,7 +226,8 @@ def _api(endpoint: str, token: Secret | None) -> Any:
 
 def resolve_revision(repo_id: str, revision: str | None, *, token: Secret | None, endpoint: str) -> tuple[str, bool]:
     """(40-hex commit, gated) for a branch, tag or commit (one model-info call)."""
-    info = _api(endpoint, token).model_info(repo_id, revision=revision or "main")
+    with bounded(f"model info of {repo_id}"):
+        info = _api(endpoint, token).model_info(repo_id, revision=revision or "main")
     if not info.sha or not COMMIT_RE.match(info.sha):
         raise WeightsError(
             f"The Hub at {endpoint} gave no commit for {repo_id}@{revision or 'main'}",
@@ -221,10 +240,11 @@ def list_files(repo_id: str, commit: str, *, token: Secret | None, endpoint: str
     from huggingface_hub.hf_api import RepoFile
 
     out = []
-    for entry in _api(endpoint, token).list_repo_tree(repo_id, recursive=True, revision=commit):
-        if isinstance(entry, RepoFile):
-            sha256 = entry.lfs.sha256 if entry.lfs is not None else None
-            out.append(RemoteFile(entry.path, int(entry.size), entry.blob_id, sha256))
+    with bounded(f"the file list of {repo_id}"):
+        for entry in _api(endpoint, token).list_repo_tree(repo_id, recursive=True, revision=commit):
+            if isinstance(entry, RepoFile):
+                sha256 = entry.lfs.sha256 if entry.lfs is not None else None
+                out.append(RemoteFile(entry.path, int(entry.size), entry.blob_id, sha256))
     return tuple(sorted(out, key=lambda f: f.path))
 
 
@@ -233,7 +253,8 @@ def probe_access(repo_id: str, commit: str, filename: str, *, token: Secret | No
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
-    get_hf_file_metadata(url, token=client_token(token), endpoint=endpoint)
+    with bounded(f"{filename} of {repo_id}"):
+        get_hf_file_metadata(url, token=client_token(token), endpoint=endpoint)
 
 
 def http_download_limit() -> int:
@@ -262,29 +283,35 @@ def download_range(
     ``resume_size`` + received == ``expected_size`` (an ``OSError`` without errno otherwise). A
     server that ignores Range answers 200; ``http_get`` then truncates ``out`` and starts over.
     Redirects to a CDN are followed without the Authorization header (httpx drops it off-host).
+    Raises HubTimeout once no byte has arrived for ``KAITO_HUB_TIMEOUT`` seconds.
     """
     from huggingface_hub import hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
     url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
-    http_get(
-        url,
-        out,
-        resume_size=resume_size,
-        headers=build_hf_headers(token=client_token(token)),
-        expected_size=expected_size,
-        displayed_filename=filename,
-        tqdm_class=tqdm_class,
-    )
+    with bounded(filename) as deadline:
+        http_get(
+            url,
+            ExtendsOnWrite(out, deadline),  # type: ignore[arg-type]
+            resume_size=resume_size,
+            headers=build_hf_headers(token=client_token(token)),
+            expected_size=expected_size,
+            displayed_filename=filename,
+            tqdm_class=tqdm_class,
+        )
 
 
 def download_whole(
     repo_id: str, commit: str, filename: str, local_dir: Path, *, token: Secret | None, endpoint: str, tqdm_class: type | None = None
 ) -> Path:
-    """``hf_hub_download`` into ``local_dir`` (Xet when available; restarts from zero if interrupted)."""
+    """``hf_hub_download`` into ``local_dir`` (Xet when available; restarts from zero if interrupted).
+
+    Its HTTP requests get the hub timeout each; the transfer itself has no overall deadline.
+    """
     from huggingface_hub import hf_hub_download
 
+    install_timeouts()
     return Path(
         hf_hub_download(
             repo_id, filename, revision=commit, local_dir=local_dir, token=client_token(token), endpoint=endpoint,
@@ -296,13 +323,26 @@ def download_whole(
 def _read_json_file(repo_id: str, commit: str, filename: str, *, token: Secret | None, endpoint: str) -> dict | None:
     from huggingface_hub import hf_hub_download
 
-    with tempfile.TemporaryDirectory(prefix="kaito-meta-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kaito-meta-") as tmp, bounded(f"{filename} of {repo_id}"):
         path = hf_hub_download(
             repo_id, filename, revision=commit, local_dir=tmp, token=client_token(token), endpoint=endpoint
         )
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    return data if isinstance(data, dict) else None
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except ValueError as e:  # also UnicodeDecodeError
+            raise WeightsError(
+                f"{filename} of {repo_id} at {commit[:12]} on {endpoint} is not valid JSON",
+                why=f"{type(e).__name__}: {e}",
+                fix="check the repo (its config files must be JSON) or pick another revision",
+            ) from None
+    if not isinstance(data, dict):
+        raise WeightsError(
+            f"{filename} of {repo_id} at {commit[:12]} on {endpoint} is not a JSON object",
+            why=f"it holds a {type(data).__name__}",
+            fix="check the repo (its config files must be JSON objects) or pick another revision",
+        )
+    return data
 
 
 def fetch_model_metadata(

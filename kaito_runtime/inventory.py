@@ -44,6 +44,7 @@ from .nvml_probe import (
     RealNvml,
     RecordedNvml,
 )
+from .units import format_gib
 from .values import GiB, GpuInfo, HostInfo, NodeInventory
 
 log = logging.getLogger(__name__)
@@ -241,10 +242,10 @@ def _order_note(cands: list[_Candidate], env: Mapping[str, str], notes: list[str
 # ------------------------------------------------------------------------------------------------
 
 
-def _nvlink(backend: NvmlBackend, chosen: list[_Candidate], notes: list[str]) -> bool:
-    """True when there are at least two GPUs and every pair answers NVLink P2P OK."""
+def _nvlink_pairs(backend: NvmlBackend, chosen: list[_Candidate], notes: list[str]) -> list[tuple[int, int]]:
+    """Pairs (a, b), a < b, of positions in ``chosen`` that NVML reports NVLink P2P OK for."""
     if len(chosen) < 2 or any(c.gpu.mig for c in chosen):
-        return False
+        return []
     linked: list[tuple[int, int]] = []
     pairs = 0
     for a in range(len(chosen)):
@@ -259,24 +260,7 @@ def _nvlink(backend: NvmlBackend, chosen: list[_Candidate], notes: list[str]) ->
     if linked and len(linked) < pairs:
         shown = ", ".join(f"{a}-{b}" for a, b in linked)
         notes.append(f"NVLink connects only some GPU pairs ({shown}); the rest talk over PCIe")
-    return len(linked) == pairs
-
-
-def p2p_matrix(backend: NvmlBackend, nvml_indices: list[int]) -> list[list[bool]]:
-    """NVLink P2P between every ordered pair of the given NVML indices (diagonal False).
-
-    The caller must have called ``backend.init()``; an NVML error counts as not connected.
-    """
-    n = len(nvml_indices)
-    out = [[False] * n for _ in range(n)]
-    for a in range(n):
-        for b in range(n):
-            if a != b:
-                try:
-                    out[a][b] = backend.nvlink_p2p(nvml_indices[a], nvml_indices[b])
-                except NvmlCallError:
-                    out[a][b] = False
-    return out
+    return linked
 
 
 # ------------------------------------------------------------------------------------------------
@@ -480,7 +464,7 @@ def probe_inventory(
             used = g.total_bytes - g.free_bytes
             if used > _IN_USE_WARN_BYTES:
                 notes.append(
-                    f"GPU {g.index}: {used / GiB:.1f} GiB of {g.total_bytes / GiB:.1f} GiB is already "
+                    f"GPU {g.index}: {format_gib(used)} of {format_gib(g.total_bytes)} is already "
                     "in use (another process on this GPU?)"
                 )
         if any(g.mig for g in gpus):
@@ -488,7 +472,8 @@ def probe_inventory(
                 "MIG slices: a CUDA process uses one slice, so a model must fit a single slice "
                 "(no tensor parallelism or NVLink across slices)"
             )
-        nvlink = _nvlink(backend, cands, notes)
+        pairs = _nvlink_pairs(backend, cands, notes)
+        all_pairs = len(cands) * (len(cands) - 1) // 2
     finally:
         backend.shutdown()
     for n in notes:
@@ -499,51 +484,14 @@ def probe_inventory(
         source="nvml",
         driver_version=driver,
         cuda_driver_version=cuda,
-        nvlink=nvlink,
+        nvlink=bool(pairs) and len(pairs) == all_pairs,
+        nvlink_pairs=tuple(pairs),
         notes=tuple(notes),
     )
 
 
-# ------------------------------------------------------------------------------------------------
-# Human lines for `kaito-run doctor`
-# ------------------------------------------------------------------------------------------------
-
-
-def _gib(n: int) -> str:
-    return f"{n / GiB:.1f} GiB"
-
-
 def describe_inventory(inv: NodeInventory) -> list[str]:
-    """Human lines describing an inventory, for ``kaito-run doctor`` and ``--dry-run``."""
-    lines: list[str] = []
-    origin = {
-        "nvml": "probed with NVML",
-        "sku": f"assumed from SKU {inv.label}",
-        "assumed": f"assumed from --assume-gpus {inv.label}",
-        "none": "probed with NVML",
-    }[inv.source]
-    if inv.gpus:
-        versions = []
-        if inv.driver_version:
-            versions.append(f"driver {inv.driver_version}")
-        if inv.cuda_driver_version:
-            versions.append(f"CUDA {inv.cuda_driver_version}")
-        tail = f", {', '.join(versions)}" if versions else ""
-        link = ", NVLink between all GPUs" if inv.nvlink else ""
-        lines.append(f"GPUs: {inv.gpu_count} ({origin}{tail}{link})")
-        for g in inv.gpus:
-            cc = f"{g.compute_capability[0]}.{g.compute_capability[1]}"
-            kind = " [MIG slice]" if g.mig else ""
-            lines.append(
-                f"GPU {g.index}: {g.name}{kind}, {_gib(g.total_bytes)} total, "
-                f"{_gib(g.free_bytes)} free, CC {cc}, uuid {g.uuid}"
-            )
-    else:
-        lines.append(f"No GPU: {inv.no_gpu_reason or 'none found'}")
-    h = inv.host
-    host = f"Host: {h.cpu_count} CPUs, {_gib(h.ram_total_bytes)} RAM ({_gib(h.ram_available_bytes)} available)"
-    if h.disk_free_bytes is not None:
-        host += f", {_gib(h.disk_free_bytes)} free disk at {h.disk_path}"
-    lines.append(host)
-    lines.extend(f"Warning: {n}" for n in inv.notes)
-    return lines
+    """Kept for callers that import it from here; the text lives in ``render.describe_inventory``."""
+    from .render import describe_inventory as lines
+
+    return lines(inv)

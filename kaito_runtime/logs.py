@@ -7,21 +7,37 @@ import logging
 import sys
 import time
 
-from kaito_runtime.secrets import install_redaction
+from kaito_runtime.secrets import install_redaction, redact
 
 
 class JsonLineFormatter(logging.Formatter):
+    """One JSON object per record. Every text field goes through ``redact()`` here as well as
+    through the handler's RedactingFilter, so a secret registered after the filter ran, or a
+    formatter used without the filter, still never reaches the output."""
+
     def format(self, record: logging.LogRecord) -> str:
         payload = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
-        if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
+        # The filter leaves the redacted traceback in exc_text; formatting exc_info again would
+        # bring back the clear text.
+        exception = record.exc_text or (self.formatException(record.exc_info) if record.exc_info else None)
+        if exception:
+            payload["exception"] = redact(exception)
+        if record.stack_info:
+            payload["stack"] = redact(record.stack_info)
         return json.dumps(payload, ensure_ascii=False)
+
+
+class RedactingTextFormatter(logging.Formatter):
+    """The human format; the whole line is redacted once more after formatting."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
@@ -29,7 +45,7 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     if fmt == "json":
         handler.setFormatter(JsonLineFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s kaito-run: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(RedactingTextFormatter("%(asctime)s %(levelname)-7s kaito-run: %(message)s", "%H:%M:%S"))
     install_redaction(handler)
     root = logging.getLogger()
     for old in list(root.handlers):

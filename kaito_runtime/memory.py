@@ -131,10 +131,6 @@ def max_utilization_free(gpu: GpuInfo) -> float:
     return gpu.free_bytes / gpu.total_bytes
 
 
-def align_down(tokens: int, multiple: int) -> int:
-    return (tokens // multiple) * multiple
-
-
 def gib(n: float) -> str:
     """Human figure for messages: '79.6 GiB'."""
     return f"{n / GiB:.1f} GiB"

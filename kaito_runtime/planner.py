@@ -19,7 +19,6 @@ from kaito_runtime.memory import (
     UTILIZATION_CAP,
     UTILIZATION_HEADROOM,
     WEIGHT_EXPANSION,
-    align_down,
     gib,
     kv_bytes_per_token_per_gpu,
     kv_dtype_bytes,
@@ -39,15 +38,12 @@ from kaito_runtime.values import (
     PlanOverrides,
     Topology,
 )
+from kaito_runtime.vllm_rules import CONTEXT_ALIGN, align_down, tp_rule_violation, valid_tensor_parallel_sizes
 
 # KAITO sizes node counts for a 2048-token context unless the user sets max-model-len; we call
 # a layout a fit only if at least this much context (or the model's whole context if smaller)
 # fits in the KV cache.
 MIN_CONTEXT = 2048
-
-# Computed context lengths are rounded down to a multiple of 256: KAITO's rounding, and a
-# multiple of every vLLM KV block size (16 .. 256), so no block is left half used.
-CONTEXT_ALIGN = 256
 
 # We pass the model's full context as a number only when its KV cache needs at most this share of
 # our estimated KV budget; otherwise we pass "auto" and let vLLM fit the context after profiling.
@@ -135,28 +131,6 @@ def _evaluate(
     return Fit(layout, worst.index, worst.total_bytes, worst.free_bytes, utilization, weights, overhead, kv_per_token)
 
 
-def tp_rule_violation(model: ModelSpec, tp: int) -> str | None:
-    """Why vLLM would refuse this tensor-parallel size for the model, or None when it is valid."""
-    att = model.attention
-    if tp < 1:
-        return f"tensor-parallel-size must be >= 1, got {tp}"
-    if tp > 1 and not model.tensor_parallel_allowed:
-        return f"{model.name} does not support tensor parallelism (preset: tensor_parallel_allowed false)"
-    if att.num_attention_heads and att.num_attention_heads % tp:
-        return f"tensor-parallel-size {tp} does not divide the {att.num_attention_heads} attention heads"
-    kv = att.num_kv_heads
-    if kv and kv % tp and tp % kv:
-        return (
-            f"tensor-parallel-size {tp} and the {kv} KV heads do not divide one another "
-            "(vLLM needs kv_heads % TP == 0 or TP % kv_heads == 0)"
-        )
-    return None
-
-
-def _valid_tps(model: ModelSpec, limit: int) -> list[int]:
-    return [t for t in range(1, limit + 1) if tp_rule_violation(model, t) is None]
-
-
 # ------------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------------
@@ -233,6 +207,7 @@ def _plan_gpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverr
         # One process sees one MIG slice; NCCL cannot join slices (KAITO: MIG needing > 1 slice is an error).
         decisions.append(Decision("gpus", "1 MIG slice", f"{len(gpus)} MIG slices visible; vLLM can use only one per process"))
         gpus = gpus[:1]
+    _check_min_gpu_memory(model, gpus, inv)
     dtype_bytes = kv_dtype_bytes(model.dtype, o.kv_cache_dtype)
     context = _required_context(model, o)
     candidates, layout_reason = _candidate_layouts(model, gpus, topo, o, dtype_bytes)
@@ -298,6 +273,25 @@ def _plan_gpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverr
     )
 
 
+def _check_min_gpu_memory(model: ModelSpec, gpus: Sequence[GpuInfo], inv: NodeInventory) -> None:
+    """The preset's floor on each GPU's total memory: a failure seen below it that the arithmetic misses."""
+    floor = model.min_gpu_memory_bytes
+    if floor is None:
+        return
+    smallest = min(gpus, key=lambda g: g.total_bytes)
+    if smallest.total_bytes >= floor:
+        return
+    source = model.min_gpu_memory_reason or "a failure recorded in the preset"
+    raise DoesNotFitError(
+        f"{model.name} needs GPUs with at least {gib(floor)} each; GPU {smallest.index} "
+        f"({smallest.name}) has {gib(smallest.total_bytes)}",
+        why=f"The preset sets min_gpu_memory_gib {floor / GiB:g} because {source}, a failure the "
+        f"memory estimate does not predict; this node has {_describe_gpus(gpus, inv)}",
+        fix=f"run it on GPUs with >= {gib(floor)} each (--sku / --assume-gpus to check a machine "
+        "first), or choose a smaller model",
+    )
+
+
 def _local_gpus(layout: Layout, topo: Topology) -> int:
     """GPUs this node's vLLM uses: world size / nodes, times local replicas."""
     return layout.tp * layout.pp // topo.nnodes * layout.dp
@@ -357,7 +351,7 @@ def _candidate_layouts(
             why = f"tensor-parallel-size {tp} is more than the {limit} GPUs " + ("in the group" if n > 1 else "on this node")
         if why:
             fix = "leave --tensor-parallel-size out to let the planner choose"
-            valid = _valid_tps(model, limit)
+            valid = valid_tensor_parallel_sizes(model, limit)
             if valid:
                 fix += f"; valid sizes here: {', '.join(map(str, valid))}"
             raise InputError(f"Invalid --tensor-parallel-size {tp} for {model.name}", why=why, fix=fix)
@@ -367,7 +361,7 @@ def _candidate_layouts(
         if o.tensor_parallel_across_nodes and tp is None and pp is None:
             tp, pp = total, 1
         elif tp is None and pp is None:
-            tp = max(t for t in _valid_tps(model, g) if g % t == 0)
+            tp = max(t for t in valid_tensor_parallel_sizes(model, g) if g % t == 0)
             pp = total // tp
         elif tp is None:
             assert pp is not None
@@ -426,7 +420,7 @@ def _candidate_layouts(
             f"; {g - fit.layout.tp * pp * fit.layout.dp} GPU(s) left idle" if g > tp * pp * dp else ""
         )
 
-    valid = [t for t in _valid_tps(model, g) if t * pp <= g]
+    valid = [t for t in valid_tensor_parallel_sizes(model, g) if t * pp <= g]
     if not valid:
         raise InputError(f"PP {pp} needs more than the {g} GPUs of this node", fix=f"use --pipeline-parallel-size <= {g}")
     largest = max(valid)
@@ -528,7 +522,7 @@ def _does_not_fit(
     # More GPUs of this kind on one node (tensor parallel).
     if not topo.multi_node:
         for count in SUGGESTED_GPUS_PER_NODE:
-            tps = _valid_tps(model, count)
+            tps = valid_tensor_parallel_sizes(model, count)
             if count <= len(gpus) or not tps:
                 continue
             what_if = _evaluate(model, [ideal], Layout(max(tps), layout.pp), util, dtype_bytes)
@@ -538,7 +532,7 @@ def _does_not_fit(
     # More nodes of this SKU (pipeline parallel across nodes).
     if model.multi_node:
         per_node = len(gpus)
-        tps = [t for t in _valid_tps(model, per_node) if per_node % t == 0]
+        tps = [t for t in valid_tensor_parallel_sizes(model, per_node) if per_node % t == 0]
         for nodes in range(topo.nnodes + 1, MAX_SUGGESTED_NODES + 1):
             tp = max(tps)
             pp = nodes * per_node // tp

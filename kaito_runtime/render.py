@@ -7,11 +7,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from kaito_runtime.units import format_gib
 from kaito_runtime.values import GiB, ModelSpec, NodeInventory, Topology
-
-
-def _gib(n: int | None) -> str:
-    return "-" if n is None else f"{n / GiB:.1f} GiB"
 
 
 def _context(tokens: int) -> str:
@@ -26,7 +23,7 @@ def presets_table(presets: Iterable[ModelSpec]) -> str:
                 p.name,
                 p.family or "-",
                 f"{p.params_billions:g}B" if p.params_billions else "-",
-                _gib(p.weights_bytes),
+                format_gib(p.weights_bytes),
                 _context(p.max_context),
                 "yes" if p.multi_node else "no",
                 "yes" if p.gated else "no",
@@ -106,19 +103,25 @@ def plan_text(prepared) -> str:
     elif model.local_path:
         lines.append(f"          folder {model.local_path}")
     lines.append(
-        f"          {model.architecture}, weights {_gib(model.weights_bytes)}, context {model.max_context},"
+        f"          {model.architecture}, weights {format_gib(model.weights_bytes)}, context {model.max_context},"
         f" KV {model.kv_bytes_per_token} B/token"
     )
     if node.has_gpu:
         gpu = node.gpus[0]
-        where = f"{node.gpu_count} x {gpu.name} ({_gib(gpu.total_bytes)})"
+        where = f"{node.gpu_count} x {gpu.name} ({format_gib(gpu.total_bytes)})"
         if node.label:
             where += f" [{node.source}: {node.label}]"
     else:
-        where = f"no GPU ({node.no_gpu_reason or 'none found'}), {node.host.cpu_count} CPU cores, {_gib(node.host.ram_available_bytes)} RAM available"
+        where = f"no GPU ({node.no_gpu_reason or 'none found'}), {node.host.cpu_count} CPU cores, {format_gib(node.host.ram_available_bytes)} RAM available"
     lines.append(f"Node      {where}")
     if topo.multi_node:
-        lines.append(f"Group     node {topo.node_rank} of {topo.nnodes}, leader {topo.leader_address}:{topo.master_port} ({topo.source})")
+        rank = f"node {topo.node_rank} of {topo.nnodes}"
+        if "node_rank" in topo.assumed:
+            rank += " (rank assumed for planning)"
+        leader = f"leader {topo.leader_address}:{topo.master_port}"
+        if "leader_address" in topo.assumed:
+            leader += " (placeholder: none given)"
+        lines.append(f"Group     {rank}, {leader}; from {topo.source}")
     layout = f"{plan.target.upper()}, tensor-parallel {plan.tensor_parallel_size} x pipeline-parallel {plan.pipeline_parallel_size}"
     if plan.data_parallel_size > 1:
         layout += f", {plan.data_parallel_size} replicas"
@@ -126,9 +129,9 @@ def plan_text(prepared) -> str:
     if plan.memory:
         m = plan.memory
         lines.append(
-            f"Per GPU   weights {_gib(m.weights)} + KV {_gib(m.kv_cache)} + overhead {_gib(m.overhead)}"
-            f" = {_gib(m.weights + m.kv_cache + m.overhead)} of {_gib(m.usable)} usable"
-            f" ({_gib(m.free)} free of {_gib(m.total)})"
+            f"Per GPU   weights {format_gib(m.weights)} + KV {format_gib(m.kv_cache)} + overhead {format_gib(m.overhead)}"
+            f" = {format_gib(m.weights + m.kv_cache + m.overhead)} of {format_gib(m.usable)} usable"
+            f" ({format_gib(m.free)} free of {format_gib(m.total)})"
         )
     if plan.gpu_memory_utilization is not None:
         lines.append(f"Memory    --gpu-memory-utilization {plan.gpu_memory_utilization:.2f}")
@@ -149,10 +152,92 @@ def plan_text(prepared) -> str:
     return "\n".join(lines)
 
 
-def doctor_text(node: NodeInventory, topo: Topology) -> str:
-    from kaito_runtime.inventory import describe_inventory
-    from kaito_runtime.topology import describe_topology
+# ------------------------------------------------------------------------------------------------
+# The node: `kaito-run doctor`
+# ------------------------------------------------------------------------------------------------
 
+_INVENTORY_ORIGIN = {
+    "nvml": "probed with NVML",
+    "sku": "assumed from SKU {label}",
+    "assumed": "assumed from --assume-gpus {label}",
+    "none": "probed with NVML",
+}
+
+
+def _nvlink_line(inv: NodeInventory) -> str | None:
+    if inv.gpu_count < 2:
+        return None
+    if any(g.mig for g in inv.gpus):
+        return "NVLink: none between MIG slices (a CUDA process uses one slice)"
+    if inv.nvlink:
+        return "NVLink: all GPU pairs"
+    if inv.nvlink_pairs:
+        shown = ", ".join(f"{a}-{b}" for a, b in inv.nvlink_pairs)
+        return f"NVLink: pairs {shown} only; the other pairs talk over PCIe"
+    return "NVLink: none; GPUs talk over PCIe"
+
+
+def describe_inventory(inv: NodeInventory) -> list[str]:
+    """Human lines describing an inventory, for ``kaito-run doctor``."""
+    lines: list[str] = []
+    origin = _INVENTORY_ORIGIN[inv.source].format(label=inv.label)
+    if inv.gpus:
+        versions = []
+        if inv.driver_version:
+            versions.append(f"driver {inv.driver_version}")
+        if inv.cuda_driver_version:
+            versions.append(f"CUDA {inv.cuda_driver_version}")
+        tail = f", {', '.join(versions)}" if versions else ""
+        lines.append(f"GPUs: {inv.gpu_count} ({origin}{tail})")
+        for g in inv.gpus:
+            cc = f"{g.compute_capability[0]}.{g.compute_capability[1]}"
+            kind = " [MIG slice]" if g.mig else ""
+            lines.append(
+                f"GPU {g.index}: {g.name}{kind}, {format_gib(g.total_bytes)} total, "
+                f"{format_gib(g.free_bytes)} free, CC {cc}, uuid {g.uuid}"
+            )
+        link = _nvlink_line(inv)
+        if link:
+            lines.append(link)
+    else:
+        lines.append(f"No GPU: {inv.no_gpu_reason or 'none found'}")
+    h = inv.host
+    host = f"Host: {h.cpu_count} CPUs, {format_gib(h.ram_total_bytes)} RAM ({format_gib(h.ram_available_bytes)} available)"
+    if h.disk_free_bytes is not None:
+        host += f", {format_gib(h.disk_free_bytes)} free disk at {h.disk_path}"
+    lines.append(host)
+    lines.extend(f"Warning: {n}" for n in inv.notes)
+    return lines
+
+
+_TOPOLOGY_ORIGIN: dict[str, str] = {
+    "default": "no multi-node settings found",
+    "options": "from kaito-run options",
+    "torchrun": "from the torchrun / torch elastic environment",
+    "lws": "from the LeaderWorkerSet environment",
+    "kaito-statefulset": "from the KAITO StatefulSet (POD_INDEX / hostname)",
+}
+
+_ASSUMED_TEXT = {"node_rank": "rank 0", "leader_address": "a placeholder leader address"}
+
+
+def describe_topology(topo: Topology) -> list[str]:
+    """Human lines for this node's place in its group, for ``kaito-run doctor``."""
+    origin = _TOPOLOGY_ORIGIN[topo.source]
+    if not topo.multi_node:
+        return [f"Topology: single node ({origin})"]
+    role = "leader" if topo.is_leader else "worker"
+    lines = [
+        f"Topology: node rank {topo.node_rank} of {topo.nnodes} nodes ({role}), "
+        f"leader {topo.leader_address}:{topo.master_port} ({origin})"
+    ]
+    if topo.assumed:
+        what = " and ".join(_ASSUMED_TEXT.get(a, a) for a in topo.assumed)
+        lines.append(f"Assumed for planning: {what} (not given; a real launch needs them)")
+    return lines
+
+
+def doctor_text(node: NodeInventory, topo: Topology) -> str:
     return "\n".join([*describe_inventory(node), *describe_topology(topo)])
 
 

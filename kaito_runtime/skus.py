@@ -142,16 +142,6 @@ def find_machine(name: str, table: SkuTable | None = None) -> MachineSku | None:
     return None
 
 
-def list_skus() -> list[str]:
-    """Names of all machine SKUs in the table, in file order (grouped by cloud)."""
-    return [m.name for m in load_sku_table().machines]
-
-
-def list_gpu_models() -> list[str]:
-    """Short keys of all GPU models (what ``--assume-gpus`` accepts after ``<count>x``)."""
-    return [g.key for g in load_sku_table().gpus]
-
-
 def _gpus(model: GpuModel, count: int) -> tuple[GpuInfo, ...]:
     size = model.memory_mib * MiB
     return tuple(
@@ -167,6 +157,10 @@ def _gpus(model: GpuModel, count: int) -> tuple[GpuInfo, ...]:
     )
 
 
+def _all_pairs(count: int) -> tuple[tuple[int, int], ...]:
+    return tuple((a, b) for a in range(count) for b in range(a + 1, count))
+
+
 def _unknown_host() -> HostInfo:
     return HostInfo(cpu_count=0, ram_total_bytes=0, ram_available_bytes=0)
 
@@ -178,7 +172,8 @@ def inventory_for_sku(name: str, host: HostInfo | None = None) -> NodeInventory:
     if machine is None:
         raise UnknownSkuError(
             f"Unknown machine SKU {name.strip()!r}",
-            why=_suggest(name.strip(), [m.name for m in table.machines]),
+            why=_suggest(name.strip(), [m.name for m in table.machines])
+            or f"It is none of the {len(table.machines)} machine SKUs in the GPU SKU table",
             fix="use a machine name from the GPU SKU table (presets/hardware/gpu-skus.yaml), or "
             f"describe the GPUs with --assume-gpus {_ASSUME_FORM}",
         )
@@ -189,13 +184,14 @@ def inventory_for_sku(name: str, host: HostInfo | None = None) -> NodeInventory:
             host = HostInfo(cpu_count=machine.vcpus, ram_total_bytes=ram, ram_available_bytes=ram)
         else:
             host = _unknown_host()
-    nvlink = model.nvlink if machine.nvlink is None else machine.nvlink
+    nvlink = (model.nvlink if machine.nvlink is None else machine.nvlink) and machine.count > 1
     return NodeInventory(
         gpus=_gpus(model, machine.count),
         host=host,
         source="sku",
         label=machine.name,
-        nvlink=nvlink and machine.count > 1,
+        nvlink=nvlink,
+        nvlink_pairs=_all_pairs(machine.count) if nvlink else (),
     )
 
 
@@ -237,4 +233,5 @@ def inventory_for_assumed_gpus(text: str, host: HostInfo | None = None) -> NodeI
         source="assumed",
         label=text.strip(),
         nvlink=model.nvlink and count > 1,
+        nvlink_pairs=_all_pairs(count) if model.nvlink else (),
     )

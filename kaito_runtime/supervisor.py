@@ -13,10 +13,20 @@ States a log line can name: starting -> ready -> stopping -> exited.
   SIGTERM, 137 after the grace-period SIGKILL); READY_TIMEOUT_EXIT_CODE when it never became ready
   within ``ready_timeout`` and we stopped it.
 * Readiness is checked in a thread; ``on_ready`` is called from the calling thread.
+* If we die without a chance to clean up (SIGKILL, the OOM killer), Linux sends the child SIGTERM
+  (``PR_SET_PDEATHSIG``), so vLLM stops as on a forwarded SIGTERM. Its API server then stops
+  its engine core processes, and their multiproc workers exit when the engine core dies (they
+  watch it through a pipe). The engine core itself does NOT watch the API server: an API server
+  that is SIGKILLed, or that hangs in its own shutdown, leaves ``VLLM::EngineCore`` (and its GPU
+  memory) behind, and with us gone nobody sweeps the process group. In a container, tini/the
+  kubelet end the rest; elsewhere, check with ``pgrep -f VLLM::EngineCore``.
+  The signal is tied to the thread that started the child: ``supervise`` keeps that thread
+  waiting for as long as the child runs.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -44,15 +54,25 @@ Outcome = Literal["exited", "stopped", "ready_timeout"]
 
 @dataclass(frozen=True)
 class ReadinessCheck:
-    """When is the server ready: /health 200, the served name in /v1/models and (optionally)
-    one real 1-token completion, because the CPU backend can report healthy and still fail."""
+    """When is the server ready: /health 200, a served name in /v1/models and (optionally)
+    one real 1-token completion, because the CPU backend can report healthy and still fail.
+
+    ``served_name``: one name, or every name vLLM serves the model under (``--served-model-name
+    a b``, see VllmLaunch.served_model_names); any of them listed in /v1/models is enough.
+    """
 
     host: str
     port: int
-    served_name: str
+    served_name: str | tuple[str, ...]
     probe_request: bool = True
     interval: float = 0.5
     request_timeout: float = 60.0  # the first completion can be slow (seconds on CPU with TP)
+
+    @property
+    def served_names(self) -> tuple[str, ...]:
+        if isinstance(self.served_name, str):
+            return (self.served_name,)
+        return tuple(self.served_name)
 
     @property
     def base_url(self) -> str:
@@ -83,10 +103,11 @@ class ReadinessCheck:
             if status != 200:
                 return "health"
             status, body = self._call("/v1/models")
-            if status != 200 or self.served_name not in _model_ids(body):
+            listed = [name for name in self.served_names if name in _model_ids(body)] if status == 200 else []
+            if not listed:
                 return "models"
             if self.probe_request:
-                payload = {"model": self.served_name, "prompt": "ready?", "max_tokens": 1, "temperature": 0}
+                payload = {"model": listed[0], "prompt": "ready?", "max_tokens": 1, "temperature": 0}
                 status, body = self._call("/v1/completions", payload, timeout=self.request_timeout)
                 if status != 200 or not _has_choices(body):
                     return "request"
@@ -119,6 +140,33 @@ class SupervisorResult:
     pid: int | None = None
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _parent_death_signal(sig: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the kernel send ``sig`` to the child when we die; None where
+    prctl is unavailable (not Linux). Everything is resolved here, before the fork: the function
+    run in the child only calls prctl, getppid and kill."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    option, value, zero = ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(sig), ctypes.c_ulong(0)
+    parent = os.getpid()
+    getppid, kill, getpid = os.getppid, os.kill, os.getpid
+
+    def set_parent_death_signal() -> None:
+        prctl(option, value, zero, zero, zero)
+        if getppid() != parent:  # the parent died before prctl: no signal would come
+            kill(getpid(), sig)
+
+    return set_parent_death_signal
+
+
 class _Child:
     """The running child, its output pump and its process group."""
 
@@ -135,6 +183,7 @@ class _Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_parent_death_signal(signal.SIGTERM),
         )
         self.pgid = self.proc.pid  # a new session leader's group id is its pid
         self._pump = threading.Thread(target=self._copy_output, name="vllm-output", daemon=True)

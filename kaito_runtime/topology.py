@@ -21,6 +21,11 @@ contradictory and a TopologyError (exit 2) names both variables.
 An explicit leader address (option) may replace a convention's address without counting as a
 disagreement: users pass a resolved IP where LWS gives a DNS name. The master port defaults to
 vLLM's 29501.
+
+``planning_only=True`` (dry runs, ``--sku``, ``--assume-gpus``) answers "would it fit on N nodes?"
+without a real group: a multi-node group with no rank is taken as rank 0 and one with no leader
+gets the placeholder ``PLANNING_LEADER``; both are listed in ``Topology.assumed``. Every value
+that *is* given is still checked as for a launch.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from .errors import TopologyError
 from .values import Topology, TopologySource
 
 DEFAULT_MASTER_PORT = 29501
+PLANNING_LEADER = "<leader>"  # stands in for the leader's address in a plan made without a group
 _T = TypeVar("_T")
 _HOST_ORDINAL_RE = re.compile(r"^(?P<ws>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)-(?P<n>\d+)$")
 
@@ -127,8 +133,13 @@ def resolve_topology(
     leader_address: str | None = None,
     master_port: int | None = None,
     hostname: str | None = None,
+    planning_only: bool = False,
 ) -> Topology:
-    """This node's Topology from explicit options and ``env`` (see the module doc for the order)."""
+    """This node's Topology from explicit options and ``env`` (see the module doc for the order).
+
+    With ``planning_only`` a missing rank or leader of a multi-node group is assumed instead of
+    raising TopologyError (see the module doc); never use it for a real launch.
+    """
 
     def opt_or_env(option: object, var: str) -> tuple[object, str]:
         flag = "--" + var.removeprefix("KAITO_").lower().replace("_", "-")
@@ -168,12 +179,16 @@ def resolve_topology(
     ordinal = _HOST_ORDINAL_RE.match((host or "").strip().split(".")[0].lower())
     statefulset = r_pick is not None and r_pick[0].source == "kaito-statefulset"
 
+    assumed: list[str] = []
     rank_g: _Given | None
     if r_pick is not None:
         rank_g, rank = r_pick
     elif count > 1 and ordinal:
         rank_g = _Given("HOSTNAME", str(host).strip(), "kaito-statefulset")
         rank, statefulset = int(ordinal["n"]), True
+    elif count > 1 and planning_only:
+        rank_g, rank = None, 0
+        assumed.append("node_rank")
     elif count > 1:
         assert n_pick is not None
         raise TopologyError(
@@ -200,6 +215,9 @@ def resolve_topology(
     if count > 1 and address is None and statefulset and ordinal:
         ws = ordinal["ws"]
         address = f"{ws}-0.{ws}-headless"
+    if count > 1 and address is None and planning_only:
+        address = PLANNING_LEADER
+        assumed.append("leader_address")
     if count > 1 and address is None:
         raise TopologyError(
             f"This node is rank {rank} of {count} ({(n_pick[0].show() if n_pick else '')}), "
@@ -221,26 +239,7 @@ def resolve_topology(
     # Named after what placed this node: the rank's source, else the first source that said anything.
     said = [g for g in (rank_g, n_pick and n_pick[0], address_g, p_pick and p_pick[0]) if g]
     source: TopologySource = "kaito-statefulset" if statefulset else (said[0].source if said else "default")
-    return Topology(nnodes=count, node_rank=rank, leader_address=address, master_port=port, source=source)
-
-
-_SOURCE_TEXT: dict[str, str] = {
-    "default": "no multi-node settings found",
-    "options": "from kaito-run options",
-    "torchrun": "from the torchrun / torch elastic environment",
-    "lws": "from the LeaderWorkerSet environment",
-    "kaito-statefulset": "from the KAITO StatefulSet (POD_INDEX / hostname)",
-}
-
-
-def describe_topology(topo: Topology) -> list[str]:
-    """Human lines for ``kaito-run doctor`` and ``--dry-run``."""
-    origin = _SOURCE_TEXT[topo.source]
-    if not topo.multi_node:
-        return [f"Topology: single node ({origin})"]
-    role = "leader" if topo.is_leader else "worker"
-    line = (
-        f"Topology: node rank {topo.node_rank} of {topo.nnodes} nodes ({role}), "
-        f"leader {topo.leader_address}:{topo.master_port} ({origin})"
+    return Topology(
+        nnodes=count, node_rank=rank, leader_address=address, master_port=port, source=source,
+        assumed=tuple(assumed),
     )
-    return [line]

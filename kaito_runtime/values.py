@@ -86,12 +86,18 @@ class ModelSpec:
     multi_node: bool = False
     gated: bool = False
     notes: str | None = None
+    # A known floor on each GPU's total memory (a failure seen below it that the arithmetic misses),
+    # and where that floor comes from, for the error message.
+    min_gpu_memory_bytes: int | None = None
+    min_gpu_memory_reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.weights_bytes <= 0:
             raise ValueError(f"{self.name}: weights_bytes must be > 0")
         if self.max_context <= 0:
             raise ValueError(f"{self.name}: max_context must be > 0")
+        if self.min_gpu_memory_bytes is not None and self.min_gpu_memory_bytes <= 0:
+            raise ValueError(f"{self.name}: min_gpu_memory_bytes must be > 0")
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -142,6 +148,7 @@ class NodeInventory:
     driver_version: str | None = None
     cuda_driver_version: str | None = None  # e.g. "12.4"
     nvlink: bool = False  # every pair of visible GPUs is NVLink-connected
+    nvlink_pairs: tuple[tuple[int, int], ...] = ()  # GPU index pairs NVML reports NVLink P2P for
     no_gpu_reason: str | None = None  # why gpus is empty ("NVML library not found", ...)
     notes: tuple[str, ...] = ()  # warnings found while probing (bad CUDA_VISIBLE_DEVICES, ...)
 
@@ -168,6 +175,9 @@ class Topology:
     leader_address: str | None = None
     master_port: int = 29501  # vLLM's --master-port default
     source: TopologySource = "default"
+    # Fields not given but assumed so a plan can be made without a real group: "node_rank"
+    # (taken as 0) and/or "leader_address" (a placeholder). Never set for a real launch.
+    assumed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.nnodes < 1:

@@ -15,9 +15,9 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kaito_runtime.memory import align_down, gib
-from kaito_runtime.planner import CONTEXT_ALIGN, tp_rule_violation
+from kaito_runtime.memory import gib
 from kaito_runtime.values import LaunchPlan
+from kaito_runtime.vllm_rules import CONTEXT_ALIGN, align_down, tp_rule_violation
 
 # vLLM reads the Hub token from these; it runs offline on a local folder and must never see one.
 TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")
@@ -40,12 +40,24 @@ _NUMBER = re.compile(r"^-\d")
 
 @dataclass(frozen=True)
 class VllmLaunch:
-    """What to start: argv, the variables to set and to remove, and warnings for the user."""
+    """What to start: argv, the variables to set and to remove, and warnings for the user.
+
+    ``host``, ``port`` and ``served_model_names`` are what vLLM will actually use, read from the
+    merged argv (plan, model, config file, pass-through): readiness checks must poll these.
+    """
 
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     unset_env: tuple[str, ...] = TOKEN_ENV_VARS
     warnings: tuple[str, ...] = ()
+    host: str = "0.0.0.0"
+    port: int = 5000
+    served_model_names: tuple[str, ...] = ()
+
+    @property
+    def served_model_name(self) -> str:
+        """The first served name (the one clients are told about)."""
+        return self.served_model_names[0] if self.served_model_names else ""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,8 +118,22 @@ def _conflicts(a: str | None, b: str | None) -> bool:
     return a == b or a == f"no-{b}" or b == f"no-{a}"
 
 
+def config_value(value: object) -> str:
+    """One config-file value as vLLM reads it: mappings and nested lists as compact JSON
+    (``--compilation-config '{"level":3}'``), booleans as JSON, anything else as text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
 def _config_tokens(config_args: Mapping[str, object]) -> tuple[list[str], list[str]]:
-    """KAITO config ``vllm:`` section -> tokens, plus the flags it switches off (False/None)."""
+    """KAITO config ``vllm:`` section -> tokens, plus the flags it switches off (False/None).
+
+    True is a bare switch; a list gives the flag several values (``--served-model-name a b``);
+    a mapping is one JSON value.
+    """
     tokens: list[str] = []
     dropped: list[str] = []
     for key, value in config_args.items():
@@ -117,11 +143,9 @@ def _config_tokens(config_args: Mapping[str, object]) -> tuple[list[str], list[s
         elif value is True:
             tokens.append(flag)
         elif isinstance(value, (list, tuple)):
-            tokens += [flag, *(str(v) for v in value)]
-        elif isinstance(value, dict):
-            tokens += [flag, json.dumps(value, separators=(",", ":"))]
+            tokens += [flag, *(config_value(v) for v in value)]
         else:
-            tokens += [flag, str(value)]
+            tokens += [flag, config_value(value)]
     return tokens, dropped
 
 
@@ -279,6 +303,142 @@ def _final_int(args: Sequence[_Arg], name: str, default: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# CPU target: more than one rank needs processes of its own and explicit core binding
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CpuLayout:
+    single_process: bool  # engine core in the API server (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+    threads_bind: str  # VLLM_CPU_OMP_THREADS_BIND
+
+
+def _id_list(ids: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (the form vLLM's parse_id_list reads)."""
+    parts: list[str] = []
+    start = prev = ids[0]
+    for cpu in [*ids[1:], None]:
+        if cpu is not None and cpu == prev + 1:
+            prev = cpu
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if cpu is not None:
+            start = prev = cpu
+    return ",".join(parts)
+
+
+def cpu_bind_lists(cpu_ids: Sequence[int], ranks: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for ``ranks`` local ranks: the cores split into contiguous,
+    near-equal lists joined by '|' ('0|1' for 2 cores and 2 ranks, '0-3|4-7' for 8 and 2).
+    With fewer cores than ranks, ranks share cores round-robin."""
+    ids = sorted(set(cpu_ids)) or [0]
+    if len(ids) < ranks:
+        return "|".join(str(ids[i % len(ids)]) for i in range(ranks))
+    size, extra = divmod(len(ids), ranks)
+    lists, start = [], 0
+    for rank in range(ranks):
+        end = start + size + (1 if rank < extra else 0)
+        lists.append(_id_list(ids[start:end]))
+        start = end
+    return "|".join(lists)
+
+
+def _usable_cpus() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _cpu_layout(
+    plan: LaunchPlan,
+    args: list[_Arg],
+    user: Sequence[_Arg],
+    cpu_ids: Sequence[int] | None,
+    base_env: Mapping[str, str],
+    warnings: list[str],
+) -> tuple[list[_Arg], _CpuLayout]:
+    """Adjust the merged CPU arguments to the world size they ask for (vllm-cpu.md).
+
+    One rank: the plan's single-process settings stay. More (TP or PP from the config file or
+    pass-through): the plan's ``--distributed-executor-backend uni`` and the single-process
+    variable go, and each local rank gets its own core list, because 'auto' binds one rank per
+    NUMA node and fails on a one-node machine. PP needs compiled mode: the plan's
+    ``--enforce-eager`` goes; a user's is kept with a warning.
+    """
+    tp = _final_int(args, "tensor-parallel-size", 1)
+    pp = _final_int(args, "pipeline-parallel-size", 1)
+    dp = _final_int(args, "data-parallel-size", 1)
+    planned = plan.cpu_threads_bind or "auto"
+    if tp * pp * dp <= 1:
+        return args, _CpuLayout(single_process=not plan.topology.multi_node, threads_bind=planned)
+
+    def from_user(arg: _Arg) -> bool:
+        return any(arg is u for u in user)
+
+    dropped: list[str] = []
+    kept: list[_Arg] = []
+    for arg in args:
+        if arg.name == "distributed-executor-backend" and arg.values == ("uni",):
+            if from_user(arg):
+                warnings.append(
+                    f"--distributed-executor-backend uni runs a single process and cannot run "
+                    f"TP {tp} x PP {pp}; drop it or use mp"
+                )
+            else:
+                dropped.append("--distributed-executor-backend uni (single process)")
+                continue
+        if arg.name == "enforce-eager" and pp > 1:
+            if from_user(arg):
+                warnings.append(
+                    f"pipeline parallelism (PP {pp}) on the CPU backend needs compiled mode: with "
+                    "--enforce-eager the first request kills the engine (vllm-cpu.md); drop --enforce-eager"
+                )
+            else:
+                dropped.append("--enforce-eager (PP on CPU needs compiled mode)")
+                continue
+        kept.append(arg)
+
+    local_ranks = max(1, tp * pp // max(1, plan.topology.nnodes)) * dp
+    exported_bind = "VLLM_CPU_OMP_THREADS_BIND" in base_env
+    cpus = list(cpu_ids) if cpu_ids is not None else _usable_cpus()
+    bind = cpu_bind_lists(cpus, local_ranks)
+    dp_text = f" x DP {dp}" if dp > 1 else ""
+    warnings.append(
+        f"CPU target with TP {tp} x PP {pp}{dp_text} = {tp * pp * dp} ranks ({local_ranks} on this node, "
+        f"{len(cpus)} CPU cores) where the plan was for one process: dropped "
+        f"{', '.join([*dropped, 'VLLM_ENABLE_V1_MULTIPROCESSING=0 (single process)'])}; "
+        + (f"keeping the exported VLLM_CPU_OMP_THREADS_BIND={base_env['VLLM_CPU_OMP_THREADS_BIND']}"
+           if exported_bind else f"binding one core list per rank, VLLM_CPU_OMP_THREADS_BIND={bind}")
+    )
+    if len(cpus) < local_ranks:
+        warnings.append(f"{local_ranks} CPU ranks share {len(cpus)} core(s); expect a slow server")
+    return kept, _CpuLayout(single_process=False, threads_bind=bind)
+
+
+def _effective_endpoint(
+    args: Sequence[_Arg], host: str, port: int, model_path: str, warnings: list[str]
+) -> tuple[str, int, tuple[str, ...]]:
+    """Host, port and served names vLLM will use, read from the merged arguments."""
+    for arg in reversed(args):
+        if arg.name == "host" and arg.values:
+            host = arg.values[0]
+            break
+    for arg in reversed(args):
+        if arg.name == "port" and arg.values:
+            try:
+                port = int(arg.values[0])
+            except ValueError:
+                warnings.append(f"--port {arg.values[0]!r} is not a number; vLLM will refuse it")
+            break
+    names: tuple[str, ...] = (model_path,)  # vLLM's default: the model argument
+    for arg in reversed(args):
+        if arg.name == "served-model-name":
+            names = arg.values or names
+            break
+    return host, port, names
+
+
+# ------------------------------------------------------------------------------------------------
 # Entry points
 # ------------------------------------------------------------------------------------------------
 
@@ -289,7 +449,12 @@ def _model_as_flag(entrypoint: Sequence[str]) -> bool:
 
 
 def _env(
-    plan: LaunchPlan, base_env: Mapping[str, str], host_ip: str | None, user_flags: set[str], warnings: list[str]
+    plan: LaunchPlan,
+    base_env: Mapping[str, str],
+    host_ip: str | None,
+    user_flags: set[str | None],
+    cpu: _CpuLayout | None,
+    warnings: list[str],
 ) -> dict[str, str]:
     env = {
         "HF_HUB_OFFLINE": "1",  # vLLM loads the local folder; zero Hub calls
@@ -297,7 +462,7 @@ def _env(
         "VLLM_NO_USAGE_STATS": "1",
     }
     wanted: dict[str, str] = {}
-    if plan.target == "cpu":
+    if cpu is not None:
         # The CPU backend lets VLLM_CPU_KVCACHE_SPACE override --kv-cache-memory-bytes
         # (vllm/platforms/cpu.py), so a user's flag only wins if we leave the variable unset.
         if "kv-cache-memory-bytes" not in user_flags:
@@ -306,11 +471,11 @@ def _env(
             warnings.append(
                 "VLLM_CPU_KVCACHE_SPACE is set in the environment and overrides --kv-cache-memory-bytes on the CPU backend"
             )
-        wanted["VLLM_CPU_OMP_THREADS_BIND"] = plan.cpu_threads_bind or "auto"
-        if plan.world_size == 1:
+        wanted["VLLM_CPU_OMP_THREADS_BIND"] = cpu.threads_bind
+        if cpu.single_process:
             wanted["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if host_ip:
-        # Multi-node: this node's address for torch.distributed (the runtime resolves it).
+        # Multi-node: this node's address for torch.distributed (the caller resolves it).
         wanted["VLLM_HOST_IP"] = host_ip
     for key, value in wanted.items():
         if key not in base_env:  # a value the user exported wins
@@ -332,12 +497,15 @@ def build_vllm_command(
     base_env: Mapping[str, str] | None = None,
     host_ip: str | None = None,
     max_model_len_auto_supported: bool = True,
+    cpu_ids: Sequence[int] | None = None,
 ) -> VllmLaunch:
     """The vLLM command for ``plan`` serving the weights in ``model_path``.
 
     ``model_as_flag`` None: decided from ``entrypoint`` (module entry -> ``--model PATH``).
     ``base_env``: the environment the child inherits; variables the user set there win over ours.
     ``host_ip``: this node's address for multi-node runs (``VLLM_HOST_IP``).
+    ``cpu_ids``: the cores vLLM may use on the CPU target (default: this process's affinity);
+    used only when the merged arguments ask for more than one CPU rank.
     """
     warnings: list[str] = []
     base_env = base_env or {}
@@ -376,14 +544,21 @@ def build_vllm_command(
     args = _merge(args, [], dropped)
     args = _merge(args, user)
     warnings += _contradictions(plan, user)
+    cpu: _CpuLayout | None = None
+    if plan.target == "cpu":
+        args, cpu = _cpu_layout(plan, args, user, cpu_ids, base_env, warnings)
+    eff_host, eff_port, names = _effective_endpoint(args, host, port, model_path, warnings)
 
     argv = tuple(head + [token for arg in args for token in arg.tokens])
-    env = _env(plan, base_env, host_ip, {a.name for a in user}, warnings)
+    env = _env(plan, base_env, host_ip, {a.name for a in user}, cpu, warnings)
     return VllmLaunch(
         argv=argv,
         env=env,
         unset_env=TOKEN_ENV_VARS,
         warnings=tuple(warnings),
+        host=eff_host,
+        port=eff_port,
+        served_model_names=names,
     )
 
 
@@ -399,6 +574,8 @@ __all__ = [
     "TOKEN_ENV_VARS",
     "VllmLaunch",
     "build_vllm_command",
+    "config_value",
+    "cpu_bind_lists",
     "format_command",
     "normalise_flag",
     "parse_human_int",

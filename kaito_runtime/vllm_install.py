@@ -20,8 +20,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from kaito_runtime.errors import VllmNotInstalledError
+
 MODULE_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 REGISTRY_FILE = Path("model_executor") / "models" / "registry.py"
+# Where ParallelConfig is defined: its own module since the config package split, one big
+# vllm/config.py before that.
+PARALLEL_CONFIG_FILES = (Path("config") / "parallel.py", Path("config.py"))
+_NNODES_FIELD = re.compile(r"^\s+nnodes\s*:", re.MULTILINE)
 
 # `--max-model-len auto` arrived with vLLM PR #29431 (merged 2025-11-25), so in 0.12 or 0.13;
 # the release is unverified, so we only trust it from 0.13 on.
@@ -45,12 +51,6 @@ class VllmInstall:
     @property
     def release(self) -> tuple[int, ...]:
         return release_tuple(self.version)
-
-    def serve_argv(self, model: str) -> tuple[str, ...]:
-        """The argv prefix including the model (flags follow)."""
-        if self.model_as_flag:
-            return (*self.entrypoint, "--model", model)
-        return (*self.entrypoint, model)
 
 
 def release_tuple(version: str) -> tuple[int, ...]:
@@ -127,3 +127,35 @@ def supports_max_model_len_auto(install: VllmInstall) -> bool:
     """Whether ``--max-model-len auto`` is accepted (by version; the first release is unverified)."""
     release = install.release
     return bool(release) and release >= _MAX_MODEL_LEN_AUTO_SINCE
+
+
+def supports_multinode_mp(install: VllmInstall) -> bool | None:
+    """Whether this vLLM runs one model over several nodes without Ray (``--nnodes`` & co.).
+
+    Reads ParallelConfig's source for an ``nnodes`` field (vllm.md: feature-detect; the first
+    release with it is unverified, likely 0.12). None when the source cannot be found or read.
+    """
+    if not install.package_dir:
+        return None
+    for relative in PARALLEL_CONFIG_FILES:
+        try:
+            text = (Path(install.package_dir) / relative).read_text(encoding="utf-8")
+        except OSError:
+            continue
+        if "class ParallelConfig" in text:
+            return bool(_NNODES_FIELD.search(text))
+    return None
+
+
+def check_multinode_support(install: VllmInstall) -> None:
+    """Raise VllmNotInstalledError when this vLLM surely cannot run a multi-node group without Ray.
+
+    An unknown answer (source not found) lets vLLM decide at start-up.
+    """
+    if supports_multinode_mp(install) is False:
+        raise VllmNotInstalledError(
+            f"vLLM {install.version} cannot run one model across nodes without Ray",
+            why="its ParallelConfig has no nnodes field, so --nnodes / --node-rank / --master-addr are "
+            "unknown flags (multi-node with the mp executor came with vLLM 0.12, PR #23691)",
+            fix="install a newer vLLM (pip install -U vllm), or run the model on one node",
+        )

@@ -103,3 +103,32 @@ def hub_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 # ============================================= end of hub emulator fixtures =====================
+
+# =================================================================================================
+# CLI / API: a clean launcher environment for every test
+# =================================================================================================
+
+# What the launcher reads from the environment. A developer's shell (or a CI runner inside a pod)
+# may set any of these; tests must not depend on it. CUDA_VISIBLE_DEVICES is left alone on purpose:
+# the real-NVML tests on a GPU machine must see what the machine was given.
+_LAUNCHER_ENV_PREFIXES = ("KAITO_", "LWS_", "PET_")
+_LAUNCHER_ENV_NAMES = (
+    "MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "POD_INDEX",
+    "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+    "HF_ENDPOINT",
+)
+
+# huggingface_hub reads HF_HUB_OFFLINE once, at import (before any fixture runs): drop it now.
+for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
+    os.environ.pop(_name, None)
+
+
+@pytest.fixture(autouse=True)
+def clean_launcher_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove every launcher-relevant variable for the test (monkeypatch restores them after)."""
+    for name in list(os.environ):
+        if name.startswith(_LAUNCHER_ENV_PREFIXES) or name in _LAUNCHER_ENV_NAMES:
+            monkeypatch.delenv(name, raising=False)
+
+
+# ============================================= end of CLI / API fixtures ========================

@@ -66,7 +66,9 @@ def test_dry_run_70b_on_one_a100_does_not_fit():
         main, ["--preset", "llama-3.3-70b-instruct", "--dry-run", "--sku", "Standard_NC24ads_A100_v4"]
     )
     assert result.exit_code == 2
-    assert "GiB" in result.output
+    assert "does not fit" in result.output
+    assert "needs" in result.output and "offers" in result.output  # the numbers on both sides
+    assert "TP 2" in result.output  # and what would fit
 
 
 def test_dry_run_70b_on_four_a100_plans_tp4():
@@ -79,6 +81,26 @@ def test_dry_run_70b_on_four_a100_plans_tp4():
     argv = payload["vllm"]["argv"]
     assert argv[argv.index("--tensor-parallel-size") + 1] == "4"
     assert argv[argv.index("--served-model-name") + 1] == "llama-3.3-70b-instruct"
+
+
+def test_done_when_two_nodes_dry_run_needs_no_rank_or_leader():
+    """Issue 3, done-when: the literal command, with no rank and no leader address."""
+    result = invoke(
+        "--preset", "llama-3.3-70b-instruct", "--dry-run", "--sku", "Standard_NC48ads_A100_v4", "--nnodes", "2",
+    )
+    assert result.exit_code == 0, result.output
+    assert "tensor-parallel 2 x pipeline-parallel 2" in result.output
+    assert "--tensor-parallel-size 2 --pipeline-parallel-size 2" in result.output
+
+
+def test_two_nodes_without_a_rank_is_refused_for_a_real_launch(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["--preset", "llama-3.3-70b-instruct", "--sku", "Standard_NC48ads_A100_v4", "--nnodes", "2",
+         "--weights-dir", str(tmp_path)],
+    )
+    assert result.exit_code == 2
+    assert "--node-rank" in result.output
 
 
 def test_dry_run_70b_on_two_nodes_plans_tp2_pp2():
@@ -134,18 +156,159 @@ def test_no_model_is_a_clear_error():
     assert "--preset" in result.output
 
 
-def test_help_documents_every_option():
-    result = invoke("serve", "--help")
+LAUNCH_OPTIONS = ("--preset", "--model", "--dry-run", "--sku", "--assume-gpus", "--max-model-len",
+                  "--token-file", "--config", "--grace-period", "--port", "--download-only", "--verify-weights")
+LAUNCH_ENV_NAMES = ("KAITO_PRESET", "KAITO_MODEL", "KAITO_PORT", "KAITO_HF_TOKEN_FILE", "KAITO_WEIGHTS_DIR",
+                    "KAITO_CONFIG_FILE", "KAITO_NNODES", "KAITO_VERIFY_WEIGHTS")
+
+
+@pytest.mark.parametrize("args", [["serve", "--help"], ["--help"], ["-h"]], ids=" ".join)
+def test_help_documents_every_option_and_its_environment_variable(args):
+    result = invoke(*args)
     assert result.exit_code == 0
-    for option in ("--preset", "--model", "--dry-run", "--sku", "--assume-gpus", "--max-model-len",
-                   "--token-file", "--config", "--grace-period", "--port", "--download-only"):
+    for option in LAUNCH_OPTIONS + LAUNCH_ENV_NAMES:
         assert option in result.output
 
 
-def test_doctor_reports_cleanly_without_gpu():
-    result = CliRunner().invoke(main, ["doctor"], env={"CUDA_VISIBLE_DEVICES": ""})
+def test_top_level_help_also_names_doctor_and_version():
+    result = invoke("--help")
+    assert "doctor" in result.output and "--version" in result.output
+    doctor = invoke("doctor", "--help")
+    assert "KAITO_SKU" in doctor.output and "KAITO_LOG_FORMAT" in doctor.output
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = invoke("--version")
     assert result.exit_code == 0, result.output
-    assert "GPU" in result.output
+    assert version("kaito-runtime") in result.output and "kaito-run" in result.output
+
+
+def test_doctor_reports_cleanly_without_gpu():
+    # A recorded 8-GPU machine, hidden by an empty CUDA_VISIBLE_DEVICES: the reason must be named.
+    recording = REPO / "tests" / "data" / "nvml" / "h100-sxm-8x.json"
+    result = CliRunner().invoke(
+        main, ["doctor"], env={"KAITO_NVML_RECORDING": str(recording), "CUDA_VISIBLE_DEVICES": ""}
+    )
+    assert result.exit_code == 0, result.output
+    assert "No GPU:" in result.output
+    assert "CUDA_VISIBLE_DEVICES" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--grace-period", "-1"],
+        ["--ready-timeout", "0"],
+        ["--ready-timeout", "-3"],
+    ],
+)
+def test_numbers_that_break_supervision_are_usage_errors(args):
+    result = CliRunner().invoke(main, ["--preset", "phi-4-mini-instruct", *args])
+    assert result.exit_code == 2
+    assert args[0] in result.output
+
+
+def test_revision_with_a_preset_is_refused():
+    result = CliRunner().invoke(main, ["--preset", "phi-4", "--revision", "main", "--dry-run", "--assume-gpus", "1xA100-80GB"])
+    assert result.exit_code == 2
+    assert "the preset pins microsoft/phi-4" in result.output
+    assert "--model microsoft/phi-4 --revision main" in result.output
+
+
+def test_revision_with_a_local_folder_is_refused():
+    result = CliRunner().invoke(main, ["--model", str(REPO / "models" / "tiny-llama"), "--revision", "v2", "--dry-run"])
+    assert result.exit_code == 2
+    assert "local folder" in result.output
+
+
+@pytest.mark.parametrize("download_only", [False, True])
+def test_a_file_in_the_weights_path_is_one_line_exit_2(tmp_path, download_only):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    args = ["--preset", "phi-4-mini-instruct", "--weights-dir", str(afile / "sub")]
+    result = CliRunner().invoke(main, args + (["--download-only"] if download_only else []))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert str(afile / "sub") in result.output and "--weights-dir" in result.output
+
+
+def test_os_error_is_one_line_exit_1(monkeypatch):
+    from kaito_runtime import api
+
+    def broken(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/var/lib/somewhere")
+
+    monkeypatch.setattr(api, "run", broken)
+    result = CliRunner().invoke(main, ["--preset", "phi-4-mini-instruct"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "kaito-run: error: Permission denied: /var/lib/somewhere (run with --log-level debug for the traceback)"
+
+
+def test_unexpected_error_is_one_line_and_the_traceback_is_at_debug(monkeypatch):
+    from kaito_runtime import api
+
+    def broken(*args, **kwargs):
+        raise ValueError("something nobody expected")
+
+    monkeypatch.setattr(api, "run", broken)
+    quiet = CliRunner().invoke(main, ["--preset", "phi-4-mini-instruct"])
+    assert quiet.exit_code == 1
+    assert "Traceback" not in quiet.output
+    assert "unexpected ValueError: something nobody expected" in quiet.output
+    assert "--log-level debug" in quiet.output
+    loud = CliRunner().invoke(main, ["--preset", "phi-4-mini-instruct", "--log-level", "debug"])
+    assert loud.exit_code == 1
+    assert "Traceback" in loud.output and "in broken" in loud.output
+
+
+def test_error_lines_are_redacted(monkeypatch):
+    from kaito_runtime import api
+    from kaito_runtime.errors import WeightsError
+    from kaito_runtime.secrets import register_secret
+
+    secret = "hf_errorLineSecret_0123456789"
+    register_secret(secret)
+
+    def leaky(*args, **kwargs):
+        raise WeightsError("The hub refused", why=f"server said: invalid token {secret}")
+
+    monkeypatch.setattr(api, "run", leaky)
+    result = CliRunner().invoke(main, ["--preset", "phi-4-mini-instruct"])
+    assert result.exit_code == 10
+    assert secret not in result.output and "invalid token ***" in result.output
+
+    def unexpected(*args, **kwargs):
+        raise RuntimeError(f"bad header Authorization: Bearer {secret}")
+
+    monkeypatch.setattr(api, "run", unexpected)
+    result = CliRunner().invoke(main, ["--preset", "phi-4-mini-instruct", "--log-level", "debug"])
+    assert result.exit_code == 1
+    assert secret not in result.output
+
+
+@pytest.fixture
+def tiny_hub(tmp_path_factory, hub_env):
+    """An emulated hub holding the bundled tiny model as org/tiny-llama (a complete config.json)."""
+    from tests.support.hub_emulator import HubEmulator
+
+    root = tmp_path_factory.mktemp("tiny-hub")
+    shutil.copytree(REPO / "models" / "tiny-llama", root / "org" / "tiny-llama")
+    with HubEmulator(root, lfs_threshold=1024) as emulator:
+        yield emulator
+
+
+def test_download_only_through_the_hub_emulator(tiny_hub, tmp_path):
+    args = ["--model", "org/tiny-llama", "--download-only", "--weights-dir", str(tmp_path / "w"), "--verify-weights"]
+    result = CliRunner().invoke(main, args, env={"HF_ENDPOINT": tiny_hub.url})
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "w" / "org--tiny-llama" / tiny_hub.commit_of("org/tiny-llama")
+    expected = (REPO / "models" / "tiny-llama" / "model.safetensors").stat().st_size
+    assert (folder / "model.safetensors").stat().st_size == expected
+    assert "not checked" in result.output
+    again = CliRunner().invoke(main, args, env={"HF_ENDPOINT": tiny_hub.url})  # verified reuse
+    assert again.exit_code == 0, again.output
 
 
 def test_doctor_json():

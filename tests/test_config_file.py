@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from kaito_runtime.cli import main
-from kaito_runtime.config_file import read_vllm_section
+from kaito_runtime.config_file import ConfigFile, read_config, read_vllm_section
 from kaito_runtime.errors import ConfigFileError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +29,51 @@ def test_reads_the_vllm_section_and_ignores_kaito_only_keys(tmp_path):
     assert read_vllm_section(path) == {"max-model-len": 8192, "enforce-eager": True}
 
 
+def test_kaito_only_keys_are_returned_as_notes(tmp_path):
+    path = write(tmp_path, "vllm:\n  max-num-seqs: 4\nmax_probe_steps: 6\nkv_cache_cpu_memory_utilization: 0.5\n")
+    config = read_config(path)
+    assert isinstance(config, ConfigFile)
+    assert config.vllm_args == {"max-num-seqs": 4}
+    assert len(config.notes) == 2
+    assert any("max_probe_steps: 6" in note and "ignoring" in note for note in config.notes)
+    assert any("kv_cache_cpu_memory_utilization: 0.5" in note for note in config.notes)
+    assert read_config(write(tmp_path, "vllm:\n  a: 1\n")).notes == ()
+
+
+def test_mappings_and_lists_are_accepted(tmp_path):
+    path = write(
+        tmp_path,
+        "vllm:\n  compilation-config: {level: 3, cudagraph_capture_sizes: [1, 2]}\n"
+        "  served-model-name: [a, b]\n  speculative-config:\n    method: ngram\n    num_speculative_tokens: 4\n",
+    )
+    assert read_vllm_section(path) == {
+        "compilation-config": {"level": 3, "cudagraph_capture_sizes": [1, 2]},
+        "served-model-name": ["a", "b"],
+        "speculative-config": {"method": "ngram", "num_speculative_tokens": 4},
+    }
+
+
+def test_mappings_reach_vllm_as_json_and_lists_as_several_values(tmp_path):
+    """End to end: YAML mapping -> one JSON argv value vLLM's JSON flags parse; list -> values."""
+    path = write(
+        tmp_path,
+        "vllm:\n  compilation-config: {level: 3}\n  kv-transfer-config: {kv_role: kv_both, kv_buffer_size: 1e9, enabled: true}\n"
+        "  served-model-name: [phi, phi-mini]\n  port: 5001\n",
+    )
+    result = CliRunner().invoke(
+        main,
+        ["--preset", "phi-4-mini-instruct", "--dry-run", "--assume-gpus", "1xA100-80GB", "-o", "json", "--config", str(path)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    argv = json.loads(result.output)["vllm"]["argv"]
+    assert json.loads(argv[argv.index("--compilation-config") + 1]) == {"level": 3}
+    assert json.loads(argv[argv.index("--kv-transfer-config") + 1]) == {"kv_role": "kv_both", "kv_buffer_size": "1e9", "enabled": True}
+    i = argv.index("--served-model-name")
+    assert argv[i + 1 : i + 3] == ["phi", "phi-mini"] and argv.count("--served-model-name") == 1
+    assert argv[argv.index("--port") + 1] == "5001" and argv.count("--port") == 1
+
+
 def test_empty_file_means_no_flags(tmp_path):
     assert read_vllm_section(write(tmp_path, "")) == {}
 
@@ -39,7 +84,8 @@ def test_empty_file_means_no_flags(tmp_path):
         ("vllm: [1, 2]\n", "must be a mapping"),
         ("- a\n- b\n", "must be a mapping"),
         ("vllm:\n  a: 1\nvlm:\n  b: 2\n", "unknown top-level keys: vlm"),
-        ("vllm:\n  max-model-len: [1]\n", "vllm.max-model-len"),
+        ("vllm:\n  served-model-name: []\n", "vllm.served-model-name to an empty list"),
+        ("vllm:\n  speculative-config: {when: 2024-01-01}\n", "vllm.speculative-config to a value that is not plain JSON"),
         ("vllm: {a: 1\n", "not valid YAML"),
     ],
 )

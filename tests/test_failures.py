@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kaito_runtime.failures import FailureContext, explain_failure
+from kaito_runtime.failures import FailureContext, explain_failure, failure_report
 
 ENGINE_FAILED = [
     "(EngineCore_DP0 pid=2412) ERROR 11-26 17:02:11 [core.py:843] EngineCore failed to start.",
@@ -191,9 +191,33 @@ def test_cpu_head_dim() -> None:
     assert "head_dim=16" in exp.summary
 
 
-def test_generic_engine_failure() -> None:
-    exp = explain_failure(ENGINE_FAILED)
-    assert exp is not None and exp.cause == "engine-failed"
+def test_generic_engine_failure_counts_as_unknown() -> None:
+    # "EngineCore failed to start" names no cause: the caller must show vLLM's own lines
+    assert explain_failure(ENGINE_FAILED) is None
+    assert explain_failure(CPU_HEAD_DIM[1:]) is None  # EngineDeadError alone
+
+
+def test_report_for_a_generic_engine_failure_ends_with_the_tail_and_the_closing_line() -> None:
+    lines = ["INFO loading", "(EngineCore_DP0 pid=7) ERROR [core.py:1] ImportError: libfoo.so missing", *ENGINE_FAILED]
+    report = failure_report(lines, 1)
+    assert report.startswith("vLLM exited with code 1; its last lines:\n")
+    assert "ImportError: libfoo.so missing" in report  # the real cause is repeated
+    assert report.splitlines()[-1].startswith("vLLM failed to start: its engine core did not start")
+
+
+def test_report_for_unknown_output_keeps_only_the_last_lines() -> None:
+    lines = [f"line {i}" for i in range(100)] + ["", "KeyError: 'x'"]
+    report = failure_report(lines, 3, tail_lines=5)
+    body = report.splitlines()
+    assert body[1:-1] == ["line 96", "line 97", "line 98", "line 99", "KeyError: 'x'"]  # blank lines skipped
+    assert body[-1] == "vLLM exited with code 3; the cause is in its last lines above"
+    assert "(no output)" in failure_report([], 1)
+
+
+def test_report_for_a_known_cause_is_its_one_line() -> None:
+    report = failure_report(KV_V1, 1, plan_hint=FailureContext(gpu_count=4, tensor_parallel_size=1))
+    assert report == explain_failure(KV_V1, plan_hint=FailureContext(gpu_count=4, tensor_parallel_size=1)).line
+    assert "\n" not in report
 
 
 def test_unknown_output_gives_none() -> None:
@@ -213,7 +237,48 @@ def test_context_from_a_plan_counts_only_this_nodes_gpus() -> None:
         tensor_parallel_size=4, pipeline_parallel_size=2, gpu_memory_utilization=0.9, gpus_per_node=8,
     )
     ctx = FailureContext.from_plan(plan, 5000)
-    assert (ctx.gpu_count, ctx.port, ctx.target, ctx.nnodes) == (8, 5000, "gpu", 2)
+    assert (ctx.gpu_count, ctx.port, ctx.target, ctx.nnodes, ctx.data_parallel_size) == (8, 5000, "gpu", 2, 1)
     exp = explain_failure(KV_V1, plan_hint=ctx)
     assert exp is not None
-    assert "use 8 GPUs (--tensor-parallel-size 8)" in exp.line  # 4 of 8 local GPUs in use
+    assert "use 8 GPUs per node (--tensor-parallel-size 8)" in exp.line  # 4 of 8 local GPUs in use
+
+
+def _plan(tp: int, pp: int, dp: int, gpus: int):
+    from kaito_runtime.values import AttentionGeometry, LaunchPlan, ModelSpec, Topology
+
+    model = ModelSpec(
+        name="m", architecture="LlamaForCausalLM", weights_bytes=1, max_context=4096,
+        attention=AttentionGeometry(num_layers=2, num_kv_heads=2, head_dim=32),
+    )
+    return LaunchPlan(
+        model=model, target="gpu", topology=Topology(), tensor_parallel_size=tp, pipeline_parallel_size=pp,
+        data_parallel_size=dp, gpu_memory_utilization=0.9, gpus_per_node=gpus,
+    )
+
+
+def test_replicas_count_as_used_gpus() -> None:
+    # TP 1 x DP 4 on 4 GPUs: every GPU is in use, so "use 2 GPUs" would be wrong
+    ctx = FailureContext.from_plan(_plan(1, 1, 4, 4), 5000)
+    assert ctx.data_parallel_size == 4
+    line = explain_failure(KV_V1, plan_hint=ctx).line
+    assert "use 2 GPUs" not in line
+    assert "--data-parallel-size 2 --tensor-parallel-size 2, same 4 GPUs" in line
+
+
+def test_replicas_with_idle_gpus_double_the_used_count() -> None:
+    # TP 1 x DP 2 on 8 GPUs: 2 in use, 4 would fit
+    line = explain_failure(KV_V1, plan_hint=FailureContext.from_plan(_plan(1, 1, 2, 8))).line
+    assert "use 4 GPUs (--tensor-parallel-size 2)" in line
+
+
+def test_pipeline_stages_count_as_used_gpus() -> None:
+    # TP 2 x PP 2 on 8 GPUs: 4 in use; doubling TP uses all 8
+    line = explain_failure(KV_V1, plan_hint=FailureContext.from_plan(_plan(2, 2, 1, 8))).line
+    assert "use 8 GPUs (--tensor-parallel-size 4)" in line
+    line = explain_failure(KV_V1, plan_hint=FailureContext.from_plan(_plan(2, 2, 1, 4))).line
+    assert "more GPUs (more nodes, or a larger GPU)" in line
+
+
+def test_odd_replica_count_gets_no_same_gpus_rewrite() -> None:
+    line = explain_failure(KV_V1, plan_hint=FailureContext.from_plan(_plan(1, 1, 3, 3))).line
+    assert "--data-parallel-size" not in line and "more GPUs" in line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -88,6 +89,31 @@ def test_corruption_keeps_length_and_differs(hub):
     assert len(bad) == len(good) == 200_000 and bad != good
     assert good == (hub.root / "org/tiny/model.safetensors").read_bytes()
     assert hub.body_gets() == 2
+
+
+def test_stall_sends_the_first_bytes_then_goes_silent(hub):
+    import socket
+
+    hub.stall("org/tiny", "model.safetensors", after_bytes=1000)
+    req = urllib.request.Request(f"{hub.url}/org/tiny/resolve/main/model.safetensors")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200 and resp.read(1000) == (hub.root / "org/tiny/model.safetensors").read_bytes()[:1000]
+        resp.fp.raw._sock.settimeout(0.3)
+        with pytest.raises((socket.timeout, TimeoutError)):
+            resp.read(1)
+
+
+def test_api_answer_overrides_every_api_call(hub):
+    hub.api_answer = (200, b"{not json")
+    with urllib.request.urlopen(f"{hub.url}/api/models/org/tiny") as resp:
+        assert resp.read() == b"{not json"
+    hub.api_answer = (418, b"{}")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{hub.url}/api/models/org/tiny/tree/main")
+    assert info.value.code == 418
+    hub.api_answer = None
+    with urllib.request.urlopen(f"{hub.url}/org/tiny/resolve/main/config.json") as resp:  # files unaffected
+        assert resp.status == 200
 
 
 def test_cli_serves_a_folder(hub_root):

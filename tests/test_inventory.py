@@ -11,12 +11,11 @@ import pytest
 from kaito_runtime.inventory import (
     _cgroup_cpu_limit,
     _cgroup_memory,
-    describe_inventory,
-    p2p_matrix,
     probe_host,
     probe_inventory,
 )
 from kaito_runtime.nvml_probe import NvmlBackend, NvmlCallError, RecordedNvml, record_machine
+from kaito_runtime.render import describe_inventory
 from kaito_runtime.values import GiB, HostInfo
 
 DATA = Path(__file__).parent / "data" / "nvml"
@@ -107,15 +106,23 @@ def test_partial_nvlink_is_not_nvlink_and_names_the_pairs() -> None:
     assert inv2.nvlink is True and inv2.notes == ()
 
 
-def test_p2p_matrix() -> None:
-    backend = RecordedNvml(machine("h100-nvl-4x-pairs"))
-    backend.init()
-    m = p2p_matrix(backend, [0, 1, 2, 3])
-    assert m[0][1] and m[1][0] and m[2][3] and m[3][2]
-    assert not m[0][2] and not m[1][3] and not m[0][0]
-    pcie = RecordedNvml(machine("a100-80gb-pcie-4x"))
-    pcie.init()
-    assert p2p_matrix(pcie, [0, 1]) == [[False, False], [False, False]]
+def test_nvlink_pairs_are_kept_in_cuda_order() -> None:
+    assert probe("h100-nvl-4x-pairs").nvlink_pairs == ((0, 1), (2, 3))
+    # hiding GPU 0 renumbers the rest: the 2-3 bridge becomes 1-2
+    assert probe("h100-nvl-4x-pairs", CUDA_VISIBLE_DEVICES="1,2,3").nvlink_pairs == ((1, 2),)
+    assert probe("a100-80gb-pcie-4x").nvlink_pairs == ()
+    full = probe("h100-sxm-8x", CUDA_VISIBLE_DEVICES="0,1,2")
+    assert full.nvlink and full.nvlink_pairs == ((0, 1), (0, 2), (1, 2))
+    assert probe("a10-1x").nvlink_pairs == ()
+
+
+def test_doctor_names_the_nvlink_pairs() -> None:
+    assert "NVLink: pairs 0-1, 2-3 only; the other pairs talk over PCIe" in describe_inventory(
+        probe("h100-nvl-4x-pairs")
+    )
+    assert "NVLink: none; GPUs talk over PCIe" in describe_inventory(probe("a100-80gb-pcie-4x"))
+    assert "NVLink: all GPU pairs" in describe_inventory(probe("h100-sxm-8x"))
+    assert not any(line.startswith("NVLink") for line in describe_inventory(probe("a10-1x")))
 
 
 def test_lost_gpu_is_left_out_with_a_note() -> None:

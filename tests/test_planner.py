@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
+import yaml
 
-from kaito_runtime import memory
+from kaito_runtime import data, memory, skus
 from kaito_runtime.catalog import load_catalog
 from kaito_runtime.errors import DoesNotFitError, InputError
-from kaito_runtime.planner import CONTEXT_ALIGN, MIN_CONTEXT, plan_launch, tp_rule_violation
+from kaito_runtime.planner import MIN_CONTEXT, plan_launch
+from kaito_runtime.vllm_rules import CONTEXT_ALIGN, tp_rule_violation, valid_tensor_parallel_sizes
 from kaito_runtime.values import (
     GiB,
     MiB,
@@ -65,11 +68,6 @@ def preset(name: str) -> ModelSpec:
 # ------------------------------------------------------------------------------------------------
 # Memory arithmetic
 # ------------------------------------------------------------------------------------------------
-
-
-def test_kv_bytes_per_token_matches_reference_for_every_preset():
-    for spec in CATALOG:
-        assert memory.kv_bytes_per_token_per_gpu(spec.attention, 1, 1, 2) == spec.kv_bytes_per_token, spec.name
 
 
 def test_standard_kv_is_split_by_tp_and_replicated_beyond_kv_heads():
@@ -173,6 +171,7 @@ def test_phi3_medium_tp4_rejected_with_the_rule():
     spec = preset("phi-3-medium-4k-instruct")
     assert tp_rule_violation(spec, 4) is not None
     assert tp_rule_violation(spec, 5) is None
+    assert valid_tensor_parallel_sizes(spec, 10) == [1, 2, 5, 10]
     with pytest.raises(InputError, match="10 KV heads") as info:
         plan_launch(spec, node(4, A10), group(1), PlanOverrides(tensor_parallel_size=4))
     assert "valid sizes here: 1, 2" in str(info.value)
@@ -208,6 +207,47 @@ def test_model_over_half_a_gpu_takes_the_whole_node():
 def test_replicas_preference_picks_smallest_tp_that_fits():
     plan = plan_launch(preset("llama-3.3-70b-instruct"), node(8, A100_80), group(1), PlanOverrides(parallel_preference="replicas"))
     assert (plan.tensor_parallel_size, plan.data_parallel_size) == (2, 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# A preset's floor on GPU memory (min_gpu_memory_gib)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_min_gpu_memory_refuses_smaller_gpus_with_the_source():
+    spec = tiny_model(min_gpu_memory_bytes=30 * GiB, min_gpu_memory_reason="vLLM ran out of memory in test X")
+    with pytest.raises(DoesNotFitError) as info:
+        plan_launch(spec, node(1, A10, "NVIDIA A10"), group(1))
+    text = str(info.value)
+    assert "needs GPUs with at least 30.0 GiB each" in text
+    assert "GPU 0 (NVIDIA A10) has 22.5 GiB" in text
+    assert "min_gpu_memory_gib 30 because vLLM ran out of memory in test X" in text
+    assert "Fix:" in text and info.value.exit_code == 2
+    # The tiny model would fit many times over: only the floor refuses it.
+    assert plan_launch(tiny_model(), node(1, A10), group(1)).target == "gpu"
+    assert plan_launch(spec, node(1, A100_40), group(1)).target == "gpu"
+
+
+def test_min_gpu_memory_checks_the_smallest_gpu_and_not_the_cpu_target():
+    spec = tiny_model(min_gpu_memory_bytes=30 * GiB, min_gpu_memory_reason="test")
+    big, small = node(1, A100_40).gpus[0], node(1, A10).gpus[0]
+    mixed = NodeInventory((big, GpuInfo(1, "NVIDIA A10", "GPU-1", small.total_bytes, small.free_bytes, (8, 6))), big_host())
+    with pytest.raises(DoesNotFitError, match="GPU 1 \\(NVIDIA A10\\) has 22.5 GiB"):
+        plan_launch(spec, mixed, group(1))
+    assert plan_launch(spec, cpu_box(20), group(1)).target == "cpu"
+
+
+def big_host() -> HostInfo:
+    return HostInfo(cpu_count=96, ram_total_bytes=900 * GiB, ram_available_bytes=800 * GiB)
+
+
+def test_gpt_oss_20b_is_refused_on_a10_skus_and_fits_a100():
+    spec = preset("gpt-oss-20b")
+    for sku in ("Standard_NV36ads_A10_v5", "Standard_NV72ads_A10_v5"):
+        with pytest.raises(DoesNotFitError) as info:
+            plan_launch(spec, skus.inventory_for_sku(sku), group(1))
+        assert "24 GB A10" in str(info.value) and sku in str(info.value)
+    assert plan_launch(spec, skus.inventory_for_sku("Standard_NC24ads_A100_v4"), group(1)).tensor_parallel_size == 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -390,35 +430,78 @@ HARDWARE = {
 }
 
 
+def _raw_presets() -> dict[str, dict]:
+    """The preset entries as written in presets/*.yaml, read without the catalog code."""
+    entries: dict[str, dict] = {}
+    for path in sorted(data.presets_dir().glob("*.yaml")):
+        for entry in yaml.safe_load(path.read_text(encoding="utf-8"))["presets"]:
+            entries[entry["name"]] = entry
+    return entries
+
+
+RAW = _raw_presets()
+
+
+def expected_kv_per_gpu(raw: dict, tp: int, pp: int) -> int:
+    """KV bytes per token on one GPU at 16-bit KV, from the YAML figures: the busiest stage's
+    layers x 2 (K, V) x KV heads per rank (at least 1) x head_dim x 2 bytes; MLA: the whole latent
+    (kv_lora_rank + qk_rope_head_dim) on every TP rank."""
+    att = raw["attention"]
+    stage_layers = -(-att["num_layers"] // pp)
+    if "kv_lora_rank" in att:
+        return stage_layers * (att["kv_lora_rank"] + att["qk_rope_head_dim"]) * 2
+    return stage_layers * 2 * max(1, att["num_kv_heads"] // tp) * att["head_dim"] * 2
+
+
 @pytest.mark.parametrize("nnodes", [1, 2, 4])
 @pytest.mark.parametrize("hw", list(HARDWARE))
 @pytest.mark.parametrize("name", CATALOG.names())
 def test_invariants_for_every_preset(name: str, hw: str, nnodes: int):
     spec = preset(name)
+    raw = RAW[name]
     count, total = HARDWARE[hw]
     try:
         plan = plan_launch(spec, node(count, total), group(nnodes))
     except DoesNotFitError as exc:
         text = str(exc)
+        if raw.get("min_gpu_memory_gib", 0) > total:
+            assert "min_gpu_memory_gib" in text and raw["min_gpu_memory_reason"] in text
+            return
         assert re.search(r"needs [\d.]+ GiB of weights", text) or "GiB of weights" in text
         assert "offers" in text and "Fix:" in text
         return
     except InputError as exc:
-        assert nnodes > 1 and not spec.multi_node, str(exc)
+        assert nnodes > 1 and not raw.get("multi_node", False), str(exc)
         return
+    assert total >= raw.get("min_gpu_memory_gib", 0)
     att = spec.attention
     tp, pp, dp = plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.data_parallel_size
     assert tp_rule_violation(spec, tp) is None
-    if att.num_attention_heads:
-        assert att.num_attention_heads % tp == 0
-    if not spec.tensor_parallel_allowed:
+    assert raw["attention"]["num_attention_heads"] % tp == 0
+    kv_heads = raw["attention"].get("num_kv_heads")
+    assert kv_heads is None or kv_heads % tp == 0 or tp % kv_heads == 0
+    if not raw.get("tensor_parallel", True):
         assert tp == 1
     assert tp * pp * dp <= count * nnodes
     if nnodes > 1:
         assert tp * pp == count * nnodes and dp == 1
     assert pp <= att.num_layers
     mem = plan.memory
-    assert mem.weights + mem.overhead + mem.kv_cache == mem.usable
+    # Each part of the budget recomputed from the YAML figures and the layout, not read back.
+    assert mem.total == int(total * GiB)
+    assert mem.usable == pytest.approx(mem.total * plan.gpu_memory_utilization, abs=1)
+    layers = raw["attention"]["num_layers"]
+    weights = raw["weights_gib"] * GiB * 1.02  # KAITO: runtime copy ~2 % over the files
+    even_share = weights / (tp * pp)
+    assert even_share - 2 <= mem.weights <= weights * math.ceil(layers / pp) / layers / tp + 2
+    if layers % pp == 0:
+        assert mem.weights == pytest.approx(even_share, abs=2)
+    assert mem.overhead == pytest.approx(2.3 * GiB + 0.05 * mem.weights, abs=2)
+    kv_per_gpu = expected_kv_per_gpu(raw, tp, pp)
+    assert mem.kv_bytes_per_token == kv_per_gpu
+    kv_budget = mem.usable - mem.weights - mem.overhead
+    assert mem.kv_cache == kv_budget
+    assert plan.kv_cache_tokens == kv_budget // kv_per_gpu
     assert mem.usable <= mem.total * memory.UTILIZATION_CAP + 1
     assert mem.kv_cache >= min(MIN_CONTEXT, spec.max_context) * mem.kv_bytes_per_token
     assert 0 < plan.gpu_memory_utilization <= 0.95
@@ -457,9 +540,6 @@ def test_planning_is_fast():
 # ------------------------------------------------------------------------------------------------
 # Real SKUs from the shipped GPU table
 # ------------------------------------------------------------------------------------------------
-
-skus = pytest.importorskip("kaito_runtime.skus")
-
 
 def test_llama70b_on_real_azure_skus():
     spec = preset("llama-3.3-70b-instruct")

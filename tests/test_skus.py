@@ -8,13 +8,11 @@ import pytest
 import yaml
 
 from kaito_runtime.errors import CatalogError, InputError, UnknownSkuError
-from kaito_runtime.inventory import describe_inventory
+from kaito_runtime.render import describe_inventory
 from kaito_runtime.skus import (
     find_gpu_model,
     inventory_for_assumed_gpus,
     inventory_for_sku,
-    list_gpu_models,
-    list_skus,
     load_sku_table,
     parse_assumed_gpus,
 )
@@ -60,15 +58,15 @@ REFERENCE_ROWS = {
 
 def test_table_loads_and_is_complete() -> None:
     table = load_sku_table()
-    names = set(list_skus())
+    names = {m.name for m in table.machines}
     assert set(REFERENCE_ROWS) <= names
     for name, (key, count) in REFERENCE_ROWS.items():
         inv = inventory_for_sku(name)
         assert inv.gpu_count == count, name
         assert inv.gpus[0].name == table.gpu_model(key).nvml_name, name
-    assert {"A10", "A10G", "L4", "A100-40GB", "A100-80GB", "H100-80GB", "H100-NVL", "H200"} <= set(
-        list_gpu_models()
-    )
+    assert {"A10", "A10G", "L4", "A100-40GB", "A100-80GB", "H100-80GB", "H100-NVL", "H200"} <= {
+        g.key for g in table.gpus
+    }
 
 
 @pytest.mark.parametrize(
@@ -145,6 +143,15 @@ def test_unknown_sku_without_close_names_still_explains() -> None:
     with pytest.raises(UnknownSkuError) as err:
         inventory_for_sku("zzzz")
     assert "--assume-gpus" in err.value.message
+    assert err.value.why == f"It is none of the {len(load_sku_table().machines)} machine SKUs in the GPU SKU table"
+
+
+def test_planned_inventories_list_their_nvlink_pairs() -> None:
+    assert inventory_for_sku("Standard_NC80adis_H100_v5").nvlink_pairs == ((0, 1),)
+    assert len(inventory_for_sku("Standard_ND96isr_H100_v5").nvlink_pairs) == 28  # 8 choose 2
+    assert inventory_for_sku("Standard_NC96ads_A100_v4").nvlink_pairs == ()
+    assert inventory_for_assumed_gpus("4xH100-80GB").nvlink_pairs == ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+    assert inventory_for_assumed_gpus("1xH100-80GB").nvlink_pairs == ()
 
 
 # --- --assume-gpus ------------------------------------------------------------------------------
@@ -204,8 +211,9 @@ def test_assume_gpus_unknown_model_suggests() -> None:
 
 def test_describe_sku_inventory() -> None:
     lines = describe_inventory(inventory_for_sku("Standard_NC80adis_H100_v5"))
-    assert lines[0] == "GPUs: 2 (assumed from SKU Standard_NC80adis_H100_v5, NVLink between all GPUs)"
+    assert lines[0] == "GPUs: 2 (assumed from SKU Standard_NC80adis_H100_v5)"
     assert lines[1].startswith("GPU 0: NVIDIA H100 NVL, 93.6 GiB total, 93.6 GiB free, CC 9.0")
+    assert lines[3] == "NVLink: all GPU pairs"
 
 
 # --- validation of the file -----------------------------------------------------------------------

@@ -180,6 +180,26 @@ def test_readiness_without_the_probe_request_accepts_health_and_models_only() ->
         proc.wait()
 
 
+def test_readiness_accepts_any_of_several_served_names() -> None:
+    port = free_port()
+    proc = subprocess.Popen(fake_argv(port, "--served-model-name", "foo", "bar"), stdout=subprocess.DEVNULL)
+    try:
+        # the completion must go to a listed name: the fake answers 404 for any other model
+        several = ReadinessCheck("127.0.0.1", port, ("tiny", "bar"))
+        single = ReadinessCheck("127.0.0.1", port, "foo")
+        unlisted = ReadinessCheck("127.0.0.1", port, ("tiny", "other"))
+        deadline = time.monotonic() + 10
+        while several.stage() != "ready" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert several.served_names == ("tiny", "bar")
+        assert several.stage() == "ready"
+        assert single.served_names == ("foo",) and single.stage() == "ready"
+        assert unlisted.stage() == "models"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 # --- exits and failures -------------------------------------------------------------------------
 
 
@@ -289,3 +309,24 @@ def test_orphaned_grandchild_is_swept_and_no_process_of_the_group_survives(tmp_p
     assert_gone(grandchild)
     assert_gone(child)
     assert group_members(child) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_child_stops_when_the_launcher_itself_is_sigkilled() -> None:
+    """kill -9 / the OOM killer on kaito-run: no cleanup code runs, the kernel must stop vLLM."""
+    driver = Driver(free_port(), grace=1.0)
+    driver.wait_for("READY")
+    child = driver.child_pid()
+    driver.proc.kill()
+    driver.proc.wait(timeout=5)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(child).status() == psutil.STATUS_ZOMBIE:
+                break  # exited; only waiting for its new parent to reap it
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError(f"vLLM stand-in {child} outlived its SIGKILLed launcher")

@@ -7,14 +7,13 @@ from typing import Any
 import pytest
 
 from kaito_runtime.errors import TopologyError
-from kaito_runtime.topology import describe_topology, resolve_topology
+from kaito_runtime.topology import PLANNING_LEADER, resolve_topology
 from kaito_runtime.values import Topology
 
 
 def test_nothing_set_is_a_single_node() -> None:
     topo = resolve_topology({})
     assert topo == Topology(nnodes=1, node_rank=0, leader_address=None, master_port=29501, source="default")
-    assert describe_topology(topo) == ["Topology: single node (no multi-node settings found)"]
 
 
 def test_hostname_ordinal_alone_does_not_make_a_group() -> None:
@@ -223,10 +222,49 @@ def test_is_pure_and_ignores_os_environ(monkeypatch: pytest.MonkeyPatch) -> None
     assert resolve_topology({}) == Topology()
 
 
-def test_describe_multi_node() -> None:
-    env = {"LWS_LEADER_ADDRESS": "l-0.l", "LWS_GROUP_SIZE": "2", "LWS_WORKER_INDEX": "1"}
-    assert describe_topology(resolve_topology(env)) == [
-        "Topology: node rank 1 of 2 nodes (worker), leader l-0.l:29501 (from the LeaderWorkerSet environment)"
-    ]
-    leader = resolve_topology({}, nnodes=2, node_rank=0, leader_address="10.0.0.1")
-    assert "(leader)" in describe_topology(leader)[0]
+# --- planning without a real group (dry runs, --sku, --assume-gpus) -------------------------------
+
+
+def test_planning_assumes_rank_and_leader_of_a_bare_node_count() -> None:
+    topo = resolve_topology({}, nnodes=2, planning_only=True)
+    assert (topo.nnodes, topo.node_rank, topo.leader_address) == (2, 0, PLANNING_LEADER)
+    assert topo.assumed == ("node_rank", "leader_address")
+    assert topo.source == "options" and topo.is_leader
+
+
+def test_without_planning_a_bare_node_count_still_fails() -> None:
+    with pytest.raises(TopologyError, match="nothing says which node this is"):
+        resolve_topology({}, nnodes=2)
+    with pytest.raises(TopologyError, match="no leader address is given"):
+        resolve_topology({}, nnodes=2, node_rank=0)
+
+
+def test_planning_assumes_only_what_is_missing() -> None:
+    leader_missing = resolve_topology({}, nnodes=2, node_rank=1, planning_only=True)
+    assert leader_missing.node_rank == 1 and leader_missing.assumed == ("leader_address",)
+    rank_missing = resolve_topology({"KAITO_LEADER_ADDRESS": "10.0.0.1"}, nnodes=4, planning_only=True)
+    assert rank_missing.leader_address == "10.0.0.1" and rank_missing.assumed == ("node_rank",)
+    # a StatefulSet hostname still names the rank and the leader: nothing assumed
+    sts = resolve_topology({"HOSTNAME": "ws-1"}, nnodes=2, planning_only=True)
+    assert (sts.node_rank, sts.leader_address, sts.assumed) == (1, "ws-0.ws-headless", ())
+
+
+def test_planning_assumes_nothing_for_a_single_node_or_a_full_group() -> None:
+    assert resolve_topology({}, planning_only=True) == Topology()
+    full = resolve_topology({}, nnodes=2, node_rank=1, leader_address="l", planning_only=True)
+    assert full.assumed == ()
+
+
+@pytest.mark.parametrize(
+    ("env", "kw", "words"),
+    [
+        ({}, {"nnodes": 2, "node_rank": 2}, "not below the node count"),
+        ({"KAITO_NODE_RANK": "x"}, {"nnodes": 2}, "not a whole number"),
+        ({"NNODES": "3"}, {"nnodes": 2}, "disagree"),
+        ({}, {"nnodes": 2, "leader_address": "http://x"}, "not a host name"),
+        ({}, {"nnodes": 2, "master_port": 70000}, "not a TCP port"),
+    ],
+)
+def test_planning_still_checks_given_values(env: dict[str, str], kw: dict[str, Any], words: str) -> None:
+    with pytest.raises(TopologyError, match=words):
+        resolve_topology(env, planning_only=True, **kw)

@@ -12,6 +12,7 @@ from kaito_runtime.values import GiB, AttentionGeometry, GpuInfo, HostInfo, Mode
 from kaito_runtime.vllm_command import (
     TOKEN_ENV_VARS,
     build_vllm_command,
+    cpu_bind_lists,
     format_command,
     normalise_flag,
     parse_human_int,
@@ -244,3 +245,129 @@ def test_format_command_is_a_runnable_shell_line():
     words = shlex.split(line)
     assert "HF_HUB_OFFLINE=1" in words
     assert "/models/my model" in words
+
+
+# ------------------------------------------------------------------------------------------------
+# Effective host / port / served names (what readiness must poll)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_effective_endpoint_is_the_plan_without_overrides():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", host="127.0.0.1", port=5000)
+    assert (launch.host, launch.port, launch.served_model_names) == ("127.0.0.1", 5000, ("tiny",))
+    assert launch.served_model_name == "tiny"
+
+
+def test_pass_through_port_host_and_names_are_the_effective_values():
+    launch = build_vllm_command(
+        cpu_plan(), model_path="/m",
+        extra_args=["--port=8001", "--host", "::1", "--served-model-name", "foo", "bar", "--max-num-seqs", "2"],
+    )
+    assert (launch.host, launch.port, launch.served_model_names) == ("::1", 8001, ("foo", "bar"))
+    assert launch.argv.count("--served-model-name") == 1 and "--port" not in launch.argv
+
+
+def test_config_file_port_and_name_list_are_the_effective_values():
+    # P/D decode pods move vLLM to 5001 through the KAITO config file (cluster-conventions.md)
+    launch = build_vllm_command(
+        cpu_plan(), model_path="/m", config_args={"port": 5001, "served_model_name": ["a", "b"]},
+    )
+    assert (launch.port, launch.served_model_names) == (5001, ("a", "b"))
+    # the pass-through wins over the config file
+    launch = build_vllm_command(cpu_plan(), model_path="/m", config_args={"port": 5001}, extra_args=["--port", "5002"])
+    assert launch.port == 5002 and launch.argv.count("--port") == 1
+
+
+def test_equals_form_name_takes_one_value_and_a_bad_port_warns():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["--served-model-name=one", "--port", "http"])
+    assert launch.served_model_names == ("one",)
+    assert launch.port == 5000  # unchanged, and said so
+    assert any("--port 'http' is not a number" in w for w in launch.warnings)
+
+
+def test_config_mapping_reaches_argv_as_json():
+    launch = build_vllm_command(
+        cpu_plan(), model_path="/m",
+        config_args={"compilation-config": {"level": 3, "sizes": [1, 2]}, "some-list": [1, True], "flag": True},
+    )
+    assert flag_value(launch.argv, "--compilation-config") == '{"level":3,"sizes":[1,2]}'
+    i = launch.argv.index("--some-list")
+    assert launch.argv[i + 1 : i + 3] == ("1", "true")
+    assert launch.argv[i + 3] == "--flag"
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU target with more than one rank (vllm-cpu.md "Parallel settings that worked")
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cpu_tp2_from_config_drops_single_process_settings_and_binds_per_rank():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", config_args={"tensor-parallel-size": 2}, cpu_ids=[0, 1])
+    assert "uni" not in launch.argv and "--distributed-executor-backend" not in launch.argv
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in launch.env
+    assert launch.env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+    assert flag_value(launch.argv, "--tensor-parallel-size") == "2"
+    assert "--enforce-eager" in launch.argv  # TP works eager
+    (warning,) = launch.warnings
+    assert "TP 2 x PP 1 = 2 ranks" in warning and "2 CPU cores" in warning
+    assert "--distributed-executor-backend uni" in warning and "VLLM_ENABLE_V1_MULTIPROCESSING=0" in warning
+
+
+def test_cpu_pp2_drops_the_planned_enforce_eager():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["-pp", "2"], cpu_ids=range(8))
+    assert "--enforce-eager" not in launch.argv
+    assert launch.env["VLLM_CPU_OMP_THREADS_BIND"] == "0-3|4-7"
+    assert any("--enforce-eager (PP on CPU needs compiled mode)" in w for w in launch.warnings)
+
+
+def test_cpu_pp2_with_the_users_enforce_eager_keeps_it_and_warns():
+    launch = build_vllm_command(
+        cpu_plan(), model_path="/m", extra_args=["--pipeline-parallel-size", "2", "--enforce-eager"], cpu_ids=[0, 1]
+    )
+    assert "--enforce-eager" in launch.argv
+    assert any("needs compiled mode" in w and "PP 2" in w for w in launch.warnings)
+
+
+def test_cpu_users_uni_backend_with_tp2_is_kept_and_warned_about():
+    launch = build_vllm_command(
+        cpu_plan(), model_path="/m", extra_args=["-tp", "2", "--distributed-executor-backend", "uni"], cpu_ids=[0, 1]
+    )
+    assert flag_value(launch.argv, "--distributed-executor-backend") == "uni"
+    assert any("cannot run TP 2 x PP 1" in w for w in launch.warnings)
+
+
+def test_cpu_multi_rank_keeps_an_exported_bind():
+    launch = build_vllm_command(
+        cpu_plan(), model_path="/m", extra_args=["-tp", "2"], base_env={"VLLM_CPU_OMP_THREADS_BIND": "2|3"}, cpu_ids=[0, 1]
+    )
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in launch.env  # inherited
+    assert any("keeping the exported VLLM_CPU_OMP_THREADS_BIND=2|3" in w for w in launch.warnings)
+
+
+def test_cpu_more_ranks_than_cores_share_them_with_a_warning():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["-tp", "2", "-pp", "2"], cpu_ids=[0, 1])
+    assert launch.env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1|0|1"
+    assert any("4 CPU ranks share 2 core(s)" in w for w in launch.warnings)
+
+
+def test_cpu_tp1_from_the_user_changes_nothing():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["-tp", "1"])
+    assert launch.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert launch.env["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
+    assert flag_value(launch.argv, "--distributed-executor-backend") == "uni"
+    assert launch.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("cpus", "ranks", "expected"),
+    [
+        ([0, 1], 2, "0|1"),
+        (range(8), 2, "0-3|4-7"),
+        ([0, 1, 2, 3, 4], 2, "0-2|3-4"),
+        ([0, 2, 4, 6], 2, "0,2|4,6"),
+        ([5, 3, 4], 1, "3-5"),
+        ([0], 2, "0|0"),
+    ],
+)
+def test_cpu_bind_lists(cpus, ranks, expected):
+    assert cpu_bind_lists(cpus, ranks) == expected

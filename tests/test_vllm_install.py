@@ -12,13 +12,16 @@ from types import SimpleNamespace
 import pytest
 
 from kaito_runtime import vllm_install
+from kaito_runtime.errors import VllmNotInstalledError
 from kaito_runtime.vllm_install import (
     MODULE_ENTRYPOINT,
     VllmInstall,
+    check_multinode_support,
     detect_vllm,
     release_tuple,
     supports_architecture,
     supports_max_model_len_auto,
+    supports_multinode_mp,
 )
 
 
@@ -62,7 +65,7 @@ def test_cpu_build_with_the_metadata_alias_uses_vllm_serve(fake_env) -> None:
     assert found.cpu_build
     assert found.version == "0.32.0+cpu"
     assert found.entrypoint == (str(bin_dir / "vllm"), "serve")
-    assert found.serve_argv("/m") == (str(bin_dir / "vllm"), "serve", "/m")
+    assert not found.model_as_flag
 
 
 def test_cpu_build_without_the_alias_uses_the_module_entry(fake_env) -> None:
@@ -72,7 +75,6 @@ def test_cpu_build_without_the_alias_uses_the_module_entry(fake_env) -> None:
     assert found.version == "0.32.0"
     assert found.entrypoint == (sys.executable, "-m", MODULE_ENTRYPOINT)
     assert found.model_as_flag
-    assert found.serve_argv("/m")[-2:] == ("--model", "/m")
 
 
 def test_official_build_without_console_script_uses_the_module_entry(fake_env) -> None:
@@ -109,6 +111,55 @@ def test_supports_architecture_reads_the_registry_text(tmp_path: Path) -> None:
     assert supports_architecture(_install(package_dir=None), "LlamaForCausalLM") is None
 
 
+_PARALLEL_WITH_NNODES = """\
+@config
+class ParallelConfig:
+    master_port: int = 29501
+    \"\"\"distributed master port for multi-node distributed inference.\"\"\"
+    nnodes: int = Field(default=1, ge=1)
+"""
+# Before multi-node mp: the word appears in prose only, never as a field.
+_PARALLEL_WITHOUT = """\
+@dataclass
+class ParallelConfig:
+    pipeline_parallel_size: int = 1
+    \"\"\"Number of pipeline parallel groups (set nnodes elsewhere: not a field).\"\"\"
+"""
+
+
+@pytest.mark.parametrize(
+    ("relative", "text", "expected"),
+    [
+        ("config/parallel.py", _PARALLEL_WITH_NNODES, True),
+        ("config/parallel.py", _PARALLEL_WITHOUT, False),
+        ("config.py", _PARALLEL_WITHOUT, False),  # before the config package split
+        ("config/parallel.py", "x = 1\n", None),  # not the file we expect
+    ],
+)
+def test_multinode_mp_is_detected_from_the_parallel_config_text(
+    tmp_path: Path, relative: str, text: str, expected: bool | None
+) -> None:
+    source = tmp_path / "vllm" / relative
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text(text)
+    assert supports_multinode_mp(_install(package_dir=str(tmp_path / "vllm"))) is expected
+
+
+def test_multinode_mp_unknown_without_sources(tmp_path: Path) -> None:
+    assert supports_multinode_mp(_install(package_dir=None)) is None
+    assert supports_multinode_mp(_install(package_dir=str(tmp_path / "missing"))) is None
+    check_multinode_support(_install(package_dir=None))  # unknown: let vLLM decide
+
+
+def test_old_vllm_is_refused_for_multi_node(tmp_path: Path) -> None:
+    (tmp_path / "vllm" / "config").mkdir(parents=True)
+    (tmp_path / "vllm" / "config" / "parallel.py").write_text(_PARALLEL_WITHOUT)
+    with pytest.raises(VllmNotInstalledError) as info:
+        check_multinode_support(_install("0.11.0", package_dir=str(tmp_path / "vllm")))
+    assert "vLLM 0.11.0" in str(info.value) and "--nnodes" in str(info.value)
+    assert info.value.exit_code == 20
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM not installed")
 def test_real_install_is_detected_without_importing_vllm() -> None:
     code = (
@@ -118,8 +169,12 @@ def test_real_install_is_detected_without_importing_vllm() -> None:
         "assert 'vllm' not in sys.modules and 'torch' not in sys.modules\n"
         "print(found.version, found.cpu_build, found.model_as_flag)\n"
         "print(supports_architecture(found, 'LlamaForCausalLM'), supports_architecture(found, 'NoSuchForCausalLM'))\n"
+        "from kaito_runtime.vllm_install import supports_multinode_mp\n"
+        "print(supports_multinode_mp(found))\n"
+        "assert 'vllm' not in sys.modules and 'torch' not in sys.modules\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    first, second = out.splitlines()
+    first, second, third = out.splitlines()
     assert second == "True False"
+    assert third == "True"  # vLLM 0.32 has multi-node mp (present since ~0.12)
     assert first.split()[0][0].isdigit()

@@ -1,15 +1,11 @@
-"""kaito_runtime.weights against the real huggingface_hub client and the hub emulator."""
+"""kaito_runtime.weights: ensure_weights against the real huggingface_hub client and the hub emulator."""
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,70 +25,12 @@ from kaito_runtime.errors import (
     WeightsCorruptError,
     WeightsError,
 )
-from kaito_runtime.hub import RemoteFile, fetch_model_metadata
 from kaito_runtime.secrets import Secret, resolve_token
-from kaito_runtime.values import AttentionGeometry, ModelSpec
-from kaito_runtime.weights import MARKER_NAME, ensure_weights, select_files
-from tests.conftest import BAD_TOKEN, BIG_FILE_BYTES, GRANTED_TOKEN, UNGRANTED_TOKEN
+from kaito_runtime.weights import MARKER_NAME, ensure_weights
+from tests.conftest import BAD_TOKEN, GRANTED_TOKEN, UNGRANTED_TOKEN
+from tests.support.weights_helpers import closed_port_url, sha256, spec
 
 pytestmark = pytest.mark.usefixtures("hub_env")
-
-
-def spec(repo_id: str | None = "org/tiny", *, revision: str | None = None, load_format: str = "hf", local_path: str | None = None) -> ModelSpec:
-    return ModelSpec(
-        name="test-model",
-        architecture="LlamaForCausalLM",
-        weights_bytes=1,
-        max_context=256,
-        attention=AttentionGeometry(num_layers=2, num_attention_heads=2, num_kv_heads=2, head_dim=8),
-        repo_id=repo_id,
-        revision=revision,
-        load_format=load_format,  # type: ignore[arg-type]
-        local_path=local_path,
-    )
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-# --- selection (pure) -------------------------------------------------------------------------
-
-REPO_FILES = [
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
-    "special_tokens_map.json", "chat_template.jinja", "preprocessor_config.json", "README.md", ".gitattributes",
-    "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
-    "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json",
-    "consolidated.safetensors", "params.json", "tekken.json",
-    "original/consolidated.00.pth", "original/model.safetensors", "metal/model.bin",
-]
-
-
-def test_select_hf_format_takes_top_level_hf_shards_only():
-    got = select_files(REPO_FILES, "hf")
-    assert "model-00001-of-00002.safetensors" in got and "model.safetensors.index.json" in got
-    assert "chat_template.jinja" in got and "tokenizer.model" in got and "preprocessor_config.json" in got
-    for skipped in ("consolidated.safetensors", "pytorch_model-00001-of-00002.bin", "original/model.safetensors",
-                    "metal/model.bin", "README.md", "params.json", "tekken.json"):
-        assert skipped not in got
-
-
-def test_select_mistral_format_takes_consolidated_and_not_hf_shards():
-    got = select_files(REPO_FILES, "mistral")
-    assert {"consolidated.safetensors", "params.json", "tekken.json", "tokenizer.json"} <= set(got)
-    assert not any(p.startswith("model-") or p == "model.safetensors.index.json" for p in got)
-
-
-def test_select_falls_back_to_bin_only_without_safetensors():
-    files = ["config.json", "pytorch_model.bin", "original/model.safetensors"]
-    assert select_files(files, "hf") == ["config.json", "pytorch_model.bin"]
 
 
 # --- download, reuse, pinning -----------------------------------------------------------------
@@ -136,19 +74,6 @@ def test_mistral_format_downloads_consolidated_only(hub, tmp_path):
     assert {"consolidated.safetensors", "params.json", "tekken.json"} <= names
     assert "model-00001-of-00002.safetensors" not in names
     assert hub.count(method="GET", path_contains="model-0000") == 0
-
-
-def test_fetch_model_metadata(hub):
-    remote = fetch_model_metadata("org/gated", None, token=Secret(GRANTED_TOKEN), endpoint=hub.url)
-    assert remote.revision == hub.commit_of("org/gated") and remote.gated is True
-    assert remote.config["architectures"] == ["LlamaForCausalLM"]
-    assert ("model.safetensors", 60_000) in remote.file_sizes
-    with pytest.raises(GatedRepoNoTokenError):  # config.json of a gated repo needs the token too
-        fetch_model_metadata("org/gated", None, token=None, endpoint=hub.url)
-
-    tiny = fetch_model_metadata("org/tiny", "main", token=None, endpoint=hub.url)
-    assert tiny.gated is False and tiny.config["num_hidden_layers"] == 2
-    assert ("original/model.safetensors", 30_000) in tiny.file_sizes
 
 
 # --- tokens and errors ------------------------------------------------------------------------
@@ -240,166 +165,7 @@ def test_disk_check_happens_before_any_download(hub, tmp_path, monkeypatch):
     assert hub.body_gets() == 0
 
 
-# --- resume, corruption, kill -----------------------------------------------------------------
-
-
-def test_dropped_connection_resumes_with_a_range_request(hub, tmp_path):
-    hub.drop_connection("org/big", "model.safetensors", after_bytes=11 * 1024 * 1024, times=1)
-    result = ensure_weights(spec("org/big"), weights_dir=tmp_path, token=None, endpoint=hub.url)
-    assert any(start > 0 for start in hub.range_starts("model.safetensors"))
-    assert sha256(result.path / "model.safetensors") == hub.file_entry("org/big", "model.safetensors").sha256
-
-
-def test_corrupted_shard_is_refetched_once(hub, tmp_path):
-    hub.corrupt("org/tiny", "model.safetensors", times=1)
-    result = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url)
-    assert hub.count(method="GET", path_contains="model.safetensors") == 2
-    assert sha256(result.path / "model.safetensors") == hub.file_entry("org/tiny", "model.safetensors").sha256
-
-
-def test_persistently_corrupted_shard_fails_and_leaves_no_marker(hub, tmp_path):
-    hub.corrupt("org/tiny", "model.safetensors")
-    with pytest.raises(WeightsCorruptError) as info:
-        ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url)
-    assert info.value.exit_code == 18 and "model.safetensors" in str(info.value)
-    folder = tmp_path / "org--tiny" / hub.commit_of("org/tiny")
-    assert not (folder / MARKER_NAME).exists() and not (folder / "model.safetensors").exists()
-
-
-def test_verify_option_rehashes_and_repairs_a_tampered_copy(hub, tmp_path):
-    first = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url)
-    shard = first.path / "model.safetensors"
-    data = bytearray(shard.read_bytes())
-    data[100] ^= 0xFF
-    shard.write_bytes(bytes(data))
-    assert ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url).reused  # size-only by default
-    fixed = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, verify=True)
-    assert not fixed.reused
-    assert sha256(shard) == hub.file_entry("org/tiny", "model.safetensors").sha256
-
-
-RESUME_FILE_BYTES = 24 * 1024 * 1024  # the client writes to disk every 10 MiB: partials of 10 and 20 MiB
-
-
-@pytest.fixture
-def resume_hub(tmp_path_factory):
-    """An emulator serving ``org/resume``: a config and one 24 MiB LFS shard."""
-    from tests.support.hub_emulator import HubEmulator
-
-    root = tmp_path_factory.mktemp("resume-repos")
-    repo = root / "org" / "resume"
-    repo.mkdir(parents=True)
-    (repo / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    (repo / "model.safetensors").write_bytes(__import__("random").Random(7).randbytes(RESUME_FILE_BYTES))
-    with HubEmulator(root, lfs_threshold=1024) as emulator:
-        yield emulator
-
-
-def remote_file(hub, repo_id: str, path: str) -> RemoteFile:
-    e = hub.file_entry(repo_id, path)
-    return RemoteFile(e.path, e.size, e.blob_sha1, e.sha256)
-
-
-def test_killed_download_process_resumes_from_its_partial_file(resume_hub, tmp_path):
-    hub = resume_hub
-    hub.rate_limit_bps = 8 * 1024 * 1024  # the 24 MiB shard takes ~3 s; its first 10 MiB land at ~1.3 s
-    code = (
-        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]);"
-        "from tests.test_weights import spec; from kaito_runtime.weights import ensure_weights;"
-        "ensure_weights(spec('org/resume'), weights_dir=Path(sys.argv[1]), token=None, endpoint=sys.argv[2])"
-    )
-    env = {**os.environ, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), hub.url, str(Path(__file__).parent.parent)], env=env)
-    folder = tmp_path / "org--resume" / hub.commit_of("org/resume")
-    shard = remote_file(hub, "org/resume", "model.safetensors")
-    part = weights.partial_path(folder, shard)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not (part.exists() and part.stat().st_size > 0):
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL
-    assert not (folder / MARKER_NAME).exists() and not (folder / "model.safetensors").exists()
-    kept = part.stat().st_size
-    assert 0 < kept < RESUME_FILE_BYTES  # the killed run's bytes survive it
-
-    hub.rate_limit_bps = None
-    hub.clear_records()
-    result = ensure_weights(spec("org/resume"), weights_dir=tmp_path, token=None, endpoint=hub.url)
-    assert hub.range_starts("model.safetensors") == [kept]  # only the missing bytes were asked for
-    assert hub.count(method="GET", path_contains="model.safetensors") == 1
-    assert sha256(result.path / "model.safetensors") == shard.sha256
-    assert (folder / MARKER_NAME).exists() and not part.exists()
-    assert result.downloaded_bytes <= RESUME_FILE_BYTES - kept + 1024
-
-
-def test_valid_partial_file_is_resumed_and_counted_as_on_disk(hub, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="kaito_runtime.weights")
-    folder = tmp_path / "org--tiny" / hub.commit_of("org/tiny")
-    shard = remote_file(hub, "org/tiny", "model.safetensors")
-    part = weights.partial_path(folder, shard)
-    part.parent.mkdir(parents=True)
-    part.write_bytes((hub.root / "org" / "tiny" / "model.safetensors").read_bytes()[:150_000])
-    hub.rate_limit_bps = 200_000
-    result = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="log", progress_interval_s=0.05)
-    assert hub.range_starts("model.safetensors") == [150_000]
-    assert sha256(result.path / "model.safetensors") == shard.sha256
-    messages = [r.getMessage() for r in caplog.records]
-    assert any("146.5 KiB already on disk" in m for m in messages)
-    progress = [m for m in messages if "ETA" in m]
-    assert progress
-    for line in progress:  # "weights: 150.2 KiB / 195.5 KiB (77%), ...": never below the partial
-        amount, unit = line.split()[1:3]
-        assert unit == "KiB" and float(amount) >= 146.5, line
-
-
-def test_server_ignoring_range_restarts_the_file_cleanly(hub, tmp_path):
-    hub.ignore_range = True  # answers the ranged GET with 200 and the whole body
-    folder = tmp_path / "org--tiny" / hub.commit_of("org/tiny")
-    shard = remote_file(hub, "org/tiny", "model.safetensors")
-    part = weights.partial_path(folder, shard)
-    part.parent.mkdir(parents=True)
-    part.write_bytes((hub.root / "org" / "tiny" / "model.safetensors").read_bytes()[:150_000])
-    result = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url)
-    assert hub.range_starts("model.safetensors") == [150_000]
-    assert hub.count(method="GET", path_contains="model.safetensors") == 1  # no second fetch: hash matched
-    assert sha256(result.path / "model.safetensors") == shard.sha256
-
-
-@pytest.mark.parametrize(
-    ("garbage_bytes", "ranges", "gets"),
-    [
-        (100_000, [100_000], 2),  # resumed, hash mismatch, refetched from zero
-        (200_000, [], 1),  # full size already: no request, hash mismatch, refetched
-        (250_000, [], 1),  # larger than the file: discarded before any request
-    ],
-)
-def test_garbage_partial_file_is_detected_and_refetched(hub, tmp_path, caplog, garbage_bytes, ranges, gets):
-    caplog.set_level(logging.WARNING, logger="kaito_runtime.weights")
-    folder = tmp_path / "org--tiny" / hub.commit_of("org/tiny")
-    shard = remote_file(hub, "org/tiny", "model.safetensors")
-    part = weights.partial_path(folder, shard)
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"\x5a" * garbage_bytes)
-    result = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url)
-    assert hub.range_starts("model.safetensors") == ranges
-    assert hub.count(method="GET", path_contains="model.safetensors") == gets
-    assert sha256(result.path / "model.safetensors") == shard.sha256
-    assert not part.exists() and (folder / MARKER_NAME).exists()
-    assert any("model.safetensors" in r.getMessage() for r in caplog.records)
-
-
-def test_file_over_the_http_limit_needs_xet(hub, tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "MAX_HTTP_DOWNLOAD_SIZE", 100_000)  # the 200 kB shard is "too large"
-    with pytest.raises(WeightsError, match="too large for a plain HTTP download") as info:
-        ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url)
-    assert "hf_xet" in str(info.value)
-    assert not (tmp_path / "org--tiny" / hub.commit_of("org/tiny") / MARKER_NAME).exists()
-
-
-# --- offline, local folder, concurrency, progress ---------------------------------------------
+# --- offline, local folder, concurrency -------------------------------------------------------
 
 
 def test_offline_uses_a_complete_copy_without_network(hub, tmp_path, monkeypatch):
@@ -450,14 +216,6 @@ def test_concurrent_launchers_download_once(hub, tmp_path, caplog):
     assert any("waiting for it" in r.getMessage() for r in caplog.records)
 
 
-def test_progress_lines_in_log_mode(hub, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="kaito_runtime.weights")
-    hub.rate_limit_bps = 500_000
-    ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="log", progress_interval_s=0.1)
-    lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
-    assert lines and all(" / 195.5 KiB" in line for line in lines)
-
-
 def test_planned_path_and_offline_metadata_from_a_complete_copy(hub, tmp_path):
     commit = hub.commit_of("org/tiny")
     assert weights.planned_path(spec(revision=commit), tmp_path) == tmp_path / "org--tiny" / commit
@@ -474,3 +232,144 @@ def test_planned_path_and_offline_metadata_from_a_complete_copy(hub, tmp_path):
     assert hub.records == []
     with pytest.raises(HubUnreachableError):
         weights.fetch_model_metadata("org/sharded", None, token=None, offline=True, weights_dir=tmp_path)
+
+
+# --- verify: re-hash a complete copy ----------------------------------------------------------
+
+
+def _flip_byte_in_place(path: Path, offset: int) -> None:
+    """Corrupt one byte without changing the size or rewriting the file."""
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_warm_start_is_size_only_and_verify_repairs_same_size_corruption(hub, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="kaito_runtime.weights")
+    first = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none")
+    shard, config = first.path / "model.safetensors", first.path / "config.json"
+    good_config = config.read_bytes()
+    _flip_byte_in_place(shard, 100_000)  # an LFS file: sha256
+    _flip_byte_in_place(config, 5)  # a small file: git blob sha1
+
+    hub.clear_records()
+    warm = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none")
+    assert warm.reused and hub.body_gets() == 0  # documented: a warm start checks sizes only
+    assert sha256(shard) != hub.file_entry("org/tiny", "model.safetensors").sha256
+
+    fixed = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none", verify=True)
+    assert not fixed.reused and fixed.path == first.path
+    assert sha256(shard) == hub.file_entry("org/tiny", "model.safetensors").sha256
+    assert config.read_bytes() == good_config
+    # Only the two bad files were fetched again.
+    assert hub.body_gets() == 2
+    assert hub.count(method="GET", path_contains="model.safetensors") == 1
+    assert hub.count(method="GET", path_contains="config.json") == 1
+    assert any("fail verification" in r.getMessage() and "config.json" in r.getMessage() for r in caplog.records)
+
+    hub.clear_records()
+    again = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none", verify=True)
+    assert again.reused and hub.body_gets() == 0
+
+
+def test_verify_rehashes_files_left_in_place_by_a_run_killed_before_its_marker(hub, tmp_path):
+    first = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none")
+    (first.path / MARKER_NAME).unlink()
+    _flip_byte_in_place(first.path / "model.safetensors", 7)
+    hub.clear_records()
+    ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none", verify=True)
+    assert hub.count(method="GET", path_contains="model.safetensors") == 1
+    assert hub.count(method="GET", path_contains="tokenizer.json") == 0  # good files stay
+    assert sha256(first.path / "model.safetensors") == hub.file_entry("org/tiny", "model.safetensors").sha256
+
+
+def test_verify_offline_reports_a_bad_copy_it_cannot_repair(hub, tmp_path):
+    first = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none")
+    assert ensure_weights(spec(), weights_dir=tmp_path, token=None, offline=True, verify=True).reused
+    _flip_byte_in_place(first.path / "model.safetensors", 0)
+    with pytest.raises(WeightsCorruptError) as info:
+        ensure_weights(spec(), weights_dir=tmp_path, token=None, offline=True, verify=True)
+    assert info.value.exit_code == 18 and "model.safetensors" in str(info.value) and "online" in str(info.value)
+    assert (first.path / MARKER_NAME).exists()  # nothing removed: the copy stays usable as it was
+
+
+# --- file-system failures: one line naming the path and the fix --------------------------------
+
+
+def test_weights_dir_below_a_file(hub, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(WeightsError) as info:
+        ensure_weights(spec(), weights_dir=blocker / "sub", token=None, endpoint=hub.url, progress="none")
+    msg = str(info.value)
+    assert type(info.value) is WeightsError and info.value.exit_code == 10
+    assert str(blocker) in msg and "is a file" in msg and "--weights-dir" in msg and "KAITO_WEIGHTS_DIR" in msg
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_unwritable_weights_dir(hub, tmp_path):
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(WeightsError) as info:
+            ensure_weights(spec(), weights_dir=locked, token=None, endpoint=hub.url, progress="none")
+    finally:
+        locked.chmod(0o755)
+    msg = str(info.value)
+    assert "Permission denied" in msg and str(locked) in msg and "--weights-dir" in msg
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "words"),
+    [
+        (errno.EROFS, WeightsError, ("read-only volume", "--offline", "--weights-dir")),
+        (errno.EACCES, WeightsError, ("Permission denied", "uid", "fsGroup")),
+        (errno.ENOSPC, InsufficientDiskError, ("filled up", "resumes")),
+        (errno.ENOTDIR, WeightsError, ("is a file", "--weights-dir")),
+        (errno.EIO, WeightsError, ("Cannot use the weights folder", "Input/output error")),
+    ],
+)
+def test_os_errors_become_weights_errors(hub, tmp_path, monkeypatch, code, error, words):
+    target = tmp_path / "w" / "org--tiny"
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(target))
+
+    monkeypatch.setattr(weights, "bytes_on_disk", fail)  # any file-system call inside the step
+    with pytest.raises(WeightsError) as info:
+        ensure_weights(spec(), weights_dir=tmp_path / "w", token=None, endpoint=hub.url, progress="none")
+    assert type(info.value) is error
+    msg = str(info.value)
+    assert str(target) in msg
+    for word in words:
+        assert word in msg, (word, msg)
+
+
+def test_read_only_volume_with_a_complete_copy_still_serves_it(hub, tmp_path, monkeypatch, caplog):
+    ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "org--tiny" / "refs"))
+
+    monkeypatch.setattr(weights, "write_ref", read_only)
+    caplog.set_level(logging.WARNING, logger="kaito_runtime.weights")
+    assert ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none").reused
+    meta = weights.fetch_model_metadata("org/tiny", None, token=None, endpoint=hub.url, weights_dir=tmp_path)
+    assert meta.commit == hub.commit_of("org/tiny")
+    assert any("cannot record" in r.getMessage() for r in caplog.records)
+
+
+def test_importing_the_weights_step_loads_no_client():
+    """Client imports stay lazy: start-up stays fast, and any client version imports cleanly."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kaito_runtime.weights, kaito_runtime.hub; "
+        "print(sorted(m for m in ('huggingface_hub', 'filelock', 'httpx', 'httpx2') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

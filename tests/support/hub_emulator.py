@@ -16,8 +16,10 @@ Auth rule (consistent with the real Hub as far as it is documented):
 * metadata (model info, tree) of a gated repo is public, as on the real Hub.
 
 Fault injection, for tests: drop the connection after N bytes of a file body (the first K
-times), serve corrupted bytes of the same length, cap the bytes per second of bodies, ignore
-Range headers (200 with the whole body, as some proxies do). Every
+times), stall a body after N bytes (the connection stays open and silent), serve corrupted bytes
+of the same length, cap the bytes per second of bodies, ignore Range headers (200 with the whole
+body, as some proxies do), answer the API calls with a fixed status and body (an odd status,
+malformed JSON). Every
 request is recorded (method, kind, path, range start, status) so tests can count them.
 
 Run it standalone: ``python -m tests.support.hub_emulator --root DIR --port P --gated ORG/NAME
@@ -141,6 +143,9 @@ class HubEmulator:
         self._repos: dict[str, RepoState] = {}
         self._drops: dict[str, _Drop] = {}
         self._corrupt: dict[str, int | None] = {}  # "repo/path" -> times left (None = always)
+        self._stalls: dict[str, int] = {}  # "repo/path" -> bytes sent before going silent
+        self._stopping = threading.Event()
+        self.api_answer: tuple[int, bytes] | None = None  # (status, body) for every /api/ call
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -157,6 +162,11 @@ class HubEmulator:
     def drop_connection(self, repo_id: str, path: str, *, after_bytes: int, times: int = 1) -> None:
         with self._lock:
             self._drops[f"{repo_id}/{path}"] = _Drop(after_bytes, times)
+
+    def stall(self, repo_id: str, path: str, *, after_bytes: int) -> None:
+        """Every body of this file stops after ``after_bytes``; the connection stays open, silent."""
+        with self._lock:
+            self._stalls[f"{repo_id}/{path}"] = after_bytes
 
     def corrupt(self, repo_id: str, path: str, *, times: int | None = None) -> None:
         with self._lock:
@@ -214,6 +224,7 @@ class HubEmulator:
         return f"http://{host}:{port}"
 
     def start(self) -> HubEmulator:
+        self._stopping.clear()
         handler = type("BoundHandler", (_Handler,), {"emulator": self})
         self._server = ThreadingHTTPServer((self.host, self.port), handler)
         self._server.daemon_threads = True
@@ -222,6 +233,7 @@ class HubEmulator:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # releases stalled bodies
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -343,6 +355,9 @@ class _Handler(BaseHTTPRequestHandler):
                 op, rest = m["op"], m["rest"]
                 kind = {None: "model_info", "revision": "model_info", "tree": "tree", "paths-info": "paths_info"}[op]
                 self._pending.update(kind=kind)
+                if self.emulator.api_answer is not None:
+                    self._send_raw(*self.emulator.api_answer)
+                    return
                 repo = self._require_repo(m["repo"])
                 if op is None:
                     self._model_info(repo, "main", query)
@@ -390,6 +405,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, obj: Any, status: int = 200) -> int:
         body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return status
+
+    def _send_raw(self, status: int, body: bytes) -> int:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -517,10 +540,15 @@ class _Handler(BaseHTTPRequestHandler):
         key = f"{repo_id}/{path}"
         drop_after = self.emulator._take_drop(key)
         corrupt = self.emulator._take_corrupt(key)
-        self._stream(repo.folder / path, start, length, drop_after, corrupt)
+        with self.emulator._lock:
+            stall_at = self.emulator._stalls.get(key)
+        stall_after = None if stall_at is None else max(stall_at - start, 0)
+        self._stream(repo.folder / path, start, length, drop_after, corrupt, stall_after)
         return status
 
-    def _stream(self, file: Path, start: int, length: int, drop_after: int | None, corrupt: bool) -> None:
+    def _stream(
+        self, file: Path, start: int, length: int, drop_after: int | None, corrupt: bool, stall_after: int | None = None
+    ) -> None:
         sent = 0
         began = time.monotonic()
         rate = self.emulator.rate_limit_bps
@@ -530,6 +558,13 @@ class _Handler(BaseHTTPRequestHandler):
             f.seek(start)
             while sent < length:
                 want = min(piece, length - sent)
+                if stall_after is not None:
+                    want = min(want, stall_after - sent)
+                    if want <= 0:
+                        self.wfile.flush()
+                        self.emulator._stopping.wait(120)  # silent, connection open
+                        self._abort()
+                        return
                 if drop_after is not None:
                     want = min(want, drop_after - sent)
                     if want <= 0:

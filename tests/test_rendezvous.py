@@ -1,0 +1,272 @@
+"""Multi-node check-in: leader resolution with retries, this node's IP, waiting for the leader's port.
+
+Only loopback addresses (127.0.0.1, localhost) are used; DNS failures come from a fake resolver.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from kaito_runtime import rendezvous
+from kaito_runtime.errors import TopologyError
+from kaito_runtime.rendezvous import (
+    RendezvousInfo,
+    local_ip_towards,
+    prepare_rendezvous,
+    resolve_leader,
+    wait_for_port,
+    with_master_ip,
+)
+from kaito_runtime.values import AttentionGeometry, LaunchPlan, ModelSpec, Topology
+
+log = logging.getLogger("test_rendezvous")
+
+
+class FlakyDns:
+    """Fails ``misses`` times with a gaierror, then answers ``ips``."""
+
+    def __init__(self, misses: int, ips: tuple[str, ...] = ("127.0.0.1",)) -> None:
+        self.misses = misses
+        self.ips = ips
+        self.calls: list[str] = []
+
+    def __call__(self, host: str) -> list[str]:
+        self.calls.append(host)
+        if len(self.calls) <= self.misses:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return list(self.ips)
+
+
+def never_called(host: str) -> list[str]:
+    raise AssertionError(f"DNS was asked for {host}")
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that accepts connections."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def group(rank: int, leader: str = "localhost", port: int = 29501) -> Topology:
+    return Topology(nnodes=2, node_rank=rank, leader_address=leader, master_port=port)
+
+
+# ------------------------------------------------------------------------------------------------
+# resolve_leader
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1"])
+def test_an_ip_passes_through_without_dns(ip: str) -> None:
+    assert resolve_leader(ip, timeout_s=0, log=log, resolver=never_called) == ip
+
+
+def test_localhost_resolves_to_ipv4_loopback() -> None:
+    assert resolve_leader("localhost", timeout_s=5, log=log) == "127.0.0.1"
+
+
+def test_a_late_dns_record_is_waited_for(caplog: pytest.LogCaptureFixture) -> None:
+    dns = FlakyDns(misses=2)
+    with caplog.at_level(logging.INFO, logger=log.name):
+        assert resolve_leader("myws-0.myws-headless", timeout_s=5, interval_s=0.01, log=log, resolver=dns) == "127.0.0.1"
+    assert len(dns.calls) == 3
+    assert "waiting for leader myws-0.myws-headless to resolve" in caplog.text
+    assert "resolved to 127.0.0.1 after" in caplog.text
+
+
+def test_dns_timeout_names_address_seconds_and_fix() -> None:
+    dns = FlakyDns(misses=10**6)
+    started = time.monotonic()
+    with pytest.raises(TopologyError) as info:
+        resolve_leader("myws-0.myws-headless", timeout_s=0.2, interval_s=0.05, log=log, resolver=dns)
+    assert time.monotonic() - started < 2
+    text = str(info.value)
+    assert "'myws-0.myws-headless' did not resolve" in text and "within 0 s" in text
+    assert "Name or service not known" in text
+    assert "publishNotReadyAddresses" in text and "--leader-address" in text
+    assert info.value.exit_code == 2
+    assert len(dns.calls) >= 2
+
+
+def test_placeholder_address_is_refused_at_once() -> None:
+    with pytest.raises(TopologyError, match="not a host name"):
+        resolve_leader("<leader>", timeout_s=60, log=log, resolver=never_called)
+
+
+# ------------------------------------------------------------------------------------------------
+# local_ip_towards
+# ------------------------------------------------------------------------------------------------
+
+
+def test_local_ip_towards_loopback() -> None:
+    assert local_ip_towards("127.0.0.1") == "127.0.0.1"
+
+
+def test_no_route_is_an_explained_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoRoute:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def __enter__(self) -> NoRoute:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def connect(self, addr: object) -> None:
+            raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(rendezvous.socket, "socket", NoRoute)
+    with pytest.raises(TopologyError) as info:
+        local_ip_towards("127.0.0.1")
+    assert "Network is unreachable" in str(info.value) and "VLLM_HOST_IP" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# wait_for_port
+# ------------------------------------------------------------------------------------------------
+
+
+def test_open_port_returns_at_once(listener: int) -> None:
+    started = time.monotonic()
+    assert wait_for_port("127.0.0.1", listener, timeout_s=5, log=log) == "127.0.0.1"
+    assert time.monotonic() - started < 1
+
+
+def test_closed_port_times_out_with_the_port_named(closed_port: int, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger=log.name), pytest.raises(TopologyError) as info:
+        wait_for_port("127.0.0.1", closed_port, timeout_s=0.3, interval_s=0.05, log=log)
+    text = str(info.value)
+    assert f"127.0.0.1:{closed_port} did not accept connections" in text
+    assert "--master-port" in text and "rendezvous timeout" in text
+    assert f"waiting for leader 127.0.0.1:{closed_port}" in caplog.text
+
+
+def test_port_that_opens_later_is_waited_for() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))  # bound but not listening: connections are refused
+    port = server.getsockname()[1]
+    timer = threading.Timer(0.3, server.listen)
+    timer.start()
+    try:
+        started = time.monotonic()
+        assert wait_for_port("127.0.0.1", port, timeout_s=5, interval_s=0.05, log=log) == "127.0.0.1"
+        assert 0.25 <= time.monotonic() - started < 3
+    finally:
+        timer.cancel()
+        server.close()
+
+
+def test_a_host_name_is_resolved_again_on_each_try(closed_port: int) -> None:
+    dns = FlakyDns(misses=1)
+    with pytest.raises(TopologyError, match="myws-0.myws-headless \\(127.0.0.1\\)"):
+        wait_for_port("myws-0.myws-headless", closed_port, timeout_s=0.3, interval_s=0.05, log=log, resolver=dns)
+    assert len(dns.calls) >= 3
+
+
+# ------------------------------------------------------------------------------------------------
+# prepare_rendezvous
+# ------------------------------------------------------------------------------------------------
+
+
+def test_single_node_needs_no_rendezvous() -> None:
+    assert prepare_rendezvous(Topology(), env={}, timeout_s=0, log=log, resolver=never_called) is None
+
+
+def test_leader_resolves_itself_and_does_not_wait_for_a_port(closed_port: int) -> None:
+    info = prepare_rendezvous(group(0, port=closed_port), env={}, timeout_s=5, log=log)
+    assert info is not None
+    assert (info.master_addr_ip, info.host_ip) == ("127.0.0.1", "127.0.0.1")
+    assert info.host_ip_source == "route to 127.0.0.1"
+    assert info.socket_ifname == rendezvous.interface_of("127.0.0.1")
+
+
+def test_worker_waits_for_the_leader_port(listener: int) -> None:
+    info = prepare_rendezvous(group(1, port=listener), env={}, timeout_s=5, log=log)
+    assert info is not None and info.master_addr_ip == "127.0.0.1" and info.host_ip == "127.0.0.1"
+
+
+def test_worker_gives_up_when_the_leader_never_listens(closed_port: int) -> None:
+    with pytest.raises(TopologyError, match="did not accept connections"):
+        prepare_rendezvous(group(1, port=closed_port), env={}, timeout_s=0.3, interval_s=0.05, log=log)
+
+
+def test_worker_can_skip_the_port_wait(closed_port: int) -> None:
+    info = prepare_rendezvous(group(1, port=closed_port), env={}, timeout_s=0.3, log=log, wait_for_leader=False)
+    assert info is not None and info.master_addr_ip == "127.0.0.1"
+
+
+def test_one_deadline_covers_dns_and_port(closed_port: int) -> None:
+    dns = FlakyDns(misses=4)  # ~0.2 s of DNS misses, then a port that never opens
+    started = time.monotonic()
+    with pytest.raises(TopologyError, match="did not accept"):
+        prepare_rendezvous(group(1, "myws-0.myws-headless", closed_port), env={}, timeout_s=0.5, interval_s=0.05, log=log, resolver=dns)
+    assert time.monotonic() - started < 1.5
+
+
+def test_exported_host_ip_is_honoured_and_leader_skips_dns() -> None:
+    env = {"VLLM_HOST_IP": "127.0.0.1"}
+    info = prepare_rendezvous(group(0, "myws-0.myws-headless"), env=env, timeout_s=0, log=log, resolver=never_called)
+    assert info is not None
+    assert (info.master_addr_ip, info.host_ip, info.host_ip_source) == ("127.0.0.1", "127.0.0.1", "VLLM_HOST_IP")
+    assert "VLLM_HOST_IP" not in info.child_env(env)
+
+
+def test_worker_keeps_the_exported_host_ip(listener: int) -> None:
+    info = prepare_rendezvous(group(1, port=listener), env={"VLLM_HOST_IP": "127.0.0.1"}, timeout_s=5, log=log)
+    assert info is not None and info.host_ip_source == "VLLM_HOST_IP"
+
+
+def test_a_planning_topology_cannot_launch() -> None:
+    from dataclasses import replace
+
+    planned = replace(group(0, "<leader>"), assumed=("node_rank", "leader_address"))
+    with pytest.raises(TopologyError, match="assumed \\(node_rank, leader_address\\)"):
+        prepare_rendezvous(planned, env={}, timeout_s=60, log=log, resolver=never_called)
+
+
+def test_exported_host_ip_must_be_an_ip() -> None:
+    with pytest.raises(TopologyError, match="VLLM_HOST_IP='node-a' is not an IP address"):
+        prepare_rendezvous(group(1), env={"VLLM_HOST_IP": "node-a"}, timeout_s=0, log=log, resolver=never_called)
+
+
+def test_child_env_sets_host_ip_and_interfaces_unless_exported() -> None:
+    info = RendezvousInfo("127.0.0.1", "127.0.0.1", "route to 127.0.0.1", "lo")
+    assert info.child_env({}) == {"VLLM_HOST_IP": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "=lo"}
+    assert info.child_env({"NCCL_SOCKET_IFNAME": "ib0"}) == {"VLLM_HOST_IP": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+    assert RendezvousInfo("127.0.0.1", "127.0.0.1", "x").child_env({}) == {"VLLM_HOST_IP": "127.0.0.1"}
+
+
+def test_resolved_ip_reaches_the_vllm_command() -> None:
+    from kaito_runtime.vllm_command import build_vllm_command
+
+    model = ModelSpec(
+        name="tiny",
+        architecture="LlamaForCausalLM",
+        weights_bytes=1_641_920,
+        max_context=512,
+        attention=AttentionGeometry(num_layers=2, num_attention_heads=4, num_kv_heads=2, head_dim=32),
+    )
+    plan = LaunchPlan(model=model, target="gpu", topology=group(1), pipeline_parallel_size=2, max_model_len=512, gpus_per_node=1)
+    info = RendezvousInfo("127.0.0.1", "127.0.0.1", "route to 127.0.0.1")
+    resolved = with_master_ip(plan, info)
+    assert resolved.topology.leader_address == "127.0.0.1" and plan.topology.leader_address == "localhost"
+    assert with_master_ip(plan, None) is plan
+    launch = build_vllm_command(resolved, model_path="/m", base_env={}, host_ip=info.host_ip)
+    argv = list(launch.argv)
+    assert argv[argv.index("--master-addr") + 1] == "127.0.0.1"
+    assert launch.env["VLLM_HOST_IP"] == "127.0.0.1"
