@@ -58,6 +58,7 @@ class RuntimeRequest:
     chat_template_dir: str | None = None
     grace_seconds: float = 30.0
     ready_timeout: float | None = None
+    rendezvous_timeout: float | None = None  # multi-node: how long to wait for the leader
     dry_run: bool = False  # only a plan is wanted (no launch follows)
     verify_weights: bool = False  # re-hash a complete local copy before reusing it
 
@@ -387,11 +388,15 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
             prepared.model.architecture,
         )
 
-    launch = prepared.launch
-    if Path(result.path) != prepared.model_path:
-        launch = build_launch(prepared.request, prepared.plan, Path(result.path), env)
+    plan, meeting = prepared.plan, None
+    if prepared.topology.multi_node:
+        plan, meeting = _meet_the_group(prepared, install, env)
+    launch = build_launch(request, plan, Path(result.path), env, host_ip=meeting.host_ip if meeting else None)
     for warning in launch.warnings:
         log.warning("%s", warning)
+    child_env = child_environment(launch, env)
+    if meeting is not None:
+        child_env.update(meeting.child_env(child_env))
 
     # What vLLM will really use: pass-through arguments and the config file may override ours.
     host, port = launch.host, launch.port
@@ -414,7 +419,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     log.info("starting vLLM: %s", " ".join(launch.argv))
     outcome = supervisor.supervise(
         launch.argv,
-        child_environment(launch, env),
+        child_env,
         ready=readiness,
         grace_seconds=request.grace_seconds,
         ready_timeout=request.ready_timeout,
@@ -436,12 +441,20 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     return outcome.exit_code
 
 
-def build_launch(request: RuntimeRequest, plan: LaunchPlan, model_path: Path, env: Mapping[str, str]) -> VllmLaunch:
+def build_launch(
+    request: RuntimeRequest, plan: LaunchPlan, model_path: Path, env: Mapping[str, str], *, host_ip: str | None = None
+) -> VllmLaunch:
     """The exact vLLM argv and environment for the plan (pure apart from reading the config file)."""
     from kaito_runtime import vllm_command, vllm_install
-    from kaito_runtime.config_file import read_vllm_section
+    from kaito_runtime.config_file import read_config
 
     install = vllm_install.detect_vllm()
+    config_args = None
+    if request.config_file:
+        config = read_config(request.config_file)
+        for note in config.notes:
+            log.info("%s", note)
+        config_args = config.vllm_args
     return vllm_command.build_vllm_command(
         plan,
         model_path=str(model_path),
@@ -450,11 +463,27 @@ def build_launch(request: RuntimeRequest, plan: LaunchPlan, model_path: Path, en
         host=request.host,
         port=request.port,
         extra_args=request.extra_vllm_args,
-        config_args=read_vllm_section(request.config_file) if request.config_file else None,
+        config_args=config_args,
         chat_template_dir=request.chat_template_dir or env.get("KAITO_CHAT_TEMPLATE_DIR") or DEFAULT_CHAT_TEMPLATE_DIR,
         base_env=env,
+        host_ip=host_ip,
         max_model_len_auto_supported=vllm_install.supports_max_model_len_auto(install) if install else True,
     )
+
+
+def _meet_the_group(prepared: Prepared, install, env: Mapping[str, str]):
+    """Multi-node: resolve the leader to an IP, find this node's address, wait for the leader.
+
+    Returns the plan with --master-addr set to the leader's IP, and what the child needs
+    (VLLM_HOST_IP and the socket interface variables). vLLM's own torch.distributed rendezvous
+    follows; this step only makes sure it starts from addresses that work.
+    """
+    from kaito_runtime import rendezvous, vllm_install
+
+    vllm_install.check_multinode_support(install)
+    timeout = prepared.request.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
+    meeting = rendezvous.prepare_rendezvous(prepared.topology, env=env, log=log, timeout_s=timeout)
+    return rendezvous.with_master_ip(prepared.plan, meeting), meeting
 
 
 def _log_plan_summary(prepared: Prepared) -> None:

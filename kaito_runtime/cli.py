@@ -259,6 +259,12 @@ def _logging_options(f):
 @option("--chat-template-dir", envvar="KAITO_CHAT_TEMPLATE_DIR", help="Folder of preset chat templates (default /workspace/chat_templates).")
 @option("--grace-period", type=click.FloatRange(min=0), default=30.0, envvar="KAITO_GRACE_PERIOD", show_default=True, help="Seconds vLLM gets to stop after SIGTERM before it is killed.")
 @option("--ready-timeout", type=click.FloatRange(min=0, min_open=True), envvar="KAITO_READY_TIMEOUT", help="Give up if vLLM is not ready after this many seconds (default: wait).")
+@option(
+    "--rendezvous-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="KAITO_RENDEZVOUS_TIMEOUT",
+    help="Multi-node: seconds to wait for the leader's address and port before giving up (default 1800).",
+)
 @_logging_options
 def serve(**opts) -> None:
     """Plan, fetch weights and serve a model with vLLM (the default command).
@@ -310,7 +316,7 @@ def doctor(**opts) -> None:
         )
         env = dict(os.environ)
         node = api.probe_node(request, env)
-        topo = api.resolve_topology(request, env)
+        topo = api.resolve_topology(request, env, planning_only=True)
         if opts["output"] == "json":
             click.echo(render.doctor_json(node, topo))
         else:
@@ -354,6 +360,7 @@ def _request_from_options(opts: dict):
         chat_template_dir=opts["chat_template_dir"],
         grace_seconds=opts["grace_period"],
         ready_timeout=opts["ready_timeout"],
+        rendezvous_timeout=opts["rendezvous_timeout"],
         dry_run=opts["dry_run"],
         verify_weights=opts["verify_weights"],
     )

@@ -488,10 +488,3 @@ def probe_inventory(
         nvlink_pairs=tuple(pairs),
         notes=tuple(notes),
     )
-
-
-def describe_inventory(inv: NodeInventory) -> list[str]:
-    """Kept for callers that import it from here; the text lives in ``render.describe_inventory``."""
-    from .render import describe_inventory as lines
-
-    return lines(inv)

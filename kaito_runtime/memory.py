@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from kaito_runtime.units import format_gib
 from kaito_runtime.values import GiB, MiB, AttentionGeometry, GpuInfo, ModelSpec
 
 # KAITO nodesestimator: "vLLM runtime representation is about 2 % larger" than the weight files.
@@ -131,6 +132,5 @@ def max_utilization_free(gpu: GpuInfo) -> float:
     return gpu.free_bytes / gpu.total_bytes
 
 
-def gib(n: float) -> str:
-    """Human figure for messages: '79.6 GiB'."""
-    return f"{n / GiB:.1f} GiB"
+# Human figure for messages: '79.6 GiB' (one formatter for the whole launcher).
+gib = format_gib

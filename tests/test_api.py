@@ -318,3 +318,57 @@ def test_phase_times_line_names_every_phase():
     line = api.PhaseTimes(model=0.5, inventory=0.1, plan=0.2, weights=3.0, vllm_start=9.0).line()
     for phase in ("model 0.50 s", "inventory 0.10 s", "plan 0.20 s", "weights 3.00 s", "vLLM start 9.0 s"):
         assert phase in line
+
+
+# --- multi-node: the group meets before vLLM starts ----------------------------------------------
+
+
+def _multi_node_request(tmp_path: Path, rank: int, port: int) -> api.RuntimeRequest:
+    return api.RuntimeRequest(
+        preset="llama-3.1-8b-instruct", assume_gpus="1xA100-80GB", weights_dir=tmp_path / "w",
+        nnodes=2, node_rank=rank, leader_address="localhost", master_port=port, rendezvous_timeout=10,
+    )
+
+
+@pytest.fixture
+def fetched(tmp_path, monkeypatch):
+    result = weights.WeightsResult(path=tmp_path / "model", downloaded_bytes=0, reused=True, seconds=0.0, files=1)
+    monkeypatch.setattr(weights, "ensure_weights", lambda *a, **k: result)
+    return result
+
+
+def test_leader_resolves_its_address_and_tells_vllm(tmp_path, no_real_vllm, fetched):
+    assert api.run(_multi_node_request(tmp_path, rank=0, port=29555), {}) == 0
+    argv, env = no_real_vllm[0]["argv"], no_real_vllm[0]["env"]
+    assert argv[argv.index("--master-addr") + 1] == "127.0.0.1"  # "localhost", resolved
+    assert argv[argv.index("--node-rank") + 1] == "0" and "--headless" not in argv
+    assert env["VLLM_HOST_IP"] == "127.0.0.1"
+    assert no_real_vllm[0]["ready"] is not None  # the leader serves HTTP
+
+
+def test_worker_waits_for_the_leader_port_then_starts_headless(tmp_path, no_real_vllm, fetched):
+    import socket
+
+    with socket.socket() as leader:
+        leader.bind(("127.0.0.1", 0))
+        leader.listen()
+        port = leader.getsockname()[1]
+        assert api.run(_multi_node_request(tmp_path, rank=1, port=port), {}) == 0
+    argv, env = no_real_vllm[0]["argv"], no_real_vllm[0]["env"]
+    assert "--headless" in argv and argv[argv.index("--master-port") + 1] == str(port)
+    assert env["VLLM_HOST_IP"] == "127.0.0.1"
+    assert no_real_vllm[0]["ready"] is None  # a headless worker has no HTTP server to probe
+
+
+def test_worker_gives_up_when_the_leader_never_listens(tmp_path, no_real_vllm, fetched):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    request = _multi_node_request(tmp_path, rank=1, port=port)
+    request = api.RuntimeRequest(**{**request.__dict__, "rendezvous_timeout": 1.5})
+    with pytest.raises(TopologyError) as caught:
+        api.run(request, {})
+    assert str(port) in str(caught.value) and "--rendezvous-timeout" in str(caught.value)
+    assert not no_real_vllm.calls

@@ -16,7 +16,8 @@ import pytest
 
 pynvml = pytest.importorskip("pynvml")
 
-from kaito_runtime.inventory import describe_inventory, probe_inventory
+from kaito_runtime.inventory import probe_inventory
+from kaito_runtime.render import describe_inventory
 from kaito_runtime.nvml_probe import RealNvml, record_machine
 from kaito_runtime.values import GiB, HostInfo, NodeInventory
 
