@@ -132,7 +132,11 @@ def _model_options(f):
             help="Name clients use in requests (default: the preset name, or the model folder/repo name).",
         ),
     ]
-    for decorator in reversed(options):
+    return _apply(options, f)
+
+
+def _apply(decorators, f):
+    for decorator in reversed(decorators):
         f = decorator(f)
     return f
 
@@ -164,9 +168,7 @@ def _node_options(f):
             help="Where weights are stored (default: /workspace/weights when that folder exists, else ~/.cache/huggingface/kaito-weights).",
         ),
     ]
-    for decorator in reversed(options):
-        f = decorator(f)
-    return f
+    return _apply(options, f)
 
 
 def _output_option(f):
