@@ -286,9 +286,12 @@ def serve(**opts) -> None:
         request = _request_from_options(opts)
         if opts["dry_run"]:
             from kaito_runtime import render
+            from kaito_runtime.secrets import redact, register_secret
 
-            prepared = api.prepare(request)
-            click.echo(render.plan_json(prepared) if opts["output"] == "json" else render.plan_text(prepared))
+            prepared, launch = api.dry_run(request)
+            register_secret(launch.api_key)  # an --api-key given to vLLM is not printed back
+            text = render.plan_json(prepared, launch) if opts["output"] == "json" else render.plan_text(prepared, launch)
+            click.echo(redact(text))
             return
         sys.exit(api.run(request, download_only=opts["download_only"]))
 

@@ -31,7 +31,9 @@ KAITO_ONLY_KEYS: dict[str, str] = {
 class ConfigFile:
     """The parts of a KAITO config file that matter to the launch."""
 
-    vllm_args: dict[str, Any]  # flag name without dashes -> value (see the module docstring)
+    # flag name as written, with or without leading dashes -> value (see the module docstring);
+    # vllm_command spells the flags
+    vllm_args: dict[str, Any]
     notes: tuple[str, ...] = ()  # things read and ignored, for the log
 
 
@@ -58,12 +60,7 @@ def read_config(path: Path) -> ConfigFile:
         for key, value in document.items()
         if key in KAITO_ONLY_KEYS
     )
-    return ConfigFile(vllm_args={str(k).lstrip("-"): v for k, v in section.items()}, notes=notes)
-
-
-def read_vllm_section(path: Path) -> dict[str, Any]:
-    """The ``vllm:`` flags of ``path`` (the notes of read_config are dropped)."""
-    return read_config(path).vllm_args
+    return ConfigFile(vllm_args={str(k): v for k, v in section.items()}, notes=notes)
 
 
 def _load(path: Path) -> dict[Any, Any]:

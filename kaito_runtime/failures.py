@@ -13,16 +13,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kaito_runtime.vllm_rules import CONTEXT_ALIGN, CPU_HEAD_DIMS, align_down
+
 if TYPE_CHECKING:
     from kaito_runtime.values import LaunchPlan
-
+    from kaito_runtime.vllm_command import VllmLaunch
 
 
 def _num(name: str) -> str:
     """A named group for a decimal number such as 3 or 0.92."""
     return rf"(?P<{name}>[0-9]+(?:\.[0-9]+)?)"
-
-_LEN_STEP = 256  # suggested context lengths are rounded down to a multiple of this
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,24 @@ class FailureContext:
     data_parallel_size: int = 1  # replicas: each uses TP x PP GPUs
 
     @classmethod
+    def from_launch(cls, plan: LaunchPlan, launch: VllmLaunch) -> FailureContext:
+        """What vLLM really ran: the parallel sizes, utilization, context and port of the merged
+        arguments (config file and pass-through included), the GPU count and target of the plan."""
+        return cls(
+            gpu_count=plan.gpus_per_node,
+            tensor_parallel_size=launch.tensor_parallel_size,
+            pipeline_parallel_size=launch.pipeline_parallel_size,
+            gpu_memory_utilization=launch.gpu_memory_utilization,
+            max_model_len=launch.max_model_len,
+            port=launch.port,
+            target=plan.target,
+            nnodes=plan.topology.nnodes,
+            data_parallel_size=launch.data_parallel_size,
+        )
+
+    @classmethod
     def from_plan(cls, plan: LaunchPlan, port: int | None = None) -> FailureContext:
+        """What the plan asked for; ``from_launch`` is better once the launch is built."""
         return cls(
             gpu_count=plan.gpus_per_node,
             tensor_parallel_size=plan.tensor_parallel_size,
@@ -69,9 +86,8 @@ class Explanation:
 
 
 def _round_len(tokens: int) -> int:
-    if tokens >= _LEN_STEP:
-        return tokens // _LEN_STEP * _LEN_STEP
-    return max(tokens, 1)
+    """A context length to suggest: rounded down to vLLM's KV alignment when that leaves any."""
+    return align_down(tokens, CONTEXT_ALIGN) if tokens >= CONTEXT_ALIGN else max(tokens, 1)
 
 
 def _more_gpus_hint(ctx: FailureContext | None) -> str:
@@ -195,10 +211,16 @@ def _user_len_too_long(m: re.Match[str], text: str, ctx: FailureContext | None) 
 
 def _cpu_head_dim(m: re.Match[str], text: str, ctx: FailureContext | None) -> str:
     return (
-        f"vLLM's CPU attention does not support head_dim={m.group('dim')} (it takes 32, 64, 80, "
-        "96, 112, 128, 160, 192, 224, 256 or 512). Fix: run this model on a GPU, or pick a model "
+        f"vLLM's CPU attention does not support head_dim={m.group('dim')} (it takes "
+        f"{_or_list(sorted(CPU_HEAD_DIMS))}). Fix: run this model on a GPU, or pick a model "
         "whose head_dim the CPU backend supports"
     )
+
+
+def _or_list(values: Sequence[int]) -> str:
+    """[1, 2, 3] -> '1, 2 or 3'."""
+    text = [str(v) for v in values]
+    return ", ".join(text[:-1]) + " or " + text[-1] if len(text) > 1 else "".join(text)
 
 
 def _engine_failed(m: re.Match[str], text: str, ctx: FailureContext | None) -> str:
@@ -323,19 +345,35 @@ def explain_failure(
 
 
 def failure_report(
-    lines: Sequence[str], exit_code: int, *, plan_hint: FailureContext | None = None, tail_lines: int = 20
+    lines: Sequence[str],
+    exit_code: int,
+    *,
+    plan_hint: FailureContext | None = None,
+    tail_lines: int = 20,
+    outcome: str | None = None,
+    ready_timeout: float | None = None,
 ) -> str:
-    """The message to log when vLLM exits with ``exit_code`` != 0 before it was asked to stop.
+    """The message to log when vLLM ended with ``exit_code`` != 0 before it was asked to stop.
 
     A known cause: its one line. Otherwise vLLM's last ``tail_lines`` lines, then one closing line
     (naming the engine-core failure when that much is known), so the cause does not scroll away
     in long container logs.
+
+    ``outcome`` "ready_timeout" (supervisor.SupervisorResult.outcome): vLLM did not exit by itself,
+    we stopped it after ``ready_timeout`` seconds. Its last lines are shown either way, the closing
+    line says so, and a cause found in them is named as the likely one.
     """
     found = _match(lines, plan_hint)
-    if found is not None and found.cause not in GENERIC_CAUSES:
-        return found.line
     tail = [line for line in lines if line.strip()][-tail_lines:]
     shown = "\n".join(tail) if tail else "(no output)"
+    if outcome == "ready_timeout":
+        limit = f" ({ready_timeout:g} s)" if ready_timeout is not None else ""
+        closing = f"vLLM was not ready within the --ready-timeout{limit} and was stopped"
+        if found is not None and found.cause not in GENERIC_CAUSES:
+            closing += "; its output names a likely cause: " + found.summary
+        return f"vLLM did not become ready; its last lines:\n{shown}\n{closing}"
+    if found is not None and found.cause not in GENERIC_CAUSES:
+        return found.line
     closing = found.line if found is not None else (
         f"vLLM exited with code {exit_code}; the cause is in its last lines above"
     )

@@ -24,37 +24,66 @@ _SUPPORT_PATTERNS = (
     "*.py",  # remote code, for models that need trust_remote_code
 )
 _MISTRAL_SUPPORT = ("params.json", "tekken.json")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+# The rule of ``weight_files`` in words, for error messages.
+WEIGHT_FILES_RULE = (
+    "top-level *.safetensors (HF shards before consolidated*), else *.bin, else *.pt"
+)
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def select_files(paths: Iterable[str], load_format: str = "hf") -> list[str]:
-    """The repo files to fetch for a load format.
+def _is_consolidated(name: str) -> bool:
+    return name.startswith("consolidated")
 
-    Weights come from the top level only (``original/``, ``metal/`` … hold other copies).
-    ``hf``: the HF-format ``*.safetensors`` shards and their index, never ``consolidated*``; ``*.bin``
-    only when no safetensors exist. ``mistral``: ``consolidated*.safetensors``, ``params.json``,
-    ``tekken.json`` and no HF shards (HF shards when the repo has no consolidated file).
+
+def weight_files(names: Iterable[str], load_format: str = "hf") -> list[str]:
+    """The one weight format vLLM loads among ``names`` (a repo's paths or a folder's file names).
+
+    The single rule for downloads, local folders, sizes and error texts: top level only
+    (``original/``, ``metal/`` … hold other copies); ``*.safetensors`` first, and among them the HF
+    shards over ``consolidated*`` (the Mistral-native copy), except that load format ``mistral``
+    prefers ``consolidated*``; without safetensors ``*.bin``; without either ``*.pt``. That is
+    the order vLLM's default loader globs in; it never loads ``*.pth`` (Meta's ``original/``
+    checkpoints), so those do not count. Index files are not weights.
+    """
+    top = sorted(n for n in set(names) if "/" not in n)
+    st = [n for n in top if n.endswith(".safetensors")]
+    if st:
+        consolidated = [n for n in st if _is_consolidated(n)]
+        hf_shards = [n for n in st if not _is_consolidated(n)]
+        if load_format == "mistral" and consolidated:
+            return consolidated
+        return hf_shards or consolidated
+    return [n for n in top if n.endswith(".bin")] or [n for n in top if n.endswith(".pt")]
+
+
+def _index_files(top: list[str], weights: list[str]) -> list[str]:
+    """The index files that go with the chosen weight files (same format, same copy)."""
+    if not weights:
+        return []
+    if weights[0].endswith(".bin"):
+        return [n for n in top if n.endswith(".bin.index.json")]
+    if weights[0].endswith(".safetensors"):
+        copy = _is_consolidated(weights[0])
+        return [n for n in top if n.endswith(".safetensors.index.json") and _is_consolidated(n) == copy]
+    return []
+
+
+def select_files(paths: Iterable[str], load_format: str = "hf") -> list[str]:
+    """The repo files to fetch for a load format: the weights of ``weight_files``, their index,
+    and the small top-level files a server needs (``params.json`` / ``tekken.json`` for ``mistral``).
     """
     top = sorted(p for p in set(paths) if "/" not in p)
     support = [p for p in top if _matches(p, _SUPPORT_PATTERNS)]
-    st = [p for p in top if p.endswith((".safetensors", ".safetensors.index.json"))]
-    consolidated = [p for p in st if p.startswith("consolidated")]
-    hf_shards = [p for p in st if not p.startswith("consolidated")]
-    if load_format == "mistral" and any(p.endswith(".safetensors") for p in consolidated):
-        weights = consolidated
-    elif any(p.endswith(".safetensors") for p in hf_shards):
-        weights = hf_shards
-    else:
-        weights = [p for p in top if p.endswith(".bin") or p.endswith(".bin.index.json")]
+    weights = weight_files(top, load_format)
     if load_format == "mistral":
         support += [p for p in top if p in _MISTRAL_SUPPORT]
-    return sorted(set(support) | set(weights))
+    return sorted(set(support) | set(weights) | set(_index_files(top, weights)))
 
 
 def has_weights(names: Iterable[str]) -> bool:
-    """Whether any of ``names`` is a weight file vLLM can load."""
-    return any(n.endswith(WEIGHT_SUFFIXES) for n in names)
+    """Whether ``names`` hold a weight file vLLM can load (by ``weight_files``)."""
+    return bool(weight_files(names))

@@ -5,8 +5,9 @@ reads ``HF_ENDPOINT`` only once, at import). Tokens travel as ``Secret`` and are
 the call into the client. The client is imported lazily (start-up stays fast, and this module
 imports under any client version).
 
-Every call is bounded by ``hub_timeouts`` (``KAITO_HUB_TIMEOUT``); a silent Hub ends in
-HubUnreachableError.
+Every call is bounded by ``hub_timeouts`` (``KAITO_HUB_TIMEOUT`` seconds of silence, not of
+total time); a silent Hub ends in HubUnreachableError. Files sent through Xet are the exception
+(see ``download_whole``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from kaito_runtime.errors import (
     TokenRejectedError,
     WeightsError,
 )
-from kaito_runtime.file_selection import select_files
-from kaito_runtime.hub_timeouts import TIMEOUT_ENV, ExtendsOnWrite, bounded, install_timeouts
+from kaito_runtime.file_selection import weight_files
+from kaito_runtime.hub_timeouts import TIMEOUT_ENV, bounded
 from kaito_runtime.secrets import Secret
 
 logger = logging.getLogger(__name__)
@@ -72,8 +73,8 @@ class RemoteModel:
 
     def weights_bytes_for(self, load_format: str = "hf") -> int:
         """Bytes of the weight files vLLM loads (the selection ensure_weights downloads)."""
-        chosen = set(select_files([f.path for f in self.files], load_format))
-        return sum(f.size for f in self.files if f.path in chosen and f.path.endswith((".safetensors", ".bin")))
+        chosen = set(weight_files([f.path for f in self.files], load_format))
+        return sum(f.size for f in self.files if f.path in chosen)
 
     @property
     def weights_bytes(self) -> int:
@@ -180,8 +181,8 @@ def translate_error(
         return HubUnreachableError(
             f"The Hugging Face Hub at {endpoint} cannot be reached, and no complete copy of {repo_id} is on disk",
             why=type(exc).__name__ + (f": {str(exc).splitlines()[0]}" if str(exc) else ""),
-            fix="check the network / HF_ENDPOINT / proxy settings (each request waits up to "
-            f"{TIMEOUT_ENV} seconds), or pre-fetch the weights into the weights folder and run with --offline",
+            fix="check the network / HF_ENDPOINT / proxy settings (a hub silent for "
+            f"{TIMEOUT_ENV} seconds is given up on), or pre-fetch the weights into the weights folder and run with --offline",
         )
     return None
 
@@ -290,10 +291,10 @@ def download_range(
     from huggingface_hub.utils import build_hf_headers
 
     url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
-    with bounded(filename) as deadline:
+    with bounded(filename):
         http_get(
             url,
-            ExtendsOnWrite(out, deadline),  # type: ignore[arg-type]
+            out,
             resume_size=resume_size,
             headers=build_hf_headers(token=client_token(token)),
             expected_size=expected_size,
@@ -307,17 +308,19 @@ def download_whole(
 ) -> Path:
     """``hf_hub_download`` into ``local_dir`` (Xet when available; restarts from zero if interrupted).
 
-    Its HTTP requests get the hub timeout each; the transfer itself has no overall deadline.
+    Its HTTP requests get the hub timeout each, but no silence limit across them: a Xet transfer
+    moves its bytes outside the hooks' sight, so a later request (a Xet token refresh) must not be
+    refused for the silence the hooks saw meanwhile. A stalled Xet transfer is not bounded by us.
     """
     from huggingface_hub import hf_hub_download
 
-    install_timeouts()
-    return Path(
-        hf_hub_download(
-            repo_id, filename, revision=commit, local_dir=local_dir, token=client_token(token), endpoint=endpoint,
-            tqdm_class=tqdm_class,
+    with bounded(filename, stops_retries=False):
+        return Path(
+            hf_hub_download(
+                repo_id, filename, revision=commit, local_dir=local_dir, token=client_token(token), endpoint=endpoint,
+                tqdm_class=tqdm_class,
+            )
         )
-    )
 
 
 def _read_json_file(repo_id: str, commit: str, filename: str, *, token: Secret | None, endpoint: str) -> dict | None:

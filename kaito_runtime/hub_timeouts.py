@@ -1,21 +1,41 @@
-"""Timeouts for every request the Hugging Face client sends.
+"""Timeouts for every request the Hugging Face client sends on our behalf.
 
-The client's own HTTP session has none, and some of its calls pass ``timeout=None``. A request
-hook sets every request's connect/read/write/pool timeout to ``KAITO_HUB_TIMEOUT`` (default 30 s;
-for a download the read timeout is the longest silence between two chunks, not a total). Inside
-``bounded`` the client also stops retrying once that long has passed since the call began (a
-download: since its last byte), raising HubTimeout, which ``hub`` turns into HubUnreachableError.
-The hook is added through the client's public ``set_client_factory``, once per process.
+The client's own HTTP session has none, and some of its calls pass ``timeout=None``. Inside
+``bounded`` the rule is *silence*, as the README says: ``KAITO_HUB_TIMEOUT`` (default 30 s) is the
+longest the hub may stay silent, never the total time of a call.
+
+* A request hook sets every request's connect/read/write/pool timeout to that value (for a body
+  the read timeout is the longest pause between two chunks).
+* The client retries a request that timed out. The hook refuses to send a retry once the hub has
+  been silent for the timeout, raising HubTimeout (``hub`` turns it into HubUnreachableError).
+* Every answer moves that limit on: a response hook runs at each response's headers and wraps
+  its body stream so that each chunk received moves it on too. So a slow hub that keeps
+  answering (a tree listing of many pages, a slow HEAD before its GET, a slow but steady
+  download) is waited for, however long the whole call takes.
+
+Gap: files above the client's plain-HTTP limit (``hub.download_whole``, Xet for files over
+about 50 GB) move their bytes in Xet's own client, which these hooks never see. Their HTTP calls
+(HEAD, the Xet token) are bounded, but a stalled Xet transfer is not: only the client's own
+retries end it.
+
+Scope. The hooks live in the client's shared session, so they are installed for the whole
+process: ``install_timeouts`` wraps whatever client factory is in use (one set by the caller with
+``huggingface_hub.set_client_factory``, for a proxy, CA bundle or headers, keeps its settings), and
+each ``bounded`` call checks the live session still has them and puts them back if a later
+``set_client_factory`` dropped them. Outside ``bounded`` (another thread, or the embedding
+application's own client calls) the hooks do nothing, so installing them changes no one else's
+requests; that is also why tests need no reset between them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import Any
 
 from kaito_runtime.errors import InputError
 
@@ -45,10 +65,10 @@ class HubTimeout(TimeoutError):
 
 
 class _Deadline:
-    """A point in time after which no new request is sent; ``extend`` moves it on (progress)."""
+    """A point in time after which no new request is sent; ``extend`` moves it on (the hub spoke)."""
 
-    def __init__(self, seconds: float, what: str) -> None:
-        self.seconds, self.what = seconds, what
+    def __init__(self, seconds: float, what: str, *, stops_retries: bool = True) -> None:
+        self.seconds, self.what, self.stops_retries = seconds, what, stops_retries
         self.at = time.monotonic() + seconds
 
     def extend(self) -> None:
@@ -57,65 +77,109 @@ class _Deadline:
 
 _local = threading.local()  # the calling thread's _Deadline (the client's session is synchronous)
 _hook_lock = threading.Lock()
-_hook_installed = False
+_WRAPPED = "_kaito_hub_timeouts_wraps"  # attribute of our factory wrapper: the factory it wraps
+_wrapped_default = False
 
 
 def _apply_timeouts(request: Any) -> None:
-    """Request hook of the client's session: bounded timeouts on every request, and no retry
-    once the current call's deadline has passed."""
+    """Request hook: inside ``bounded``, bounded timeouts on the request, and no (re)try once the
+    hub has been silent for the timeout. Outside ``bounded`` it does nothing."""
     deadline: _Deadline | None = getattr(_local, "deadline", None)
-    if deadline is not None and time.monotonic() > deadline.at:
+    if deadline is None:
+        return
+    if deadline.stops_retries and time.monotonic() > deadline.at:
         raise HubTimeout(
-            f"no usable answer from {request.url.host} for {deadline.what} within {deadline.seconds:g}s ({TIMEOUT_ENV})"
+            f"no answer from {request.url.host} for {deadline.what} in {deadline.seconds:g}s ({TIMEOUT_ENV})"
         )
-    t = deadline.seconds if deadline is not None else hub_timeout_s()
+    t = deadline.seconds
     request.extensions["timeout"] = {"connect": t, "read": t, "write": t, "pool": t}
 
 
+def _note_answer(response: Any) -> None:
+    """Response hook: the hub answered, so the silence limit starts again, and again with each
+    chunk of the body."""
+    deadline: _Deadline | None = getattr(_local, "deadline", None)
+    if deadline is None:
+        return
+    deadline.extend()
+    stream_class = _extending_stream_class(type(response.stream))
+    if stream_class is not None:
+        response.stream = stream_class(response.stream, deadline)
+
+
+@functools.cache
+def _extending_stream_class(stream_type: type) -> type | None:
+    """A body stream that extends a deadline per chunk, of the client's HTTP library's sync stream
+    type (``httpx`` or ``httpx2``, by client version); None for anything else (left unwrapped)."""
+    base = next((c for c in stream_type.__mro__ if c.__name__ == "SyncByteStream"), None)
+    if base is None:
+        return None
+
+    class ExtendingStream(base):  # type: ignore[valid-type, misc]
+        def __init__(self, inner: Any, deadline: _Deadline) -> None:
+            self._inner, self._deadline = inner, deadline
+
+        def __iter__(self) -> Iterator[bytes]:
+            for chunk in self._inner:
+                self._deadline.extend()
+                yield chunk
+
+        def close(self) -> None:
+            self._inner.close()
+
+    return ExtendingStream
+
+
+def _add_hooks(client: Any) -> Any:
+    """``client`` with our hooks after its own (added once; its other settings untouched)."""
+    hooks = client.event_hooks
+    request, response = list(hooks.get("request", [])), list(hooks.get("response", []))
+    if _apply_timeouts not in request or _note_answer not in response:
+        if _apply_timeouts not in request:
+            request.append(_apply_timeouts)
+        if _note_answer not in response:
+            response.insert(0, _note_answer)  # before a hook that may raise on the status
+        client.event_hooks = {**hooks, "request": request, "response": response}
+    return client
+
+
+def _wrapping(factory: Callable[[], Any]) -> Callable[[], Any]:
+    def with_timeouts() -> Any:
+        return _add_hooks(factory())
+
+    setattr(with_timeouts, _WRAPPED, factory)
+    return with_timeouts
+
+
 def install_timeouts() -> None:
-    """Add ``_apply_timeouts`` to every session the client creates (once per process)."""
-    global _hook_installed
+    """Make the client's sessions carry our hooks: wrap the factory in use (unless it is already
+    ours) and check the live session. Cheap when nothing changed; called by every ``bounded``."""
+    from huggingface_hub import get_session, set_client_factory
+    from huggingface_hub.utils import _http
+
+    global _wrapped_default
     with _hook_lock:
-        if _hook_installed:
-            return
-        from huggingface_hub import set_client_factory
-        from huggingface_hub.utils import _http
-
-        base: Callable[[], Any] = _http.default_client_factory
-
-        def factory() -> Any:
-            client = base()
-            hooks = client.event_hooks
-            client.event_hooks = {"request": [*hooks.get("request", []), _apply_timeouts], "response": hooks.get("response", [])}
-            return client
-
-        set_client_factory(factory)
-        _hook_installed = True
+        in_use = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None)  # private to the client
+        if in_use is None:  # a client without it: wrap its default factory, once
+            if not _wrapped_default:
+                set_client_factory(_wrapping(_http.default_client_factory))
+                _wrapped_default = True
+        elif not hasattr(in_use, _WRAPPED):
+            set_client_factory(_wrapping(in_use))  # also closes the live session; the next one has the hooks
+        # A session made some other way (or whose hooks were replaced) gets them in place.
+        _add_hooks(get_session())
 
 
 @contextmanager
-def bounded(what: str) -> Iterator[_Deadline]:
-    """Calls to the client inside get the hub timeout, and stop retrying after it has passed."""
+def bounded(what: str, *, stops_retries: bool = True) -> Iterator[_Deadline]:
+    """Calls to the client inside get the hub timeout on each request, and no retry after the hub
+    has been silent that long (``stops_retries=False``: per-request timeouts only, for a transfer
+    that runs partly outside the hooks' sight)."""
+    deadline = _Deadline(hub_timeout_s(), what, stops_retries=stops_retries)  # a bad setting fails first
     install_timeouts()
     previous = getattr(_local, "deadline", None)
-    deadline = _Deadline(hub_timeout_s(), what)
     _local.deadline = deadline
     try:
         yield deadline
     finally:
         _local.deadline = previous
-
-
-class ExtendsOnWrite:
-    """``out`` as ``http_get`` writes to it: each chunk received moves ``deadline`` on (a download
-    fails on silence, never on its total time)."""
-
-    def __init__(self, out: BinaryIO, deadline: _Deadline) -> None:
-        self._out, self._deadline = out, deadline
-
-    def write(self, data: bytes) -> int:
-        self._deadline.extend()
-        return self._out.write(data)
-
-    def __getattr__(self, name: str) -> Any:  # tell, seek, truncate, flush
-        return getattr(self._out, name)

@@ -476,8 +476,7 @@ def probe_inventory(
         all_pairs = len(cands) * (len(cands) - 1) // 2
     finally:
         backend.shutdown()
-    for n in notes:
-        log.warning("%s", n)
+    # The notes are not logged here: `serve` logs them, `doctor` prints them (once each).
     return NodeInventory(
         gpus=gpus,
         host=host,

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kaito_runtime.errors import InputError
+from kaito_runtime.file_selection import WEIGHT_FILES_RULE, has_weights, weight_files
 from kaito_runtime.hf_config import read_config_json, spec_from_hf_config
 from kaito_runtime.values import ModelSpec
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def served_name_for(model: str) -> str:
@@ -16,13 +15,10 @@ def served_name_for(model: str) -> str:
     return Path(model.rstrip("/")).name.lower()
 
 
-def folder_weights_bytes(folder: Path) -> int:
-    """Bytes of the one weight format vLLM will load from the folder (safetensors first)."""
-    files = [p for p in folder.iterdir() if p.is_file()]
-    safetensors = [p for p in files if p.suffix == ".safetensors"]
-    hf_shards = [p for p in safetensors if not p.name.startswith("consolidated")]
-    chosen = hf_shards or safetensors or [p for p in files if p.suffix in _WEIGHT_SUFFIXES]
-    return sum(p.stat().st_size for p in chosen)
+def folder_weights_bytes(folder: Path, load_format: str = "hf") -> int:
+    """Bytes of the one weight format vLLM will load from the folder (``file_selection.weight_files``)."""
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
+    return sum(sizes[name] for name in weight_files(sizes, load_format))
 
 
 def spec_from_folder(folder: Path) -> ModelSpec:
@@ -32,17 +28,16 @@ def spec_from_folder(folder: Path) -> ModelSpec:
             fix="pass an existing folder holding config.json and the weights, or a Hugging Face id (org/name)",
         )
     config = read_config_json(folder / "config.json")
-    weights_bytes = folder_weights_bytes(folder)
-    if weights_bytes == 0:
+    if not has_weights(p.name for p in folder.iterdir() if p.is_file()):
         raise InputError(
             f"Model folder {folder} holds no weight files",
-            why="no *.safetensors or *.bin files at its top level",
+            why=f"it has none of the files vLLM loads ({WEIGHT_FILES_RULE})",
             fix="download the weights into the folder first (kaito-run --model ORG/NAME --download-only)",
         )
     return spec_from_hf_config(
         config,
         name=served_name_for(str(folder)),
-        weights_bytes=weights_bytes,
+        weights_bytes=folder_weights_bytes(folder),
         local_path=str(folder.resolve()),
     )
 

@@ -38,7 +38,13 @@ from kaito_runtime.values import (
     PlanOverrides,
     Topology,
 )
-from kaito_runtime.vllm_rules import CONTEXT_ALIGN, align_down, tp_rule_violation, valid_tensor_parallel_sizes
+from kaito_runtime.vllm_rules import (
+    CONTEXT_ALIGN,
+    CPU_HEAD_DIMS,
+    align_down,
+    tp_rule_violation,
+    valid_tensor_parallel_sizes,
+)
 
 # KAITO sizes node counts for a 2048-token context unless the user sets max-model-len; we call
 # a layout a fit only if at least this much context (or the model's whole context if smaller)
@@ -60,10 +66,6 @@ SUGGESTED_GPUS_PER_NODE = (2, 4, 8)
 # CPU: size VLLM_CPU_KVCACHE_SPACE for this many full-length sequences at most (a laptop or CI box
 # serves a handful of requests; more RAM than that only slows the allocation).
 CPU_CONCURRENCY = 4
-
-# vllm-cpu.md: the CPU attention backend accepts only these head sizes (head_dim 16 starts, then
-# every request fails).
-CPU_HEAD_DIMS = frozenset({32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -555,6 +557,8 @@ def _does_not_fit(
 
 
 def _plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverrides) -> LaunchPlan:
+    """vLLM's CPU backend: one process per rank (TP x PP ranks, TP 1 by default), each with its
+    own VLLM_CPU_KVCACHE_SPACE; the RAM must hold the weights, every rank's runtime and KV."""
     if topo.multi_node:
         raise InputError(
             "Multi-node runs need GPUs",
@@ -562,13 +566,6 @@ def _plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverr
             "vLLM's CPU backend across nodes",
             fix="run on one node (--nnodes 1) or on GPU nodes",
         )
-    for flag, value in (("tensor-parallel-size", o.tensor_parallel_size), ("pipeline-parallel-size", o.pipeline_parallel_size)):
-        if value is not None and value > 1:
-            raise InputError(
-                f"--{flag} {value} is not supported on the CPU target",
-                why="The launcher runs vLLM's CPU backend as one process (TP = PP = 1)",
-                fix=f"leave --{flag} out",
-            )
     att = model.attention
     if not att.is_mla and att.head_dim not in CPU_HEAD_DIMS:
         raise InputError(
@@ -577,21 +574,36 @@ def _plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverr
             f"({', '.join(map(str, sorted(CPU_HEAD_DIMS)))})",
             fix="run it on a GPU node",
         )
+    tp, pp = o.tensor_parallel_size or 1, o.pipeline_parallel_size or 1
+    rule = tp_rule_violation(model, tp)
+    if rule:
+        valid = valid_tensor_parallel_sizes(model, tp)
+        raise InputError(
+            f"Invalid --tensor-parallel-size {tp} for {model.name}",
+            why=rule,
+            fix="leave --tensor-parallel-size out (one process is the fastest start on CPU)"
+            + (f"; valid sizes up to {tp}: {', '.join(map(str, valid))}" if valid else ""),
+        )
+    ranks = tp * pp
     dtype_bytes = kv_dtype_bytes(model.dtype, o.kv_cache_dtype)
-    per_token = kv_bytes_per_token_per_gpu(att, 1, 1, dtype_bytes)
-    weights = math.ceil(model.weights_bytes * WEIGHT_EXPANSION)
+    per_token = kv_bytes_per_token_per_gpu(att, tp, pp, dtype_bytes)  # one rank's share
+    weights = ranks * weights_share_bytes(model, tp, pp)
+    runtime = ranks * CPU_RUNTIME_OVERHEAD
     ram = inv.host.ram_available_bytes
-    free_for_kv = ram - weights - CPU_RUNTIME_OVERHEAD - CPU_HOST_HEADROOM
+    free_for_kv = ram - weights - runtime - CPU_HOST_HEADROOM
     context = _required_context(model, o)
-    available_gib = max(0, free_for_kv) // GiB
+    available_gib = max(0, free_for_kv) // ranks // GiB  # per rank: vLLM allocates the KV space in each
     min_kv_gib = max(1, math.ceil(context * per_token / GiB))
+    per_rank = " per rank" if ranks > 1 else ""
+    times = f"{ranks} x " if ranks > 1 else ""
     if available_gib < min_kv_gib:
         raise DoesNotFitError(
-            f"{model.name} does not fit in this machine's RAM",
-            why=f"it needs {gib(weights)} of weights + {gib(CPU_RUNTIME_OVERHEAD)} runtime + "
-            f"{gib(CPU_HOST_HEADROOM)} headroom + {min_kv_gib} GiB KV for {context:,} tokens; "
+            f"{model.name} does not fit in this machine's RAM" + (f" as {ranks} CPU ranks" if ranks > 1 else ""),
+            why=f"it needs {gib(weights)} of weights + {times}{gib(CPU_RUNTIME_OVERHEAD)} runtime + "
+            f"{gib(CPU_HOST_HEADROOM)} headroom + {times}{min_kv_gib} GiB KV for {context:,} tokens; "
             f"{gib(ram)} RAM is available",
             fix="free memory, use a smaller model, or run on a GPU node"
+            + ("; fewer ranks need less RAM (leave --tensor-parallel-size / --pipeline-parallel-size out)" if ranks > 1 else "")
             + (f"; fits with --max-model-len <= {align_down(available_gib * GiB // per_token, CONTEXT_ALIGN)}"
                if o.max_model_len and available_gib >= 1 and available_gib * GiB // per_token >= CONTEXT_ALIGN else ""),
         )
@@ -605,28 +617,43 @@ def _plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverr
     else:
         max_model_len = align_down(capacity, CONTEXT_ALIGN)
     reason = inv.no_gpu_reason or "no GPU visible"
+    if ranks == 1:
+        layout = Decision("layout", "TP 1, one process", "vLLM CPU backend, uni executor (fastest start, vllm-cpu.md)")
+    else:
+        layout = Decision(
+            "layout", f"{Layout(tp, pp).describe()}, {ranks} processes",
+            f"user choice; vLLM CPU backend, mp executor, one core list per rank (VLLM_CPU_OMP_THREADS_BIND); "
+            f"RAM counted for {ranks} processes",
+        )
+    eager = pp == 1
     decisions = (
         Decision("target", "cpu", "forced by the user" if o.force_cpu and inv.has_gpu else f"no GPU: {reason}"),
-        Decision("layout", "TP 1, one process", "vLLM CPU backend, uni executor (fastest start, vllm-cpu.md)"),
+        layout,
         Decision(
-            "cpu-kv-cache", f"{kv_gib} GiB",
-            f"{gib(ram)} RAM available - weights {gib(weights)} - runtime {gib(CPU_RUNTIME_OVERHEAD)} - "
-            f"headroom {gib(CPU_HOST_HEADROOM)}; at most {CPU_CONCURRENCY} x {wanted:,}-token sequences "
-            f"({per_token:,} bytes per token)",
+            "cpu-kv-cache", f"{kv_gib} GiB{per_rank}",
+            f"({gib(ram)} RAM available - weights {gib(weights)} - runtime {times}{gib(CPU_RUNTIME_OVERHEAD)} - "
+            f"headroom {gib(CPU_HOST_HEADROOM)})"
+            + (f" / {ranks} ranks, as vLLM allocates VLLM_CPU_KVCACHE_SPACE in every rank" if ranks > 1 else "")
+            + f"; at most {CPU_CONCURRENCY} x {wanted:,}-token sequences ({per_token:,} bytes per token{per_rank})",
         ),
         Decision("max-model-len", str(max_model_len),
                  "user value" if o.max_model_len else f"the KV space holds ~{capacity:,} tokens; model limit {model.max_context:,}"),
-        Decision("enforce-eager", "on", "skips torch.compile warm-up on CPU (start 44 s vs 90 s cold, vllm-cpu.md)"),
+        Decision("enforce-eager", "on", "skips torch.compile warm-up on CPU (start 44 s vs 90 s cold, vllm-cpu.md)")
+        if eager else
+        Decision("enforce-eager", "off", f"PP {pp} on the CPU backend needs compiled mode: eager, the first request "
+                 "kills the engine (vllm-cpu.md)"),
     )
     return LaunchPlan(
         model=model,
         target="cpu",
         topology=topo,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
         max_model_len=max_model_len,
         kv_cache_dtype=_kv_dtype(o),
         kv_cache_tokens=capacity,
         cpu_kv_cache_gib=kv_gib,
         cpu_threads_bind="auto",
-        enforce_eager=True,
+        enforce_eager=eager,
         decisions=decisions,
     )

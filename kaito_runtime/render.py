@@ -71,10 +71,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def plan_json(prepared) -> str:
-    from kaito_runtime.vllm_command import format_command
+def plan_json(prepared, launch) -> str:
+    """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it."""
+    from kaito_runtime.vllm_command import display_argv, format_command
 
-    launch = prepared.launch
     payload = {
         "model": preset_dict(prepared.model),
         "inventory": _jsonable(prepared.inventory),
@@ -83,7 +83,7 @@ def plan_json(prepared) -> str:
         "model_path": str(prepared.model_path),
         "token_source": prepared.token_source,
         "vllm": {
-            "argv": list(launch.argv),
+            "argv": list(display_argv(launch)),  # an --api-key value is shown as ***
             "env": dict(launch.env),
             "unset_env": list(launch.unset_env),
             "warnings": list(launch.warnings),
@@ -93,7 +93,8 @@ def plan_json(prepared) -> str:
     return json.dumps(payload, indent=2)
 
 
-def plan_text(prepared) -> str:
+def plan_text(prepared, launch) -> str:
+    """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it."""
     from kaito_runtime.vllm_command import format_command
 
     model, plan, node, topo = prepared.model, prepared.plan, prepared.inventory, prepared.topology
@@ -145,10 +146,10 @@ def plan_text(prepared) -> str:
         lines.append("Why")
         for d in plan.decisions:
             lines.append(f"  - {d.topic}: {d.choice} ({d.reason})")
-    for warning in prepared.launch.warnings:
+    for warning in launch.warnings:
         lines.append(f"Warning   {warning}")
     lines.append("Command")
-    lines.append("  " + format_command(prepared.launch))
+    lines.append("  " + format_command(launch))
     return "\n".join(lines)
 
 

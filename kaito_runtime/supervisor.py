@@ -11,7 +11,8 @@ States a log line can name: starting -> ready -> stopping -> exited.
 * Exit code (SupervisorResult.exit_code): the child's own code when it exited (a graceful vLLM
   stop after our forwarded SIGTERM is usually 0); 128+N when it was killed by signal N (143 for
   SIGTERM, 137 after the grace-period SIGKILL); READY_TIMEOUT_EXIT_CODE when it never became ready
-  within ``ready_timeout`` and we stopped it.
+  within ``ready_timeout`` and we stopped it. Without a readiness check (a headless multi-node
+  worker serves no HTTP) there is nothing to wait for, so ``ready_timeout`` does not apply.
 * Readiness is checked in a thread; ``on_ready`` is called from the calling thread.
 * If we die without a chance to clean up (SIGKILL, the OOM killer), Linux sends the child SIGTERM
   (``PR_SET_PDEATHSIG``), so vLLM stops as on a forwarded SIGTERM. Its API server then stops
@@ -39,7 +40,7 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Literal
 
 import psutil
@@ -59,6 +60,8 @@ class ReadinessCheck:
 
     ``served_name``: one name, or every name vLLM serves the model under (``--served-model-name
     a b``, see VllmLaunch.served_model_names); any of them listed in /v1/models is enough.
+    ``api_key``: the key vLLM guards /v1/* with (``--api-key`` or ``VLLM_API_KEY``, see
+    VllmLaunch.api_key); sent as ``Authorization: Bearer`` on those requests.
     """
 
     host: str
@@ -67,6 +70,7 @@ class ReadinessCheck:
     probe_request: bool = True
     interval: float = 0.5
     request_timeout: float = 60.0  # the first completion can be slow (seconds on CPU with TP)
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def served_names(self) -> tuple[str, ...]:
@@ -85,10 +89,13 @@ class ReadinessCheck:
 
     def _call(self, path: str, payload: dict | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
         """(status, body); HTTP errors are answers too. Raises OSError when nothing answers."""
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        if self.api_key and path.startswith("/v1/"):
+            headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(
             self.base_url + path,
             data=json.dumps(payload).encode() if payload is not None else None,
-            headers={"Content-Type": "application/json"} if payload is not None else {},
+            headers=headers,
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
@@ -281,7 +288,8 @@ def supervise(
     """Run ``argv`` with exactly ``env`` until it exits; see the module docstring for the rules.
 
     ``output`` receives the child's stdout and stderr, line by line, unchanged ("stdout": our
-    sys.stdout at call time; None: discard; the tail is kept either way). Signal handlers are installed only when called from the main
+    sys.stdout at call time; None: discard; the tail is kept either way). ``ready_timeout`` applies
+    only with a ``ready`` check. Signal handlers are installed only when called from the main
     thread, and the previous handlers are restored before returning.
     """
     if output == "stdout":
@@ -350,6 +358,7 @@ def supervise(
                 kill_at = None
             if (
                 ready_timeout is not None
+                and ready is not None  # a headless worker has nothing to become ready for
                 and ready_after is None
                 and outcome != "ready_timeout"
                 and not received

@@ -22,10 +22,13 @@ An explicit leader address (option) may replace a convention's address without c
 disagreement: users pass a resolved IP where LWS gives a DNS name. The master port defaults to
 vLLM's 29501.
 
-``planning_only=True`` (dry runs, ``--sku``, ``--assume-gpus``) answers "would it fit on N nodes?"
-without a real group: a multi-node group with no rank is taken as rank 0 and one with no leader
-gets the placeholder ``PLANNING_LEADER``; both are listed in ``Topology.assumed``. Every value
-that *is* given is still checked as for a launch.
+``planning_only=True`` (dry runs, ``--sku``, ``--assume-gpus``, ``doctor``) answers "would it fit
+on N nodes?" without a real group: a multi-node group with no rank is taken as rank 0 and one with
+no leader gets the placeholder ``PLANNING_LEADER``; both are listed in ``Topology.assumed``. The
+hostname ordinal is not read as the rank then: a CI runner (``ci-runner-7``), a compose container
+(``proj-svc-3``) or a pod of another StatefulSet has such a name too, and a plan must not turn it
+into an error or a worker. (A KAITO StatefulSet pod has ``POD_INDEX``, which is read, and its
+hostname then still gives the leader.) Every value that *is* given is still checked as for a launch.
 """
 
 from __future__ import annotations
@@ -183,7 +186,7 @@ def resolve_topology(
     rank_g: _Given | None
     if r_pick is not None:
         rank_g, rank = r_pick
-    elif count > 1 and ordinal:
+    elif count > 1 and ordinal and not planning_only:
         rank_g = _Given("HOSTNAME", str(host).strip(), "kaito-statefulset")
         rank, statefulset = int(ordinal["n"]), True
     elif count > 1 and planning_only:

@@ -4,6 +4,7 @@ Flags come from the plan first, then the model's own ``vllm_args``, then the use
 file ``vllm:`` section, then the arguments after ``--``. A later layer WINS: the earlier
 occurrence of the same flag is removed (so vLLM never sees two), and a user value that
 contradicts the fit check is kept but warned about with the numbers (presets.md mistake #12).
+On the CPU target, ``cpu_layout`` fits the process layout to the rank count the merged flags ask for.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from kaito_runtime.cpu_layout import CpuLayout, layout_cpu
 from kaito_runtime.memory import gib
 from kaito_runtime.values import LaunchPlan
 from kaito_runtime.vllm_rules import CONTEXT_ALIGN, align_down, tp_rule_violation
@@ -42,8 +44,12 @@ _NUMBER = re.compile(r"^-\d")
 class VllmLaunch:
     """What to start: argv, the variables to set and to remove, and warnings for the user.
 
-    ``host``, ``port`` and ``served_model_names`` are what vLLM will actually use, read from the
-    merged argv (plan, model, config file, pass-through): readiness checks must poll these.
+    The fields after ``warnings`` are what vLLM will actually use, read from the merged argv
+    (plan, model, config file, pass-through): readiness checks poll ``host``/``port``/
+    ``served_model_names`` with ``api_key``; failure hints quote the parallel sizes, utilization
+    and context.
+    ``api_key``: the key vLLM guards /v1/* with (``--api-key``, else ``VLLM_API_KEY`` in the
+    inherited environment); a secret, kept out of repr and masked by ``format_command``.
     """
 
     argv: tuple[str, ...]
@@ -53,6 +59,18 @@ class VllmLaunch:
     host: str = "0.0.0.0"
     port: int = 5000
     served_model_names: tuple[str, ...] = ()
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None  # None: vLLM's "auto" (or its default)
+    api_key: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:  # the argv as display_argv shows it: no API key in a log line
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr and f.name != "argv"
+        )
+        return f"VllmLaunch(argv={display_argv(self)!r}, {shown})"
 
     @property
     def served_model_name(self) -> str:
@@ -131,6 +149,7 @@ def config_value(value: object) -> str:
 def _config_tokens(config_args: Mapping[str, object]) -> tuple[list[str], list[str]]:
     """KAITO config ``vllm:`` section -> tokens, plus the flags it switches off (False/None).
 
+    Keys may carry their leading dashes or not (``--enforce-eager`` = ``enforce-eager``).
     True is a bare switch; a list gives the flag several values (``--served-model-name a b``);
     a mapping is one JSON value.
     """
@@ -302,119 +321,6 @@ def _final_int(args: Sequence[_Arg], name: str, default: int) -> int:
     return default
 
 
-# ------------------------------------------------------------------------------------------------
-# CPU target: more than one rank needs processes of its own and explicit core binding
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _CpuLayout:
-    single_process: bool  # engine core in the API server (VLLM_ENABLE_V1_MULTIPROCESSING=0)
-    threads_bind: str  # VLLM_CPU_OMP_THREADS_BIND
-
-
-def _id_list(ids: Sequence[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2,5' (the form vLLM's parse_id_list reads)."""
-    parts: list[str] = []
-    start = prev = ids[0]
-    for cpu in [*ids[1:], None]:
-        if cpu is not None and cpu == prev + 1:
-            prev = cpu
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if cpu is not None:
-            start = prev = cpu
-    return ",".join(parts)
-
-
-def cpu_bind_lists(cpu_ids: Sequence[int], ranks: int) -> str:
-    """VLLM_CPU_OMP_THREADS_BIND for ``ranks`` local ranks: the cores split into contiguous,
-    near-equal lists joined by '|' ('0|1' for 2 cores and 2 ranks, '0-3|4-7' for 8 and 2).
-    With fewer cores than ranks, ranks share cores round-robin."""
-    ids = sorted(set(cpu_ids)) or [0]
-    if len(ids) < ranks:
-        return "|".join(str(ids[i % len(ids)]) for i in range(ranks))
-    size, extra = divmod(len(ids), ranks)
-    lists, start = [], 0
-    for rank in range(ranks):
-        end = start + size + (1 if rank < extra else 0)
-        lists.append(_id_list(ids[start:end]))
-        start = end
-    return "|".join(lists)
-
-
-def _usable_cpus() -> list[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
-def _cpu_layout(
-    plan: LaunchPlan,
-    args: list[_Arg],
-    user: Sequence[_Arg],
-    cpu_ids: Sequence[int] | None,
-    base_env: Mapping[str, str],
-    warnings: list[str],
-) -> tuple[list[_Arg], _CpuLayout]:
-    """Adjust the merged CPU arguments to the world size they ask for (vllm-cpu.md).
-
-    One rank: the plan's single-process settings stay. More (TP or PP from the config file or
-    pass-through): the plan's ``--distributed-executor-backend uni`` and the single-process
-    variable go, and each local rank gets its own core list, because 'auto' binds one rank per
-    NUMA node and fails on a one-node machine. PP needs compiled mode: the plan's
-    ``--enforce-eager`` goes; a user's is kept with a warning.
-    """
-    tp = _final_int(args, "tensor-parallel-size", 1)
-    pp = _final_int(args, "pipeline-parallel-size", 1)
-    dp = _final_int(args, "data-parallel-size", 1)
-    planned = plan.cpu_threads_bind or "auto"
-    if tp * pp * dp <= 1:
-        return args, _CpuLayout(single_process=not plan.topology.multi_node, threads_bind=planned)
-
-    def from_user(arg: _Arg) -> bool:
-        return any(arg is u for u in user)
-
-    dropped: list[str] = []
-    kept: list[_Arg] = []
-    for arg in args:
-        if arg.name == "distributed-executor-backend" and arg.values == ("uni",):
-            if from_user(arg):
-                warnings.append(
-                    f"--distributed-executor-backend uni runs a single process and cannot run "
-                    f"TP {tp} x PP {pp}; drop it or use mp"
-                )
-            else:
-                dropped.append("--distributed-executor-backend uni (single process)")
-                continue
-        if arg.name == "enforce-eager" and pp > 1:
-            if from_user(arg):
-                warnings.append(
-                    f"pipeline parallelism (PP {pp}) on the CPU backend needs compiled mode: with "
-                    "--enforce-eager the first request kills the engine (vllm-cpu.md); drop --enforce-eager"
-                )
-            else:
-                dropped.append("--enforce-eager (PP on CPU needs compiled mode)")
-                continue
-        kept.append(arg)
-
-    local_ranks = max(1, tp * pp // max(1, plan.topology.nnodes)) * dp
-    exported_bind = "VLLM_CPU_OMP_THREADS_BIND" in base_env
-    cpus = list(cpu_ids) if cpu_ids is not None else _usable_cpus()
-    bind = cpu_bind_lists(cpus, local_ranks)
-    dp_text = f" x DP {dp}" if dp > 1 else ""
-    warnings.append(
-        f"CPU target with TP {tp} x PP {pp}{dp_text} = {tp * pp * dp} ranks ({local_ranks} on this node, "
-        f"{len(cpus)} CPU cores) where the plan was for one process: dropped "
-        f"{', '.join([*dropped, 'VLLM_ENABLE_V1_MULTIPROCESSING=0 (single process)'])}; "
-        + (f"keeping the exported VLLM_CPU_OMP_THREADS_BIND={base_env['VLLM_CPU_OMP_THREADS_BIND']}"
-           if exported_bind else f"binding one core list per rank, VLLM_CPU_OMP_THREADS_BIND={bind}")
-    )
-    if len(cpus) < local_ranks:
-        warnings.append(f"{local_ranks} CPU ranks share {len(cpus)} core(s); expect a slow server")
-    return kept, _CpuLayout(single_process=False, threads_bind=bind)
-
-
 def _effective_endpoint(
     args: Sequence[_Arg], host: str, port: int, model_path: str, warnings: list[str]
 ) -> tuple[str, int, tuple[str, ...]]:
@@ -438,6 +344,33 @@ def _effective_endpoint(
     return host, port, names
 
 
+def _final_float(args: Sequence[_Arg], name: str, default: float | None) -> float | None:
+    for arg in reversed(args):
+        if arg.name == name and arg.values:
+            try:
+                return float(arg.values[0])
+            except ValueError:
+                return default
+    return default
+
+
+def _effective_max_model_len(args: Sequence[_Arg]) -> int | None:
+    """The context vLLM is told: a number, or None for 'auto' / no flag at all."""
+    for arg in reversed(args):
+        if arg.name == "max-model-len" and arg.values:
+            return parse_human_int(arg.values[0])
+    return None
+
+
+def _effective_api_key(args: Sequence[_Arg], base_env: Mapping[str, str]) -> str | None:
+    """The key vLLM guards /v1/* with: --api-key wins over VLLM_API_KEY (vLLM's own order).
+    vLLM accepts several keys after --api-key; any one of them authenticates."""
+    for arg in reversed(args):
+        if arg.name == "api-key" and arg.values:
+            return arg.values[0]
+    return base_env.get("VLLM_API_KEY") or None
+
+
 # ------------------------------------------------------------------------------------------------
 # Entry points
 # ------------------------------------------------------------------------------------------------
@@ -449,11 +382,9 @@ def _model_as_flag(entrypoint: Sequence[str]) -> bool:
 
 
 def _env(
-    plan: LaunchPlan,
     base_env: Mapping[str, str],
-    host_ip: str | None,
     user_flags: set[str | None],
-    cpu: _CpuLayout | None,
+    cpu: CpuLayout | None,
     warnings: list[str],
 ) -> dict[str, str]:
     env = {
@@ -466,7 +397,7 @@ def _env(
         # The CPU backend lets VLLM_CPU_KVCACHE_SPACE override --kv-cache-memory-bytes
         # (vllm/platforms/cpu.py), so a user's flag only wins if we leave the variable unset.
         if "kv-cache-memory-bytes" not in user_flags:
-            wanted["VLLM_CPU_KVCACHE_SPACE"] = str(plan.cpu_kv_cache_gib or 1)
+            wanted["VLLM_CPU_KVCACHE_SPACE"] = str(cpu.kv_cache_gib)  # per rank
         elif base_env.get("VLLM_CPU_KVCACHE_SPACE"):
             warnings.append(
                 "VLLM_CPU_KVCACHE_SPACE is set in the environment and overrides --kv-cache-memory-bytes on the CPU backend"
@@ -474,9 +405,6 @@ def _env(
         wanted["VLLM_CPU_OMP_THREADS_BIND"] = cpu.threads_bind
         if cpu.single_process:
             wanted["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    if host_ip:
-        # Multi-node: this node's address for torch.distributed (the caller resolves it).
-        wanted["VLLM_HOST_IP"] = host_ip
     for key, value in wanted.items():
         if key not in base_env:  # a value the user exported wins
             env[key] = value
@@ -495,7 +423,6 @@ def build_vllm_command(
     config_args: Mapping[str, object] | None = None,
     chat_template_dir: str | None = None,
     base_env: Mapping[str, str] | None = None,
-    host_ip: str | None = None,
     max_model_len_auto_supported: bool = True,
     cpu_ids: Sequence[int] | None = None,
 ) -> VllmLaunch:
@@ -503,7 +430,8 @@ def build_vllm_command(
 
     ``model_as_flag`` None: decided from ``entrypoint`` (module entry -> ``--model PATH``).
     ``base_env``: the environment the child inherits; variables the user set there win over ours.
-    ``host_ip``: this node's address for multi-node runs (``VLLM_HOST_IP``).
+    Multi-node: this node's address (VLLM_HOST_IP) and socket variables are not set here but by
+    ``rendezvous.RendezvousInfo.child_env``, their one owner.
     ``cpu_ids``: the cores vLLM may use on the CPU target (default: this process's affinity);
     used only when the merged arguments ask for more than one CPU rank.
     """
@@ -544,13 +472,23 @@ def build_vllm_command(
     args = _merge(args, [], dropped)
     args = _merge(args, user)
     warnings += _contradictions(plan, user)
-    cpu: _CpuLayout | None = None
+    tp = _final_int(args, "tensor-parallel-size", plan.tensor_parallel_size)
+    pp = _final_int(args, "pipeline-parallel-size", plan.pipeline_parallel_size)
+    dp = _final_int(args, "data-parallel-size", plan.data_parallel_size)
+    user_flags = {a.name for a in user}
+    cpu: CpuLayout | None = None
     if plan.target == "cpu":
-        args, cpu = _cpu_layout(plan, args, user, cpu_ids, base_env, warnings)
+        args, cpu = layout_cpu(
+            plan, args, tp=tp, pp=pp, dp=dp,
+            is_user=lambda arg: any(arg is u for u in user),
+            cpu_ids=cpu_ids, base_env=base_env,
+            kv_set_by_user="kv-cache-memory-bytes" in user_flags or "VLLM_CPU_KVCACHE_SPACE" in base_env,
+            warnings=warnings,
+        )
     eff_host, eff_port, names = _effective_endpoint(args, host, port, model_path, warnings)
 
     argv = tuple(head + [token for arg in args for token in arg.tokens])
-    env = _env(plan, base_env, host_ip, {a.name for a in user}, cpu, warnings)
+    env = _env(base_env, user_flags, cpu, warnings)
     return VllmLaunch(
         argv=argv,
         env=env,
@@ -559,15 +497,48 @@ def build_vllm_command(
         host=eff_host,
         port=eff_port,
         served_model_names=names,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        data_parallel_size=dp,
+        gpu_memory_utilization=_final_float(args, "gpu-memory-utilization", plan.gpu_memory_utilization),
+        max_model_len=_effective_max_model_len(args),
+        api_key=_effective_api_key(args, base_env),
     )
 
 
+MASK = "***"
+
+# Variables whose value is a secret: masked when a launch is shown.
+_SECRET_ENV = frozenset({"VLLM_API_KEY"})
+
+
+def display_argv(launch: VllmLaunch) -> tuple[str, ...]:
+    """The argv with every --api-key value replaced by '***', for logs and --dry-run."""
+    shown: list[str] = []
+    masking = False
+    for token in launch.argv:
+        if _is_flag(token):
+            masking = False
+            if token.startswith("--") and normalise_flag(token) == "api-key":
+                if "=" in token:
+                    token = token.split("=", 1)[0] + "=" + MASK
+                else:
+                    masking = True
+        elif masking:
+            token = MASK
+        shown.append(token)
+    return tuple(shown)
+
+
 def format_command(launch: VllmLaunch) -> str:
-    """A shell line that reproduces the launch (for --dry-run): env -u ... VAR=value ... argv."""
+    """A shell line that reproduces the launch (for --dry-run): env -u ... VAR=value ... argv.
+    API keys are shown as '***'."""
     parts = ["env"]
     parts += [f"-u {name}" for name in launch.unset_env]
-    parts += [f"{key}={shlex.quote(value)}" for key, value in sorted(launch.env.items())]
-    return " ".join(parts) + " " + shlex.join(launch.argv)
+    parts += [
+        f"{key}={shlex.quote(MASK if key in _SECRET_ENV else value)}" for key, value in sorted(launch.env.items())
+    ]
+    return " ".join(parts) + " " + shlex.join(display_argv(launch))
 
 
 __all__ = [
@@ -575,7 +546,7 @@ __all__ = [
     "VllmLaunch",
     "build_vllm_command",
     "config_value",
-    "cpu_bind_lists",
+    "display_argv",
     "format_command",
     "normalise_flag",
     "parse_human_int",

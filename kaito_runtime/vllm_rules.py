@@ -1,8 +1,8 @@
-"""Rules vLLM itself enforces, shared by the planner and the command builder.
+"""Rules vLLM itself enforces, shared by the planner, the command builder and the failure hints.
 
-These are not planning choices: they restate what vLLM accepts (valid tensor-parallel sizes) and
-how its KV blocks are laid out (context alignment), so a plan or a user flag that breaks them is
-refused before vLLM is started.
+These are not planning choices: they restate what vLLM accepts (valid tensor-parallel sizes, the
+CPU backend's head sizes) and how its KV blocks are laid out (context alignment), so a plan or a
+user flag that breaks them is refused before vLLM is started.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from kaito_runtime.values import ModelSpec
 # Computed context lengths are rounded down to a multiple of 256: KAITO's rounding, and a
 # multiple of every vLLM KV block size (16 .. 256), so no block is left half used.
 CONTEXT_ALIGN = 256
+
+# vllm-cpu.md: the CPU attention backend accepts only these head sizes (head_dim 16 starts, then
+# every request fails).
+CPU_HEAD_DIMS = frozenset({32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512})
 
 
 def tp_rule_violation(model: ModelSpec, tp: int) -> str | None:

@@ -31,7 +31,7 @@ from kaito_runtime.errors import (
     WeightsCorruptError,
     WeightsError,
 )
-from kaito_runtime.file_selection import has_weights, select_files
+from kaito_runtime.file_selection import WEIGHT_FILES_RULE, has_weights, select_files
 from kaito_runtime.hub import (
     COMMIT_RE,
     RemoteFile,
@@ -165,7 +165,7 @@ def _use_local_folder(path_text: str, t0: float) -> WeightsResult:
     if not has_weights(names):
         raise InputError(
             f"Model folder {path} holds no weight files",
-            why="no *.safetensors / *.bin / *.pt at its top level",
+            why=f"it has none of the files vLLM loads ({WEIGHT_FILES_RULE})",
             fix="finish copying the weights into it, or point --model at the right folder",
         )
     return WeightsResult(path, 0, True, time.monotonic() - t0, len(names))

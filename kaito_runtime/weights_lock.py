@@ -4,6 +4,9 @@ The lock is a ``filelock`` file next to the commit folder. A launcher that finds
 logging every ``LOCK_LOG_INTERVAL_S`` seconds, and gives up with a WeightsError once the holder's
 folder has not grown for the lock timeout (``KAITO_WEIGHTS_LOCK_TIMEOUT``, default an hour): a
 long download that makes progress is waited for, a stuck one is not.
+
+``filelock`` locks with ``flock``: the kernel drops the lock when its holder dies, so a held lock
+always has a live holder. That is why the timeout message never suggests deleting the lock file.
 """
 
 from __future__ import annotations
@@ -84,9 +87,11 @@ def _wait(lock: BaseFileLock, folder: Path, *, what: str, timeout_s: float, log:
             path = lock.lock_file
             raise WeightsError(
                 f"Gave up waiting for another launcher's download of {what} after {now - start:.0f}s",
-                why=f"the lock {path} stayed held and {folder} did not grow for {timeout_s:g}s",
-                fix="check the other launchers sharing this weights volume; if none is downloading, delete "
-                f"{path} and retry (or raise {LOCK_TIMEOUT_ENV})",
+                why=f"the lock {path} stayed held and {folder} did not grow for {timeout_s:g}s; a held lock "
+                "means its holder is alive (the kernel releases the lock of a process that died)",
+                fix="find the other launcher sharing this weights volume (another pod or container mounting it) "
+                f"and check why its download is stuck, or raise {LOCK_TIMEOUT_ENV} if it is only slow; do not "
+                "delete the lock file (a second launcher would then write the same files)",
             )
         log.info(
             "weights: still waiting for %s held by another launcher (%.0fs; %s in %s so far)",

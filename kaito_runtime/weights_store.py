@@ -142,3 +142,35 @@ def folder_bytes(folder: Path) -> int:
 def remove_partials(folder: Path) -> None:
     """Drop leftovers of files no longer selected (after a complete download)."""
     shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)
+
+
+def check_weights_dir(path: Path, *, writable: bool = True) -> None:
+    """Refuse, before anything slow, a weights folder that cannot exist (a file is in the way)
+    or, with ``writable``, cannot be written.
+
+    ``writable=True`` is for steps that must write (``--download-only``). Serving passes False: a
+    read-only volume holding a complete copy is served as it is, and a step that really has to
+    write fails there with the weights module's own read-only/permission message. Creates
+    nothing: the nearest existing ancestor is what is checked.
+    """
+    from kaito_runtime.errors import InputError
+
+    how = "pass --weights-dir (or set KAITO_WEIGHTS_DIR) to a writable folder"
+    target = Path(path).expanduser().absolute()
+    probe = target
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        kind = "a file" if probe.exists() else "a broken link"
+        raise InputError(
+            f"The weights folder {path} cannot be used",
+            why=f"it is {kind}, not a folder" if probe == target else f"{probe} is {kind}, not a folder",
+            fix=how,
+        )
+    if writable and not os.access(probe, os.W_OK | os.X_OK):
+        where = "it" if probe == target else f"its parent {probe}"
+        raise InputError(
+            f"The weights folder {path} is not writable",
+            why=f"{where} does not allow this user (uid {os.getuid()}) to write, or the volume is read-only",
+            fix=how + ", or mount the volume read-write",
+        )

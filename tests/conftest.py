@@ -113,7 +113,7 @@ def hub_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 # the real-NVML tests on a GPU machine must see what the machine was given.
 _LAUNCHER_ENV_PREFIXES = ("KAITO_", "LWS_", "PET_")
 _LAUNCHER_ENV_NAMES = (
-    "MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "POD_INDEX",
+    "MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "POD_INDEX", "HOSTNAME",
     "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
     "HF_ENDPOINT",
 )
@@ -129,6 +129,19 @@ def clean_launcher_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(_LAUNCHER_ENV_PREFIXES) or name in _LAUNCHER_ENV_NAMES:
             monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def tiny_hub(tmp_path_factory: pytest.TempPathFactory, hub_env: None) -> Iterator[object]:
+    """An emulated hub holding the bundled tiny model as org/tiny-llama (a complete config.json)."""
+    import shutil
+
+    from tests.support.hub_emulator import HubEmulator
+
+    root = tmp_path_factory.mktemp("tiny-hub")
+    shutil.copytree(Path(_REPO_ROOT) / "models" / "tiny-llama", root / "org" / "tiny-llama")
+    with HubEmulator(root, lfs_threshold=1024) as emulator:
+        yield emulator
 
 
 # ============================================= end of CLI / API fixtures ========================

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from kaito_runtime import api, planner, supervisor, vllm_install, weights
+from kaito_runtime import api, planner, supervisor, vllm_install, weights, weights_store
 from kaito_runtime.errors import InputError, TopologyError, VllmNotInstalledError, WeightsError
 from kaito_runtime.supervisor import SupervisorResult
 
@@ -57,30 +58,12 @@ def tiny_request(tmp_path: Path, **changes) -> api.RuntimeRequest:
     return api.RuntimeRequest(**fields)
 
 
-# --- the default weights folder ---------------------------------------------------------------
-
-
-def test_default_weights_dir_prefers_the_explicit_variable(tmp_path):
-    assert api.default_weights_dir({"KAITO_WEIGHTS_DIR": str(tmp_path / "x")}) == tmp_path / "x"
-
-
-def test_default_weights_dir_needs_the_workspace_weights_folder_itself(tmp_path, monkeypatch):
-    workspace = tmp_path / "workspace"
-    workspace.mkdir()
-    monkeypatch.setattr(api, "CONTAINER_WEIGHTS_DIR", workspace / "weights")
-    env = {"HF_HOME": str(tmp_path / "hf")}
-    # /workspace alone (common on cloud dev boxes) is not a KAITO container.
-    assert api.default_weights_dir(env) == tmp_path / "hf" / "kaito-weights"
-    (workspace / "weights").mkdir()
-    assert api.default_weights_dir(env) == workspace / "weights"
-
-
 # --- the weights folder check ------------------------------------------------------------------
 
 
 def test_check_weights_dir_accepts_a_folder_to_be_created_and_creates_nothing(tmp_path):
     target = tmp_path / "a" / "b"
-    api.check_weights_dir(target)
+    weights_store.check_weights_dir(target)
     assert not (tmp_path / "a").exists()
 
 
@@ -88,22 +71,23 @@ def test_check_weights_dir_refuses_a_file_on_the_path(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(InputError) as caught:
-        api.check_weights_dir(afile / "sub")
+        weights_store.check_weights_dir(afile / "sub")
     message = caught.value.message
     assert str(afile / "sub") in message and "is a file" in message
     assert "--weights-dir" in message and "KAITO_WEIGHTS_DIR" in message
     with pytest.raises(InputError, match="not a folder"):
-        api.check_weights_dir(afile)
+        weights_store.check_weights_dir(afile)
 
 
 def test_check_weights_dir_refuses_an_unwritable_folder(tmp_path, monkeypatch):
     # Tests may run as root, for whom permission bits do not apply: stand in for the kernel's answer.
-    monkeypatch.setattr(api.os, "access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr(weights_store.os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(InputError) as caught:
-        api.check_weights_dir(tmp_path / "weights")
+        weights_store.check_weights_dir(tmp_path / "weights")
     message = caught.value.message
     assert "not writable" in message and str(tmp_path) in message and "--weights-dir" in message
     assert caught.value.exit_code == 2
+    weights_store.check_weights_dir(tmp_path / "weights", writable=False)  # serving: only "a folder?"
 
 
 def test_run_checks_the_weights_folder_before_anything_slow(tmp_path, monkeypatch):
@@ -124,6 +108,44 @@ def test_a_local_model_folder_does_not_need_the_weights_folder(tmp_path, no_real
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert api.run(tiny_request(tmp_path, weights_dir=afile / "w"), {}) == 0
+
+
+def _deny_writes(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """A read-only volume at ``root``: os.access refuses W_OK (root ignores permission bits, so the
+    kernel's EROFS answer is stood in for) and the tree is made read-only where that binds."""
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not (mode & os.W_OK) and real_access(path, mode, **kw))
+    for path in [root, *root.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+
+
+def _allow_writes(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+
+
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
+def test_a_read_only_volume_with_a_complete_copy_is_served(tiny_hub, tmp_path, no_real_vllm, monkeypatch, offline):
+    """An init container filled the volume; the serving container mounts it read-only."""
+    import os
+
+    wdir = tmp_path / "w"
+    env = dict(os.environ)
+    fill = api.RuntimeRequest(model="org/tiny-llama", endpoint=tiny_hub.url, weights_dir=wdir)
+    filled = api.download_weights(fill, env)
+    _deny_writes(monkeypatch, wdir)
+    try:
+        serve = api.RuntimeRequest(model="org/tiny-llama", endpoint=tiny_hub.url, weights_dir=wdir,
+                                   assume_gpus="1xA100-80GB", offline=offline)
+        assert api.run(serve, env) == 0
+        assert str(filled.path) in no_real_vllm[0]["argv"]
+        # --download-only exists to write: there the read-only volume is refused up front.
+        with pytest.raises(InputError, match="not writable"):
+            api.run(fill, env, download_only=True)
+    finally:
+        _allow_writes(wdir)
 
 
 def test_os_errors_in_the_weights_step_become_a_weights_error(tmp_path, monkeypatch):
@@ -172,6 +194,26 @@ def test_without_download_only_the_big_preset_is_refused_on_this_cpu_inventory(t
         api.run(api.RuntimeRequest(preset=BIG_PRESET, sku="Standard_NV36ads_A10_v5", weights_dir=tmp_path / "w"), {})
 
 
+def test_download_only_does_not_need_the_kv_figures_of_config_json(hub, hub_env, tmp_path, caplog):
+    """org/tiny's config.json has no attention heads: planning must refuse it, a download must not."""
+    import os
+
+    caplog.set_level(logging.INFO, logger="kaito_runtime")
+    request = api.RuntimeRequest(model="org/tiny", endpoint=hub.url, weights_dir=tmp_path / "w")
+    with pytest.raises(InputError, match="num_attention_heads|head"):
+        api.resolve_model(request, env={})
+    result = api.download_weights(request, dict(os.environ))
+    assert result.revision == hub.commit_of("org/tiny")
+    assert (result.path / "model.safetensors").is_file() and (result.path / "config.json").is_file()
+    assert hub.commit_of("org/tiny") in caplog.text  # the resolved commit is named
+
+
+def test_download_only_still_checks_the_repo_id_form(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights, "ensure_weights", lambda *a, **k: pytest.fail("fetched a malformed id"))
+    with pytest.raises(InputError, match="org/name"):
+        api.download_weights(api.RuntimeRequest(model="not-a-repo-id", weights_dir=tmp_path / "w"), {})
+
+
 def test_verify_weights_reaches_ensure_weights(tmp_path, monkeypatch):
     seen = {}
 
@@ -185,25 +227,6 @@ def test_verify_weights_reaches_ensure_weights(tmp_path, monkeypatch):
     assert seen["verify"] is False
     api.fetch_model_weights(spec, api.RuntimeRequest(weights_dir=tmp_path, verify_weights=True), {})
     assert seen["verify"] is True
-
-
-# --- --revision --------------------------------------------------------------------------------
-
-
-def test_revision_with_a_preset_is_refused_unless_it_is_the_pin():
-    spec = api.resolve_model(api.RuntimeRequest(preset="phi-4-mini-instruct"))
-    with pytest.raises(InputError) as caught:
-        api.resolve_model(api.RuntimeRequest(preset="phi-4-mini-instruct", revision="main"))
-    message = caught.value.message
-    assert f"pins {spec.repo_id} at commit {spec.revision}" in message
-    assert f"--model {spec.repo_id} --revision main" in message
-    same = api.resolve_model(api.RuntimeRequest(preset="phi-4-mini-instruct", revision=spec.revision))
-    assert same.revision == spec.revision
-
-
-def test_revision_with_a_local_folder_is_refused():
-    with pytest.raises(InputError, match="local folder"):
-        api.resolve_model(api.RuntimeRequest(model=str(TINY), revision="v1"))
 
 
 # --- planning only vs a real launch (multi-node) -----------------------------------------------
@@ -314,6 +337,112 @@ def test_missing_vllm_names_this_interpreter(tmp_path, no_real_vllm, monkeypatch
     assert sys.executable in caught.value.message
 
 
+def _no_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("the weights were fetched before vLLM was checked")
+
+    monkeypatch.setattr(weights, "ensure_weights", fail)
+
+
+def test_missing_vllm_is_found_before_any_download(tmp_path, no_real_vllm, monkeypatch):
+    monkeypatch.setattr(vllm_install, "detect_vllm", lambda *a, **k: None)
+    _no_download(monkeypatch)
+    request = api.RuntimeRequest(preset="phi-4-mini-instruct", assume_gpus="1xA100-80GB", weights_dir=tmp_path / "w")
+    with pytest.raises(VllmNotInstalledError) as caught:
+        api.run(request, {})
+    assert caught.value.exit_code == 20
+
+
+def test_a_vllm_too_old_for_several_nodes_is_found_before_any_download(tmp_path, no_real_vllm, monkeypatch):
+    monkeypatch.setattr(vllm_install, "supports_multinode_mp", lambda install: False)
+    _no_download(monkeypatch)
+    with pytest.raises(VllmNotInstalledError, match="across nodes"):
+        api.run(_multi_node_request(tmp_path, rank=0, port=29555), {})
+
+
+def test_the_architecture_warning_comes_before_the_download(tmp_path, no_real_vllm, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="kaito_runtime")
+    monkeypatch.setattr(vllm_install, "supports_architecture", lambda install, arch: False)
+    seen = []
+
+    def fake_ensure(model, **kwargs):
+        seen.append("does not list architecture" in caplog.text)
+        return weights.WeightsResult(path=tmp_path / "m", downloaded_bytes=0, reused=True, seconds=0.0, files=1)
+
+    monkeypatch.setattr(weights, "ensure_weights", fake_ensure)
+    request = api.RuntimeRequest(preset="phi-4-mini-instruct", assume_gpus="1xA100-80GB", weights_dir=tmp_path / "w")
+    assert api.run(request, {}) == 0
+    assert seen == [True]
+
+
+def test_run_detects_vllm_and_builds_the_launch_once(tmp_path, no_real_vllm, monkeypatch, caplog):
+    from kaito_runtime import vllm_command
+
+    caplog.set_level(logging.INFO, logger="kaito_runtime")
+    detections, builds = [], []
+    monkeypatch.setattr(vllm_install, "detect_vllm", lambda *a, **k: detections.append(1) or FAKE_INSTALL)
+    real_build = vllm_command.build_vllm_command
+    monkeypatch.setattr(vllm_command, "build_vllm_command", lambda *a, **k: builds.append(k) or real_build(*a, **k))
+    config = tmp_path / "kaito.yaml"
+    config.write_text("max_probe_steps: 6\nvllm:\n  max-num-seqs: 7\n")
+    assert api.run(tiny_request(tmp_path, config_file=config), {}) == 0
+    assert len(detections) == 1 and len(builds) == 1
+    assert caplog.text.count("ignoring max_probe_steps") == 1
+    argv = no_real_vllm[0]["argv"]
+    assert argv[argv.index("--max-num-seqs") + 1] == "7"
+    caplog.clear()
+    api.dry_run(tiny_request(tmp_path, config_file=config, dry_run=True), {})
+    assert caplog.text.count("ignoring max_probe_steps") == 1
+
+
+def test_the_start_line_shows_the_variables_we_set_not_the_inherited_ones(tmp_path, no_real_vllm, caplog):
+    caplog.set_level(logging.INFO, logger="kaito_runtime")
+    assert api.run(tiny_request(tmp_path), {"MY_INHERITED_SETTING": "abc123"}) == 0
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("starting vLLM"))
+    assert "HF_HUB_OFFLINE=1" in line and "VLLM_NO_USAGE_STATS=1" in line
+    assert "MY_INHERITED_SETTING" not in line and "abc123" not in line
+    assert no_real_vllm[0]["env"]["MY_INHERITED_SETTING"] == "abc123"  # still inherited by the child
+    assert line.index("HF_HUB_OFFLINE=1") < line.index(str(TINY))
+
+
+def test_failure_hints_use_what_vllm_really_ran(tmp_path, no_real_vllm, monkeypatch):
+    from kaito_runtime import failures
+
+    seen = {}
+    real_report = failures.failure_report
+
+    def spy(lines, exit_code, *, plan_hint=None, **kwargs):
+        seen.update(hint=plan_hint, **kwargs)
+        return real_report(lines, exit_code, plan_hint=plan_hint, **kwargs)
+
+    monkeypatch.setattr(failures, "failure_report", spy)
+    no_real_vllm.result = SupervisorResult(exit_code=1, ready_after=None, tail=("boom",), signal_received=None)
+    args = ("--gpu-memory-utilization", "0.6", "--tensor-parallel-size", "1")
+    assert api.run(tiny_request(tmp_path, extra_vllm_args=args), {}) == 1
+    assert seen["hint"].gpu_memory_utilization == 0.6
+    assert seen["outcome"] == "exited"
+
+
+def test_a_ready_timeout_is_reported_as_ours_not_as_a_vllm_exit(tmp_path, no_real_vllm, caplog):
+    caplog.set_level(logging.INFO, logger="kaito_runtime")
+    no_real_vllm.result = SupervisorResult(
+        exit_code=124, ready_after=None, tail=("still loading",), signal_received=None, outcome="ready_timeout"
+    )
+    assert api.run(tiny_request(tmp_path, ready_timeout=5.0), {}) == 124
+    text = _error_text(caplog)
+    assert "not ready within" in text and "5 s" in text and "still loading" in text
+    assert "exited with code 124" not in text
+
+
+def test_an_api_key_reaches_the_readiness_check_and_is_masked(tmp_path, no_real_vllm):
+    from kaito_runtime import secrets
+
+    key = "sk-readiness-key-0123456789"
+    assert api.run(tiny_request(tmp_path, extra_vllm_args=("--api-key", key)), {}) == 0
+    assert no_real_vllm[0]["ready"].api_key == key
+    assert key not in secrets.redact(f"starting vLLM: --api-key {key}")
+
+
 def test_phase_times_line_names_every_phase():
     line = api.PhaseTimes(model=0.5, inventory=0.1, plan=0.2, weights=3.0, vllm_start=9.0).line()
     for phase in ("model 0.50 s", "inventory 0.10 s", "plan 0.20 s", "weights 3.00 s", "vLLM start 9.0 s"):
@@ -337,13 +466,25 @@ def fetched(tmp_path, monkeypatch):
     return result
 
 
-def test_leader_resolves_its_address_and_tells_vllm(tmp_path, no_real_vllm, fetched):
-    assert api.run(_multi_node_request(tmp_path, rank=0, port=29555), {}) == 0
+def test_leader_resolves_its_address_and_tells_vllm(tmp_path, no_real_vllm, fetched, monkeypatch, caplog):
+    from kaito_runtime import vllm_command
+
+    caplog.set_level(logging.INFO, logger="kaito_runtime")
+    build_kwargs = []
+    real_build = vllm_command.build_vllm_command
+    monkeypatch.setattr(vllm_command, "build_vllm_command", lambda *a, **k: build_kwargs.append(k) or real_build(*a, **k))
+    request = replace(_multi_node_request(tmp_path, rank=0, port=29555), ready_timeout=5.0)
+    assert api.run(request, {}) == 0
     argv, env = no_real_vllm[0]["argv"], no_real_vllm[0]["env"]
     assert argv[argv.index("--master-addr") + 1] == "127.0.0.1"  # "localhost", resolved
     assert argv[argv.index("--node-rank") + 1] == "0" and "--headless" not in argv
     assert env["VLLM_HOST_IP"] == "127.0.0.1"
     assert no_real_vllm[0]["ready"] is not None  # the leader serves HTTP
+    assert no_real_vllm[0]["ready_timeout"] == 5.0
+    # One owner of the child's address variables: the rendezvous, shown on the start line.
+    assert build_kwargs and all(k.get("host_ip") is None for k in build_kwargs)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("starting vLLM"))
+    assert "VLLM_HOST_IP=127.0.0.1" in line
 
 
 def test_worker_waits_for_the_leader_port_then_starts_headless(tmp_path, no_real_vllm, fetched):
@@ -353,11 +494,14 @@ def test_worker_waits_for_the_leader_port_then_starts_headless(tmp_path, no_real
         leader.bind(("127.0.0.1", 0))
         leader.listen()
         port = leader.getsockname()[1]
-        assert api.run(_multi_node_request(tmp_path, rank=1, port=port), {}) == 0
+        request = replace(_multi_node_request(tmp_path, rank=1, port=port), ready_timeout=5.0)
+        assert api.run(request, {}) == 0
     argv, env = no_real_vllm[0]["argv"], no_real_vllm[0]["env"]
     assert "--headless" in argv and argv[argv.index("--master-port") + 1] == str(port)
     assert env["VLLM_HOST_IP"] == "127.0.0.1"
     assert no_real_vllm[0]["ready"] is None  # a headless worker has no HTTP server to probe
+    # ...so KAITO_READY_TIMEOUT (the same env on every pod) must not stop it.
+    assert no_real_vllm[0]["ready_timeout"] is None
 
 
 def test_worker_gives_up_when_the_leader_never_listens(tmp_path, no_real_vllm, fetched):
@@ -366,8 +510,7 @@ def test_worker_gives_up_when_the_leader_never_listens(tmp_path, no_real_vllm, f
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    request = _multi_node_request(tmp_path, rank=1, port=port)
-    request = api.RuntimeRequest(**{**request.__dict__, "rendezvous_timeout": 1.5})
+    request = replace(_multi_node_request(tmp_path, rank=1, port=port), rendezvous_timeout=1.5)
     with pytest.raises(TopologyError) as caught:
         api.run(request, {})
     assert str(port) in str(caught.value) and "--rendezvous-timeout" in str(caught.value)

@@ -83,14 +83,24 @@ def test_dry_run_70b_on_four_a100_plans_tp4():
     assert argv[argv.index("--served-model-name") + 1] == "llama-3.3-70b-instruct"
 
 
-def test_done_when_two_nodes_dry_run_needs_no_rank_or_leader():
-    """Issue 3, done-when: the literal command, with no rank and no leader address."""
+@pytest.mark.parametrize("hostname", [None, "ci-runner-7", "myws-1"])
+def test_done_when_two_nodes_dry_run_needs_no_rank_or_leader(hostname):
+    """Issue 3, done-when: the literal command, with no rank and no leader address. A CI runner's
+    or a compose container's hostname ordinal is not taken as a rank (neither 7 of 2 nor a worker)."""
     result = invoke(
         "--preset", "llama-3.3-70b-instruct", "--dry-run", "--sku", "Standard_NC48ads_A100_v4", "--nnodes", "2",
+        env={"HOSTNAME": hostname},
     )
     assert result.exit_code == 0, result.output
     assert "tensor-parallel 2 x pipeline-parallel 2" in result.output
     assert "--tensor-parallel-size 2 --pipeline-parallel-size 2" in result.output
+    assert "node 0 of 2 (rank assumed for planning)" in result.output and "--headless" not in result.output
+
+
+def test_doctor_with_a_node_count_ignores_a_ci_hostname():
+    result = invoke("doctor", "--nnodes", "2", "--sku", "Standard_NC48ads_A100_v4", env={"HOSTNAME": "ci-runner-7"})
+    assert result.exit_code == 0, result.output
+    assert "node rank 0 of 2 nodes (leader)" in result.output and "Assumed for planning" in result.output
 
 
 def test_two_nodes_without_a_rank_is_refused_for_a_real_launch(tmp_path):
@@ -288,17 +298,6 @@ def test_error_lines_are_redacted(monkeypatch):
     assert secret not in result.output
 
 
-@pytest.fixture
-def tiny_hub(tmp_path_factory, hub_env):
-    """An emulated hub holding the bundled tiny model as org/tiny-llama (a complete config.json)."""
-    from tests.support.hub_emulator import HubEmulator
-
-    root = tmp_path_factory.mktemp("tiny-hub")
-    shutil.copytree(REPO / "models" / "tiny-llama", root / "org" / "tiny-llama")
-    with HubEmulator(root, lfs_threshold=1024) as emulator:
-        yield emulator
-
-
 def test_download_only_through_the_hub_emulator(tiny_hub, tmp_path):
     args = ["--model", "org/tiny-llama", "--download-only", "--weights-dir", str(tmp_path / "w"), "--verify-weights"]
     result = CliRunner().invoke(main, args, env={"HF_ENDPOINT": tiny_hub.url})
@@ -309,6 +308,46 @@ def test_download_only_through_the_hub_emulator(tiny_hub, tmp_path):
     assert "not checked" in result.output
     again = CliRunner().invoke(main, args, env={"HF_ENDPOINT": tiny_hub.url})  # verified reuse
     assert again.exit_code == 0, again.output
+
+
+def test_doctor_shows_each_inventory_note_once():
+    recording = REPO / "tests" / "data" / "nvml" / "h100-nvl-4x-pairs.json"
+    result = CliRunner().invoke(main, ["doctor"], env={"KAITO_NVML_RECORDING": str(recording)})
+    assert result.exit_code == 0, result.output
+    assert result.output.count("NVLink connects only some GPU pairs") == 1, result.output
+
+
+def test_serve_still_logs_the_inventory_notes(tmp_path):
+    recording = REPO / "tests" / "data" / "nvml" / "h100-nvl-4x-pairs.json"
+    result = CliRunner().invoke(
+        main, ["--preset", "phi-4-mini-instruct", "--dry-run"], env={"KAITO_NVML_RECORDING": str(recording)}
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count("NVLink connects only some GPU pairs") == 1, result.output
+
+
+def test_dry_run_does_not_print_an_api_key_back():
+    key = "sk-dry-run-key-0123456789"
+    for output in ("text", "json"):
+        result = invoke("--preset", "phi-4-mini-instruct", "--dry-run", "--assume-gpus", "1xA100-80GB", "-o", output,
+                        "--", "--api-key", key)
+        assert result.exit_code == 0, result.output
+        assert key not in result.output and "--api-key" in result.output
+
+
+def test_a_gated_download_leaves_no_token_in_the_weights_folder(hub, hub_env, tmp_path):
+    """The token reaches the hub in a header only: not in any file of the weights folder (markers,
+    refs, locks, hf's own .cache metadata), and not in the output at debug level."""
+    from tests.conftest import GRANTED_TOKEN
+
+    weights_dir = tmp_path / "w"
+    args = ["--model", "org/gated", "--download-only", "--weights-dir", str(weights_dir), "--log-level", "debug"]
+    result = CliRunner().invoke(main, args, env={"HF_ENDPOINT": hub.url, "HF_TOKEN": GRANTED_TOKEN})
+    assert result.exit_code == 0, result.output
+    files = [p for p in weights_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "model.safetensors" for p in files)  # the gated download really happened
+    assert [p for p in files if GRANTED_TOKEN.encode() in p.read_bytes()] == []
+    assert GRANTED_TOKEN not in result.output
 
 
 def test_doctor_json():

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from kaito_runtime.cli import main
-from kaito_runtime.config_file import ConfigFile, read_config, read_vllm_section
+from kaito_runtime.config_file import ConfigFile, read_config
 from kaito_runtime.errors import ConfigFileError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +26,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_reads_the_vllm_section_and_ignores_kaito_only_keys(tmp_path):
     path = write(tmp_path, "vllm:\n  max-model-len: 8192\n  --enforce-eager: true\nmax_probe_steps: 6\n")
-    assert read_vllm_section(path) == {"max-model-len": 8192, "enforce-eager": True}
+    # keys as written: vllm_command spells the flags (with or without the dashes)
+    assert read_config(path).vllm_args == {"max-model-len": 8192, "--enforce-eager": True}
 
 
 def test_kaito_only_keys_are_returned_as_notes(tmp_path):
@@ -46,7 +47,7 @@ def test_mappings_and_lists_are_accepted(tmp_path):
         "vllm:\n  compilation-config: {level: 3, cudagraph_capture_sizes: [1, 2]}\n"
         "  served-model-name: [a, b]\n  speculative-config:\n    method: ngram\n    num_speculative_tokens: 4\n",
     )
-    assert read_vllm_section(path) == {
+    assert read_config(path).vllm_args == {
         "compilation-config": {"level": 3, "cudagraph_capture_sizes": [1, 2]},
         "served-model-name": ["a", "b"],
         "speculative-config": {"method": "ngram", "num_speculative_tokens": 4},
@@ -75,7 +76,7 @@ def test_mappings_reach_vllm_as_json_and_lists_as_several_values(tmp_path):
 
 
 def test_empty_file_means_no_flags(tmp_path):
-    assert read_vllm_section(write(tmp_path, "")) == {}
+    assert read_config(write(tmp_path, "")).vllm_args == {}
 
 
 @pytest.mark.parametrize(
@@ -92,7 +93,7 @@ def test_empty_file_means_no_flags(tmp_path):
 def test_bad_files_name_the_file_and_the_problem(tmp_path, text, expected):
     path = write(tmp_path, text)
     with pytest.raises(ConfigFileError) as caught:
-        read_vllm_section(path)
+        read_config(path)
     assert str(path) in str(caught.value) and expected in str(caught.value)
     assert caught.value.exit_code == 2
 

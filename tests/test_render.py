@@ -70,15 +70,15 @@ def prepared(model: ModelSpec, node: NodeInventory, plan: LaunchPlan, warnings: 
         unset_env=("HF_TOKEN",),
         warnings=warnings,
     )
-    return SimpleNamespace(
+    prepared = SimpleNamespace(
         model=model,
         inventory=node,
         topology=plan.topology,
         plan=plan,
         model_path="/w/model",
         token_source=None,
-        launch=launch,
     )
+    return prepared, launch
 
 
 def cpu_plan():
@@ -132,7 +132,7 @@ def test_units() -> None:
 
 
 def test_plan_text_cpu() -> None:
-    text = render.plan_text(cpu_plan())
+    text = render.plan_text(*cpu_plan())
     lines = text.splitlines()
     assert lines[0] == "Model     tiny"
     assert lines[1] == "          folder /models/tiny"
@@ -148,7 +148,7 @@ def test_plan_text_cpu() -> None:
 
 
 def test_plan_text_gpu_shows_the_memory_budget() -> None:
-    lines = render.plan_text(gpu_plan()).splitlines()
+    lines = render.plan_text(*gpu_plan()).splitlines()
     assert lines[1] == f"          org/test-8b @ {'a' * 40}"
     assert "Node      2 x NVIDIA H100 80GB HBM3 (80.0 GiB)" in lines
     assert "Layout    GPU, tensor-parallel 2 x pipeline-parallel 1" in lines
@@ -164,20 +164,20 @@ def test_plan_text_gpu_shows_the_memory_budget() -> None:
 
 def test_plan_text_multi_node_says_what_was_assumed() -> None:
     topo = resolve_topology({}, nnodes=2, planning_only=True)
-    lines = render.plan_text(gpu_plan(topo)).splitlines()
+    lines = render.plan_text(*gpu_plan(topo)).splitlines()
     group = [line for line in lines if line.startswith("Group")]
     assert group == [
         f"Group     node 0 of 2 (rank assumed for planning), leader {PLANNING_LEADER}:29501"
         " (placeholder: none given); from options"
     ]
     real = Topology(nnodes=2, node_rank=1, leader_address="10.0.0.1", source="lws")
-    real_group = [line for line in render.plan_text(gpu_plan(real)).splitlines() if line.startswith("Group")]
+    real_group = [line for line in render.plan_text(*gpu_plan(real)).splitlines() if line.startswith("Group")]
     assert real_group == ["Group     node 1 of 2, leader 10.0.0.1:29501; from lws"]
 
 
 def test_plan_json_is_parseable_and_complete() -> None:
     topo = resolve_topology({}, nnodes=2, planning_only=True)
-    data = json.loads(render.plan_json(gpu_plan(topo)))
+    data = json.loads(render.plan_json(*gpu_plan(topo)))
     assert data["model"]["name"] == "test-8b" and data["model"]["weights_gib"] == 15.0
     assert data["plan"]["model"] is None  # given once, under "model"
     assert data["plan"]["tensor_parallel_size"] == 2
@@ -272,3 +272,19 @@ def test_presets_json_round_trips() -> None:
     assert first["kv_bytes_per_token"] == MODEL.kv_bytes_per_token == 131072
     assert first["revision"] == "a" * 40 and first["gated"] is True and first["weights_gib"] == 15.0
     assert json.loads(json.dumps(data)) == data
+
+
+def test_plan_json_never_shows_an_api_key(tmp_path):
+    from click.testing import CliRunner
+
+    from kaito_runtime.cli import main
+
+    result = CliRunner().invoke(
+        main,
+        ["--preset", "phi-4-mini-instruct", "--dry-run", "--assume-gpus", "1xA100-80GB", "-o", "json",
+         "--", "--api-key", "sk-plan-json-secret"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "sk-plan-json-secret" not in result.output
+    argv = json.loads(result.output)["vllm"]["argv"]
+    assert argv[argv.index("--api-key") + 1] == "***"

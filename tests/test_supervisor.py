@@ -330,3 +330,51 @@ def test_child_stops_when_the_launcher_itself_is_sigkilled() -> None:
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError(f"vLLM stand-in {child} outlived its SIGKILLed launcher")
+
+
+def test_a_headless_worker_outlives_the_ready_timeout() -> None:
+    # Multi-node workers (node rank > 0) serve no HTTP: ready=None, and the group's env gives
+    # them the same KAITO_READY_TIMEOUT as the leader. It must not stop them.
+    t0 = time.monotonic()
+    result = supervise(
+        [sys.executable, "-c", "import time; time.sleep(1.0)"], dict(os.environ),
+        ready=None, ready_timeout=0.2, grace_seconds=1.0, log=LOG, output=None,
+    )
+    assert time.monotonic() - t0 >= 1.0
+    assert result.outcome == "exited" and result.exit_code == 0
+
+
+def test_readiness_sends_the_api_key_to_a_guarded_server() -> None:
+    port = free_port()
+    proc = subprocess.Popen(fake_argv(port, "--api-key", "sk-test"), stdout=subprocess.DEVNULL)
+    try:
+        keyed = ReadinessCheck("127.0.0.1", port, "tiny", api_key="sk-test")
+        bare = ReadinessCheck("127.0.0.1", port, "tiny")
+        wrong = ReadinessCheck("127.0.0.1", port, "tiny", api_key="sk-other")
+        deadline = time.monotonic() + 10
+        while keyed.stage() != "ready" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert keyed.stage() == "ready"
+        assert bare.stage() == "models"  # /health is open, /v1/models answers 401
+        assert wrong.stage() == "models"
+        assert "sk-test" not in repr(keyed)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_supervise_becomes_ready_behind_an_api_key() -> None:
+    # before the fix a guarded server never became ready and the ready timeout killed it
+    port = free_port()
+    seen: list[float] = []
+
+    def on_ready(seconds: float) -> None:
+        seen.append(seconds)
+        for proc in psutil.Process().children():  # end the run: stop the fake server
+            if str(FAKE) in proc.cmdline():
+                proc.terminate()
+
+    check = ReadinessCheck("127.0.0.1", port, "tiny", interval=0.05, api_key="sk-test")
+    result = run_inline(port, "--api-key", "sk-test", ready=check, ready_timeout=20.0, on_ready=on_ready)
+    assert len(seen) == 1 and result.ready_after is not None
+    assert result.outcome == "exited" and result.exit_code == 0

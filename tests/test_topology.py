@@ -244,9 +244,28 @@ def test_planning_assumes_only_what_is_missing() -> None:
     assert leader_missing.node_rank == 1 and leader_missing.assumed == ("leader_address",)
     rank_missing = resolve_topology({"KAITO_LEADER_ADDRESS": "10.0.0.1"}, nnodes=4, planning_only=True)
     assert rank_missing.leader_address == "10.0.0.1" and rank_missing.assumed == ("node_rank",)
-    # a StatefulSet hostname still names the rank and the leader: nothing assumed
-    sts = resolve_topology({"HOSTNAME": "ws-1"}, nnodes=2, planning_only=True)
+    # POD_INDEX names the rank, and the StatefulSet hostname then gives the leader: nothing assumed
+    sts = resolve_topology({"POD_INDEX": "1", "HOSTNAME": "ws-1"}, nnodes=2, planning_only=True)
     assert (sts.node_rank, sts.leader_address, sts.assumed) == (1, "ws-0.ws-headless", ())
+
+
+@pytest.mark.parametrize("hostname", ["ci-runner-7", "myws-1", "proj-svc-3"])
+def test_planning_ignores_a_hostname_ordinal(hostname: str) -> None:
+    """A CI runner or compose container name is no rank: the plan is rank 0 with a placeholder
+    leader, neither an error (ordinal 7 of 2 nodes) nor a worker of a made-up group."""
+    for topo in (
+        resolve_topology({"HOSTNAME": hostname}, nnodes=2, planning_only=True),
+        resolve_topology({}, nnodes=2, hostname=hostname, planning_only=True),
+    ):
+        assert (topo.node_rank, topo.leader_address) == (0, PLANNING_LEADER)
+        assert topo.assumed == ("node_rank", "leader_address") and topo.is_leader
+
+
+def test_a_real_launch_still_reads_the_hostname_ordinal() -> None:
+    topo = resolve_topology({"HOSTNAME": "myws-1"}, nnodes=2)
+    assert (topo.node_rank, topo.leader_address, topo.source) == (1, "myws-0.myws-headless", "kaito-statefulset")
+    with pytest.raises(TopologyError, match="not below the node count"):
+        resolve_topology({"HOSTNAME": "ci-runner-7"}, nnodes=2)
 
 
 def test_planning_assumes_nothing_for_a_single_node_or_a_full_group() -> None:

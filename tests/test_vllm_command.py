@@ -12,7 +12,7 @@ from kaito_runtime.values import GiB, AttentionGeometry, GpuInfo, HostInfo, Mode
 from kaito_runtime.vllm_command import (
     TOKEN_ENV_VARS,
     build_vllm_command,
-    cpu_bind_lists,
+    display_argv,
     format_command,
     normalise_flag,
     parse_human_int,
@@ -193,7 +193,7 @@ def test_model_without_template_gets_no_warning():
 @pytest.mark.parametrize("rank", [0, 1])
 def test_multi_node_flags(rank):
     plan = plan_launch(CATALOG.get("llama-3.3-70b-instruct"), node(2), group(2, rank))
-    launch = build_vllm_command(plan, model_path="/w", host_ip="10.1.2.9")
+    launch = build_vllm_command(plan, model_path="/w")
     argv = launch.argv
     assert flag_value(argv, "--tensor-parallel-size") == "2"
     assert flag_value(argv, "--pipeline-parallel-size") == "2"
@@ -203,7 +203,7 @@ def test_multi_node_flags(rank):
     assert flag_value(argv, "--master-addr") == "10.1.2.3"
     assert flag_value(argv, "--master-port") == "29555"
     assert ("--headless" in argv) == (rank > 0)
-    assert launch.env["VLLM_HOST_IP"] == "10.1.2.9"
+    assert "VLLM_HOST_IP" not in launch.env  # kaito-run: rendezvous.RendezvousInfo.child_env sets it
 
 
 def test_replicas_get_data_parallel_flag():
@@ -308,9 +308,12 @@ def test_cpu_tp2_from_config_drops_single_process_settings_and_binds_per_rank():
     assert launch.env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
     assert flag_value(launch.argv, "--tensor-parallel-size") == "2"
     assert "--enforce-eager" in launch.argv  # TP works eager
-    (warning,) = launch.warnings
-    assert "TP 2 x PP 1 = 2 ranks" in warning and "2 CPU cores" in warning
-    assert "--distributed-executor-backend uni" in warning and "VLLM_ENABLE_V1_MULTIPROCESSING=0" in warning
+    kv, layout = launch.warnings
+    assert "TP 2 x PP 1 = 2 ranks" in layout and "2 CPU cores" in layout and "plan was for one process" in layout
+    assert "--distributed-executor-backend uni" in layout and "VLLM_ENABLE_V1_MULTIPROCESSING=0" in layout
+    # the plan's 1 GiB cannot be split below vLLM's 1 GiB unit: said, with the extra RAM
+    assert launch.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert "2 x 1 = 2 GiB" in kv and "1 GiB more than planned" in kv and "not after --" in kv
 
 
 def test_cpu_pp2_drops_the_planned_enforce_eager():
@@ -358,16 +361,127 @@ def test_cpu_tp1_from_the_user_changes_nothing():
     assert launch.warnings == ()
 
 
+def big_cpu_plan(**overrides):
+    """llama-3.1-8b on a 500 GiB CPU box: 64 GiB of KV for one process (4 x 131072 tokens)."""
+    inv = NodeInventory((), HostInfo(8, 600 * GiB, 500 * GiB), source="none", no_gpu_reason="no NVML")
+    return plan_launch(CATALOG.get("llama-3.1-8b-instruct"), inv, group(), PlanOverrides(**overrides))
+
+
+def test_cpu_pass_through_ranks_share_the_planned_kv_space():
+    plan = big_cpu_plan()
+    assert plan.cpu_kv_cache_gib == 64 and plan.world_size == 1
+    launch = build_vllm_command(plan, model_path="/m", extra_args=["-tp", "2"], cpu_ids=range(8), chat_template_dir=None)
+    assert launch.env["VLLM_CPU_KVCACHE_SPACE"] == "32"  # per rank: vLLM allocates it in each
+    kv = next(w for w in launch.warnings if "VLLM_CPU_KVCACHE_SPACE=32 GiB per rank" in w)
+    assert "the plan's 64 GiB of KV for 1 rank(s)" in kv and "2 x 32 = 64 GiB" in kv
+    assert "~3.3 GiB of RAM the plan did not check" in kv
+
+
+def test_cpu_planned_ranks_need_no_relayout_warning():
+    plan = big_cpu_plan(tensor_parallel_size=2)
+    launch = build_vllm_command(plan, model_path="/m", cpu_ids=range(8), chat_template_dir=None)
+    assert flag_value(launch.argv, "--tensor-parallel-size") == "2"
+    assert "--distributed-executor-backend" not in launch.argv
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in launch.env
+    assert launch.env["VLLM_CPU_OMP_THREADS_BIND"] == "0-3|4-7"
+    assert launch.env["VLLM_CPU_KVCACHE_SPACE"] == str(plan.cpu_kv_cache_gib)  # already per rank
+    assert not any("plan was for" in w or "VLLM_CPU_KVCACHE_SPACE" in w for w in launch.warnings)
+
+
+def test_cpu_fewer_ranks_than_planned_get_the_whole_kv_space():
+    plan = big_cpu_plan(tensor_parallel_size=2)
+    launch = build_vllm_command(plan, model_path="/m", extra_args=["-tp", "1"], chat_template_dir=None)
+    assert launch.env["VLLM_CPU_KVCACHE_SPACE"] == str(2 * plan.cpu_kv_cache_gib)
+    assert launch.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert any(f"the plan's {2 * plan.cpu_kv_cache_gib} GiB of KV for 2 rank(s)" in w for w in launch.warnings)
+
+
+def test_cpu_users_kv_choice_is_not_shared_out():
+    plan = big_cpu_plan()
+    exported = build_vllm_command(
+        plan, model_path="/m", extra_args=["-tp", "2"], base_env={"VLLM_CPU_KVCACHE_SPACE": "10"}, cpu_ids=[0, 1],
+        chat_template_dir=None,
+    )
+    assert "VLLM_CPU_KVCACHE_SPACE" not in exported.env  # inherited as the user set it
+    assert not any("VLLM_CPU_KVCACHE_SPACE=" in w for w in exported.warnings)
+    assert any("binding one core list per rank" in w for w in exported.warnings)
+
+
+def test_cpu_pass_through_tp_breaking_the_head_rule_is_warned():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["-tp", "3"], cpu_ids=[0, 1, 2])
+    assert any("--tensor-parallel-size 3: tensor-parallel-size 3 does not divide the 4 attention heads" in w
+               for w in launch.warnings)
+
+
+def test_config_keys_with_dashes_are_the_same_flag():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", config_args={"--max-model-len": 128, "--enforce-eager": False})
+    assert flag_value(launch.argv, "--max-model-len") == "128" and launch.argv.count("--max-model-len") == 1
+    assert "--enforce-eager" not in launch.argv and "----max-model-len" not in launch.argv
+
+
+# ------------------------------------------------------------------------------------------------
+# Effective parallel sizes, utilization, context (failure hints) and API key (readiness)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_effective_sizes_are_the_plan_without_overrides():
+    plan = llama70b_plan()
+    launch = build_vllm_command(plan, model_path="/w")
+    assert (launch.tensor_parallel_size, launch.pipeline_parallel_size, launch.data_parallel_size) == (4, 1, 1)
+    assert launch.gpu_memory_utilization == plan.gpu_memory_utilization == 0.95
+    assert launch.max_model_len == 131072
+    assert launch.api_key is None
+    cpu = build_vllm_command(cpu_plan(), model_path="/m")
+    assert cpu.gpu_memory_utilization is None and cpu.max_model_len == 512
+
+
+def test_effective_sizes_follow_config_and_pass_through():
+    launch = build_vllm_command(
+        llama70b_plan(), model_path="/w",
+        config_args={"gpu_memory_utilization": 0.6, "pipeline-parallel-size": 2},
+        extra_args=["-tp", "2", "--max-model-len=32k", "--data-parallel-size", "2"],
+    )
+    assert (launch.tensor_parallel_size, launch.pipeline_parallel_size, launch.data_parallel_size) == (2, 2, 2)
+    assert launch.gpu_memory_utilization == 0.6
+    assert launch.max_model_len == 32000
+
+
+def test_auto_context_is_none_and_a_bad_utilization_keeps_the_plan():
+    plan = plan_launch(CATALOG.get("llama-3.1-8b-instruct"), node(1, 22.5), group())
+    launch = build_vllm_command(plan, model_path="/w", extra_args=["--gpu-memory-utilization", "lots"])
+    assert launch.max_model_len is None  # "auto"
+    assert launch.gpu_memory_utilization == plan.gpu_memory_utilization
+
+
 @pytest.mark.parametrize(
-    ("cpus", "ranks", "expected"),
+    ("extra", "env", "expected"),
     [
-        ([0, 1], 2, "0|1"),
-        (range(8), 2, "0-3|4-7"),
-        ([0, 1, 2, 3, 4], 2, "0-2|3-4"),
-        ([0, 2, 4, 6], 2, "0,2|4,6"),
-        ([5, 3, 4], 1, "3-5"),
-        ([0], 2, "0|0"),
+        (["--api-key", "sk-flag"], {}, "sk-flag"),
+        (["--api-key=sk-eq"], {"VLLM_API_KEY": "sk-env"}, "sk-eq"),  # the flag wins, as in vLLM
+        ([], {"VLLM_API_KEY": "sk-env"}, "sk-env"),
+        ([], {"VLLM_API_KEY": ""}, None),
     ],
 )
-def test_cpu_bind_lists(cpus, ranks, expected):
-    assert cpu_bind_lists(cpus, ranks) == expected
+def test_api_key_from_the_flag_or_the_environment(extra, env, expected):
+    launch = build_vllm_command(cpu_plan(), model_path="/m", extra_args=extra, base_env=env)
+    assert launch.api_key == expected
+    if expected:
+        assert expected not in repr(launch)
+
+
+def test_api_key_from_the_config_file():
+    launch = build_vllm_command(cpu_plan(), model_path="/m", config_args={"api-key": "sk-config"})
+    assert launch.api_key == "sk-config"
+
+
+def test_format_command_masks_the_api_key():
+    launch = build_vllm_command(
+        cpu_plan(), model_path="/m", config_args={"api-key": "sk-one"}, extra_args=["--max-num-seqs", "2"]
+    )
+    line = format_command(launch)
+    assert "sk-one" not in line and "--api-key '***' --max-num-seqs 2" in line
+    assert "sk-one" in launch.argv  # vLLM itself still gets it
+    eq = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["--api-key=sk-two", "--api_key", "k1", "k2"])
+    shown = display_argv(eq)
+    assert not {"sk-two", "k1", "k2"} & set(shown) and "--api-key=sk-two" not in shown
+    assert shown[-3:] == ("--api_key", "***", "***")

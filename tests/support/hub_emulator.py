@@ -19,8 +19,9 @@ Fault injection, for tests: drop the connection after N bytes of a file body (th
 times), stall a body after N bytes (the connection stays open and silent), serve corrupted bytes
 of the same length, cap the bytes per second of bodies, ignore Range headers (200 with the whole
 body, as some proxies do), answer the API calls with a fixed status and body (an odd status,
-malformed JSON). Every
-request is recorded (method, kind, path, range start, status) so tests can count them.
+malformed JSON), delay every answer (a slow hub that keeps answering), split tree listings
+into pages (``Link: <…>; rel="next"``, as the real Hub paginates). Every request is recorded
+(method, kind, path, range start, status, its headers but Authorization) so tests can count them.
 
 Run it standalone: ``python -m tests.support.hub_emulator --root DIR --port P --gated ORG/NAME
 --token T`` (prints ``READY <url>`` on stdout when it listens).
@@ -85,6 +86,10 @@ class RequestRecord:
     range_start: int | None
     status: int
     authorized: bool  # an Authorization header was sent
+    headers: tuple[tuple[str, str], ...] = ()  # lower-cased names; never Authorization
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name.lower()), None)
 
 
 @dataclass
@@ -146,6 +151,8 @@ class HubEmulator:
         self._stalls: dict[str, int] = {}  # "repo/path" -> bytes sent before going silent
         self._stopping = threading.Event()
         self.api_answer: tuple[int, bytes] | None = None  # (status, body) for every /api/ call
+        self.answer_delay_s = 0.0  # wait this long before every status line (a slow, not silent, hub)
+        self.tree_page_size: int | None = None  # entries per tree page (None: one page)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -342,9 +349,13 @@ class _Handler(BaseHTTPRequestHandler):
         token = self._token()
         # Recorded when the status line goes out (send_response), so a client that has read the
         # answer always finds its request in the records.
+        headers = tuple((k.lower(), v) for k, v in self.headers.items() if k.lower() != "authorization")
         self._pending: dict[str, Any] | None = {
-            "method": method, "kind": "other", "path": path, "range_start": None, "authorized": token is not None
+            "method": method, "kind": "other", "path": path, "range_start": None, "authorized": token is not None,
+            "headers": headers,
         }
+        if self.emulator.answer_delay_s > 0:
+            self.emulator._stopping.wait(self.emulator.answer_delay_s)
         try:
             if token is not None and token not in self.emulator.valid_tokens:
                 raise _HubError(401, INVALID_CREDENTIALS)
@@ -403,9 +414,11 @@ class _Handler(BaseHTTPRequestHandler):
         if rev not in ("main", repo.commit):
             raise _HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
 
-    def _send_json(self, obj: Any, status: int = 200) -> int:
+    def _send_json(self, obj: Any, status: int = 200, extra_headers: dict[str, str] | None = None) -> int:
         body = json.dumps(obj).encode()
         self.send_response(status)
+        for name, value in (extra_headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -481,7 +494,15 @@ class _Handler(BaseHTTPRequestHandler):
                     out.append({"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "path": d})
             if recursive or len(parts) == 1:
                 out.append(entry.tree_json())
-        return self._send_json(out)
+        size = self.emulator.tree_page_size
+        if size is None:
+            return self._send_json(out)
+        cursor = int(query.get("cursor", "0"))
+        extra: dict[str, str] = {}
+        if cursor + size < len(out):
+            params = "&".join(f"{k}={v}" for k, v in {**query, "cursor": str(cursor + size)}.items())
+            extra["Link"] = f'<{self.emulator.url}{urlsplit(self.path).path}?{params}>; rel="next"'
+        return self._send_json(out[cursor : cursor + size], extra_headers=extra)
 
     def _paths_info(self, repo: RepoState, rev: str) -> int:
         self._check_revision(repo, rev)

@@ -1,0 +1,60 @@
+"""kaito_runtime.launch: the vLLM check, the child's environment and the start line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+
+from kaito_runtime import launch, vllm_install
+from kaito_runtime.catalog import load_catalog
+from kaito_runtime.errors import VllmNotInstalledError
+from kaito_runtime.values import Topology
+from kaito_runtime.vllm_command import VllmLaunch
+
+LAUNCH = VllmLaunch(
+    argv=("vllm", "serve", "/w/my model", "--port", "5000"),
+    env={"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"},
+    unset_env=("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"),
+)
+INSTALL = vllm_install.VllmInstall(version="0.32.0", cpu_build=False, entrypoint=("vllm", "serve"), model_as_flag=False)
+MODEL = load_catalog().get("phi-4-mini-instruct")
+log = logging.getLogger("kaito_runtime")
+
+
+def test_child_environment_drops_the_token_and_adds_ours():
+    env = {"HF_TOKEN": "hf_x", "PATH": "/bin", "VLLM_HOST_IP": "10.0.0.9"}
+    child = launch.child_environment(LAUNCH, env, {"GLOO_SOCKET_IFNAME": "eth1"})
+    assert "HF_TOKEN" not in child and child["PATH"] == "/bin" and child["HF_HUB_OFFLINE"] == "1"
+    assert child["GLOO_SOCKET_IFNAME"] == "eth1" and child["VLLM_HOST_IP"] == "10.0.0.9"
+
+
+def test_start_line_names_what_we_set_and_what_we_remove():
+    line = launch.start_line(LAUNCH, {"VLLM_HOST_IP": "10.0.0.2"})
+    assert line.startswith("HF_HUB_OFFLINE=1 VLLM_HOST_IP=10.0.0.2 VLLM_NO_USAGE_STATS=1 vllm serve '/w/my model'")
+    assert line.endswith("(without HF_TOKEN, HUGGING_FACE_HUB_TOKEN)")
+
+
+def test_installed_vllm_refuses_a_missing_vllm(monkeypatch):
+    monkeypatch.setattr(vllm_install, "detect_vllm", lambda *a, **k: None)
+    with pytest.raises(VllmNotInstalledError) as caught:
+        launch.installed_vllm(MODEL, Topology(), log)
+    assert sys.executable in caught.value.message and caught.value.exit_code == 20
+
+
+def test_installed_vllm_checks_multi_node_support_only_for_a_group(monkeypatch):
+    monkeypatch.setattr(vllm_install, "detect_vllm", lambda *a, **k: INSTALL)
+    monkeypatch.setattr(vllm_install, "supports_multinode_mp", lambda install: False)
+    assert launch.installed_vllm(MODEL, Topology(), log) is INSTALL
+    group = Topology(nnodes=2, node_rank=0, leader_address="l")
+    with pytest.raises(VllmNotInstalledError, match="across nodes"):
+        launch.installed_vllm(MODEL, group, log)
+
+
+def test_installed_vllm_warns_about_an_unlisted_architecture(monkeypatch, caplog):
+    monkeypatch.setattr(vllm_install, "detect_vllm", lambda *a, **k: INSTALL)
+    monkeypatch.setattr(vllm_install, "supports_architecture", lambda install, arch: False)
+    with caplog.at_level(logging.WARNING, logger="kaito_runtime"):
+        launch.installed_vllm(MODEL, Topology(), log)
+    assert f"does not list architecture {MODEL.architecture}" in caplog.text
