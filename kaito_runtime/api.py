@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kaito_runtime.errors import InputError, WeightsError
-from kaito_runtime.model_choice import download_spec, resolve_model
+from kaito_runtime.errors import DoesNotFitError, InputError, WeightsError
+from kaito_runtime.model_choice import download_spec, gated_token_warning, resolve_model
 from kaito_runtime.request import (
     CONTAINER_WEIGHTS_DIR,
     RuntimeRequest,
@@ -43,6 +43,7 @@ FAILURE_TAIL_LINES = 20
 
 __all__ = [
     "CONTAINER_WEIGHTS_DIR",
+    "ModelDoesNotFitError",
     "PhaseTimes",
     "Prepared",
     "RuntimeRequest",
@@ -90,10 +91,33 @@ class Prepared:
     times: PhaseTimes
     token_source: str | None = None
     config_args: Mapping[str, object] | None = None  # the config file's `vllm:` section, read once
+    warnings: tuple[str, ...] = ()  # for the user before anything slow (a gated model, no token)
+
+
+class ModelDoesNotFitError(DoesNotFitError):
+    """The fit check's refusal, carrying what is known about the model, so that a dry run can
+    show it beside the numbers. Same exit code and message as the planner's error."""
+
+    def __init__(
+        self,
+        error: DoesNotFitError,
+        model: ModelSpec,
+        *,
+        fix: str | None,
+        token_source: str | None,
+        warnings: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(error.what, why=error.why, fix=fix)
+        self.model = model
+        self.token_source = token_source
+        self.warnings = warnings
 
 
 def probe_node(request: RuntimeRequest, env: Mapping[str, str]) -> NodeInventory:
-    """This node's GPUs and host, or the ones --sku / --assume-gpus describe."""
+    """This node's GPUs and host, or the ones --sku / --assume-gpus describe.
+
+    --sku takes the machine's CPUs and RAM from the SKU table; --assume-gpus names GPUs only, so
+    the host is this machine's (what a CPU plan, or a --cpu one, is sized against)."""
     from kaito_runtime import inventory, skus
 
     if request.sku and request.assume_gpus:
@@ -101,7 +125,8 @@ def probe_node(request: RuntimeRequest, env: Mapping[str, str]) -> NodeInventory
     if request.sku:
         return skus.inventory_for_sku(request.sku)
     if request.assume_gpus:
-        return skus.inventory_for_assumed_gpus(request.assume_gpus)
+        host = inventory.probe_host(weights_dir_of(request, env))
+        return skus.inventory_for_assumed_gpus(request.assume_gpus, host=host)
     return inventory.probe_inventory(weights_dir=weights_dir_of(request, env), env=env)
 
 
@@ -148,8 +173,18 @@ def prepare(
     topo = resolve_topology(request, env, planning_only=planning_only)
     inventory_seconds = time.monotonic() - started
 
+    gated = _gated_without_token(model, request, env, token_found=token is not None)
     started = time.monotonic()
-    plan = planner.plan_launch(model, node, topo, request.overrides)
+    try:
+        plan = planner.plan_launch(model, node, topo, request.overrides)
+    except DoesNotFitError as error:
+        raise ModelDoesNotFitError(
+            error,
+            model,
+            fix=_with_gpu_node_hint(error.fix, request, node),
+            token_source=token_source if token is not None else None,
+            warnings=(gated,) if gated else (),
+        ) from error
     assert request.weights_dir is not None
     model_path = Path(model.local_path) if model.local_path else weights.planned_path(model, request.weights_dir)
     plan_seconds = time.monotonic() - started
@@ -163,6 +198,7 @@ def prepare(
         times=PhaseTimes(model=model_seconds, inventory=inventory_seconds, plan=plan_seconds),
         token_source=token_source if token is not None else None,
         config_args=config_args,
+        warnings=(gated,) if gated else (),
     )
 
 
@@ -225,24 +261,28 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
     request = replace(request, weights_dir=weights_dir_of(request, env))
     if not uses_local_folder(request):
         assert request.weights_dir is not None
-        weights_store.check_weights_dir(request.weights_dir)  # this mode exists to write there
+        # This mode exists to write there: made now, and refused at once when it cannot be.
+        weights_store.check_weights_dir(request.weights_dir, create=True)
     started = time.monotonic()
     model = download_spec(request)
     log.info(
-        "download-only: fetching %s (%s); whether it fits this machine is not checked in this mode",
+        "download-only: weights of %s (%s) into %s; whether it fits this machine is not checked in this mode",
         model.name,
         model.local_path or f"{model.repo_id}@{model.revision or 'main'}",
+        model.local_path or request.weights_dir,
     )
+    gated = _gated_without_token(model, request, env)
+    if gated:
+        log.warning("%s", gated)
     result = fetch_model_weights(model, request, env)
-    commit = f" ({result.revision})" if result.revision else ""
-    log.info("weights ready at %s%s (%.2f s)", result.path, commit, time.monotonic() - started)
+    _log_weights_ready(result, time.monotonic() - started)
     return result
 
 
 def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, download_only: bool = False) -> int:
-    """The whole chain: plan, vLLM check, weights, rendezvous, vLLM, supervision. Returns the
-    process exit code."""
-    from kaito_runtime import failures, launch, secrets, supervisor, weights_store
+    """The whole chain: plan, vLLM check, port check, weights, rendezvous, vLLM, supervision.
+    Returns the process exit code."""
+    from kaito_runtime import failures, launch, ports, secrets, supervisor, weights_store
 
     entered = time.monotonic()
     env = dict(os.environ if env is None else env)
@@ -250,23 +290,37 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         download_weights(request, env)
         return 0
     if not uses_local_folder(request):
-        # Only that the path can be a folder: a read-only volume holding a complete copy is fine.
-        weights_store.check_weights_dir(weights_dir_of(request, env), writable=False)
+        # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
+        # a second; an existing read-only volume holding a complete copy is still served.
+        weights_store.check_weights_dir(weights_dir_of(request, env), writable=False, create=True)
     prepared = prepare(request, env, planning_only=False)
-    _log_plan_summary(prepared)
     install = launch.installed_vllm(prepared.model, prepared.topology, log)
+    # Built before the weights: what vLLM will really use (the config file and pass-through
+    # arguments may override the plan) is what the plan line shows and the port check tests.
+    built = launch.build_launch(
+        prepared.request, prepared.plan, prepared.model_path, env, install, prepared.config_args
+    )
+    _log_plan_summary(prepared, built)
+    for warning in built.warnings:
+        log.warning("%s", warning)
+    if prepared.topology.is_leader:  # a headless worker serves no HTTP
+        ports.check_port_free(built.host, built.port)
+    for warning in prepared.warnings:
+        log.warning("%s", warning)
 
     started = time.monotonic()
     result = fetch_weights(prepared, env)
     weights_seconds = time.monotonic() - started
-    log.info("weights ready at %s (%.2f s)", result.path, weights_seconds)
+    _log_weights_ready(result, weights_seconds)
 
-    plan, meeting = prepared.plan, None
+    meeting = None
     if prepared.topology.multi_node:
         plan, meeting = _meet_the_group(prepared, env)
-    built = launch.build_launch(prepared.request, plan, Path(result.path), env, install, prepared.config_args)
-    for warning in built.warnings:
-        log.warning("%s", warning)
+        built = launch.build_launch(prepared.request, plan, Path(result.path), env, install, prepared.config_args)
+    elif Path(result.path) != prepared.model_path:  # a branch resolved to another commit's folder
+        built = launch.build_launch(
+            prepared.request, prepared.plan, Path(result.path), env, install, prepared.config_args
+        )
     added = meeting.child_env(env) if meeting is not None else {}
     child_env = launch.child_environment(built, env, added)
 
@@ -314,7 +368,46 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
                 ready_timeout=request.ready_timeout,
             ),
         )
+    # A forwarded stop ends with the supervisor's own "vLLM stopped in N s (exit N)" line.
     return outcome.exit_code
+
+
+def _log_weights_ready(result: WeightsResult, seconds: float) -> None:
+    """One form for every mode: the folder vLLM loads (a pinned copy's folder is its commit)."""
+    log.info("weights ready at %s (%.2f s)", result.path, seconds)
+
+
+def _gated_without_token(
+    model: ModelSpec, request: RuntimeRequest, env: Mapping[str, str], *, token_found: bool | None = None
+) -> str | None:
+    """The warning for a gated model with no token found, when the weights step would have to
+    fetch it (no complete copy on disk, not offline): that step fails there (exit 11), so say it
+    while the cause is still cheap to fix. Names where a token is looked for, never a token."""
+    from kaito_runtime import secrets, weights, weights_store
+
+    if not model.gated or model.local_path or is_offline(request, env):
+        return None
+    if token_found is None:
+        token_found = secrets.resolve_token(env, request.token_file)[0] is not None
+    warning = gated_token_warning(model, token_found=token_found)
+    if warning is None:
+        return None
+    weights_dir = weights_dir_of(request, env)
+    if model.revision and model.repo_id:
+        folder = weights.planned_path(model, weights_dir)
+        if weights_store.read_marker(folder, model.repo_id, model.revision) is not None:
+            return None  # a complete copy: nothing to fetch, no token needed
+    return warning
+
+
+def _with_gpu_node_hint(fix: str | None, request: RuntimeRequest, node: NodeInventory) -> str | None:
+    """On a machine without GPUs (and no --sku / --assume-gpus / --cpu), the answer people want
+    is usually the plan for the GPU node the model will run on: say how to get it."""
+    if node.has_gpu or request.sku or request.assume_gpus or request.overrides.force_cpu:
+        return fix
+    how = "--sku SKU or --assume-gpus 4xA100-80GB"
+    hint = f"plan for a GPU node with {how}" if request.dry_run else f"see the plan for a GPU node with --dry-run {how}"
+    return f"{fix}; or {hint}" if fix else hint
 
 
 def _read_config(request: RuntimeRequest) -> Mapping[str, object] | None:
@@ -344,15 +437,23 @@ def _meet_the_group(prepared: Prepared, env: Mapping[str, str]) -> tuple[LaunchP
     return rendezvous.with_master_ip(prepared.plan, meeting), meeting
 
 
-def _log_plan_summary(prepared: Prepared) -> None:
+def _log_plan_summary(prepared: Prepared, built: VllmLaunch) -> None:
+    """The plan as vLLM will get it: the effective values, then one line per value that the
+    config file or the pass-through arguments changed (with the plan's own value)."""
+    from kaito_runtime import launch
+
     plan = prepared.plan
+    settings = launch.effective_settings(prepared.request, plan, built, prepared.config_args)
     log.info(
-        "plan: %s on %s, TP %d x PP %d, max-model-len %s",
+        "plan: %s on %s, TP %s x PP %s, max-model-len %s",
         prepared.model.name,
         plan.target.upper(),
-        plan.tensor_parallel_size,
-        plan.pipeline_parallel_size,
-        "auto" if plan.max_model_len_auto else plan.max_model_len,
+        settings["tensor-parallel-size"].value,
+        settings["pipeline-parallel-size"].value,
+        settings["max-model-len"].value,
     )
     for decision in plan.decisions:
         log.info("  %s: %s (%s)", decision.topic, decision.choice, decision.reason)
+    for setting in settings.values():
+        if setting.overridden:
+            log.info("  override: %s", setting.describe())

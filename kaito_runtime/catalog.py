@@ -382,7 +382,7 @@ class Catalog:
         where = f" ({self.source})" if self.source else ""
         raise UnknownPresetError(
             f"Unknown preset '{name}'",
-            why=f"no preset in the catalog{where} has that name",
+            why=f"No preset in the catalog{where} has that name",
             fix=fix,
         )
 

@@ -19,6 +19,7 @@ from kaito_runtime.values import PlanOverrides
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
+_IMPLIED_SERVE = "kaito.implied_serve"  # ctx.meta key: the user did not type `serve`
 
 log = logging.getLogger("kaito_runtime.cli")
 
@@ -41,6 +42,7 @@ class DefaultToServe(click.Group):
             args = args[:cut]
         if not args or (args[0] not in self.commands and args[0] not in _TOP_LEVEL_FLAGS):
             args = ["serve", *args]
+            ctx.meta[_IMPLIED_SERVE] = True
         return super().parse_args(ctx, args)
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -60,6 +62,24 @@ class DefaultToServe(click.Group):
             )
         with formatter.section("Other options"):
             formatter.write_dl([("--version", "Show the version and exit.")])
+
+
+class _ServeContext(click.Context):
+    """When `serve` was implied, usage lines and "Try ... for help" name `kaito-run`, the
+    command the user typed, not a subcommand they never wrote."""
+
+    @property
+    def command_path(self) -> str:
+        if self.meta.get(_IMPLIED_SERVE) and self.parent is not None:
+            return self.parent.command_path
+        return super().command_path
+
+
+class ServeCommand(click.Command):
+    context_class = _ServeContext
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), "[-- VLLM_ARGS...]"]
 
 
 def _fail(error: KaitoError) -> None:
@@ -97,7 +117,7 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
         sys.exit(1)
 
 
-@click.group(cls=DefaultToServe, context_settings=CONTEXT_SETTINGS)
+@click.group(name="kaito-run", cls=DefaultToServe, context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="kaito-runtime", prog_name="kaito-run")
 def main() -> None:
     """Turn this node into a vLLM endpoint for a model preset or a Hugging Face model.
@@ -203,7 +223,7 @@ def _logging_options(f):
     return f
 
 
-@main.command(context_settings=CONTEXT_SETTINGS)
+@main.command(cls=ServeCommand, context_settings=CONTEXT_SETTINGS)
 @_model_options
 @option("--list-presets", is_flag=True, help="List the built-in presets and exit.")
 @option("--dry-run", is_flag=True, envvar="KAITO_DRY_RUN", help="Print the plan and the vLLM command, start nothing.")
@@ -288,7 +308,16 @@ def serve(**opts) -> None:
             from kaito_runtime import render
             from kaito_runtime.secrets import redact, register_secret
 
-            prepared, launch = api.dry_run(request)
+            try:
+                prepared, launch = api.dry_run(request)
+            except api.ModelDoesNotFitError as refused:
+                # What is known about the model is worth showing even when it does not fit.
+                if opts["output"] == "json":
+                    click.echo(redact(render.refusal_json(refused.model, redact(refused.message),
+                                                          refused.token_source, refused.warnings)))
+                    sys.exit(refused.exit_code)
+                click.echo(redact(render.refusal_text(refused.model, refused.warnings)))
+                raise
             register_secret(launch.api_key)  # an --api-key given to vLLM is not printed back
             text = render.plan_json(prepared, launch) if opts["output"] == "json" else render.plan_text(prepared, launch)
             click.echo(redact(text))

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from kaito_runtime.errors import ConfigFileError
+from kaito_runtime.errors import ConfigFileError, value_kind
 
 # Keys of the KAITO file that are not vLLM flags, with why they do not apply here.
 KAITO_ONLY_KEYS: dict[str, str] = {
@@ -50,8 +50,8 @@ def read_config(path: Path) -> ConfigFile:
     if not isinstance(section, dict):
         raise ConfigFileError(
             f"The 'vllm' section of {path} must be a mapping of flag names to values",
-            why=f"it holds a {type(section).__name__}",
-            fix="write e.g. 'vllm:\\n  max-model-len: 8192'",
+            why=f"It holds {value_kind(section)}",
+            fix="write it as flag: value lines under 'vllm:', e.g. 'vllm: {max-model-len: 8192}'",
         )
     for key, value in section.items():
         _check_value(path, str(key), value)
@@ -76,12 +76,12 @@ def _load(path: Path) -> dict[Any, Any]:
         document = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigFileError(
-            f"The config file {path} is not valid YAML", why=str(exc).splitlines()[0],
+            f"The config file {path} is not valid YAML", why=_first_line(exc),
             fix="correct the YAML syntax",
         ) from exc
     if not isinstance(document, dict):
         raise ConfigFileError(
-            f"The config file {path} must be a mapping", why=f"it holds a {type(document).__name__}",
+            f"The config file {path} must be a mapping", why=f"It holds {value_kind(document)}",
             fix="write it as 'vllm:' followed by 'flag-name: value' lines",
         )
     return document
@@ -102,3 +102,9 @@ def _check_value(path: Path, key: str, value: object) -> None:
                 why=str(exc),
                 fix="use only strings, numbers, true/false, null, lists and mappings (quote dates and the like)",
             ) from exc
+
+
+def _first_line(exc: yaml.YAMLError) -> str:
+    """PyYAML's first line ('while parsing a block mapping'), as a sentence."""
+    line = str(exc).splitlines()[0].strip()
+    return line[:1].upper() + line[1:]

@@ -1,10 +1,11 @@
 """The resumable, parallel, verifying fetcher: brings each selected file to its real path.
 
 Each file streams into a partial file named after its path and expected hash, through the
-client's ``http_get``. The partial outlives the process (unlike the client's own per-process
-temp files), so a run after a kill or crash asks only for the missing bytes (HTTP Range). A file
-reaches its real path only after its size and hash (sha256 of LFS files, git blob sha1 of the
-others) match, by an atomic rename; nothing half-written ever sits where vLLM looks.
+client's ``http_get``, chunk by chunk as it arrives (``hub.receive_in_small_chunks``); every
+chunk moves the ``progress.TransferCount``. The partial outlives the process (unlike the client's
+own per-process temp files), so a run after a kill or crash asks only for the missing bytes (HTTP
+Range). A file reaches its real path only after its size and hash (sha256 of LFS files, git blob
+sha1 of the others) match, by an atomic rename; nothing half-written ever sits where vLLM looks.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kaito_runtime import hub
 from kaito_runtime.errors import WeightsError
 from kaito_runtime.hub import RemoteFile
 from kaito_runtime.integrity import expected_digest, file_ok, hash_file, new_hasher, size_is, size_of
+from kaito_runtime.progress import TransferCount
 from kaito_runtime.units import format_bytes as fmt_bytes
 from kaito_runtime.secrets import Secret
 from kaito_runtime.weights_store import partial_path
@@ -69,13 +71,21 @@ class HashingAppender:
         self._fh.flush()
 
 
-def _silent_tqdm() -> type:
+def _silent_tqdm(on_update: Callable[[int], None] | None = None) -> type:
+    """A tqdm class for the client that shows nothing; ``on_update`` gets each update's bytes."""
     from huggingface_hub.utils import tqdm as hf_tqdm
 
     class SilentTqdm(hf_tqdm):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
+            if on_update is not None and kwargs.get("initial"):
+                on_update(int(kwargs["initial"]))  # the client resumed its own temp file
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if on_update is not None and n:
+                on_update(int(n))
+            return super().update(n)
 
     return SilentTqdm
 
@@ -92,15 +102,24 @@ class Fetcher:
 
     ``verify``: a file already at its real path with the right size is re-hashed before it is
     trusted (else the size suffices: it was verified before its rename).
+    ``count``: moved with every chunk received and every restart of a file (progress reports).
     """
 
     def __init__(self, repo_id: str, commit: str, folder: Path, token: Secret | None, endpoint: str,
-                 log: logging.Logger, on_bytes: Callable[[int], None] | None, verify: bool = False) -> None:
+                 log: logging.Logger, count: TransferCount | None = None, verify: bool = False) -> None:
         self.repo_id, self.commit, self.folder, self.token, self.endpoint = repo_id, commit, folder, token, endpoint
-        self.log, self.on_bytes, self.verify = log, on_bytes, verify
+        self.log, self.count, self.verify = log, count, verify
         self.stop = threading.Event()
         self.tqdm_class = _silent_tqdm()
         self.http_limit = hub.http_download_limit()
+
+    def _adder(self, f: RemoteFile) -> Callable[[int], None] | None:
+        count = self.count
+        return None if count is None else (lambda n: count.add(f.path, n))
+
+    def _restart(self, f: RemoteFile, held: int) -> None:
+        if self.count is not None:
+            self.count.restart(f.path, held)
 
     def run(self, files: Sequence[RemoteFile], max_workers: int) -> list[RemoteFile]:
         """The files that failed verification twice; raises the first other failure."""
@@ -124,6 +143,7 @@ class Fetcher:
         if size_is(final, f.size) and (not self.verify or file_ok(self.folder, f)):
             # Renamed into place, verified, by a run killed before its marker. No fsync before the
             # rename: after a node crash ext4/xfs show unflushed files short, never padded.
+            self._restart(f, f.size)
             return True
         final.unlink(missing_ok=True)
         for attempt in (1, 2):
@@ -143,17 +163,18 @@ class Fetcher:
         have = size_of(part)
         if have > f.size:
             self.log.warning("weights: partial %s is larger than %s; discarding it", part, f.path)
-            self._discard(part)
+            self._discard(part, f)
             have = 0
         elif have:
             self.log.info("weights: resuming %s at %s of %s", f.path, fmt_bytes(have), fmt_bytes(f.size))
+        self._restart(f, have)
         hasher = new_hasher(f)
         if hasher is not None and have:
             hash_file(part, hasher, limit=have)
         part.parent.mkdir(parents=True, exist_ok=True)
         size_ok = True
         with part.open("ab") as fh:
-            out = HashingAppender(fh, hasher, self.stop, lambda: new_hasher(f), self.on_bytes)
+            out = HashingAppender(fh, hasher, self.stop, lambda: new_hasher(f), self._adder(f))
             try:
                 hub.download_range(
                     self.repo_id, self.commit, f.path, out,  # type: ignore[arg-type]
@@ -170,7 +191,7 @@ class Fetcher:
             digest = out.hasher.hexdigest() if out.hasher is not None else hash_file(part, new_hasher(f))
             ok = digest == expected
         if not ok:
-            self._discard(part)
+            self._discard(part, f)
             return False
         final = self.folder / f.path
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -179,11 +200,13 @@ class Fetcher:
 
     def _whole(self, f: RemoteFile) -> bool:
         # Over the client's plain-HTTP limit the Hub serves the file through Xet only, which the
-        # client does not resume across processes; hf_hub_download picks Xet when it can.
+        # client does not resume across processes; hf_hub_download picks Xet when it can. Its
+        # progress reaches us through the tqdm class only.
+        self._restart(f, 0)
         try:
             hub.download_whole(
                 self.repo_id, self.commit, f.path, self.folder, token=self.token, endpoint=self.endpoint,
-                tqdm_class=self.tqdm_class,
+                tqdm_class=_silent_tqdm(self._adder(f)),
             )
         except ValueError as e:
             raise WeightsError(
@@ -192,12 +215,12 @@ class Fetcher:
                 fix="install the hf_xet package (pip install hf_xet) and leave HF_HUB_DISABLE_XET unset",
             ) from None
         if file_ok(self.folder, f):
+            self._restart(f, f.size)
             return True
         (self.folder / f.path).unlink(missing_ok=True)
+        self._restart(f, 0)
         return False
 
-    def _discard(self, part: Path) -> None:
-        size = size_of(part)
+    def _discard(self, part: Path, f: RemoteFile) -> None:
         part.unlink(missing_ok=True)
-        if self.on_bytes and size:
-            self.on_bytes(-size)
+        self._restart(f, 0)

@@ -128,18 +128,32 @@ class _Rule:
     explain: Callable[[re.Match[str], str, FailureContext | None], str]
 
 
+def _gib_figure(value: str | None) -> str | None:
+    """A GiB figure from vLLM's message as printed, or None when missing or rounded to 0 (vLLM
+    prints two decimals, so a small KV cache reads "0.0 GiB", which says nothing)."""
+    return value if value is not None and float(value) > 0 else None
+
+
 def _kv_too_small(m: re.Match[str], text: str, ctx: FailureContext | None) -> str:
-    seq_len, needed, available = m.group("seq"), m.group("need"), m.group("avail")
-    estimate = re.search(r"estimated maximum model length is\s*(\d+)", text, re.I)
+    seq_len = m.group("seq")
+    rest = text[m.end() :].split("\n", 1)[0]  # the rest of vLLM's message (one line)
+    available = re.search(rf"available KV cache memory\s*\(\s*{_num('avail')}\s*GiB", rest, re.I)
+    needed = _gib_figure(m.group("need"))
+    avail = _gib_figure(available.group("avail") if available else None)
+    estimate = re.search(r"estimated maximum model length is\s*(\d+)", rest, re.I)
+    fits = f"vLLM estimates at most {int(estimate.group(1)):,} tokens fit" if estimate else None
+    if needed and avail:
+        cause = f": it needs {needed} GiB but {avail} GiB is available" + (f" ({fits})" if fits else "")
+    else:
+        cause = f": {fits}" if fits else ""
     limit = (
         f"set --max-model-len <= {_round_len(int(estimate.group(1)))}"
         if estimate
         else "lower --max-model-len"
     )
     return (
-        f"the KV cache is too small for max-model-len {seq_len}: it needs {needed} GiB but "
-        f"{available} GiB is available. Fix: {limit}, or {_more_gpus_hint(ctx)}, or "
-        f"{_utilization_hint(ctx)}"
+        f"the KV cache is too small for max-model-len {seq_len}{cause}. Fix: {limit}, or "
+        f"{_more_gpus_hint(ctx)}, or {_utilization_hint(ctx)}"
     )
 
 
@@ -168,8 +182,10 @@ def _free_below_utilization(m: re.Match[str], text: str, ctx: FailureContext | N
         if suggestion > 0.05
         else "free the GPU"
     )
+    # vLLM rounds to two decimals: "0.0" means almost nothing, not nothing
+    has = f"has only {free:g} of {total:g} GiB free" if free > 0 else f"has almost none of its {total:g} GiB free"
     return (
-        f"{device} has only {free:g} of {total:g} GiB free, less than the requested "
+        f"{device} {has}, less than the requested "
         f"utilization {wanted}; another process holds its memory (often an orphaned "
         f"VLLM::EngineCore from an earlier run: check nvidia-smi). Fix: {fix}"
     )
@@ -274,10 +290,9 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(
         "kv-cache-too-small",
         re.compile(
-            rf"max seq len\s*\((?P<seq>\d+)\),?\s*\(?\s*{_num('need')}\s*GiB"
-            rf"\s*KV cache is needed.*?available KV cache memory\s*\(\s*"
-            rf"{_num('avail')}\s*GiB",
-            re.I | re.S,
+            rf"max seq len\s*\((?P<seq>\d+)\),?\s*\(?\s*(?:{_num('need')}\s*GiB\s*)?"
+            r"KV cache is needed",
+            re.I,
         ),
         _kv_too_small,
     ),

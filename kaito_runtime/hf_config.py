@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kaito_runtime.errors import InputError
+from kaito_runtime.errors import InputError, value_kind
 from kaito_runtime.values import AttentionGeometry, ModelSpec
 
 # transformers' FalconConfig leaves max_position_embeddings out of config.json and assumes this.
@@ -56,7 +56,7 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise InputError(
                 f"Invalid '{key}' in {self.source}",
-                why=f"expected a positive integer, got {value!r}",
+                why=f"It must be a positive integer, not {value!r}",
                 fix="check that the file is an unmodified Hugging Face config.json",
             )
         return value
@@ -187,7 +187,7 @@ def spec_from_hf_config(
     if not isinstance(config, dict):
         raise InputError(
             f"{source} is not a JSON object",
-            why=f"got {type(config).__name__}",
+            why=f"It holds {value_kind(config)}",
             fix="use the model's Hugging Face config.json",
         )
     architecture = _architecture(config, source)
@@ -219,7 +219,7 @@ def read_config_json(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(
             f"{path} does not exist",
-            why="a model folder must hold the Hugging Face config.json",
+            why="A model folder must hold the Hugging Face config.json",
             fix="point to a folder with config.json and the weight files",
         ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -29,6 +29,7 @@ from kaito_runtime.errors import (
     HubUnreachableError,
     KaitoError,
     RepoNotFoundError,
+    InputError,
     RevisionNotFoundError,
     TokenRejectedError,
     WeightsError,
@@ -42,6 +43,59 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://huggingface.co"
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 TOKEN_HINT = "set HF_TOKEN, or mount the token and pass --token-file / KAITO_HF_TOKEN_FILE"
+
+# The bytes the client hands over per chunk of a download body (its default is 10 MiB, which it
+# buffers in memory before writing or reporting any of it). About one network read.
+RECEIVE_CHUNK_BYTES = 64 * 1024
+
+
+# --- repo ids ---------------------------------------------------------------------------------
+
+# The client's own rule (huggingface_hub's validate_repo_id), with the namespace required: each
+# part 1-96 ASCII letters, digits, '-', '_', '.', starting and ending with a letter, digit or '_';
+# no '--' or '..' anywhere; not ending in '.git'.
+REPO_ID_MAX_PART = 96
+_REPO_PART_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+_REPO_PART_CHARS = re.compile(r"[A-Za-z0-9_.-]")
+REPO_ID_FORM = (
+    "org/name: letters, digits, '-', '_' and '.', each part at most 96 characters, "
+    "not starting or ending with '-' or '.', without '--' or '..'"
+)
+
+
+def repo_id_problem(text: str) -> str | None:
+    """Why ``text`` is not a Hugging Face repo id of the form org/name (None when it is one)."""
+    parts = text.split("/")
+    if len(parts) != 2:
+        return f"It has {len(parts) - 1} '/' (a repo id has exactly one, between org and name)"
+    for label, part in zip(("org", "name"), parts):
+        if not part:
+            return f"The {label} part is empty"
+        bad = sorted({c for c in part if not _REPO_PART_CHARS.fullmatch(c)})
+        if bad:
+            shown = ", ".join(repr(c) for c in bad[:5])
+            return f"The {label} part {part!r} holds {shown}, which a repo id may not contain"
+        if len(part) > REPO_ID_MAX_PART:
+            return f"The {label} part is {len(part)} characters long (at most {REPO_ID_MAX_PART})"
+        if not _REPO_PART_RE.fullmatch(part):
+            return f"The {label} part {part!r} starts or ends with '-' or '.'"
+    for pair in ("--", ".."):
+        if pair in text:
+            return f"It contains {pair!r}"
+    if text.endswith(".git"):
+        return "It ends with '.git'"
+    return None
+
+
+def check_repo_id(text: str) -> None:
+    """Raise InputError (exit 2) unless ``text`` is a well-formed org/name repo id; no network."""
+    problem = repo_id_problem(text)
+    if problem is not None:
+        raise InputError(
+            f"{text!r} is not a valid Hugging Face repo id",
+            why=problem,
+            fix=f"use the form {REPO_ID_FORM} (e.g. my-org/my-model), or the path of an existing model folder",
+        )
 
 
 @dataclass(frozen=True)
@@ -290,6 +344,7 @@ def download_range(
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
+    receive_in_small_chunks()
     url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
     with bounded(filename):
         http_get(
@@ -303,6 +358,21 @@ def download_range(
         )
 
 
+def receive_in_small_chunks() -> None:
+    """Make the client write (and report) a download body as it arrives, not every 10 MiB.
+
+    ``http_get`` reads ``constants.DOWNLOAD_CHUNK_SIZE`` at each call and holds that many bytes in
+    memory before the first write or progress update: on a slow link the partial file and the
+    progress stood still for minutes, and a killed run lost up to 10 MiB per file. The constant
+    is process-wide (the client has no per-call setting); smaller chunks only make its downloads
+    write sooner, at the same throughput.
+    """
+    from huggingface_hub import constants
+
+    if constants.DOWNLOAD_CHUNK_SIZE > RECEIVE_CHUNK_BYTES:
+        constants.DOWNLOAD_CHUNK_SIZE = RECEIVE_CHUNK_BYTES
+
+
 def download_whole(
     repo_id: str, commit: str, filename: str, local_dir: Path, *, token: Secret | None, endpoint: str, tqdm_class: type | None = None
 ) -> Path:
@@ -314,6 +384,7 @@ def download_whole(
     """
     from huggingface_hub import hf_hub_download
 
+    receive_in_small_chunks()
     with bounded(filename, stops_retries=False):
         return Path(
             hf_hub_download(
@@ -361,6 +432,7 @@ def fetch_model_metadata(
     For ``--model ORG/NAME`` the lead builds a ModelSpec from this before planning; the commit
     returned pins the later weight download.
     """
+    check_repo_id(repo_id)
     ep = resolve_endpoint(endpoint)
     source = token_source or ("a token" if token else "none")
     with hub_errors(repo_id=repo_id, revision=revision, token_source=source, endpoint=ep):

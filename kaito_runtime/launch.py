@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from kaito_runtime.errors import VllmNotInstalledError
@@ -91,3 +92,97 @@ def start_line(launch: VllmLaunch, added: Mapping[str, str]) -> str:
     if launch.unset_env:
         line += f" (without {', '.join(launch.unset_env)})"
     return line
+
+
+# ------------------------------------------------------------------------------------------------
+# What vLLM will really get, against what the plan said
+# ------------------------------------------------------------------------------------------------
+
+PASS_THROUGH = "pass-through"
+CONFIG_FILE = "--config"
+PRESET_ARGS = "the preset's vLLM args"
+
+
+@dataclass(frozen=True)
+class EffectiveSetting:
+    """One launch setting: the value vLLM gets, the plan's value, and who changed it (None: the plan)."""
+
+    flag: str  # vLLM's flag name without dashes, e.g. "max-model-len"
+    value: str
+    planned: str
+    source: str | None = None
+
+    @property
+    def overridden(self) -> bool:
+        return self.source is not None and self.value != self.planned
+
+    def mark(self) -> str:
+        """'' when the plan's value stands, else ' (from pass-through; the plan said 512)'."""
+        return f" (from {self.source}; the plan said {self.planned})" if self.overridden else ""
+
+    def describe(self) -> str:
+        return f"--{self.flag} {self.value}{self.mark()}"
+
+
+def _flags_in(tokens: Sequence[str]) -> set[str]:
+    from kaito_runtime.vllm_command import normalise_flag
+
+    return {normalise_flag(t) for t in tokens if t.startswith("-") and len(t) > 1 and not t[1:2].isdigit()}
+
+
+def _sources(request: RuntimeRequest, model: ModelSpec, config_args: Mapping[str, object] | None) -> dict[str, str]:
+    """flag -> the layer that last set it (pass-through beats the config file beats the preset)."""
+    from kaito_runtime.vllm_command import normalise_flag
+
+    found: dict[str, str] = {}
+    layers = [
+        (PRESET_ARGS, _flags_in(model.vllm_args)),
+        (CONFIG_FILE, {normalise_flag("--" + str(key).lstrip("-")) for key in (config_args or {})}),
+        (PASS_THROUGH, _flags_in(request.extra_vllm_args)),
+    ]
+    for source, flags in layers:
+        for flag in flags:
+            found[flag] = source
+            if flag.startswith("no-"):
+                found[flag[3:]] = source
+    return found
+
+
+def _context_text(length: int | None, auto: bool) -> str:
+    if length:
+        return str(length)
+    return "auto" if auto else "vLLM's default"
+
+
+def effective_settings(
+    request: RuntimeRequest,
+    plan: LaunchPlan,
+    launch: VllmLaunch,
+    config_args: Mapping[str, object] | None = None,
+) -> dict[str, EffectiveSetting]:
+    """The settings an operator reads in a summary, as vLLM will get them (``launch``, built
+    from the plan, the preset, the config file and the pass-through arguments), each marked
+    with what overrode the plan. Keyed by flag name."""
+    sources = _sources(request, plan.model, config_args)
+
+    def util(value: float | None) -> str:
+        return f"{value:.2f}" if value is not None else "-"
+
+    rows = [
+        ("tensor-parallel-size", str(launch.tensor_parallel_size), str(plan.tensor_parallel_size)),
+        ("pipeline-parallel-size", str(launch.pipeline_parallel_size), str(plan.pipeline_parallel_size)),
+        ("data-parallel-size", str(launch.data_parallel_size), str(plan.data_parallel_size)),
+        ("gpu-memory-utilization", util(launch.gpu_memory_utilization), util(plan.gpu_memory_utilization)),
+        (
+            "max-model-len",
+            _context_text(launch.max_model_len, plan.max_model_len_auto),
+            _context_text(plan.max_model_len, plan.max_model_len_auto),
+        ),
+        ("host", launch.host, request.host),
+        ("port", str(launch.port), str(request.port)),
+        ("served-model-name", " ".join(launch.served_model_names) or plan.model.name, plan.model.name),
+    ]
+    return {
+        flag: EffectiveSetting(flag, value, planned, sources.get(flag) if value != planned else None)
+        for flag, value, planned in rows
+    }

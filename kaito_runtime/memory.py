@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from kaito_runtime.units import format_gib
+from kaito_runtime.units import format_bytes, format_gib
 from kaito_runtime.values import GiB, MiB, AttentionGeometry, GpuInfo, ModelSpec
 
 # KAITO nodesestimator: "vLLM runtime representation is about 2 % larger" than the weight files.
@@ -85,6 +85,18 @@ def weights_share_bytes(model: ModelSpec, tp: int, pp: int) -> int:
     return math.ceil(model.weights_bytes * WEIGHT_EXPANSION * fraction / tp)
 
 
+def weights_basis(model: ModelSpec, tp: int, pp: int) -> str:
+    """How ``weights_share_bytes`` was counted, for messages: '131.4 GiB x 1.02 in memory', plus the
+    split when there is one, so the figure can be traced to the preset's weight size."""
+    text = f"{gib(model.weights_bytes)} x {WEIGHT_EXPANSION:g} in memory"
+    layers = model.attention.num_layers
+    if pp > 1:
+        text += f", the busiest pipeline stage's {layers_per_stage(layers, pp)} of {layers} layers"
+    if tp > 1:
+        text += f", split over TP {tp}"
+    return text
+
+
 def runtime_overhead_bytes(weights_share: int) -> int:
     """Non-KV, non-weight memory per GPU: CUDA context, NCCL, activation peak, CUDA graphs."""
     return BASE_RUNTIME_OVERHEAD + math.ceil(WEIGHT_OVERHEAD_FACTOR * weights_share)
@@ -134,3 +146,9 @@ def max_utilization_free(gpu: GpuInfo) -> float:
 
 # Human figure for messages: '79.6 GiB' (one formatter for the whole launcher).
 gib = format_gib
+
+
+def small_or_gib(n_bytes: float) -> str:
+    """``gib`` from 0.1 GiB up; below that the largest fitting unit ('1.0 MiB'), where '0.0 GiB'
+    would say nothing (a test model's weights or KV needs)."""
+    return gib(n_bytes) if n_bytes >= GiB / 10 else format_bytes(n_bytes)

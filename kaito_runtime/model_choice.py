@@ -137,3 +137,15 @@ def download_spec(request: RuntimeRequest) -> ModelSpec:
         revision=request.revision,
         notes=_DOWNLOAD_ONLY_NOTE,
     )
+
+
+def gated_token_warning(model: ModelSpec, *, token_found: bool) -> str | None:
+    """The warning for a gated model when no Hugging Face token was found (None otherwise).
+    Names where a token is looked for, never a token."""
+    if not model.gated or token_found:
+        return None
+    who = model.repo_id or model.name
+    return (
+        f"{who} is gated: a Hugging Face token with access is needed (HF_TOKEN or --token-file); "
+        "none found"
+    )

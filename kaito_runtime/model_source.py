@@ -7,7 +7,10 @@ from pathlib import Path
 from kaito_runtime.errors import InputError
 from kaito_runtime.file_selection import WEIGHT_FILES_RULE, has_weights, weight_files
 from kaito_runtime.hf_config import read_config_json, spec_from_hf_config
+from kaito_runtime.hub import check_repo_id, repo_id_problem
 from kaito_runtime.values import ModelSpec
+
+__all__ = ["check_repo_id", "folder_weights_bytes", "repo_id_problem", "served_name_for", "spec_from_folder", "spec_from_hub"]
 
 
 def served_name_for(model: str) -> str:
@@ -42,15 +45,6 @@ def spec_from_folder(folder: Path) -> ModelSpec:
     )
 
 
-def check_repo_id(repo_id: str) -> None:
-    parts = repo_id.split("/")
-    if len(parts) != 2 or not all(parts):
-        raise InputError(
-            f"{repo_id!r} is neither a local folder nor a Hugging Face repo id",
-            fix="use the form org/name (e.g. my-org/my-model) or an existing folder path",
-        )
-
-
 def spec_from_hub(
     repo_id: str,
     *,
@@ -61,7 +55,9 @@ def spec_from_hub(
     offline: bool,
     weights_dir: Path,
 ) -> ModelSpec:
-    """Read config.json and the file sizes from the hub (or a complete local copy when offline)."""
+    """Read config.json and the file sizes from the hub (or a complete local copy when offline).
+
+    A malformed ``repo_id`` is an InputError (exit 2) before anything is read."""
     from kaito_runtime import weights
 
     check_repo_id(repo_id)

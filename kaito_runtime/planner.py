@@ -24,7 +24,9 @@ from kaito_runtime.memory import (
     kv_dtype_bytes,
     max_utilization_free,
     runtime_overhead_bytes,
+    small_or_gib,
     utilization_from_free,
+    weights_basis,
     weights_share_bytes,
 )
 from kaito_runtime.values import (
@@ -178,7 +180,7 @@ def _check_overrides(model: ModelSpec, o: PlanOverrides) -> None:
     if pp is not None and pp > model.attention.num_layers:
         raise InputError(
             f"--pipeline-parallel-size {pp} is larger than {model.name}'s {model.attention.num_layers} layers",
-            why="each pipeline stage needs at least one layer",
+            why="Each pipeline stage needs at least one layer",
             fix=f"use --pipeline-parallel-size <= {model.attention.num_layers}",
         )
 
@@ -200,7 +202,7 @@ def _plan_gpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverr
     if topo.multi_node and not model.multi_node:
         raise InputError(
             f"{model.name} cannot run across {topo.nnodes} nodes",
-            why="its preset is single-node (multi_node: false)",
+            why="Its preset is single-node (multi_node: false)",
             fix="run it on one node (--nnodes 1) with enough GPU memory",
         )
     decisions: list[Decision] = []
@@ -319,7 +321,7 @@ def _utilization(used: Sequence[GpuInfo], o: PlanOverrides) -> float:
         worst = min(used, key=lambda g: g.free_bytes / g.total_bytes)
         raise DoesNotFitError(
             f"GPU {worst.index} has no memory to spare",
-            why=f"it has {gib(worst.free_bytes)} free of {gib(worst.total_bytes)}, less than the "
+            why=f"It has {gib(worst.free_bytes)} free of {gib(worst.total_bytes)}, less than the "
             f"{UTILIZATION_HEADROOM // (1024 * 1024)} MiB headroom",
             fix="stop the other processes using the GPU (nvidia-smi lists them) or pick another node",
         )
@@ -392,7 +394,7 @@ def _candidate_layouts(
         if tp > g and not o.tensor_parallel_across_nodes:
             raise InputError(
                 f"--tensor-parallel-size {tp} spans nodes ({g} GPUs per node)",
-                why="tensor parallel across nodes sends every layer's all-reduce over the network",
+                why="Tensor parallel across nodes sends every layer's all-reduce over the network",
                 fix=f"use TP {g} x PP {n}, or ask for it explicitly (tensor parallel across nodes)",
             )
         if pp > layers:
@@ -506,7 +508,8 @@ def _does_not_fit(
     gpus = list(inv.gpus)
     where = _describe_gpus(gpus, inv) + (f" per node, {topo.nnodes} nodes" if topo.multi_node else "")
     why = (
-        f"At {fit.layout.describe()} each GPU needs {gib(fit.weights)} of weights + {gib(fit.overhead)} "
+        f"At {fit.layout.describe()} each GPU needs {gib(fit.weights)} of weights "
+        f"({weights_basis(model, fit.layout.tp, fit.layout.pp)}) + {gib(fit.overhead)} "
         f"runtime + {gib(fit.kv_bytes(context))} KV for {context:,} tokens = {gib(fit.needed(context))}; "
         f"GPU {fit.gpu_index} offers {gib(fit.usable)} ({gib(fit.total)} x {fit.utilization:.2f}, "
         f"{gib(fit.free)} free)"
@@ -544,7 +547,7 @@ def _does_not_fit(
                 fixes.append(f"needs {nodes} nodes of this SKU (--nnodes {nodes}: TP {tp} x PP {pp})")
                 break
     elif not topo.multi_node:
-        fixes.append(f"{model.name} is single-node, so more nodes do not help")
+        why += f". More nodes do not help: {model.name} is single-node (multi_node: false)"
     # Bigger GPUs, same count and layout.
     needed_total = math.ceil(fit.needed(context) / util / GiB)
     fixes.append(f"needs GPUs with >= {needed_total} GiB each at {layout.describe()}")
@@ -562,7 +565,7 @@ def _plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverr
     if topo.multi_node:
         raise InputError(
             "Multi-node runs need GPUs",
-            why=f"this node has no usable GPU ({inv.no_gpu_reason or 'CPU target forced'}) and the launcher does not run "
+            why=f"This node has no usable GPU ({inv.no_gpu_reason or 'CPU target forced'}) and the launcher does not run "
             "vLLM's CPU backend across nodes",
             fix="run on one node (--nnodes 1) or on GPU nodes",
         )
@@ -570,7 +573,7 @@ def _plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverr
     if not att.is_mla and att.head_dim not in CPU_HEAD_DIMS:
         raise InputError(
             f"{model.name} cannot run on vLLM's CPU backend",
-            why=f"its head_dim {att.head_dim} is not one the CPU attention kernels support "
+            why=f"Its head_dim {att.head_dim} is not one the CPU attention kernels support "
             f"({', '.join(map(str, sorted(CPU_HEAD_DIMS)))})",
             fix="run it on a GPU node",
         )
@@ -596,10 +599,11 @@ def _plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverr
     min_kv_gib = max(1, math.ceil(context * per_token / GiB))
     per_rank = " per rank" if ranks > 1 else ""
     times = f"{ranks} x " if ranks > 1 else ""
+    basis = weights_basis(model, 1, 1) + (f", the busiest stage's share counted for each of {ranks} ranks" if pp > 1 else "")
     if available_gib < min_kv_gib:
         raise DoesNotFitError(
             f"{model.name} does not fit in this machine's RAM" + (f" as {ranks} CPU ranks" if ranks > 1 else ""),
-            why=f"it needs {gib(weights)} of weights + {times}{gib(CPU_RUNTIME_OVERHEAD)} runtime + "
+            why=f"It needs {small_or_gib(weights)} of weights ({basis}) + {times}{gib(CPU_RUNTIME_OVERHEAD)} runtime + "
             f"{gib(CPU_HOST_HEADROOM)} headroom + {times}{min_kv_gib} GiB KV for {context:,} tokens; "
             f"{gib(ram)} RAM is available",
             fix="free memory, use a smaller model, or run on a GPU node"
@@ -608,8 +612,22 @@ def _plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverr
                if o.max_model_len and available_gib >= 1 and available_gib * GiB // per_token >= CONTEXT_ALIGN else ""),
         )
     wanted = o.max_model_len or model.max_context
-    kv_gib = min(available_gib, max(min_kv_gib, math.ceil(wanted * per_token * CPU_CONCURRENCY / GiB)))
+    sized_for = wanted * per_token * CPU_CONCURRENCY
+    kv_gib = min(available_gib, max(min_kv_gib, math.ceil(sized_for / GiB)))
     capacity = kv_gib * GiB // per_token
+    ram_left = (
+        f"{gib(ram)} RAM available - weights {small_or_gib(weights)} - runtime {times}{gib(CPU_RUNTIME_OVERHEAD)} - "
+        f"headroom {gib(CPU_HOST_HEADROOM)}"
+        + (f", / {ranks} ranks as vLLM allocates VLLM_CPU_KVCACHE_SPACE in every rank" if ranks > 1 else "")
+    )
+    wants = f"{CPU_CONCURRENCY} x {wanted:,}-token sequences ({small_or_gib(sized_for)} at {per_token:,} bytes per token{per_rank})"
+    if kv_gib < math.ceil(sized_for / GiB):
+        kv_reason = f"all the RAM left{per_rank}, in whole GiB ({ram_left}); room for ~{capacity:,} tokens, less than {wants}"
+    else:
+        kv_reason = (
+            f"enough for {wants}, in whole GiB; room for ~{capacity:,} tokens; the RAM left would "
+            f"allow {available_gib} GiB{per_rank} ({ram_left})"
+        )
     if o.max_model_len is not None:
         max_model_len = o.max_model_len
     elif capacity >= model.max_context:
@@ -629,13 +647,7 @@ def _plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverr
     decisions = (
         Decision("target", "cpu", "forced by the user" if o.force_cpu and inv.has_gpu else f"no GPU: {reason}"),
         layout,
-        Decision(
-            "cpu-kv-cache", f"{kv_gib} GiB{per_rank}",
-            f"({gib(ram)} RAM available - weights {gib(weights)} - runtime {times}{gib(CPU_RUNTIME_OVERHEAD)} - "
-            f"headroom {gib(CPU_HOST_HEADROOM)})"
-            + (f" / {ranks} ranks, as vLLM allocates VLLM_CPU_KVCACHE_SPACE in every rank" if ranks > 1 else "")
-            + f"; at most {CPU_CONCURRENCY} x {wanted:,}-token sequences ({per_token:,} bytes per token{per_rank})",
-        ),
+        Decision("cpu-kv-cache", f"{kv_gib} GiB{per_rank}", kv_reason),
         Decision("max-model-len", str(max_model_len),
                  "user value" if o.max_model_len else f"the KV space holds ~{capacity:,} tokens; model limit {model.max_context:,}"),
         Decision("enforce-eager", "on", "skips torch.compile warm-up on CPU (start 44 s vs 90 s cold, vllm-cpu.md)")

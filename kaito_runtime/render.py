@@ -71,17 +71,33 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _effective(prepared, launch) -> dict:
+    from kaito_runtime.launch import effective_settings
+
+    request = getattr(prepared, "request", None)
+    if request is None:  # views built by hand, without a request: the plan's own endpoint
+        from kaito_runtime.request import RuntimeRequest
+
+        request = RuntimeRequest(host=launch.host, port=launch.port)
+    return effective_settings(request, prepared.plan, launch, getattr(prepared, "config_args", None))
+
+
 def plan_json(prepared, launch) -> str:
     """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it."""
     from kaito_runtime.vllm_command import display_argv, format_command
 
     payload = {
         "model": preset_dict(prepared.model),
+        "fits": True,
         "inventory": _jsonable(prepared.inventory),
         "topology": _jsonable(prepared.topology),
         "plan": _jsonable(dataclasses.replace(prepared.plan, model=None)),
+        # What vLLM will get after the preset, --config and pass-through arguments: source None
+        # means the plan's value stands.
+        "effective": {flag: _jsonable(s) for flag, s in _effective(prepared, launch).items()},
         "model_path": str(prepared.model_path),
         "token_source": prepared.token_source,
+        "warnings": list(getattr(prepared, "warnings", ())),
         "vllm": {
             "argv": list(display_argv(launch)),  # an --api-key value is shown as ***
             "env": dict(launch.env),
@@ -93,20 +109,50 @@ def plan_json(prepared, launch) -> str:
     return json.dumps(payload, indent=2)
 
 
-def plan_text(prepared, launch) -> str:
-    """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it."""
-    from kaito_runtime.vllm_command import format_command
-
-    model, plan, node, topo = prepared.model, prepared.plan, prepared.inventory, prepared.topology
+def model_lines(model: ModelSpec) -> list[str]:
+    """The "Model" block of a plan: everything known about the model before any planning."""
     lines = [f"Model     {model.name}"]
     if model.repo_id:
         lines.append(f"          {model.repo_id} @ {model.revision or 'main'}")
     elif model.local_path:
         lines.append(f"          folder {model.local_path}")
     lines.append(
-        f"          {model.architecture}, weights {format_gib(model.weights_bytes)}, context {model.max_context},"
-        f" KV {model.kv_bytes_per_token} B/token"
+        f"          {model.architecture}, weights {format_gib(model.weights_bytes)}, context {model.max_context:,},"
+        f" KV {model.kv_bytes_per_token:,} B/token"
     )
+    details = ["gated" if model.gated else "not gated", "multi-node" if model.multi_node else "single-node"]
+    lines.append("          " + ", ".join(details))
+    if model.vllm_args:
+        lines.append(f"          vLLM args {' '.join(model.vllm_args)}")
+    return lines
+
+
+def refusal_text(model: ModelSpec, warnings: Iterable[str] = ()) -> str:
+    """What a dry run shows when the model does not fit: the model block (the error line that
+    follows on stderr gives the numbers)."""
+    return "\n".join([*model_lines(model), *(f"Warning   {w}" for w in warnings)])
+
+
+def refusal_json(model: ModelSpec, error: str, token_source: str | None = None, warnings: Iterable[str] = ()) -> str:
+    payload = {
+        "model": preset_dict(model),
+        "fits": False,
+        "error": error,
+        "token_source": token_source,
+        "warnings": list(warnings),
+    }
+    return json.dumps(payload, indent=2)
+
+
+def plan_text(prepared, launch) -> str:
+    """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it. Values are the ones
+    vLLM will get; one the config file or the pass-through arguments changed is marked with the
+    plan's own value."""
+    from kaito_runtime.vllm_command import format_command
+
+    model, plan, node, topo = prepared.model, prepared.plan, prepared.inventory, prepared.topology
+    eff = _effective(prepared, launch)
+    lines = model_lines(model)
     if node.has_gpu:
         gpu = node.gpus[0]
         where = f"{node.gpu_count} x {gpu.name} ({format_gib(gpu.total_bytes)})"
@@ -123,9 +169,10 @@ def plan_text(prepared, launch) -> str:
         if "leader_address" in topo.assumed:
             leader += " (placeholder: none given)"
         lines.append(f"Group     {rank}, {leader}; from {topo.source}")
-    layout = f"{plan.target.upper()}, tensor-parallel {plan.tensor_parallel_size} x pipeline-parallel {plan.pipeline_parallel_size}"
-    if plan.data_parallel_size > 1:
-        layout += f", {plan.data_parallel_size} replicas"
+    tp, pp, dp = eff["tensor-parallel-size"], eff["pipeline-parallel-size"], eff["data-parallel-size"]
+    layout = f"{plan.target.upper()}, tensor-parallel {tp.value}{tp.mark()} x pipeline-parallel {pp.value}{pp.mark()}"
+    if dp.value != "1" or dp.overridden:
+        layout += f", {dp.value} replicas{dp.mark()}"
     lines.append(f"Layout    {layout}")
     if plan.memory:
         m = plan.memory
@@ -133,20 +180,31 @@ def plan_text(prepared, launch) -> str:
             f"Per GPU   weights {format_gib(m.weights)} + KV {format_gib(m.kv_cache)} + overhead {format_gib(m.overhead)}"
             f" = {format_gib(m.weights + m.kv_cache + m.overhead)} of {format_gib(m.usable)} usable"
             f" ({format_gib(m.free)} free of {format_gib(m.total)})"
+            + (" (the plan's; overridden below)" if eff["gpu-memory-utilization"].overridden else "")
         )
-    if plan.gpu_memory_utilization is not None:
-        lines.append(f"Memory    --gpu-memory-utilization {plan.gpu_memory_utilization:.2f}")
+    util = eff["gpu-memory-utilization"]
+    if plan.gpu_memory_utilization is not None or util.overridden:
+        lines.append(f"Memory    {util.describe()}")
     if plan.cpu_kv_cache_gib is not None:
         lines.append(f"Memory    KV cache {plan.cpu_kv_cache_gib} GiB of RAM (VLLM_CPU_KVCACHE_SPACE)")
-    context = "auto (vLLM fits it after profiling)" if plan.max_model_len_auto else str(plan.max_model_len)
+    length = eff["max-model-len"]
+    context = length.value
+    if length.value == "auto" and not length.overridden:
+        context = "auto (vLLM fits it after profiling)"
+    context += length.mark()
     if plan.kv_cache_tokens:
-        context += f"; KV cache holds ~{plan.kv_cache_tokens} tokens"
+        context += f"; KV cache holds ~{plan.kv_cache_tokens:,} tokens"
     lines.append(f"Context   --max-model-len {context}")
+    names, host, port = eff["served-model-name"], eff["host"], eff["port"]
+    serve = f"{names.value}{names.mark()} on http://{host.value}:{port.value}/v1"
+    if host.overridden or port.overridden:
+        serve += f" (from {host.source if host.overridden else port.source}; the plan said {host.planned}:{port.planned})"
+    lines.append(f"Serve     {serve}")
     if plan.decisions:
         lines.append("Why")
         for d in plan.decisions:
             lines.append(f"  - {d.topic}: {d.choice} ({d.reason})")
-    for warning in launch.warnings:
+    for warning in [*getattr(prepared, "warnings", ()), *launch.warnings]:
         lines.append(f"Warning   {warning}")
     lines.append("Command")
     lines.append("  " + format_command(launch))

@@ -8,6 +8,10 @@ States a log line can name: starting -> ready -> stopping -> exited.
   start.
 * SIGTERM / SIGINT sent to us are forwarded to the group; after ``grace_seconds`` the group is
   SIGKILLed. A second signal SIGKILLs at once.
+* Once vLLM's main process has exited, what is left of its group gets up to 2 s to exit by
+  itself (Python's multiprocessing resource tracker does once its pipe closes) before the sweep
+  SIGTERMs, then SIGKILLs it; ``_Child.sweep`` says what is logged. A stop we forwarded ends
+  with "vLLM stopped in N s (exit N)".
 * Exit code (SupervisorResult.exit_code): the child's own code when it exited (a graceful vLLM
   stop after our forwarded SIGTERM is usually 0); 128+N when it was killed by signal N (143 for
   SIGTERM, 137 after the grace-period SIGKILL); READY_TIMEOUT_EXIT_CODE when it never became ready
@@ -49,6 +53,8 @@ TAIL_LINES = 400  # enough to hold a vLLM traceback and the error line above it
 READY_TIMEOUT_EXIT_CODE = 124  # as timeout(1): we gave up waiting and stopped the child
 _POLL_SECONDS = 0.1
 _SWEEP_SECONDS = 5.0  # how long leftovers of the group get after SIGTERM before SIGKILL
+# how long helpers of the group get to exit by themselves once vLLM's main process has exited
+_LINGER_SECONDS = 2.0
 
 Outcome = Literal["exited", "stopped", "ready_timeout"]
 
@@ -241,25 +247,66 @@ class _Child:
             if pid == 0:
                 return
 
-    def sweep(self, patience: float) -> None:
-        """Stop whatever is left of the group: SIGTERM, wait up to ``patience``, SIGKILL."""
-        self.reap_group()
-        leftovers = self.group_members()
+    def wait_for_group(self, seconds: float) -> list[int]:
+        """Poll the group for up to ``seconds`` until it is empty; the members still alive."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.reap_group()
+            alive = self.group_members()
+            if not alive or time.monotonic() >= deadline:
+                return alive
+            time.sleep(_POLL_SECONDS)
+
+    def sweep(self, patience: float, linger: float = 0.0) -> None:
+        """Stop whatever is left of the group: wait up to ``linger`` for helpers to exit by
+        themselves, then SIGTERM, wait up to ``patience``, SIGKILL.
+
+        Helpers outliving the main process by a moment are normal (Python's multiprocessing
+        resource tracker exits once its pipe closes), so cleaning them up is logged at INFO;
+        WARNING when one needed SIGKILL or is a vLLM engine/worker process, which holds (GPU)
+        memory that the next start needs.
+        """
+        leftovers = self.wait_for_group(linger)
         if not leftovers:
             return
-        self.log.warning("stopping %d leftover vLLM process(es): %s", len(leftovers), leftovers)
+        names = {pid: _describe_process(pid) for pid in leftovers}
         self.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + patience
-        while time.monotonic() < deadline:
-            time.sleep(_POLL_SECONDS)
-            self.reap_group()
-            if not self.group_members():
-                return
-        self.signal_group(signal.SIGKILL)
-        deadline = time.monotonic() + 2.0
-        while self.group_members() and time.monotonic() < deadline:
-            time.sleep(0.02)
-            self.reap_group()
+        survivors = self.wait_for_group(patience)
+        if survivors:
+            self.signal_group(signal.SIGKILL)
+            deadline = time.monotonic() + 2.0
+            while self.group_members() and time.monotonic() < deadline:
+                time.sleep(0.02)
+                self.reap_group()
+        held_memory = any(name.startswith(_VLLM_TITLE) for name in names.values())
+        shown = ", ".join(f"{name} (pid {pid}{', SIGKILL' if pid in survivors else ''})" for pid, name in names.items())
+        count = len(leftovers)
+        self.log.log(
+            logging.WARNING if survivors or held_memory else logging.INFO,
+            "cleaned up %d leftover process%s of vLLM's group after it exited: %s",
+            count, "" if count == 1 else "es", shown,
+        )
+
+
+_VLLM_TITLE = "VLLM::"  # vLLM names its engine core and workers VLLM::EngineCore, VLLM::Worker_...
+
+
+def _describe_process(pid: int) -> str:
+    """A short name for a process: its vLLM title, 'multiprocessing resource tracker', or its
+    command (shortened)."""
+    try:
+        proc = psutil.Process(pid)
+        cmdline = proc.cmdline()
+        name = proc.name()
+    except psutil.Error:
+        return "a process that has exited"
+    command = " ".join(" ".join(cmdline).split()) or name  # one line, even for python -c scripts
+    if _VLLM_TITLE in command or name.startswith(_VLLM_TITLE):
+        title = command if command.startswith(_VLLM_TITLE) else name
+        return title.split()[0]
+    if "resource_tracker" in command:
+        return "multiprocessing resource tracker"
+    return command if len(command) <= 60 else command[:57] + "..."
 
 
 def _watch_readiness(check: ReadinessCheck, ready: threading.Event, stop: threading.Event) -> None:
@@ -268,6 +315,12 @@ def _watch_readiness(check: ReadinessCheck, ready: threading.Event, stop: thread
             ready.set()
             return
         stop.wait(check.interval)
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit {returncode}"
 
 
 def _exit_code(returncode: int) -> int:
@@ -297,14 +350,16 @@ def supervise(
     received: list[int] = []
     child: _Child | None = None
     kill_at: float | None = None
+    signalled_at: float | None = None  # when we forwarded the first signal
 
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal kill_at
+        nonlocal kill_at, signalled_at
         first = not received
         received.append(signum)
         if child is None:
             return  # forwarded right after the child starts
         if first:
+            signalled_at = time.monotonic()
             log.info("received %s: stopping vLLM (grace %gs)", signal.Signals(signum).name, grace_seconds)
             child.signal_group(signum)
             kill_at = time.monotonic() + grace_seconds
@@ -329,7 +384,8 @@ def supervise(
         log.debug("started pid %d (process group %d)", child.proc.pid, child.pgid)
         if received:
             child.signal_group(received[0])
-            kill_at = time.monotonic() + grace_seconds
+            signalled_at = time.monotonic()
+            kill_at = signalled_at + grace_seconds
 
         if ready is not None:
             threading.Thread(
@@ -370,10 +426,15 @@ def supervise(
                 kill_at = now + grace_seconds
 
         stop_watch.set()
-        child.sweep(min(grace_seconds, _SWEEP_SECONDS))
+        linger = 0.0 if len(received) > 1 else min(grace_seconds, _LINGER_SECONDS)
+        child.sweep(min(grace_seconds, _SWEEP_SECONDS), linger)
         child.finish_output()
         if received and outcome == "exited":
             outcome = "stopped"
+        if signalled_at is not None:
+            log.info(
+                "vLLM stopped in %.1f s (%s)", time.monotonic() - signalled_at, _describe_exit(returncode)
+            )
         code = READY_TIMEOUT_EXIT_CODE if outcome == "ready_timeout" else _exit_code(returncode)
         return SupervisorResult(
             exit_code=code,

@@ -48,6 +48,8 @@ from kaito_runtime.progress import (
     ProgressBar,
     ProgressLogger,
     ProgressMode,
+    TransferCount,
+    held_on_disk,
 )
 from kaito_runtime.secrets import Secret
 from kaito_runtime.units import format_bytes as fmt_bytes
@@ -55,7 +57,6 @@ from kaito_runtime.values import MiB, ModelSpec
 from kaito_runtime.weights_lock import download_lock, lock_timeout_s
 from kaito_runtime.weights_store import (
     MARKER_NAME,
-    bytes_on_disk,
     partial_path,
     read_marker,
     read_ref,
@@ -203,6 +204,7 @@ def ensure_weights(
         return _use_local_folder(model.local_path, t0)
     if not model.repo_id:
         raise InputError(f"Model {model.name} has neither a Hugging Face repo id nor a local folder")
+    hub.check_repo_id(model.repo_id)  # it names folders on disk, too
     try:
         return _ensure_repo(
             model, Path(weights_dir), token, offline, endpoint, progress, disk_margin_bytes, log,
@@ -357,7 +359,8 @@ def _download(
         probe_access(repo_id, commit, probe, token=token, endpoint=ep)
 
     total = sum(f.size for f in files)
-    on_disk = bytes_on_disk(folder, files)
+    held = held_on_disk(folder, files)
+    on_disk = sum(held.values())
     needed = total - on_disk
     free = disk_free_bytes(folder)
     if needed + margin > free:
@@ -373,8 +376,9 @@ def _download(
     )
     mode = progress if progress != "auto" else ("bar" if sys.stderr.isatty() else "log")
     bar = ProgressBar(total, on_disk) if mode == "bar" else None
-    fetcher = Fetcher(repo_id, commit, folder, token, ep, log, bar.add if bar else None, verify=verify)
-    reporter = ProgressLogger(folder, files, on_disk, log, interval) if mode == "log" else None
+    count = TransferCount(held, on_change=bar.add if bar else None)
+    fetcher = Fetcher(repo_id, commit, folder, token, ep, log, count, verify=verify)
+    reporter = ProgressLogger(count, total, log, interval) if mode == "log" else None
     try:
         if reporter:
             reporter.__enter__()
@@ -456,6 +460,7 @@ def fetch_model_metadata(
     online it asks the Hub, falling back to that copy when the Hub cannot be reached.
     """
     log = log or logger
+    hub.check_repo_id(repo_id)
     offline = offline or _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE")
     if offline:
         local = _local_metadata(repo_id, revision, weights_dir) if weights_dir else None

@@ -144,14 +144,17 @@ def remove_partials(folder: Path) -> None:
     shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)
 
 
-def check_weights_dir(path: Path, *, writable: bool = True) -> None:
-    """Refuse, before anything slow, a weights folder that cannot exist (a file is in the way)
-    or, with ``writable``, cannot be written.
+def check_weights_dir(path: Path, *, writable: bool = True, create: bool = False) -> None:
+    """Refuse, before anything slow, a weights folder that cannot exist (a file is in the way),
+    with ``create``, cannot be created, or, with ``writable``, cannot be written.
 
     ``writable=True`` is for steps that must write (``--download-only``). Serving passes False: a
     read-only volume holding a complete copy is served as it is, and a step that really has to
-    write fails there with the weights module's own read-only/permission message. Creates
-    nothing: the nearest existing ancestor is what is checked.
+    write fails there with the weights module's own read-only/permission message.
+    ``create=True`` makes the folder (``mkdir -p``) and turns any failure (``/proc/x``, a
+    read-only parent, a permission) into the same exit-2 error; an existing folder is accepted
+    as it is, read-only or not. Without ``create`` nothing is made: the nearest existing
+    ancestor is what is checked.
     """
     from kaito_runtime.errors import InputError
 
@@ -167,6 +170,16 @@ def check_weights_dir(path: Path, *, writable: bool = True) -> None:
             why=f"it is {kind}, not a folder" if probe == target else f"{probe} is {kind}, not a folder",
             fix=how,
         )
+    if create and not target.is_dir():
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(
+                f"The weights folder {path} cannot be created",
+                why=f"{e.strerror or type(e).__name__} ({e.filename or target})",
+                fix=how + ", or mount the volume read-write",
+            ) from e
+        probe = target
     if writable and not os.access(probe, os.W_OK | os.X_OK):
         where = "it" if probe == target else f"its parent {probe}"
         raise InputError(

@@ -28,7 +28,7 @@ GRANTED_TOKEN = "hf_granted_AbCdEf0123456789granted"
 UNGRANTED_TOKEN = "hf_valid_user_without_grant_987654321"
 BAD_TOKEN = "hf_not_a_real_token_ZZZZZZZZZZZZZZZZZZ"
 EMULATOR_LFS_THRESHOLD = 1024  # makes the tiny repos' weight files LFS files (sha256 ETags)
-BIG_FILE_BYTES = 12 * 1024 * 1024  # > the client's 10 MiB chunk, so a dropped GET resumes at 10 MiB
+BIG_FILE_BYTES = 12 * 1024 * 1024  # a file big enough that a dropped GET resumes part-way
 
 
 def _write(path: Path, data: bytes | str) -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from kaito_runtime import api, planner, supervisor, vllm_install, weights, weights_store
-from kaito_runtime.errors import InputError, TopologyError, VllmNotInstalledError, WeightsError
+from kaito_runtime import api, inventory, planner, ports, supervisor, vllm_install, weights, weights_store
+from kaito_runtime.errors import DoesNotFitError, InputError, TopologyError, VllmNotInstalledError, WeightsError
 from kaito_runtime.supervisor import SupervisorResult
+from kaito_runtime.values import PlanOverrides
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "models" / "tiny-llama"
@@ -41,6 +42,18 @@ class FakeSupervisor:
 
     def __getitem__(self, index: int) -> dict:
         return self.calls[index]
+
+
+REAL_PORT_CHECK = ports.check_port_free
+
+
+@pytest.fixture(autouse=True)
+def port_checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Records the port checks instead of binding: a server on this machine's port 5000 must
+    not fail unrelated tests. The port tests below call REAL_PORT_CHECK themselves."""
+    seen: list[tuple[str, int]] = []
+    monkeypatch.setattr(ports, "check_port_free", lambda host, port: seen.append((host, port)))
+    return seen
 
 
 @pytest.fixture
@@ -515,3 +528,240 @@ def test_worker_gives_up_when_the_leader_never_listens(tmp_path, no_real_vllm, f
         api.run(request, {})
     assert str(port) in str(caught.value) and "--rendezvous-timeout" in str(caught.value)
     assert not no_real_vllm.calls
+
+
+# --- a weights folder that cannot be created ---------------------------------------------------
+
+
+def _refuse_mkdir(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
+    """/proc/x as a test: the kernel refuses to create ``target`` (root ignores permission bits)."""
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self == target or target.is_relative_to(self) and self != self.parent and not self.exists():
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize("download_only", [False, True], ids=["serve", "download-only"])
+def test_a_weights_folder_that_cannot_be_created_is_refused_before_the_model(tmp_path, monkeypatch, download_only):
+    target = tmp_path / "proc" / "x"
+    _refuse_mkdir(monkeypatch, target)
+    monkeypatch.setattr(api, "resolve_model", lambda *a, **k: pytest.fail("resolved before the folder was made"))
+    monkeypatch.setattr(api, "download_spec", lambda *a, **k: pytest.fail("resolved before the folder was made"))
+    with pytest.raises(InputError) as caught:
+        api.run(api.RuntimeRequest(preset="phi-4-mini-instruct", weights_dir=target), {}, download_only=download_only)
+    message = caught.value.message
+    assert caught.value.exit_code == 2
+    assert f"The weights folder {target} cannot be created" in message and "Operation not permitted" in message
+    assert "--weights-dir" in message and "KAITO_WEIGHTS_DIR" in message
+
+
+def test_check_weights_dir_with_create_makes_the_folder_and_accepts_a_read_only_one(tmp_path, monkeypatch):
+    target = tmp_path / "a" / "b"
+    weights_store.check_weights_dir(target, writable=False, create=True)
+    assert target.is_dir()
+    # An existing folder on a read-only volume: mkdir would fail, but nothing needs making.
+    _refuse_mkdir(monkeypatch, target)
+    weights_store.check_weights_dir(target, writable=False, create=True)
+
+
+def test_run_makes_the_weights_folder_before_planning(tmp_path, no_real_vllm, fetched, monkeypatch):
+    target = tmp_path / "new" / "weights"
+    real_prepare = api.prepare
+    seen = []
+    monkeypatch.setattr(api, "prepare", lambda *a, **k: seen.append(target.is_dir()) or real_prepare(*a, **k))
+    request = api.RuntimeRequest(preset="phi-4-mini-instruct", assume_gpus="1xA100-80GB", weights_dir=target)
+    assert api.run(request, {}) == 0
+    assert seen == [True]
+
+
+def test_a_dry_run_creates_no_weights_folder(tmp_path):
+    target = tmp_path / "not-yet"
+    api.dry_run(api.RuntimeRequest(preset="phi-4-mini-instruct", assume_gpus="1xA100-80GB", weights_dir=target,
+                                   dry_run=True), {})
+    assert not target.exists()
+
+
+# --- which host a plan is sized against --------------------------------------------------------
+
+
+def test_assumed_gpus_use_this_machines_host_and_a_sku_its_own(tmp_path, monkeypatch):
+    from kaito_runtime.values import GiB, HostInfo
+
+    here = HostInfo(cpu_count=3, ram_total_bytes=7 * GiB, ram_available_bytes=5 * GiB)
+    asked = []
+    monkeypatch.setattr(inventory, "probe_host", lambda weights_dir=None, **k: asked.append(weights_dir) or here)
+    node = api.probe_node(api.RuntimeRequest(assume_gpus="1xH100", weights_dir=tmp_path), {})
+    assert node.host == here and asked == [tmp_path]
+    sku = api.probe_node(api.RuntimeRequest(sku="Standard_NC24ads_A100_v4", weights_dir=tmp_path), {})
+    assert sku.host != here and sku.host.ram_total_bytes > 0 and asked == [tmp_path]
+
+
+def test_cpu_with_assumed_gpus_plans_against_this_machines_ram(monkeypatch):
+    from kaito_runtime.values import GiB, HostInfo
+
+    here = HostInfo(cpu_count=2, ram_total_bytes=24 * GiB, ram_available_bytes=23 * GiB)
+    monkeypatch.setattr(inventory, "probe_host", lambda weights_dir=None, **k: here)
+    request = api.RuntimeRequest(
+        preset=BIG_PRESET, assume_gpus="1xH100", overrides=PlanOverrides(force_cpu=True), dry_run=True
+    )
+    with pytest.raises(DoesNotFitError) as caught:
+        api.dry_run(request, {})
+    assert "23.0 GiB RAM is available" in caught.value.message
+
+
+# --- a model that does not fit ------------------------------------------------------------------
+
+
+def _no_gpu_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaito_runtime.values import GiB, HostInfo, NodeInventory
+
+    host = HostInfo(cpu_count=2, ram_total_bytes=24 * GiB, ram_available_bytes=23 * GiB)
+    node = NodeInventory(gpus=(), host=host, source="none", no_gpu_reason="no NVIDIA driver")
+    monkeypatch.setattr(inventory, "probe_inventory", lambda **k: node)
+
+
+def test_not_fitting_without_gpus_carries_the_model_and_suggests_planning_for_a_gpu_node(monkeypatch):
+    _no_gpu_here(monkeypatch)
+    with pytest.raises(api.ModelDoesNotFitError) as caught:
+        api.dry_run(api.RuntimeRequest(preset=BIG_PRESET, dry_run=True), {})
+    error = caught.value
+    assert error.exit_code == 2 and error.model.name == BIG_PRESET
+    assert "does not fit in this machine's RAM" in error.message
+    assert "plan for a GPU node with --sku SKU or --assume-gpus" in error.message
+    # A gated preset and no token: said before anything is fetched.
+    assert error.token_source is None and error.warnings and "is gated" in error.warnings[0]
+
+
+def test_the_gpu_node_hint_is_left_out_when_a_node_was_named_or_cpu_forced(monkeypatch):
+    _no_gpu_here(monkeypatch)
+    forced = api.RuntimeRequest(preset=BIG_PRESET, overrides=PlanOverrides(force_cpu=True), dry_run=True)
+    sku = api.RuntimeRequest(preset=BIG_PRESET, sku="Standard_NC24ads_A100_v4", dry_run=True)
+    for request in (forced, sku):
+        with pytest.raises(api.ModelDoesNotFitError) as caught:
+            api.dry_run(request, {})
+        assert "--assume-gpus 4x" not in caught.value.message
+
+
+# --- what vLLM will really get ------------------------------------------------------------------
+
+
+def test_the_plan_line_shows_the_effective_values_and_marks_overrides(tmp_path, no_real_vllm, caplog):
+    caplog.set_level(logging.INFO, logger="kaito_runtime")
+    config = tmp_path / "kaito.yaml"
+    config.write_text("vllm:\n  gpu-memory-utilization: 0.5\n")
+    request = tiny_request(tmp_path, config_file=config, extra_vllm_args=("--max-model-len", "128"))
+    assert api.run(request, {}) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert "plan: tiny-llama on GPU, TP 1 x PP 1, max-model-len 128" in messages
+    assert "  override: --max-model-len 128 (from pass-through; the plan said 512)" in messages
+    assert any(m.startswith("  override: --gpu-memory-utilization 0.50 (from --config; the plan said 0.") for m in messages)
+    assert not any("override: --tensor-parallel-size" in m for m in messages)
+
+
+# --- the port ------------------------------------------------------------------------------------
+
+
+def test_run_checks_the_port_vllm_will_use_before_the_weights(tmp_path, no_real_vllm, monkeypatch, port_checks):
+    order = []
+    monkeypatch.setattr(ports, "check_port_free", lambda host, port: order.append(("port", host, port)))
+    real_fetch = api.fetch_weights
+    monkeypatch.setattr(api, "fetch_weights", lambda *a, **k: order.append(("weights",)) or real_fetch(*a, **k))
+    request = tiny_request(tmp_path, weights_dir=tmp_path / "w", extra_vllm_args=("--port", "6123"))
+    request = replace(request, model=None, preset="phi-4-mini-instruct")
+    monkeypatch.setattr(weights, "ensure_weights", lambda *a, **k: weights.WeightsResult(
+        path=tmp_path / "m", downloaded_bytes=0, reused=True, seconds=0.0, files=1))
+    assert api.run(request, {}) == 0
+    assert order == [("port", "0.0.0.0", 6123), ("weights",)]
+
+
+def test_a_port_in_use_is_refused_before_the_weights(tmp_path, no_real_vllm, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(ports, "check_port_free", REAL_PORT_CHECK)
+    _no_download_at_all = lambda *a, **k: pytest.fail("the weights step ran")  # noqa: E731
+    monkeypatch.setattr(api, "fetch_weights", _no_download_at_all)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(InputError) as caught:
+            api.run(tiny_request(tmp_path, host="127.0.0.1", port=port), {})
+    assert caught.value.exit_code == 2
+    assert f"Port {port} on 127.0.0.1 is already in use" in caught.value.message
+    assert "--port (KAITO_PORT)" in caught.value.message
+    assert not no_real_vllm.calls
+
+
+def test_a_worker_does_not_check_the_http_port(tmp_path, no_real_vllm, fetched, port_checks):
+    import socket
+
+    with socket.socket() as leader:
+        leader.bind(("127.0.0.1", 0))
+        leader.listen()
+        port = leader.getsockname()[1]
+        assert api.run(_multi_node_request(tmp_path, rank=1, port=port), {}) == 0
+    assert port_checks == []
+
+
+# --- gated models without a token ---------------------------------------------------------------
+
+
+GATED = "llama-3.1-8b-instruct"
+
+
+def test_a_gated_preset_without_a_token_is_warned_about_before_the_weights(tmp_path, no_real_vllm, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="kaito_runtime")
+    warned = []
+
+    def fake_ensure(model, **kwargs):
+        warned.append("is gated: a Hugging Face token with access is needed" in caplog.text)
+        return weights.WeightsResult(path=tmp_path / "m", downloaded_bytes=0, reused=True, seconds=0.0, files=1)
+
+    monkeypatch.setattr(weights, "ensure_weights", fake_ensure)
+    request = api.RuntimeRequest(preset=GATED, assume_gpus="1xA100-80GB", weights_dir=tmp_path / "w")
+    assert api.run(request, {"HF_HOME": str(tmp_path / "hf")}) == 0
+    assert warned == [True]
+
+
+def test_the_gated_warning_is_not_given_with_a_token_or_a_complete_copy(tmp_path):
+    from kaito_runtime.hub import RemoteFile
+
+    request = api.RuntimeRequest(preset=GATED, assume_gpus="1xA100-80GB", weights_dir=tmp_path / "w", dry_run=True)
+    env = {"HF_HOME": str(tmp_path / "hf")}
+    prepared, _ = api.dry_run(request, env)
+    assert len(prepared.warnings) == 1 and "none found" in prepared.warnings[0]
+    secret = "hf_dryRunSecret0123456789"
+    prepared, _ = api.dry_run(request, {**env, "HF_TOKEN": secret})
+    assert prepared.warnings == ()
+    folder = prepared.model_path
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    model = prepared.model
+    weights_store.write_marker(folder, model.repo_id, model.revision, "safetensors", [RemoteFile("config.json", 2)])
+    prepared, _ = api.dry_run(request, env)
+    assert prepared.warnings == ()
+
+
+def test_a_local_model_folder_has_no_gated_warning(tmp_path):
+    prepared, _ = api.dry_run(tiny_request(tmp_path, dry_run=True), {})
+    assert prepared.warnings == ()
+
+
+# --- one form for the weights line ------------------------------------------------------------
+
+
+def test_the_weights_line_has_one_form_in_every_mode(tmp_path, no_real_vllm, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="kaito_runtime")
+    folder = tmp_path / "w" / "org--m" / ("c" * 40)
+    result = weights.WeightsResult(path=folder, downloaded_bytes=0, reused=True, seconds=0.0, files=1, revision="c" * 40)
+    monkeypatch.setattr(weights, "ensure_weights", lambda *a, **k: result)
+    api.run(api.RuntimeRequest(preset="phi-4-mini-instruct", weights_dir=tmp_path / "w"), {}, download_only=True)
+    api.run(api.RuntimeRequest(preset="phi-4-mini-instruct", assume_gpus="1xA100-80GB", weights_dir=tmp_path / "w"), {})
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("weights ready")]
+    assert len(lines) == 2
+    for line in lines:
+        assert line.startswith(f"weights ready at {folder} (") and line.endswith(" s)") and line.count("c" * 40) == 1

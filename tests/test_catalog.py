@@ -201,6 +201,7 @@ def test_unknown_preset_suggests_the_instruct_variant(shipped: Catalog) -> None:
     assert err.what == "Unknown preset 'llama-3.3-70b'"
     assert err.fix is not None and err.fix.startswith("did you mean llama-3.3-70b-instruct")
     assert err.exit_code == 2
+    assert "'llama-3.3-70b'. No preset in the catalog" in str(err)  # the second sentence is one
 
 
 @pytest.mark.parametrize(

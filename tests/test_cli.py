@@ -435,3 +435,81 @@ def test_instant_commands_import_no_torch_transformers_or_vllm(args):
     )
     out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in out.stderr, out.stderr[-2000:]
+
+
+# --- a dry run of a model that does not fit -------------------------------------------------------
+
+
+@pytest.fixture
+def no_gpu_here(monkeypatch):
+    from kaito_runtime import inventory
+    from kaito_runtime.values import GiB, HostInfo, NodeInventory
+
+    host = HostInfo(cpu_count=2, ram_total_bytes=24 * GiB, ram_available_bytes=23 * GiB)
+    node = NodeInventory(gpus=(), host=host, source="none", no_gpu_reason="no NVIDIA driver")
+    monkeypatch.setattr(inventory, "probe_inventory", lambda **k: node)
+
+
+def test_a_dry_run_that_does_not_fit_shows_the_model_then_the_error(no_gpu_here):
+    result = CliRunner().invoke(main, ["--preset", "llama-3.3-70b-instruct", "--dry-run"], env={"HF_TOKEN": None})
+    assert result.exit_code == 2
+    out = result.stdout.splitlines()
+    assert out[0] == "Model     llama-3.3-70b-instruct"
+    assert out[1].startswith("          meta-llama/Llama-3.3-70B-Instruct @ ")
+    assert "LlamaForCausalLM, weights " in out[2] and "context 131,072" in out[2]
+    assert "gated" in out[3] and any(line.startswith("          vLLM args --tool-call-parser") for line in out)
+    assert any(line.startswith("Warning   meta-llama/Llama-3.3-70B-Instruct is gated") for line in out)
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("kaito-run: error: llama-3.3-70b-instruct does not fit")
+    assert "--sku SKU or --assume-gpus 4xA100-80GB" in errors[0]
+    assert "kaito-run: error" not in result.stdout
+
+
+def test_a_json_dry_run_that_does_not_fit_is_one_json_document(no_gpu_here):
+    result = CliRunner().invoke(main, ["--preset", "llama-3.3-70b-instruct", "--dry-run", "-o", "json"])
+    assert result.exit_code == 2
+    payload = json.loads(result.stdout)
+    assert payload["fits"] is False and payload["model"]["name"] == "llama-3.3-70b-instruct"
+    assert payload["error"].startswith("llama-3.3-70b-instruct does not fit") and "RAM is available" in payload["error"]
+
+
+def test_a_json_dry_run_that_fits_says_so():
+    result = invoke("--preset", "phi-4-mini-instruct", "--dry-run", "--assume-gpus", "1xA100-80GB", "-o", "json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["fits"] is True
+
+
+# --- usage errors name what the user typed -------------------------------------------------------
+
+
+def test_usage_errors_do_not_name_an_implied_serve_subcommand():
+    result = CliRunner().invoke(main, ["--preset", "phi-4-mini-instruct", "--port", "abc"])
+    assert result.exit_code == 2
+    assert "Usage: kaito-run [OPTIONS] [-- VLLM_ARGS...]" in result.stderr
+    assert "Try 'kaito-run --help' for help." in result.stderr
+    assert "kaito-run serve" not in result.stderr
+    typed = CliRunner().invoke(main, ["serve", "--port", "abc"])
+    assert typed.exit_code == 2 and "Try 'kaito-run serve --help' for help." in typed.stderr
+
+
+def test_help_of_an_implied_serve_shows_the_pass_through_form():
+    result = invoke("--preset", "x", "--help")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("Usage: kaito-run [OPTIONS] [-- VLLM_ARGS...]")
+
+
+# --- the summary shows what vLLM will get ---------------------------------------------------------
+
+
+def test_dry_run_summary_marks_config_and_pass_through_overrides(tmp_path):
+    config = tmp_path / "kaito.yaml"
+    config.write_text("vllm:\n  gpu-memory-utilization: 0.5\n  served-model-name: cfgname\n  max-model-len: 256\n")
+    result = invoke(
+        "--model", str(REPO / "models" / "tiny-llama"), "--assume-gpus", "1xA100-80GB", "--dry-run",
+        "--config", str(config), "--", "--max-model-len", "128",
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "Memory    --gpu-memory-utilization 0.50 (from --config; the plan said 0.95)" in lines
+    assert any(line.startswith("Context   --max-model-len 128 (from pass-through; the plan said 512)") for line in lines)
+    assert "Serve     cfgname (from --config; the plan said tiny-llama) on http://0.0.0.0:5000/v1" in lines

@@ -98,6 +98,31 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, text, expected):
     assert caught.value.exit_code == 2
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("vllm: 5\n", "It holds a number."),
+        ("vllm: [1, 2]\n", "It holds a list."),
+        ("vllm: text\n", "It holds a string."),
+        ("- a\n", "It holds a list."),
+        ("42\n", "It holds a number."),
+    ],
+)
+def test_wrong_shapes_are_named_in_words_and_sentences(tmp_path, text, why):
+    with pytest.raises(ConfigFileError) as caught:
+        read_config(write(tmp_path, text))
+    message = str(caught.value)
+    assert f". {why} Fix: " in message
+    assert "a int" not in message
+
+
+def test_yaml_error_reads_as_a_sentence(tmp_path):
+    with pytest.raises(ConfigFileError) as caught:
+        read_config(write(tmp_path, "vllm: {a: 1\n"))
+    assert caught.value.why is not None and caught.value.why[:1].isupper()
+    assert "is not valid YAML. While parsing" in str(caught.value)
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(
         main, ["--preset", "phi-4", "--dry-run", "--assume-gpus", "1xA100-80GB", "--config", str(tmp_path / "nope.yaml")]

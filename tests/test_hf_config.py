@@ -279,3 +279,20 @@ def test_read_config_json(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(InputError):
         read_config_json(path)
+
+
+def test_reasons_read_as_sentences() -> None:
+    config = copy.deepcopy(LLAMA_3_1_8B)
+    config["num_hidden_layers"] = 0
+    with pytest.raises(InputError) as bad_int:
+        _spec(config, local_path="/models/llama")
+    assert "It must be a positive integer, not 0." in str(bad_int.value)
+    with pytest.raises(InputError) as not_object:
+        spec_from_hf_config([1, 2], name="x", weights_bytes=1)  # type: ignore[arg-type]
+    assert "is not a JSON object. It holds a list." in str(not_object.value)
+
+
+def test_missing_config_json_reads_as_sentences(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as info:
+        read_config_json(tmp_path / "config.json")
+    assert "does not exist. A model folder must hold" in str(info.value)

@@ -6,8 +6,8 @@ import inspect
 
 import pytest
 
-from kaito_runtime.errors import GatedRepoNoTokenError, WeightsError
-from kaito_runtime.hub import fetch_model_metadata
+from kaito_runtime.errors import GatedRepoNoTokenError, InputError, WeightsError
+from kaito_runtime.hub import check_repo_id, fetch_model_metadata, repo_id_problem
 from kaito_runtime.secrets import Secret
 from kaito_runtime.weights import ensure_weights
 from tests.conftest import GRANTED_TOKEN
@@ -86,3 +86,90 @@ def test_client_http_get_has_the_signature_download_range_uses():
     from huggingface_hub.utils import _http
 
     assert callable(_http.default_client_factory) and constants.MAX_HTTP_DOWNLOAD_SIZE > 0
+
+
+# --- repo ids --------------------------------------------------------------------------------------
+
+VALID_IDS = [
+    "a/b",
+    "org/name",
+    "Org_1/My-Model.v2",
+    "meta-llama/Llama-3.3-70B-Instruct",
+    "_a/_b_",
+    "o" * 96 + "/" + "n" * 96,
+]
+INVALID_IDS = {
+    "has space/x": "' '",
+    "a/b/c": "2 '/'",
+    "bad//id": "2 '/'",
+    "a/b/c/d": "3 '/'",
+    "noslash": "It has 0 '/'",
+    "": "0 '/'",
+    "-a/b": "starts or ends",
+    "a/b-": "starts or ends",
+    "a/.b": "starts or ends",
+    "a./b": "starts or ends",
+    "a/": "The name part is empty",
+    "/b": "org part is empty",
+    "o/" + "n" * 97: "97 characters long (at most 96)",
+    "o" * 97 + "/n": "97 characters long (at most 96)",
+    "a/b..c": "'..'",
+    "a../b": "'..'",
+    "a/..": "'..'",
+    "a/b--c": "'--'",
+    "a/b.git": "'.git'",
+    "café/x": "'é'",
+    "a/b?c": "'?'",
+    "a\\b/c": "'\\\\'",
+}
+
+
+@pytest.mark.parametrize("text", VALID_IDS)
+def test_well_formed_repo_ids_pass(text):
+    assert repo_id_problem(text) is None
+    check_repo_id(text)
+
+
+@pytest.mark.parametrize("text, why", INVALID_IDS.items(), ids=[repr(t)[:40] for t in INVALID_IDS])
+def test_malformed_repo_ids_are_input_errors_naming_the_text_and_the_form(text, why):
+    with pytest.raises(InputError) as info:
+        check_repo_id(text)
+    msg = str(info.value)
+    assert info.value.exit_code == 2
+    assert repr(text) in msg and why in msg, msg
+    assert "org/name" in msg and "96" in msg and "'-', '_' and '.'" in msg
+
+
+@pytest.mark.parametrize("text", [*VALID_IDS, *INVALID_IDS])
+def test_repo_id_rule_agrees_with_the_client_for_org_slash_name(text):
+    """Same verdict as huggingface_hub's validate_repo_id, which also accepts a bare name (we do not)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(text)
+        client_ok = text.count("/") == 1
+    except HFValidationError:
+        client_ok = False
+    assert (repo_id_problem(text) is None) == client_ok
+
+
+def test_malformed_repo_id_fails_before_any_request(hub, tmp_path):
+    with pytest.raises(InputError, match="not a valid Hugging Face repo id"):
+        fetch_model_metadata("has space/x", None, token=None, endpoint=hub.url)
+    with pytest.raises(InputError, match="not a valid Hugging Face repo id"):
+        ensure_weights(spec("org/../x"), weights_dir=tmp_path, token=None, endpoint=hub.url)
+    assert hub.count() == 0
+    assert not any(tmp_path.iterdir())  # nothing named after it on disk either
+
+
+def test_the_repo_id_rule_does_not_import_the_client():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from kaito_runtime.model_source import check_repo_id; check_repo_id('a/b');"
+        "print(any(m.startswith(('huggingface_hub', 'httpx')) for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -10,7 +10,8 @@ import pytest
 from kaito_runtime import launch, vllm_install
 from kaito_runtime.catalog import load_catalog
 from kaito_runtime.errors import VllmNotInstalledError
-from kaito_runtime.values import Topology
+from kaito_runtime.request import RuntimeRequest
+from kaito_runtime.values import LaunchPlan, Topology
 from kaito_runtime.vllm_command import VllmLaunch
 
 LAUNCH = VllmLaunch(
@@ -58,3 +59,42 @@ def test_installed_vllm_warns_about_an_unlisted_architecture(monkeypatch, caplog
     with caplog.at_level(logging.WARNING, logger="kaito_runtime"):
         launch.installed_vllm(MODEL, Topology(), log)
     assert f"does not list architecture {MODEL.architecture}" in caplog.text
+
+
+# --- effective settings ---------------------------------------------------------------------------
+
+
+def _plan(**changes) -> LaunchPlan:
+    fields = {"model": MODEL, "target": "gpu", "topology": Topology(), "tensor_parallel_size": 2,
+              "gpu_memory_utilization": 0.9, "max_model_len": 16384}
+    fields.update(changes)
+    return LaunchPlan(**fields)
+
+
+def test_effective_settings_name_the_layer_that_changed_each_value():
+    plan = _plan()
+    built = VllmLaunch(argv=("vllm",), tensor_parallel_size=2, gpu_memory_utilization=0.5, max_model_len=8192,
+                       served_model_names=("a", "b"), port=6000)
+    request = RuntimeRequest(extra_vllm_args=("--max_model_len=8192", "--port", "6000"))
+    config = {"--max-model-len": 4096, "gpu-memory-utilization": 0.5, "served-model-name": ["a", "b"]}
+    got = launch.effective_settings(request, plan, built, config)
+    assert got["max-model-len"].describe() == "--max-model-len 8192 (from pass-through; the plan said 16384)"
+    assert got["gpu-memory-utilization"].describe() == "--gpu-memory-utilization 0.50 (from --config; the plan said 0.90)"
+    assert got["served-model-name"].value == "a b" and got["served-model-name"].source == "--config"
+    assert got["port"].source == "pass-through" and got["host"].source is None
+    assert not got["tensor-parallel-size"].overridden and got["tensor-parallel-size"].describe() == "--tensor-parallel-size 2"
+
+
+def test_a_value_that_differs_without_a_user_layer_is_not_called_an_override():
+    # The plan's "auto" handed to a vLLM without it becomes the planner's estimate: not a user's doing.
+    plan = _plan(max_model_len=None, max_model_len_auto=True)
+    built = VllmLaunch(argv=("vllm",), tensor_parallel_size=2, gpu_memory_utilization=0.9, max_model_len=12288)
+    got = launch.effective_settings(RuntimeRequest(), plan, built)
+    assert got["max-model-len"].value == "12288" and got["max-model-len"].planned == "auto"
+    assert not got["max-model-len"].overridden and got["max-model-len"].mark() == ""
+
+
+def test_a_short_pass_through_flag_counts_as_its_long_name():
+    built = VllmLaunch(argv=("vllm",), tensor_parallel_size=4, gpu_memory_utilization=0.9, max_model_len=16384)
+    got = launch.effective_settings(RuntimeRequest(extra_vllm_args=("-tp", "4")), _plan(), built)
+    assert got["tensor-parallel-size"].mark() == " (from pass-through; the plan said 2)"

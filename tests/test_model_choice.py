@@ -59,3 +59,18 @@ def test_download_spec_of_a_repo_id_reads_nothing_and_says_so():
 def test_download_spec_of_a_folder_and_a_preset_are_the_real_ones():
     assert download_spec(RuntimeRequest(model=str(TINY))).local_path == str(TINY.resolve())
     assert download_spec(RuntimeRequest(preset="phi-4-mini-instruct")) == load_catalog().get("phi-4-mini-instruct")
+
+
+def test_the_gated_warning_names_where_tokens_are_looked_for_and_only_without_one():
+    from dataclasses import replace
+
+    from kaito_runtime.catalog import load_catalog
+    from kaito_runtime.model_choice import gated_token_warning
+
+    gated = next(p for p in load_catalog().presets if p.gated)
+    text = gated_token_warning(gated, token_found=False)
+    assert text == (
+        f"{gated.repo_id} is gated: a Hugging Face token with access is needed (HF_TOKEN or --token-file); none found"
+    )
+    assert gated_token_warning(gated, token_found=True) is None
+    assert gated_token_warning(replace(gated, gated=False), token_found=False) is None

@@ -9,7 +9,7 @@ import pytest
 
 from kaito_runtime.errors import InputError
 from kaito_runtime.file_selection import WEIGHT_FILES_RULE, has_weights, weight_files
-from kaito_runtime.model_source import folder_weights_bytes, served_name_for, spec_from_folder
+from kaito_runtime.model_source import check_repo_id, folder_weights_bytes, served_name_for, spec_from_folder, spec_from_hub
 from kaito_runtime.weights import ensure_weights
 from tests.support.weights_helpers import spec
 
@@ -107,3 +107,26 @@ def test_missing_folder_is_an_input_error(tmp_path):
 def test_served_name_is_the_lower_cased_last_part():
     assert served_name_for("Org/My-Model") == "my-model"
     assert served_name_for("/models/Tiny/") == "tiny"
+
+
+@pytest.mark.parametrize("offline", [False, True])
+@pytest.mark.parametrize("text", ["has space/x", "a/b/c", "-a/b", "a/", "org/" + "n" * 97, "a/b..c"])
+def test_malformed_repo_id_is_bad_input_before_any_request(hub, hub_env, tmp_path, text, offline):
+    with pytest.raises(InputError) as info:
+        spec_from_hub(text, revision=None, token=None, endpoint=hub.url, offline=offline, weights_dir=tmp_path)
+    assert info.value.exit_code == 2
+    msg = str(info.value)
+    assert repr(text) in msg and "org/name" in msg and "letters, digits" in msg
+    assert hub.count() == 0
+
+
+def test_well_formed_repo_id_reads_the_hub(tiny_hub, tmp_path):
+    model = spec_from_hub("org/tiny-llama", revision=None, token=None, endpoint=tiny_hub.url, offline=False, weights_dir=tmp_path)
+    assert model.repo_id == "org/tiny-llama" and model.revision == tiny_hub.commit_of("org/tiny-llama")
+    assert model.name == "tiny-llama" and tiny_hub.count() > 0
+
+
+def test_check_repo_id_is_exposed_here_for_the_entry_points():
+    check_repo_id("my-org/my-model")
+    with pytest.raises(InputError, match="'has space/x' is not a valid Hugging Face repo id"):
+        check_repo_id("has space/x")

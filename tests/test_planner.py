@@ -418,6 +418,60 @@ def decision(plan, topic: str):
     return next(d for d in plan.decisions if d.topic == topic)
 
 
+def test_cpu_kv_line_for_a_tiny_model_says_it_is_the_whole_gib_minimum():
+    plan = plan_launch(tiny_model(), cpu_box(22.5), group(1))
+    kv = decision(plan, "cpu-kv-cache")
+    assert kv.choice == "1 GiB" and plan.kv_cache_tokens == 2_097_152
+    # one story: what it was sized for, that the unit is whole GiB, what it holds, what RAM allows
+    assert kv.reason.startswith(
+        "enough for 4 x 512-token sequences (1.0 MiB at 512 bytes per token), in whole GiB; "
+        "room for ~2,097,152 tokens; the RAM left would allow 18 GiB (22.5 GiB RAM available - "
+        "weights 1.6 MiB - runtime 3.3 GiB - headroom 1.0 GiB)"
+    )
+    assert "0.0 GiB" not in kv.reason and "at most" not in kv.reason
+
+
+def test_cpu_kv_line_when_ram_caps_it():
+    plan = plan_launch(preset("phi-4-mini-instruct"), cpu_box(22.5), group(1))
+    kv = decision(plan, "cpu-kv-cache")
+    assert kv.choice == "10 GiB" and plan.kv_cache_tokens == 10 * GiB // 131072  # 22.5 - 7.3 - 3.3 - 1.0 = 10.9
+    assert kv.reason.startswith("all the RAM left, in whole GiB (22.5 GiB RAM available - weights 7.3 GiB")
+    assert kv.reason.endswith(
+        f"room for ~{plan.kv_cache_tokens:,} tokens, less than 4 x 131,072-token sequences "
+        "(64.0 GiB at 131,072 bytes per token)"
+    )
+
+
+def test_no_fit_errors_trace_the_weights_to_the_preset_figure():
+    spec = preset("llama-3.3-70b-instruct")
+    listed = memory.gib(spec.weights_bytes)  # what the Model line shows
+    assert listed == "131.4 GiB"
+    with pytest.raises(DoesNotFitError) as cpu:
+        plan_launch(spec, cpu_box(22.5), group(1))
+    assert "It needs 134.0 GiB of weights (131.4 GiB x 1.02 in memory) + " in str(cpu.value)
+    with pytest.raises(DoesNotFitError) as gpu:
+        plan_launch(spec, node(1, A100_80, "NVIDIA A100 80GB"), group(1))
+    assert "each GPU needs 134.0 GiB of weights (131.4 GiB x 1.02 in memory) + " in str(gpu.value)
+    with pytest.raises(DoesNotFitError) as split:
+        plan_launch(spec, node(2, A10, "NVIDIA A10"), group(1))
+    assert "(131.4 GiB x 1.02 in memory, split over TP 2) + " in str(split.value)
+
+
+def test_weights_basis_names_the_pipeline_stage_share():
+    spec = preset("llama-3.3-70b-instruct")  # 80 layers
+    assert memory.weights_basis(spec, 2, 3) == (
+        "131.4 GiB x 1.02 in memory, the busiest pipeline stage's 27 of 80 layers, split over TP 2"
+    )
+
+
+def test_single_node_model_says_why_more_nodes_do_not_help_not_as_a_fix():
+    with pytest.raises(DoesNotFitError) as info:
+        plan_launch(preset("phi-4"), node(1, A10, "NVIDIA A10"), group(1))
+    err = info.value
+    assert "More nodes do not help: phi-4 is single-node (multi_node: false)" in err.why
+    assert "single-node" not in err.fix
+
+
 def test_cpu_tp_sizes_the_kv_space_per_rank():
     spec = preset("phi-4-mini-instruct")  # 128 KiB per token in one process, 64 KiB per TP-2 rank
     one = plan_launch(spec, cpu_box(500), group(1))

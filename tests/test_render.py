@@ -64,11 +64,17 @@ NO_GPU = NodeInventory(gpus=(), host=HOST, source="none", no_gpu_reason="NVML fo
 
 
 def prepared(model: ModelSpec, node: NodeInventory, plan: LaunchPlan, warnings: tuple[str, ...] = ()):
-    launch = VllmLaunch(
+    launch = VllmLaunch(  # what vLLM gets is what the plan said
         argv=("vllm", "serve", "/w/model", "--port", "5000"),
         env={"VLLM_USE_V1": "1"},
         unset_env=("HF_TOKEN",),
         warnings=warnings,
+        served_model_names=(model.name,),
+        tensor_parallel_size=plan.tensor_parallel_size,
+        pipeline_parallel_size=plan.pipeline_parallel_size,
+        data_parallel_size=plan.data_parallel_size,
+        gpu_memory_utilization=plan.gpu_memory_utilization,
+        max_model_len=plan.max_model_len,
     )
     prepared = SimpleNamespace(
         model=model,
@@ -136,7 +142,8 @@ def test_plan_text_cpu() -> None:
     lines = text.splitlines()
     assert lines[0] == "Model     tiny"
     assert lines[1] == "          folder /models/tiny"
-    assert "weights 0.5 GiB, context 2048" in lines[2]
+    assert "weights 0.5 GiB, context 2,048" in lines[2]
+    assert lines[3] == "          not gated, single-node"
     assert "Node      no GPU (NVML found no NVIDIA GPU on this node), 16 CPU cores, 48.0 GiB RAM available" in lines
     assert "Layout    CPU, tensor-parallel 1 x pipeline-parallel 1" in lines
     assert "Memory    KV cache 4 GiB of RAM (VLLM_CPU_KVCACHE_SPACE)" in lines
@@ -157,7 +164,7 @@ def test_plan_text_gpu_shows_the_memory_budget() -> None:
         " (79.0 GiB free of 80.0 GiB)"
     ) in lines
     assert "Memory    --gpu-memory-utilization 0.90" in lines
-    assert "Context   --max-model-len 131072; KV cache holds ~991232 tokens" in lines
+    assert "Context   --max-model-len 131072; KV cache holds ~991,232 tokens" in lines
     assert "Warning   --foo overrides the plan" in lines
     assert not any(line.startswith("Group") for line in lines)
 
@@ -288,3 +295,63 @@ def test_plan_json_never_shows_an_api_key(tmp_path):
     assert "sk-plan-json-secret" not in result.output
     argv = json.loads(result.output)["vllm"]["argv"]
     assert argv[argv.index("--api-key") + 1] == "***"
+
+
+# --- what vLLM will get, when it is not what the plan said ---------------------------------------
+
+
+def test_plan_text_shows_effective_values_and_marks_what_overrode_the_plan() -> None:
+    import dataclasses
+
+    from kaito_runtime.request import RuntimeRequest
+
+    view, launch = gpu_plan()
+    view.request = RuntimeRequest(extra_vllm_args=("--max-model-len", "300000", "-tp", "1", "--port", "6000"))
+    view.config_args = {"gpu-memory-utilization": 0.5, "served-model-name": "cfgname"}
+    launch = dataclasses.replace(
+        launch, max_model_len=300000, tensor_parallel_size=1, gpu_memory_utilization=0.5, port=6000,
+        served_model_names=("cfgname",),
+    )
+    lines = render.plan_text(view, launch).splitlines()
+    assert "Layout    GPU, tensor-parallel 1 (from pass-through; the plan said 2) x pipeline-parallel 1" in lines
+    assert "Memory    --gpu-memory-utilization 0.50 (from --config; the plan said 0.90)" in lines
+    assert (
+        "Context   --max-model-len 300000 (from pass-through; the plan said 131072); KV cache holds ~991,232 tokens"
+        in lines
+    )
+    assert (
+        "Serve     cfgname (from --config; the plan said test-8b) on http://0.0.0.0:6000/v1"
+        " (from pass-through; the plan said 0.0.0.0:5000)"
+    ) in lines
+    assert any(line.startswith("Per GPU") and line.endswith("(the plan's; overridden below)") for line in lines)
+
+
+def test_plan_text_without_overrides_marks_nothing() -> None:
+    text = render.plan_text(*gpu_plan())
+    assert "the plan said" not in text and "overridden" not in text
+    assert "Serve     test-8b on http://0.0.0.0:5000/v1" in text.splitlines()
+
+
+def test_plan_json_has_the_effective_values_and_fits() -> None:
+    payload = json.loads(render.plan_json(*gpu_plan()))
+    assert payload["fits"] is True
+    assert payload["effective"]["tensor-parallel-size"] == {
+        "flag": "tensor-parallel-size", "value": "2", "planned": "2", "source": None,
+    }
+
+
+def test_the_model_block_says_gated_and_the_presets_vllm_args() -> None:
+    import dataclasses
+
+    lines = render.model_lines(dataclasses.replace(MODEL, vllm_args=("--tool-call-parser", "x")))
+    assert lines[2] == "          LlamaForCausalLM, weights 15.0 GiB, context 131,072, KV 131,072 B/token"
+    assert lines[3] == "          gated, multi-node"
+    assert lines[4] == "          vLLM args --tool-call-parser x"
+
+
+def test_a_refusal_shows_the_model_and_its_warnings() -> None:
+    text = render.refusal_text(MODEL, ["org/test-8b is gated: ..."])
+    assert text.splitlines()[0] == "Model     test-8b" and text.splitlines()[-1] == "Warning   org/test-8b is gated: ..."
+    payload = json.loads(render.refusal_json(MODEL, "test-8b does not fit. Fix: more GPUs.", None, ["w"]))
+    assert payload["fits"] is False and payload["error"].startswith("test-8b does not fit")
+    assert payload["model"]["name"] == "test-8b" and payload["warnings"] == ["w"]

@@ -35,6 +35,7 @@ LOG = logging.getLogger("test_supervisor")
 DRIVER = r"""
 import json, logging, signal, sys
 from kaito_runtime.supervisor import ReadinessCheck, supervise
+logging.basicConfig(level=logging.INFO, format="LOG %(levelname)s %(message)s", stream=sys.stdout)
 spec = json.loads(sys.argv[1])
 def on_ready(seconds):
     print("READY", seconds, flush=True)
@@ -262,6 +263,9 @@ def test_sigterm_is_forwarded_and_a_graceful_stop_exits_0() -> None:
     assert result["handler_restored"]
     assert any("fake-vllm: shutting down" in line for line in driver.lines)
     assert_gone(result["pid"])
+    # a normal stop says so at INFO and warns about nothing
+    assert any(line.startswith("LOG INFO vLLM stopped in ") and "(exit 0)" in line for line in driver.lines)
+    assert not [line for line in driver.lines if line.startswith("LOG WARNING")]
 
 
 def test_child_killed_by_the_forwarded_signal_gives_128_plus_signal() -> None:
@@ -309,6 +313,10 @@ def test_orphaned_grandchild_is_swept_and_no_process_of_the_group_survives(tmp_p
     assert_gone(grandchild)
     assert_gone(child)
     assert group_members(child) == []
+    # it ignored SIGTERM and had to be killed: that is worth a warning naming it
+    swept = [line for line in driver.lines if "leftover process of vLLM's group" in line]
+    assert len(swept) == 1 and swept[0].startswith("LOG WARNING cleaned up 1 leftover process")
+    assert f"(pid {grandchild}, SIGKILL)" in swept[0]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
@@ -378,3 +386,82 @@ def test_supervise_becomes_ready_behind_an_api_key() -> None:
     result = run_inline(port, "--api-key", "sk-test", ready=check, ready_timeout=20.0, on_ready=on_ready)
     assert len(seen) == 1 and result.ready_after is not None
     assert result.outcome == "exited" and result.exit_code == 0
+
+
+# --- what is left of the group after vLLM's main process exits ---------------------------------
+
+
+def spawner(grandchild_code: str, argv0: str = "python3") -> list[str]:
+    """A child that starts a grandchild (argv[0] ``argv0``), prints its pid and exits 0 at once,
+    as vLLM's API server leaves its multiprocessing resource tracker behind for a moment."""
+    code = (
+        "import subprocess, sys\n"
+        f"gc = subprocess.Popen([{argv0!r}, '-c', {grandchild_code!r}], executable=sys.executable,"
+        " stdout=subprocess.DEVNULL)\n"
+        "print('grandchild', gc.pid, flush=True)\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+def grandchild_pid(result: SupervisorResult) -> int:
+    return int(next(line for line in result.tail if line.startswith("grandchild ")).split()[1])
+
+
+def sweep_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "leftover" in r.getMessage()]
+
+
+def test_a_helper_that_exits_by_itself_soon_is_not_reported(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOG.name)
+    t0 = time.monotonic()
+    result = supervise(spawner("import time; time.sleep(0.5)"), dict(os.environ), ready=None,
+                       grace_seconds=10.0, log=LOG, output=None)
+    elapsed = time.monotonic() - t0
+    assert result.exit_code == 0
+    assert 0.4 <= elapsed < 1.9  # waited for it, not the whole 2 s
+    assert_gone(grandchild_pid(result))
+    assert sweep_records(caplog) == []
+
+
+def test_a_helper_that_stays_is_stopped_and_named_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOG.name)
+    t0 = time.monotonic()
+    result = supervise(spawner("import time; time.sleep(60)"), dict(os.environ), ready=None,
+                       grace_seconds=0.5, log=LOG, output=None)
+    assert time.monotonic() - t0 < 3.0  # linger and SIGTERM wait are both capped by the grace
+    pid = grandchild_pid(result)
+    assert_gone(pid)
+    [record] = sweep_records(caplog)
+    assert record.levelno == logging.INFO
+    message = record.getMessage()
+    assert message.startswith("cleaned up 1 leftover process of vLLM's group after it exited: python3 -c ")
+    assert message.endswith(f"(pid {pid})")
+
+
+def test_a_leftover_engine_core_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    # an orphaned VLLM::EngineCore holds GPU memory; even a clean SIGTERM of it is worth a warning
+    caplog.set_level(logging.DEBUG, logger=LOG.name)
+    result = supervise(spawner("import time; time.sleep(60)", argv0="VLLM::EngineCore"), dict(os.environ),
+                       ready=None, grace_seconds=0.5, log=LOG, output=None)
+    pid = grandchild_pid(result)
+    assert_gone(pid)
+    [record] = sweep_records(caplog)
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().endswith(f": VLLM::EngineCore (pid {pid})")
+
+
+def test_resource_tracker_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaito_runtime import supervisor
+
+    class Proc:
+        def __init__(self, pid: int) -> None:
+            pass
+
+        def cmdline(self) -> list[str]:
+            return ["/usr/bin/python3", "-c", "from multiprocessing.resource_tracker import main;main(7)"]
+
+        def name(self) -> str:
+            return "python3"
+
+    monkeypatch.setattr(supervisor.psutil, "Process", Proc)
+    assert supervisor._describe_process(1) == "multiprocessing resource tracker"

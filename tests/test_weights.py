@@ -338,7 +338,7 @@ def test_os_errors_become_weights_errors(hub, tmp_path, monkeypatch, code, error
     def fail(*args, **kwargs):
         raise OSError(code, os.strerror(code), str(target))
 
-    monkeypatch.setattr(weights, "bytes_on_disk", fail)  # any file-system call inside the step
+    monkeypatch.setattr(weights, "held_on_disk", fail)  # any file-system call inside the step
     with pytest.raises(WeightsError) as info:
         ensure_weights(spec(), weights_dir=tmp_path / "w", token=None, endpoint=hub.url, progress="none")
     assert type(info.value) is error
