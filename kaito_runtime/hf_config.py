@@ -207,6 +207,9 @@ def spec_from_hf_config(
             revision=revision,
             local_path=local_path,
             gated=gated,
+            # Not a preset, so nobody has marked it single-node: vLLM's pipeline parallel across
+            # nodes works for the decoder architectures it serves, and the user asked for the group.
+            multi_node=True,
         )
     except ValueError as exc:
         raise InputError(f"Cannot describe the model from {source}", why=str(exc)) from None

@@ -296,3 +296,12 @@ def test_missing_config_json_reads_as_sentences(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         read_config_json(tmp_path / "config.json")
     assert "does not exist. A model folder must hold" in str(info.value)
+
+
+def test_a_model_that_is_not_a_preset_may_span_nodes():
+    spec = spec_from_hf_config(
+        {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "hidden_size": 128, "max_position_embeddings": 512},
+        name="m", weights_bytes=1,
+    )
+    assert spec.multi_node is True
