@@ -205,14 +205,24 @@ def prepare(
 def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tuple[Prepared, VllmLaunch]:
     """--dry-run: the plan and the exact command it would start (the installed vLLM's form when
     there is one). Nothing is downloaded or started."""
-    from kaito_runtime import launch, vllm_install
+    from kaito_runtime import vllm_install
 
     env = dict(os.environ if env is None else env)
     prepared = prepare(request, env)
+    return prepared, _build(prepared, prepared.plan, prepared.model_path, env, vllm_install.detect_vllm())
+
+
+def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path, env: Mapping[str, str], install) -> VllmLaunch:
+    """``launch.build_launch`` with what ``prepared`` already holds (config file, free RAM).
+    The launch's API key is registered for redaction here, before any line about it is logged."""
+    from kaito_runtime import launch, secrets
+
     built = launch.build_launch(
-        prepared.request, prepared.plan, prepared.model_path, env, vllm_install.detect_vllm(), prepared.config_args
+        prepared.request, plan, model_path, env, install, prepared.config_args,
+        ram_available_bytes=prepared.inventory.host.ram_available_bytes,
     )
-    return prepared, built
+    secrets.register_secret(built.api_key)
+    return built
 
 
 def fetch_model_weights(model: ModelSpec, request: RuntimeRequest, env: Mapping[str, str] | None = None) -> WeightsResult:
@@ -282,13 +292,14 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
 def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, download_only: bool = False) -> int:
     """The whole chain: plan, vLLM check, port check, weights, rendezvous, vLLM, supervision.
     Returns the process exit code."""
-    from kaito_runtime import failures, launch, ports, secrets, supervisor, weights_store
+    from kaito_runtime import failures, launch, model_choice, ports, supervisor, weights_store
 
     entered = time.monotonic()
     env = dict(os.environ if env is None else env)
     if download_only:
         download_weights(request, env)
         return 0
+    model_choice.check_request(request)  # a typo must not create the weights folder
     if not uses_local_folder(request):
         # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
         # a second; an existing read-only volume holding a complete copy is still served.
@@ -297,9 +308,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     install = launch.installed_vllm(prepared.model, prepared.topology, log)
     # Built before the weights: what vLLM will really use (the config file and pass-through
     # arguments may override the plan) is what the plan line shows and the port check tests.
-    built = launch.build_launch(
-        prepared.request, prepared.plan, prepared.model_path, env, install, prepared.config_args
-    )
+    built = _build(prepared, prepared.plan, prepared.model_path, env, install)
     _log_plan_summary(prepared, built)
     for warning in built.warnings:
         log.warning("%s", warning)
@@ -316,11 +325,9 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     meeting = None
     if prepared.topology.multi_node:
         plan, meeting = _meet_the_group(prepared, env)
-        built = launch.build_launch(prepared.request, plan, Path(result.path), env, install, prepared.config_args)
+        built = _build(prepared, plan, Path(result.path), env, install)
     elif Path(result.path) != prepared.model_path:  # a branch resolved to another commit's folder
-        built = launch.build_launch(
-            prepared.request, prepared.plan, Path(result.path), env, install, prepared.config_args
-        )
+        built = _build(prepared, prepared.plan, Path(result.path), env, install)
     added = meeting.child_env(env) if meeting is not None else {}
     child_env = launch.child_environment(built, env, added)
 
@@ -342,7 +349,6 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     readiness = None
     if prepared.topology.is_leader:
         readiness = supervisor.ReadinessCheck(host=host, port=port, served_name=served_names, api_key=built.api_key)
-    secrets.register_secret(built.api_key)
     log.info("starting vLLM: %s", launch.start_line(built, added))
     outcome = supervisor.supervise(
         built.argv,
@@ -443,7 +449,7 @@ def _log_plan_summary(prepared: Prepared, built: VllmLaunch) -> None:
     from kaito_runtime import launch
 
     plan = prepared.plan
-    settings = launch.effective_settings(prepared.request, plan, built, prepared.config_args)
+    settings = launch.effective_settings(prepared.request, plan, built)
     log.info(
         "plan: %s on %s, TP %s x PP %s, max-model-len %s",
         prepared.model.name,

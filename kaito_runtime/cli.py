@@ -40,10 +40,28 @@ class DefaultToServe(click.Group):
             cut = args.index("--")
             ctx.meta["kaito.vllm_args"] = tuple(args[cut + 1 :])
             args = args[:cut]
+        args = self._command_first(args)
         if not args or (args[0] not in self.commands and args[0] not in _TOP_LEVEL_FLAGS):
             args = ["serve", *args]
             ctx.meta[_IMPLIED_SERVE] = True
         return super().parse_args(ctx, args)
+
+    def _command_first(self, args: list[str]) -> list[str]:
+        """`kaito-run -o json doctor` = `kaito-run doctor -o json`: the first command name that
+        is not an option's value (`--preset doctor` names a preset) moves to the front."""
+        takes_value = {
+            name
+            for command in self.commands.values()
+            for param in command.params
+            if isinstance(param, click.Option) and not param.is_flag and not param.count
+            for name in param.opts
+        }
+        for i, token in enumerate(args):
+            if token in self.commands:
+                if i > 0 and args[i - 1] in takes_value:
+                    continue
+                return [token, *args[:i], *args[i + 1 :]]
+        return args
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The launch options are the ones people look for, so the top-level help shows them."""
@@ -306,7 +324,7 @@ def serve(**opts) -> None:
         request = _request_from_options(opts)
         if opts["dry_run"]:
             from kaito_runtime import render
-            from kaito_runtime.secrets import redact, register_secret
+            from kaito_runtime.secrets import redact  # api registered any --api-key as a secret
 
             try:
                 prepared, launch = api.dry_run(request)
@@ -318,7 +336,6 @@ def serve(**opts) -> None:
                     sys.exit(refused.exit_code)
                 click.echo(redact(render.refusal_text(refused.model, refused.warnings)))
                 raise
-            register_secret(launch.api_key)  # an --api-key given to vLLM is not printed back
             text = render.plan_json(prepared, launch) if opts["output"] == "json" else render.plan_text(prepared, launch)
             click.echo(redact(text))
             return

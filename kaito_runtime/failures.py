@@ -55,21 +55,6 @@ class FailureContext:
             data_parallel_size=launch.data_parallel_size,
         )
 
-    @classmethod
-    def from_plan(cls, plan: LaunchPlan, port: int | None = None) -> FailureContext:
-        """What the plan asked for; ``from_launch`` is better once the launch is built."""
-        return cls(
-            gpu_count=plan.gpus_per_node,
-            tensor_parallel_size=plan.tensor_parallel_size,
-            pipeline_parallel_size=plan.pipeline_parallel_size,
-            gpu_memory_utilization=plan.gpu_memory_utilization,
-            max_model_len=plan.max_model_len,
-            port=port,
-            target=plan.target,
-            nnodes=plan.topology.nnodes,
-            data_parallel_size=plan.data_parallel_size,
-        )
-
 
 @dataclass(frozen=True)
 class Explanation:

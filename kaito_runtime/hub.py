@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +133,17 @@ class RemoteModel:
     @property
     def weights_bytes(self) -> int:
         return self.weights_bytes_for("hf")
+
+
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_TRUTHY = ("1", "true", "yes", "on")
+
+
+def offline_in(env: Mapping[str, str]) -> bool:
+    """Whether ``env`` asks for no Hub access (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` truthy).
+
+    The one rule for reading those variables; pass the environment the caller was given."""
+    return any(env.get(name, "").strip().lower() in _TRUTHY for name in OFFLINE_ENV)
 
 
 def resolve_endpoint(endpoint: str | None) -> str:

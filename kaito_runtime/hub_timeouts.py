@@ -33,7 +33,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -43,9 +43,13 @@ TIMEOUT_ENV = "KAITO_HUB_TIMEOUT"
 DEFAULT_TIMEOUT_S = 30.0
 
 
-def hub_timeout_s() -> float:
-    """Seconds a hub request may wait for a connection or for the next bytes (``KAITO_HUB_TIMEOUT``)."""
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+def hub_timeout_s(env: Mapping[str, str] | None = None) -> float:
+    """Seconds a hub request may wait for a connection or for the next bytes (``KAITO_HUB_TIMEOUT``).
+
+    Read from ``env``, by default the process environment: the deadline is applied inside the
+    Hub client's request hooks, which see no caller's mapping, so the process environment is
+    what governs real requests."""
+    raw = (os.environ if env is None else env).get(TIMEOUT_ENV, "").strip()
     if not raw:
         return DEFAULT_TIMEOUT_S
     try:

@@ -6,14 +6,24 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from kaito_runtime.errors import VllmNotInstalledError
 from kaito_runtime.request import RuntimeRequest, chat_template_dir_of
 from kaito_runtime.values import LaunchPlan, ModelSpec, Topology
-from kaito_runtime.vllm_command import VllmLaunch, display_argv
+from kaito_runtime.vllm_command import (
+    CONFIG_FILE,
+    CPU_KV,
+    ENVIRONMENT,
+    PASS_THROUGH,
+    PLAN,
+    PRESET_ARGS,
+    VllmLaunch,
+    display_argv,
+    display_env,
+)
 from kaito_runtime.vllm_install import VllmInstall
 
 
@@ -48,10 +58,12 @@ def build_launch(
     env: Mapping[str, str],
     install: VllmInstall | None,
     config_args: Mapping[str, object] | None = None,
+    ram_available_bytes: int | None = None,
 ) -> VllmLaunch:
     """The exact vLLM argv and environment for ``plan`` (pure). ``install`` None (a dry run
     where vLLM is absent): the plain ``vllm serve`` form. ``config_args``: the config file's
-    ``vllm:`` section, read once by the caller."""
+    ``vllm:`` section, read once by the caller. ``ram_available_bytes``: the node's free RAM
+    (the inventory's), to warn about a user's CPU KV size that cannot fit."""
     from kaito_runtime import vllm_command, vllm_install
 
     return vllm_command.build_vllm_command(
@@ -66,6 +78,7 @@ def build_launch(
         chat_template_dir=chat_template_dir_of(request, env),
         base_env=env,
         max_model_len_auto_supported=vllm_install.supports_max_model_len_auto(install) if install else True,
+        ram_available_bytes=ram_available_bytes,
     )
 
 
@@ -87,7 +100,7 @@ def start_line(launch: VllmLaunch, added: Mapping[str, str]) -> str:
     """``K=V ... argv``: what we set for vLLM and how it is started. Inherited variables are
     left out (they may hold anything); the removed token variables are named, never valued."""
     ours = set_variables(launch, added)
-    parts = [f"{key}={shlex.quote(value)}" for key, value in sorted(ours.items())]
+    parts = [f"{key}={shlex.quote(value)}" for key, value in sorted(display_env(ours).items())]
     line = " ".join([*parts, shlex.join(display_argv(launch))])
     if launch.unset_env:
         line += f" (without {', '.join(launch.unset_env)})"
@@ -98,9 +111,9 @@ def start_line(launch: VllmLaunch, added: Mapping[str, str]) -> str:
 # What vLLM will really get, against what the plan said
 # ------------------------------------------------------------------------------------------------
 
-PASS_THROUGH = "pass-through"
-CONFIG_FILE = "--config"
-PRESET_ARGS = "the preset's vLLM args"
+# The layer names a summary shows are defined where the merge records them (vllm_command:
+# PLAN, PRESET_ARGS, CONFIG_FILE, PASS_THROUGH, ENVIRONMENT) and re-exported here for callers.
+_LAYERS = (PLAN, PRESET_ARGS, CONFIG_FILE, PASS_THROUGH, ENVIRONMENT)
 
 
 @dataclass(frozen=True)
@@ -124,46 +137,21 @@ class EffectiveSetting:
         return f"--{self.flag} {self.value}{self.mark()}"
 
 
-def _flags_in(tokens: Sequence[str]) -> set[str]:
-    from kaito_runtime.vllm_command import normalise_flag
-
-    return {normalise_flag(t) for t in tokens if t.startswith("-") and len(t) > 1 and not t[1:2].isdigit()}
-
-
-def _sources(request: RuntimeRequest, model: ModelSpec, config_args: Mapping[str, object] | None) -> dict[str, str]:
-    """flag -> the layer that last set it (pass-through beats the config file beats the preset)."""
-    from kaito_runtime.vllm_command import normalise_flag
-
-    found: dict[str, str] = {}
-    layers = [
-        (PRESET_ARGS, _flags_in(model.vllm_args)),
-        (CONFIG_FILE, {normalise_flag("--" + str(key).lstrip("-")) for key in (config_args or {})}),
-        (PASS_THROUGH, _flags_in(request.extra_vllm_args)),
-    ]
-    for source, flags in layers:
-        for flag in flags:
-            found[flag] = source
-            if flag.startswith("no-"):
-                found[flag[3:]] = source
-    return found
-
-
 def _context_text(length: int | None, auto: bool) -> str:
     if length:
         return str(length)
     return "auto" if auto else "vLLM's default"
 
 
-def effective_settings(
-    request: RuntimeRequest,
-    plan: LaunchPlan,
-    launch: VllmLaunch,
-    config_args: Mapping[str, object] | None = None,
-) -> dict[str, EffectiveSetting]:
+def _kv_text(gib_value: float | None) -> str:
+    return f"{gib_value:g} GiB" if gib_value is not None else "-"
+
+
+def effective_settings(request: RuntimeRequest, plan: LaunchPlan, launch: VllmLaunch) -> dict[str, EffectiveSetting]:
     """The settings an operator reads in a summary, as vLLM will get them (``launch``, built
     from the plan, the preset, the config file and the pass-through arguments), each marked
-    with what overrode the plan. Keyed by flag name."""
-    sources = _sources(request, plan.model, config_args)
+    with the layer that overrode the plan (recorded by the merge in ``launch.sources``). Keyed
+    by flag name; ``cpu-kv-cache`` (per rank) on the CPU target."""
 
     def util(value: float | None) -> str:
         return f"{value:.2f}" if value is not None else "-"
@@ -182,7 +170,11 @@ def effective_settings(
         ("port", str(launch.port), str(request.port)),
         ("served-model-name", " ".join(launch.served_model_names) or plan.model.name, plan.model.name),
     ]
-    return {
-        flag: EffectiveSetting(flag, value, planned, sources.get(flag) if value != planned else None)
-        for flag, value, planned in rows
-    }
+    if plan.target == "cpu":
+        rows.append((CPU_KV, _kv_text(launch.cpu_kv_cache_gib), _kv_text(plan.cpu_kv_cache_gib)))
+
+    def source(flag: str, value: str, planned: str) -> str | None:
+        found = launch.sources.get(flag)
+        return found if value != planned and found != PLAN else None
+
+    return {flag: EffectiveSetting(flag, value, planned, source(flag, value, planned)) for flag, value, planned in rows}

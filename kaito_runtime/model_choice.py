@@ -35,6 +35,19 @@ def _check_combination(request: RuntimeRequest) -> None:
         )
 
 
+def check_request(request: RuntimeRequest) -> None:
+    """The model part of a request, checked without network or disk writes: one of --preset /
+    --model given, the preset known (and no --revision against its pin), a repo id well formed.
+    Run before anything is created (the weights folder), so a typo leaves no trace."""
+    from kaito_runtime import model_source
+
+    _check_combination(request)
+    if request.preset:
+        _preset(request)
+    elif request.model and not looks_like_path(request.model):
+        model_source.check_repo_id(request.model)
+
+
 def _preset(request: RuntimeRequest) -> ModelSpec:
     from kaito_runtime.catalog import load_catalog
 

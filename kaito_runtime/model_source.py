@@ -10,7 +10,14 @@ from kaito_runtime.hf_config import read_config_json, spec_from_hf_config
 from kaito_runtime.hub import check_repo_id, repo_id_problem
 from kaito_runtime.values import ModelSpec
 
-__all__ = ["check_repo_id", "folder_weights_bytes", "repo_id_problem", "served_name_for", "spec_from_folder", "spec_from_hub"]
+__all__ = [
+    "check_model_folder",
+    "check_repo_id",
+    "folder_weights_bytes",     "repo_id_problem",
+    "served_name_for",
+    "spec_from_folder",
+    "spec_from_hub",
+]
 
 
 def served_name_for(model: str) -> str:
@@ -24,19 +31,41 @@ def folder_weights_bytes(folder: Path, load_format: str = "hf") -> int:
     return sum(sizes[name] for name in weight_files(sizes, load_format))
 
 
-def spec_from_folder(folder: Path) -> ModelSpec:
+def check_model_folder(folder: Path) -> list[str]:
+    """The one rule for a local model folder: it exists, holds ``config.json`` and at least one
+    weight file vLLM loads. Returns the names of the files at its top level; InputError if not."""
+    folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise InputError(
-            f"Model folder {folder} does not exist",
+            f"Model folder {folder} does not exist or is not a folder",
             fix="pass an existing folder holding config.json and the weights, or a Hugging Face id (org/name)",
         )
-    config = read_config_json(folder / "config.json")
-    if not has_weights(p.name for p in folder.iterdir() if p.is_file()):
+    try:
+        names = [p.name for p in folder.iterdir() if p.is_file()]
+    except OSError as e:
+        raise InputError(
+            f"Model folder {folder} cannot be read",
+            why=e.strerror or type(e).__name__,
+            fix="check the folder's permissions and the volume mounted there",
+        ) from None
+    if "config.json" not in names:
+        raise InputError(
+            f"Model folder {folder} has no config.json",
+            why="vLLM and the planner read the model's shape from the Hugging Face config.json",
+            fix="point --model at the folder that holds the model's config.json",
+        )
+    if not has_weights(names):
         raise InputError(
             f"Model folder {folder} holds no weight files",
-            why=f"it has none of the files vLLM loads ({WEIGHT_FILES_RULE})",
+            why=f"It has none of the files vLLM loads ({WEIGHT_FILES_RULE})",
             fix="download the weights into the folder first (kaito-run --model ORG/NAME --download-only)",
         )
+    return names
+
+
+def spec_from_folder(folder: Path) -> ModelSpec:
+    check_model_folder(folder)
+    config = read_config_json(folder / "config.json")
     return spec_from_hf_config(
         config,
         name=served_name_for(str(folder)),

@@ -11,27 +11,14 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Literal
 
-from kaito_runtime.hub import RemoteFile
-from kaito_runtime.integrity import size_of
 from kaito_runtime.units import format_bytes as fmt_bytes
-from kaito_runtime.weights_store import partial_path
 
 ProgressMode = Literal["auto", "bar", "log", "none"]
 DEFAULT_PROGRESS_INTERVAL_S = 5.0
 DEFAULT_RATE_WINDOW_S = 15.0
-
-
-def held_on_disk(folder: Path, files: Sequence[RemoteFile]) -> dict[str, int]:
-    """Bytes of each file already on disk: the finished file, else its partial (what a resume keeps)."""
-    held = {}
-    for f in files:
-        final = size_of(folder / f.path)
-        held[f.path] = final if final == f.size else min(size_of(partial_path(folder, f)), f.size)
-    return held
 
 
 class TransferCount:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from kaito_runtime.units import format_gib
+from kaito_runtime.vllm_command import CPU_KV, ENVIRONMENT, PLAN
 from kaito_runtime.values import GiB, ModelSpec, NodeInventory, Topology
 
 
@@ -74,17 +75,12 @@ def _jsonable(value: Any) -> Any:
 def _effective(prepared, launch) -> dict:
     from kaito_runtime.launch import effective_settings
 
-    request = getattr(prepared, "request", None)
-    if request is None:  # views built by hand, without a request: the plan's own endpoint
-        from kaito_runtime.request import RuntimeRequest
-
-        request = RuntimeRequest(host=launch.host, port=launch.port)
-    return effective_settings(request, prepared.plan, launch, getattr(prepared, "config_args", None))
+    return effective_settings(prepared.request, prepared.plan, launch)
 
 
 def plan_json(prepared, launch) -> str:
     """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it."""
-    from kaito_runtime.vllm_command import display_argv, format_command
+    from kaito_runtime.vllm_command import display_argv, display_env, format_command
 
     payload = {
         "model": preset_dict(prepared.model),
@@ -97,10 +93,10 @@ def plan_json(prepared, launch) -> str:
         "effective": {flag: _jsonable(s) for flag, s in _effective(prepared, launch).items()},
         "model_path": str(prepared.model_path),
         "token_source": prepared.token_source,
-        "warnings": list(getattr(prepared, "warnings", ())),
+        "warnings": list(prepared.warnings),
         "vllm": {
             "argv": list(display_argv(launch)),  # an --api-key value is shown as ***
-            "env": dict(launch.env),
+            "env": display_env(launch.env),  # an API key is shown as ***
             "unset_env": list(launch.unset_env),
             "warnings": list(launch.warnings),
             "command": format_command(launch),
@@ -185,8 +181,12 @@ def plan_text(prepared, launch) -> str:
     util = eff["gpu-memory-utilization"]
     if plan.gpu_memory_utilization is not None or util.overridden:
         lines.append(f"Memory    {util.describe()}")
-    if plan.cpu_kv_cache_gib is not None:
-        lines.append(f"Memory    KV cache {plan.cpu_kv_cache_gib} GiB of RAM (VLLM_CPU_KVCACHE_SPACE)")
+    if CPU_KV in eff:
+        kv = eff[CPU_KV]
+        per_rank = f" per rank x {launch.cpu_ranks} ranks" if launch.cpu_ranks > 1 else ""
+        by_flag = launch.sources.get(CPU_KV) not in (None, PLAN, ENVIRONMENT)
+        where = "--kv-cache-memory-bytes" if by_flag else "VLLM_CPU_KVCACHE_SPACE"
+        lines.append(f"Memory    KV cache {kv.value} of RAM{per_rank} ({where}){kv.mark()}")
     length = eff["max-model-len"]
     context = length.value
     if length.value == "auto" and not length.overridden:
@@ -196,15 +196,18 @@ def plan_text(prepared, launch) -> str:
         context += f"; KV cache holds ~{plan.kv_cache_tokens:,} tokens"
     lines.append(f"Context   --max-model-len {context}")
     names, host, port = eff["served-model-name"], eff["host"], eff["port"]
-    serve = f"{names.value}{names.mark()} on http://{host.value}:{port.value}/v1"
-    if host.overridden or port.overridden:
-        serve += f" (from {host.source if host.overridden else port.source}; the plan said {host.planned}:{port.planned})"
+    if topo.is_leader:
+        serve = f"{names.value}{names.mark()} on http://{host.value}:{port.value}/v1"
+        if host.overridden or port.overridden:
+            serve += f" (from {host.source if host.overridden else port.source}; the plan said {host.planned}:{port.planned})"
+    else:
+        serve = "none: headless worker, no HTTP server (the leader serves)"
     lines.append(f"Serve     {serve}")
     if plan.decisions:
         lines.append("Why")
         for d in plan.decisions:
             lines.append(f"  - {d.topic}: {d.choice} ({d.reason})")
-    for warning in [*getattr(prepared, "warnings", ()), *launch.warnings]:
+    for warning in [*prepared.warnings, *launch.warnings]:
         lines.append(f"Warning   {warning}")
     lines.append("Command")
     lines.append("  " + format_command(launch))

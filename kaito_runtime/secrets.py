@@ -161,6 +161,22 @@ def _stored_login_path(env: Mapping[str, str]) -> Path:
     return Path(cache).expanduser() / "huggingface" / "token"
 
 
+# Names whose values decide the lookup; a cache entry is only reused for the same values.
+_TOKEN_ENV = (TOKEN_FILE_ENV, "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HOME", "XDG_CACHE_HOME", "HOME")
+_lookups: dict[tuple[object, ...], tuple[tuple[object, ...] | None, Secret | None, str]] = {}
+
+
+def _file_state(path: Path | None) -> tuple[object, ...] | None:
+    """What identifies the content of the file a token was read from (it may be rotated in place)."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return ("missing",)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def resolve_token(env: Mapping[str, str], token_file: Path | None = None) -> tuple[Secret | None, str]:
     """Find the Hugging Face token; returns it (or None) and a description of its source.
 
@@ -168,27 +184,51 @@ def resolve_token(env: Mapping[str, str], token_file: Path | None = None) -> tup
     ``$HUGGING_FACE_HUB_TOKEN``, then huggingface_hub's stored login (``$HF_TOKEN_PATH`` or
     ``$HF_HOME/token``). A token file named by the user must exist and hold a token. The value
     found is registered for log redaction.
+
+    Cheap to call again: the answer is kept per (``token_file``, the variables above) and reused
+    while the file it was read from is unchanged, so a second call costs one ``stat``. A
+    different environment never gets another environment's answer.
     """
-    value: str | None = None
-    source = "none"
+    key = (None if token_file is None else str(token_file), *(env.get(name) for name in _TOKEN_ENV))
+    cached = _lookups.get(key)
+    if cached is not None:
+        state, token, source = cached
+        path = _token_path(env, token_file)
+        if state == _file_state(path):
+            return token, source
+    token, source, path = _lookup_token(env, token_file)
+    if token is not None:
+        register_secret(token)
+    _lookups[key] = (_file_state(path), token, source)
+    return token, source
+
+
+def _token_path(env: Mapping[str, str], token_file: Path | None) -> Path | None:
+    """The file the lookup reads, if it reads one (None when a variable holds the token)."""
     if token_file is not None:
-        value, source = _read_token_file(Path(token_file), "--token-file"), f"file {token_file}"
-    elif env.get(TOKEN_FILE_ENV):
-        path = Path(env[TOKEN_FILE_ENV])
-        value, source = _read_token_file(path, TOKEN_FILE_ENV), f"file {path}"
-    elif env.get("HF_TOKEN", "").strip():
-        value, source = env["HF_TOKEN"].strip(), "HF_TOKEN"
-    elif env.get("HUGGING_FACE_HUB_TOKEN", "").strip():
-        value, source = env["HUGGING_FACE_HUB_TOKEN"].strip(), "HUGGING_FACE_HUB_TOKEN"
-    else:
-        stored = _stored_login_path(env)
-        try:
-            text = stored.read_text(encoding="utf-8").strip() if stored.is_file() else ""
-        except OSError:
-            text = ""
-        if text:
-            value, source = text, f"huggingface_hub login ({stored})"
-    if value is None:
-        return None, source
-    register_secret(value)
-    return Secret(value), source
+        return Path(token_file)
+    if env.get(TOKEN_FILE_ENV):
+        return Path(env[TOKEN_FILE_ENV])
+    if env.get("HF_TOKEN", "").strip() or env.get("HUGGING_FACE_HUB_TOKEN", "").strip():
+        return None
+    return _stored_login_path(env)
+
+
+def _lookup_token(env: Mapping[str, str], token_file: Path | None) -> tuple[Secret | None, str, Path | None]:
+    path = _token_path(env, token_file)
+    if token_file is not None:
+        return Secret(_read_token_file(Path(token_file), "--token-file")), f"file {token_file}", path
+    if env.get(TOKEN_FILE_ENV):
+        assert path is not None
+        return Secret(_read_token_file(path, TOKEN_FILE_ENV)), f"file {path}", path
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        if env.get(name, "").strip():
+            return Secret(env[name].strip()), name, None
+    assert path is not None
+    try:
+        text = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+    except OSError:
+        text = ""
+    if text:
+        return Secret(text), f"huggingface_hub login ({path})", path
+    return None, "none", path

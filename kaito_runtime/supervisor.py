@@ -49,6 +49,8 @@ from typing import IO, Literal
 
 import psutil
 
+from kaito_runtime.secrets import redact
+
 TAIL_LINES = 400  # enough to hold a vLLM traceback and the error line above it
 READY_TIMEOUT_EXIT_CODE = 124  # as timeout(1): we gave up waiting and stopped the child
 _POLL_SECONDS = 0.1
@@ -210,7 +212,8 @@ class _Child:
             self.tail.append(line.rstrip("\r\n").rsplit("\r", 1)[-1])
             if self._output is not None:
                 try:
-                    self._output.write(line)
+                    # vLLM (or a model's remote code) may print a secret we know; a few `in` checks
+                    self._output.write(redact(line))
                     self._output.flush()
                 except (OSError, ValueError):
                     self._output = None  # our stdout is gone; keep draining the pipe

@@ -18,11 +18,24 @@ from dataclasses import dataclass, field, fields
 
 from kaito_runtime.cpu_layout import CpuLayout, layout_cpu
 from kaito_runtime.memory import gib
-from kaito_runtime.values import LaunchPlan
+from kaito_runtime.values import GiB, LaunchPlan
 from kaito_runtime.vllm_rules import CONTEXT_ALIGN, align_down, tp_rule_violation
 
 # vLLM reads the Hub token from these; it runs offline on a local folder and must never see one.
-TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")
+# KAITO_HF_TOKEN_FILE is our own token source: vLLM needs none, so it does not learn where one is.
+TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "KAITO_HF_TOKEN_FILE")
+
+# Where a flag's final value came from (``VllmLaunch.sources``); a later layer wins.
+PLAN = "plan"
+PRESET_ARGS = "the preset's vLLM args"
+CONFIG_FILE = "--config"
+PASS_THROUGH = "pass-through"
+ENVIRONMENT = "environment"
+
+# vLLM reads the API key from this variable when no --api-key is given (envs.py, vLLM 0.32).
+API_KEY_ENV = "VLLM_API_KEY"
+# The pseudo-flag under which ``VllmLaunch.sources`` records who chose the CPU KV space.
+CPU_KV = "cpu-kv-cache"
 
 # Flags whose value is a secret: dropped from user arguments, never put in an argv.
 _SECRET_FLAGS = frozenset({"hf-token"})
@@ -49,7 +62,8 @@ class VllmLaunch:
     ``served_model_names`` with ``api_key``; failure hints quote the parallel sizes, utilization
     and context.
     ``api_key``: the key vLLM guards /v1/* with (``--api-key``, else ``VLLM_API_KEY`` in the
-    inherited environment); a secret, kept out of repr and masked by ``format_command``.
+    inherited environment); a secret, kept out of repr and masked by ``format_command``. A single
+    ``--api-key`` is moved out of ``argv`` into ``env["VLLM_API_KEY"]`` (argv is public on a node).
     """
 
     argv: tuple[str, ...]
@@ -65,12 +79,19 @@ class VllmLaunch:
     gpu_memory_utilization: float | None = None
     max_model_len: int | None = None  # None: vLLM's "auto" (or its default)
     api_key: str | None = field(default=None, repr=False)
+    # CPU target: the KV space each rank allocates, in GiB (VLLM_CPU_KVCACHE_SPACE, an exported
+    # one, or --kv-cache-memory-bytes), and the ranks on this node. None on the GPU target.
+    cpu_kv_cache_gib: float | None = None
+    cpu_ranks: int = 1
+    # flag name -> the layer that set its final value (PLAN, PRESET_ARGS, CONFIG_FILE,
+    # PASS_THROUGH; ENVIRONMENT for CPU_KV). A flag the config file switched off maps to CONFIG_FILE.
+    sources: Mapping[str, str] = field(default_factory=dict)
 
-    def __repr__(self) -> str:  # the argv as display_argv shows it: no API key in a log line
+    def __repr__(self) -> str:  # argv and env as display_argv/display_env show them: no API key
         shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr and f.name != "argv"
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr and f.name not in ("argv", "env")
         )
-        return f"VllmLaunch(argv={display_argv(self)!r}, {shown})"
+        return f"VllmLaunch(argv={display_argv(self)!r}, env={display_env(self.env)!r}, {shown})"
 
     @property
     def served_model_name(self) -> str:
@@ -87,6 +108,7 @@ class VllmLaunch:
 class _Arg:
     name: str | None  # normalised flag name ("max-model-len"); None for a stray positional
     tokens: tuple[str, ...]
+    source: str = PLAN
 
     @property
     def values(self) -> tuple[str, ...]:
@@ -110,23 +132,23 @@ def _is_flag(token: str) -> bool:
     return token.startswith("-") and len(token) > 1 and not _NUMBER.match(token)
 
 
-def _group(tokens: Sequence[str]) -> list[_Arg]:
+def _group(tokens: Sequence[str], source: str = PLAN) -> list[_Arg]:
     groups: list[_Arg] = []
     current: list[str] = []
     for token in tokens:
         if _is_flag(token) or (current and current[0].startswith("--") and "=" in current[0]):
             if current:
-                groups.append(_make(current))
+                groups.append(_make(current, source))
             current = [token]
         else:
             current.append(token)
     if current:
-        groups.append(_make(current))
+        groups.append(_make(current, source))
     return groups
 
 
-def _make(tokens: list[str]) -> _Arg:
-    return _Arg(normalise_flag(tokens[0]) if _is_flag(tokens[0]) else None, tuple(tokens))
+def _make(tokens: list[str], source: str) -> _Arg:
+    return _Arg(normalise_flag(tokens[0]) if _is_flag(tokens[0]) else None, tuple(tokens), source)
 
 
 def _conflicts(a: str | None, b: str | None) -> bool:
@@ -362,15 +384,6 @@ def _effective_max_model_len(args: Sequence[_Arg]) -> int | None:
     return None
 
 
-def _effective_api_key(args: Sequence[_Arg], base_env: Mapping[str, str]) -> str | None:
-    """The key vLLM guards /v1/* with: --api-key wins over VLLM_API_KEY (vLLM's own order).
-    vLLM accepts several keys after --api-key; any one of them authenticates."""
-    for arg in reversed(args):
-        if arg.name == "api-key" and arg.values:
-            return arg.values[0]
-    return base_env.get("VLLM_API_KEY") or None
-
-
 # ------------------------------------------------------------------------------------------------
 # Entry points
 # ------------------------------------------------------------------------------------------------
@@ -425,6 +438,7 @@ def build_vllm_command(
     base_env: Mapping[str, str] | None = None,
     max_model_len_auto_supported: bool = True,
     cpu_ids: Sequence[int] | None = None,
+    ram_available_bytes: int | None = None,
 ) -> VllmLaunch:
     """The vLLM command for ``plan`` serving the weights in ``model_path``.
 
@@ -434,6 +448,8 @@ def build_vllm_command(
     ``rendezvous.RendezvousInfo.child_env``, their one owner.
     ``cpu_ids``: the cores vLLM may use on the CPU target (default: this process's affinity);
     used only when the merged arguments ask for more than one CPU rank.
+    ``ram_available_bytes``: the node's free RAM; a user's CPU KV size larger than it is warned about.
+    An --api-key goes to the child as VLLM_API_KEY, not on the command line.
     """
     warnings: list[str] = []
     base_env = base_env or {}
@@ -441,14 +457,14 @@ def build_vllm_command(
     head = [*entrypoint, *(("--model", model_path) if as_flag else (model_path,))]
 
     args = _group(_plan_tokens(plan, host, port, max_model_len_auto_supported, warnings))
-    args = _merge(args, _group(plan.model.vllm_args))
+    args = _merge(args, _group(plan.model.vllm_args, PRESET_ARGS))
 
     user: list[_Arg] = []
     dropped: list[str] = []
     if config_args:
         tokens, dropped = _config_tokens(config_args)
-        user += _group(tokens)
-    user += _group(extra_args)
+        user += _group(tokens, CONFIG_FILE)
+    user += _group(extra_args, PASS_THROUGH)
     secret = [a for a in user if a.name in _SECRET_FLAGS]
     if secret:
         warnings.append(
@@ -462,7 +478,7 @@ def build_vllm_command(
     if template and not user_template:
         path = os.path.join(chat_template_dir, template) if chat_template_dir else None
         if path and os.path.isfile(path):
-            args.append(_Arg("chat-template", ("--chat-template", path)))
+            args.append(_Arg("chat-template", ("--chat-template", path), PRESET_ARGS))
         else:
             where = chat_template_dir or "(no chat-template folder given)"
             warnings.append(
@@ -486,9 +502,16 @@ def build_vllm_command(
             warnings=warnings,
         )
     eff_host, eff_port, names = _effective_endpoint(args, host, port, model_path, warnings)
+    sources = _sources(args, dropped)
+    kv_gib: float | None = None
+    if cpu is not None:
+        kv_gib, sources[CPU_KV] = _cpu_kv(args, base_env, cpu, warnings)
+        if sources[CPU_KV] != PLAN:
+            warnings += _kv_ram_warning(plan, kv_gib, cpu.ranks, ram_available_bytes)
 
-    argv = tuple(head + [token for arg in args for token in arg.tokens])
     env = _env(base_env, user_flags, cpu, warnings)
+    args, api_key = _api_key_to_env(args, base_env, env, warnings)
+    argv = tuple(head + [token for arg in args for token in arg.tokens])
     return VllmLaunch(
         argv=argv,
         env=env,
@@ -502,14 +525,96 @@ def build_vllm_command(
         data_parallel_size=dp,
         gpu_memory_utilization=_final_float(args, "gpu-memory-utilization", plan.gpu_memory_utilization),
         max_model_len=_effective_max_model_len(args),
-        api_key=_effective_api_key(args, base_env),
+        api_key=api_key,
+        cpu_kv_cache_gib=kv_gib,
+        cpu_ranks=cpu.ranks if cpu is not None else 1,
+        sources=sources,
     )
+
+
+def _sources(args: Sequence[_Arg], dropped: Sequence[str]) -> dict[str, str]:
+    """flag -> the layer of its final value; a ``--no-X`` also answers for X."""
+    found: dict[str, str] = {}
+    for name in dropped:
+        found[name] = CONFIG_FILE
+        if name.startswith("no-"):
+            found[name[3:]] = CONFIG_FILE
+    for arg in args:
+        if arg.name is None:
+            continue
+        found[arg.name] = arg.source
+        if arg.name.startswith("no-"):
+            found[arg.name[3:]] = arg.source
+    return found
+
+
+def _cpu_kv(
+    args: Sequence[_Arg], base_env: Mapping[str, str], cpu: CpuLayout, warnings: list[str]
+) -> tuple[float | None, str]:
+    """The KV space (GiB per rank) the CPU backend will allocate, and who chose it.
+
+    vLLM's CPU platform lets an exported VLLM_CPU_KVCACHE_SPACE (whole GiB) override
+    --kv-cache-memory-bytes; ours is only set when neither is given (see ``_env``).
+    """
+    exported = base_env.get("VLLM_CPU_KVCACHE_SPACE")
+    if exported is not None:
+        try:
+            return float(int(exported)), ENVIRONMENT
+        except ValueError:
+            warnings.append(f"VLLM_CPU_KVCACHE_SPACE={exported!r} is not a whole number of GiB; vLLM will refuse it")
+            return None, ENVIRONMENT
+    for arg in reversed(args):
+        if arg.name == "kv-cache-memory-bytes" and arg.values:
+            size = parse_human_int(arg.values[0])
+            return (size / GiB if size is not None else None), arg.source
+    return float(cpu.kv_cache_gib), PLAN
+
+
+def _kv_ram_warning(plan: LaunchPlan, kv_gib: float | None, ranks: int, ram_available_bytes: int | None) -> list[str]:
+    """A user's KV size that cannot fit in the RAM the node has free (with the weights beside it)."""
+    if kv_gib is None or not ram_available_bytes:
+        return []
+    kv_total = int(kv_gib * GiB) * ranks
+    weights = plan.model.weights_bytes
+    if kv_total + weights <= ram_available_bytes:
+        return []
+    each = f"{gib(int(kv_gib * GiB))} x {ranks} ranks = {gib(kv_total)}" if ranks > 1 else gib(kv_total)
+    planned = f"; the plan chose {plan.cpu_kv_cache_gib} GiB per rank" if plan.cpu_kv_cache_gib else ""
+    return [
+        f"the KV cache you set ({each}) plus the weights ({gib(weights)}) is more than the "
+        f"{gib(ram_available_bytes)} of RAM available; vLLM will fail to allocate it or be killed{planned}"
+    ]
+
+
+def _api_key_to_env(
+    args: list[_Arg], base_env: Mapping[str, str], env: dict[str, str], warnings: list[str]
+) -> tuple[list[_Arg], str | None]:
+    """Move a single --api-key from the argv (readable by anyone on the node through ps) into the
+    child's VLLM_API_KEY. Several keys cannot travel in one variable: they stay, with a warning.
+    Returns the argv groups and the key readiness checks use (--api-key wins over VLLM_API_KEY)."""
+    keys = [a for a in args if a.name == "api-key" and a.values]
+    if not keys:
+        return args, base_env.get(API_KEY_ENV) or None
+    arg = keys[-1]
+    if len(arg.values) > 1:
+        warnings.append(
+            f"{len(arg.values)} --api-key values stay on vLLM's command line, where any process on this node "
+            f"can read them; {API_KEY_ENV} holds only one key, so pass one to keep it off the command line"
+        )
+        return args, arg.values[0]
+    env[API_KEY_ENV] = arg.values[0]
+    return [a for a in args if a is not arg], arg.values[0]
 
 
 MASK = "***"
 
 # Variables whose value is a secret: masked when a launch is shown.
-_SECRET_ENV = frozenset({"VLLM_API_KEY"})
+_SECRET_ENV = frozenset({API_KEY_ENV})
+
+
+def display_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with secret values (the API key) replaced by '***', for logs and --dry-run."""
+    return {key: MASK if key in _SECRET_ENV else value for key, value in env.items()}
 
 
 def display_argv(launch: VllmLaunch) -> tuple[str, ...]:
@@ -535,18 +640,24 @@ def format_command(launch: VllmLaunch) -> str:
     API keys are shown as '***'."""
     parts = ["env"]
     parts += [f"-u {name}" for name in launch.unset_env]
-    parts += [
-        f"{key}={shlex.quote(MASK if key in _SECRET_ENV else value)}" for key, value in sorted(launch.env.items())
-    ]
+    parts += [f"{key}={shlex.quote(value)}" for key, value in sorted(display_env(launch.env).items())]
     return " ".join(parts) + " " + shlex.join(display_argv(launch))
 
 
 __all__ = [
+    "API_KEY_ENV",
+    "CONFIG_FILE",
+    "CPU_KV",
+    "ENVIRONMENT",
+    "PASS_THROUGH",
+    "PLAN",
+    "PRESET_ARGS",
     "TOKEN_ENV_VARS",
     "VllmLaunch",
     "build_vllm_command",
     "config_value",
     "display_argv",
+    "display_env",
     "format_command",
     "normalise_flag",
     "parse_human_int",

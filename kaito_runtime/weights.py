@@ -31,7 +31,7 @@ from kaito_runtime.errors import (
     WeightsCorruptError,
     WeightsError,
 )
-from kaito_runtime.file_selection import WEIGHT_FILES_RULE, has_weights, select_files
+from kaito_runtime.file_selection import has_weights, select_files
 from kaito_runtime.hub import (
     COMMIT_RE,
     RemoteFile,
@@ -43,13 +43,13 @@ from kaito_runtime.hub import (
     resolve_revision,
 )
 from kaito_runtime.integrity import bad_files
+from kaito_runtime.model_source import check_model_folder
 from kaito_runtime.progress import (
     DEFAULT_PROGRESS_INTERVAL_S,
     ProgressBar,
     ProgressLogger,
     ProgressMode,
     TransferCount,
-    held_on_disk,
 )
 from kaito_runtime.secrets import Secret
 from kaito_runtime.units import format_bytes as fmt_bytes
@@ -57,6 +57,7 @@ from kaito_runtime.values import MiB, ModelSpec
 from kaito_runtime.weights_lock import download_lock, lock_timeout_s
 from kaito_runtime.weights_store import (
     MARKER_NAME,
+    held_on_disk,
     partial_path,
     read_marker,
     read_ref,
@@ -75,6 +76,7 @@ __all__ = [
     "disk_free_bytes",
     "ensure_weights",
     "fetch_model_metadata",
+    "os_error_as_weights_error",
     "partial_path",
     "planned_path",
     "repo_folder",
@@ -105,12 +107,16 @@ def disk_free_bytes(path: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def _offline(given: bool | None) -> bool:
+    """An explicit ``offline`` is trusted as it is (the caller read its own environment, e.g. with
+    ``hub.offline_in(env)``); None falls back to the process environment."""
+    return hub.offline_in(os.environ) if given is None else given
 
 
-def _os_error(e: OSError, weights_dir: Path) -> WeightsError:
-    """One line for a file-system failure in the weights step: the path, the cause, the fix."""
+def os_error_as_weights_error(e: OSError, weights_dir: Path) -> WeightsError:
+    """One line for a file-system failure in the weights step: the path, the cause, the fix.
+
+    The only OSError -> WeightsError mapping; callers outside this module use it too."""
     path = e.filename or weights_dir
     cause = e.strerror or str(e) or type(e).__name__
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -158,17 +164,7 @@ def _remember_ref(root: Path, ref: str, commit: str, log: logging.Logger) -> Non
 
 def _use_local_folder(path_text: str, t0: float) -> WeightsResult:
     path = Path(path_text).expanduser()
-    if not path.is_dir():
-        raise InputError(f"Model folder {path} does not exist or is not a folder", fix="pass a folder holding config.json and the weight files")
-    names = [p.name for p in path.iterdir() if p.is_file()]
-    if not ({"config.json", "params.json"} & set(names)):
-        raise InputError(f"Model folder {path} has no config.json (nor params.json)", fix="point --model at the folder that holds the model's config.json")
-    if not has_weights(names):
-        raise InputError(
-            f"Model folder {path} holds no weight files",
-            why=f"it has none of the files vLLM loads ({WEIGHT_FILES_RULE})",
-            fix="finish copying the weights into it, or point --model at the right folder",
-        )
+    names = check_model_folder(path)  # the same rule and words as when the model was resolved
     return WeightsResult(path, 0, True, time.monotonic() - t0, len(names))
 
 
@@ -177,7 +173,7 @@ def ensure_weights(
     *,
     weights_dir: Path,
     token: Secret | None,
-    offline: bool = False,
+    offline: bool | None = None,
     endpoint: str | None = None,
     progress: ProgressMode = "auto",
     disk_margin_bytes: int = DEFAULT_DISK_MARGIN,
@@ -194,8 +190,9 @@ def ensure_weights(
     ``verify=True`` re-hashes every file of a complete copy (sha256 / git blob sha1 from the
     marker) and fetches the bad ones again; without it a complete copy is checked by size only.
     ``lock_timeout_s``: how long to wait for another launcher's download of the same commit to
-    make progress (default ``KAITO_WEIGHTS_LOCK_TIMEOUT`` or an hour). ``HF_HUB_OFFLINE=1``
-    implies ``offline``. Raises the WeightsError family (exit codes 10-18) or InputError;
+    make progress (default ``KAITO_WEIGHTS_LOCK_TIMEOUT`` or an hour). ``offline`` given as a
+    bool is trusted; None reads ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` from the process
+    environment (``hub.offline_in``). Raises the WeightsError family (exit codes 10-18) or InputError;
     file-system failures come as WeightsError naming the path and the fix.
     """
     log = log or logger
@@ -207,11 +204,11 @@ def ensure_weights(
     hub.check_repo_id(model.repo_id)  # it names folders on disk, too
     try:
         return _ensure_repo(
-            model, Path(weights_dir), token, offline, endpoint, progress, disk_margin_bytes, log,
+            model, Path(weights_dir), token, _offline(offline), endpoint, progress, disk_margin_bytes, log,
             token_source, verify, max_workers, progress_interval_s, lock_timeout_s, t0,
         )
     except OSError as e:
-        raise _os_error(e, Path(weights_dir)) from None
+        raise os_error_as_weights_error(e, Path(weights_dir)) from None
 
 
 def _ensure_repo(
@@ -221,7 +218,6 @@ def _ensure_repo(
 ) -> WeightsResult:
     repo_id = model.repo_id
     assert repo_id
-    offline = offline or _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE")
     ep = resolve_endpoint(endpoint)
     source = token_source or ("the given token" if token else "none")
     root = repo_folder(weights_dir, repo_id)
@@ -449,20 +445,20 @@ def fetch_model_metadata(
     *,
     token: Secret | None,
     endpoint: str | None = None,
-    offline: bool = False,
+    offline: bool | None = None,
     weights_dir: Path | None = None,
     token_source: str | None = None,
     log: logging.Logger | None = None,
 ) -> RemoteModel:
     """config.json, file sizes, resolved commit and gated flag of a repo, for building a ModelSpec.
 
-    Offline (or ``HF_HUB_OFFLINE=1``) it reads them from a complete copy under ``weights_dir``;
-    online it asks the Hub, falling back to that copy when the Hub cannot be reached.
+    Offline (``offline=True``, or None and ``HF_HUB_OFFLINE=1`` in the process environment) it
+    reads them from a complete copy under ``weights_dir``; online it asks the Hub, falling back to
+    that copy when the Hub cannot be reached.
     """
     log = log or logger
     hub.check_repo_id(repo_id)
-    offline = offline or _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE")
-    if offline:
+    if _offline(offline):
         local = _local_metadata(repo_id, revision, weights_dir) if weights_dir else None
         if local is None:
             raise HubUnreachableError(

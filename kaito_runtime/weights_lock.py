@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,11 +31,12 @@ DEFAULT_LOCK_TIMEOUT_S = 3600.0
 LOCK_LOG_INTERVAL_S = 30.0
 
 
-def lock_timeout_s(given: float | None = None) -> float:
-    """``given``, else ``KAITO_WEIGHTS_LOCK_TIMEOUT``, else the default (seconds without progress)."""
+def lock_timeout_s(given: float | None = None, env: Mapping[str, str] | None = None) -> float:
+    """``given``, else ``KAITO_WEIGHTS_LOCK_TIMEOUT`` from ``env`` (default: the process
+    environment), else the default (seconds without progress)."""
     if given is not None:
         return float(given)
-    raw = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    raw = (os.environ if env is None else env).get(LOCK_TIMEOUT_ENV, "").strip()
     if not raw:
         return DEFAULT_LOCK_TIMEOUT_S
     try:

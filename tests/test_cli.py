@@ -332,7 +332,8 @@ def test_dry_run_does_not_print_an_api_key_back():
         result = invoke("--preset", "phi-4-mini-instruct", "--dry-run", "--assume-gpus", "1xA100-80GB", "-o", output,
                         "--", "--api-key", key)
         assert result.exit_code == 0, result.output
-        assert key not in result.output and "--api-key" in result.output
+        assert key not in result.output and "VLLM_API_KEY" in result.output and "***" in result.output
+        assert "--api-key" not in result.output  # it goes to vLLM in VLLM_API_KEY, not on the command line
 
 
 def test_a_gated_download_leaves_no_token_in_the_weights_folder(hub, hub_env, tmp_path):
@@ -513,3 +514,25 @@ def test_dry_run_summary_marks_config_and_pass_through_overrides(tmp_path):
     assert "Memory    --gpu-memory-utilization 0.50 (from --config; the plan said 0.95)" in lines
     assert any(line.startswith("Context   --max-model-len 128 (from pass-through; the plan said 512)") for line in lines)
     assert "Serve     cfgname (from --config; the plan said tiny-llama) on http://0.0.0.0:5000/v1" in lines
+
+
+def test_an_option_before_the_doctor_command_still_runs_doctor():
+    recording = REPO / "tests" / "data" / "nvml" / "h100-sxm-8x.json"
+    result = CliRunner().invoke(main, ["-o", "json", "doctor"], env={"KAITO_NVML_RECORDING": str(recording)})
+    assert result.exit_code == 0, result.output
+    assert isinstance(json.loads(result.output), dict)
+
+
+def test_a_preset_named_like_a_command_is_an_option_value_not_the_command():
+    result = CliRunner().invoke(main, ["--preset", "doctor", "--dry-run"])
+    assert result.exit_code == 2
+    assert "Unknown preset" in result.output or "doctor" in result.output
+    assert "No GPU" not in result.output  # doctor did not run
+
+
+def test_a_bad_request_creates_no_weights_folder(tmp_path):
+    home = tmp_path / "home"
+    for args in ([], ["--preset", "nope"], ["--model", "not a repo id!"]):
+        result = CliRunner().invoke(main, args, env={"HOME": str(home), "HF_HOME": None, "KAITO_WEIGHTS_DIR": None})
+        assert result.exit_code == 2, (args, result.output)
+        assert not (home / ".cache").exists(), args

@@ -304,11 +304,23 @@ def test_context_from_a_plan_counts_only_this_nodes_gpus() -> None:
         model=model, target="gpu", topology=Topology(nnodes=2, leader_address="10.0.0.1"),
         tensor_parallel_size=4, pipeline_parallel_size=2, gpu_memory_utilization=0.9, gpus_per_node=8,
     )
-    ctx = FailureContext.from_plan(plan, 5000)
+    ctx = _ctx(plan, 5000)
     assert (ctx.gpu_count, ctx.port, ctx.target, ctx.nnodes, ctx.data_parallel_size) == (8, 5000, "gpu", 2, 1)
     exp = explain_failure(KV_V1, plan_hint=ctx)
     assert exp is not None
     assert "use 8 GPUs per node (--tensor-parallel-size 8)" in exp.line  # 4 of 8 local GPUs in use
+
+
+def _ctx(plan, port: int = 5000) -> FailureContext:
+    """The context of a launch that runs the plan's own sizes (what ``from_launch`` reads)."""
+    from kaito_runtime.vllm_command import VllmLaunch
+
+    launch = VllmLaunch(
+        argv=(), port=port, tensor_parallel_size=plan.tensor_parallel_size,
+        pipeline_parallel_size=plan.pipeline_parallel_size, data_parallel_size=plan.data_parallel_size,
+        gpu_memory_utilization=plan.gpu_memory_utilization, max_model_len=plan.max_model_len,
+    )
+    return FailureContext.from_launch(plan, launch)
 
 
 def _plan(tp: int, pp: int, dp: int, gpus: int):
@@ -326,7 +338,7 @@ def _plan(tp: int, pp: int, dp: int, gpus: int):
 
 def test_replicas_count_as_used_gpus() -> None:
     # TP 1 x DP 4 on 4 GPUs: every GPU is in use, so "use 2 GPUs" would be wrong
-    ctx = FailureContext.from_plan(_plan(1, 1, 4, 4), 5000)
+    ctx = _ctx(_plan(1, 1, 4, 4), 5000)
     assert ctx.data_parallel_size == 4
     line = explain_failure(KV_V1, plan_hint=ctx).line
     assert "use 2 GPUs" not in line
@@ -335,20 +347,20 @@ def test_replicas_count_as_used_gpus() -> None:
 
 def test_replicas_with_idle_gpus_double_the_used_count() -> None:
     # TP 1 x DP 2 on 8 GPUs: 2 in use, 4 would fit
-    line = explain_failure(KV_V1, plan_hint=FailureContext.from_plan(_plan(1, 1, 2, 8))).line
+    line = explain_failure(KV_V1, plan_hint=_ctx(_plan(1, 1, 2, 8))).line
     assert "use 4 GPUs (--tensor-parallel-size 2)" in line
 
 
 def test_pipeline_stages_count_as_used_gpus() -> None:
     # TP 2 x PP 2 on 8 GPUs: 4 in use; doubling TP uses all 8
-    line = explain_failure(KV_V1, plan_hint=FailureContext.from_plan(_plan(2, 2, 1, 8))).line
+    line = explain_failure(KV_V1, plan_hint=_ctx(_plan(2, 2, 1, 8))).line
     assert "use 8 GPUs (--tensor-parallel-size 4)" in line
-    line = explain_failure(KV_V1, plan_hint=FailureContext.from_plan(_plan(2, 2, 1, 4))).line
+    line = explain_failure(KV_V1, plan_hint=_ctx(_plan(2, 2, 1, 4))).line
     assert "more GPUs (more nodes, or a larger GPU)" in line
 
 
 def test_odd_replica_count_gets_no_same_gpus_rewrite() -> None:
-    line = explain_failure(KV_V1, plan_hint=FailureContext.from_plan(_plan(1, 1, 3, 3))).line
+    line = explain_failure(KV_V1, plan_hint=_ctx(_plan(1, 1, 3, 3))).line
     assert "--data-parallel-size" not in line and "more GPUs" in line
 
 
@@ -367,7 +379,7 @@ def test_context_from_the_launch_uses_what_vllm_really_ran() -> None:
     line = explain_failure(KV_V1, plan_hint=ctx).line
     assert "raise --gpu-memory-utilization above 0.6" in line
     assert "use 4 GPUs (--tensor-parallel-size 4)" in line
-    planned = explain_failure(KV_V1, plan_hint=FailureContext.from_plan(plan, 5000)).line
+    planned = explain_failure(KV_V1, plan_hint=_ctx(plan, 5000)).line
     assert "above 0.9" in planned  # from_plan still gives the plan's view
 
 

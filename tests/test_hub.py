@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from kaito_runtime.errors import GatedRepoNoTokenError, InputError, WeightsError
-from kaito_runtime.hub import check_repo_id, fetch_model_metadata, repo_id_problem
+from kaito_runtime.hub import check_repo_id, fetch_model_metadata, offline_in, repo_id_problem
 from kaito_runtime.secrets import Secret
 from kaito_runtime.weights import ensure_weights
 from tests.conftest import GRANTED_TOKEN
@@ -173,3 +173,18 @@ def test_the_repo_id_rule_does_not_import_the_client():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, False),
+        ({"HF_HUB_OFFLINE": "1"}, True),
+        ({"HF_HUB_OFFLINE": " TRUE "}, True),
+        ({"TRANSFORMERS_OFFLINE": "yes"}, True),
+        ({"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "off"}, False),
+    ],
+)
+def test_offline_in_reads_only_the_mapping_it_is_given(monkeypatch, env, expected):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the process environment must not matter
+    assert offline_in(env) is expected

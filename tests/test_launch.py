@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -73,11 +74,10 @@ def _plan(**changes) -> LaunchPlan:
 
 def test_effective_settings_name_the_layer_that_changed_each_value():
     plan = _plan()
-    built = VllmLaunch(argv=("vllm",), tensor_parallel_size=2, gpu_memory_utilization=0.5, max_model_len=8192,
-                       served_model_names=("a", "b"), port=6000)
     request = RuntimeRequest(extra_vllm_args=("--max_model_len=8192", "--port", "6000"))
     config = {"--max-model-len": 4096, "gpu-memory-utilization": 0.5, "served-model-name": ["a", "b"]}
-    got = launch.effective_settings(request, plan, built, config)
+    built = launch.build_launch(request, plan, Path("/m"), {}, None, config)
+    got = launch.effective_settings(request, plan, built)
     assert got["max-model-len"].describe() == "--max-model-len 8192 (from pass-through; the plan said 16384)"
     assert got["gpu-memory-utilization"].describe() == "--gpu-memory-utilization 0.50 (from --config; the plan said 0.90)"
     assert got["served-model-name"].value == "a b" and got["served-model-name"].source == "--config"
@@ -95,6 +95,7 @@ def test_a_value_that_differs_without_a_user_layer_is_not_called_an_override():
 
 
 def test_a_short_pass_through_flag_counts_as_its_long_name():
-    built = VllmLaunch(argv=("vllm",), tensor_parallel_size=4, gpu_memory_utilization=0.9, max_model_len=16384)
-    got = launch.effective_settings(RuntimeRequest(extra_vllm_args=("-tp", "4")), _plan(), built)
+    request = RuntimeRequest(extra_vllm_args=("-tp", "4"))
+    built = launch.build_launch(request, _plan(), Path("/m"), {}, None)
+    got = launch.effective_settings(request, _plan(), built)
     assert got["tensor-parallel-size"].mark() == " (from pass-through; the plan said 2)"

@@ -1,4 +1,6 @@
-"""Planner: memory arithmetic, layout choice, utilization, context and CPU plans."""
+"""Planner: GPU layout choice, utilization, context, not-fit errors and every preset on every shape.
+
+Memory arithmetic is in test_memory.py, CPU plans in test_cpu_planner.py."""
 
 from __future__ import annotations
 
@@ -9,118 +11,24 @@ import pytest
 import yaml
 
 from kaito_runtime import data, memory, skus
-from kaito_runtime.catalog import load_catalog
 from kaito_runtime.errors import DoesNotFitError, InputError
 from kaito_runtime.planner import MIN_CONTEXT, plan_launch
 from kaito_runtime.vllm_rules import CONTEXT_ALIGN, tp_rule_violation, valid_tensor_parallel_sizes
-from kaito_runtime.values import (
-    GiB,
-    MiB,
-    AttentionGeometry,
-    GpuInfo,
-    HostInfo,
-    ModelSpec,
-    NodeInventory,
-    PlanOverrides,
-    Topology,
+from kaito_runtime.values import GiB, MiB, GpuInfo, HostInfo, NodeInventory, PlanOverrides
+from tests.support.planner_helpers import (
+    A10,
+    A100_40,
+    A100_80,
+    CATALOG,
+    H100,
+    H200,
+    cpu_box,
+    decision,
+    group,
+    node,
+    preset,
+    tiny_model,
 )
-
-# NVML-like per-GPU totals (cluster-conventions.md "GPU SKUs").
-A10, A100_40, A100_80, H100, H200 = 22.5, 40.0, 80.0, 79.6, 140.0
-
-
-def node(count: int, total_gib: float, name: str = "NVIDIA GPU", free_gib: float | None = None, **kw) -> NodeInventory:
-    total = int(total_gib * GiB)
-    free = total if free_gib is None else int(free_gib * GiB)
-    gpus = tuple(GpuInfo(i, name, f"GPU-{i}", total, free, (8, 0), **kw) for i in range(count))
-    return NodeInventory(gpus, HostInfo(cpu_count=96, ram_total_bytes=900 * GiB, ram_available_bytes=800 * GiB), source="sku")
-
-
-def cpu_box(ram_available_gib: float) -> NodeInventory:
-    host = HostInfo(cpu_count=2, ram_total_bytes=int(24 * GiB), ram_available_bytes=int(ram_available_gib * GiB))
-    return NodeInventory((), host, source="none", no_gpu_reason="NVML library not found")
-
-
-def group(nnodes: int, rank: int = 0) -> Topology:
-    return Topology(nnodes=nnodes, node_rank=rank, leader_address="10.0.0.1" if nnodes > 1 else None)
-
-
-def tiny_model(**kw) -> ModelSpec:
-    """The tiny Llama of vllm-cpu.md: 2 layers, 4 heads, 2 KV heads, head_dim 32, 512 context."""
-    args = dict(
-        name="tiny",
-        architecture="LlamaForCausalLM",
-        weights_bytes=1_641_920,
-        max_context=512,
-        attention=AttentionGeometry(num_layers=2, num_attention_heads=4, num_kv_heads=2, head_dim=32),
-    )
-    args.update(kw)
-    return ModelSpec(**args)
-
-
-CATALOG = load_catalog()
-
-
-def preset(name: str) -> ModelSpec:
-    return CATALOG.get(name)
-
-
-# ------------------------------------------------------------------------------------------------
-# Memory arithmetic
-# ------------------------------------------------------------------------------------------------
-
-
-def test_standard_kv_is_split_by_tp_and_replicated_beyond_kv_heads():
-    att = preset("llama-3.3-70b-instruct").attention  # 8 KV heads
-    full = memory.kv_bytes_per_token_per_gpu(att, 1, 1, 2)
-    assert memory.kv_bytes_per_token_per_gpu(att, 4, 1, 2) == full // 4
-    assert memory.kv_bytes_per_token_per_gpu(att, 8, 1, 2) == full // 8
-    # TP 16 > 8 KV heads: one head per rank, not half a head.
-    assert memory.kv_bytes_per_token_per_gpu(att, 16, 1, 2) == full // 8
-    assert memory.kv_bytes_per_token_per_gpu(att, 1, 2, 2) == full // 2
-
-
-def test_mla_kv_is_not_divided_by_tp():
-    att = preset("deepseek-r1-0528").attention
-    assert att.is_mla
-    one = memory.kv_bytes_per_token_per_gpu(att, 1, 1, 2)
-    assert one == 70272
-    assert memory.kv_bytes_per_token_per_gpu(att, 8, 1, 2) == one
-    # PP still splits layers: 61 layers over 2 stages -> the busier stage holds 31.
-    assert memory.kv_bytes_per_token_per_gpu(att, 8, 2, 2) == 31 * 576 * 2
-
-
-def test_fp8_kv_cache_halves_bytes():
-    assert memory.kv_dtype_bytes("bfloat16", None) == 2
-    assert memory.kv_dtype_bytes("bfloat16", "auto") == 2
-    assert memory.kv_dtype_bytes("bfloat16", "fp8") == 1
-    assert memory.kv_dtype_bytes("float32", None) == 4
-    spec = preset("llama-3.1-8b-instruct")
-    base = plan_launch(spec, node(1, A100_80), group(1))
-    fp8 = plan_launch(spec, node(1, A100_80), group(1), PlanOverrides(kv_cache_dtype="fp8"))
-    assert fp8.memory.kv_bytes_per_token * 2 == base.memory.kv_bytes_per_token
-    assert fp8.kv_cache_dtype == "fp8" and base.kv_cache_dtype is None
-    assert fp8.kv_cache_tokens in (2 * base.kv_cache_tokens, 2 * base.kv_cache_tokens + 1)
-
-
-def test_weights_share_uses_kaito_expansion_and_busiest_stage():
-    spec = preset("llama-3.3-70b-instruct")
-    assert memory.weights_share_bytes(spec, 4, 1) == pytest.approx(spec.weights_bytes * 1.02 / 4, abs=1)
-    deepseek = preset("deepseek-r1-0528")
-    assert memory.weights_share_bytes(deepseek, 8, 2) == pytest.approx(deepseek.weights_bytes * 1.02 * 31 / 61 / 8, abs=1)
-
-
-def test_runtime_overhead_grows_with_the_weight_share():
-    assert memory.runtime_overhead_bytes(0) == int(2.3 * GiB)
-    assert memory.runtime_overhead_bytes(60 * GiB) == int(2.3 * GiB) + 3 * GiB
-
-
-def test_utilization_from_free_memory():
-    full = node(2, A100_80).gpus
-    assert memory.utilization_from_free(full) == 0.95  # capped
-    shared = node(2, A100_80, free_gib=40).gpus
-    # (40 GiB - 600 MiB) / 80 GiB = 0.4926 -> 0.49
-    assert memory.utilization_from_free(shared) == 0.49
 
 
 # ------------------------------------------------------------------------------------------------
@@ -365,81 +273,8 @@ def test_mig_slices_use_one_device():
 
 
 # ------------------------------------------------------------------------------------------------
-# CPU
+# Not-fit messages
 # ------------------------------------------------------------------------------------------------
-
-
-def test_cpu_plan_for_tiny_model():
-    plan = plan_launch(tiny_model(), cpu_box(20), group(1))
-    assert plan.target == "cpu"
-    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (1, 1)
-    assert plan.cpu_kv_cache_gib == 1
-    assert plan.kv_cache_tokens == 2_097_152  # vllm-cpu.md: 1 GiB held 2,097,152 tokens
-    assert plan.max_model_len == 512
-    assert plan.enforce_eager and plan.cpu_threads_bind == "auto"
-    assert plan.gpu_memory_utilization is None and plan.memory is None
-    assert "NVML library not found" in next(d.reason for d in plan.decisions if d.topic == "target")
-
-
-def test_cpu_forced_on_gpu_node():
-    plan = plan_launch(tiny_model(), node(1, A10), group(1), PlanOverrides(force_cpu=True))
-    assert plan.target == "cpu"
-
-
-def test_cpu_kv_space_sized_for_concurrency_and_bounded_by_ram():
-    spec = preset("phi-4-mini-instruct")  # 7.15 GiB, 128 KiB per token
-    small = plan_launch(spec, cpu_box(16), group(1))
-    # 16 - 7.3 weights - 3.3 runtime - 1 headroom = 4.4 -> 4 GiB
-    assert small.cpu_kv_cache_gib == 4
-    assert small.max_model_len == 32768  # 4 GiB / 128 KiB per token
-    big = plan_launch(spec, cpu_box(500), group(1))
-    assert big.cpu_kv_cache_gib == 64  # 4 x 131072 tokens x 128 KiB
-    assert big.max_model_len == 131072
-
-
-def test_cpu_does_not_fit_reports_ram_numbers():
-    with pytest.raises(DoesNotFitError) as info:
-        plan_launch(preset("llama-3.1-8b-instruct"), cpu_box(12), group(1))
-    assert "15.3 GiB of weights" in str(info.value) and "12.0 GiB RAM is available" in str(info.value)
-
-
-def test_cpu_rejects_multi_node_a_bad_tp_and_small_head_dim():
-    with pytest.raises(InputError, match="Multi-node"):
-        plan_launch(tiny_model(), cpu_box(20), group(2))
-    with pytest.raises(InputError, match="does not divide the 4 attention heads") as info:
-        plan_launch(tiny_model(), cpu_box(20), group(1), PlanOverrides(tensor_parallel_size=3))
-    assert "valid sizes up to 3: 1, 2" in str(info.value)
-    odd = tiny_model(attention=AttentionGeometry(num_layers=2, num_attention_heads=8, num_kv_heads=2, head_dim=16))
-    with pytest.raises(InputError, match="head_dim 16"):
-        plan_launch(odd, cpu_box(20), group(1))
-
-
-def decision(plan, topic: str):
-    return next(d for d in plan.decisions if d.topic == topic)
-
-
-def test_cpu_kv_line_for_a_tiny_model_says_it_is_the_whole_gib_minimum():
-    plan = plan_launch(tiny_model(), cpu_box(22.5), group(1))
-    kv = decision(plan, "cpu-kv-cache")
-    assert kv.choice == "1 GiB" and plan.kv_cache_tokens == 2_097_152
-    # one story: what it was sized for, that the unit is whole GiB, what it holds, what RAM allows
-    assert kv.reason.startswith(
-        "enough for 4 x 512-token sequences (1.0 MiB at 512 bytes per token), in whole GiB; "
-        "room for ~2,097,152 tokens; the RAM left would allow 18 GiB (22.5 GiB RAM available - "
-        "weights 1.6 MiB - runtime 3.3 GiB - headroom 1.0 GiB)"
-    )
-    assert "0.0 GiB" not in kv.reason and "at most" not in kv.reason
-
-
-def test_cpu_kv_line_when_ram_caps_it():
-    plan = plan_launch(preset("phi-4-mini-instruct"), cpu_box(22.5), group(1))
-    kv = decision(plan, "cpu-kv-cache")
-    assert kv.choice == "10 GiB" and plan.kv_cache_tokens == 10 * GiB // 131072  # 22.5 - 7.3 - 3.3 - 1.0 = 10.9
-    assert kv.reason.startswith("all the RAM left, in whole GiB (22.5 GiB RAM available - weights 7.3 GiB")
-    assert kv.reason.endswith(
-        f"room for ~{plan.kv_cache_tokens:,} tokens, less than 4 x 131,072-token sequences "
-        "(64.0 GiB at 131,072 bytes per token)"
-    )
 
 
 def test_no_fit_errors_trace_the_weights_to_the_preset_figure():
@@ -457,53 +292,12 @@ def test_no_fit_errors_trace_the_weights_to_the_preset_figure():
     assert "(131.4 GiB x 1.02 in memory, split over TP 2) + " in str(split.value)
 
 
-def test_weights_basis_names_the_pipeline_stage_share():
-    spec = preset("llama-3.3-70b-instruct")  # 80 layers
-    assert memory.weights_basis(spec, 2, 3) == (
-        "131.4 GiB x 1.02 in memory, the busiest pipeline stage's 27 of 80 layers, split over TP 2"
-    )
-
-
 def test_single_node_model_says_why_more_nodes_do_not_help_not_as_a_fix():
     with pytest.raises(DoesNotFitError) as info:
         plan_launch(preset("phi-4"), node(1, A10, "NVIDIA A10"), group(1))
     err = info.value
     assert "More nodes do not help: phi-4 is single-node (multi_node: false)" in err.why
     assert "single-node" not in err.fix
-
-
-def test_cpu_tp_sizes_the_kv_space_per_rank():
-    spec = preset("phi-4-mini-instruct")  # 128 KiB per token in one process, 64 KiB per TP-2 rank
-    one = plan_launch(spec, cpu_box(500), group(1))
-    two = plan_launch(spec, cpu_box(500), group(1), PlanOverrides(tensor_parallel_size=2))
-    assert (two.tensor_parallel_size, two.pipeline_parallel_size, two.world_size) == (2, 1, 2)
-    assert two.cpu_kv_cache_gib == one.cpu_kv_cache_gib // 2 == 32  # each rank allocates its own
-    assert two.kv_cache_tokens == one.kv_cache_tokens  # the same tokens, half the heads per rank
-    assert two.enforce_eager  # TP works eager (vllm-cpu.md)
-    assert decision(two, "layout").choice == "TP 2, 2 processes"
-    kv = decision(two, "cpu-kv-cache")
-    assert kv.choice == "32 GiB per rank"
-    assert "runtime 2 x 3.3 GiB" in kv.reason and "/ 2 ranks" in kv.reason
-    assert "VLLM_CPU_KVCACHE_SPACE in every rank" in kv.reason
-
-
-def test_cpu_ram_is_checked_for_every_rank():
-    spec = preset("phi-4-mini-instruct")
-    assert plan_launch(spec, cpu_box(16), group(1)).cpu_kv_cache_gib == 4  # one process fits
-    # 16 - 7.3 weights - 2 x 3.3 runtime - 1 headroom = 1.1 GiB for 2 ranks: < 1 GiB each
-    with pytest.raises(DoesNotFitError) as info:
-        plan_launch(spec, cpu_box(16), group(1), PlanOverrides(tensor_parallel_size=2))
-    text = str(info.value)
-    assert "as 2 CPU ranks" in text and "2 x 3.3 GiB runtime" in text and "2 x 1 GiB KV" in text
-    assert "fewer ranks need less RAM" in text
-
-
-def test_cpu_pipeline_parallel_runs_compiled():
-    plan = plan_launch(tiny_model(), cpu_box(20), group(1), PlanOverrides(pipeline_parallel_size=2))
-    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (1, 2)
-    assert not plan.enforce_eager
-    assert decision(plan, "enforce-eager").choice == "off" and "compiled mode" in decision(plan, "enforce-eager").reason
-    assert decision(plan, "layout").choice == "TP 1 x PP 2, 2 processes"
 
 
 # ------------------------------------------------------------------------------------------------

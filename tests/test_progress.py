@@ -9,10 +9,8 @@ import re
 import pytest
 
 from kaito_runtime import progress as progress_mod
-from kaito_runtime.hub import RemoteFile
-from kaito_runtime.progress import ProgressLogger, RateWindow, TransferCount, format_eta, held_on_disk
+from kaito_runtime.progress import ProgressLogger, RateWindow, TransferCount, format_eta
 from kaito_runtime.weights import ensure_weights
-from kaito_runtime.weights_store import partial_path
 from tests.support.weights_helpers import sha256, spec
 
 
@@ -25,17 +23,6 @@ class Clock:
 
 
 # --- units ---------------------------------------------------------------------------------------
-
-
-def test_held_on_disk_counts_finished_files_and_partials_capped_at_the_file_size(tmp_path):
-    done, pending = RemoteFile("a.safetensors", 3000, sha256="a" * 64), RemoteFile("b.safetensors", 1000, sha256="b" * 64)
-    short = RemoteFile("c.safetensors", 500, sha256="c" * 64)
-    (tmp_path / "a.safetensors").write_bytes(b"x" * 3000)
-    (tmp_path / "c.safetensors").write_bytes(b"x" * 10)  # a final file of the wrong size counts for nothing
-    part = partial_path(tmp_path, pending)
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"y" * 5000)  # a partial larger than its file counts as the file's size at most
-    assert held_on_disk(tmp_path, [done, pending, short]) == {"a.safetensors": 3000, "b.safetensors": 1000, "c.safetensors": 0}
 
 
 def test_transfer_count_tracks_chunks_and_restarts_and_tells_the_bar_every_change():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
+from pathlib import Path
 
 from kaito_runtime import render
 from kaito_runtime.topology import PLANNING_LEADER, resolve_topology
@@ -64,6 +64,9 @@ NO_GPU = NodeInventory(gpus=(), host=HOST, source="none", no_gpu_reason="NVML fo
 
 
 def prepared(model: ModelSpec, node: NodeInventory, plan: LaunchPlan, warnings: tuple[str, ...] = ()):
+    from kaito_runtime.api import PhaseTimes, Prepared
+    from kaito_runtime.request import RuntimeRequest
+
     launch = VllmLaunch(  # what vLLM gets is what the plan said
         argv=("vllm", "serve", "/w/model", "--port", "5000"),
         env={"VLLM_USE_V1": "1"},
@@ -75,16 +78,18 @@ def prepared(model: ModelSpec, node: NodeInventory, plan: LaunchPlan, warnings: 
         data_parallel_size=plan.data_parallel_size,
         gpu_memory_utilization=plan.gpu_memory_utilization,
         max_model_len=plan.max_model_len,
+        cpu_kv_cache_gib=plan.cpu_kv_cache_gib,
     )
-    prepared = SimpleNamespace(
+    view = Prepared(
+        request=RuntimeRequest(),
         model=model,
         inventory=node,
         topology=plan.topology,
         plan=plan,
-        model_path="/w/model",
-        token_source=None,
+        model_path=Path("/w/model"),
+        times=PhaseTimes(),
     )
-    return prepared, launch
+    return view, launch
 
 
 def cpu_plan():
@@ -293,8 +298,9 @@ def test_plan_json_never_shows_an_api_key(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "sk-plan-json-secret" not in result.output
-    argv = json.loads(result.output)["vllm"]["argv"]
-    assert argv[argv.index("--api-key") + 1] == "***"
+    vllm = json.loads(result.output)["vllm"]
+    assert "--api-key" not in vllm["argv"]  # moved to the child's environment
+    assert vllm["env"]["VLLM_API_KEY"] == "***" and "VLLM_API_KEY='***'" in vllm["command"]
 
 
 # --- what vLLM will get, when it is not what the plan said ---------------------------------------
@@ -306,11 +312,12 @@ def test_plan_text_shows_effective_values_and_marks_what_overrode_the_plan() -> 
     from kaito_runtime.request import RuntimeRequest
 
     view, launch = gpu_plan()
-    view.request = RuntimeRequest(extra_vllm_args=("--max-model-len", "300000", "-tp", "1", "--port", "6000"))
-    view.config_args = {"gpu-memory-utilization": 0.5, "served-model-name": "cfgname"}
+    view = dataclasses.replace(view, request=RuntimeRequest())
     launch = dataclasses.replace(
         launch, max_model_len=300000, tensor_parallel_size=1, gpu_memory_utilization=0.5, port=6000,
         served_model_names=("cfgname",),
+        sources={"max-model-len": "pass-through", "tensor-parallel-size": "pass-through", "port": "pass-through",
+                 "gpu-memory-utilization": "--config", "served-model-name": "--config"},
     )
     lines = render.plan_text(view, launch).splitlines()
     assert "Layout    GPU, tensor-parallel 1 (from pass-through; the plan said 2) x pipeline-parallel 1" in lines
@@ -355,3 +362,29 @@ def test_a_refusal_shows_the_model_and_its_warnings() -> None:
     payload = json.loads(render.refusal_json(MODEL, "test-8b does not fit. Fix: more GPUs.", None, ["w"]))
     assert payload["fits"] is False and payload["error"].startswith("test-8b does not fit")
     assert payload["model"]["name"] == "test-8b" and payload["warnings"] == ["w"]
+
+
+def test_a_headless_worker_serves_nothing() -> None:
+    worker = Topology(nnodes=2, node_rank=1, leader_address="10.0.0.1", source="lws")
+    lines = render.plan_text(*gpu_plan(worker)).splitlines()
+    serve = [line for line in lines if line.startswith("Serve")]
+    assert serve == ["Serve     none: headless worker, no HTTP server (the leader serves)"]
+    assert "http://" not in "\n".join(serve)
+
+
+def test_the_cpu_memory_line_shows_what_each_rank_gets() -> None:
+    import dataclasses
+
+    view, launch = cpu_plan()
+    one = render.plan_text(view, launch).splitlines()
+    assert "Memory    KV cache 4 GiB of RAM (VLLM_CPU_KVCACHE_SPACE)" in one
+    # TP 2 on CPU: each rank gets its share, the line says so (not the plan's total)
+    two = dataclasses.replace(launch, cpu_kv_cache_gib=2.0, cpu_ranks=2, tensor_parallel_size=2)
+    assert "Memory    KV cache 2 GiB of RAM per rank x 2 ranks (VLLM_CPU_KVCACHE_SPACE)" in render.plan_text(
+        view, two
+    ).splitlines()
+    flag = dataclasses.replace(launch, cpu_kv_cache_gib=100.0, sources={"cpu-kv-cache": "pass-through"})
+    assert (
+        "Memory    KV cache 100 GiB of RAM (--kv-cache-memory-bytes) (from pass-through; the plan said 4 GiB)"
+        in render.plan_text(view, flag).splitlines()
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,28 @@ def test_resolve_token_registers_the_value_for_redaction():
     log, stream = _logger_with_redaction()
     log.warning("leak? %s", token.reveal())
     assert "hf_auto_registered_777" not in stream.getvalue()
+
+
+def test_resolve_token_reads_a_file_once_per_env_and_again_when_it_changes(tmp_path, monkeypatch):
+    path = tmp_path / "token"
+    path.write_text("hf_first_value_1234\n")
+    reads: list[str] = []
+    real = Path.read_text
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reads.append(str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    env = {"KAITO_HF_TOKEN_FILE": str(path)}
+    first = resolve_token(env, None)
+    assert resolve_token(dict(env), None) == first and len(reads) == 1
+    # Another environment never gets this one's answer.
+    assert resolve_token({"HF_TOKEN": "hf_other_value_5678"}, None) == (Secret("hf_other_value_5678"), "HF_TOKEN")
+    assert resolve_token({**env, "HF_TOKEN": "x" * 8}, path) == (Secret("hf_first_value_1234"), f"file {path}")
+    # A rotated Secret (new content in place) is read again.
+    path.write_text("hf_second_value_abcdef\n")
+    assert resolve_token(env, None)[0] == Secret("hf_second_value_abcdef")
+    path.unlink()
+    with pytest.raises(InputError, match="does not exist"):
+        resolve_token(env, None)

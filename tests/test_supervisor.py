@@ -465,3 +465,17 @@ def test_resource_tracker_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(supervisor.psutil, "Process", Proc)
     assert supervisor._describe_process(1) == "multiprocessing resource tracker"
+
+
+def test_a_registered_secret_in_vllm_output_is_masked(tmp_path: Path) -> None:
+    from kaito_runtime import secrets
+
+    secret = "sk-child-prints-this-0123"
+    secrets.register_secret(secret)
+    out = (tmp_path / "out.txt").open("w")
+    program = [sys.executable, "-c", f"print('key is {secret}'); print('plain line')"]
+    result = supervise(program, dict(os.environ), ready=None, log=LOG, output=out)
+    out.close()
+    text = (tmp_path / "out.txt").read_text()
+    assert result.exit_code == 0
+    assert secret not in text and "key is ***\n" in text and "plain line\n" in text

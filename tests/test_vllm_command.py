@@ -110,7 +110,7 @@ def test_user_kv_cache_flag_wins_over_planned_cpu_kv_space():
 
 def test_token_variables_are_unset_and_never_in_argv():
     launch = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["--hf-token", "hf_secret123"])
-    assert set(TOKEN_ENV_VARS) == {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"}
+    assert set(TOKEN_ENV_VARS) == {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "KAITO_HF_TOKEN_FILE"}
     assert set(launch.unset_env) >= set(TOKEN_ENV_VARS)
     assert not any(k in launch.env for k in TOKEN_ENV_VARS)
     assert "hf_secret123" not in " ".join(launch.argv)
@@ -479,9 +479,63 @@ def test_format_command_masks_the_api_key():
         cpu_plan(), model_path="/m", config_args={"api-key": "sk-one"}, extra_args=["--max-num-seqs", "2"]
     )
     line = format_command(launch)
-    assert "sk-one" not in line and "--api-key '***' --max-num-seqs 2" in line
-    assert "sk-one" in launch.argv  # vLLM itself still gets it
-    eq = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["--api-key=sk-two", "--api_key", "k1", "k2"])
-    shown = display_argv(eq)
-    assert not {"sk-two", "k1", "k2"} & set(shown) and "--api-key=sk-two" not in shown
-    assert shown[-3:] == ("--api_key", "***", "***")
+    assert "sk-one" not in line and "VLLM_API_KEY='***'" in line and line.endswith("--max-num-seqs 2")
+    assert "sk-one" not in launch.argv and "--api-key" not in launch.argv  # ps shows argv: not there
+    assert launch.env["VLLM_API_KEY"] == "sk-one" and launch.api_key == "sk-one"  # vLLM reads it here
+    assert "sk-one" not in repr(launch)
+    eq = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["--api-key=sk-two"])
+    assert not any("sk-two" in t for t in eq.argv) and eq.env["VLLM_API_KEY"] == "sk-two"
+    # several keys cannot travel in one variable: they stay on the argv (masked when shown), with a warning
+    many = build_vllm_command(cpu_plan(), model_path="/m", extra_args=["--api-key=sk-two", "--api_key", "k1", "k2"])
+    shown = display_argv(many)
+    assert many.argv[-3:] == ("--api_key", "k1", "k2") and "VLLM_API_KEY" not in many.env
+    assert not {"sk-two", "k1", "k2"} & set(shown) and shown[-3:] == ("--api_key", "***", "***")
+    assert any("2 --api-key values stay on vLLM's command line" in w for w in many.warnings)
+    assert many.api_key == "k1"
+
+
+# --- the CPU KV space vLLM really gets ------------------------------------------------------------
+
+
+def test_cpu_kv_is_per_rank_and_recorded_with_its_source():
+    plan = cpu_plan()
+    one = build_vllm_command(plan, model_path="/m")
+    assert one.cpu_kv_cache_gib == float(plan.cpu_kv_cache_gib) and one.cpu_ranks == 1
+    assert one.sources["cpu-kv-cache"] == "plan"
+    two = build_vllm_command(plan, model_path="/m", extra_args=["-tp", "2"], cpu_ids=[0, 1])
+    assert two.cpu_ranks == 2
+    assert two.cpu_kv_cache_gib == float(two.env["VLLM_CPU_KVCACHE_SPACE"])  # what each rank allocates
+
+
+def test_an_exported_cpu_kv_space_too_big_for_the_ram_is_warned_with_numbers():
+    launch = build_vllm_command(
+        cpu_plan(), model_path="/m", base_env={"VLLM_CPU_KVCACHE_SPACE": "40"}, ram_available_bytes=23 * GiB
+    )
+    assert launch.cpu_kv_cache_gib == 40.0 and launch.sources["cpu-kv-cache"] == "environment"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in launch.env  # the exported value is inherited
+    warning = next(w for w in launch.warnings if "KV cache you set" in w)
+    assert "40" in warning and "23" in warning and "RAM available" in warning
+
+
+def test_a_kv_cache_memory_bytes_flag_too_big_for_the_ram_is_warned():
+    launch = build_vllm_command(
+        cpu_plan(), model_path="/m", extra_args=["--kv-cache-memory-bytes", "100G"], ram_available_bytes=23 * GiB
+    )
+    assert launch.cpu_kv_cache_gib == 100.0 and launch.sources["cpu-kv-cache"] == "pass-through"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in launch.env  # it would override the flag
+    assert any("KV cache you set (100" in w for w in launch.warnings)
+    small = build_vllm_command(
+        cpu_plan(), model_path="/m", extra_args=["--kv-cache-memory-bytes", "1G"], ram_available_bytes=23 * GiB
+    )
+    assert not any("KV cache you set" in w for w in small.warnings)
+
+
+def test_the_merge_records_which_layer_set_each_flag():
+    launch = build_vllm_command(
+        llama70b_plan(), model_path="/m", config_args={"max-model-len": 4096, "enforce-eager": False},
+        extra_args=["-tp", "4"],
+    )
+    assert launch.sources["max-model-len"] == "--config"
+    assert launch.sources["tensor-parallel-size"] == "pass-through"
+    assert launch.sources["port"] == "plan"
+    assert launch.sources["enforce-eager"] == "--config"  # switched off there

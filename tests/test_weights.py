@@ -28,7 +28,7 @@ from kaito_runtime.errors import (
 from kaito_runtime.secrets import Secret, resolve_token
 from kaito_runtime.weights import MARKER_NAME, ensure_weights
 from tests.conftest import BAD_TOKEN, GRANTED_TOKEN, UNGRANTED_TOKEN
-from tests.support.weights_helpers import closed_port_url, sha256, spec
+from tests.support.weights_helpers import closed_port_url, no_writes_under, sha256, spec
 
 pytestmark = pytest.mark.usefixtures("hub_env")
 
@@ -348,18 +348,53 @@ def test_os_errors_become_weights_errors(hub, tmp_path, monkeypatch, code, error
         assert word in msg, (word, msg)
 
 
-def test_read_only_volume_with_a_complete_copy_still_serves_it(hub, tmp_path, monkeypatch, caplog):
-    ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none")
-
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "org--tiny" / "refs"))
-
-    monkeypatch.setattr(weights, "write_ref", read_only)
+def test_read_only_volume_with_a_complete_copy_still_serves_it(hub, tmp_path, caplog):
+    wdir = tmp_path / "w"
+    ensure_weights(spec(), weights_dir=wdir, token=None, endpoint=hub.url, progress="none")
     caplog.set_level(logging.WARNING, logger="kaito_runtime.weights")
-    assert ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none").reused
-    meta = weights.fetch_model_metadata("org/tiny", None, token=None, endpoint=hub.url, weights_dir=tmp_path)
+    with no_writes_under(wdir) as attempts:  # every write under wdir fails, even as root
+        assert ensure_weights(spec(), weights_dir=wdir, token=None, endpoint=hub.url, progress="none").reused
+        meta = weights.fetch_model_metadata("org/tiny", None, token=None, endpoint=hub.url, weights_dir=wdir)
+        assert ensure_weights(spec(), weights_dir=wdir, token=None, endpoint=hub.url, offline=True).reused
     assert meta.commit == hub.commit_of("org/tiny")
+    # The only write tried is the branch's ref (a nicety for --offline), and its failure is a warning.
+    assert attempts and all(path.startswith(str(wdir / "org--tiny" / "refs")) for path in attempts), attempts
     assert any("cannot record" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        (errno.EROFS, ("read-only volume", "--offline", "--weights-dir")),
+        (errno.EACCES, ("Permission denied", "uid", "fsGroup")),
+    ],
+)
+def test_a_download_into_a_volume_that_refuses_writes_is_one_weights_error(hub, tmp_path, code, words):
+    """No mock of the step itself: the real ensure_weights meets the failing write primitives."""
+    wdir = tmp_path / "w"
+    wdir.mkdir()
+    with no_writes_under(wdir, code) as attempts, pytest.raises(WeightsError) as info:
+        ensure_weights(spec(), weights_dir=wdir, token=None, endpoint=hub.url, progress="none")
+    assert attempts
+    assert type(info.value) is WeightsError and info.value.exit_code == 10
+    msg = str(info.value)
+    assert str(wdir) in msg
+    for word in words:
+        assert word in msg, (word, msg)
+    assert hub.body_gets() == 0
+
+
+def test_an_explicit_offline_argument_wins_over_the_process_environment(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # The API passes offline from the env it was given: False means online, whatever os.environ says.
+    assert not ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, offline=False, progress="none").reused
+    meta = weights.fetch_model_metadata("org/tiny", None, token=None, endpoint=hub.url, offline=False)
+    assert meta.commit == hub.commit_of("org/tiny") and hub.records
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hub.clear_records()
+    with pytest.raises(HubUnreachableError):
+        weights.fetch_model_metadata("org/sharded", None, token=None, endpoint=hub.url, offline=True, weights_dir=tmp_path)
+    assert hub.records == []
 
 
 def test_importing_the_weights_step_loads_no_client():

@@ -97,3 +97,10 @@ def test_lock_timeout_default_and_override(monkeypatch):
     monkeypatch.delenv("KAITO_WEIGHTS_LOCK_TIMEOUT", raising=False)
     assert weights_lock.lock_timeout_s() == weights_lock.DEFAULT_LOCK_TIMEOUT_S
     assert weights_lock.lock_timeout_s(12) == 12.0
+
+
+def test_lock_timeout_is_read_from_the_env_given(monkeypatch):
+    monkeypatch.setenv(weights_lock.LOCK_TIMEOUT_ENV, "5")
+    assert weights_lock.lock_timeout_s(None, {weights_lock.LOCK_TIMEOUT_ENV: "7"}) == 7.0
+    assert weights_lock.lock_timeout_s(None, {}) == weights_lock.DEFAULT_LOCK_TIMEOUT_S
+    assert weights_lock.lock_timeout_s() == 5.0

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
 import hashlib
+import io
+import os
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from kaito_runtime.hub import RemoteFile
 from kaito_runtime.values import AttentionGeometry, ModelSpec
@@ -71,3 +78,56 @@ def silent_endpoint() -> Iterator[str]:
         for conn in held:
             conn.close()
         server.close()
+
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+@contextmanager
+def no_writes_under(root: Path, code: int = errno.EROFS) -> Iterator[list[str]]:
+    """Make every write primitive fail with ``code`` for paths under ``root`` (what a read-only
+    volume or a folder owned by someone else does, even to root, which chmod does not stop).
+
+    Covers ``open``/``os.open`` in a writing mode (so ``Path.write_*``, ``tempfile``, ``filelock``),
+    ``mkdir``, ``replace``/``rename``, ``unlink``/``remove``/``rmdir``, ``truncate`` and
+    ``shutil.rmtree``. Yields the list of the paths a write was attempted on.
+    """
+    prefix = os.path.abspath(root)
+    attempts: list[str] = []
+
+    def guard(path: object) -> None:
+        try:
+            text = os.path.abspath(os.fspath(path))  # type: ignore[arg-type]
+        except TypeError:
+            return  # a file descriptor
+        if text == prefix or text.startswith(prefix + os.sep):
+            attempts.append(text)
+            raise OSError(code, os.strerror(code), text)
+
+    def wrap(real, *, paths=(0,), writing=lambda *a, **k: True):  # type: ignore[no-untyped-def]
+        def fake(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if writing(*args, **kwargs):
+                for i in paths:
+                    if len(args) > i:
+                        guard(args[i])
+            return real(*args, **kwargs)
+
+        return fake
+
+    def open_writes(file, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
+        return any(c in mode for c in "wax+")
+
+    def os_open_writes(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return bool(flags & _WRITE_FLAGS)
+
+    real_open = builtins.open
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(builtins, "open", wrap(real_open, writing=open_writes))
+        m.setattr(io, "open", wrap(real_open, writing=open_writes))
+        m.setattr(os, "open", wrap(os.open, writing=os_open_writes))
+        for name in ("mkdir", "unlink", "remove", "rmdir", "truncate"):
+            m.setattr(os, name, wrap(getattr(os, name)))
+        for name in ("replace", "rename"):
+            m.setattr(os, name, wrap(getattr(os, name), paths=(0, 1)))
+        m.setattr(shutil, "rmtree", wrap(shutil.rmtree))
+        yield attempts
