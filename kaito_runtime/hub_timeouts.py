@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from kaito_runtime.errors import InputError
+from kaito_runtime.env_settings import seconds_from_env
 
 TIMEOUT_ENV = "KAITO_HUB_TIMEOUT"
 DEFAULT_TIMEOUT_S = 30.0
@@ -49,19 +49,7 @@ def hub_timeout_s(env: Mapping[str, str] | None = None) -> float:
     Read from ``env``, by default the process environment: the deadline is applied inside the
     Hub client's request hooks, which see no caller's mapping, so the process environment is
     what governs real requests."""
-    raw = (os.environ if env is None else env).get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise InputError(
-            f"{TIMEOUT_ENV}={raw!r} is not a number of seconds above 0",
-            fix=f"set {TIMEOUT_ENV} to e.g. 30, or unset it",
-        )
-    return value
+    return seconds_from_env(os.environ if env is None else env, TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
 
 
 class HubTimeout(TimeoutError):

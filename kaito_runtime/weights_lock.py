@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kaito_runtime.errors import InputError, WeightsError
+from kaito_runtime.env_settings import seconds_from_env
+from kaito_runtime.errors import WeightsError
 from kaito_runtime.units import format_bytes as fmt_bytes
 from kaito_runtime.weights_store import folder_bytes, lock_path
 
@@ -36,19 +37,9 @@ def lock_timeout_s(given: float | None = None, env: Mapping[str, str] | None = N
     environment), else the default (seconds without progress)."""
     if given is not None:
         return float(given)
-    raw = (os.environ if env is None else env).get(LOCK_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_LOCK_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise InputError(
-            f"{LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds (0 or more)",
-            fix=f"set {LOCK_TIMEOUT_ENV} to e.g. 3600, or unset it",
-        )
-    return value
+    return seconds_from_env(
+        os.environ if env is None else env, LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S, allow_zero=True
+    )
 
 
 @contextmanager

@@ -1,0 +1,31 @@
+"""Seconds read from environment variables: defaults, bounds and the error a user sees."""
+
+from __future__ import annotations
+
+import pytest
+
+from kaito_runtime.env_settings import seconds_from_env
+from kaito_runtime.errors import InputError
+
+
+def test_unset_or_blank_gives_the_default():
+    assert seconds_from_env({}, "T", 30.0) == 30.0
+    assert seconds_from_env({"T": "  "}, "T", 30.0) == 30.0
+
+
+def test_a_number_is_read():
+    assert seconds_from_env({"T": "2.5"}, "T", 30.0) == 2.5
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "soon", "inf", "nan"])
+def test_bad_values_above_zero_are_refused_naming_the_variable(raw):
+    with pytest.raises(InputError) as caught:
+        seconds_from_env({"T": raw}, "T", 30.0)
+    assert "T=" in str(caught.value) and "above 0" in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_zero_is_allowed_when_asked():
+    assert seconds_from_env({"T": "0"}, "T", 60.0, allow_zero=True) == 0.0
+    with pytest.raises(InputError, match="0 or more"):
+        seconds_from_env({"T": "-3"}, "T", 60.0, allow_zero=True)
