@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kaito_runtime.supervisor import ReadinessCheck
+from kaito_runtime.launch.supervisor import ReadinessCheck
 
 REPO = Path(__file__).resolve().parent.parent
 

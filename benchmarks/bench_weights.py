@@ -34,7 +34,7 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 t0 = time.monotonic()
-from kaito_runtime.values import AttentionGeometry, ModelSpec
+from kaito_runtime.types import AttentionGeometry, ModelSpec
 from kaito_runtime.weights import ensure_weights
 spec = ModelSpec(name="bench", architecture="LlamaForCausalLM", weights_bytes=1, max_context=8,
                  attention=AttentionGeometry(2, 2, 2, 8), repo_id=sys.argv[4], revision=sys.argv[5])

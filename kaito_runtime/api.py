@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaito_runtime.errors import DoesNotFitError, InputError
-from kaito_runtime.model_choice import download_spec, gated_token_warning, resolve_model
+from kaito_runtime.model import download_spec, gated_token_warning, resolve_model
 from kaito_runtime.request import (
     CONTAINER_WEIGHTS_DIR,
     RuntimeRequest,
@@ -30,11 +30,11 @@ from kaito_runtime.request import (
     uses_local_folder,
     weights_dir_of,
 )
-from kaito_runtime.values import LaunchPlan, ModelSpec, NodeInventory, Topology
+from kaito_runtime.types import LaunchPlan, ModelSpec, NodeInventory, Topology
 
 if TYPE_CHECKING:
-    from kaito_runtime.rendezvous import RendezvousInfo
-    from kaito_runtime.vllm_command import VllmLaunch
+    from kaito_runtime.launch.rendezvous import RendezvousInfo
+    from kaito_runtime.launch.vllm_command import VllmLaunch
     from kaito_runtime.weights import WeightsResult
 
 log = logging.getLogger("kaito_runtime")
@@ -118,7 +118,8 @@ def probe_node(request: RuntimeRequest, env: Mapping[str, str]) -> NodeInventory
 
     --sku takes the machine's CPUs and RAM from the SKU table; --assume-gpus names GPUs only, so
     the host is this machine's (what a CPU plan, or a --cpu one, is sized against)."""
-    from kaito_runtime import inventory, skus
+    from kaito_runtime.node import inventory
+    from kaito_runtime.node import skus
 
     if request.sku and request.assume_gpus:
         raise InputError("Both --sku and --assume-gpus were given", fix="use one of them")
@@ -133,7 +134,7 @@ def probe_node(request: RuntimeRequest, env: Mapping[str, str]) -> NodeInventory
 def resolve_topology(request: RuntimeRequest, env: Mapping[str, str], *, planning_only: bool = False) -> Topology:
     """This node's place in its group. ``planning_only``: a multi-node plan may go without a rank
     (taken as 0) or a leader address (a placeholder); a real launch must have both."""
-    from kaito_runtime import topology
+    from kaito_runtime.node import topology
 
     return topology.resolve_topology(
         env,
@@ -154,7 +155,9 @@ def prepare(
     ``run()`` passes False, because a real multi-node launch needs its rank and leader. The
     inventory's notes and the config file's notes are logged here, once.
     """
-    from kaito_runtime import planner, secrets, weights
+    import kaito_runtime.plan as planner
+    from kaito_runtime import secrets
+    from kaito_runtime import weights
 
     env = dict(os.environ if env is None else env)
     planning_only = request.planning_only if planning_only is None else planning_only
@@ -163,7 +166,11 @@ def prepare(
     config_args = _read_config(request)
 
     started = time.monotonic()
-    model = resolve_model(request, token=token, token_source=token_source, env=env)
+    weights_dir = request.weights_dir
+    model = resolve_model(
+        request, token=token, token_source=token_source, env=env,
+        local_copy=lambda repo_id, revision: weights.local_metadata(repo_id, revision, weights_dir),
+    )
     model_seconds = time.monotonic() - started
 
     started = time.monotonic()
@@ -205,7 +212,7 @@ def prepare(
 def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tuple[Prepared, VllmLaunch]:
     """--dry-run: the plan and the exact command it would start (the installed vLLM's form when
     there is one). Nothing is downloaded or started."""
-    from kaito_runtime import vllm_install
+    from kaito_runtime.launch import vllm_install
 
     env = dict(os.environ if env is None else env)
     prepared = prepare(request, env)
@@ -215,7 +222,8 @@ def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tu
 def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path, env: Mapping[str, str], install) -> VllmLaunch:
     """``launch.build_launch`` with what ``prepared`` already holds (config file, free RAM).
     The launch's API key is registered for redaction here, before any line about it is logged."""
-    from kaito_runtime import launch, secrets
+    from kaito_runtime import launch
+    from kaito_runtime import secrets
 
     built = launch.build_launch(
         prepared.request, plan, model_path, env, install, prepared.config_args,
@@ -231,7 +239,9 @@ def fetch_model_weights(model: ModelSpec, request: RuntimeRequest, env: Mapping[
     An operating-system error on the way (permissions, a full or read-only volume) becomes a
     WeightsError (exit 10) naming the path, not a traceback.
     """
-    from kaito_runtime import secrets, weights, weights_lock
+    from kaito_runtime import secrets
+    from kaito_runtime import weights
+    from kaito_runtime.weights import lock as weights_lock
 
     env = dict(os.environ if env is None else env)
     weights_dir = weights_dir_of(request, env)
@@ -260,7 +270,7 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
     """`--download-only`: fetch the model's weights. No probe and no plan: an init container
     usually has no GPU, so whether the model fits is a question for the serving pod. A repo id's
     config.json is not read either (see ``model_choice.download_spec``)."""
-    from kaito_runtime import weights_store
+    from kaito_runtime.weights import store as weights_store
 
     env = dict(os.environ if env is None else env)
     request = replace(request, weights_dir=weights_dir_of(request, env))
@@ -287,7 +297,12 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
 def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, download_only: bool = False) -> int:
     """The whole chain: plan, vLLM check, port check, weights, rendezvous, vLLM, supervision.
     Returns the process exit code."""
-    from kaito_runtime import failures, launch, model_choice, ports, supervisor, weights_store
+    from kaito_runtime.launch import failures
+    from kaito_runtime import launch
+    import kaito_runtime.model as model_choice
+    from kaito_runtime.launch import ports
+    from kaito_runtime.launch import supervisor
+    from kaito_runtime.weights import store as weights_store
 
     entered = time.monotonic()
     env = dict(os.environ if env is None else env)
@@ -384,7 +399,9 @@ def _gated_without_token(
     """The warning for a gated model with no token found, when the weights step would have to
     fetch it (no complete copy on disk, not offline): that step fails there (exit 11), so say it
     while the cause is still cheap to fix. Names where a token is looked for, never a token."""
-    from kaito_runtime import secrets, weights, weights_store
+    from kaito_runtime import secrets
+    from kaito_runtime import weights
+    from kaito_runtime.weights import store as weights_store
 
     if not model.gated or model.local_path or is_offline(request, env):
         return None
@@ -415,7 +432,7 @@ def _read_config(request: RuntimeRequest) -> Mapping[str, object] | None:
     """The config file's `vllm:` flags; its notes (keys read and ignored) are logged here, once."""
     if not request.config_file:
         return None
-    from kaito_runtime.config_file import read_config
+    from kaito_runtime.request.config_file import read_config
 
     config = read_config(request.config_file)
     for note in config.notes:
@@ -431,7 +448,7 @@ def _meet_the_group(prepared: Prepared, env: Mapping[str, str]) -> tuple[LaunchP
     vLLM's own torch.distributed rendezvous follows; this step only makes sure it starts from
     addresses that work.
     """
-    from kaito_runtime import rendezvous
+    from kaito_runtime.launch import rendezvous
 
     timeout = prepared.request.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
     meeting = rendezvous.prepare_rendezvous(prepared.topology, env=env, log=log, timeout_s=timeout)

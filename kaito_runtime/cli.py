@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from kaito_runtime.errors import KaitoError
-from kaito_runtime.values import PlanOverrides
+from kaito_runtime.types import PlanOverrides
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
@@ -350,7 +350,8 @@ def serve(**opts) -> None:
 @_logging_options
 def doctor(**opts) -> None:
     """Print this node's GPUs, host and place in its group, as kaito-run sees them."""
-    from kaito_runtime import api, render
+    from kaito_runtime import api
+    from kaito_runtime import render
     from kaito_runtime.logs import setup_logging
 
     setup_logging(opts["log_format"], opts["log_level"])
@@ -419,7 +420,7 @@ def _request_from_options(opts: dict):
 
 def _print_presets(output: str) -> None:
     from kaito_runtime import render
-    from kaito_runtime.catalog import load_catalog
+    from kaito_runtime.model.catalog import load_catalog
 
     catalog = load_catalog()
     click.echo(render.presets_json(catalog.presets) if output == "json" else render.presets_table(catalog.presets))

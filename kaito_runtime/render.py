@@ -7,9 +7,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from kaito_runtime.units import format_gib
-from kaito_runtime.vllm_command import CPU_KV, ENVIRONMENT, PLAN
-from kaito_runtime.values import GiB, ModelSpec, NodeInventory, Topology
+from kaito_runtime.types import format_gib
+from kaito_runtime.launch.vllm_command import CPU_KV, ENVIRONMENT, PLAN
+from kaito_runtime.types import GiB, ModelSpec, NodeInventory, Topology
 
 
 def _context(tokens: int) -> str:
@@ -80,7 +80,7 @@ def _effective(prepared, launch) -> dict:
 
 def plan_json(prepared, launch) -> str:
     """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it."""
-    from kaito_runtime.vllm_command import display_argv, display_env, format_command
+    from kaito_runtime.launch.vllm_command import display_argv, display_env, format_command
 
     payload = {
         "model": preset_dict(prepared.model),
@@ -144,7 +144,7 @@ def plan_text(prepared, launch) -> str:
     """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it. Values are the ones
     vLLM will get; one the config file or the pass-through arguments changed is marked with the
     plan's own value."""
-    from kaito_runtime.vllm_command import format_command
+    from kaito_runtime.launch.vllm_command import format_command
 
     model, plan, node, topo = prepared.model, prepared.plan, prepared.inventory, prepared.topology
     eff = _effective(prepared, launch)

@@ -14,10 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from kaito_runtime import api, inventory, planner, ports, supervisor, vllm_install, weights, weights_store
+from kaito_runtime import api
+
+from kaito_runtime.node import inventory
+
+import kaito_runtime.plan as planner
+
+from kaito_runtime.launch import ports
+
+from kaito_runtime.launch import supervisor
+
+from kaito_runtime.launch import vllm_install
+
+from kaito_runtime import weights
+
+from kaito_runtime.weights import store as weights_store
 from kaito_runtime.errors import DoesNotFitError, InputError, TopologyError, VllmNotInstalledError, WeightsError
-from kaito_runtime.supervisor import SupervisorResult
-from kaito_runtime.values import PlanOverrides
+from kaito_runtime.launch.supervisor import SupervisorResult
+from kaito_runtime.types import PlanOverrides
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "models" / "tiny-llama"
@@ -294,7 +308,7 @@ def test_the_ready_line_counts_from_the_start_of_run_including_the_model_phase(t
 
 
 def test_failure_context_gets_the_effective_port(tmp_path, no_real_vllm, monkeypatch):
-    from kaito_runtime import failures
+    from kaito_runtime.launch import failures
 
     seen = {}
     real_report = failures.failure_report
@@ -389,7 +403,7 @@ def test_the_architecture_warning_comes_before_the_download(tmp_path, no_real_vl
 
 
 def test_run_detects_vllm_and_builds_the_launch_once(tmp_path, no_real_vllm, monkeypatch, caplog):
-    from kaito_runtime import vllm_command
+    from kaito_runtime.launch import vllm_command
 
     caplog.set_level(logging.INFO, logger="kaito_runtime")
     detections, builds = [], []
@@ -419,7 +433,7 @@ def test_the_start_line_shows_the_variables_we_set_not_the_inherited_ones(tmp_pa
 
 
 def test_failure_hints_use_what_vllm_really_ran(tmp_path, no_real_vllm, monkeypatch):
-    from kaito_runtime import failures
+    from kaito_runtime.launch import failures
 
     seen = {}
     real_report = failures.failure_report
@@ -480,7 +494,7 @@ def fetched(tmp_path, monkeypatch):
 
 
 def test_leader_resolves_its_address_and_tells_vllm(tmp_path, no_real_vllm, fetched, monkeypatch, caplog):
-    from kaito_runtime import vllm_command
+    from kaito_runtime.launch import vllm_command
 
     caplog.set_level(logging.INFO, logger="kaito_runtime")
     build_kwargs = []
@@ -589,7 +603,7 @@ def test_a_dry_run_creates_no_weights_folder(tmp_path):
 
 
 def test_assumed_gpus_use_this_machines_host_and_a_sku_its_own(tmp_path, monkeypatch):
-    from kaito_runtime.values import GiB, HostInfo
+    from kaito_runtime.types import GiB, HostInfo
 
     here = HostInfo(cpu_count=3, ram_total_bytes=7 * GiB, ram_available_bytes=5 * GiB)
     asked = []
@@ -601,7 +615,7 @@ def test_assumed_gpus_use_this_machines_host_and_a_sku_its_own(tmp_path, monkeyp
 
 
 def test_cpu_with_assumed_gpus_plans_against_this_machines_ram(monkeypatch):
-    from kaito_runtime.values import GiB, HostInfo
+    from kaito_runtime.types import GiB, HostInfo
 
     here = HostInfo(cpu_count=2, ram_total_bytes=24 * GiB, ram_available_bytes=23 * GiB)
     monkeypatch.setattr(inventory, "probe_host", lambda weights_dir=None, **k: here)
@@ -617,7 +631,7 @@ def test_cpu_with_assumed_gpus_plans_against_this_machines_ram(monkeypatch):
 
 
 def _no_gpu_here(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kaito_runtime.values import GiB, HostInfo, NodeInventory
+    from kaito_runtime.types import GiB, HostInfo, NodeInventory
 
     host = HostInfo(cpu_count=2, ram_total_bytes=24 * GiB, ram_available_bytes=23 * GiB)
     node = NodeInventory(gpus=(), host=host, source="none", no_gpu_reason="no NVIDIA driver")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kaito_runtime import catalog as catalog_module
-from kaito_runtime.catalog import Catalog, load_catalog
+from kaito_runtime.model import catalog as catalog_module
+from kaito_runtime.model.catalog import Catalog, load_catalog
 from kaito_runtime.errors import CatalogError, UnknownPresetError
-from kaito_runtime.values import GiB
+from kaito_runtime.types import GiB
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kaito_runtime.catalog import load_catalog
+from kaito_runtime.model.catalog import load_catalog
 from kaito_runtime.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -406,7 +406,7 @@ def test_wheel_ships_the_catalog(tmp_path):
     assert (target / "kaito_runtime" / "presets" / "llama.yaml").is_file()
     env = {**os.environ, "PYTHONPATH": str(target)}
     probe = (
-        "import json, kaito_runtime, kaito_runtime.data as d; from kaito_runtime.catalog import load_catalog;"
+        "import json, kaito_runtime, kaito_runtime.settings as d; from kaito_runtime.model.catalog import load_catalog;"
         "print(json.dumps([kaito_runtime.__file__, str(d.presets_dir()), len(load_catalog().presets)]))"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
@@ -443,8 +443,8 @@ def test_instant_commands_import_no_torch_transformers_or_vllm(args):
 
 @pytest.fixture
 def no_gpu_here(monkeypatch):
-    from kaito_runtime import inventory
-    from kaito_runtime.values import GiB, HostInfo, NodeInventory
+    from kaito_runtime.node import inventory
+    from kaito_runtime.types import GiB, HostInfo, NodeInventory
 
     host = HostInfo(cpu_count=2, ram_total_bytes=24 * GiB, ram_available_bytes=23 * GiB)
     node = NodeInventory(gpus=(), host=host, source="none", no_gpu_reason="no NVIDIA driver")

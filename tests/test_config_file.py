@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from kaito_runtime.cli import main
-from kaito_runtime.config_file import ConfigFile, read_config
+from kaito_runtime.request.config_file import ConfigFile, read_config
 from kaito_runtime.errors import ConfigFileError
 
 REPO = Path(__file__).resolve().parent.parent

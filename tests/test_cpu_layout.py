@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from kaito_runtime.cpu_layout import cpu_bind_lists, kv_gib_per_rank, layout_cpu, local_ranks
-from kaito_runtime.values import AttentionGeometry, LaunchPlan, ModelSpec, Topology
+from kaito_runtime.launch.cpu_ranks import cpu_bind_lists, kv_gib_per_rank, layout_cpu, local_ranks
+from kaito_runtime.types import AttentionGeometry, LaunchPlan, ModelSpec, Topology
 
 
 @dataclass(frozen=True)

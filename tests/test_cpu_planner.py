@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kaito_runtime.errors import DoesNotFitError, InputError
-from kaito_runtime.planner import plan_launch
-from kaito_runtime.values import GiB, AttentionGeometry, PlanOverrides
+from kaito_runtime.plan import plan_launch
+from kaito_runtime.types import GiB, AttentionGeometry, PlanOverrides
 from tests.support.planner_helpers import A10, cpu_box, decision, group, node, preset, tiny_model
 
 def test_cpu_plan_for_tiny_model():

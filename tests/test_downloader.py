@@ -1,4 +1,4 @@
-"""kaito_runtime.downloader: resumable, verifying fetch (through ensure_weights and the hub emulator)."""
+"""kaito_runtime.weights.fetch: resumable, verifying fetch (through ensure_weights and the hub emulator)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from kaito_runtime import downloader
+from kaito_runtime.weights import fetch as downloader
 from kaito_runtime.errors import InsufficientDiskError, WeightsCorruptError, WeightsError
 from kaito_runtime.weights import MARKER_NAME, ensure_weights
-from kaito_runtime.weights_store import partial_path
+from kaito_runtime.weights.store import partial_path
 from tests.support.weights_helpers import remote_file, sha256, spec
 
 pytestmark = pytest.mark.usefixtures("hub_env")
@@ -200,7 +200,8 @@ def test_client_size_check_is_told_apart_from_other_os_errors():
 
 def _counted_run(hub, tmp_path, monkeypatch, model):
     """ensure_weights with a recording TransferCount: (count, its final snapshot, the files' total)."""
-    from kaito_runtime import progress, weights
+    from kaito_runtime.weights import progress
+    from kaito_runtime import weights
 
     made = []
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kaito_runtime.vllm_install import detect_vllm
+from kaito_runtime.launch.vllm_install import detect_vllm
 
 pytestmark = pytest.mark.e2e
 

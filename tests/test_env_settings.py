@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kaito_runtime.env_settings import seconds_from_env
+from kaito_runtime.settings import seconds_from_env
 from kaito_runtime.errors import InputError
 
 

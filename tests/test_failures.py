@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kaito_runtime.failures import FailureContext, explain_failure, failure_report
+from kaito_runtime.launch.failures import FailureContext, explain_failure, failure_report
 
 ENGINE_FAILED = [
     "(EngineCore_DP0 pid=2412) ERROR 11-26 17:02:11 [core.py:843] EngineCore failed to start.",
@@ -294,7 +294,7 @@ def test_unknown_output_gives_none() -> None:
 
 
 def test_context_from_a_plan_counts_only_this_nodes_gpus() -> None:
-    from kaito_runtime.values import AttentionGeometry, LaunchPlan, ModelSpec, Topology
+    from kaito_runtime.types import AttentionGeometry, LaunchPlan, ModelSpec, Topology
 
     model = ModelSpec(
         name="m", architecture="LlamaForCausalLM", weights_bytes=1, max_context=4096,
@@ -313,7 +313,7 @@ def test_context_from_a_plan_counts_only_this_nodes_gpus() -> None:
 
 def _ctx(plan, port: int = 5000) -> FailureContext:
     """The context of a launch that runs the plan's own sizes (what ``from_launch`` reads)."""
-    from kaito_runtime.vllm_command import VllmLaunch
+    from kaito_runtime.launch.vllm_command import VllmLaunch
 
     launch = VllmLaunch(
         argv=(), port=port, tensor_parallel_size=plan.tensor_parallel_size,
@@ -324,7 +324,7 @@ def _ctx(plan, port: int = 5000) -> FailureContext:
 
 
 def _plan(tp: int, pp: int, dp: int, gpus: int):
-    from kaito_runtime.values import AttentionGeometry, LaunchPlan, ModelSpec, Topology
+    from kaito_runtime.types import AttentionGeometry, LaunchPlan, ModelSpec, Topology
 
     model = ModelSpec(
         name="m", architecture="LlamaForCausalLM", weights_bytes=1, max_context=4096,
@@ -366,7 +366,7 @@ def test_odd_replica_count_gets_no_same_gpus_rewrite() -> None:
 
 def test_context_from_the_launch_uses_what_vllm_really_ran() -> None:
     # -- --gpu-memory-utilization 0.6 -tp 2: the hints must quote these, not the plan's 0.9 / TP 1
-    from kaito_runtime.vllm_command import VllmLaunch
+    from kaito_runtime.launch.vllm_command import VllmLaunch
 
     plan = _plan(1, 1, 1, 8)
     launch = VllmLaunch(
@@ -405,15 +405,15 @@ def test_report_after_a_ready_timeout_keeps_the_lines_and_names_a_likely_cause()
 
 
 def test_suggested_lengths_use_vllms_alignment() -> None:
-    from kaito_runtime.failures import _round_len
-    from kaito_runtime.vllm_rules import CONTEXT_ALIGN
+    from kaito_runtime.launch.failures import _round_len
+    from kaito_runtime.plan.vllm_rules import CONTEXT_ALIGN
 
     assert _round_len(CONTEXT_ALIGN * 3 + 5) == CONTEXT_ALIGN * 3
     assert _round_len(100) == 100
 
 
 def test_cpu_head_dim_hint_lists_the_backends_sizes() -> None:
-    from kaito_runtime.vllm_rules import CPU_HEAD_DIMS
+    from kaito_runtime.plan.vllm_rules import CPU_HEAD_DIMS
 
     line = explain_failure(CPU_HEAD_DIM).line
     assert "32, 64, 80, 96, 112, 128, 160, 192, 224, 256 or 512" in line

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kaito_runtime.errors import InputError
-from kaito_runtime.hf_config import read_config_json, spec_from_hf_config
+from kaito_runtime.model.hf_config import read_config_json, spec_from_hf_config
 
 # Trimmed but realistic config.json contents (the keys that matter plus some that must be ignored).
 LLAMA_3_1_8B: dict[str, Any] = {

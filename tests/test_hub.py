@@ -7,7 +7,9 @@ import inspect
 import pytest
 
 from kaito_runtime.errors import GatedRepoNoTokenError, InputError, WeightsError
-from kaito_runtime.hub import check_repo_id, fetch_model_metadata, offline_in, repo_id_problem
+from kaito_runtime.hub import check_repo_id, fetch_model_metadata, repo_id_problem
+from kaito_runtime.request import offline_in
+from kaito_runtime.model.sources import weights_bytes
 from kaito_runtime.secrets import Secret
 from kaito_runtime.weights import ensure_weights
 from tests.conftest import GRANTED_TOKEN
@@ -27,13 +29,13 @@ def test_fetch_model_metadata(hub):
     tiny = fetch_model_metadata("org/tiny", "main", token=None, endpoint=hub.url)
     assert tiny.gated is False and tiny.config["num_hidden_layers"] == 2
     assert {f.path: f.size for f in tiny.files}["original/model.safetensors"] == 30_000
-    assert tiny.weights_bytes == 200_000  # the top-level safetensors only: not the .bin, not original/
+    assert weights_bytes(tiny.files) == 200_000  # the top-level safetensors only: not the .bin, not original/
 
 
 def test_weights_bytes_follow_the_load_format(hub):
     sharded = fetch_model_metadata("org/sharded", None, token=None, endpoint=hub.url)
-    assert sharded.weights_bytes_for("hf") == 80_000
-    assert sharded.weights_bytes_for("mistral") == 70_000
+    assert weights_bytes(sharded.files, "hf") == 80_000
+    assert weights_bytes(sharded.files, "mistral") == 70_000
 
 
 # --- answers nothing else explains ---------------------------------------------------------------
@@ -168,7 +170,7 @@ def test_the_repo_id_rule_does_not_import_the_client():
     import sys
 
     code = (
-        "import sys; from kaito_runtime.model_source import check_repo_id; check_repo_id('a/b');"
+        "import sys; from kaito_runtime.model.sources import check_repo_id; check_repo_id('a/b');"
         "print(any(m.startswith(('huggingface_hub', 'httpx')) for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

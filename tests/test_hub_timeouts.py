@@ -1,4 +1,4 @@
-"""kaito_runtime.hub_timeouts: a silent or stalled Hub ends in HubUnreachableError, in bounded time;
+"""kaito_runtime.hub.timeouts: a silent or stalled Hub ends in HubUnreachableError, in bounded time;
 a slow one that keeps answering does not; the caller's own client factory keeps working."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import get_session, set_client_factory
 from huggingface_hub.utils import _http
 
-from kaito_runtime import hub_timeouts
+from kaito_runtime.hub import timeouts as hub_timeouts
 from kaito_runtime.errors import HubUnreachableError, InputError
 from kaito_runtime.hub import fetch_model_metadata
 from kaito_runtime.weights import MARKER_NAME, ensure_weights

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from kaito_runtime.inventory import (
+from kaito_runtime.node.inventory import (
     _cgroup_cpu_limit,
     _cgroup_memory,
     probe_host,
     probe_inventory,
 )
-from kaito_runtime.nvml_probe import NvmlBackend, NvmlCallError, RecordedNvml, record_machine
+from kaito_runtime.node.nvml import NvmlBackend, NvmlCallError, RecordedNvml, record_machine
 from kaito_runtime.render import describe_inventory
-from kaito_runtime.values import GiB, HostInfo
+from kaito_runtime.types import GiB, HostInfo
 
 DATA = Path(__file__).parent / "data" / "nvml"
 HOST = HostInfo(cpu_count=8, ram_total_bytes=64 * GiB, ram_available_bytes=60 * GiB)
@@ -170,7 +170,7 @@ def test_unknown_init_error_is_reported_with_its_code() -> None:
 def test_missing_python_module_is_a_clean_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from kaito_runtime.nvml_probe import RealNvml
+    from kaito_runtime.node.nvml import RealNvml
 
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import now raises ImportError
     inv = probe_inventory(env={}, backend=RealNvml(), host=HOST)

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from kaito_runtime import launch, vllm_install
-from kaito_runtime.catalog import load_catalog
+from kaito_runtime import launch
+
+from kaito_runtime.launch import vllm_install
+from kaito_runtime.model.catalog import load_catalog
 from kaito_runtime.errors import VllmNotInstalledError
 from kaito_runtime.request import RuntimeRequest
-from kaito_runtime.values import LaunchPlan, Topology
-from kaito_runtime.vllm_command import VllmLaunch
+from kaito_runtime.types import LaunchPlan, Topology
+from kaito_runtime.launch.vllm_command import VllmLaunch
 
 LAUNCH = VllmLaunch(
     argv=("vllm", "serve", "/w/my model", "--port", "5000"),

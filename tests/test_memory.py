@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kaito_runtime import memory
-from kaito_runtime.planner import plan_launch
-from kaito_runtime.values import GiB, PlanOverrides
+from kaito_runtime.plan import memory
+from kaito_runtime.plan import plan_launch
+from kaito_runtime.types import GiB, PlanOverrides
 from tests.support.planner_helpers import A100_80, group, node, preset
 
 def test_standard_kv_is_split_by_tp_and_replicated_beyond_kv_heads():

@@ -1,4 +1,4 @@
-"""kaito_runtime.model_choice: which model a request names, for serving and for --download-only."""
+"""kaito_runtime.model: which model a request names, for serving and for --download-only."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kaito_runtime.catalog import load_catalog
+from kaito_runtime.model.catalog import load_catalog
 from kaito_runtime.errors import InputError
-from kaito_runtime.model_choice import download_spec, resolve_model
+from kaito_runtime.model import download_spec, resolve_model
 from kaito_runtime.request import RuntimeRequest
 
 TINY = Path(__file__).resolve().parent.parent / "models" / "tiny-llama"
@@ -64,8 +64,8 @@ def test_download_spec_of_a_folder_and_a_preset_are_the_real_ones():
 def test_the_gated_warning_names_where_tokens_are_looked_for_and_only_without_one():
     from dataclasses import replace
 
-    from kaito_runtime.catalog import load_catalog
-    from kaito_runtime.model_choice import gated_token_warning
+    from kaito_runtime.model.catalog import load_catalog
+    from kaito_runtime.model import gated_token_warning
 
     gated = next(p for p in load_catalog().presets if p.gated)
     text = gated_token_warning(gated, token_found=False)

@@ -1,4 +1,4 @@
-"""kaito_runtime.model_source: local folders and hub ids as models; one weight-file rule for folders."""
+"""kaito_runtime.model.sources: local folders and hub ids as models; one weight-file rule for folders."""
 
 from __future__ import annotations
 
@@ -8,8 +8,19 @@ from pathlib import Path
 import pytest
 
 from kaito_runtime.errors import InputError
-from kaito_runtime.file_selection import WEIGHT_FILES_RULE, has_weights, weight_files
-from kaito_runtime.model_source import check_repo_id, folder_weights_bytes, served_name_for, spec_from_folder, spec_from_hub
+from kaito_runtime.model_files import WEIGHT_FILES_RULE, has_weights, weight_files
+from kaito_runtime.model.sources import (
+    check_repo_id,
+    folder_weights_bytes,
+    remote_metadata,
+    served_name_for,
+    spec_from_folder,
+    spec_from_hub,
+)
+
+
+def _no_copy(repo_id, revision):
+    return None
 from kaito_runtime.weights import ensure_weights
 from tests.support.weights_helpers import spec
 
@@ -113,7 +124,7 @@ def test_served_name_is_the_lower_cased_last_part():
 @pytest.mark.parametrize("text", ["has space/x", "a/b/c", "-a/b", "a/", "org/" + "n" * 97, "a/b..c"])
 def test_malformed_repo_id_is_bad_input_before_any_request(hub, hub_env, tmp_path, text, offline):
     with pytest.raises(InputError) as info:
-        spec_from_hub(text, revision=None, token=None, endpoint=hub.url, offline=offline, weights_dir=tmp_path)
+        remote_metadata(text, revision=None, token=None, endpoint=hub.url, offline=offline, local_copy=_no_copy)
     assert info.value.exit_code == 2
     msg = str(info.value)
     assert repr(text) in msg and "org/name" in msg and "letters, digits" in msg
@@ -121,7 +132,8 @@ def test_malformed_repo_id_is_bad_input_before_any_request(hub, hub_env, tmp_pat
 
 
 def test_well_formed_repo_id_reads_the_hub(tiny_hub, tmp_path):
-    model = spec_from_hub("org/tiny-llama", revision=None, token=None, endpoint=tiny_hub.url, offline=False, weights_dir=tmp_path)
+    remote = remote_metadata("org/tiny-llama", revision=None, token=None, endpoint=tiny_hub.url, offline=False, local_copy=_no_copy)
+    model = spec_from_hub("org/tiny-llama", remote)
     assert model.repo_id == "org/tiny-llama" and model.revision == tiny_hub.commit_of("org/tiny-llama")
     assert model.name == "tiny-llama" and tiny_hub.count() > 0
 

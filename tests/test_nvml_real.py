@@ -16,10 +16,10 @@ import pytest
 
 pynvml = pytest.importorskip("pynvml")
 
-from kaito_runtime.inventory import probe_inventory
+from kaito_runtime.node.inventory import probe_inventory
 from kaito_runtime.render import describe_inventory
-from kaito_runtime.nvml_probe import RealNvml, record_machine
-from kaito_runtime.values import GiB, HostInfo, NodeInventory
+from kaito_runtime.node.nvml import RealNvml, record_machine
+from kaito_runtime.types import GiB, HostInfo, NodeInventory
 
 pytestmark = pytest.mark.nvml
 
@@ -65,7 +65,7 @@ def test_no_gpu_answer_or_sane_gpus(inv: NodeInventory) -> None:
 
 
 def test_recording_replays_to_the_same_inventory(inv: NodeInventory) -> None:
-    from kaito_runtime.nvml_probe import RecordedNvml
+    from kaito_runtime.node.nvml import RecordedNvml
 
     recorded = record_machine(RealNvml(), description="this machine")
     replayed = probe_inventory(env={}, backend=RecordedNvml(recorded), host=HOST)

@@ -10,11 +10,15 @@ import re
 import pytest
 import yaml
 
-from kaito_runtime import data, memory, skus
+import kaito_runtime.settings as data
+
+from kaito_runtime.plan import memory
+
+from kaito_runtime.node import skus
 from kaito_runtime.errors import DoesNotFitError, InputError
-from kaito_runtime.planner import MIN_CONTEXT, plan_launch
-from kaito_runtime.vllm_rules import CONTEXT_ALIGN, tp_rule_violation, valid_tensor_parallel_sizes
-from kaito_runtime.values import GiB, MiB, GpuInfo, HostInfo, NodeInventory, PlanOverrides
+from kaito_runtime.plan import MIN_CONTEXT, plan_launch
+from kaito_runtime.plan.vllm_rules import CONTEXT_ALIGN, tp_rule_violation, valid_tensor_parallel_sizes
+from kaito_runtime.types import GiB, MiB, GpuInfo, HostInfo, NodeInventory, PlanOverrides
 from tests.support.planner_helpers import (
     A10,
     A100_40,

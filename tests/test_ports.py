@@ -1,4 +1,4 @@
-"""kaito_runtime.ports: a port in use is found before vLLM starts."""
+"""kaito_runtime.launch.ports: a port in use is found before vLLM starts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from kaito_runtime.errors import InputError
-from kaito_runtime.ports import check_port_free
+from kaito_runtime.launch.ports import check_port_free
 
 
 def test_a_listening_port_is_refused_with_the_flag_to_change():

@@ -1,4 +1,4 @@
-"""kaito_runtime.progress: the byte count, the rate window, log lines and the bar while the weights download."""
+"""kaito_runtime.weights.progress: the byte count, the rate window, log lines and the bar while the weights download."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from kaito_runtime import progress as progress_mod
-from kaito_runtime.progress import ProgressLogger, RateWindow, TransferCount, format_eta
+from kaito_runtime.weights import progress as progress_mod
+from kaito_runtime.weights.progress import ProgressLogger, RateWindow, TransferCount, format_eta
 from kaito_runtime.weights import ensure_weights
 from tests.support.weights_helpers import sha256, spec
 

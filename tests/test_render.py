@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from kaito_runtime import render
-from kaito_runtime.topology import PLANNING_LEADER, resolve_topology
-from kaito_runtime.units import format_bytes, format_gib
-from kaito_runtime.values import (
+from kaito_runtime.node.topology import PLANNING_LEADER, resolve_topology
+from kaito_runtime.types import format_bytes, format_gib
+from kaito_runtime.types import (
     AttentionGeometry,
     Decision,
     GiB,
@@ -20,7 +20,7 @@ from kaito_runtime.values import (
     NodeInventory,
     Topology,
 )
-from kaito_runtime.vllm_command import VllmLaunch
+from kaito_runtime.launch.vllm_command import VllmLaunch
 
 HOST = HostInfo(cpu_count=16, ram_total_bytes=64 * GiB, ram_available_bytes=48 * GiB)
 MODEL = ModelSpec(

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from kaito_runtime import rendezvous
+from kaito_runtime.launch import rendezvous
 from kaito_runtime.errors import TopologyError
-from kaito_runtime.rendezvous import (
+from kaito_runtime.launch.rendezvous import (
     RendezvousInfo,
     local_ip_towards,
     prepare_rendezvous,
@@ -23,7 +23,7 @@ from kaito_runtime.rendezvous import (
     wait_for_port,
     with_master_ip,
 )
-from kaito_runtime.values import AttentionGeometry, LaunchPlan, ModelSpec, Topology
+from kaito_runtime.types import AttentionGeometry, LaunchPlan, ModelSpec, Topology
 
 log = logging.getLogger("test_rendezvous")
 
@@ -252,7 +252,7 @@ def test_child_env_sets_host_ip_and_interfaces_unless_exported() -> None:
 
 
 def test_resolved_ip_reaches_the_vllm_command() -> None:
-    from kaito_runtime.vllm_command import build_vllm_command
+    from kaito_runtime.launch.vllm_command import build_vllm_command
 
     model = ModelSpec(
         name="tiny",

@@ -9,14 +9,14 @@ import yaml
 
 from kaito_runtime.errors import CatalogError, InputError, UnknownSkuError
 from kaito_runtime.render import describe_inventory
-from kaito_runtime.skus import (
+from kaito_runtime.node.skus import (
     find_gpu_model,
     inventory_for_assumed_gpus,
     inventory_for_sku,
     load_sku_table,
     parse_assumed_gpus,
 )
-from kaito_runtime.values import GiB, HostInfo
+from kaito_runtime.types import GiB, HostInfo
 
 # Every row of the reference tables (cluster-conventions.md): name -> (GPU key, count).
 REFERENCE_ROWS = {

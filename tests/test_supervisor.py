@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kaito_runtime.failures import explain_failure
-from kaito_runtime.supervisor import (
+from kaito_runtime.launch.failures import explain_failure
+from kaito_runtime.launch.supervisor import (
     READY_TIMEOUT_EXIT_CODE,
     ReadinessCheck,
     SupervisorResult,
@@ -34,7 +34,7 @@ LOG = logging.getLogger("test_supervisor")
 # as JSON on the last line.
 DRIVER = r"""
 import json, logging, signal, sys
-from kaito_runtime.supervisor import ReadinessCheck, supervise
+from kaito_runtime.launch.supervisor import ReadinessCheck, supervise
 logging.basicConfig(level=logging.INFO, format="LOG %(levelname)s %(message)s", stream=sys.stdout)
 spec = json.loads(sys.argv[1])
 def on_ready(seconds):
@@ -451,7 +451,7 @@ def test_a_leftover_engine_core_is_a_warning(caplog: pytest.LogCaptureFixture) -
 
 
 def test_resource_tracker_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kaito_runtime import supervisor
+    from kaito_runtime.launch import supervisor
 
     class Proc:
         def __init__(self, pid: int) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from kaito_runtime.errors import TopologyError
-from kaito_runtime.topology import PLANNING_LEADER, resolve_topology
-from kaito_runtime.values import Topology
+from kaito_runtime.node.topology import PLANNING_LEADER, resolve_topology
+from kaito_runtime.types import Topology
 
 
 def test_nothing_set_is_a_single_node() -> None:

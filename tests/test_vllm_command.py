@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 
 import pytest
 
-from kaito_runtime.catalog import load_catalog
-from kaito_runtime.planner import plan_launch
-from kaito_runtime.values import GiB, AttentionGeometry, GpuInfo, HostInfo, ModelSpec, NodeInventory, PlanOverrides, Topology
-from kaito_runtime.vllm_command import (
+from kaito_runtime.launch.cpu_ranks import CpuLayout
+from kaito_runtime.model.catalog import load_catalog
+from kaito_runtime.plan import plan_launch
+from kaito_runtime.types import GiB, AttentionGeometry, GpuInfo, HostInfo, ModelSpec, NodeInventory, PlanOverrides, Topology
+from kaito_runtime.launch.vllm_command import (
     TOKEN_ENV_VARS,
     build_vllm_command,
     display_argv,
@@ -539,3 +541,16 @@ def test_the_merge_records_which_layer_set_each_flag():
     assert launch.sources["tensor-parallel-size"] == "pass-through"
     assert launch.sources["port"] == "plan"
     assert launch.sources["enforce-eager"] == "--config"  # switched off there
+
+
+def test_cpu_runs_put_the_amx_permission_shim_first_on_vllms_python_path(monkeypatch):
+    """vLLM's CPU attention uses AMX without asking Linux: without the shim the engine dies on SIGILL."""
+    from kaito_runtime.launch import vllm_command
+
+    monkeypatch.setattr(vllm_command.platform, "machine", lambda: "x86_64")
+    env = vllm_command._env({"PYTHONPATH": "/user/lib"}, set(), CpuLayout(ranks=1, single_process=True, threads_bind='auto', kv_cache_gib=1), [])
+    first, rest = env["PYTHONPATH"].split(os.pathsep, 1)
+    assert first == str(vllm_command.AMX_SITE_DIR) and rest == "/user/lib"
+    assert (vllm_command.AMX_SITE_DIR / "sitecustomize.py").is_file()
+    monkeypatch.setattr(vllm_command.platform, "machine", lambda: "aarch64")
+    assert "PYTHONPATH" not in vllm_command._env({}, set(), CpuLayout(ranks=1, single_process=True, threads_bind='auto', kv_cache_gib=1), [])

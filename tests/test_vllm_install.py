@@ -11,9 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from kaito_runtime import vllm_install
+from kaito_runtime.launch import vllm_install
 from kaito_runtime.errors import VllmNotInstalledError
-from kaito_runtime.vllm_install import (
+from kaito_runtime.launch.vllm_install import (
     MODULE_ENTRYPOINT,
     VllmInstall,
     check_multinode_support,
@@ -164,12 +164,12 @@ def test_old_vllm_is_refused_for_multi_node(tmp_path: Path) -> None:
 def test_real_install_is_detected_without_importing_vllm() -> None:
     code = (
         "import sys\n"
-        "from kaito_runtime.vllm_install import detect_vllm, supports_architecture\n"
+        "from kaito_runtime.launch.vllm_install import detect_vllm, supports_architecture\n"
         "found = detect_vllm()\n"
         "assert 'vllm' not in sys.modules and 'torch' not in sys.modules\n"
         "print(found.version, found.cpu_build, found.model_as_flag)\n"
         "print(supports_architecture(found, 'LlamaForCausalLM'), supports_architecture(found, 'NoSuchForCausalLM'))\n"
-        "from kaito_runtime.vllm_install import supports_multinode_mp\n"
+        "from kaito_runtime.launch.vllm_install import supports_multinode_mp\n"
         "print(supports_multinode_mp(found))\n"
         "assert 'vllm' not in sys.modules and 'torch' not in sys.modules\n"
     )

@@ -1,4 +1,4 @@
-"""kaito_runtime.weights_lock: one downloader per commit; the others wait, within bounds."""
+"""kaito_runtime.weights.lock: one downloader per commit; the others wait, within bounds."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import time
 import pytest
 from filelock import FileLock
 
-from kaito_runtime import weights_lock
+from kaito_runtime.weights import lock as weights_lock
 from kaito_runtime.errors import InputError, WeightsError
 from kaito_runtime.weights import ensure_weights
-from kaito_runtime.weights_store import lock_path, repo_folder
+from kaito_runtime.weights.store import lock_path, repo_folder
 from tests.support.weights_helpers import spec
 
 pytestmark = pytest.mark.usefixtures("hub_env")

@@ -1,4 +1,4 @@
-"""kaito_runtime.weights_store: the weights folder check, the marker, refs and the bytes a resume keeps."""
+"""kaito_runtime.weights.store: the weights folder check, the marker, refs and the bytes a resume keeps."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from kaito_runtime import weights_store
+from kaito_runtime.weights import store as weights_store
 from kaito_runtime.errors import InputError
 from kaito_runtime.hub import RemoteFile
-from kaito_runtime.weights_store import (
+from kaito_runtime.weights.store import (
     MARKER_NAME,
     check_weights_dir,
     held_on_disk,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kaito_runtime.catalog import load_catalog
-from kaito_runtime.values import (
+from kaito_runtime.model.catalog import load_catalog
+from kaito_runtime.types import (
     GiB,
     AttentionGeometry,
     GpuInfo,

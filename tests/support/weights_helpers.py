@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kaito_runtime.hub import RemoteFile
-from kaito_runtime.values import AttentionGeometry, ModelSpec
+from kaito_runtime.types import AttentionGeometry, ModelSpec
 
 
 def spec(repo_id: str | None = "org/tiny", *, revision: str | None = None, load_format: str = "hf", local_path: str | None = None) -> ModelSpec:

@@ -1,0 +1,332 @@
+"""The multi-node check-in before vLLM starts: the leader's IP, this node's IP, the leader's port.
+
+vLLM's multi-node mode without Ray (vllm.md "Multi-node without Ray") joins its torch.distributed
+group at ``--master-addr:--master-port``. Left alone it has three weak spots in a cluster:
+
+* the leader's address is a DNS name (LWS ``LWS_LEADER_ADDRESS``, KAITO ``<ws>-0.<ws>-headless``)
+  whose record may appear only once the leader's pod exists, so we resolve it to an IP first,
+  retrying until a deadline;
+* vLLM guesses this node's own address with a UDP "connect" to 8.8.8.8 and falls back to 0.0.0.0
+  on air-gapped nodes; we take the address of the route towards the leader instead (or the
+  ``VLLM_HOST_IP`` the user exported) and name the network interface it belongs to, so gloo and
+  NCCL use the same one on multi-NIC hosts;
+* a worker that starts long before the leader (the leader still downloading weights) would hit
+  torch.distributed's own connect timeout (600 s for NCCL) and restart the group; workers wait
+  for the leader's master port to accept TCP first (peers.md lesson 7: "wait for the leader
+  instead of racing it"). The probe connection is closed at once; torch's TCPStore ignores it.
+
+Every wait has a deadline and says what it is waiting for; nothing here imports torch or vLLM.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from kaito_runtime.errors import TopologyError
+from kaito_runtime.types import LaunchPlan, Topology
+
+# Long enough for a leader that still downloads a large model; short enough that a group whose
+# leader never comes up fails with a message instead of hanging a rollout.
+DEFAULT_TIMEOUT_S = 1800.0
+PROGRESS_EVERY_S = 15.0
+CONNECT_TIMEOUT_S = 3.0
+# How a user raises the deadline; named in the timeout errors.
+TIMEOUT_HINT = "raise the rendezvous timeout (--rendezvous-timeout / KAITO_RENDEZVOUS_TIMEOUT)"
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}\.?$){_LABEL}(?:\.{_LABEL})*\.?$")
+
+Resolver = Callable[[str], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class RendezvousInfo:
+    """What every node agreed on before vLLM starts."""
+
+    master_addr_ip: str  # the leader's IP: vLLM's --master-addr
+    host_ip: str  # this node's IP: VLLM_HOST_IP
+    host_ip_source: str  # "VLLM_HOST_IP" (exported) or "route to <leader ip>"
+    socket_ifname: str | None = None  # the interface holding host_ip, when it could be found
+
+    def child_env(self, base_env: Mapping[str, str]) -> dict[str, str]:
+        """Variables to add to vLLM's environment; a value the user exported wins."""
+        wanted = {"VLLM_HOST_IP": self.host_ip}
+        if self.socket_ifname:
+            wanted["GLOO_SOCKET_IFNAME"] = self.socket_ifname
+            # NCCL reads the value as a prefix ("eth1" also picks "eth10"); "=" asks for this name only.
+            wanted["NCCL_SOCKET_IFNAME"] = "=" + self.socket_ifname
+        return {k: v for k, v in wanted.items() if not base_env.get(k)}
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def dns_lookup(host: str) -> list[str]:
+    """Every address ``host`` resolves to, IPv4 first (torch.distributed and NCCL prefer it)."""
+    infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    found: list[str] = []
+    for family, _, _, _, sockaddr in sorted(infos, key=lambda info: info[0] != socket.AF_INET):
+        ip = str(sockaddr[0])
+        if family in (socket.AF_INET, socket.AF_INET6) and ip not in found:
+            found.append(ip)
+    return found
+
+
+def _check_host(address: str) -> None:
+    if not _HOSTNAME_RE.match(address):
+        raise TopologyError(
+            f"The leader address {address!r} is not a host name or IP address",
+            why="A launch needs a real leader address to join the group (a placeholder is fine for "
+            "--dry-run only)",
+            fix="set --leader-address/KAITO_LEADER_ADDRESS to the leader's host name or IP",
+        )
+
+
+class _Progress:
+    """Logs a waiting line at the first miss and then every PROGRESS_EVERY_S."""
+
+    def __init__(self, log: logging.Logger | logging.LoggerAdapter, started: float) -> None:
+        self.log = log
+        self.started = started
+        self.last: float | None = None
+
+    def miss(self, now: float, message: str, *args: object) -> None:
+        if self.last is None or now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            self.log.info(message + " (%.0f s)", *args, now - self.started)
+
+
+def resolve_leader(
+    address: str,
+    *,
+    timeout_s: float,
+    interval_s: float = 2.0,
+    log: logging.Logger | logging.LoggerAdapter,
+    resolver: Resolver = dns_lookup,
+) -> str:
+    """The leader's IP: an IP passes through; a name is looked up until it resolves or time is up.
+
+    Raises TopologyError naming the address, the seconds waited and what to check.
+    """
+    address = address.strip()
+    if is_ip(address):
+        return address
+    _check_host(address)
+    started = time.monotonic()
+    deadline = started + max(0.0, timeout_s)
+    progress = _Progress(log, started)
+    last_error = "no address returned"
+    while True:
+        try:
+            ips = list(resolver(address))
+        except (socket.gaierror, UnicodeError) as exc:
+            ips, last_error = [], str(exc)
+        if ips:
+            if progress.last is not None:
+                log.info("leader %s resolved to %s after %.0f s", address, ips[0], time.monotonic() - started)
+            return ips[0]
+        now = time.monotonic()
+        if now >= deadline:
+            raise TopologyError(
+                f"The leader address {address!r} did not resolve to an IP address within {now - started:.0f} s",
+                why=f"The last DNS answer was: {last_error}. A StatefulSet or LeaderWorkerSet publishes the "
+                "leader's record only once its pod exists",
+                fix="check that the leader pod (node rank 0) is scheduled and that its headless service "
+                "publishes not-ready pods (publishNotReadyAddresses: true); or pass the leader's IP with "
+                f"--leader-address/KAITO_LEADER_ADDRESS; or {TIMEOUT_HINT}",
+            )
+        progress.miss(now, "waiting for leader %s to resolve: %s", address, last_error)
+        time.sleep(min(interval_s, deadline - now))
+
+
+def local_ip_towards(ip: str) -> str:
+    """This node's source address on the route to ``ip``.
+
+    A UDP socket's connect() only picks the route and the source address; no packet is sent.
+    """
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((ip, 9))  # the discard port; nothing is sent
+            local = str(sock.getsockname()[0])
+    except OSError as exc:
+        raise TopologyError(
+            f"Cannot tell this node's IP address on the way to the leader {ip}",
+            why=f"The operating system found no route to it ({exc.strerror or exc})",
+            fix="check the node's network, or set VLLM_HOST_IP to this node's IP on the network the "
+            "leader can reach (in a pod: status.podIP through the downward API)",
+        ) from None
+    if ipaddress.ip_address(local).is_unspecified:
+        raise TopologyError(
+            f"Cannot tell this node's IP address on the way to the leader {ip}",
+            why=f"The route gives the unspecified address {local}",
+            fix="set VLLM_HOST_IP to this node's IP on the network the leader can reach",
+        )
+    return local
+
+
+def interface_of(ip: str) -> str | None:
+    """The name of the network interface holding ``ip`` on this machine, if any."""
+    import psutil
+
+    wanted = ipaddress.ip_address(ip)
+    for name, addrs in psutil.net_if_addrs().items():
+        for addr in addrs:
+            if addr.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            try:
+                if ipaddress.ip_address(addr.address.split("%", 1)[0]) == wanted:
+                    return name
+            except ValueError:
+                continue
+    return None
+
+
+def wait_for_port(
+    address: str,
+    port: int,
+    *,
+    timeout_s: float,
+    interval_s: float = 2.0,
+    log: logging.Logger | logging.LoggerAdapter,
+    resolver: Resolver = dns_lookup,
+) -> str:
+    """Wait until ``address:port`` accepts a TCP connection; returns the IP that accepted.
+
+    A host name is looked up again on every try, so a leader pod that was recreated with a new IP
+    is still found. The probe connection is closed at once.
+    """
+    started = time.monotonic()
+    deadline = started + max(0.0, timeout_s)
+    progress = _Progress(log, started)
+    last_error = "not tried"
+    ip = address if is_ip(address) else None
+    while True:
+        if not is_ip(address):
+            try:
+                ips = list(resolver(address))
+                ip = ips[0] if ips else ip
+            except (socket.gaierror, UnicodeError) as exc:
+                last_error = f"DNS: {exc}"
+        if ip is not None:
+            now = time.monotonic()
+            try:
+                with socket.create_connection((ip, port), timeout=max(0.1, min(CONNECT_TIMEOUT_S, deadline - now))):
+                    pass
+            except OSError as exc:
+                last_error = str(exc.strerror or exc)
+            else:
+                if progress.last is not None:
+                    log.info("leader %s:%d accepts connections after %.0f s", address, port, time.monotonic() - started)
+                return ip
+        now = time.monotonic()
+        if now >= deadline:
+            shown = address if ip in (None, address) else f"{address} ({ip})"
+            raise TopologyError(
+                f"The leader {shown}:{port} did not accept connections within {now - started:.0f} s",
+                why=f"vLLM on the leader (node rank 0) opens its master port once its weights are ready "
+                f"and its engine starts; the last try said: {last_error}",
+                fix="check the leader pod's log (still downloading? failed?), that TCP port "
+                f"{port} is open between the nodes (NetworkPolicy, firewall), and that the master port "
+                f"(--master-port/KAITO_MASTER_PORT) is the same on every node; or {TIMEOUT_HINT}",
+            )
+        progress.miss(now, "waiting for leader %s:%d: %s", address, port, last_error)
+        time.sleep(min(interval_s, deadline - now))
+
+
+def prepare_rendezvous(
+    topology: Topology,
+    *,
+    env: Mapping[str, str],
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    log: logging.Logger | logging.LoggerAdapter,
+    wait_for_leader: bool = True,
+    interval_s: float = 2.0,
+    resolver: Resolver = dns_lookup,
+) -> RendezvousInfo | None:
+    """Resolve the leader, find this node's IP and (on workers) wait for the leader's port.
+
+    None for a single node. One deadline covers all waits. An exported ``VLLM_HOST_IP`` is this
+    node's IP as given; on the leader it is also the master address (no DNS needed).
+    """
+    if not topology.multi_node:
+        return None
+    if topology.assumed:
+        raise TopologyError(
+            f"This node's place in the group was assumed ({', '.join(topology.assumed)}), which is "
+            "enough for a plan but not for a launch",
+            why="Every node must know its own rank and the leader's address to join the group",
+            fix="set --node-rank/KAITO_NODE_RANK and --leader-address/KAITO_LEADER_ADDRESS (or run "
+            "where LWS, torchrun or the KAITO StatefulSet sets them)",
+        )
+    assert topology.leader_address  # Topology guarantees it for nnodes > 1
+    deadline = time.monotonic() + max(0.0, timeout_s)
+
+    def left() -> float:
+        return max(0.0, deadline - time.monotonic())
+
+    exported = (env.get("VLLM_HOST_IP") or "").strip()
+    if exported and not is_ip(exported):
+        raise TopologyError(
+            f"VLLM_HOST_IP={exported!r} is not an IP address",
+            why="vLLM and torch.distributed use it as this node's address as is",
+            fix="set VLLM_HOST_IP to this node's IP, or unset it to let kaito-run find it",
+        )
+    if topology.is_leader and exported:
+        master = exported
+        log.info("leader: using the exported VLLM_HOST_IP %s as the master address", exported)
+    else:
+        master = resolve_leader(topology.leader_address, timeout_s=left(), interval_s=interval_s, log=log, resolver=resolver)
+        if topology.is_leader and interface_of(master) is None:
+            log.warning(
+                "this node is rank 0 (the leader), but the leader address %s is %s, which is not one of "
+                "this node's addresses; the workers will look for the leader there",
+                topology.leader_address,
+                master,
+            )
+    if exported:
+        host_ip, source = exported, "VLLM_HOST_IP"
+    else:
+        host_ip, source = local_ip_towards(master), f"route to {master}"
+    if not topology.is_leader and wait_for_leader:
+        master = wait_for_port(
+            topology.leader_address if not is_ip(topology.leader_address) else master,
+            topology.master_port,
+            timeout_s=left(),
+            interval_s=interval_s,
+            log=log,
+            resolver=resolver,
+        )
+        if not exported:
+            host_ip, source = local_ip_towards(master), f"route to {master}"
+    info = RendezvousInfo(master, host_ip, source, interface_of(host_ip))
+    log.info(
+        "rendezvous: node %d of %d, leader %s (%s:%d), this node %s (%s%s)",
+        topology.node_rank,
+        topology.nnodes,
+        topology.leader_address,
+        info.master_addr_ip,
+        topology.master_port,
+        info.host_ip,
+        source,
+        f", interface {info.socket_ifname}" if info.socket_ifname else "",
+    )
+    return info
+
+
+def with_master_ip(plan: LaunchPlan, info: RendezvousInfo | None) -> LaunchPlan:
+    """The plan with the leader's resolved IP as its leader address (what --master-addr gets)."""
+    if info is None or plan.topology.leader_address == info.master_addr_ip:
+        return plan
+    return replace(plan, topology=replace(plan.topology, leader_address=info.master_addr_ip))

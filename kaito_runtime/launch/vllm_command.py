@@ -1,0 +1,673 @@
+"""LaunchPlan -> the vLLM argv and environment. Pure: no processes, no file writes.
+
+Flags come from the plan first, then the model's own ``vllm_args``, then the user's KAITO config
+file ``vllm:`` section, then the arguments after ``--``. A later layer WINS: the earlier
+occurrence of the same flag is removed (so vLLM never sees two), and a user value that
+contradicts the fit check is kept but warned about with the numbers (presets.md mistake #12).
+On the CPU target, ``cpu_layout`` fits the process layout to the rank count the merged flags ask for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from kaito_runtime.launch.cpu_ranks import CpuLayout, layout_cpu
+from kaito_runtime.plan.memory import gib
+from kaito_runtime.types import GiB, LaunchPlan
+from kaito_runtime.plan.vllm_rules import CONTEXT_ALIGN, align_down, tp_rule_violation
+
+# vLLM reads the Hub token from these; it runs offline on a local folder and must never see one.
+# KAITO_HF_TOKEN_FILE is our own token source: vLLM needs none, so it does not learn where one is.
+# A sitecustomize.py that lets each vLLM CPU process use Intel AMX (see its docstring).
+AMX_SITE_DIR = Path(__file__).resolve().parent / "amx_site"
+
+TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "KAITO_HF_TOKEN_FILE")
+
+# Where a flag's final value came from (``VllmLaunch.sources``); a later layer wins.
+PLAN = "plan"
+PRESET_ARGS = "the preset's vLLM args"
+CONFIG_FILE = "--config"
+PASS_THROUGH = "pass-through"
+ENVIRONMENT = "environment"
+
+# vLLM reads the API key from this variable when no --api-key is given (envs.py, vLLM 0.32).
+API_KEY_ENV = "VLLM_API_KEY"
+# The pseudo-flag under which ``VllmLaunch.sources`` records who chose the CPU KV space.
+CPU_KV = "cpu-kv-cache"
+
+# Flags whose value is a secret: dropped from user arguments, never put in an argv.
+_SECRET_FLAGS = frozenset({"hf-token"})
+
+# Short spellings vLLM accepts for flags the plan sets (vllm.md "Parallelism flags").
+_SHORT_FLAGS = {
+    "tp": "tensor-parallel-size",
+    "pp": "pipeline-parallel-size",
+    "dp": "data-parallel-size",
+    "n": "nnodes",
+    "r": "node-rank",
+}
+
+_MODULE_ENTRY = "vllm.entrypoints.openai.api_server"
+_NUMBER = re.compile(r"^-\d")
+
+
+@dataclass(frozen=True)
+class VllmLaunch:
+    """What to start: argv, the variables to set and to remove, and warnings for the user.
+
+    The fields after ``warnings`` are what vLLM will actually use, read from the merged argv
+    (plan, model, config file, pass-through): readiness checks poll ``host``/``port``/
+    ``served_model_names`` with ``api_key``; failure hints quote the parallel sizes, utilization
+    and context.
+    ``api_key``: the key vLLM guards /v1/* with (``--api-key``, else ``VLLM_API_KEY`` in the
+    inherited environment); a secret, kept out of repr and masked by ``format_command``. A single
+    ``--api-key`` is moved out of ``argv`` into ``env["VLLM_API_KEY"]`` (argv is public on a node).
+    """
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    unset_env: tuple[str, ...] = TOKEN_ENV_VARS
+    warnings: tuple[str, ...] = ()
+    host: str = "0.0.0.0"
+    port: int = 5000
+    served_model_names: tuple[str, ...] = ()
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None  # None: vLLM's "auto" (or its default)
+    api_key: str | None = field(default=None, repr=False)
+    # CPU target: the KV space each rank allocates, in GiB (VLLM_CPU_KVCACHE_SPACE, an exported
+    # one, or --kv-cache-memory-bytes), and the ranks on this node. None on the GPU target.
+    cpu_kv_cache_gib: float | None = None
+    cpu_ranks: int = 1
+    # flag name -> the layer that set its final value (PLAN, PRESET_ARGS, CONFIG_FILE,
+    # PASS_THROUGH; ENVIRONMENT for CPU_KV). A flag the config file switched off maps to CONFIG_FILE.
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # argv and env as display_argv/display_env show them: no API key
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr and f.name not in ("argv", "env")
+        )
+        return f"VllmLaunch(argv={display_argv(self)!r}, env={display_env(self.env)!r}, {shown})"
+
+    @property
+    def served_model_name(self) -> str:
+        """The first served name (the one clients are told about)."""
+        return self.served_model_names[0] if self.served_model_names else ""
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument groups: a flag with its values, compared by normalised name
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Arg:
+    name: str | None  # normalised flag name ("max-model-len"); None for a stray positional
+    tokens: tuple[str, ...]
+    source: str = PLAN
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        first = self.tokens[0]
+        if self.name is not None and "=" in first and first.startswith("--"):
+            return (first.split("=", 1)[1], *self.tokens[1:])
+        return self.tokens[1:] if self.name is not None else self.tokens
+
+
+def normalise_flag(token: str) -> str:
+    """'--max_model_len=8' -> 'max-model-len'; '-tp' -> 'tensor-parallel-size'."""
+    bare = token.split("=", 1)[0] if token.startswith("--") else token
+    short = not bare.startswith("--")
+    name = bare.lstrip("-").replace("_", "-").lower()
+    if short:
+        return _SHORT_FLAGS.get(name, name)
+    return name
+
+
+def _is_flag(token: str) -> bool:
+    return token.startswith("-") and len(token) > 1 and not _NUMBER.match(token)
+
+
+def _group(tokens: Sequence[str], source: str = PLAN) -> list[_Arg]:
+    groups: list[_Arg] = []
+    current: list[str] = []
+    for token in tokens:
+        if _is_flag(token) or (current and current[0].startswith("--") and "=" in current[0]):
+            if current:
+                groups.append(_make(current, source))
+            current = [token]
+        else:
+            current.append(token)
+    if current:
+        groups.append(_make(current, source))
+    return groups
+
+
+def _make(tokens: list[str], source: str) -> _Arg:
+    return _Arg(normalise_flag(tokens[0]) if _is_flag(tokens[0]) else None, tuple(tokens), source)
+
+
+def _conflicts(a: str | None, b: str | None) -> bool:
+    """Same flag, counting the --no-X form of a boolean flag X."""
+    if a is None or b is None:
+        return False
+    return a == b or a == f"no-{b}" or b == f"no-{a}"
+
+
+def config_value(value: object) -> str:
+    """One config-file value as vLLM reads it: mappings and nested lists as compact JSON
+    (``--compilation-config '{"level":3}'``), booleans as JSON, anything else as text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _config_tokens(config_args: Mapping[str, object]) -> tuple[list[str], list[str]]:
+    """KAITO config ``vllm:`` section -> tokens, plus the flags it switches off (False/None).
+
+    Keys may carry their leading dashes or not (``--enforce-eager`` = ``enforce-eager``).
+    True is a bare switch; a list gives the flag several values (``--served-model-name a b``);
+    a mapping is one JSON value.
+    """
+    tokens: list[str] = []
+    dropped: list[str] = []
+    for key, value in config_args.items():
+        flag = "--" + str(key).lstrip("-")
+        if value is None or value is False:
+            dropped.append(normalise_flag(flag))
+        elif value is True:
+            tokens.append(flag)
+        elif isinstance(value, (list, tuple)):
+            tokens += [flag, *(config_value(v) for v in value)]
+        else:
+            tokens += [flag, config_value(value)]
+    return tokens, dropped
+
+
+def _merge(base: list[_Arg], layer: list[_Arg], dropped: Sequence[str] = ()) -> list[_Arg]:
+    merged = [a for a in base if not any(_conflicts(a.name, d) for d in dropped)]
+    for arg in layer:
+        merged = [a for a in merged if not _conflicts(a.name, arg.name)]
+        merged.append(arg)
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan's own flags
+# ------------------------------------------------------------------------------------------------
+
+
+def _plan_tokens(plan: LaunchPlan, host: str, port: int, auto_supported: bool, warnings: list[str]) -> list[str]:
+    t: list[str] = [
+        "--served-model-name", plan.model.name,
+        "--host", host,
+        "--port", str(port),
+        "--tensor-parallel-size", str(plan.tensor_parallel_size),
+    ]
+    if plan.pipeline_parallel_size > 1:
+        t += ["--pipeline-parallel-size", str(plan.pipeline_parallel_size)]
+    if plan.data_parallel_size > 1:
+        t += ["--data-parallel-size", str(plan.data_parallel_size)]
+    if plan.target == "gpu" and plan.gpu_memory_utilization is not None:
+        t += ["--gpu-memory-utilization", f"{plan.gpu_memory_utilization:.2f}"]
+    length = _max_model_len_value(plan, auto_supported, warnings)
+    if length is not None:
+        t += ["--max-model-len", length]
+    if plan.kv_cache_dtype:
+        t += ["--kv-cache-dtype", plan.kv_cache_dtype]
+    if plan.enforce_eager:
+        t.append("--enforce-eager")
+    topo = plan.topology
+    if topo.multi_node:
+        # vLLM's multi-node without Ray (mp backend): same command everywhere except the rank,
+        # and no API server on the workers (vllm.md "Multi-node without Ray").
+        t += [
+            "--distributed-executor-backend", "mp",
+            "--nnodes", str(topo.nnodes),
+            "--node-rank", str(topo.node_rank),
+            "--master-addr", str(topo.leader_address),
+            "--master-port", str(topo.master_port),
+        ]
+        if not topo.is_leader:
+            t.append("--headless")
+    elif plan.target == "cpu" and plan.world_size == 1:
+        # One process, engine in the API server: fastest CPU start (vllm-cpu.md: 24 s vs 44 s).
+        t += ["--distributed-executor-backend", "uni"]
+    return t
+
+
+def _max_model_len_value(plan: LaunchPlan, auto_supported: bool, warnings: list[str]) -> str | None:
+    if not plan.max_model_len_auto:
+        return str(plan.max_model_len) if plan.max_model_len else None
+    if auto_supported:
+        return "auto"
+    if plan.kv_cache_tokens:
+        estimate = min(plan.model.max_context, align_down(plan.kv_cache_tokens, CONTEXT_ALIGN))
+        warnings.append(
+            f"this vLLM has no '--max-model-len auto'; passing the planner's estimate {estimate} "
+            "(if vLLM reports too little KV cache, lower it with --max-model-len)"
+        )
+        return str(estimate)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Warnings for user values that contradict the fit check
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_human_int(text: str) -> int | None:
+    """vLLM's human units: 1k = 1000, 1K = 1024, decimals allowed; None for 'auto' / garbage."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT]?)", text.strip())
+    if not match:
+        return None
+    number, unit = float(match.group(1)), match.group(2)
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
+    return int(number * scale)
+
+
+def _contradictions(plan: LaunchPlan, user: Sequence[_Arg]) -> list[str]:
+    warnings: list[str] = []
+    model = plan.model
+    for arg in user:
+        value = arg.values[0] if arg.values else ""
+        if arg.name == "max-model-len":
+            wanted = parse_human_int(value)
+            if wanted is None:
+                continue
+            if wanted > model.max_context:
+                warnings.append(
+                    f"--max-model-len {wanted} is longer than {model.name}'s context {model.max_context}; vLLM will refuse it"
+                )
+            elif plan.kv_cache_tokens is not None and wanted > plan.kv_cache_tokens:
+                fits = min(model.max_context, align_down(plan.kv_cache_tokens, CONTEXT_ALIGN))
+                kv = ""
+                if plan.memory:
+                    kv = (f": it needs {gib(wanted * plan.memory.kv_bytes_per_token)} of KV per GPU, "
+                          f"only {gib(max(0, plan.memory.kv_cache))} left")
+                warnings.append(
+                    f"--max-model-len {wanted} is more than the planner estimates fits ({plan.kv_cache_tokens:,} tokens){kv}; "
+                    f"expect vLLM to fail at start-up; fits with --max-model-len <= {fits}"
+                )
+        elif arg.name == "gpu-memory-utilization" and plan.memory is not None:
+            try:
+                wanted_u = float(value)
+            except ValueError:
+                continue
+            free_u = plan.memory.free / plan.memory.total
+            if wanted_u > free_u:
+                warnings.append(
+                    f"--gpu-memory-utilization {wanted_u} needs {gib(plan.memory.total * wanted_u)} per GPU but only "
+                    f"{gib(plan.memory.free)} of {gib(plan.memory.total)} is free; vLLM will refuse to start "
+                    f"(planned {plan.gpu_memory_utilization})"
+                )
+            elif plan.memory.total * wanted_u < plan.memory.weights + plan.memory.overhead:
+                warnings.append(
+                    f"--gpu-memory-utilization {wanted_u} gives {gib(plan.memory.total * wanted_u)} per GPU, less than the "
+                    f"{gib(plan.memory.weights + plan.memory.overhead)} the weights and runtime need"
+                )
+        elif arg.name in ("tensor-parallel-size", "pipeline-parallel-size"):
+            number = parse_human_int(value)
+            if number is None:
+                continue
+            tp = number if arg.name == "tensor-parallel-size" else _final_int(user, "tensor-parallel-size", plan.tensor_parallel_size)
+            pp = number if arg.name == "pipeline-parallel-size" else _final_int(user, "pipeline-parallel-size", plan.pipeline_parallel_size)
+            if arg.name == "tensor-parallel-size":
+                rule = tp_rule_violation(model, tp)
+                if rule:
+                    warnings.append(f"--tensor-parallel-size {tp}: {rule}; vLLM will refuse it")
+            if plan.gpus_per_node:
+                group = plan.gpus_per_node * plan.topology.nnodes
+                if tp * pp > group:
+                    warnings.append(
+                        f"TP {tp} x PP {pp} = {tp * pp} GPUs, but the group has {group} "
+                        f"({plan.topology.nnodes} node(s) x {plan.gpus_per_node})"
+                    )
+                elif plan.topology.multi_node and tp * pp != group:
+                    warnings.append(f"TP {tp} x PP {pp} = {tp * pp} does not match the group's {group} GPUs")
+    return warnings
+
+
+def _final_int(args: Sequence[_Arg], name: str, default: int) -> int:
+    for arg in reversed(args):
+        if arg.name == name and arg.values:
+            number = parse_human_int(arg.values[0])
+            if number is not None:
+                return number
+    return default
+
+
+def _effective_endpoint(
+    args: Sequence[_Arg], host: str, port: int, model_path: str, warnings: list[str]
+) -> tuple[str, int, tuple[str, ...]]:
+    """Host, port and served names vLLM will use, read from the merged arguments."""
+    for arg in reversed(args):
+        if arg.name == "host" and arg.values:
+            host = arg.values[0]
+            break
+    for arg in reversed(args):
+        if arg.name == "port" and arg.values:
+            try:
+                port = int(arg.values[0])
+            except ValueError:
+                warnings.append(f"--port {arg.values[0]!r} is not a number; vLLM will refuse it")
+            break
+    names: tuple[str, ...] = (model_path,)  # vLLM's default: the model argument
+    for arg in reversed(args):
+        if arg.name == "served-model-name":
+            names = arg.values or names
+            break
+    return host, port, names
+
+
+def _final_float(args: Sequence[_Arg], name: str, default: float | None) -> float | None:
+    for arg in reversed(args):
+        if arg.name == name and arg.values:
+            try:
+                return float(arg.values[0])
+            except ValueError:
+                return default
+    return default
+
+
+def _effective_max_model_len(args: Sequence[_Arg]) -> int | None:
+    """The context vLLM is told: a number, or None for 'auto' / no flag at all."""
+    for arg in reversed(args):
+        if arg.name == "max-model-len" and arg.values:
+            return parse_human_int(arg.values[0])
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry points
+# ------------------------------------------------------------------------------------------------
+
+
+def _model_as_flag(entrypoint: Sequence[str]) -> bool:
+    """The module entry (python -m vllm.entrypoints.openai.api_server) takes --model PATH."""
+    return any(part == _MODULE_ENTRY or part.endswith("api_server.py") for part in entrypoint)
+
+
+def _env(
+    base_env: Mapping[str, str],
+    user_flags: set[str | None],
+    cpu: CpuLayout | None,
+    warnings: list[str],
+) -> dict[str, str]:
+    env = {
+        "HF_HUB_OFFLINE": "1",  # vLLM loads the local folder; zero Hub calls
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+    }
+    wanted: dict[str, str] = {}
+    if cpu is not None:
+        # The CPU backend lets VLLM_CPU_KVCACHE_SPACE override --kv-cache-memory-bytes
+        # (vllm/platforms/cpu.py), so a user's flag only wins if we leave the variable unset.
+        if "kv-cache-memory-bytes" not in user_flags:
+            wanted["VLLM_CPU_KVCACHE_SPACE"] = str(cpu.kv_cache_gib)  # per rank
+        elif base_env.get("VLLM_CPU_KVCACHE_SPACE"):
+            warnings.append(
+                "VLLM_CPU_KVCACHE_SPACE is set in the environment and overrides --kv-cache-memory-bytes on the CPU backend"
+            )
+        wanted["VLLM_CPU_OMP_THREADS_BIND"] = cpu.threads_bind
+        if cpu.single_process:
+            wanted["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if platform.machine() in ("x86_64", "AMD64"):
+            # amx_site/sitecustomize.py asks Linux for AMX permission in each vLLM process.
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(AMX_SITE_DIR), base_env.get("PYTHONPATH"))))
+    for key, value in wanted.items():
+        if key not in base_env:  # a value the user exported wins
+            env[key] = value
+    return env
+
+
+def build_vllm_command(
+    plan: LaunchPlan,
+    *,
+    model_path: str,
+    entrypoint: Sequence[str] = ("vllm", "serve"),
+    model_as_flag: bool | None = None,
+    host: str = "0.0.0.0",
+    port: int = 5000,
+    extra_args: Sequence[str] = (),
+    config_args: Mapping[str, object] | None = None,
+    chat_template_dir: str | None = None,
+    base_env: Mapping[str, str] | None = None,
+    max_model_len_auto_supported: bool = True,
+    cpu_ids: Sequence[int] | None = None,
+    ram_available_bytes: int | None = None,
+) -> VllmLaunch:
+    """The vLLM command for ``plan`` serving the weights in ``model_path``.
+
+    ``model_as_flag`` None: decided from ``entrypoint`` (module entry -> ``--model PATH``).
+    ``base_env``: the environment the child inherits; variables the user set there win over ours.
+    Multi-node: this node's address (VLLM_HOST_IP) and socket variables are not set here but by
+    ``rendezvous.RendezvousInfo.child_env``, their one owner.
+    ``cpu_ids``: the cores vLLM may use on the CPU target (default: this process's affinity);
+    used only when the merged arguments ask for more than one CPU rank.
+    ``ram_available_bytes``: the node's free RAM; a user's CPU KV size larger than it is warned about.
+    An --api-key goes to the child as VLLM_API_KEY, not on the command line.
+    """
+    warnings: list[str] = []
+    base_env = base_env or {}
+    as_flag = _model_as_flag(entrypoint) if model_as_flag is None else model_as_flag
+    head = [*entrypoint, *(("--model", model_path) if as_flag else (model_path,))]
+
+    args = _group(_plan_tokens(plan, host, port, max_model_len_auto_supported, warnings))
+    args = _merge(args, _group(plan.model.vllm_args, PRESET_ARGS))
+
+    user: list[_Arg] = []
+    dropped: list[str] = []
+    if config_args:
+        tokens, dropped = _config_tokens(config_args)
+        user += _group(tokens, CONFIG_FILE)
+    user += _group(extra_args, PASS_THROUGH)
+    secret = [a for a in user if a.name in _SECRET_FLAGS]
+    if secret:
+        warnings.append(
+            "dropped --hf-token from the vLLM arguments: tokens never go on a command line and vLLM "
+            "runs offline from the downloaded folder"
+        )
+        user = [a for a in user if a.name not in _SECRET_FLAGS]
+
+    template = plan.model.chat_template
+    user_template = any(a.name == "chat-template" for a in user)
+    if template and not user_template:
+        path = os.path.join(chat_template_dir, template) if chat_template_dir else None
+        if path and os.path.isfile(path):
+            args.append(_Arg("chat-template", ("--chat-template", path), PRESET_ARGS))
+        else:
+            where = chat_template_dir or "(no chat-template folder given)"
+            warnings.append(
+                f"chat template {template} not found in {where}; the tokenizer's own chat template is used"
+            )
+
+    args = _merge(args, [], dropped)
+    args = _merge(args, user)
+    warnings += _contradictions(plan, user)
+    tp = _final_int(args, "tensor-parallel-size", plan.tensor_parallel_size)
+    pp = _final_int(args, "pipeline-parallel-size", plan.pipeline_parallel_size)
+    dp = _final_int(args, "data-parallel-size", plan.data_parallel_size)
+    user_flags = {a.name for a in user}
+    cpu: CpuLayout | None = None
+    if plan.target == "cpu":
+        args, cpu = layout_cpu(
+            plan, args, tp=tp, pp=pp, dp=dp,
+            is_user=lambda arg: any(arg is u for u in user),
+            cpu_ids=cpu_ids, base_env=base_env,
+            kv_set_by_user="kv-cache-memory-bytes" in user_flags or "VLLM_CPU_KVCACHE_SPACE" in base_env,
+            warnings=warnings,
+        )
+    eff_host, eff_port, names = _effective_endpoint(args, host, port, model_path, warnings)
+    sources = _sources(args, dropped)
+    kv_gib: float | None = None
+    if cpu is not None:
+        kv_gib, sources[CPU_KV] = _cpu_kv(args, base_env, cpu, warnings)
+        if sources[CPU_KV] != PLAN:
+            warnings += _kv_ram_warning(plan, kv_gib, cpu.ranks, ram_available_bytes)
+
+    env = _env(base_env, user_flags, cpu, warnings)
+    args, api_key = _api_key_to_env(args, base_env, env, warnings)
+    argv = tuple(head + [token for arg in args for token in arg.tokens])
+    return VllmLaunch(
+        argv=argv,
+        env=env,
+        unset_env=TOKEN_ENV_VARS,
+        warnings=tuple(warnings),
+        host=eff_host,
+        port=eff_port,
+        served_model_names=names,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        data_parallel_size=dp,
+        gpu_memory_utilization=_final_float(args, "gpu-memory-utilization", plan.gpu_memory_utilization),
+        max_model_len=_effective_max_model_len(args),
+        api_key=api_key,
+        cpu_kv_cache_gib=kv_gib,
+        cpu_ranks=cpu.ranks if cpu is not None else 1,
+        sources=sources,
+    )
+
+
+def _sources(args: Sequence[_Arg], dropped: Sequence[str]) -> dict[str, str]:
+    """flag -> the layer of its final value; a ``--no-X`` also answers for X."""
+    found: dict[str, str] = {}
+    for name in dropped:
+        found[name] = CONFIG_FILE
+        if name.startswith("no-"):
+            found[name[3:]] = CONFIG_FILE
+    for arg in args:
+        if arg.name is None:
+            continue
+        found[arg.name] = arg.source
+        if arg.name.startswith("no-"):
+            found[arg.name[3:]] = arg.source
+    return found
+
+
+def _cpu_kv(
+    args: Sequence[_Arg], base_env: Mapping[str, str], cpu: CpuLayout, warnings: list[str]
+) -> tuple[float | None, str]:
+    """The KV space (GiB per rank) the CPU backend will allocate, and who chose it.
+
+    vLLM's CPU platform lets an exported VLLM_CPU_KVCACHE_SPACE (whole GiB) override
+    --kv-cache-memory-bytes; ours is only set when neither is given (see ``_env``).
+    """
+    exported = base_env.get("VLLM_CPU_KVCACHE_SPACE")
+    if exported is not None:
+        try:
+            return float(int(exported)), ENVIRONMENT
+        except ValueError:
+            warnings.append(f"VLLM_CPU_KVCACHE_SPACE={exported!r} is not a whole number of GiB; vLLM will refuse it")
+            return None, ENVIRONMENT
+    for arg in reversed(args):
+        if arg.name == "kv-cache-memory-bytes" and arg.values:
+            size = parse_human_int(arg.values[0])
+            return (size / GiB if size is not None else None), arg.source
+    return float(cpu.kv_cache_gib), PLAN
+
+
+def _kv_ram_warning(plan: LaunchPlan, kv_gib: float | None, ranks: int, ram_available_bytes: int | None) -> list[str]:
+    """A user's KV size that cannot fit in the RAM the node has free (with the weights beside it)."""
+    if kv_gib is None or not ram_available_bytes:
+        return []
+    kv_total = int(kv_gib * GiB) * ranks
+    weights = plan.model.weights_bytes
+    if kv_total + weights <= ram_available_bytes:
+        return []
+    each = f"{gib(int(kv_gib * GiB))} x {ranks} ranks = {gib(kv_total)}" if ranks > 1 else gib(kv_total)
+    planned = f"; the plan chose {plan.cpu_kv_cache_gib} GiB per rank" if plan.cpu_kv_cache_gib else ""
+    return [
+        f"the KV cache you set ({each}) plus the weights ({gib(weights)}) is more than the "
+        f"{gib(ram_available_bytes)} of RAM available; vLLM will fail to allocate it or be killed{planned}"
+    ]
+
+
+def _api_key_to_env(
+    args: list[_Arg], base_env: Mapping[str, str], env: dict[str, str], warnings: list[str]
+) -> tuple[list[_Arg], str | None]:
+    """Move a single --api-key from the argv (readable by anyone on the node through ps) into the
+    child's VLLM_API_KEY. Several keys cannot travel in one variable: they stay, with a warning.
+    Returns the argv groups and the key readiness checks use (--api-key wins over VLLM_API_KEY)."""
+    keys = [a for a in args if a.name == "api-key" and a.values]
+    if not keys:
+        return args, base_env.get(API_KEY_ENV) or None
+    arg = keys[-1]
+    if len(arg.values) > 1:
+        warnings.append(
+            f"{len(arg.values)} --api-key values stay on vLLM's command line, where any process on this node "
+            f"can read them; {API_KEY_ENV} holds only one key, so pass one to keep it off the command line"
+        )
+        return args, arg.values[0]
+    env[API_KEY_ENV] = arg.values[0]
+    return [a for a in args if a is not arg], arg.values[0]
+
+
+MASK = "***"
+
+# Variables whose value is a secret: masked when a launch is shown.
+_SECRET_ENV = frozenset({API_KEY_ENV})
+
+
+def display_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with secret values (the API key) replaced by '***', for logs and --dry-run."""
+    return {key: MASK if key in _SECRET_ENV else value for key, value in env.items()}
+
+
+def display_argv(launch: VllmLaunch) -> tuple[str, ...]:
+    """The argv with every --api-key value replaced by '***', for logs and --dry-run."""
+    shown: list[str] = []
+    masking = False
+    for token in launch.argv:
+        if _is_flag(token):
+            masking = False
+            if token.startswith("--") and normalise_flag(token) == "api-key":
+                if "=" in token:
+                    token = token.split("=", 1)[0] + "=" + MASK
+                else:
+                    masking = True
+        elif masking:
+            token = MASK
+        shown.append(token)
+    return tuple(shown)
+
+
+def format_command(launch: VllmLaunch) -> str:
+    """A shell line that reproduces the launch (for --dry-run): env -u ... VAR=value ... argv.
+    API keys are shown as '***'."""
+    parts = ["env"]
+    parts += [f"-u {name}" for name in launch.unset_env]
+    parts += [f"{key}={shlex.quote(value)}" for key, value in sorted(display_env(launch.env).items())]
+    return " ".join(parts) + " " + shlex.join(display_argv(launch))
+
+
+__all__ = [
+    "API_KEY_ENV",
+    "CONFIG_FILE",
+    "CPU_KV",
+    "ENVIRONMENT",
+    "PASS_THROUGH",
+    "PLAN",
+    "PRESET_ARGS",
+    "TOKEN_ENV_VARS",
+    "VllmLaunch",
+    "build_vllm_command",
+    "config_value",
+    "display_argv",
+    "display_env",
+    "format_command",
+    "normalise_flag",
+    "parse_human_int",
+]
+

@@ -1,0 +1,177 @@
+"""Which model a request names: a preset, a preset's repo id, a local folder or any Hugging Face
+repo id -> ModelSpec.
+
+``resolve_model`` describes the model fully (what planning needs); ``download_spec`` only names
+what the weights step fetches, for ``--download-only``, where the KV-cache figures of an
+arbitrary repo's config.json do not matter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kaito_runtime.errors import InputError
+from kaito_runtime.request import RuntimeRequest, is_offline, looks_like_path
+from kaito_runtime.types import AttentionGeometry, ModelSpec
+
+if TYPE_CHECKING:
+    from kaito_runtime.model.sources import LocalCopy
+
+log = logging.getLogger("kaito_runtime")
+
+_DOWNLOAD_ONLY_NOTE = "download-only: config.json not read (its figures only size the model for serving)"
+
+
+def _check_combination(request: RuntimeRequest) -> None:
+    if request.preset and request.model:
+        raise InputError(
+            "Both --preset and --model were given",
+            fix="use --preset for a built-in preset or --model for a Hugging Face id / local folder, not both",
+        )
+    if not (request.preset or request.model):
+        raise InputError(
+            "No model given",
+            fix="pass --preset NAME (see --list-presets) or --model HF_ID_OR_FOLDER (env KAITO_PRESET / KAITO_MODEL)",
+        )
+
+
+def check_request(request: RuntimeRequest) -> None:
+    """The model part of a request, checked without network or disk writes: one of --preset /
+    --model given, the preset known (and no --revision against its pin), a repo id well formed.
+    Run before anything is created (the weights folder), so a typo leaves no trace."""
+    from kaito_runtime.model import sources as model_source
+
+    _check_combination(request)
+    if request.preset:
+        _preset(request)
+    elif request.model and not looks_like_path(request.model):
+        model_source.check_repo_id(request.model)
+
+
+def _preset(request: RuntimeRequest) -> ModelSpec:
+    from kaito_runtime.model.catalog import load_catalog
+
+    assert request.preset
+    spec = load_catalog().get(request.preset)
+    if request.revision and request.revision != spec.revision:
+        raise InputError(
+            f"--revision {request.revision} cannot be used with --preset {spec.name}",
+            why=f"the preset pins {spec.repo_id} at commit {spec.revision}",
+            fix=f"drop --revision, or use --model {spec.repo_id} --revision {request.revision} to pick another commit",
+        )
+    return spec
+
+
+def _folder(request: RuntimeRequest) -> ModelSpec:
+    from kaito_runtime.model import sources as model_source
+
+    assert request.model
+    if request.revision:
+        raise InputError(
+            f"--revision {request.revision} cannot be used with the local folder {request.model}",
+            why="a folder holds one version of the model; there is nothing to pick a revision from",
+            fix="drop --revision, or pass a Hugging Face id (--model ORG/NAME --revision REV)",
+        )
+    return model_source.spec_from_folder(Path(request.model).expanduser())
+
+
+def _known_preset(request: RuntimeRequest) -> ModelSpec | None:
+    """The preset whose repo this is, when the request keeps its pinned commit."""
+    from kaito_runtime.model.catalog import load_catalog
+
+    assert request.model
+    known = load_catalog().find_by_repo(request.model)
+    if known is not None and request.revision in (None, known.revision):
+        # A preset's repo id: keep its pinned commit and the vLLM arguments it needs.
+        log.info("%s is the repo of preset %s; using the preset", request.model, known.name)
+        return known
+    return None
+
+
+def _named(spec: ModelSpec, request: RuntimeRequest) -> ModelSpec:
+    return replace(spec, name=request.served_model_name) if request.served_model_name else spec
+
+
+def resolve_model(
+    request: RuntimeRequest,
+    *,
+    token=None,
+    token_source: str | None = None,
+    env: Mapping[str, str] | None = None,
+    local_copy: LocalCopy | None = None,
+) -> ModelSpec:
+    """A preset name, a local folder or a Hugging Face repo id -> ModelSpec (read from the hub,
+    or from the complete local copy that ``local_copy`` finds when offline or the hub is down)."""
+    from kaito_runtime.model import sources as model_source
+
+    env = {} if env is None else env
+    _check_combination(request)
+    if request.preset:
+        return _named(_preset(request), request)
+    assert request.model
+    if looks_like_path(request.model):
+        return _named(_folder(request), request)
+    known = _known_preset(request)
+    if known is not None:
+        return _named(known, request)
+    remote = model_source.remote_metadata(
+        request.model,
+        revision=request.revision,
+        token=token,
+        token_source=token_source,
+        endpoint=request.endpoint,
+        offline=is_offline(request, env),
+        local_copy=local_copy or _no_local_copy,
+    )
+    return _named(model_source.spec_from_hub(request.model, remote), request)
+
+
+def _no_local_copy(repo_id: str, revision: str | None) -> None:
+    return None
+
+
+def download_spec(request: RuntimeRequest) -> ModelSpec:
+    """What ``--download-only`` fetches. Presets and folders resolve as for serving; any other
+    repo id is named without reading its config.json: the weights step resolves the revision to
+    a commit itself, and a config that lacks the KV-cache figures must not stop a download.
+
+    The figures of such a spec are placeholders (``notes`` says so): never plan with it.
+    """
+    from kaito_runtime.model import sources as model_source
+
+    _check_combination(request)
+    if request.preset:
+        return _preset(request)
+    assert request.model
+    if looks_like_path(request.model):
+        return _folder(request)
+    known = _known_preset(request)
+    if known is not None:
+        return known
+    model_source.check_repo_id(request.model)
+    return ModelSpec(
+        name=model_source.served_name_for(request.model),
+        architecture="unknown",
+        weights_bytes=1,
+        max_context=1,
+        attention=AttentionGeometry(num_layers=1, num_kv_heads=1, head_dim=1),
+        repo_id=request.model,
+        revision=request.revision,
+        notes=_DOWNLOAD_ONLY_NOTE,
+    )
+
+
+def gated_token_warning(model: ModelSpec, *, token_found: bool) -> str | None:
+    """The warning for a gated model when no Hugging Face token was found (None otherwise).
+    Names where a token is looked for, never a token."""
+    if not model.gated or token_found:
+        return None
+    who = model.repo_id or model.name
+    return (
+        f"{who} is gated: a Hugging Face token with access is needed (HF_TOKEN or --token-file); "
+        "none found"
+    )

@@ -1,0 +1,459 @@
+"""Load and validate the preset catalog (``presets/*.yaml``) and look presets up by name.
+
+Each family file is parsed, checked field by field (pydantic, unknown keys rejected), then checked
+for consistency (attention geometry against the declared KV bytes per token, weight format against
+the vLLM flags, duplicate names across files). The first problem found becomes one
+``CatalogError`` naming the file, the preset and the field. Valid entries become ``ModelSpec``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+import kaito_runtime.settings as data
+from kaito_runtime.errors import CatalogError, UnknownPresetError
+from kaito_runtime.types import GiB, AttentionGeometry, ModelSpec
+
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+
+# Flags the launcher computes itself (or refuses to pass); a preset must not carry them.
+_RESERVED_FLAGS = {
+    "--model": "the launcher passes the model folder itself",
+    "--served-model-name": "the preset name is the served name",
+    "--revision": "the pinned revision field is used for the download",
+    "--tokenizer-revision": "the pinned revision field is used for the download",
+    "--code-revision": "the pinned revision field is used for the download",
+    "--tensor-parallel-size": "the planner chooses parallelism",
+    "--pipeline-parallel-size": "the planner chooses parallelism",
+    "--max-model-len": "the planner chooses the context length",
+    "--gpu-memory-utilization": "the planner chooses memory use",
+    "--chat-template": "use the chat_template field",
+    "--trust-remote-code": "it executes code from the model repository",
+}
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Attention(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    num_layers: PositiveInt
+    num_attention_heads: PositiveInt
+    num_kv_heads: PositiveInt | None = None
+    head_dim: PositiveInt | None = None
+    kv_lora_rank: PositiveInt | None = None
+    qk_rope_head_dim: PositiveInt | None = None
+
+
+class _Preset(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+    repo_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")]
+    revision: str
+    weights_gib: PositiveFloat
+    params_billions: PositiveFloat | None = None
+    architecture: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
+    max_context: PositiveInt
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    quantization: Literal["fp8", "mxfp4", "awq", "gptq", "compressed-tensors"] | None = None
+    attention: _Attention
+    kv_bytes_per_token: PositiveInt
+    vllm_args: list[Annotated[str, Field(min_length=1)]] = []
+    chat_template: Annotated[str, Field(pattern=r"^[\w.-]+\.jinja$")] | None = None
+    load_format: Literal["hf", "mistral"] = "hf"
+    tensor_parallel: bool = True
+    multi_node: bool = False
+    gated: bool = False
+    notes: str | None = None
+    # Each GPU must have at least this much total memory (GiB, as NVML reports it), whatever the
+    # layout; min_gpu_memory_reason says which observed failure the floor comes from.
+    min_gpu_memory_gib: PositiveFloat | None = None
+    min_gpu_memory_reason: Annotated[str, Field(min_length=1)] | None = None
+
+    @field_validator("revision", mode="before")
+    @classmethod
+    def _full_commit(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not _HEX40.fullmatch(value):
+            raise ValueError(
+                "must be a full 40-character lower-case hex commit id, written as a quoted string"
+            )
+        return value
+
+
+class _FamilyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    family: str
+    presets: Annotated[list[_Preset], Field(min_length=1)]
+
+
+# ------------------------------------------------------------------------------------------------
+# YAML
+# ------------------------------------------------------------------------------------------------
+
+_BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """Safe loader that rejects a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    lambda loader, node: loader.construct_mapping(node, deep=True),
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+# ------------------------------------------------------------------------------------------------
+
+
+def _catalog_error(path: Path, preset: str | None, field_name: str | None, problem: str) -> CatalogError:
+    where = []
+    if preset:
+        where.append(f"preset '{preset}'")
+    if field_name:
+        where.append(f"field '{field_name}'")
+    subject = ", ".join(where)
+    err = CatalogError(
+        f"Invalid preset catalog file {path}",
+        why=f"{subject[:1].upper()}{subject[1:]}: {problem}" if where else problem[:1].upper() + problem[1:],
+        fix=f"correct {subject} in {path}" if where else f"correct {path}",
+    )
+    err.path = path  # type: ignore[attr-defined]
+    err.preset = preset  # type: ignore[attr-defined]
+    err.field = field_name  # type: ignore[attr-defined]
+    return err
+
+
+def _from_validation_error(path: Path, raw: Any, exc: ValidationError) -> CatalogError:
+    errors = exc.errors()
+    first = errors[0]
+    loc = list(first["loc"])
+    preset: str | None = None
+    if len(loc) >= 2 and loc[0] == "presets" and isinstance(loc[1], int):
+        index = loc[1]
+        entry = raw["presets"][index]
+        name = entry.get("name") if isinstance(entry, dict) else None
+        preset = name if isinstance(name, str) else f"#{index + 1}"
+        loc = loc[2:]
+    field_name = ".".join(str(part) for part in loc) or None
+    problem = first["msg"].removeprefix("Value error, ")
+    if first["type"] not in ("missing", "extra_forbidden") and not isinstance(first["input"], dict):
+        problem += f" (got {first['input']!r})"
+    if first["type"] == "extra_forbidden":
+        schema = _FamilyFile if preset is None else _Attention if len(loc) > 1 else _Preset
+        problem = f"unknown key (known keys: {', '.join(schema.model_fields)})"
+    if len(errors) > 1:
+        problem += f" (and {len(errors) - 1} more problem(s) in this file)"
+    return _catalog_error(path, preset, field_name, problem)
+
+
+# ------------------------------------------------------------------------------------------------
+# Consistency checks past the field types
+# ------------------------------------------------------------------------------------------------
+
+
+def _geometry(path: Path, entry: _Preset) -> AttentionGeometry:
+    att = entry.attention
+    mla = {"kv_lora_rank": att.kv_lora_rank, "qk_rope_head_dim": att.qk_rope_head_dim}
+    std = {"num_kv_heads": att.num_kv_heads, "head_dim": att.head_dim}
+    mla_set = [k for k, v in mla.items() if v is not None]
+    std_set = [k for k, v in std.items() if v is not None]
+
+    def fail(key: str, problem: str) -> CatalogError:
+        return _catalog_error(path, entry.name, f"attention.{key}", problem)
+
+    if mla_set and std_set:
+        raise fail(
+            mla_set[0],
+            f"MLA fields ({', '.join(mla_set)}) mixed with standard-attention fields "
+            f"({', '.join(std_set)}); give either kv_lora_rank + qk_rope_head_dim or "
+            "num_kv_heads + head_dim",
+        )
+    wanted = mla if mla_set else std
+    for key, value in wanted.items():
+        if value is None:
+            raise fail(key, "missing; " + " and ".join(wanted) + " go together")
+    if att.num_kv_heads and att.num_attention_heads % att.num_kv_heads:
+        raise fail(
+            "num_kv_heads",
+            f"{att.num_kv_heads} KV heads do not divide {att.num_attention_heads} attention heads",
+        )
+    geometry = AttentionGeometry(
+        num_layers=att.num_layers,
+        num_attention_heads=att.num_attention_heads,
+        num_kv_heads=att.num_kv_heads,
+        head_dim=att.head_dim,
+        kv_lora_rank=att.kv_lora_rank,
+        qk_rope_head_dim=att.qk_rope_head_dim,
+    )
+    computed = geometry.kv_bytes_per_token()
+    if computed != entry.kv_bytes_per_token:
+        if geometry.is_mla:
+            formula = (
+                f"{att.num_layers} layers x ({att.kv_lora_rank} + {att.qk_rope_head_dim}) x 2 bytes"
+            )
+        else:
+            formula = (
+                f"2 x {att.num_layers} layers x {att.num_kv_heads} KV heads x "
+                f"{att.head_dim} head_dim x 2 bytes"
+            )
+        raise _catalog_error(
+            path,
+            entry.name,
+            "kv_bytes_per_token",
+            f"declared {entry.kv_bytes_per_token} but the attention geometry gives "
+            f"{formula} = {computed}",
+        )
+    return geometry
+
+
+def _flag_values(args: list[str]) -> dict[str, str | None]:
+    """Map each ``--flag`` (underscores normalised to dashes) to the token after it, or its ``=`` value."""
+    found: dict[str, str | None] = {}
+    for i, token in enumerate(args):
+        if not token.startswith("--"):
+            continue
+        flag, eq, value = token.partition("=")
+        flag = flag.replace("_", "-")
+        if eq:
+            found[flag] = value
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            found[flag] = args[i + 1]
+        else:
+            found[flag] = None
+    return found
+
+
+def _check_args(path: Path, entry: _Preset) -> None:
+    flags = _flag_values(entry.vllm_args)
+    for flag, reason in _RESERVED_FLAGS.items():
+        if flag in flags:
+            raise _catalog_error(path, entry.name, "vllm_args", f"{flag} is not allowed here: {reason}")
+    arg_format = flags.get("--load-format")
+    if (arg_format == "mistral") != (entry.load_format == "mistral"):
+        raise _catalog_error(
+            path,
+            entry.name,
+            "load_format",
+            f"load_format is '{entry.load_format}' but vllm_args pass --load-format "
+            f"{arg_format or '(none)'}; the downloaded files must match the format vLLM loads",
+        )
+
+
+def _check_min_gpu_memory(path: Path, entry: _Preset) -> None:
+    has_floor = entry.min_gpu_memory_gib is not None
+    has_reason = entry.min_gpu_memory_reason is not None
+    if has_floor != has_reason:
+        given, missing = (
+            ("min_gpu_memory_gib", "min_gpu_memory_reason") if has_floor else ("min_gpu_memory_reason", "min_gpu_memory_gib")
+        )
+        raise _catalog_error(
+            path,
+            entry.name,
+            missing,
+            f"missing; {given} needs {missing} too (a floor on GPU memory must say where it comes from)",
+        )
+
+
+def _to_spec(path: Path, family: str, entry: _Preset) -> ModelSpec:
+    geometry = _geometry(path, entry)
+    _check_args(path, entry)
+    _check_min_gpu_memory(path, entry)
+    return ModelSpec(
+        name=entry.name,
+        architecture=entry.architecture,
+        weights_bytes=round(entry.weights_gib * GiB),
+        max_context=entry.max_context,
+        attention=geometry,
+        dtype=entry.dtype,
+        quantization=entry.quantization,
+        family=family,
+        repo_id=entry.repo_id,
+        revision=entry.revision,
+        params_billions=entry.params_billions,
+        vllm_args=tuple(entry.vllm_args),
+        chat_template=entry.chat_template,
+        load_format=entry.load_format,
+        tensor_parallel_allowed=entry.tensor_parallel,
+        multi_node=entry.multi_node,
+        gated=entry.gated,
+        notes=entry.notes,
+        min_gpu_memory_bytes=round(entry.min_gpu_memory_gib * GiB) if entry.min_gpu_memory_gib else None,
+        min_gpu_memory_reason=entry.min_gpu_memory_reason,
+    )
+
+
+def _load_file(path: Path) -> list[ModelSpec]:
+    try:
+        with path.open("rb") as stream:
+            raw = yaml.load(stream, Loader=_Loader)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        raise _catalog_error(path, None, None, f"not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise _catalog_error(path, None, None, f"cannot be read: {exc.strerror or exc}") from None
+    if not isinstance(raw, dict):
+        raise _catalog_error(
+            path, None, None, "the top level must be a mapping with 'family' and 'presets' keys"
+        )
+    try:
+        parsed = _FamilyFile.model_validate(raw)
+    except ValidationError as exc:
+        raise _from_validation_error(path, raw, exc) from None
+    if parsed.family != path.stem:
+        raise _catalog_error(
+            path,
+            None,
+            "family",
+            f"'{parsed.family}' does not match the file name; it must be '{path.stem}'",
+        )
+    return [_to_spec(path, parsed.family, entry) for entry in parsed.presets]
+
+
+# ------------------------------------------------------------------------------------------------
+# The catalog
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """All presets, sorted by family then name; lookups are case-insensitive."""
+
+    presets: tuple[ModelSpec, ...]
+    source: Path | None = None
+    _by_name: dict[str, ModelSpec] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_specs(cls, specs: list[ModelSpec] | tuple[ModelSpec, ...], source: Path | None = None) -> Catalog:
+        ordered = tuple(sorted(specs, key=lambda s: (s.family or "", s.name)))
+        return cls(ordered, source, {s.name.lower(): s for s in ordered})
+
+    def __len__(self) -> int:
+        return len(self.presets)
+
+    def __iter__(self) -> Iterator[ModelSpec]:
+        return iter(self.presets)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.strip().lower() in self._by_name
+
+    def names(self) -> list[str]:
+        return [spec.name for spec in self.presets]
+
+    def families(self) -> list[str]:
+        return sorted({spec.family for spec in self.presets if spec.family})
+
+    def get(self, name: str) -> ModelSpec:
+        spec = self._by_name.get(name.strip().lower())
+        if spec is not None:
+            return spec
+        suggestions = self.suggest(name)
+        if suggestions:
+            fix = (
+                f"did you mean {', '.join(suggestions)}? Or give a Hugging Face repo id "
+                "(owner/name) or a local model folder instead of a preset name"
+            )
+        else:
+            fix = f"use one of the {len(self.presets)} known presets: {', '.join(self.names())}"
+        where = f" ({self.source})" if self.source else ""
+        raise UnknownPresetError(
+            f"Unknown preset '{name}'",
+            why=f"No preset in the catalog{where} has that name",
+            fix=fix,
+        )
+
+    def find_by_repo(self, repo_id: str) -> ModelSpec | None:
+        """The preset serving this Hugging Face repo id (case-insensitive), if any."""
+        wanted = repo_id.strip().lower()
+        for spec in self.presets:
+            if spec.repo_id and spec.repo_id.lower() == wanted:
+                return spec
+        return None
+
+    def suggest(self, name: str, limit: int = 3) -> list[str]:
+        """Up to ``limit`` preset names close to ``name``, best first."""
+        query = name.strip().lower()
+        if not query:
+            return []
+        names = self.names()
+        ranked: list[str] = []
+
+        def add(candidates: list[str]) -> None:
+            for candidate in candidates:
+                if candidate not in ranked:
+                    ranked.append(candidate)
+
+        # A repo id, or its last part (KAITO main's served names, e.g. an "-it" suffix).
+        add([
+            s.name
+            for s in self.presets
+            if s.repo_id and query in (s.repo_id.lower(), s.repo_id.lower().rsplit("/", 1)[-1])
+        ])
+        if len(query) >= 3:
+            add(sorted((n for n in names if n.startswith(query)), key=len))
+            add(sorted((n for n in names if query.startswith(n)), key=len, reverse=True))
+            add(sorted((n for n in names if query in n), key=len))
+        add(difflib.get_close_matches(query, names, n=limit, cutoff=0.6))
+        return ranked[:limit]
+
+
+def _load(presets_dir: Path) -> Catalog:
+    files = sorted(presets_dir.glob("*.yaml"))
+    if not files:
+        raise CatalogError(
+            f"No preset catalog files in {presets_dir}",
+            why="The folder is missing or holds no *.yaml family files",
+            fix="point to the folder holding the presets/*.yaml files, or reinstall kaito-runtime",
+        )
+    seen: dict[str, Path] = {}
+    specs: list[ModelSpec] = []
+    for path in files:
+        for spec in _load_file(path):
+            key = spec.name.lower()
+            if key in seen:
+                raise _catalog_error(
+                    path, spec.name, "name", f"preset name is also defined in {seen[key]}"
+                )
+            seen[key] = path
+            specs.append(spec)
+    return Catalog.from_specs(specs, presets_dir)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_default() -> Catalog:
+    return _load(data.presets_dir())
+
+
+def load_catalog(presets_dir: Path | None = None) -> Catalog:
+    """Load and validate every ``*.yaml`` in ``presets_dir`` (not its subfolders).
+
+    Without an argument the shipped catalog is loaded once and cached.
+    Raises ``CatalogError`` for the first malformed or inconsistent entry.
+    """
+    if presets_dir is None:
+        return _load_default()
+    return _load(Path(presets_dir))

@@ -1,0 +1,141 @@
+"""The CPU plan: vLLM's CPU backend on one machine, with its KV space sized from the RAM left.
+
+One process per rank (TP x PP ranks, TP 1 by default), each with its own VLLM_CPU_KVCACHE_SPACE;
+the RAM must hold the weights, every rank's runtime and KV (vllm-cpu.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+from kaito_runtime.errors import DoesNotFitError, InputError
+from kaito_runtime.plan.fit import Layout
+from kaito_runtime.plan.memory import (
+    CPU_HOST_HEADROOM,
+    CPU_RUNTIME_OVERHEAD,
+    gib,
+    kv_bytes_per_token_per_gpu,
+    kv_dtype_bytes,
+    small_or_gib,
+    weights_basis,
+    weights_share_bytes,
+)
+from kaito_runtime.plan.overrides import kv_cache_dtype_flag, required_context
+from kaito_runtime.types import GiB, Decision, LaunchPlan, ModelSpec, NodeInventory, PlanOverrides, Topology
+from kaito_runtime.plan.vllm_rules import CONTEXT_ALIGN, CPU_HEAD_DIMS, align_down, tp_rule_violation, valid_tensor_parallel_sizes
+
+# CPU: size VLLM_CPU_KVCACHE_SPACE for this many full-length sequences at most (a laptop or CI box
+# serves a handful of requests; more RAM than that only slows the allocation).
+CPU_CONCURRENCY = 4
+
+
+def plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverrides) -> LaunchPlan:
+    """vLLM's CPU backend: one process per rank (TP x PP ranks, TP 1 by default), each with its
+    own VLLM_CPU_KVCACHE_SPACE; the RAM must hold the weights, every rank's runtime and KV."""
+    if topo.multi_node:
+        raise InputError(
+            "Multi-node runs need GPUs",
+            why=f"This node has no usable GPU ({inv.no_gpu_reason or 'CPU target forced'}) and the launcher does not run "
+            "vLLM's CPU backend across nodes",
+            fix="run on one node (--nnodes 1) or on GPU nodes",
+        )
+    att = model.attention
+    if not att.is_mla and att.head_dim not in CPU_HEAD_DIMS:
+        raise InputError(
+            f"{model.name} cannot run on vLLM's CPU backend",
+            why=f"Its head_dim {att.head_dim} is not one the CPU attention kernels support "
+            f"({', '.join(map(str, sorted(CPU_HEAD_DIMS)))})",
+            fix="run it on a GPU node",
+        )
+    tp, pp = o.tensor_parallel_size or 1, o.pipeline_parallel_size or 1
+    rule = tp_rule_violation(model, tp)
+    if rule:
+        valid = valid_tensor_parallel_sizes(model, tp)
+        raise InputError(
+            f"Invalid --tensor-parallel-size {tp} for {model.name}",
+            why=rule,
+            fix="leave --tensor-parallel-size out (one process is the fastest start on CPU)"
+            + (f"; valid sizes up to {tp}: {', '.join(map(str, valid))}" if valid else ""),
+        )
+    ranks = tp * pp
+    dtype_bytes = kv_dtype_bytes(model.dtype, o.kv_cache_dtype)
+    per_token = kv_bytes_per_token_per_gpu(att, tp, pp, dtype_bytes)  # one rank's share
+    weights = ranks * weights_share_bytes(model, tp, pp)
+    runtime = ranks * CPU_RUNTIME_OVERHEAD
+    ram = inv.host.ram_available_bytes
+    free_for_kv = ram - weights - runtime - CPU_HOST_HEADROOM
+    context = required_context(model, o)
+    available_gib = max(0, free_for_kv) // ranks // GiB  # per rank: vLLM allocates the KV space in each
+    min_kv_gib = max(1, math.ceil(context * per_token / GiB))
+    per_rank = " per rank" if ranks > 1 else ""
+    times = f"{ranks} x " if ranks > 1 else ""
+    basis = weights_basis(model, 1, 1) + (f", the busiest stage's share counted for each of {ranks} ranks" if pp > 1 else "")
+    if available_gib < min_kv_gib:
+        raise DoesNotFitError(
+            f"{model.name} does not fit in this machine's RAM" + (f" as {ranks} CPU ranks" if ranks > 1 else ""),
+            why=f"It needs {small_or_gib(weights)} of weights ({basis}) + {times}{gib(CPU_RUNTIME_OVERHEAD)} runtime + "
+            f"{gib(CPU_HOST_HEADROOM)} headroom + {times}{min_kv_gib} GiB KV for {context:,} tokens; "
+            f"{gib(ram)} RAM is available",
+            fix="free memory, use a smaller model, or run on a GPU node"
+            + ("; fewer ranks need less RAM (leave --tensor-parallel-size / --pipeline-parallel-size out)" if ranks > 1 else "")
+            + (f"; fits with --max-model-len <= {align_down(available_gib * GiB // per_token, CONTEXT_ALIGN)}"
+               if o.max_model_len and available_gib >= 1 and available_gib * GiB // per_token >= CONTEXT_ALIGN else ""),
+        )
+    wanted = o.max_model_len or model.max_context
+    sized_for = wanted * per_token * CPU_CONCURRENCY
+    kv_gib = min(available_gib, max(min_kv_gib, math.ceil(sized_for / GiB)))
+    capacity = kv_gib * GiB // per_token
+    ram_left = (
+        f"{gib(ram)} RAM available - weights {small_or_gib(weights)} - runtime {times}{gib(CPU_RUNTIME_OVERHEAD)} - "
+        f"headroom {gib(CPU_HOST_HEADROOM)}"
+        + (f", / {ranks} ranks as vLLM allocates VLLM_CPU_KVCACHE_SPACE in every rank" if ranks > 1 else "")
+    )
+    wants = f"{CPU_CONCURRENCY} x {wanted:,}-token sequences ({small_or_gib(sized_for)} at {per_token:,} bytes per token{per_rank})"
+    if kv_gib < math.ceil(sized_for / GiB):
+        kv_reason = f"all the RAM left{per_rank}, in whole GiB ({ram_left}); room for ~{capacity:,} tokens, less than {wants}"
+    else:
+        kv_reason = (
+            f"enough for {wants}, in whole GiB; room for ~{capacity:,} tokens; the RAM left would "
+            f"allow {available_gib} GiB{per_rank} ({ram_left})"
+        )
+    if o.max_model_len is not None:
+        max_model_len = o.max_model_len
+    elif capacity >= model.max_context:
+        max_model_len = model.max_context
+    else:
+        max_model_len = align_down(capacity, CONTEXT_ALIGN)
+    reason = inv.no_gpu_reason or "no GPU visible"
+    if ranks == 1:
+        layout = Decision("layout", "TP 1, one process", "vLLM CPU backend, uni executor (fastest start, vllm-cpu.md)")
+    else:
+        layout = Decision(
+            "layout", f"{Layout(tp, pp).describe()}, {ranks} processes",
+            f"user choice; vLLM CPU backend, mp executor, one core list per rank (VLLM_CPU_OMP_THREADS_BIND); "
+            f"RAM counted for {ranks} processes",
+        )
+    eager = pp == 1
+    decisions = (
+        Decision("target", "cpu", "forced by the user" if o.force_cpu and inv.has_gpu else f"no GPU: {reason}"),
+        layout,
+        Decision("cpu-kv-cache", f"{kv_gib} GiB{per_rank}", kv_reason),
+        Decision("max-model-len", str(max_model_len),
+                 "user value" if o.max_model_len else f"the KV space holds ~{capacity:,} tokens; model limit {model.max_context:,}"),
+        Decision("enforce-eager", "on", "skips torch.compile warm-up on CPU (start 44 s vs 90 s cold, vllm-cpu.md)")
+        if eager else
+        Decision("enforce-eager", "off", f"PP {pp} on the CPU backend needs compiled mode: eager, the first request "
+                 "kills the engine (vllm-cpu.md)"),
+    )
+    return LaunchPlan(
+        model=model,
+        target="cpu",
+        topology=topo,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        max_model_len=max_model_len,
+        kv_cache_dtype=kv_cache_dtype_flag(o),
+        kv_cache_tokens=capacity,
+        cpu_kv_cache_gib=kv_gib,
+        cpu_threads_bind="auto",
+        enforce_eager=eager,
+        decisions=decisions,
+    )

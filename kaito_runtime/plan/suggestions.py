@@ -1,0 +1,78 @@
+"""The GPU "does not fit" error: needed vs available per GPU, and the nearest layouts that would fit.
+
+Searches what-ifs on ideal (empty) GPUs of the node's kind: a shorter context or fp8 KV cache,
+more GPUs on one node, more nodes of this SKU, bigger GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from kaito_runtime.errors import DoesNotFitError
+from kaito_runtime.plan.fit import Fit, Layout, describe_gpus, evaluate
+from kaito_runtime.plan.memory import UTILIZATION_CAP, gib, weights_basis
+from kaito_runtime.plan.overrides import MIN_CONTEXT
+from kaito_runtime.types import GiB, GpuInfo, ModelSpec, NodeInventory, PlanOverrides, Topology
+from kaito_runtime.plan.vllm_rules import CONTEXT_ALIGN, align_down, valid_tensor_parallel_sizes
+
+# How far the "needs N nodes" / "needs N GPUs" suggestions search.
+MAX_SUGGESTED_NODES = 16
+SUGGESTED_GPUS_PER_NODE = (2, 4, 8)
+
+
+def _ideal_gpu(gpu: GpuInfo, index: int = 0) -> GpuInfo:
+    return replace(gpu, index=index, free_bytes=gpu.total_bytes, mig=False)
+
+
+def does_not_fit(
+    model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverrides, fit: Fit, context: int, dtype_bytes: int
+) -> DoesNotFitError:
+    """The error for ``fit``, the closest layout tried: its numbers and every nearby fix found."""
+    gpus = list(inv.gpus)
+    where = describe_gpus(gpus, inv) + (f" per node, {topo.nnodes} nodes" if topo.multi_node else "")
+    why = (
+        f"At {fit.layout.describe()} each GPU needs {gib(fit.weights)} of weights "
+        f"({weights_basis(model, fit.layout.tp, fit.layout.pp)}) + {gib(fit.overhead)} "
+        f"runtime + {gib(fit.kv_bytes(context))} KV for {context:,} tokens = {gib(fit.needed(context))}; "
+        f"GPU {fit.gpu_index} offers {gib(fit.usable)} ({gib(fit.total)} x {fit.utilization:.2f}, "
+        f"{gib(fit.free)} free)"
+    )
+    fixes: list[str] = []
+    layout = fit.layout
+    if fit.weights + fit.overhead < fit.usable:
+        longest = min(model.max_context, align_down(fit.tokens, CONTEXT_ALIGN))
+        if o.max_model_len is not None and longest >= min(MIN_CONTEXT, model.max_context):
+            fixes.append(f"fits with --max-model-len <= {longest}")
+        if dtype_bytes > 1 and replace(fit, kv_per_token=fit.kv_per_token // dtype_bytes).fits(context):
+            fixes.append("fits with --kv-cache-dtype fp8")
+    ideal = _ideal_gpu(gpus[0])
+    util = UTILIZATION_CAP if o.gpu_memory_utilization is None else o.gpu_memory_utilization
+    # More GPUs of this kind on one node (tensor parallel).
+    if not topo.multi_node:
+        for count in SUGGESTED_GPUS_PER_NODE:
+            tps = valid_tensor_parallel_sizes(model, count)
+            if count <= len(gpus) or not tps:
+                continue
+            what_if = evaluate(model, [ideal], Layout(max(tps), layout.pp), util, dtype_bytes)
+            if what_if.fits(context):
+                fixes.append(f"fits on one node with {count} x {gpus[0].name} (TP {max(tps)})")
+                break
+    # More nodes of this SKU (pipeline parallel across nodes).
+    if model.multi_node:
+        per_node = len(gpus)
+        tps = [t for t in valid_tensor_parallel_sizes(model, per_node) if per_node % t == 0]
+        for nodes in range(topo.nnodes + 1, MAX_SUGGESTED_NODES + 1):
+            tp = max(tps)
+            pp = nodes * per_node // tp
+            if pp > model.attention.num_layers:
+                break
+            if evaluate(model, [ideal], Layout(tp, pp), util, dtype_bytes).fits(context):
+                fixes.append(f"needs {nodes} nodes of this SKU (--nnodes {nodes}: TP {tp} x PP {pp})")
+                break
+    elif not topo.multi_node:
+        why += f". More nodes do not help: {model.name} is single-node (multi_node: false)"
+    # Bigger GPUs, same count and layout.
+    needed_total = math.ceil(fit.needed(context) / util / GiB)
+    fixes.append(f"needs GPUs with >= {needed_total} GiB each at {layout.describe()}")
+    return DoesNotFitError(f"{model.name} does not fit on {where}", why=why, fix="; or ".join(fixes))

@@ -1,0 +1,323 @@
+"""The vocabulary: plain, frozen value types that cross module boundaries.
+
+Everything may import this module; it imports nothing of the launcher's own except errors.
+A value is validated when it is built, so an invalid one never travels further.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+GiB = 1024**3
+MiB = 1024**2
+
+# ------------------------------------------------------------------------------------------------
+# What the model is and needs
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttentionGeometry:
+    """The architecture figures that size the KV cache.
+
+    Standard attention (MHA / GQA / MQA) sets ``num_kv_heads`` and ``head_dim``.
+    MLA (DeepSeek-V3 style) sets ``kv_lora_rank`` and ``qk_rope_head_dim`` instead: one latent
+    vector per token and layer, not split across tensor-parallel ranks.
+    """
+
+    num_layers: int
+    num_attention_heads: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    kv_lora_rank: int | None = None
+    qk_rope_head_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 1:
+            raise ValueError("num_layers must be >= 1")
+        if self.is_mla:
+            if not (self.kv_lora_rank and self.qk_rope_head_dim):
+                raise ValueError("MLA needs both kv_lora_rank and qk_rope_head_dim")
+        elif not (self.num_kv_heads and self.head_dim):
+            raise ValueError("standard attention needs num_kv_heads and head_dim")
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank is not None
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        """KV-cache bytes per token for all layers of one full model copy.
+
+        Standard: K and V (x2) per layer per KV head of head_dim elements
+        (vLLM ``v1/core/kv_cache_utils.py`` page size, KAITO's BPT generator).
+        MLA: one compressed latent (kv_lora_rank) plus the decoupled RoPE key per layer.
+        """
+        if self.is_mla:
+            assert self.kv_lora_rank and self.qk_rope_head_dim
+            return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * dtype_bytes
+        assert self.num_kv_heads and self.head_dim
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
+
+
+LoadFormat = Literal["hf", "mistral"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the model is and what vLLM needs to serve it (from a preset, an HF id or a folder)."""
+
+    name: str  # preset name, also vLLM's --served-model-name
+    architecture: str  # config.json "architectures"[0]
+    weights_bytes: int  # one copy of the files vLLM loads
+    max_context: int  # max_position_embeddings
+    attention: AttentionGeometry
+    dtype: str = "bfloat16"
+    quantization: str | None = None
+    family: str | None = None
+    repo_id: str | None = None  # Hugging Face repo id
+    revision: str | None = None  # 40-hex commit pinning weights and code
+    local_path: str | None = None  # a folder given with --model, used as is
+    params_billions: float | None = None
+    vllm_args: tuple[str, ...] = ()  # arguments the model needs (parsers, formats)
+    chat_template: str | None = None  # file name under the chat-template folder
+    load_format: LoadFormat = "hf"  # which weight files to fetch
+    tensor_parallel_allowed: bool = True
+    multi_node: bool = False
+    gated: bool = False
+    notes: str | None = None
+    # A known floor on each GPU's total memory (a failure seen below it that the arithmetic misses),
+    # and where that floor comes from, for the error message.
+    min_gpu_memory_bytes: int | None = None
+    min_gpu_memory_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights_bytes <= 0:
+            raise ValueError(f"{self.name}: weights_bytes must be > 0")
+        if self.max_context <= 0:
+            raise ValueError(f"{self.name}: max_context must be > 0")
+        if self.min_gpu_memory_bytes is not None and self.min_gpu_memory_bytes <= 0:
+            raise ValueError(f"{self.name}: min_gpu_memory_bytes must be > 0")
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.attention.kv_bytes_per_token()
+
+
+# ------------------------------------------------------------------------------------------------
+# What this node has
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int  # position among the GPUs this process may use (CUDA order after visibility)
+    name: str
+    uuid: str
+    total_bytes: int
+    free_bytes: int
+    compute_capability: tuple[int, int]
+    pci_bus_id: str | None = None
+    mig: bool = False  # this entry is a MIG slice (or a GPU in MIG mode)
+
+    @property
+    def supports_bf16(self) -> bool:
+        return self.compute_capability >= (8, 0)
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    cpu_count: int
+    ram_total_bytes: int
+    ram_available_bytes: int
+    disk_free_bytes: int | None = None  # where the weights go
+    disk_path: str | None = None
+
+
+InventorySource = Literal["nvml", "sku", "assumed", "none"]
+
+
+@dataclass(frozen=True)
+class NodeInventory:
+    """What this node (or the node we plan for with --sku / --assume-gpus) has."""
+
+    gpus: tuple[GpuInfo, ...]
+    host: HostInfo
+    source: InventorySource = "nvml"
+    label: str | None = None  # SKU name or the --assume-gpus text
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None  # e.g. "12.4"
+    nvlink: bool = False  # every pair of visible GPUs is NVLink-connected
+    nvlink_pairs: tuple[tuple[int, int], ...] = ()  # GPU index pairs NVML reports NVLink P2P for
+    no_gpu_reason: str | None = None  # why gpus is empty ("NVML library not found", ...)
+    notes: tuple[str, ...] = ()  # warnings found while probing (bad CUDA_VISIBLE_DEVICES, ...)
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self.gpus)
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpus)
+
+
+# ------------------------------------------------------------------------------------------------
+# Where this node stands in its group
+# ------------------------------------------------------------------------------------------------
+
+TopologySource = Literal["default", "options", "torchrun", "lws", "kaito-statefulset"]
+
+
+@dataclass(frozen=True)
+class Topology:
+    nnodes: int = 1
+    node_rank: int = 0
+    leader_address: str | None = None
+    master_port: int = 29501  # vLLM's --master-port default
+    source: TopologySource = "default"
+    # Fields not given but assumed so a plan can be made without a real group: "node_rank"
+    # (taken as 0) and/or "leader_address" (a placeholder). Never set for a real launch.
+    assumed: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.nnodes < 1:
+            raise ValueError("nnodes must be >= 1")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} not in [0, {self.nnodes})")
+        if self.nnodes > 1 and not self.leader_address:
+            raise ValueError("a multi-node topology needs a leader address")
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node_rank == 0
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nnodes > 1
+
+
+# ------------------------------------------------------------------------------------------------
+# What the user asked for (planning overrides)
+# ------------------------------------------------------------------------------------------------
+
+ParallelPreference = Literal["auto", "tensor", "replicas"]
+
+
+@dataclass(frozen=True)
+class PlanOverrides:
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
+    kv_cache_dtype: str | None = None  # "auto" or an fp8 variant
+    tensor_parallel_across_nodes: bool = False
+    parallel_preference: ParallelPreference = "auto"
+    force_cpu: bool = False
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One line of reasoning shown by --dry-run: what was chosen and why."""
+
+    topic: str
+    choice: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class GpuMemoryBudget:
+    """Per-GPU memory of the chosen layout, in bytes."""
+
+    total: int
+    free: int
+    usable: int  # total x gpu_memory_utilization
+    weights: int  # this GPU's share of the weights
+    overhead: int  # CUDA context, activations, graphs (see planner for the source)
+    kv_cache: int  # what is left for the KV cache
+    kv_bytes_per_token: int  # this GPU's KV bytes per token
+
+
+Target = Literal["gpu", "cpu"]
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    model: ModelSpec
+    target: Target
+    topology: Topology
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1  # independent replicas on this node
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None  # None = hand "auto" to vLLM (see max_model_len_auto)
+    max_model_len_auto: bool = False
+    kv_cache_dtype: str | None = None
+    kv_cache_tokens: int | None = None  # estimated KV capacity in tokens
+    memory: GpuMemoryBudget | None = None
+    cpu_kv_cache_gib: int | None = None  # VLLM_CPU_KVCACHE_SPACE
+    cpu_threads_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND
+    enforce_eager: bool = False
+    gpus_per_node: int | None = None  # GPUs the plan saw on this node (None on CPU)
+    decisions: tuple[Decision, ...] = field(default_factory=tuple)
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+# ------------------------------------------------------------------------------------------------
+# What the Hugging Face Hub says about a repository
+# ------------------------------------------------------------------------------------------------
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")  # a resolved git commit: 40 lower-case hex digits
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    blob_id: str | None = None  # git blob sha1
+    sha256: str | None = None  # LFS files only: the content hash
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """What the Hub says about one model at one commit."""
+
+    repo_id: str
+    revision: str  # the resolved 40-hex commit
+    files: tuple[RemoteFile, ...]
+    gated: bool = False
+    config: dict[str, Any] | None = None  # config.json, when the repo has one
+    params: dict[str, Any] | None = None  # Mistral-format params.json, when the repo has one
+
+
+# --- human figures for byte counts, so every message and view writes sizes the same way ---
+
+KiB = 1024
+
+
+def format_gib(n_bytes: float | None) -> str:
+    """``'79.6 GiB'`` (always GiB, one decimal) for memory and weights; ``'-'`` when unknown (None)."""
+    return "-" if n_bytes is None else f"{n_bytes / GiB:.1f} GiB"
+
+
+def format_bytes(n_bytes: float | None) -> str:
+    """The largest fitting unit, for transfer sizes and progress: ``'1.25 GiB'``, ``'512.0 MiB'``,
+    ``'3.0 KiB'``, ``'10 B'``; ``'-'`` when unknown (None)."""
+    if n_bytes is None:
+        return "-"
+    size = abs(n_bytes)
+    if size >= GiB:
+        return f"{n_bytes / GiB:.2f} GiB"
+    if size >= MiB:
+        return f"{n_bytes / MiB:.1f} MiB"
+    if size >= KiB:
+        return f"{n_bytes / KiB:.1f} KiB"
+    return f"{int(n_bytes)} B"

@@ -1,0 +1,443 @@
+"""Make the model's weights present on local disk: selected, pinned, verified, reused.
+
+This module is the weights step's orchestration and public API. Its parts: ``file_selection``
+(which files), ``weights_store`` (the layout on disk, marker, refs), ``weights_lock`` (one
+downloader per commit), ``downloader`` (resumable, parallel, verifying fetch), ``progress``
+(bar or log lines), ``integrity`` (size and hash checks) and ``hub`` (the Hub client).
+
+A warm start reads the completion marker and checks file sizes only: no network, no hashing.
+``verify=True`` re-hashes every file of a complete copy and fetches the bad ones again.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kaito_runtime import hub
+from kaito_runtime.weights.fetch import Fetcher
+from kaito_runtime.errors import (
+    HubUnreachableError,
+    InputError,
+    InsufficientDiskError,
+    WeightsCorruptError,
+    WeightsError,
+)
+from kaito_runtime.model_files import check_model_folder, has_weights, select_files
+from kaito_runtime.hub import (
+    COMMIT_RE,
+    RemoteFile,
+    RemoteModel,
+    hub_errors,
+    list_files,
+    probe_access,
+    resolve_endpoint,
+    resolve_revision,
+)
+from kaito_runtime.weights.integrity import bad_files
+from kaito_runtime.weights.progress import (
+    DEFAULT_PROGRESS_INTERVAL_S,
+    ProgressBar,
+    ProgressLogger,
+    ProgressMode,
+    TransferCount,
+)
+from kaito_runtime.request import offline_in
+from kaito_runtime.secrets import Secret
+from kaito_runtime.types import format_bytes as fmt_bytes
+from kaito_runtime.types import MiB, ModelSpec
+from kaito_runtime.weights.lock import download_lock, lock_timeout_s
+from kaito_runtime.weights.store import (
+    MARKER_NAME,
+    held_on_disk,
+    partial_path,
+    read_marker,
+    read_ref,
+    remove_marker,
+    remove_partials,
+    repo_folder,
+    write_marker,
+    write_ref,
+)
+
+__all__ = [
+    "MARKER_NAME",
+    "DEFAULT_DISK_MARGIN",
+    "ProgressMode",
+    "WeightsResult",
+    "disk_free_bytes",
+    "ensure_weights",
+    "local_metadata",
+    "os_error_as_weights_error",
+    "partial_path",
+    "planned_path",
+    "repo_folder",
+    "select_files",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DISK_MARGIN = 512 * MiB
+WEIGHTS_DIR_HINT = "--weights-dir / KAITO_WEIGHTS_DIR"
+
+
+@dataclass(frozen=True)
+class WeightsResult:
+    path: Path  # the folder vLLM loads
+    downloaded_bytes: int
+    reused: bool  # a complete copy was already there (nothing downloaded)
+    seconds: float
+    files: int
+    revision: str | None = None  # the commit the folder holds (None for a local folder)
+
+
+def disk_free_bytes(path: Path) -> int:
+    """Free bytes on the volume holding ``path`` (the nearest existing parent). Tests replace this."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def _offline(given: bool | None) -> bool:
+    """An explicit ``offline`` is trusted as it is (the caller read its own environment, e.g. with
+    ``request.offline_in(env)``); None falls back to the process environment."""
+    return offline_in(os.environ) if given is None else given
+
+
+def os_error_as_weights_error(e: OSError, weights_dir: Path) -> WeightsError:
+    """One line for a file-system failure in the weights step: the path, the cause, the fix.
+
+    The only OSError -> WeightsError mapping; callers outside this module use it too."""
+    path = e.filename or weights_dir
+    cause = e.strerror or str(e) or type(e).__name__
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientDiskError(
+            f"The disk holding {path} filled up while writing the weights",
+            why=cause,
+            fix="free space or mount a larger volume at the weights folder; the bytes already received are "
+            "kept and the next run resumes from them",
+        )
+    if e.errno == errno.EROFS:
+        return WeightsError(
+            f"The weights folder {weights_dir} is on a read-only volume (writing {path})",
+            why=cause,
+            fix=f"mount it read-write, or pre-fetch the weights into it elsewhere and run with --offline, "
+            f"or choose another folder with {WEIGHTS_DIR_HINT}",
+        )
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return WeightsError(
+            f"Permission denied writing {path} in the weights folder {weights_dir}",
+            why=f"{cause}; this process runs as uid {os.getuid()}",
+            fix=f"make {weights_dir} writable for that user (e.g. the pod's fsGroup), or choose another "
+            f"folder with {WEIGHTS_DIR_HINT}",
+        )
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return WeightsError(
+            f"{path} cannot be used as a folder for the weights under {weights_dir}",
+            why=f"{cause}: a part of that path is a file",
+            fix=f"remove that file, or choose another folder with {WEIGHTS_DIR_HINT}",
+        )
+    return WeightsError(
+        f"Cannot use the weights folder {weights_dir}",
+        why=f"{cause} ({path})",
+        fix=f"check the volume mounted there, or choose another folder with {WEIGHTS_DIR_HINT}",
+    )
+
+
+def _remember_ref(root: Path, ref: str, commit: str, log: logging.Logger) -> None:
+    """Record what a branch resolved to (for --offline); a read-only volume only loses that."""
+    try:
+        write_ref(root, ref, commit)
+    except OSError as e:
+        log.warning("weights: cannot record that %s is %s under %s (%s); offline runs will not find it",
+                    ref, commit[:12], root, e.strerror or e)
+
+
+def _use_local_folder(path_text: str, t0: float) -> WeightsResult:
+    path = Path(path_text).expanduser()
+    names = check_model_folder(path)  # the same rule and words as when the model was resolved
+    return WeightsResult(path, 0, True, time.monotonic() - t0, len(names))
+
+
+def ensure_weights(
+    model: ModelSpec,
+    *,
+    weights_dir: Path,
+    token: Secret | None,
+    offline: bool | None = None,
+    endpoint: str | None = None,
+    progress: ProgressMode = "auto",
+    disk_margin_bytes: int = DEFAULT_DISK_MARGIN,
+    log: logging.Logger | None = None,
+    token_source: str | None = None,
+    verify: bool = False,
+    max_workers: int = 8,
+    progress_interval_s: float = DEFAULT_PROGRESS_INTERVAL_S,
+    lock_timeout_s: float | None = None,
+) -> WeightsResult:
+    """Return a local folder holding ``model``'s weights at its pinned commit; download if needed.
+
+    ``token_source`` names where the token came from (for messages; never the value).
+    ``verify=True`` re-hashes every file of a complete copy (sha256 / git blob sha1 from the
+    marker) and fetches the bad ones again; without it a complete copy is checked by size only.
+    ``lock_timeout_s``: how long to wait for another launcher's download of the same commit to
+    make progress (default ``KAITO_WEIGHTS_LOCK_TIMEOUT`` or an hour). ``offline`` given as a
+    bool is trusted; None reads ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` from the process
+    environment (``request.offline_in``). Raises the WeightsError family (exit codes 10-18) or InputError;
+    file-system failures come as WeightsError naming the path and the fix.
+    """
+    log = log or logger
+    t0 = time.monotonic()
+    if model.local_path:
+        return _use_local_folder(model.local_path, t0)
+    if not model.repo_id:
+        raise InputError(f"Model {model.name} has neither a Hugging Face repo id nor a local folder")
+    hub.check_repo_id(model.repo_id)  # it names folders on disk, too
+    try:
+        return _ensure_repo(
+            model, Path(weights_dir), token, _offline(offline), endpoint, progress, disk_margin_bytes, log,
+            token_source, verify, max_workers, progress_interval_s, lock_timeout_s, t0,
+        )
+    except OSError as e:
+        raise os_error_as_weights_error(e, Path(weights_dir)) from None
+
+
+def _ensure_repo(
+    model: ModelSpec, weights_dir: Path, token: Secret | None, offline: bool, endpoint: str | None,
+    progress: ProgressMode, margin: int, log: logging.Logger, token_source: str | None, verify: bool,
+    max_workers: int, interval: float, lock_timeout: float | None, t0: float,
+) -> WeightsResult:
+    repo_id = model.repo_id
+    assert repo_id
+    ep = resolve_endpoint(endpoint)
+    source = token_source or ("the given token" if token else "none")
+    root = repo_folder(weights_dir, repo_id)
+    ref = model.revision or "main"
+    wait_s = lock_timeout_s(lock_timeout)  # validated before anything is fetched
+
+    commit = ref if COMMIT_RE.match(ref) else None
+    if commit is None:
+        commit = read_ref(root, ref) if offline else _resolve_online(repo_id, ref, root, token, source, ep, log)
+        if commit is None:
+            raise HubUnreachableError(
+                f"Offline mode, and {repo_id}@{ref} was never resolved to a commit under {root}",
+                why="without the network a branch cannot be resolved",
+                fix="run once online (or pass a 40-hex revision) to pre-fetch the weights, then use --offline",
+            )
+    folder = root / commit
+
+    if offline:
+        reused, _ = _check_copy(folder, repo_id, commit, verify, log, t0, repair=False)
+        if reused is not None:
+            return reused
+        raise HubUnreachableError(
+            f"Offline mode, and no complete copy of {repo_id}@{commit[:12]} is in {folder}",
+            why=f"The completion marker {MARKER_NAME} is missing or files are missing/short",
+            fix="pre-fetch the weights online into the same weights folder, or drop --offline",
+        )
+    if not verify:
+        reused = _reuse_by_size(folder, repo_id, commit, log, t0)
+        if reused is not None:
+            return reused
+
+    root.mkdir(parents=True, exist_ok=True)
+    with download_lock(root, commit, folder, what=f"{repo_id}@{commit[:12]}", timeout_s=wait_s, log=log):
+        reused, checked = _check_copy(folder, repo_id, commit, verify, log, t0, repair=True)
+        if reused is not None:
+            return reused
+        # After a repair the files left in place were just hashed: no need to hash them again.
+        return _download(
+            model, folder, commit, token, source, ep, progress, margin, log, max_workers, interval, t0,
+            verify=verify and not checked,
+        )
+
+
+def _resolve_online(
+    repo_id: str, ref: str, root: Path, token: Secret | None, source: str, ep: str, log: logging.Logger
+) -> str:
+    try:
+        with hub_errors(repo_id=repo_id, revision=ref, token_source=source, endpoint=ep):
+            commit, _ = resolve_revision(repo_id, ref, token=token, endpoint=ep)
+    except HubUnreachableError:
+        cached = read_ref(root, ref)
+        if cached and read_marker(root / cached, repo_id, cached) is not None:
+            log.warning("weights: hub unreachable; using the copy of %s@%s resolved earlier (%s)", repo_id, ref, cached[:12])
+            return cached
+        raise
+    log.info("weights: %s@%s is commit %s", repo_id, ref, commit)
+    _remember_ref(root, ref, commit, log)
+    return commit
+
+
+def _reused(folder: Path, repo_id: str, commit: str, files: list[RemoteFile], log: logging.Logger, t0: float) -> WeightsResult:
+    log.info("weights: reusing complete copy of %s@%s in %s (%d files)", repo_id, commit[:12], folder, len(files))
+    return WeightsResult(folder, 0, True, time.monotonic() - t0, len(files), commit)
+
+
+def _reuse_by_size(folder: Path, repo_id: str, commit: str, log: logging.Logger, t0: float) -> WeightsResult | None:
+    files = read_marker(folder, repo_id, commit)
+    return None if files is None else _reused(folder, repo_id, commit, files, log, t0)
+
+
+def _check_copy(
+    folder: Path, repo_id: str, commit: str, verify: bool, log: logging.Logger, t0: float, *, repair: bool
+) -> tuple[WeightsResult | None, bool]:
+    """(result when the copy is complete and good, whether its files were hashed).
+
+    With ``verify``, every file is re-hashed; with ``repair`` the bad ones and the marker are
+    removed (the caller holds the lock and fetches them again), else a bad copy is an error.
+    """
+    files = read_marker(folder, repo_id, commit)
+    if files is None:
+        return None, False
+    if not verify:
+        return _reused(folder, repo_id, commit, files, log, t0), False
+    log.info("weights: verifying %d files (%s) of %s", len(files), fmt_bytes(sum(f.size for f in files)), folder)
+    bad = bad_files(folder, files)
+    if not bad:
+        return _reused(folder, repo_id, commit, files, log, t0), True
+    names = ", ".join(f.path for f in bad)
+    if not repair:
+        raise WeightsCorruptError(
+            f"{len(bad)} file(s) of the copy of {repo_id}@{commit[:12]} in {folder} fail verification: {names}",
+            why="their bytes do not match the sha256 / git blob sha1 recorded when they were downloaded",
+            fix="run once online (without --offline) to fetch them again",
+        )
+    log.warning("weights: %d file(s) of %s fail verification (%s); fetching them again", len(bad), folder, names)
+    remove_marker(folder)
+    for f in bad:
+        (folder / f.path).unlink(missing_ok=True)
+    return None, True
+
+
+def _download(
+    model: ModelSpec,
+    folder: Path,
+    commit: str,
+    token: Secret | None,
+    source: str,
+    ep: str,
+    progress: ProgressMode,
+    margin: int,
+    log: logging.Logger,
+    max_workers: int,
+    interval: float,
+    t0: float,
+    *,
+    verify: bool,
+) -> WeightsResult:
+    repo_id = model.repo_id
+    assert repo_id
+
+    def errors() -> Any:
+        return hub_errors(repo_id=repo_id, revision=commit, token_source=source, endpoint=ep)
+
+    with errors():
+        remote = list_files(repo_id, commit, token=token, endpoint=ep)
+        by_path = {f.path: f for f in remote}
+        files = [by_path[p] for p in select_files(by_path, model.load_format)]
+        if not has_weights(f.path for f in files):
+            raise WeightsError(
+                f"{repo_id}@{commit[:12]} has no weight files vLLM can load (load format {model.load_format})",
+                why=f"files at the top level: {', '.join(sorted(p for p in by_path if '/' not in p)[:12])}",
+                fix="check the repo id / revision, or the preset's load_format",
+            )
+        probe = "config.json" if "config.json" in {f.path for f in files} else min(files, key=lambda f: f.size).path
+        probe_access(repo_id, commit, probe, token=token, endpoint=ep)
+
+    total = sum(f.size for f in files)
+    held = held_on_disk(folder, files)
+    on_disk = sum(held.values())
+    needed = total - on_disk
+    free = disk_free_bytes(folder)
+    if needed + margin > free:
+        raise InsufficientDiskError(
+            f"Not enough disk for the weights of {repo_id} in {folder.parent.parent}",
+            why=f"needs {fmt_bytes(needed)} more (+{fmt_bytes(margin)} margin), {fmt_bytes(free)} free",
+            fix="free space or mount a larger volume at the weights folder",
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "weights: fetching %d files (%s, %s already on disk) of %s@%s from %s into %s",
+        len(files), fmt_bytes(total), fmt_bytes(on_disk), repo_id, commit[:12], ep, folder,
+    )
+    mode = progress if progress != "auto" else ("bar" if sys.stderr.isatty() else "log")
+    bar = ProgressBar(total, on_disk) if mode == "bar" else None
+    count = TransferCount(held, on_change=bar.add if bar else None)
+    fetcher = Fetcher(repo_id, commit, folder, token, ep, log, count, verify=verify)
+    reporter = ProgressLogger(count, total, log, interval) if mode == "log" else None
+    try:
+        if reporter:
+            reporter.__enter__()
+        with errors():
+            bad = fetcher.run(files, max_workers)
+    finally:
+        if reporter:
+            reporter.__exit__(None, None, None)
+        if bar:
+            bar.__exit__(None, None, None)
+    if bad:
+        raise WeightsCorruptError(
+            f"{', '.join(f.path for f in bad)} of {repo_id}@{commit[:12]} failed verification twice",
+            why="The bytes received do not match the size/sha256 the Hub lists",
+            fix="retry later; if it persists, check proxies or caches between this node and the Hub",
+        )
+    remove_partials(folder)
+    write_marker(folder, repo_id, commit, model.load_format, files)
+    seconds = time.monotonic() - t0
+    log.info("weights: %s@%s complete in %s (%.1fs)", repo_id, commit[:12], folder, seconds)
+    return WeightsResult(folder, needed, False, seconds, len(files), commit)
+
+
+# --- for planning (before the download) -------------------------------------------------------
+
+
+def planned_path(model: ModelSpec, weights_dir: Path) -> Path:
+    """The folder ensure_weights will return, known before any download (for vLLM's argv).
+
+    Exact for a local folder and a 40-hex revision; a branch uses the commit it last resolved
+    to on this volume, else the branch name (ensure_weights then returns the real folder).
+    """
+    if model.local_path:
+        return Path(model.local_path)
+    if not model.repo_id:
+        raise InputError(f"Model {model.name} has neither a Hugging Face repo id nor a local folder")
+    root = repo_folder(weights_dir, model.repo_id)
+    ref = model.revision or "main"
+    if COMMIT_RE.match(ref):
+        return root / ref
+    return root / (read_ref(root, ref) or ref.replace("/", "%2F"))
+
+
+def local_metadata(repo_id: str, revision: str | None, weights_dir: Path) -> RemoteModel | None:
+    """What a complete copy under ``weights_dir`` says about ``repo_id@revision`` (None when there is
+    none): the metadata an offline run, or a run whose hub is unreachable, plans from."""
+    root = repo_folder(weights_dir, repo_id)
+    ref = revision or "main"
+    commit = ref if COMMIT_RE.match(ref) else read_ref(root, ref)
+    if commit is None:
+        return None
+    folder = root / commit
+    files = read_marker(folder, repo_id, commit)
+    if files is None:
+        return None
+
+    def load(name: str) -> dict | None:
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    return RemoteModel(repo_id, commit, tuple(files), gated=False, config=load("config.json"), params=load("params.json"))
+
+
