@@ -25,14 +25,16 @@ from kaito_runtime.model import download_spec, gated_token_warning, resolve_mode
 from kaito_runtime.request import (
     CONTAINER_WEIGHTS_DIR,
     RuntimeRequest,
+    chat_template_dir_of,
     default_weights_dir,
     is_offline,
     uses_local_folder,
     weights_dir_of,
 )
-from kaito_runtime.types import LaunchPlan, ModelSpec, NodeInventory, Topology
+from kaito_runtime.types import LaunchPlan, ModelSpec, NodeInventory, PlanOverrides, Topology
 
 if TYPE_CHECKING:
+    from kaito_runtime.launch import ServeOptions
     from kaito_runtime.launch.rendezvous import RendezvousInfo
     from kaito_runtime.launch.vllm_command import VllmLaunch
     from kaito_runtime.weights import WeightsResult
@@ -53,6 +55,8 @@ __all__ = [
     "fetch_model_weights",
     "fetch_weights",
     "is_offline",
+    "list_presets",
+    "PlanOverrides",
     "prepare",
     "probe_node",
     "resolve_model",
@@ -92,6 +96,14 @@ class Prepared:
     token_source: str | None = None
     config_args: Mapping[str, object] | None = None  # the config file's `vllm:` section, read once
     warnings: tuple[str, ...] = ()  # for the user before anything slow (a gated model, no token)
+
+    @property
+    def serve(self) -> ServeOptions:
+        """The request's server options, in the launch step's terms."""
+        from kaito_runtime.launch import ServeOptions
+
+        r = self.request
+        return ServeOptions(r.host, r.port, tuple(r.extra_vllm_args), r.chat_template_dir)
 
 
 class ModelDoesNotFitError(DoesNotFitError):
@@ -162,7 +174,7 @@ def prepare(
     env = dict(os.environ if env is None else env)
     planning_only = request.planning_only if planning_only is None else planning_only
     token, token_source = secrets.resolve_token(env, request.token_file)
-    request = replace(request, weights_dir=weights_dir_of(request, env))
+    request = replace(request, weights_dir=weights_dir_of(request, env), chat_template_dir=chat_template_dir_of(request, env))
     config_args = _read_config(request)
 
     started = time.monotonic()
@@ -226,7 +238,7 @@ def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path, env: Mapping[
     from kaito_runtime import secrets
 
     built = launch.build_launch(
-        prepared.request, plan, model_path, env, install, prepared.config_args,
+        prepared.serve, plan, model_path, env, install, prepared.config_args,
         ram_available_bytes=prepared.inventory.host.ram_available_bytes,
     )
     secrets.register_secret(built.api_key)
@@ -273,7 +285,7 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
     from kaito_runtime.weights import store as weights_store
 
     env = dict(os.environ if env is None else env)
-    request = replace(request, weights_dir=weights_dir_of(request, env))
+    request = replace(request, weights_dir=weights_dir_of(request, env), chat_template_dir=chat_template_dir_of(request, env))
     if not uses_local_folder(request):
         assert request.weights_dir is not None
         # This mode exists to write there: made now, and refused at once when it cannot be.
@@ -461,7 +473,7 @@ def _log_plan_summary(prepared: Prepared, built: VllmLaunch) -> None:
     from kaito_runtime import launch
 
     plan = prepared.plan
-    settings = launch.effective_settings(prepared.request, plan, built)
+    settings = launch.effective_settings(prepared.serve, plan, built)
     log.info(
         "plan: %s on %s, TP %s x PP %s, max-model-len %s",
         prepared.model.name,
@@ -475,3 +487,11 @@ def _log_plan_summary(prepared: Prepared, built: VllmLaunch) -> None:
     for setting in settings.values():
         if setting.overridden:
             log.info("  override: %s", setting.describe())
+
+
+def list_presets() -> tuple:
+    """The built-in presets, in catalog order (``--list-presets``)."""
+    from kaito_runtime.model.catalog import load_catalog
+
+    return tuple(load_catalog().presets)
+

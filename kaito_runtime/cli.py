@@ -15,7 +15,6 @@ from pathlib import Path
 import click
 
 from kaito_runtime.errors import KaitoError
-from kaito_runtime.types import PlanOverrides
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
@@ -101,7 +100,7 @@ class ServeCommand(click.Command):
 
 
 def _fail(error: KaitoError) -> None:
-    from kaito_runtime.secrets import redact
+    from kaito_runtime.logs import redact
 
     # A KaitoError's why may quote a server's or a library's message: never trust it to be clean.
     click.echo(f"kaito-run: error: {redact(error.message)}", err=True)
@@ -114,7 +113,7 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
     KaitoError: its own code. OSError (a disk, a permission, a mount): 1. Anything else is a
     bug: 1, with the traceback at --log-level debug.
     """
-    from kaito_runtime.secrets import redact
+    from kaito_runtime.logs import redact
 
     try:
         body()
@@ -324,7 +323,7 @@ def serve(**opts) -> None:
         request = _request_from_options(opts)
         if opts["dry_run"]:
             from kaito_runtime import render
-            from kaito_runtime.secrets import redact  # api registered any --api-key as a secret
+            from kaito_runtime.logs import redact  # api registered any --api-key as a secret
 
             try:
                 prepared, launch = api.dry_run(request)
@@ -378,7 +377,7 @@ def doctor(**opts) -> None:
 
 
 def _request_from_options(opts: dict):
-    from kaito_runtime.api import RuntimeRequest
+    from kaito_runtime.api import PlanOverrides, RuntimeRequest
 
     vllm_args = click.get_current_context().meta.get("kaito.vllm_args", ())
     return RuntimeRequest(
@@ -419,11 +418,10 @@ def _request_from_options(opts: dict):
 
 
 def _print_presets(output: str) -> None:
-    from kaito_runtime import render
-    from kaito_runtime.model.catalog import load_catalog
+    from kaito_runtime import api, render
 
-    catalog = load_catalog()
-    click.echo(render.presets_json(catalog.presets) if output == "json" else render.presets_table(catalog.presets))
+    presets = api.list_presets()
+    click.echo(render.presets_json(presets) if output == "json" else render.presets_table(presets))
 
 
 if __name__ == "__main__":  # pragma: no cover

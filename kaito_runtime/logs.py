@@ -9,6 +9,8 @@ import time
 
 from kaito_runtime.secrets import install_redaction, redact
 
+__all__ = ["JsonLineFormatter", "RedactingTextFormatter", "redact", "setup_logging"]
+
 
 class JsonLineFormatter(logging.Formatter):
     """One JSON object per record. Every text field goes through ``redact()`` here as well as

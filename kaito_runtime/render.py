@@ -75,7 +75,7 @@ def _jsonable(value: Any) -> Any:
 def _effective(prepared, launch) -> dict:
     from kaito_runtime.launch import effective_settings
 
-    return effective_settings(prepared.request, prepared.plan, launch)
+    return effective_settings(prepared.serve, prepared.plan, launch)
 
 
 def plan_json(prepared, launch) -> str:

@@ -13,7 +13,7 @@ from kaito_runtime import launch
 from kaito_runtime.launch import vllm_install
 from kaito_runtime.model.catalog import load_catalog
 from kaito_runtime.errors import VllmNotInstalledError
-from kaito_runtime.request import RuntimeRequest
+from kaito_runtime.launch import ServeOptions
 from kaito_runtime.types import LaunchPlan, Topology
 from kaito_runtime.launch.vllm_command import VllmLaunch
 
@@ -76,10 +76,10 @@ def _plan(**changes) -> LaunchPlan:
 
 def test_effective_settings_name_the_layer_that_changed_each_value():
     plan = _plan()
-    request = RuntimeRequest(extra_vllm_args=("--max_model_len=8192", "--port", "6000"))
+    serve = ServeOptions(extra_args=("--max_model_len=8192", "--port", "6000"))
     config = {"--max-model-len": 4096, "gpu-memory-utilization": 0.5, "served-model-name": ["a", "b"]}
-    built = launch.build_launch(request, plan, Path("/m"), {}, None, config)
-    got = launch.effective_settings(request, plan, built)
+    built = launch.build_launch(serve, plan, Path("/m"), {}, None, config)
+    got = launch.effective_settings(serve, plan, built)
     assert got["max-model-len"].describe() == "--max-model-len 8192 (from pass-through; the plan said 16384)"
     assert got["gpu-memory-utilization"].describe() == "--gpu-memory-utilization 0.50 (from --config; the plan said 0.90)"
     assert got["served-model-name"].value == "a b" and got["served-model-name"].source == "--config"
@@ -91,13 +91,13 @@ def test_a_value_that_differs_without_a_user_layer_is_not_called_an_override():
     # The plan's "auto" handed to a vLLM without it becomes the planner's estimate: not a user's doing.
     plan = _plan(max_model_len=None, max_model_len_auto=True)
     built = VllmLaunch(argv=("vllm",), tensor_parallel_size=2, gpu_memory_utilization=0.9, max_model_len=12288)
-    got = launch.effective_settings(RuntimeRequest(), plan, built)
+    got = launch.effective_settings(ServeOptions(), plan, built)
     assert got["max-model-len"].value == "12288" and got["max-model-len"].planned == "auto"
     assert not got["max-model-len"].overridden and got["max-model-len"].mark() == ""
 
 
 def test_a_short_pass_through_flag_counts_as_its_long_name():
-    request = RuntimeRequest(extra_vllm_args=("-tp", "4"))
-    built = launch.build_launch(request, _plan(), Path("/m"), {}, None)
-    got = launch.effective_settings(request, _plan(), built)
+    serve = ServeOptions(extra_args=("-tp", "4"))
+    built = launch.build_launch(serve, _plan(), Path("/m"), {}, None)
+    got = launch.effective_settings(serve, _plan(), built)
     assert got["tensor-parallel-size"].mark() == " (from pass-through; the plan said 2)"

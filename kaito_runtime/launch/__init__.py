@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kaito_runtime.errors import VllmNotInstalledError
-from kaito_runtime.request import RuntimeRequest, chat_template_dir_of
 from kaito_runtime.types import LaunchPlan, ModelSpec, Topology
 from kaito_runtime.launch.vllm_command import (
     CONFIG_FILE,
@@ -51,8 +50,19 @@ def installed_vllm(model: ModelSpec, topology: Topology, log: logging.Logger) ->
     return install
 
 
+@dataclass(frozen=True)
+class ServeOptions:
+    """What the user asked of the server itself, as the launch step needs it (the API fills it
+    from the request): where it listens, the arguments after ``--``, the chat-template folder."""
+
+    host: str = "0.0.0.0"
+    port: int = 5000
+    extra_args: tuple[str, ...] = ()
+    chat_template_dir: str | None = None
+
+
 def build_launch(
-    request: RuntimeRequest,
+    serve: ServeOptions,
     plan: LaunchPlan,
     model_path: Path,
     env: Mapping[str, str],
@@ -72,11 +82,11 @@ def build_launch(
         model_path=str(model_path),
         entrypoint=install.entrypoint if install else ("vllm", "serve"),
         model_as_flag=bool(install and install.model_as_flag),
-        host=request.host,
-        port=request.port,
-        extra_args=request.extra_vllm_args,
+        host=serve.host,
+        port=serve.port,
+        extra_args=serve.extra_args,
         config_args=config_args,
-        chat_template_dir=chat_template_dir_of(request, env),
+        chat_template_dir=serve.chat_template_dir,
         base_env=env,
         max_model_len_auto_supported=vllm_install.supports_max_model_len_auto(install) if install else True,
         ram_available_bytes=ram_available_bytes,
@@ -112,11 +122,6 @@ def start_line(launch: VllmLaunch, added: Mapping[str, str]) -> str:
 # What vLLM will really get, against what the plan said
 # ------------------------------------------------------------------------------------------------
 
-# The layer names a summary shows are defined where the merge records them (vllm_command:
-# PLAN, PRESET_ARGS, CONFIG_FILE, PASS_THROUGH, ENVIRONMENT) and re-exported here for callers.
-_LAYERS = (PLAN, PRESET_ARGS, CONFIG_FILE, PASS_THROUGH, ENVIRONMENT)
-
-
 @dataclass(frozen=True)
 class EffectiveSetting:
     """One launch setting: the value vLLM gets, the plan's value, and who changed it (None: the plan)."""
@@ -148,7 +153,7 @@ def _kv_text(gib_value: float | None) -> str:
     return f"{gib_value:g} GiB" if gib_value is not None else "-"
 
 
-def effective_settings(request: RuntimeRequest, plan: LaunchPlan, launch: VllmLaunch) -> dict[str, EffectiveSetting]:
+def effective_settings(serve: ServeOptions, plan: LaunchPlan, launch: VllmLaunch) -> dict[str, EffectiveSetting]:
     """The settings an operator reads in a summary, as vLLM will get them (``launch``, built
     from the plan, the preset, the config file and the pass-through arguments), each marked
     with the layer that overrode the plan (recorded by the merge in ``launch.sources``). Keyed
@@ -167,8 +172,8 @@ def effective_settings(request: RuntimeRequest, plan: LaunchPlan, launch: VllmLa
             _context_text(launch.max_model_len, plan.max_model_len_auto),
             _context_text(plan.max_model_len, plan.max_model_len_auto),
         ),
-        ("host", launch.host, request.host),
-        ("port", str(launch.port), str(request.port)),
+        ("host", launch.host, serve.host),
+        ("port", str(launch.port), str(serve.port)),
         ("served-model-name", " ".join(launch.served_model_names) or plan.model.name, plan.model.name),
     ]
     if plan.target == "cpu":

@@ -1,0 +1,62 @@
+"""The import contract of docs/architecture.md, kept by import-linter ([tool.importlinter] in
+pyproject.toml): the layout shows the flow only while nothing reaches around it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def lint(root: Path) -> subprocess.CompletedProcess:
+    """lint-imports with ``root`` (a copy of the repository's package and pyproject) first on the path."""
+    code = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True))"
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_the_package_keeps_its_import_contract():
+    result = lint(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.fixture()
+def package_copy(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "kaito_runtime", tmp_path / "kaito_runtime", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        ("plan/memory.py", "import psutil", "The planner is pure"),
+        ("plan/gpu.py", "from kaito_runtime.node import inventory", "The planner is pure"),
+        ("model/catalog.py", "from kaito_runtime import weights", "The model step reads no weights"),
+        ("hub/__init__.py", "from kaito_runtime.weights import store", "No import cycles"),
+        ("node/skus.py", "from kaito_runtime.plan import memory", "The hub client and the node probe"),
+        ("launch/supervisor.py", "from kaito_runtime.request import RuntimeRequest", "The launch step takes a plan"),
+        ("launch/ports.py", "from kaito_runtime import hub", "The launch step takes a plan"),
+        ("cli.py", "from kaito_runtime.types import ModelSpec", "The CLI talks to the API"),
+        ("types.py", "from kaito_runtime import plan", "Only the API orders the steps"),
+        ("weights/store.py", "from kaito_runtime.weights import fetch", "No import cycles"),
+    ],
+)
+def test_breaking_a_rule_fails_the_contract(package_copy: Path, module: str, line: str, broken: str):
+    target = package_copy / "kaito_runtime" / module
+    text = target.read_text()
+    # after the module docstring and `from __future__`, where an import may stand
+    marker = "from __future__ import annotations\n"
+    assert marker in text, module
+    target.write_text(text.replace(marker, f"{marker}{line}  # noqa\n", 1))
+    result = lint(package_copy)
+    assert result.returncode != 0, result.stdout
+    assert f"{broken}" in result.stdout and "BROKEN" in result.stdout, result.stdout
