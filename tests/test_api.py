@@ -531,6 +531,7 @@ def test_worker_waits_for_the_leader_port_then_starts_headless(tmp_path, no_real
     assert no_real_vllm[0]["ready_timeout"] is None
 
 
+@pytest.mark.slow
 def test_worker_gives_up_when_the_leader_never_listens(tmp_path, no_real_vllm, fetched):
     import socket
 

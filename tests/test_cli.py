@@ -375,6 +375,7 @@ def _console_script() -> Path:
     return script
 
 
+@pytest.mark.slow
 def test_installed_console_script_lists_and_rejects(tmp_path):
     script = _console_script()
     listed = subprocess.run([str(script), "--list-presets", "-o", "json"], cwd=tmp_path,
@@ -387,6 +388,7 @@ def test_installed_console_script_lists_and_rejects(tmp_path):
     assert "llama-3.3-70b-instruct" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_catalog(tmp_path):
     """`pip install .` puts presets/ inside the package: a wheel install run elsewhere finds them all."""
     if shutil.which("git") is None:

@@ -22,6 +22,7 @@ from tests.support.weights_helpers import remote_file, sha256, spec
 
 pytestmark = pytest.mark.usefixtures("hub_env")
 
+@pytest.mark.slow
 def test_dropped_connection_resumes_with_a_range_request(hub, tmp_path):
     hub.drop_connection("org/big", "model.safetensors", after_bytes=11 * 1024 * 1024, times=1)
     result = ensure_weights(spec("org/big"), weights_dir=tmp_path, token=None, endpoint=hub.url)
@@ -62,6 +63,7 @@ def resume_hub(tmp_path_factory):
         yield emulator
 
 
+@pytest.mark.slow
 def test_killed_download_process_resumes_from_its_partial_file(resume_hub, tmp_path):
     hub = resume_hub
     hub.rate_limit_bps = 1024 * 1024  # the 3 MiB shard takes ~3 s; its first chunk lands at once

@@ -23,6 +23,7 @@ def short_timeout(monkeypatch):
     monkeypatch.setenv("KAITO_HUB_TIMEOUT", "0.5")
 
 
+@pytest.mark.slow
 def test_silent_hub_fails_within_the_timeout(short_timeout, tmp_path):
     with silent_endpoint() as url:
         for call in (
@@ -39,6 +40,7 @@ def test_silent_hub_fails_within_the_timeout(short_timeout, tmp_path):
             assert url in str(info.value) and "KAITO_HUB_TIMEOUT" in str(info.value)
 
 
+@pytest.mark.slow
 def test_stalled_download_fails_and_the_next_run_finishes(short_timeout, hub, tmp_path):
     hub.stall("org/tiny", "model.safetensors", after_bytes=100_000)
     t0 = time.monotonic()
@@ -54,6 +56,7 @@ def test_stalled_download_fails_and_the_next_run_finishes(short_timeout, hub, tm
     assert (result.path / MARKER_NAME).exists()
 
 
+@pytest.mark.slow
 def test_slow_but_steady_download_is_not_a_timeout(short_timeout, hub, tmp_path):
     hub.rate_limit_bps = 150_000  # the 200 kB shard takes ~1.3 s, longer than the 0.5 s timeout
     result = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="none")
@@ -77,6 +80,7 @@ def test_timeout_setting(monkeypatch):
 # --- the silence rule (a slow hub that keeps answering) ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_slow_hub_that_keeps_answering_is_not_a_timeout(short_timeout, hub):
     hub.answer_delay_s = 0.3  # each answer comes within the 0.5 s timeout ...
     hub.tree_page_size = 3  # ... but the file list takes 4 pages, the config a HEAD and a GET
@@ -87,6 +91,7 @@ def test_slow_hub_that_keeps_answering_is_not_a_timeout(short_timeout, hub):
     assert remote.config is not None and "model.safetensors" in {f.path for f in remote.files}
 
 
+@pytest.mark.slow
 def test_a_download_longer_than_the_timeout_may_still_resume(monkeypatch, hub, tmp_path):
     """Each piece of body received counts as an answer: after a long body the retry is allowed."""
     monkeypatch.setenv("KAITO_HUB_TIMEOUT", "1.8")
@@ -100,6 +105,7 @@ def test_a_download_longer_than_the_timeout_may_still_resume(monkeypatch, hub, t
     assert hub.range_starts("model.safetensors") and 0 < hub.range_starts("model.safetensors")[-1] <= 190_000
 
 
+@pytest.mark.slow
 def test_a_hub_slower_than_the_timeout_still_fails_fast(short_timeout, hub):
     hub.answer_delay_s = 3.0
     t0 = time.monotonic()

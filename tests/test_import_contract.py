@@ -50,6 +50,7 @@ def package_copy(tmp_path: Path) -> Path:
         ("weights/store.py", "from kaito_runtime.weights import fetch", "No import cycles"),
     ],
 )
+@pytest.mark.slow
 def test_breaking_a_rule_fails_the_contract(package_copy: Path, module: str, line: str, broken: str):
     target = package_copy / "kaito_runtime" / module
     text = target.read_text()

@@ -112,6 +112,7 @@ def slow_hub(tmp_path_factory, hub_env):
 LINE = re.compile(r"weights: ([\d.]+) (B|KiB|MiB) / 976.6 KiB \((\d+)%\), (.*), ETA (\S+)$")
 
 
+@pytest.mark.slow
 def test_log_lines_move_with_the_bytes_received_on_a_slow_link(slow_hub, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="kaito_runtime.weights")
     result = ensure_weights(
@@ -130,6 +131,7 @@ def test_log_lines_move_with_the_bytes_received_on_a_slow_link(slow_hub, tmp_pat
         assert m.group(4) != "0 B/s" and m.group(4).endswith("KiB/s") and m.group(5) != "?", lines
 
 
+@pytest.mark.slow
 def test_bar_mode_is_fed_chunk_by_chunk_and_ends_at_the_total(slow_hub, tmp_path, monkeypatch):
     slow_hub.rate_limit_bps = 2_000_000
     made: list[object] = []

@@ -210,6 +210,7 @@ def test_worker_can_skip_the_port_wait(closed_port: int) -> None:
     assert info is not None and info.master_addr_ip == "127.0.0.1"
 
 
+@pytest.mark.slow
 def test_one_deadline_covers_dns_and_port(closed_port: int) -> None:
     dns = FlakyDns(misses=4)  # ~0.2 s of DNS misses, then a port that never opens
     started = time.monotonic()

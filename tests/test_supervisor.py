@@ -131,6 +131,7 @@ def group_members(pgid: int) -> list[int]:
 # --- readiness ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ready_is_reported_after_the_server_answers_and_timing_includes_the_delay() -> None:
     seen: list[float] = []
 
@@ -152,6 +153,7 @@ def test_ready_is_reported_after_the_server_answers_and_timing_includes_the_dela
     assert any("Application startup complete" in line for line in result.tail)
 
 
+@pytest.mark.slow
 def test_a_healthy_server_whose_completions_fail_is_not_ready() -> None:
     port = free_port()
     check = ReadinessCheck("127.0.0.1", port, "tiny", interval=0.05)
@@ -276,6 +278,7 @@ def test_child_killed_by_the_forwarded_signal_gives_128_plus_signal() -> None:
     assert result["exit_code"] == 128 + signal.SIGTERM
 
 
+@pytest.mark.slow
 def test_child_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
     driver = Driver(free_port(), "--ignore-sigterm", grace=1.0)
     driver.wait_for("READY")
@@ -288,6 +291,7 @@ def test_child_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
     assert_gone(result["pid"])
 
 
+@pytest.mark.slow
 def test_second_signal_kills_at_once() -> None:
     driver = Driver(free_port(), "--ignore-sigterm", grace=30.0)
     driver.wait_for("READY")
@@ -300,6 +304,7 @@ def test_second_signal_kills_at_once() -> None:
     assert time.monotonic() - t0 < 5.0
 
 
+@pytest.mark.slow
 def test_orphaned_grandchild_is_swept_and_no_process_of_the_group_survives(tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild.pid"
     driver = Driver(free_port(), "--spawn-grandchild", str(pidfile), grace=1.0)
@@ -340,6 +345,7 @@ def test_child_stops_when_the_launcher_itself_is_sigkilled() -> None:
         raise AssertionError(f"vLLM stand-in {child} outlived its SIGKILLed launcher")
 
 
+@pytest.mark.slow
 def test_a_headless_worker_outlives_the_ready_timeout() -> None:
     # Multi-node workers (node rank > 0) serve no HTTP: ready=None, and the group's env gives
     # them the same KAITO_READY_TIMEOUT as the leader. It must not stop them.
@@ -411,6 +417,7 @@ def sweep_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if "leftover" in r.getMessage()]
 
 
+@pytest.mark.slow
 def test_a_helper_that_exits_by_itself_soon_is_not_reported(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger=LOG.name)
     t0 = time.monotonic()
@@ -423,6 +430,7 @@ def test_a_helper_that_exits_by_itself_soon_is_not_reported(caplog: pytest.LogCa
     assert sweep_records(caplog) == []
 
 
+@pytest.mark.slow
 def test_a_helper_that_stays_is_stopped_and_named_at_info(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger=LOG.name)
     t0 = time.monotonic()
@@ -438,6 +446,7 @@ def test_a_helper_that_stays_is_stopped_and_named_at_info(caplog: pytest.LogCapt
     assert message.endswith(f"(pid {pid})")
 
 
+@pytest.mark.slow
 def test_a_leftover_engine_core_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     # an orphaned VLLM::EngineCore holds GPU memory; even a clean SIGTERM of it is worth a warning
     caplog.set_level(logging.DEBUG, logger=LOG.name)

@@ -196,6 +196,7 @@ def test_local_folder_is_used_as_is(tmp_path):
         ensure_weights(spec(None, local_path=str(tmp_path / "missing")), weights_dir=tmp_path / "w", token=None)
 
 
+@pytest.mark.slow
 def test_concurrent_launchers_download_once(hub, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="kaito_runtime.weights")
     hub.rate_limit_bps = 400_000  # the 200 kB shard takes ~0.5 s: the second launcher must wait

@@ -32,6 +32,7 @@ def _held_lock(hub, tmp_path) -> tuple[FileLock, str]:
     return lock, commit
 
 
+@pytest.mark.slow
 def test_a_stuck_lock_ends_in_an_error_naming_the_lock_file(hub, tmp_path, caplog, quick_log):
     caplog.set_level(logging.INFO, logger="kaito_runtime.weights")
     lock, commit = _held_lock(hub, tmp_path)
@@ -63,6 +64,7 @@ def test_lock_timeout_from_the_environment(hub, tmp_path, monkeypatch, quick_log
         lock.release()
 
 
+@pytest.mark.slow
 def test_a_holder_that_makes_progress_is_waited_for(hub, tmp_path, quick_log):
     commit = hub.commit_of("org/tiny")
     folder = repo_folder(tmp_path, "org/tiny") / commit
