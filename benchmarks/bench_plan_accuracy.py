@@ -3,7 +3,7 @@
 Runs the real planner (``plan_launch``) on every observation in benchmarks/data/
 vllm_memory_observations.yaml whose vLLM version line is the pinned one, or, when there is no
 observation of the pinned line, the closest line that has some; planned with that line's
-constants from presets/vllm-memory.yaml. Prints per case and for the fitted and held-out halves
+constants from presets/vllm/memory.yaml. Prints per case and for the fitted and held-out halves
 (``split``: the held-out third never entered the fit of the constants):
 
   * mean absolute error of the predicted KV tokens ("GPU KV cache size: N tokens"),

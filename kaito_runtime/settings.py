@@ -49,4 +49,4 @@ def seconds_from_env(env: Mapping[str, str], name: str, default: float, *, allow
 
 def vllm_memory_table_path() -> Path:
     """The planner's constants per vLLM version line (and CUDA memory per GPU)."""
-    return presets_dir() / "vllm-memory.yaml"
+    return presets_dir() / "vllm" / "memory.yaml"

@@ -9,7 +9,7 @@ per pipeline stage (the smallest stage sets the block count), then turns KV byte
 count vLLM logs ("GPU KV cache size: N tokens" = max concurrency x max-model-len), with
 sliding-window layers grouped the way its hybrid allocator groups them.
 
-The constants are one vLLM version line of presets/vllm-memory.yaml, handed in as a mapping by
+The constants are one vLLM version line of presets/vllm/memory.yaml, handed in as a mapping by
 the caller (``VllmMemoryProfile.from_table``): this module reads no file.
 """
 
@@ -66,14 +66,14 @@ class VllmMemoryProfile:
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], line: str | None = None) -> VllmMemoryProfile:
-        """One line of the parsed presets/vllm-memory.yaml (the pinned one by default), with
+        """One line of the parsed presets/vllm/memory.yaml (the pinned one by default), with
         ``inherits`` resolved. Raises ``CatalogError`` naming a missing figure."""
         pinned = str(table["pinned"])
         lines = table["lines"]
         wanted = line or ".".join(pinned.split(".")[:2])
         if wanted not in lines:
             raise CatalogError(
-                f"presets/vllm-memory.yaml has no constants for vLLM {wanted}",
+                f"presets/vllm/memory.yaml has no constants for vLLM {wanted}",
                 fix="use one of the lines " + ", ".join(lines),
             )
         chain, name = [], wanted
@@ -85,7 +85,7 @@ class VllmMemoryProfile:
             merged.update(entry)
         missing = [f for f in _FIGURES if f not in merged]
         if missing:
-            raise CatalogError(f"presets/vllm-memory.yaml line {wanted} lacks {', '.join(missing)}")
+            raise CatalogError(f"presets/vllm/memory.yaml line {wanted} lacks {', '.join(missing)}")
         return cls(
             line=wanted,
             pinned=pinned,
