@@ -448,7 +448,7 @@ def test_bad_entry_names_file_preset_and_field(
     assert f"preset '{name}'" in message
     assert f"field '{field}'" in message
     assert problem in message
-    assert err.field == field  # type: ignore[attr-defined]
+    assert err.field == field
     assert err.exit_code == 2
 
 
@@ -513,7 +513,7 @@ def test_bad_file_shape(tmp_path: Path, body: str, field: str | None) -> None:
     path = _write(tmp_path, "acme", body)
     err = _load_error(tmp_path)
     assert str(path) in str(err)
-    assert err.field == field  # type: ignore[attr-defined]
+    assert err.field == field
 
 
 def test_empty_folder(tmp_path: Path) -> None:

@@ -139,15 +139,14 @@ def _catalog_error(path: Path, preset: str | None, field_name: str | None, probl
     if field_name:
         where.append(f"field '{field_name}'")
     subject = ", ".join(where)
-    err = CatalogError(
+    return CatalogError(
         f"Invalid preset catalog file {path}",
         why=f"{subject[:1].upper()}{subject[1:]}: {problem}" if where else problem[:1].upper() + problem[1:],
         fix=f"correct {subject} in {path}" if where else f"correct {path}",
+        path=path,
+        preset=preset,
+        field=field_name,
     )
-    err.path = path  # type: ignore[attr-defined]
-    err.preset = preset  # type: ignore[attr-defined]
-    err.field = field_name  # type: ignore[attr-defined]
-    return err
 
 
 def _from_validation_error(path: Path, raw: Any, exc: ValidationError) -> CatalogError:
