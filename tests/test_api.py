@@ -631,18 +631,18 @@ def test_cpu_with_assumed_gpus_plans_against_this_machines_ram(monkeypatch):
 # --- a model that does not fit ------------------------------------------------------------------
 
 
-def _no_gpu_here(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kaito_runtime.types import GiB, HostInfo, NodeInventory
-
-    host = HostInfo(cpu_count=2, ram_total_bytes=24 * GiB, ram_available_bytes=23 * GiB)
-    node = NodeInventory(gpus=(), host=host, source="none", no_gpu_reason="no NVIDIA driver")
-    monkeypatch.setattr(inventory, "probe_inventory", lambda **k: node)
+NVML_RECORDINGS = Path(__file__).parent / "data" / "nvml"
 
 
-def test_not_fitting_without_gpus_carries_the_model_and_suggests_planning_for_a_gpu_node(monkeypatch):
-    _no_gpu_here(monkeypatch)
+def recorded_node(name: str) -> dict[str, str]:
+    """The environment that makes the API probe a recorded machine (tests/data/nvml) through the
+    same NVML seam a real node uses, instead of replacing the probe."""
+    return {"KAITO_NVML_RECORDING": str(NVML_RECORDINGS / f"{name}.json")}
+
+
+def test_not_fitting_without_gpus_carries_the_model_and_suggests_planning_for_a_gpu_node():
     with pytest.raises(api.ModelDoesNotFitError) as caught:
-        api.dry_run(api.RuntimeRequest(preset=BIG_PRESET, dry_run=True), {})
+        api.dry_run(api.RuntimeRequest(preset=BIG_PRESET, dry_run=True), recorded_node("zero-gpus"))
     error = caught.value
     assert error.exit_code == 2 and error.model.name == BIG_PRESET
     assert "does not fit in this machine's RAM" in error.message
@@ -651,13 +651,20 @@ def test_not_fitting_without_gpus_carries_the_model_and_suggests_planning_for_a_
     assert error.token_source is None and error.warnings and "is gated" in error.warnings[0]
 
 
-def test_the_gpu_node_hint_is_left_out_when_a_node_was_named_or_cpu_forced(monkeypatch):
-    _no_gpu_here(monkeypatch)
+def test_the_same_preset_is_planned_on_a_recorded_node_with_enough_gpus():
+    # The accepted twin of the refusal above: the refusal comes from the node, not the preset.
+    prepared, _ = api.dry_run(api.RuntimeRequest(preset=BIG_PRESET, dry_run=True), recorded_node("h100-sxm-8x"))
+    assert prepared.model.name == BIG_PRESET
+    assert prepared.inventory.gpu_count == 8 and prepared.plan.gpus_per_node == 8
+    assert prepared.plan.tensor_parallel_size >= 2
+
+
+def test_the_gpu_node_hint_is_left_out_when_a_node_was_named_or_cpu_forced():
     forced = api.RuntimeRequest(preset=BIG_PRESET, overrides=PlanOverrides(force_cpu=True), dry_run=True)
     sku = api.RuntimeRequest(preset=BIG_PRESET, sku="Standard_NC24ads_A100_v4", dry_run=True)
     for request in (forced, sku):
         with pytest.raises(api.ModelDoesNotFitError) as caught:
-            api.dry_run(request, {})
+            api.dry_run(request, recorded_node("zero-gpus"))
         assert "--assume-gpus 4x" not in caught.value.message
 
 
