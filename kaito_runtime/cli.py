@@ -100,10 +100,10 @@ class ServeCommand(click.Command):
 
 
 def _fail(error: KaitoError) -> None:
-    from kaito_runtime.logs import redact
+    from kaito_runtime.logs import final_error
 
-    # A KaitoError's why may quote a server's or a library's message: never trust it to be clean.
-    click.echo(f"kaito-run: error: {redact(error.message)}", err=True)
+    # A KaitoError's why may quote a server's or a library's message: final_error redacts it.
+    final_error(error.message, error.exit_code)
     sys.exit(error.exit_code)
 
 
@@ -113,7 +113,7 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
     KaitoError: its own code. OSError (a disk, a permission, a mount): 1. Anything else is a
     bug: 1, with the traceback at --log-level debug.
     """
-    from kaito_runtime.logs import redact
+    from kaito_runtime.logs import final_error
 
     try:
         body()
@@ -130,7 +130,7 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
         else:
             text = f"unexpected {type(error).__name__}: {error}"
         hint = "" if debug else " (run with --log-level debug for the traceback)"
-        click.echo(f"kaito-run: error: {redact(text)}{hint}", err=True)
+        final_error(f"{text}{hint}", 1)
         sys.exit(1)
 
 
