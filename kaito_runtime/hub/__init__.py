@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import urllib.parse
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -98,7 +99,22 @@ def check_repo_id(text: str) -> None:
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
-    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    """The endpoint as the client gets it (credentials in it are registered for redaction)."""
+    from kaito_runtime.secrets import register_secret
+
+    resolved = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    userinfo = urllib.parse.urlsplit(resolved).netloc.rpartition("@")[0]
+    if userinfo:
+        register_secret(userinfo)
+        register_secret(userinfo.partition(":")[2])
+    return resolved
+
+
+def shown_endpoint(endpoint: str) -> str:
+    """``endpoint`` without its user information (``http://user:pass@host`` -> ``http://host``)."""
+    parts = urllib.parse.urlsplit(endpoint)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)) if host != parts.netloc else endpoint
 
 
 def client_token(token: Secret | None) -> str | bool:
@@ -205,7 +221,9 @@ def translate_error(
 
 @contextmanager
 def hub_errors(*, repo_id: str, revision: str | None, token_source: str, endpoint: str) -> Iterator[None]:
-    """Re-raise client exceptions as our errors (with what, why and fix; never the token)."""
+    """Re-raise client exceptions as our errors (with what, why and fix; never the token, nor
+    credentials in the endpoint)."""
+    endpoint = shown_endpoint(endpoint)
     try:
         yield
     except KaitoError:
