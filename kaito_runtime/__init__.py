@@ -1,3 +1,8 @@
 """kaito-runtime: turn a GPU node (or a CPU box) into a running vLLM endpoint."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("kaito-runtime")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

@@ -68,7 +68,22 @@ class InputError(KaitoError):
 
 
 class CatalogError(InputError):
-    """A preset file is malformed or inconsistent."""
+    """A preset file is malformed or inconsistent: which file, preset and field are at fault."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        why: str | None = None,
+        fix: str | None = None,
+        path: object | None = None,
+        preset: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(what, why=why, fix=fix)
+        self.path = path
+        self.preset = preset
+        self.field = field
 
 
 class UnknownPresetError(InputError):

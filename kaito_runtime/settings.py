@@ -45,3 +45,8 @@ def seconds_from_env(env: Mapping[str, str], name: str, default: float, *, allow
             fix=f"set {name} to e.g. {default:g}, or unset it",
         )
     return value
+
+
+def vllm_memory_table_path() -> Path:
+    """The planner's constants per vLLM version line (and CUDA memory per GPU)."""
+    return presets_dir() / "vllm" / "memory.yaml"

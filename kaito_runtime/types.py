@@ -121,10 +121,6 @@ class GpuInfo:
     pci_bus_id: str | None = None
     mig: bool = False  # this entry is a MIG slice (or a GPU in MIG mode)
 
-    @property
-    def supports_bf16(self) -> bool:
-        return self.compute_capability >= (8, 0)
-
 
 @dataclass(frozen=True)
 class HostInfo:

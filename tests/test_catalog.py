@@ -448,7 +448,7 @@ def test_bad_entry_names_file_preset_and_field(
     assert f"preset '{name}'" in message
     assert f"field '{field}'" in message
     assert problem in message
-    assert err.field == field  # type: ignore[attr-defined]
+    assert err.field == field
     assert err.exit_code == 2
 
 
@@ -513,7 +513,7 @@ def test_bad_file_shape(tmp_path: Path, body: str, field: str | None) -> None:
     path = _write(tmp_path, "acme", body)
     err = _load_error(tmp_path)
     assert str(path) in str(err)
-    assert err.field == field  # type: ignore[attr-defined]
+    assert err.field == field
 
 
 def test_empty_folder(tmp_path: Path) -> None:
@@ -534,3 +534,28 @@ def test_catalog_module_reads_yaml_with_the_c_loader_when_available() -> None:
     if hasattr(yaml, "CSafeLoader"):
         assert issubclass(catalog_module._Loader, yaml.CSafeLoader)
 
+
+
+@pytest.mark.parametrize(
+    ("spelling", "reserved"),
+    [
+        (["-tp", "2"], "--tensor-parallel-size"),
+        (["--Max-Model-Len", "8"], "--max-model-len"),
+        (["--max_model_len=8"], "--max-model-len"),
+        (["-pp=2"], "--pipeline-parallel-size"),
+        (["--GPU_MEMORY_UTILIZATION", "0.5"], "--gpu-memory-utilization"),
+    ],
+)
+def test_reserved_flags_are_refused_in_every_spelling_vllm_accepts(tmp_path: Path, spelling: list[str], reserved: str) -> None:
+    quoted = ", ".join(f'"{token}"' for token in spelling)
+    body = _entry(replace=('"--enable-auto-tool-choice"]', f'"--enable-auto-tool-choice", {quoted}]'))
+    _write(tmp_path, "acme", _family("acme", body))
+    error = _load_error(tmp_path)
+    assert reserved in str(error) and "vllm_args" in str(error)
+
+
+@pytest.mark.parametrize("allowed", [["--max-num-seqs", "64"], ["-O", "3"], ["--enable-prefix-caching"]])
+def test_flags_the_planner_does_not_own_still_load(tmp_path: Path, allowed: list[str]) -> None:
+    quoted = ", ".join(f'"{token}"' for token in allowed)
+    _write(tmp_path, "acme", _family("acme", _entry(replace=('"--enable-auto-tool-choice"]', f'"--enable-auto-tool-choice", {quoted}]'))))
+    assert load_catalog(tmp_path).get("acme-7b").vllm_args[-len(allowed):] == tuple(allowed)

@@ -538,3 +538,25 @@ def test_a_bad_request_creates_no_weights_folder(tmp_path):
         result = CliRunner().invoke(main, args, env={"HOME": str(home), "HF_HOME": None, "KAITO_WEIGHTS_DIR": None})
         assert result.exit_code == 2, (args, result.output)
         assert not (home / ".cache").exists(), args
+
+
+def test_the_version_comes_from_the_package_metadata(monkeypatch):
+    import importlib
+    import importlib.metadata
+
+    import kaito_runtime
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.8.7" if name == "kaito-runtime" else "?")
+    try:
+        assert importlib.reload(kaito_runtime).__version__ == "9.8.7"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(kaito_runtime)
+
+
+def test_catalog_errors_carry_file_preset_and_field_as_attributes_of_their_type():
+    import inspect
+
+    from kaito_runtime.errors import CatalogError
+
+    assert {"path", "preset", "field"} <= set(inspect.signature(CatalogError).parameters)

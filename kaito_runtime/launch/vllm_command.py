@@ -19,6 +19,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from kaito_runtime.launch.cpu_ranks import CpuLayout, layout_cpu
+from kaito_runtime.vllm_flags import (
+    PLAN,
+    FlagArg,
+    group,
+    is_flag,
+    last_float,
+    last_int,
+    last_value,
+    normalise_flag,
+    parse_human_int,
+)
 from kaito_runtime.plan.memory import gib
 from kaito_runtime.types import GiB, LaunchPlan
 from kaito_runtime.plan.vllm_rules import CONTEXT_ALIGN, align_down, tp_rule_violation
@@ -31,7 +42,6 @@ AMX_SITE_DIR = Path(__file__).resolve().parent / "amx_site"
 TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "KAITO_HF_TOKEN_FILE")
 
 # Where a flag's final value came from (``VllmLaunch.sources``); a later layer wins.
-PLAN = "plan"
 PRESET_ARGS = "the preset's vLLM args"
 CONFIG_FILE = "--config"
 PASS_THROUGH = "pass-through"
@@ -45,17 +55,7 @@ CPU_KV = "cpu-kv-cache"
 # Flags whose value is a secret: dropped from user arguments, never put in an argv.
 _SECRET_FLAGS = frozenset({"hf-token"})
 
-# Short spellings vLLM accepts for flags the plan sets (vllm.md "Parallelism flags").
-_SHORT_FLAGS = {
-    "tp": "tensor-parallel-size",
-    "pp": "pipeline-parallel-size",
-    "dp": "data-parallel-size",
-    "n": "nnodes",
-    "r": "node-rank",
-}
-
 _MODULE_ENTRY = "vllm.entrypoints.openai.api_server"
-_NUMBER = re.compile(r"^-\d")
 
 
 @dataclass(frozen=True)
@@ -109,53 +109,6 @@ class VllmLaunch:
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Arg:
-    name: str | None  # normalised flag name ("max-model-len"); None for a stray positional
-    tokens: tuple[str, ...]
-    source: str = PLAN
-
-    @property
-    def values(self) -> tuple[str, ...]:
-        first = self.tokens[0]
-        if self.name is not None and "=" in first and first.startswith("--"):
-            return (first.split("=", 1)[1], *self.tokens[1:])
-        return self.tokens[1:] if self.name is not None else self.tokens
-
-
-def normalise_flag(token: str) -> str:
-    """'--max_model_len=8' -> 'max-model-len'; '-tp' -> 'tensor-parallel-size'."""
-    bare = token.split("=", 1)[0] if token.startswith("--") else token
-    short = not bare.startswith("--")
-    name = bare.lstrip("-").replace("_", "-").lower()
-    if short:
-        return _SHORT_FLAGS.get(name, name)
-    return name
-
-
-def _is_flag(token: str) -> bool:
-    return token.startswith("-") and len(token) > 1 and not _NUMBER.match(token)
-
-
-def _group(tokens: Sequence[str], source: str = PLAN) -> list[_Arg]:
-    groups: list[_Arg] = []
-    current: list[str] = []
-    for token in tokens:
-        if _is_flag(token) or (current and current[0].startswith("--") and "=" in current[0]):
-            if current:
-                groups.append(_make(current, source))
-            current = [token]
-        else:
-            current.append(token)
-    if current:
-        groups.append(_make(current, source))
-    return groups
-
-
-def _make(tokens: list[str], source: str) -> _Arg:
-    return _Arg(normalise_flag(tokens[0]) if _is_flag(tokens[0]) else None, tuple(tokens), source)
-
-
 def _conflicts(a: str | None, b: str | None) -> bool:
     """Same flag, counting the --no-X form of a boolean flag X."""
     if a is None or b is None:
@@ -195,7 +148,7 @@ def _config_tokens(config_args: Mapping[str, object]) -> tuple[list[str], list[s
     return tokens, dropped
 
 
-def _merge(base: list[_Arg], layer: list[_Arg], dropped: Sequence[str] = ()) -> list[_Arg]:
+def _merge(base: list[FlagArg], layer: list[FlagArg], dropped: Sequence[str] = ()) -> list[FlagArg]:
     merged = [a for a in base if not any(_conflicts(a.name, d) for d in dropped)]
     for arg in layer:
         merged = [a for a in merged if not _conflicts(a.name, arg.name)]
@@ -267,17 +220,7 @@ def _max_model_len_value(plan: LaunchPlan, auto_supported: bool, warnings: list[
 # ------------------------------------------------------------------------------------------------
 
 
-def parse_human_int(text: str) -> int | None:
-    """vLLM's human units: 1k = 1000, 1K = 1024, decimals allowed; None for 'auto' / garbage."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT]?)", text.strip())
-    if not match:
-        return None
-    number, unit = float(match.group(1)), match.group(2)
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
-    return int(number * scale)
-
-
-def _contradictions(plan: LaunchPlan, user: Sequence[_Arg]) -> list[str]:
+def _contradictions(plan: LaunchPlan, user: Sequence[FlagArg]) -> list[str]:
     warnings: list[str] = []
     model = plan.model
     for arg in user:
@@ -321,8 +264,8 @@ def _contradictions(plan: LaunchPlan, user: Sequence[_Arg]) -> list[str]:
             number = parse_human_int(value)
             if number is None:
                 continue
-            tp = number if arg.name == "tensor-parallel-size" else _final_int(user, "tensor-parallel-size", plan.tensor_parallel_size)
-            pp = number if arg.name == "pipeline-parallel-size" else _final_int(user, "pipeline-parallel-size", plan.pipeline_parallel_size)
+            tp = number if arg.name == "tensor-parallel-size" else last_int(user, "tensor-parallel-size", plan.tensor_parallel_size)
+            pp = number if arg.name == "pipeline-parallel-size" else last_int(user, "pipeline-parallel-size", plan.pipeline_parallel_size)
             if arg.name == "tensor-parallel-size":
                 rule = tp_rule_violation(model, tp)
                 if rule:
@@ -339,30 +282,17 @@ def _contradictions(plan: LaunchPlan, user: Sequence[_Arg]) -> list[str]:
     return warnings
 
 
-def _final_int(args: Sequence[_Arg], name: str, default: int) -> int:
-    for arg in reversed(args):
-        if arg.name == name and arg.values:
-            number = parse_human_int(arg.values[0])
-            if number is not None:
-                return number
-    return default
-
-
 def _effective_endpoint(
-    args: Sequence[_Arg], host: str, port: int, model_path: str, warnings: list[str]
+    args: Sequence[FlagArg], host: str, port: int, model_path: str, warnings: list[str]
 ) -> tuple[str, int, tuple[str, ...]]:
     """Host, port and served names vLLM will use, read from the merged arguments."""
-    for arg in reversed(args):
-        if arg.name == "host" and arg.values:
-            host = arg.values[0]
-            break
-    for arg in reversed(args):
-        if arg.name == "port" and arg.values:
-            try:
-                port = int(arg.values[0])
-            except ValueError:
-                warnings.append(f"--port {arg.values[0]!r} is not a number; vLLM will refuse it")
-            break
+    host = last_value(args, "host") or host
+    port_text = last_value(args, "port")
+    if port_text is not None:
+        try:
+            port = int(port_text)
+        except ValueError:
+            warnings.append(f"--port {port_text!r} is not a number; vLLM will refuse it")
     names: tuple[str, ...] = (model_path,)  # vLLM's default: the model argument
     for arg in reversed(args):
         if arg.name == "served-model-name":
@@ -371,22 +301,10 @@ def _effective_endpoint(
     return host, port, names
 
 
-def _final_float(args: Sequence[_Arg], name: str, default: float | None) -> float | None:
-    for arg in reversed(args):
-        if arg.name == name and arg.values:
-            try:
-                return float(arg.values[0])
-            except ValueError:
-                return default
-    return default
-
-
-def _effective_max_model_len(args: Sequence[_Arg]) -> int | None:
+def _effective_max_model_len(args: Sequence[FlagArg]) -> int | None:
     """The context vLLM is told: a number, or None for 'auto' / no flag at all."""
-    for arg in reversed(args):
-        if arg.name == "max-model-len" and arg.values:
-            return parse_human_int(arg.values[0])
-    return None
+    value = last_value(args, "max-model-len")
+    return None if value is None else parse_human_int(value)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -464,15 +382,15 @@ def build_vllm_command(
     as_flag = _model_as_flag(entrypoint) if model_as_flag is None else model_as_flag
     head = [*entrypoint, *(("--model", model_path) if as_flag else (model_path,))]
 
-    args = _group(_plan_tokens(plan, host, port, max_model_len_auto_supported, warnings))
-    args = _merge(args, _group(plan.model.vllm_args, PRESET_ARGS))
+    args = group(_plan_tokens(plan, host, port, max_model_len_auto_supported, warnings))
+    args = _merge(args, group(plan.model.vllm_args, PRESET_ARGS))
 
-    user: list[_Arg] = []
+    user: list[FlagArg] = []
     dropped: list[str] = []
     if config_args:
         tokens, dropped = _config_tokens(config_args)
-        user += _group(tokens, CONFIG_FILE)
-    user += _group(extra_args, PASS_THROUGH)
+        user += group(tokens, CONFIG_FILE)
+    user += group(extra_args, PASS_THROUGH)
     secret = [a for a in user if a.name in _SECRET_FLAGS]
     if secret:
         warnings.append(
@@ -486,7 +404,7 @@ def build_vllm_command(
     if template and not user_template:
         path = os.path.join(chat_template_dir, template) if chat_template_dir else None
         if path and os.path.isfile(path):
-            args.append(_Arg("chat-template", ("--chat-template", path), PRESET_ARGS))
+            args.append(FlagArg("chat-template", ("--chat-template", path), PRESET_ARGS))
         else:
             where = chat_template_dir or "(no chat-template folder given)"
             warnings.append(
@@ -496,9 +414,9 @@ def build_vllm_command(
     args = _merge(args, [], dropped)
     args = _merge(args, user)
     warnings += _contradictions(plan, user)
-    tp = _final_int(args, "tensor-parallel-size", plan.tensor_parallel_size)
-    pp = _final_int(args, "pipeline-parallel-size", plan.pipeline_parallel_size)
-    dp = _final_int(args, "data-parallel-size", plan.data_parallel_size)
+    tp = last_int(args, "tensor-parallel-size", plan.tensor_parallel_size)
+    pp = last_int(args, "pipeline-parallel-size", plan.pipeline_parallel_size)
+    dp = last_int(args, "data-parallel-size", plan.data_parallel_size)
     user_flags = {a.name for a in user}
     cpu: CpuLayout | None = None
     if plan.target == "cpu":
@@ -531,7 +449,7 @@ def build_vllm_command(
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
         data_parallel_size=dp,
-        gpu_memory_utilization=_final_float(args, "gpu-memory-utilization", plan.gpu_memory_utilization),
+        gpu_memory_utilization=last_float(args, "gpu-memory-utilization", plan.gpu_memory_utilization),
         max_model_len=_effective_max_model_len(args),
         api_key=api_key,
         cpu_kv_cache_gib=kv_gib,
@@ -540,7 +458,7 @@ def build_vllm_command(
     )
 
 
-def _sources(args: Sequence[_Arg], dropped: Sequence[str]) -> dict[str, str]:
+def _sources(args: Sequence[FlagArg], dropped: Sequence[str]) -> dict[str, str]:
     """flag -> the layer of its final value; a ``--no-X`` also answers for X."""
     found: dict[str, str] = {}
     for name in dropped:
@@ -557,7 +475,7 @@ def _sources(args: Sequence[_Arg], dropped: Sequence[str]) -> dict[str, str]:
 
 
 def _cpu_kv(
-    args: Sequence[_Arg], base_env: Mapping[str, str], cpu: CpuLayout, warnings: list[str]
+    args: Sequence[FlagArg], base_env: Mapping[str, str], cpu: CpuLayout, warnings: list[str]
 ) -> tuple[float | None, str]:
     """The KV space (GiB per rank) the CPU backend will allocate, and who chose it.
 
@@ -595,8 +513,8 @@ def _kv_ram_warning(plan: LaunchPlan, kv_gib: float | None, ranks: int, ram_avai
 
 
 def _api_key_to_env(
-    args: list[_Arg], base_env: Mapping[str, str], env: dict[str, str], warnings: list[str]
-) -> tuple[list[_Arg], str | None]:
+    args: list[FlagArg], base_env: Mapping[str, str], env: dict[str, str], warnings: list[str]
+) -> tuple[list[FlagArg], str | None]:
     """Move a single --api-key from the argv (readable by anyone on the node through ps) into the
     child's VLLM_API_KEY. Several keys cannot travel in one variable: they stay, with a warning.
     Returns the argv groups and the key readiness checks use (--api-key wins over VLLM_API_KEY)."""
@@ -630,7 +548,7 @@ def display_argv(launch: VllmLaunch) -> tuple[str, ...]:
     shown: list[str] = []
     masking = False
     for token in launch.argv:
-        if _is_flag(token):
+        if is_flag(token):
             masking = False
             if token.startswith("--") and normalise_flag(token) == "api-key":
                 if "=" in token:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import kaito_runtime.settings as data
 from kaito_runtime.errors import CatalogError, UnknownPresetError
+from kaito_runtime.vllm_flags import group, last_value
 from kaito_runtime.types import GiB, AttentionGeometry, ModelSpec
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
@@ -138,15 +139,14 @@ def _catalog_error(path: Path, preset: str | None, field_name: str | None, probl
     if field_name:
         where.append(f"field '{field_name}'")
     subject = ", ".join(where)
-    err = CatalogError(
+    return CatalogError(
         f"Invalid preset catalog file {path}",
         why=f"{subject[:1].upper()}{subject[1:]}: {problem}" if where else problem[:1].upper() + problem[1:],
         fix=f"correct {subject} in {path}" if where else f"correct {path}",
+        path=path,
+        preset=preset,
+        field=field_name,
     )
-    err.path = path  # type: ignore[attr-defined]
-    err.preset = preset  # type: ignore[attr-defined]
-    err.field = field_name  # type: ignore[attr-defined]
-    return err
 
 
 def _from_validation_error(path: Path, raw: Any, exc: ValidationError) -> CatalogError:
@@ -232,29 +232,14 @@ def _geometry(path: Path, entry: _Preset) -> AttentionGeometry:
     return geometry
 
 
-def _flag_values(args: list[str]) -> dict[str, str | None]:
-    """Map each ``--flag`` (underscores normalised to dashes) to the token after it, or its ``=`` value."""
-    found: dict[str, str | None] = {}
-    for i, token in enumerate(args):
-        if not token.startswith("--"):
-            continue
-        flag, eq, value = token.partition("=")
-        flag = flag.replace("_", "-")
-        if eq:
-            found[flag] = value
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            found[flag] = args[i + 1]
-        else:
-            found[flag] = None
-    return found
-
-
 def _check_args(path: Path, entry: _Preset) -> None:
-    flags = _flag_values(entry.vllm_args)
-    for flag, reason in _RESERVED_FLAGS.items():
-        if flag in flags:
-            raise _catalog_error(path, entry.name, "vllm_args", f"{flag} is not allowed here: {reason}")
-    arg_format = flags.get("--load-format")
+    args = group(entry.vllm_args)
+    for arg in args:
+        reason = _RESERVED_FLAGS.get(f"--{arg.name}")
+        if reason:
+            spelled = f" (given as {arg.tokens[0]!r})" if arg.tokens[0] != f"--{arg.name}" else ""
+            raise _catalog_error(path, entry.name, "vllm_args", f"--{arg.name}{spelled} is not allowed here: {reason}")
+    arg_format = last_value(args, "load-format")
     if (arg_format == "mistral") != (entry.load_format == "mistral"):
         raise _catalog_error(
             path,

@@ -1,0 +1,112 @@
+"""The one parser of vLLM command-line flags, for every place that reads them: the catalog's
+reserved-flag check, the config file, the arguments after ``--`` and the command builder.
+
+vLLM's own parser accepts ``--max-model-len 8``, ``--max_model_len=8``, ``--Max-Model-Len 8`` and
+the short forms ``-tp 2`` / ``-pp 2``; every spelling here becomes one normalised name
+(``max-model-len``), so a rule about a flag holds for all of them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PLAN = "plan"  # the source of a flag the launcher itself computed
+
+# Short spellings vLLM accepts for flags the plan sets (vllm.md "Parallelism flags").
+SHORT_FLAGS = {
+    "tp": "tensor-parallel-size",
+    "pp": "pipeline-parallel-size",
+    "dp": "data-parallel-size",
+    "n": "nnodes",
+    "r": "node-rank",
+}
+
+_NUMBER = re.compile(r"^-\d")
+
+
+@dataclass(frozen=True)
+class FlagArg:
+    name: str | None  # normalised flag name ("max-model-len"); None for a stray positional
+    tokens: tuple[str, ...]
+    source: str = PLAN
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        first = self.tokens[0]
+        if self.name is not None and "=" in first:
+            return (first.split("=", 1)[1], *self.tokens[1:])
+        return self.tokens[1:] if self.name is not None else self.tokens
+
+
+def normalise_flag(token: str) -> str:
+    """'--max_model_len=8' -> 'max-model-len'; '-tp' -> 'tensor-parallel-size'."""
+    bare = token.split("=", 1)[0]
+    short = not bare.startswith("--")
+    name = bare.lstrip("-").replace("_", "-").lower()
+    if short:
+        return SHORT_FLAGS.get(name, name)
+    return name
+
+
+def is_flag(token: str) -> bool:
+    return token.startswith("-") and len(token) > 1 and not _NUMBER.match(token)
+
+
+def group(tokens: Sequence[str], source: str = PLAN) -> list[FlagArg]:
+    groups: list[FlagArg] = []
+    current: list[str] = []
+    for token in tokens:
+        if is_flag(token) or (current and is_flag(current[0]) and "=" in current[0]):
+            if current:
+                groups.append(_make(current, source))
+            current = [token]
+        else:
+            current.append(token)
+    if current:
+        groups.append(_make(current, source))
+    return groups
+
+
+def _make(tokens: list[str], source: str) -> _Arg:
+    return FlagArg(normalise_flag(tokens[0]) if is_flag(tokens[0]) else None, tuple(tokens), source)
+
+
+def parse_human_int(text: str) -> int | None:
+    """vLLM's human units: 1k = 1000, 1K = 1024, decimals allowed; None for 'auto' / garbage."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT]?)", text.strip())
+    if not match:
+        return None
+    number, unit = float(match.group(1)), match.group(2)
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
+    return int(number * scale)
+
+
+
+def last_value(args: Sequence[FlagArg], name: str) -> str | None:
+    """The first value of the last occurrence of flag ``name`` (vLLM's rule: the last one wins)."""
+    for arg in reversed(args):
+        if arg.name == name and arg.values:
+            return arg.values[0]
+    return None
+
+
+def last_int(args: Sequence[FlagArg], name: str, default: int) -> int:
+    """``last_value`` as a number (human units allowed); ``default`` when absent or not a number."""
+    value = last_value(args, name)
+    number = parse_human_int(value) if value is not None else None
+    return default if number is None else number
+
+
+def last_float(args: Sequence[FlagArg], name: str, default: float | None) -> float | None:
+    value = last_value(args, name)
+    try:
+        return default if value is None else float(value)
+    except ValueError:
+        return default
+
+
+def flag_names(tokens: Sequence[str]) -> set[str]:
+    """The normalised names of every flag in ``tokens``."""
+    return {arg.name for arg in group(tokens) if arg.name is not None}
