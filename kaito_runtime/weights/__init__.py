@@ -29,6 +29,7 @@ from kaito_runtime.errors import (
     InputError,
     InsufficientDiskError,
     RevisionNotFoundError,
+    StopRequested,
     WeightsCorruptError,
     WeightsError,
 )
@@ -389,6 +390,13 @@ def _download(
             reporter.__enter__()
         with errors():
             bad = fetcher.run(files, max_workers)
+    except StopRequested as stop:
+        partial = sum(held_on_disk(folder, files).values()) + sum(
+            p.stat().st_size for p in folder.rglob("*.part") if p.is_file()
+        )
+        stop.kept = (f"the weights step stopped; {fmt_bytes(partial)} of {fmt_bytes(total)} kept in {folder} "
+                     "for the next run to resume; the download lock is released")
+        raise
     finally:
         if reporter:
             reporter.__exit__(None, None, None)
