@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,7 @@ from kaito_runtime.model import download_spec, gated_token_warning, resolve_mode
 from kaito_runtime.request import (
     CONTAINER_WEIGHTS_DIR,
     RuntimeRequest,
-    chat_template_dir_of,
+    settled,
     default_weights_dir,
     is_offline,
     uses_local_folder,
@@ -33,9 +33,13 @@ from kaito_runtime.request import (
 )
 from kaito_runtime.types import LaunchPlan, ModelSpec, NodeInventory, PlanOverrides, Topology
 
+from kaito_runtime.hub import timeouts as hub_timeouts
+from kaito_runtime.secrets import Secret
+
 if TYPE_CHECKING:
     from kaito_runtime.launch import ServeOptions
     from kaito_runtime.launch.rendezvous import RendezvousInfo
+    from kaito_runtime.launch import plan_check
     from kaito_runtime.launch.vllm_command import VllmLaunch
     from kaito_runtime.weights import WeightsResult
 
@@ -94,6 +98,7 @@ class Prepared:
     model_path: Path  # where the weights will be (exact for presets, folders and pinned commits)
     times: PhaseTimes
     token_source: str | None = None
+    token: Secret | None = field(default=None, repr=False)  # resolved once per run, for the weights step
     config_args: Mapping[str, object] | None = None  # the config file's `vllm:` section, read once
     warnings: tuple[str, ...] = ()  # for the user before anything slow (a gated model, no token)
 
@@ -167,14 +172,18 @@ def prepare(
     ``run()`` passes False, because a real multi-node launch needs its rank and leader. The
     inventory's notes and the config file's notes are logged here, once.
     """
+    env = dict(os.environ if env is None else env)
+    with hub_timeouts.timeout_from(env):
+        return _prepare(settled(request, env), env, planning_only)
+
+
+def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: bool | None) -> Prepared:
     import kaito_runtime.plan as planner
     from kaito_runtime import secrets
     from kaito_runtime import weights
 
-    env = dict(os.environ if env is None else env)
     planning_only = request.planning_only if planning_only is None else planning_only
     token, token_source = secrets.resolve_token(env, request.token_file)
-    request = replace(request, weights_dir=weights_dir_of(request, env), chat_template_dir=chat_template_dir_of(request, env))
     config_args = _read_config(request)
     request = _with_user_flags(request, config_args)
 
@@ -217,6 +226,7 @@ def prepare(
         model_path=model_path,
         times=PhaseTimes(model=model_seconds, inventory=inventory_seconds, plan=plan_seconds),
         token_source=token_source if token is not None else None,
+        token=token,
         config_args=config_args,
         warnings=(gated,) if gated else (),
     )
@@ -246,8 +256,16 @@ def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path, env: Mapping[
     return built
 
 
-def fetch_model_weights(model: ModelSpec, request: RuntimeRequest, env: Mapping[str, str] | None = None) -> WeightsResult:
+def fetch_model_weights(
+    model: ModelSpec,
+    request: RuntimeRequest,
+    env: Mapping[str, str] | None = None,
+    *,
+    token: Secret | None = None,
+    token_source: str | None = None,
+) -> WeightsResult:
     """The weights step for ``model``: returns weights.WeightsResult (the local folder for vLLM).
+    ``token``: the one ``prepare`` resolved (else it is resolved here).
 
     An operating-system error on the way (permissions, a full or read-only volume) becomes a
     WeightsError (exit 10) naming the path, not a traceback.
@@ -257,26 +275,31 @@ def fetch_model_weights(model: ModelSpec, request: RuntimeRequest, env: Mapping[
     from kaito_runtime.weights import lock as weights_lock
 
     env = dict(os.environ if env is None else env)
-    weights_dir = weights_dir_of(request, env)
-    token, token_source = secrets.resolve_token(env, request.token_file)
+    request = settled(request, env)
+    if token is None:
+        token, token_source = secrets.resolve_token(env, request.token_file)
+    assert request.weights_dir is not None
     try:
-        return weights.ensure_weights(
-            model,
-            weights_dir=weights_dir,
-            token=token,
-            token_source=token_source,
-            offline=is_offline(request, env),
-            endpoint=request.endpoint,
-            verify=request.verify_weights,
-            lock_timeout_s=weights_lock.lock_timeout_s(None, env),
-        )
+        with hub_timeouts.timeout_from(env):
+            return weights.ensure_weights(
+                model,
+                weights_dir=request.weights_dir,
+                token=token,
+                token_source=token_source,
+                offline=is_offline(request, env),
+                endpoint=request.endpoint,
+                verify=request.verify_weights,
+                lock_timeout_s=weights_lock.lock_timeout_s(None, env),
+            )
     except OSError as e:
-        raise weights.os_error_as_weights_error(e, weights_dir) from e
+        raise weights.os_error_as_weights_error(e, request.weights_dir) from e
 
 
 def fetch_weights(prepared: Prepared, env: Mapping[str, str] | None = None) -> WeightsResult:
-    """The weights step of a prepared launch."""
-    return fetch_model_weights(prepared.model, prepared.request, env)
+    """The weights step of a prepared launch (with the token ``prepare`` resolved)."""
+    return fetch_model_weights(
+        prepared.model, prepared.request, env, token=prepared.token, token_source=prepared.token_source
+    )
 
 
 def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> WeightsResult:
@@ -286,7 +309,7 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
     from kaito_runtime.weights import store as weights_store
 
     env = dict(os.environ if env is None else env)
-    request = replace(request, weights_dir=weights_dir_of(request, env), chat_template_dir=chat_template_dir_of(request, env))
+    request = settled(request, env)
     if not uses_local_folder(request):
         assert request.weights_dir is not None
         # This mode exists to write there: made now, and refused at once when it cannot be.
@@ -314,11 +337,12 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     from kaito_runtime import launch
     import kaito_runtime.model as model_choice
     from kaito_runtime.launch import ports
-    from kaito_runtime.launch import supervisor
+    from kaito_runtime.launch import plan_check, supervisor
     from kaito_runtime.weights import store as weights_store
 
     entered = time.monotonic()
     env = dict(os.environ if env is None else env)
+    request = settled(request, env)
     if download_only:
         download_weights(request, env)
         return 0
@@ -326,7 +350,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     if not uses_local_folder(request):
         # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
         # a second; an existing read-only volume holding a complete copy is still served.
-        weights_store.check_weights_dir(weights_dir_of(request, env), writable=False, create=True)
+        weights_store.check_weights_dir(request.weights_dir, writable=False, create=True)
     prepared = prepare(request, env, planning_only=False)
     install = launch.installed_vllm(prepared.model, prepared.topology, log)
     # Built before the weights: what vLLM will really use (the config file and pass-through
@@ -359,7 +383,10 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     served_names = built.served_model_names or (prepared.model.name,)
     times = replace(prepared.times, weights=weights_seconds)
 
+    startup = plan_check.StartupReader()
+
     def on_ready(seconds: float) -> None:
+        _log_plan_check(plan_check.check_plan(prepared.plan, startup))
         log.info(
             "ready in %.1f s (%s): serving %s on http://%s:%d/v1",
             time.monotonic() - entered,
@@ -382,6 +409,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         ready_timeout=request.ready_timeout if readiness is not None else None,
         on_ready=on_ready,
         log=log,
+        on_line=startup.feed,
     )
     if outcome.exit_code != 0 and outcome.signal_received is None:
         # A known cause: one line. Otherwise (or only the generic "engine core failed"), vLLM's
@@ -524,3 +552,10 @@ def list_presets() -> tuple:
 
     return tuple(load_catalog().presets)
 
+
+def _log_plan_check(check: plan_check.PlanCheck) -> None:
+    """One line comparing the plan with vLLM's own memory figures (fields in JSON mode)."""
+    log.info("%s", check.line(), extra={"fields": {"plan_check": check.fields()}})
+    warning = check.warning()
+    if warning:
+        log.warning("%s", warning)

@@ -156,6 +156,22 @@ class VllmNotInstalledError(KaitoError):
     exit_code = 20
 
 
+class GroupMismatchError(InputError):
+    """The nodes of a multi-node group disagree (plan field, version, duplicate rank): exit 2."""
+
+
+class RendezvousTimeoutError(KaitoError):
+    """A rank of the group never checked in within the rendezvous timeout."""
+
+    exit_code = 21
+
+
+class GroupMemberLostError(KaitoError):
+    """A node of a running group was lost (its vLLM exited or its heartbeat went silent)."""
+
+    exit_code = 22
+
+
 # --- a stop asked for by a signal -----------------------------------------------------------------
 
 
@@ -173,4 +189,3 @@ class StopRequested(BaseException):
         self.signal_name = signal_name
         self.exit_code = exit_code
         self.kept: str | None = None
-

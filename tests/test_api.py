@@ -780,3 +780,19 @@ def test_the_weights_line_has_one_form_in_every_mode(tmp_path, no_real_vllm, mon
     assert len(lines) == 2
     for line in lines:
         assert line.startswith(f"weights ready at {folder} (") and line.endswith(" s)") and line.count("c" * 40) == 1
+
+
+def test_the_hub_endpoint_and_timeout_come_from_the_env_the_api_is_given(tiny_hub, tmp_path, monkeypatch):
+    """HF_ENDPOINT / KAITO_HUB_TIMEOUT in the mapping passed to the API win; os.environ is not read."""
+    from kaito_runtime.errors import HubUnreachableError, InputError
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port: must not be used
+    monkeypatch.delenv("KAITO_HUB_TIMEOUT", raising=False)
+    request = api.RuntimeRequest(model="org/tiny-llama", weights_dir=tmp_path / "w", dry_run=True, assume_gpus="1xH100")
+    prepared = api.prepare(request, {"HF_ENDPOINT": tiny_hub.url})
+    assert prepared.model.revision == tiny_hub.commit_of("org/tiny-llama")
+    with pytest.raises(InputError, match="KAITO_HUB_TIMEOUT"):  # the given env's bad value is the one refused
+        api.prepare(request, {"HF_ENDPOINT": tiny_hub.url, "KAITO_HUB_TIMEOUT": "soon"})
+    with pytest.raises(HubUnreachableError) as info:
+        api.prepare(request, {"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert "huggingface.co" not in str(info.value) and "127.0.0.1:9" in str(info.value)

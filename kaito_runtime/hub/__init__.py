@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import urllib.parse
 import tempfile
@@ -99,10 +98,11 @@ def check_repo_id(text: str) -> None:
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
-    """The endpoint as the client gets it (credentials in it are registered for redaction)."""
+    """The hub to ask: the caller's endpoint (the API passes HF_ENDPOINT from its environment),
+    else the public Hub. Credentials in it are registered for redaction."""
     from kaito_runtime.secrets import register_secret
 
-    resolved = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    resolved = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
     userinfo = urllib.parse.urlsplit(resolved).netloc.rpartition("@")[0]
     if userinfo:
         register_secret(userinfo)
@@ -147,7 +147,7 @@ def translate_error(
     from huggingface_hub import errors as hf
 
     has_token = token_source != "none"
-    page = f"https://huggingface.co/{repo_id}"
+    page = f"{endpoint}/{repo_id}"
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(exc, hf.GatedRepoError):
         if not has_token:
@@ -160,7 +160,7 @@ def translate_error(
             return TokenRejectedError(
                 f"The Hugging Face token from {token_source} was rejected for {repo_id}",
                 why="The Hub did not accept it (expired, revoked or mistyped)",
-                fix=f"create a new read token at https://huggingface.co/settings/tokens and {TOKEN_HINT}",
+                fix=f"create a new read token at {endpoint}/settings/tokens and {TOKEN_HINT}",
             )
         return GatedAccessDeniedError(
             f"The Hugging Face token from {token_source} has no access to gated model {repo_id}",
@@ -190,7 +190,7 @@ def translate_error(
                 return TokenRejectedError(
                     f"The Hugging Face token from {token_source} was rejected",
                     why="The Hub answered 401 (invalid credentials)",
-                    fix=f"create a new read token at https://huggingface.co/settings/tokens and {TOKEN_HINT}",
+                    fix=f"create a new read token at {endpoint}/settings/tokens and {TOKEN_HINT}",
                 )
             return RepoNotFoundError(
                 f"Model repo {repo_id} needs authentication on {endpoint}",

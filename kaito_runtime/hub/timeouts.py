@@ -52,6 +52,21 @@ def hub_timeout_s(env: Mapping[str, str] | None = None) -> float:
     return seconds_from_env(os.environ if env is None else env, TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
 
 
+_from_caller: list[float] = []  # the timeouts of the callers' environments, innermost last
+
+
+@contextmanager
+def timeout_from(env: Mapping[str, str]) -> Iterator[float]:
+    """Inside, hub calls use ``KAITO_HUB_TIMEOUT`` from ``env`` (the API's environment), not the
+    process environment. A malformed value is refused here, before any request."""
+    seconds = hub_timeout_s(env)
+    _from_caller.append(seconds)
+    try:
+        yield seconds
+    finally:
+        _from_caller.pop()
+
+
 class HubTimeout(TimeoutError):
     """The hub stayed silent for longer than the timeout (not retried by the client)."""
 
@@ -167,7 +182,8 @@ def bounded(what: str, *, stops_retries: bool = True) -> Iterator[_Deadline]:
     """Calls to the client inside get the hub timeout on each request, and no retry after the hub
     has been silent that long (``stops_retries=False``: per-request timeouts only, for a transfer
     that runs partly outside the hooks' sight)."""
-    deadline = _Deadline(hub_timeout_s(), what, stops_retries=stops_retries)  # a bad setting fails first
+    seconds = _from_caller[-1] if _from_caller else hub_timeout_s()  # a bad setting fails first
+    deadline = _Deadline(seconds, what, stops_retries=stops_retries)
     install_timeouts()
     previous = getattr(_local, "deadline", None)
     _local.deadline = deadline

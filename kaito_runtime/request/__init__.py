@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kaito_runtime.types import PlanOverrides
@@ -83,6 +83,21 @@ def weights_dir_of(request: RuntimeRequest, env: Mapping[str, str]) -> Path:
 
 def chat_template_dir_of(request: RuntimeRequest, env: Mapping[str, str]) -> str:
     return request.chat_template_dir or env.get("KAITO_CHAT_TEMPLATE_DIR") or DEFAULT_CHAT_TEMPLATE_DIR
+
+
+def endpoint_of(request: RuntimeRequest, env: Mapping[str, str]) -> str | None:
+    """The hub to use: the request's, else ``HF_ENDPOINT`` (a mirror), else None (the public Hub)."""
+    return request.endpoint or env.get("HF_ENDPOINT") or None
+
+
+def settled(request: RuntimeRequest, env: Mapping[str, str]) -> RuntimeRequest:
+    """The request with every default that comes from the environment filled in, read once."""
+    return replace(
+        request,
+        weights_dir=weights_dir_of(request, env),
+        chat_template_dir=chat_template_dir_of(request, env),
+        endpoint=endpoint_of(request, env),
+    )
 
 
 def is_offline(request: RuntimeRequest, env: Mapping[str, str]) -> bool:
