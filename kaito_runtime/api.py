@@ -185,6 +185,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
     planning_only = request.planning_only if planning_only is None else planning_only
     token, token_source = secrets.resolve_token(env, request.token_file)
     config_args = _read_config(request)
+    request = _with_user_flags(request, config_args)
 
     started = time.monotonic()
     weights_dir = request.weights_dir
@@ -466,6 +467,34 @@ def _with_gpu_node_hint(fix: str | None, request: RuntimeRequest, node: NodeInve
     how = "--sku SKU or --assume-gpus 4xA100-80GB"
     hint = f"plan for a GPU node with {how}" if request.dry_run else f"see the plan for a GPU node with --dry-run {how}"
     return f"{fix}; or {hint}" if fix else hint
+
+
+def _with_user_flags(request: RuntimeRequest, config_args: Mapping[str, object] | None) -> RuntimeRequest:
+    """Check the values of the config file's and the pass-through flags the launcher interprets
+    (exit 2 naming the source and the value, before any weights are fetched), and plan with their
+    parallel sizes as if given as options: vLLM gets them either way, so the plan must agree
+    (a TP size from there left the planned data-parallel size in place)."""
+    from kaito_runtime import vllm_flags
+    from kaito_runtime.launch.vllm_command import config_tokens
+    from kaito_runtime.plan.memory import KNOWN_KV_CACHE_DTYPES
+
+    configured = vllm_flags.group(config_tokens(config_args)[0], "config") if config_args else []
+    passed = vllm_flags.group(request.extra_vllm_args, "pass-through")
+    bad = vllm_flags.first_bad_value([*configured, *passed], KNOWN_KV_CACHE_DTYPES)
+    if bad is not None:
+        arg, value, problem = bad
+        where = f"the config file {request.config_file}" if arg.source == "config" else "the pass-through arguments (after --)"
+        raise InputError(
+            f"--{arg.name} {value!r} in {where} is not a value vLLM accepts",
+            why=problem,
+            fix=f"correct --{arg.name} in {where}",
+        )
+    sizes = {}
+    for flag, field in (("tensor-parallel-size", "tensor_parallel_size"), ("pipeline-parallel-size", "pipeline_parallel_size")):
+        value = vllm_flags.last_value([*configured, *passed], flag)
+        if value is not None:
+            sizes[field] = int(value)
+    return replace(request, overrides=replace(request.overrides, **sizes)) if sizes else request
 
 
 def _read_config(request: RuntimeRequest) -> Mapping[str, object] | None:

@@ -37,6 +37,13 @@ def _check_combination(request: RuntimeRequest) -> None:
             "No model given",
             fix="pass --preset NAME (see --list-presets) or --model HF_ID_OR_FOLDER (env KAITO_PRESET / KAITO_MODEL)",
         )
+    if request.revision is not None and (not request.revision.strip() or not request.revision.isprintable() or " " in request.revision):
+        # repr shows a newline as \n: the one-line error stays one line.
+        raise InputError(
+            f"--revision {request.revision!r} is not a branch, tag or commit name",
+            why="it is empty or holds spaces or control characters, which no git ref has",
+            fix="pass a branch, tag or 40-hex commit (env KAITO_REVISION)",
+        )
 
 
 def check_request(request: RuntimeRequest) -> None:
