@@ -39,6 +39,7 @@ from kaito_runtime.secrets import Secret
 if TYPE_CHECKING:
     from kaito_runtime.launch import ServeOptions
     from kaito_runtime.launch.rendezvous import RendezvousInfo
+    from kaito_runtime.launch import plan_check
     from kaito_runtime.launch.vllm_command import VllmLaunch
     from kaito_runtime.weights import WeightsResult
 
@@ -335,7 +336,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     from kaito_runtime import launch
     import kaito_runtime.model as model_choice
     from kaito_runtime.launch import ports
-    from kaito_runtime.launch import supervisor
+    from kaito_runtime.launch import plan_check, supervisor
     from kaito_runtime.weights import store as weights_store
 
     entered = time.monotonic()
@@ -381,7 +382,10 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     served_names = built.served_model_names or (prepared.model.name,)
     times = replace(prepared.times, weights=weights_seconds)
 
+    startup = plan_check.StartupReader()
+
     def on_ready(seconds: float) -> None:
+        _log_plan_check(plan_check.check_plan(prepared.plan, startup))
         log.info(
             "ready in %.1f s (%s): serving %s on http://%s:%d/v1",
             time.monotonic() - entered,
@@ -404,6 +408,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         ready_timeout=request.ready_timeout if readiness is not None else None,
         on_ready=on_ready,
         log=log,
+        on_line=startup.feed,
     )
     if outcome.exit_code != 0 and outcome.signal_received is None:
         # A known cause: one line. Otherwise (or only the generic "engine core failed"), vLLM's
@@ -518,3 +523,10 @@ def list_presets() -> tuple:
 
     return tuple(load_catalog().presets)
 
+
+def _log_plan_check(check: plan_check.PlanCheck) -> None:
+    """One line comparing the plan with vLLM's own memory figures (fields in JSON mode)."""
+    log.info("%s", check.line(), extra={"fields": {"plan_check": check.fields()}})
+    warning = check.warning()
+    if warning:
+        log.warning("%s", warning)

@@ -254,6 +254,7 @@ def _logging_options(f):
 @_output_option
 @_node_options
 @option("--cpu", "force_cpu", is_flag=True, envvar="KAITO_CPU", help="Use vLLM's CPU backend even when GPUs are present.")
+@option("--cpu-cores", envvar="KAITO_CPU_CORES", help="CPU target: the cores vLLM may use on this node, e.g. 0-3,8 (VLLM_CPU_OMP_THREADS_BIND); several nodes on one machine each take their own.")
 @option("--max-model-len", type=int, envvar="KAITO_MAX_MODEL_LEN", help="Context length; refused with the numbers when it cannot fit.")
 @option(
     "--gpu-memory-utilization",
@@ -394,6 +395,7 @@ def _request_from_options(opts: dict):
             tensor_parallel_across_nodes=opts["tensor_parallel_across_nodes"],
             parallel_preference=opts["parallel_preference"],
             force_cpu=opts["force_cpu"],
+            cpu_cores=opts["cpu_cores"],
         ),
         sku=opts["sku"],
         assume_gpus=opts["assume_gpus"],

@@ -154,3 +154,19 @@ class WeightsCorruptError(WeightsError):
 
 class VllmNotInstalledError(KaitoError):
     exit_code = 20
+
+
+class GroupMismatchError(InputError):
+    """The nodes of a multi-node group disagree (plan field, version, duplicate rank): exit 2."""
+
+
+class RendezvousTimeoutError(KaitoError):
+    """A rank of the group never checked in within the rendezvous timeout."""
+
+    exit_code = 21
+
+
+class GroupMemberLostError(KaitoError):
+    """A node of a running group was lost (its vLLM exited or its heartbeat went silent)."""
+
+    exit_code = 22

@@ -25,6 +25,9 @@ class JsonLineFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            payload.update(fields)
         # The filter leaves the redacted traceback in exc_text; formatting exc_info again would
         # bring back the clear text.
         exception = record.exc_text or (self.formatException(record.exc_info) if record.exc_info else None)

@@ -227,6 +227,7 @@ class PlanOverrides:
     tensor_parallel_across_nodes: bool = False
     parallel_preference: ParallelPreference = "auto"
     force_cpu: bool = False
+    cpu_cores: str | None = None  # CPU target: the cores vLLM may use on this node ("0-3,8")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,6 +276,7 @@ class LaunchPlan:
     memory: GpuMemoryBudget | None = None
     cpu_kv_cache_gib: int | None = None  # VLLM_CPU_KVCACHE_SPACE
     cpu_threads_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND
+    cpu_cores: tuple[int, ...] = ()  # CPU target: the cores the user gave (--cpu-cores); () = all
     enforce_eager: bool = False
     gpus_per_node: int | None = None  # GPUs the plan saw on this node (None on CPU)
     decisions: tuple[Decision, ...] = field(default_factory=tuple)

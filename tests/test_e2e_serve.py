@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -120,6 +121,15 @@ def test_gated_model_is_downloaded_with_the_token_and_reported_ready(server):
         assert phase in ready
     assert server["hub"].body_gets() >= 1, "the weights should have come from the hub emulator"
     assert server["hub"].count(path_contains="model.safetensors", method="GET") >= 1
+
+
+def test_launch_checks_the_plan_against_vllms_own_memory_lines(server):
+    log = server["err"].read_text()
+    line = next(line for line in log.splitlines() if "plan check:" in line)
+    match = re.search(r"KV predicted ([\d,]+) tokens, vLLM has ([\d,]+) \(([+-][\d.]+) %\); weights predicted", line)
+    assert match, line
+    assert abs(float(match.group(3))) <= 5.0  # the CPU KV space is set exactly: the count must agree
+    assert "checkpoint" in line
 
 
 def test_models_endpoint_lists_served_name_and_passthrough_wins(server):

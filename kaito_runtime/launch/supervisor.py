@@ -186,9 +186,15 @@ class _Child:
     """The running child, its output pump and its process group."""
 
     def __init__(
-        self, argv: Sequence[str], env: Mapping[str, str], output: IO[str] | None, log: logging.Logger
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        output: IO[str] | None,
+        log: logging.Logger,
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         self.log = log
+        self._on_line = on_line
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._output = output
         self.proc = subprocess.Popen(
@@ -210,6 +216,8 @@ class _Child:
             line = raw.decode("utf-8", errors="replace")
             # progress bars redraw with \r: keep what the terminal would finally show
             self.tail.append(line.rstrip("\r\n").rsplit("\r", 1)[-1])
+            if self._on_line is not None:
+                self._on_line(self.tail[-1])
             if self._output is not None:
                 try:
                     # vLLM (or a model's remote code) may print a secret we know; a few `in` checks
@@ -340,11 +348,13 @@ def supervise(
     on_ready: Callable[[float], None] | None = None,
     log: logging.Logger,
     output: IO[str] | None | Literal["stdout"] = "stdout",
+    on_line: Callable[[str], None] | None = None,
 ) -> SupervisorResult:
     """Run ``argv`` with exactly ``env`` until it exits; see the module docstring for the rules.
 
     ``output`` receives the child's stdout and stderr, line by line, unchanged ("stdout": our
-    sys.stdout at call time; None: discard; the tail is kept either way). ``ready_timeout`` applies
+    sys.stdout at call time; None: discard; the tail is kept either way). ``on_line`` sees every
+    output line (without its newline) from the output thread, e.g. to read vLLM's memory figures. ``ready_timeout`` applies
     only with a ``ready`` check. Signal handlers are installed only when called from the main
     thread, and the previous handlers are restored before returning.
     """
@@ -380,7 +390,7 @@ def supervise(
     became_ready = threading.Event()
     try:
         try:
-            child = _Child(argv, env, output, log)
+            child = _Child(argv, env, output, log, on_line)
         except OSError as exc:
             log.error("cannot start %s: %s", argv[0] if argv else "?", exc)
             return SupervisorResult(127, None, (str(exc),), received[0] if received else None)
