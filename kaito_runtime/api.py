@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaito_runtime.errors import DoesNotFitError, InputError
-from kaito_runtime.model import download_spec, gated_token_warning, resolve_model
+from kaito_runtime.model import download_source, gated_token_warning, resolve_model
 from kaito_runtime.request import (
     CONTAINER_WEIGHTS_DIR,
     RuntimeRequest,
@@ -31,7 +31,7 @@ from kaito_runtime.request import (
     uses_local_folder,
     weights_dir_of,
 )
-from kaito_runtime.types import LaunchPlan, ModelSpec, NodeInventory, PlanOverrides, Topology
+from kaito_runtime.types import LaunchPlan, ModelSpec, NodeInventory, PlanOverrides, Topology, WeightsSource
 
 from kaito_runtime.hub import timeouts as hub_timeouts
 from kaito_runtime.secrets import Secret
@@ -215,7 +215,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
             warnings=(gated,) if gated else (),
         ) from error
     assert request.weights_dir is not None
-    model_path = Path(model.local_path) if model.local_path else weights.planned_path(model, request.weights_dir)
+    model_path = Path(model.local_path) if model.local_path else weights.planned_path(model.weights_source, request.weights_dir)
     plan_seconds = time.monotonic() - started
     return Prepared(
         request=request,
@@ -257,7 +257,7 @@ def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path, env: Mapping[
 
 
 def fetch_model_weights(
-    model: ModelSpec,
+    model: ModelSpec | WeightsSource,
     request: RuntimeRequest,
     env: Mapping[str, str] | None = None,
     *,
@@ -282,7 +282,7 @@ def fetch_model_weights(
     try:
         with hub_timeouts.timeout_from(env):
             return weights.ensure_weights(
-                model,
+                model.weights_source if isinstance(model, ModelSpec) else model,
                 weights_dir=request.weights_dir,
                 token=token,
                 token_source=token_source,
@@ -305,7 +305,7 @@ def fetch_weights(prepared: Prepared, env: Mapping[str, str] | None = None) -> W
 def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> WeightsResult:
     """`--download-only`: fetch the model's weights. No probe and no plan: an init container
     usually has no GPU, so whether the model fits is a question for the serving pod. A repo id's
-    config.json is not read either (see ``model_choice.download_spec``)."""
+    config.json is not read either (see ``model.download_source``)."""
     from kaito_runtime.weights import store as weights_store
 
     env = dict(os.environ if env is None else env)
@@ -315,7 +315,7 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
         # This mode exists to write there: made now, and refused at once when it cannot be.
         weights_store.check_weights_dir(request.weights_dir, create=True)
     started = time.monotonic()
-    model = download_spec(request)
+    model = download_source(request)
     log.info(
         "download-only: weights of %s (%s) into %s; whether it fits this machine is not checked in this mode",
         model.name,
@@ -435,7 +435,7 @@ def _log_weights_ready(result: WeightsResult, seconds: float) -> None:
 
 
 def _gated_without_token(
-    model: ModelSpec, request: RuntimeRequest, env: Mapping[str, str], *, token_found: bool | None = None
+    model: ModelSpec | WeightsSource, request: RuntimeRequest, env: Mapping[str, str], *, token_found: bool | None = None
 ) -> str | None:
     """The warning for a gated model with no token found, when the weights step would have to
     fetch it (no complete copy on disk, not offline): that step fails there (exit 11), so say it
@@ -453,7 +453,7 @@ def _gated_without_token(
         return None
     weights_dir = weights_dir_of(request, env)
     if model.revision and model.repo_id:
-        folder = weights.planned_path(model, weights_dir)
+        folder = weights.planned_path(model.weights_source if isinstance(model, ModelSpec) else model, weights_dir)
         if weights_store.read_marker(folder, model.repo_id, model.revision) is not None:
             return None  # a complete copy: nothing to fetch, no token needed
     return warning

@@ -65,6 +65,19 @@ LoadFormat = Literal["hf", "mistral"]
 
 
 @dataclass(frozen=True)
+class WeightsSource:
+    """What the weights step needs of a model, and nothing else: where its files are (a hub repo
+    at a revision, or a local folder), which format to fetch, and whether the repo is gated."""
+
+    name: str
+    repo_id: str | None = None
+    revision: str | None = None  # a commit, branch or tag; None = main
+    load_format: LoadFormat = "hf"
+    local_path: str | None = None
+    gated: bool = False
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """What the model is and what vLLM needs to serve it (from a preset, an HF id or a folder)."""
 
@@ -91,6 +104,10 @@ class ModelSpec:
     # and where that floor comes from, for the error message.
     min_gpu_memory_bytes: int | None = None
     min_gpu_memory_reason: str | None = None
+
+    @property
+    def weights_source(self) -> WeightsSource:
+        return WeightsSource(self.name, self.repo_id, self.revision, self.load_format, self.local_path, self.gated)
 
     def __post_init__(self) -> None:
         if self.weights_bytes <= 0:

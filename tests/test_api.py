@@ -565,7 +565,7 @@ def test_a_weights_folder_that_cannot_be_created_is_refused_before_the_model(tmp
     target = tmp_path / "proc" / "x"
     _refuse_mkdir(monkeypatch, target)
     monkeypatch.setattr(api, "resolve_model", lambda *a, **k: pytest.fail("resolved before the folder was made"))
-    monkeypatch.setattr(api, "download_spec", lambda *a, **k: pytest.fail("resolved before the folder was made"))
+    monkeypatch.setattr(api, "download_source", lambda *a, **k: pytest.fail("resolved before the folder was made"))
     with pytest.raises(InputError) as caught:
         api.run(api.RuntimeRequest(preset="phi-4-mini-instruct", weights_dir=target), {}, download_only=download_only)
     message = caught.value.message
@@ -803,3 +803,16 @@ def test_the_hub_endpoint_and_timeout_come_from_the_env_the_api_is_given(tiny_hu
     with pytest.raises(HubUnreachableError) as info:
         api.prepare(request, {"HF_ENDPOINT": "http://127.0.0.1:9"})
     assert "huggingface.co" not in str(info.value) and "127.0.0.1:9" in str(info.value)
+
+
+def test_download_only_hands_the_weights_step_only_what_it_needs(hub, hub_env, tmp_path, monkeypatch):
+    """No made-up model figures: a repo id becomes repo, revision and load format, nothing else."""
+    from kaito_runtime.types import WeightsSource
+
+    given = []
+    real = weights.ensure_weights
+    monkeypatch.setattr(weights, "ensure_weights", lambda source, **kw: given.append(source) or real(source, **kw))
+    request = api.RuntimeRequest(model="org/tiny", revision="main", endpoint=hub.url, weights_dir=tmp_path / "w")
+    api.download_weights(request, {})
+    assert given == [WeightsSource(name="tiny", repo_id="org/tiny", revision="main")]
+    assert not hasattr(given[0], "attention") and not hasattr(given[0], "weights_bytes")

@@ -55,7 +55,7 @@ from kaito_runtime.weights.progress import (
 from kaito_runtime.request import offline_in
 from kaito_runtime.secrets import Secret
 from kaito_runtime.types import format_bytes as fmt_bytes
-from kaito_runtime.types import MiB, ModelSpec
+from kaito_runtime.types import MiB, WeightsSource
 from kaito_runtime.weights.lock import download_lock, lock_timeout_s
 from kaito_runtime.weights.store import (
     MARKER_NAME,
@@ -172,7 +172,7 @@ def _use_local_folder(path_text: str, t0: float) -> WeightsResult:
 
 
 def ensure_weights(
-    model: ModelSpec,
+    model: WeightsSource,
     *,
     weights_dir: Path,
     token: Secret | None,
@@ -215,7 +215,7 @@ def ensure_weights(
 
 
 def _ensure_repo(
-    model: ModelSpec, weights_dir: Path, token: Secret | None, offline: bool, endpoint: str | None,
+    model: WeightsSource, weights_dir: Path, token: Secret | None, offline: bool, endpoint: str | None,
     progress: ProgressMode, margin: int, log: logging.Logger, token_source: str | None, verify: bool,
     max_workers: int, interval: float, lock_timeout: float | None, t0: float,
 ) -> WeightsResult:
@@ -330,7 +330,7 @@ def _check_copy(
 
 
 def _download(
-    model: ModelSpec,
+    model: WeightsSource,
     folder: Path,
     commit: str,
     token: Secret | None,
@@ -418,7 +418,7 @@ def _download(
 # --- for planning (before the download) -------------------------------------------------------
 
 
-def planned_path(model: ModelSpec, weights_dir: Path) -> Path:
+def planned_path(model: WeightsSource, weights_dir: Path) -> Path:
     """The folder ensure_weights will return, known before any download (for vLLM's argv).
 
     Exact for a local folder and a 40-hex revision; a branch uses the commit it last resolved
