@@ -34,10 +34,9 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 t0 = time.monotonic()
-from kaito_runtime.types import AttentionGeometry, ModelSpec
+from kaito_runtime.types import WeightsSource
 from kaito_runtime.weights import ensure_weights
-spec = ModelSpec(name="bench", architecture="LlamaForCausalLM", weights_bytes=1, max_context=8,
-                 attention=AttentionGeometry(2, 2, 2, 8), repo_id=sys.argv[4], revision=sys.argv[5])
+spec = WeightsSource(name="bench", repo_id=sys.argv[4], revision=sys.argv[5])
 t1 = time.monotonic()
 r = ensure_weights(spec, weights_dir=Path(sys.argv[1]), token=None, endpoint=sys.argv[2], progress="none",
                    verify=sys.argv[6:] == ["verify"])

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaito_runtime.errors import DoesNotFitError, InputError
-from kaito_runtime.model import download_spec, gated_token_warning, resolve_model
+from kaito_runtime.model import download_source, gated_token_warning, resolve_model
 from kaito_runtime.request import (
     CONTAINER_WEIGHTS_DIR,
     RuntimeRequest,
@@ -31,7 +31,7 @@ from kaito_runtime.request import (
     uses_local_folder,
     weights_dir_of,
 )
-from kaito_runtime.types import LaunchPlan, ModelSpec, NodeInventory, PlanOverrides, Topology
+from kaito_runtime.types import LaunchPlan, ModelSpec, NodeInventory, PlanOverrides, Topology, WeightsSource
 
 from kaito_runtime.hub import timeouts as hub_timeouts
 from kaito_runtime.secrets import Secret
@@ -185,6 +185,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
     planning_only = request.planning_only if planning_only is None else planning_only
     token, token_source = secrets.resolve_token(env, request.token_file)
     config_args = _read_config(request)
+    request = _with_user_flags(request, config_args)
 
     started = time.monotonic()
     weights_dir = request.weights_dir
@@ -214,7 +215,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
             warnings=(gated,) if gated else (),
         ) from error
     assert request.weights_dir is not None
-    model_path = Path(model.local_path) if model.local_path else weights.planned_path(model, request.weights_dir)
+    model_path = Path(model.local_path) if model.local_path else weights.planned_path(model.weights_source, request.weights_dir)
     plan_seconds = time.monotonic() - started
     return Prepared(
         request=request,
@@ -256,7 +257,7 @@ def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path, env: Mapping[
 
 
 def fetch_model_weights(
-    model: ModelSpec,
+    model: ModelSpec | WeightsSource,
     request: RuntimeRequest,
     env: Mapping[str, str] | None = None,
     *,
@@ -281,7 +282,7 @@ def fetch_model_weights(
     try:
         with hub_timeouts.timeout_from(env):
             return weights.ensure_weights(
-                model,
+                model.weights_source if isinstance(model, ModelSpec) else model,
                 weights_dir=request.weights_dir,
                 token=token,
                 token_source=token_source,
@@ -304,7 +305,7 @@ def fetch_weights(prepared: Prepared, env: Mapping[str, str] | None = None) -> W
 def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> WeightsResult:
     """`--download-only`: fetch the model's weights. No probe and no plan: an init container
     usually has no GPU, so whether the model fits is a question for the serving pod. A repo id's
-    config.json is not read either (see ``model_choice.download_spec``)."""
+    config.json is not read either (see ``model.download_source``)."""
     from kaito_runtime.weights import store as weights_store
 
     env = dict(os.environ if env is None else env)
@@ -314,7 +315,7 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
         # This mode exists to write there: made now, and refused at once when it cannot be.
         weights_store.check_weights_dir(request.weights_dir, create=True)
     started = time.monotonic()
-    model = download_spec(request)
+    model = download_source(request)
     log.info(
         "download-only: weights of %s (%s) into %s; whether it fits this machine is not checked in this mode",
         model.name,
@@ -434,7 +435,7 @@ def _log_weights_ready(result: WeightsResult, seconds: float) -> None:
 
 
 def _gated_without_token(
-    model: ModelSpec, request: RuntimeRequest, env: Mapping[str, str], *, token_found: bool | None = None
+    model: ModelSpec | WeightsSource, request: RuntimeRequest, env: Mapping[str, str], *, token_found: bool | None = None
 ) -> str | None:
     """The warning for a gated model with no token found, when the weights step would have to
     fetch it (no complete copy on disk, not offline): that step fails there (exit 11), so say it
@@ -452,7 +453,7 @@ def _gated_without_token(
         return None
     weights_dir = weights_dir_of(request, env)
     if model.revision and model.repo_id:
-        folder = weights.planned_path(model, weights_dir)
+        folder = weights.planned_path(model.weights_source if isinstance(model, ModelSpec) else model, weights_dir)
         if weights_store.read_marker(folder, model.repo_id, model.revision) is not None:
             return None  # a complete copy: nothing to fetch, no token needed
     return warning
@@ -466,6 +467,34 @@ def _with_gpu_node_hint(fix: str | None, request: RuntimeRequest, node: NodeInve
     how = "--sku SKU or --assume-gpus 4xA100-80GB"
     hint = f"plan for a GPU node with {how}" if request.dry_run else f"see the plan for a GPU node with --dry-run {how}"
     return f"{fix}; or {hint}" if fix else hint
+
+
+def _with_user_flags(request: RuntimeRequest, config_args: Mapping[str, object] | None) -> RuntimeRequest:
+    """Check the values of the config file's and the pass-through flags the launcher interprets
+    (exit 2 naming the source and the value, before any weights are fetched), and plan with their
+    parallel sizes as if given as options: vLLM gets them either way, so the plan must agree
+    (a TP size from there left the planned data-parallel size in place)."""
+    from kaito_runtime import vllm_flags
+    from kaito_runtime.launch.vllm_command import config_tokens
+    from kaito_runtime.plan.memory import KNOWN_KV_CACHE_DTYPES
+
+    configured = vllm_flags.group(config_tokens(config_args)[0], "config") if config_args else []
+    passed = vllm_flags.group(request.extra_vllm_args, "pass-through")
+    bad = vllm_flags.first_bad_value([*configured, *passed], KNOWN_KV_CACHE_DTYPES)
+    if bad is not None:
+        arg, value, problem = bad
+        where = f"the config file {request.config_file}" if arg.source == "config" else "the pass-through arguments (after --)"
+        raise InputError(
+            f"--{arg.name} {value!r} in {where} is not a value vLLM accepts",
+            why=problem,
+            fix=f"correct --{arg.name} in {where}",
+        )
+    sizes = {}
+    for flag, field in (("tensor-parallel-size", "tensor_parallel_size"), ("pipeline-parallel-size", "pipeline_parallel_size")):
+        value = vllm_flags.last_value([*configured, *passed], flag)
+        if value is not None:
+            sizes[field] = int(value)
+    return replace(request, overrides=replace(request.overrides, **sizes)) if sizes else request
 
 
 def _read_config(request: RuntimeRequest) -> Mapping[str, object] | None:

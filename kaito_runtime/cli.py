@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from kaito_runtime.errors import KaitoError
+from kaito_runtime.errors import KaitoError, StopRequested
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
@@ -99,11 +102,42 @@ class ServeCommand(click.Command):
         return [*super().collect_usage_pieces(ctx), "[-- VLLM_ARGS...]"]
 
 
-def _fail(error: KaitoError) -> None:
-    from kaito_runtime.logs import redact
+# Graceful-stop exit codes (README's table): SIGTERM is the orchestrator's normal stop, 0;
+# SIGINT is Ctrl-C, 128 + 2 as a shell reports it.
+_STOP_EXIT_CODES = {signal.SIGTERM: 0, signal.SIGINT: 130}
 
-    # A KaitoError's why may quote a server's or a library's message: never trust it to be clean.
-    click.echo(f"kaito-run: error: {redact(error.message)}", err=True)
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Until vLLM runs (the supervisor installs its own handlers then, and puts these back after),
+    SIGTERM and SIGINT raise StopRequested in the step under way, so it unwinds: transfers stop,
+    partial files stay, locks are released. A second signal while unwinding exits at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stopping:
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            logging.shutdown()
+            os._exit(_STOP_EXIT_CODES[signal.Signals(signum)])
+        stopping.append(signum)
+        raise StopRequested(signal.Signals(signum).name, _STOP_EXIT_CODES[signal.Signals(signum)])
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_EXIT_CODES}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _fail(error: KaitoError) -> None:
+    from kaito_runtime.logs import final_error
+
+    # A KaitoError's why may quote a server's or a library's message: final_error redacts it.
+    final_error(error.message, error.exit_code)
     sys.exit(error.exit_code)
 
 
@@ -113,10 +147,15 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
     KaitoError: its own code. OSError (a disk, a permission, a mount): 1. Anything else is a
     bug: 1, with the traceback at --log-level debug.
     """
-    from kaito_runtime.logs import redact
+    from kaito_runtime.logs import final_error
 
     try:
         body()
+    except StopRequested as stop:
+        # One line: what was stopped and what was kept (the lock was released on the way out).
+        log.warning("received %s: %s; exiting %d", stop.signal_name,
+                    stop.kept or "stopped before vLLM started; nothing was left running", stop.exit_code)
+        sys.exit(stop.exit_code)
     except KaitoError as error:
         _fail(error)
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, not a traceback
@@ -130,7 +169,7 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
         else:
             text = f"unexpected {type(error).__name__}: {error}"
         hint = "" if debug else " (run with --log-level debug for the traceback)"
-        click.echo(f"kaito-run: error: {redact(text)}{hint}", err=True)
+        final_error(f"{text}{hint}", 1)
         sys.exit(1)
 
 
@@ -254,6 +293,7 @@ def _logging_options(f):
 @_output_option
 @_node_options
 @option("--cpu", "force_cpu", is_flag=True, envvar="KAITO_CPU", help="Use vLLM's CPU backend even when GPUs are present.")
+@option("--cpu-cores", envvar="KAITO_CPU_CORES", help="CPU target: the cores vLLM may use on this node, e.g. 0-3,8 (VLLM_CPU_OMP_THREADS_BIND); several nodes on one machine each take their own.")
 @option("--max-model-len", type=int, envvar="KAITO_MAX_MODEL_LEN", help="Context length; refused with the numbers when it cannot fit.")
 @option(
     "--gpu-memory-utilization",
@@ -339,7 +379,9 @@ def serve(**opts) -> None:
             text = render.plan_json(prepared, launch) if opts["output"] == "json" else render.plan_text(prepared, launch)
             click.echo(redact(text))
             return
-        sys.exit(api.run(request, download_only=opts["download_only"]))
+        with _stop_on_signals():
+            code = api.run(request, download_only=opts["download_only"])
+        sys.exit(code)
 
     _guarded(body, opts["log_level"])
 
@@ -395,6 +437,7 @@ def _request_from_options(opts: dict):
             tensor_parallel_across_nodes=opts["tensor_parallel_across_nodes"],
             parallel_preference=opts["parallel_preference"],
             force_cpu=opts["force_cpu"],
+            cpu_cores=opts["cpu_cores"],
         ),
         sku=opts["sku"],
         assume_gpus=opts["assume_gpus"],

@@ -154,3 +154,38 @@ class WeightsCorruptError(WeightsError):
 
 class VllmNotInstalledError(KaitoError):
     exit_code = 20
+
+
+class GroupMismatchError(InputError):
+    """The nodes of a multi-node group disagree (plan field, version, duplicate rank): exit 2."""
+
+
+class RendezvousTimeoutError(KaitoError):
+    """A rank of the group never checked in within the rendezvous timeout."""
+
+    exit_code = 21
+
+
+class GroupMemberLostError(KaitoError):
+    """A node of a running group was lost (its vLLM exited or its heartbeat went silent)."""
+
+    exit_code = 22
+
+
+# --- a stop asked for by a signal -----------------------------------------------------------------
+
+
+class StopRequested(BaseException):
+    """SIGTERM or SIGINT arrived before vLLM runs (while vLLM runs the supervisor forwards it).
+
+    A BaseException, like KeyboardInterrupt, and on purpose not a KaitoError: it is no error, and
+    no ``except Exception`` on the way (the hub's error translation) may swallow it. Each step it
+    passes may say what it kept in ``kept``. Exit codes as the README's table gives them for a
+    graceful stop: 0 after SIGTERM, 130 (128 + 2) after SIGINT.
+    """
+
+    def __init__(self, signal_name: str, exit_code: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_code = exit_code
+        self.kept: str | None = None

@@ -9,7 +9,100 @@ import time
 
 from kaito_runtime.secrets import install_redaction, redact
 
-__all__ = ["JsonLineFormatter", "RedactingTextFormatter", "redact", "setup_logging"]
+__all__ = ["JsonLineFormatter", "RedactingStream", "RedactingTextFormatter", "final_error", "redact", "setup_logging"]
+
+_mode = {"format": "text"}  # the --log-format in force (the final error line follows it)
+
+
+def _now() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+class RedactingStream:
+    """A text stream in front of sys.stdout / sys.stderr: every line written through it (by us,
+    by a library's own handler, by a print) is redacted, whole lines at a time so a secret split
+    over two writes is still seen. With ``as_json`` a line that is not already a JSON object is
+    written as one ({"logger": NAME, "message": LINE})."""
+
+    def __init__(self, inner, name: str, *, as_json: bool = False) -> None:
+        self._inner, self._name, self.as_json = inner, name, as_json
+        self._pending = ""
+
+    @property
+    def inner(self):
+        return self._inner
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            complete, _, self._pending = self._pending.rpartition("\n")
+            self._inner.write("".join(self._line(line) + "\n" for line in complete.split("\n")))
+        return len(text)
+
+    def _line(self, line: str) -> str:
+        line = redact(line)
+        if not self.as_json or _is_json_object(line):
+            return line
+        level = "error" if line.startswith(("Error", "error")) else "info"
+        return json.dumps({"time": _now(), "level": level, "logger": self._name, "message": line}, ensure_ascii=False)
+
+    def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, ""
+            self._inner.write(self._line(pending) if self.as_json else redact(pending))
+        self._inner.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+def _is_json_object(line: str) -> bool:
+    if not line.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _wrap_streams(as_json: bool) -> None:
+    for attr in ("stdout", "stderr"):
+        stream = getattr(sys, attr)
+        if isinstance(stream, RedactingStream):
+            stream = stream.inner
+        # stdout carries command output (a dry run's plan, --list-presets): redacted, never rewritten.
+        setattr(sys, attr, RedactingStream(stream, attr, as_json=as_json and attr == "stderr"))
+
+
+def adopt_library_loggers() -> None:
+    """Libraries that log through handlers of their own (huggingface_hub adds one at import)
+    would write their lines a second time, in their own format and outside our redaction: drop
+    those handlers so every record reaches our one root handler."""
+    try:
+        import huggingface_hub.utils.logging  # noqa: F401 - makes its handler now, so it is dropped now
+    except ImportError:  # pragma: no cover - the client is a dependency
+        pass
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if not isinstance(logger, logging.Logger) or logger.name.startswith("kaito_runtime"):
+            continue
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not getattr(handler, "_kaito", False):
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def final_error(message: str, exit_code: int) -> None:
+    """The last line of a failed run: `kaito-run: error: ...` in text mode, one JSON object with
+    the exit code in JSON mode. Always one line, redacted."""
+    one_line = redact(message).replace("\r", "\\r").replace("\n", "\\n")
+    if _mode["format"] == "json":
+        line = json.dumps({"time": _now(), "level": "error", "logger": "kaito_runtime.cli", "message": one_line,
+                           "exit_code": exit_code}, ensure_ascii=False)
+    else:
+        line = f"kaito-run: error: {one_line}"
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 class JsonLineFormatter(logging.Formatter):
@@ -46,6 +139,9 @@ class RedactingTextFormatter(logging.Formatter):
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
+    _mode["format"] = fmt
+    _wrap_streams(fmt == "json")
+    adopt_library_loggers()
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonLineFormatter())

@@ -8,9 +8,12 @@ registers what it finds, so installing the filter on the root handler covers eve
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +25,15 @@ TOKEN_FILE_ENV = "KAITO_HF_TOKEN_FILE"
 _TOKEN_KEYS_IN_FOLDER = ("token", "HF_TOKEN", "hf_token")
 # Shorter values would redact ordinary words; real tokens are far longer.
 _MIN_REDACT_LEN = 6
+# A piece of a secret this long is masked on its own: a message may show the secret escaped
+# (``\\n``, ``\\x00``), so only the parts between the escapes appear verbatim.
+FRAGMENT_LEN = 8
+# What a token may hold: Hugging Face tokens are printable ASCII without spaces. Anything else
+# (a second line, a NUL, a non-ASCII letter) cannot go into an HTTP header, and the HTTP
+# library's error would quote it.
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+# Runs of a form between escapes or unprintable characters: the fragments masked on their own.
+_ESCAPE_OR_UNPRINTABLE = re.compile(r"\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)|%[0-9A-Fa-f]{2}|[^\x21-\x7e]")
 
 
 class Secret:
@@ -72,7 +84,27 @@ def register_secret(value: str | Secret | None) -> None:
     if not value or len(value) < _MIN_REDACT_LEN:
         return
     with _registry_lock:
-        _registry.add(value)
+        _registry.update(shown_forms(value))
+
+
+def shown_forms(value: str) -> set[str]:
+    """Every way a message may show ``value``: raw, ``repr``/escaped, as bytes, JSON, URL-encoded,
+    and each piece of at least FRAGMENT_LEN characters between escaped or unprintable characters."""
+    encoded = value.encode("utf-8", "surrogateescape")
+    forms = {
+        value,
+        repr(value)[1:-1],
+        ascii(value)[1:-1],
+        repr(encoded)[2:-1],
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        urllib.parse.quote(encoded, safe=""),
+        urllib.parse.quote_plus(encoded, safe=""),
+        urllib.parse.quote(encoded),
+        value.encode("unicode_escape").decode("ascii"),
+    }
+    pieces = {piece for form in forms for piece in _ESCAPE_OR_UNPRINTABLE.split(form) if len(piece) >= FRAGMENT_LEN}
+    return {form for form in forms | pieces if len(form) >= _MIN_REDACT_LEN}
 
 
 def registered_secrets() -> tuple[str, ...]:
@@ -132,6 +164,12 @@ def _read_token_file(path: Path, origin: str) -> str:
         target = found[0]
     try:
         value = target.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise InputError(
+            f"The Hugging Face token file {target} (from {origin}) is not UTF-8 text",
+            why="a token is printable ASCII; the file holds other bytes",
+            fix="write the token alone into the file (e.g. printf %s TOKEN > FILE)",
+        ) from None
     except FileNotFoundError:
         raise InputError(
             f"The Hugging Face token file {target} (from {origin}) does not exist",
@@ -148,7 +186,27 @@ def _read_token_file(path: Path, origin: str) -> str:
             f"The Hugging Face token file {target} (from {origin}) is empty",
             fix="put the token in the file (one line), or drop the option",
         )
+    check_token_text(value, f"the token file {target} (from {origin})")
     return value
+
+
+def check_token_text(value: str, source: str) -> None:
+    """Refuse a token that holds spaces, control or non-ASCII characters (exit 2), naming where it
+    came from and never the value: such a token would only fail later inside the HTTP library,
+    whose error quotes it."""
+    if _TOKEN_CHARS.fullmatch(value):
+        return
+    register_secret(value)  # in case anything quotes it anyway
+    kinds = sorted({
+        "a space" if ch == " " else "a control character" if ord(ch) < 0x20 or ord(ch) == 0x7F
+        else "a non-ASCII character" if ord(ch) > 0x7E else "an unexpected character"
+        for ch in value if not _TOKEN_CHARS.fullmatch(ch)
+    })
+    raise InputError(
+        f"The Hugging Face token from {source} holds {' and '.join(kinds)}",
+        why="a token is one word of printable ASCII (surrounding whitespace is ignored); this one cannot be sent",
+        fix="write the token alone, on one line (e.g. printf %s TOKEN > FILE, or HF_TOKEN=TOKEN)",
+    )
 
 
 def _stored_login_path(env: Mapping[str, str]) -> Path:
@@ -223,12 +281,20 @@ def _lookup_token(env: Mapping[str, str], token_file: Path | None) -> tuple[Secr
         return Secret(_read_token_file(path, TOKEN_FILE_ENV)), f"file {path}", path
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         if env.get(name, "").strip():
-            return Secret(env[name].strip()), name, None
+            value = env[name].strip()
+            check_token_text(value, f"the variable {name}")
+            return Secret(value), name, None
     assert path is not None
     try:
         text = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+    except UnicodeDecodeError:
+        raise InputError(
+            f"The stored huggingface_hub login {path} is not UTF-8 text",
+            fix="log in again (hf auth login), or pass the token with HF_TOKEN / --token-file",
+        ) from None
     except OSError:
         text = ""
     if text:
+        check_token_text(text, f"the stored huggingface_hub login {path}")
         return Secret(text), f"huggingface_hub login ({path})", path
     return None, "none", path

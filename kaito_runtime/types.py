@@ -65,6 +65,19 @@ LoadFormat = Literal["hf", "mistral"]
 
 
 @dataclass(frozen=True)
+class WeightsSource:
+    """What the weights step needs of a model, and nothing else: where its files are (a hub repo
+    at a revision, or a local folder), which format to fetch, and whether the repo is gated."""
+
+    name: str
+    repo_id: str | None = None
+    revision: str | None = None  # a commit, branch or tag; None = main
+    load_format: LoadFormat = "hf"
+    local_path: str | None = None
+    gated: bool = False
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """What the model is and what vLLM needs to serve it (from a preset, an HF id or a folder)."""
 
@@ -91,6 +104,10 @@ class ModelSpec:
     # and where that floor comes from, for the error message.
     min_gpu_memory_bytes: int | None = None
     min_gpu_memory_reason: str | None = None
+
+    @property
+    def weights_source(self) -> WeightsSource:
+        return WeightsSource(self.name, self.repo_id, self.revision, self.load_format, self.local_path, self.gated)
 
     def __post_init__(self) -> None:
         if self.weights_bytes <= 0:
@@ -210,6 +227,7 @@ class PlanOverrides:
     tensor_parallel_across_nodes: bool = False
     parallel_preference: ParallelPreference = "auto"
     force_cpu: bool = False
+    cpu_cores: str | None = None  # CPU target: the cores vLLM may use on this node ("0-3,8")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,6 +276,7 @@ class LaunchPlan:
     memory: GpuMemoryBudget | None = None
     cpu_kv_cache_gib: int | None = None  # VLLM_CPU_KVCACHE_SPACE
     cpu_threads_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND
+    cpu_cores: tuple[int, ...] = ()  # CPU target: the cores the user gave (--cpu-cores); () = all
     enforce_eager: bool = False
     gpus_per_node: int | None = None  # GPUs the plan saw on this node (None on CPU)
     decisions: tuple[Decision, ...] = field(default_factory=tuple)

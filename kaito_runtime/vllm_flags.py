@@ -110,3 +110,44 @@ def last_float(args: Sequence[FlagArg], name: str, default: float | None) -> flo
 def flag_names(tokens: Sequence[str]) -> set[str]:
     """The normalised names of every flag in ``tokens``."""
     return {arg.name for arg in group(tokens) if arg.name is not None}
+
+
+# The flags whose values the launcher itself interprets (plans with, checks the port of, sizes
+# the KV cache by): their values are checked before anything starts, from every source.
+_WHOLE = ("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size")
+
+
+def value_problem(name: str, value: str, kv_cache_dtypes: Sequence[str]) -> str | None:
+    """Why ``value`` is not acceptable for flag ``name`` (None when it is, or when the launcher does
+    not interpret that flag: vLLM owns the others)."""
+    if name in _WHOLE:
+        return None if value.isdigit() and int(value) >= 1 else "a whole number >= 1 is expected"
+    if name == "max-model-len":
+        if value.strip().lower() == "auto":
+            return None
+        number = parse_human_int(value)
+        return None if number is not None and number >= 1 else "a positive number of tokens (e.g. 8192 or 32k) or auto is expected"
+    if name == "gpu-memory-utilization":
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = -1.0
+        return None if 0 < fraction <= 1 else "a fraction in (0, 1] is expected, e.g. 0.9"
+    if name == "port":
+        return None if value.isdigit() and 1 <= int(value) <= 65535 else "a port number 1-65535 is expected"
+    if name == "kv-cache-dtype":
+        return None if value in kv_cache_dtypes else "one of " + ", ".join(kv_cache_dtypes) + " is expected"
+    return None
+
+
+def first_bad_value(args: Sequence[FlagArg], kv_cache_dtypes: Sequence[str]) -> tuple[FlagArg, str, str] | None:
+    """(the flag, its value, why) for the first value the launcher cannot use, else None."""
+    for arg in args:
+        if arg.name is None:
+            continue
+        for value in arg.values[:1]:
+            problem = value_problem(arg.name, value, kv_cache_dtypes)
+            if problem is not None:
+                return arg, value, problem
+    return None
+

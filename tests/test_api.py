@@ -565,7 +565,7 @@ def test_a_weights_folder_that_cannot_be_created_is_refused_before_the_model(tmp
     target = tmp_path / "proc" / "x"
     _refuse_mkdir(monkeypatch, target)
     monkeypatch.setattr(api, "resolve_model", lambda *a, **k: pytest.fail("resolved before the folder was made"))
-    monkeypatch.setattr(api, "download_spec", lambda *a, **k: pytest.fail("resolved before the folder was made"))
+    monkeypatch.setattr(api, "download_source", lambda *a, **k: pytest.fail("resolved before the folder was made"))
     with pytest.raises(InputError) as caught:
         api.run(api.RuntimeRequest(preset="phi-4-mini-instruct", weights_dir=target), {}, download_only=download_only)
     message = caught.value.message
@@ -631,18 +631,18 @@ def test_cpu_with_assumed_gpus_plans_against_this_machines_ram(monkeypatch):
 # --- a model that does not fit ------------------------------------------------------------------
 
 
-def _no_gpu_here(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kaito_runtime.types import GiB, HostInfo, NodeInventory
-
-    host = HostInfo(cpu_count=2, ram_total_bytes=24 * GiB, ram_available_bytes=23 * GiB)
-    node = NodeInventory(gpus=(), host=host, source="none", no_gpu_reason="no NVIDIA driver")
-    monkeypatch.setattr(inventory, "probe_inventory", lambda **k: node)
+NVML_RECORDINGS = Path(__file__).parent / "data" / "nvml"
 
 
-def test_not_fitting_without_gpus_carries_the_model_and_suggests_planning_for_a_gpu_node(monkeypatch):
-    _no_gpu_here(monkeypatch)
+def recorded_node(name: str) -> dict[str, str]:
+    """The environment that makes the API probe a recorded machine (tests/data/nvml) through the
+    same NVML seam a real node uses, instead of replacing the probe."""
+    return {"KAITO_NVML_RECORDING": str(NVML_RECORDINGS / f"{name}.json")}
+
+
+def test_not_fitting_without_gpus_carries_the_model_and_suggests_planning_for_a_gpu_node():
     with pytest.raises(api.ModelDoesNotFitError) as caught:
-        api.dry_run(api.RuntimeRequest(preset=BIG_PRESET, dry_run=True), {})
+        api.dry_run(api.RuntimeRequest(preset=BIG_PRESET, dry_run=True), recorded_node("zero-gpus"))
     error = caught.value
     assert error.exit_code == 2 and error.model.name == BIG_PRESET
     assert "does not fit in this machine's RAM" in error.message
@@ -651,13 +651,20 @@ def test_not_fitting_without_gpus_carries_the_model_and_suggests_planning_for_a_
     assert error.token_source is None and error.warnings and "is gated" in error.warnings[0]
 
 
-def test_the_gpu_node_hint_is_left_out_when_a_node_was_named_or_cpu_forced(monkeypatch):
-    _no_gpu_here(monkeypatch)
+def test_the_same_preset_is_planned_on_a_recorded_node_with_enough_gpus():
+    # The accepted twin of the refusal above: the refusal comes from the node, not the preset.
+    prepared, _ = api.dry_run(api.RuntimeRequest(preset=BIG_PRESET, dry_run=True), recorded_node("h100-sxm-8x"))
+    assert prepared.model.name == BIG_PRESET
+    assert prepared.inventory.gpu_count == 8 and prepared.plan.gpus_per_node == 8
+    assert prepared.plan.tensor_parallel_size >= 2
+
+
+def test_the_gpu_node_hint_is_left_out_when_a_node_was_named_or_cpu_forced():
     forced = api.RuntimeRequest(preset=BIG_PRESET, overrides=PlanOverrides(force_cpu=True), dry_run=True)
     sku = api.RuntimeRequest(preset=BIG_PRESET, sku="Standard_NC24ads_A100_v4", dry_run=True)
     for request in (forced, sku):
         with pytest.raises(api.ModelDoesNotFitError) as caught:
-            api.dry_run(request, {})
+            api.dry_run(request, recorded_node("zero-gpus"))
         assert "--assume-gpus 4x" not in caught.value.message
 
 
@@ -796,3 +803,16 @@ def test_the_hub_endpoint_and_timeout_come_from_the_env_the_api_is_given(tiny_hu
     with pytest.raises(HubUnreachableError) as info:
         api.prepare(request, {"HF_ENDPOINT": "http://127.0.0.1:9"})
     assert "huggingface.co" not in str(info.value) and "127.0.0.1:9" in str(info.value)
+
+
+def test_download_only_hands_the_weights_step_only_what_it_needs(hub, hub_env, tmp_path, monkeypatch):
+    """No made-up model figures: a repo id becomes repo, revision and load format, nothing else."""
+    from kaito_runtime.types import WeightsSource
+
+    given = []
+    real = weights.ensure_weights
+    monkeypatch.setattr(weights, "ensure_weights", lambda source, **kw: given.append(source) or real(source, **kw))
+    request = api.RuntimeRequest(model="org/tiny", revision="main", endpoint=hub.url, weights_dir=tmp_path / "w")
+    api.download_weights(request, {})
+    assert given == [WeightsSource(name="tiny", repo_id="org/tiny", revision="main")]
+    assert not hasattr(given[0], "attention") and not hasattr(given[0], "weights_bytes")

@@ -43,9 +43,27 @@ def test_cpu_does_not_fit_reports_ram_numbers():
     assert "15.3 GiB of weights" in str(info.value) and "12.0 GiB RAM is available" in str(info.value)
 
 
-def test_cpu_rejects_multi_node_a_bad_tp_and_small_head_dim():
-    with pytest.raises(InputError, match="Multi-node"):
-        plan_launch(tiny_model(), cpu_box(20), group(2))
+def test_cpu_multi_node_is_tp_across_nodes_one_rank_per_node_with_its_own_cores():
+    plan = plan_launch(tiny_model(), cpu_box(20), group(2, 1), PlanOverrides(cpu_cores="1"))
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (2, 1)
+    assert plan.enforce_eager and plan.cpu_threads_bind == "1" and plan.cpu_cores == (1,)
+    assert "across 2 nodes, 1 rank(s) per node" in decision(plan, "layout").choice
+    piped = plan_launch(tiny_model(), cpu_box(20), group(2), PlanOverrides(pipeline_parallel_size=2))
+    assert (piped.tensor_parallel_size, piped.pipeline_parallel_size, piped.enforce_eager) == (1, 2, False)
+    with pytest.raises(InputError, match="cannot be split evenly over 2 nodes"):
+        plan_launch(tiny_model(), cpu_box(20), group(2), PlanOverrides(tensor_parallel_size=1))
+
+
+def test_cpu_cores_are_checked_and_given_to_vllm_in_its_list_form():
+    from kaito_runtime.plan.cpu import cores_text, cpu_core_list
+
+    assert cpu_core_list("0-2, 5") == (0, 1, 2, 5) and cores_text((5, 0, 1, 2)) == "0-2,5"
+    assert plan_launch(tiny_model(), cpu_box(20), group(1), PlanOverrides(cpu_cores="0-1")).cpu_threads_bind == "0-1"
+    with pytest.raises(InputError, match="--cpu-cores 'a-b' is not a core list"):
+        plan_launch(tiny_model(), cpu_box(20), group(1), PlanOverrides(cpu_cores="a-b"))
+
+
+def test_cpu_rejects_a_bad_tp_and_small_head_dim():
     with pytest.raises(InputError, match="does not divide the 4 attention heads") as info:
         plan_launch(tiny_model(), cpu_box(20), group(1), PlanOverrides(tensor_parallel_size=3))
     assert "valid sizes up to 3: 1, 2" in str(info.value)

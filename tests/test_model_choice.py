@@ -8,7 +8,7 @@ import pytest
 
 from kaito_runtime.model.catalog import load_catalog
 from kaito_runtime.errors import InputError
-from kaito_runtime.model import download_spec, resolve_model
+from kaito_runtime.model import download_source, resolve_model
 from kaito_runtime.request import RuntimeRequest
 
 TINY = Path(__file__).resolve().parent.parent / "models" / "tiny-llama"
@@ -29,10 +29,10 @@ def test_revision_with_a_local_folder_is_refused():
     with pytest.raises(InputError, match="local folder"):
         resolve_model(RuntimeRequest(model=str(TINY), revision="v1"))
     with pytest.raises(InputError, match="local folder"):
-        download_spec(RuntimeRequest(model=str(TINY), revision="v1"))
+        download_source(RuntimeRequest(model=str(TINY), revision="v1"))
 
 
-@pytest.mark.parametrize("resolve", [resolve_model, download_spec])
+@pytest.mark.parametrize("resolve", [resolve_model, download_source])
 def test_no_model_or_both_are_refused(resolve):
     with pytest.raises(InputError, match="No model given"):
         resolve(RuntimeRequest())
@@ -43,22 +43,22 @@ def test_no_model_or_both_are_refused(resolve):
 def test_a_presets_repo_id_is_the_preset():
     preset = load_catalog().get("phi-4-mini-instruct")
     assert resolve_model(RuntimeRequest(model=preset.repo_id)) == preset
-    assert download_spec(RuntimeRequest(model=preset.repo_id)) == preset
+    assert download_source(RuntimeRequest(model=preset.repo_id)) == preset.weights_source
 
 
 def test_served_model_name_renames_for_serving():
     assert resolve_model(RuntimeRequest(model=str(TINY), served_model_name="mine")).name == "mine"
 
 
-def test_download_spec_of_a_repo_id_reads_nothing_and_says_so():
-    spec = download_spec(RuntimeRequest(model="Some-Org/Some-Model", revision="v2"))
+def test_download_source_of_a_repo_id_reads_nothing():
+    spec = download_source(RuntimeRequest(model="Some-Org/Some-Model", revision="v2"))
     assert (spec.repo_id, spec.revision, spec.load_format, spec.name) == ("Some-Org/Some-Model", "v2", "hf", "some-model")
-    assert spec.local_path is None and "download-only" in (spec.notes or "")
+    assert spec.local_path is None
 
 
-def test_download_spec_of_a_folder_and_a_preset_are_the_real_ones():
-    assert download_spec(RuntimeRequest(model=str(TINY))).local_path == str(TINY.resolve())
-    assert download_spec(RuntimeRequest(preset="phi-4-mini-instruct")) == load_catalog().get("phi-4-mini-instruct")
+def test_download_source_of_a_folder_and_a_preset_are_the_real_ones():
+    assert download_source(RuntimeRequest(model=str(TINY))).local_path == str(TINY.resolve())
+    assert download_source(RuntimeRequest(preset="phi-4-mini-instruct")) == load_catalog().get("phi-4-mini-instruct").weights_source
 
 
 def test_the_gated_warning_names_where_tokens_are_looked_for_and_only_without_one():

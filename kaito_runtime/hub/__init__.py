@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import urllib.parse
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -97,8 +98,23 @@ def check_repo_id(text: str) -> None:
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
-    """The hub to ask: the caller's endpoint (the API passes HF_ENDPOINT from its environment), else the public Hub."""
-    return (endpoint or DEFAULT_ENDPOINT).rstrip("/")
+    """The hub to ask: the caller's endpoint (the API passes HF_ENDPOINT from its environment),
+    else the public Hub. Credentials in it are registered for redaction."""
+    from kaito_runtime.secrets import register_secret
+
+    resolved = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
+    userinfo = urllib.parse.urlsplit(resolved).netloc.rpartition("@")[0]
+    if userinfo:
+        register_secret(userinfo)
+        register_secret(userinfo.partition(":")[2])
+    return resolved
+
+
+def shown_endpoint(endpoint: str) -> str:
+    """``endpoint`` without its user information (``http://user:pass@host`` -> ``http://host``)."""
+    parts = urllib.parse.urlsplit(endpoint)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)) if host != parts.netloc else endpoint
 
 
 def client_token(token: Secret | None) -> str | bool:
@@ -205,7 +221,9 @@ def translate_error(
 
 @contextmanager
 def hub_errors(*, repo_id: str, revision: str | None, token_source: str, endpoint: str) -> Iterator[None]:
-    """Re-raise client exceptions as our errors (with what, why and fix; never the token)."""
+    """Re-raise client exceptions as our errors (with what, why and fix; never the token, nor
+    credentials in the endpoint)."""
+    endpoint = shown_endpoint(endpoint)
     try:
         yield
     except KaitoError:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from kaito_runtime.plan.cpu import cores_text
 from kaito_runtime.plan.memory import CPU_RUNTIME_OVERHEAD, gib
 from kaito_runtime.types import LaunchPlan
 
@@ -48,20 +49,6 @@ def local_ranks(tp: int, pp: int, dp: int, nnodes: int = 1) -> int:
     return max(1, tp * pp // max(1, nnodes)) * max(1, dp)
 
 
-def _id_list(ids: Sequence[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2,5' (the form vLLM's parse_id_list reads)."""
-    parts: list[str] = []
-    start = prev = ids[0]
-    for cpu in [*ids[1:], None]:
-        if cpu is not None and cpu == prev + 1:
-            prev = cpu
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if cpu is not None:
-            start = prev = cpu
-    return ",".join(parts)
-
-
 def cpu_bind_lists(cpu_ids: Sequence[int], ranks: int) -> str:
     """VLLM_CPU_OMP_THREADS_BIND for ``ranks`` local ranks: the cores split into contiguous,
     near-equal lists joined by '|' ('0|1' for 2 cores and 2 ranks, '0-3|4-7' for 8 and 2).
@@ -73,7 +60,7 @@ def cpu_bind_lists(cpu_ids: Sequence[int], ranks: int) -> str:
     lists, start = [], 0
     for rank in range(ranks):
         end = start + size + (1 if rank < extra else 0)
-        lists.append(_id_list(ids[start:end]))
+        lists.append(cores_text(ids[start:end]))
         start = end
     return "|".join(lists)
 
@@ -153,7 +140,7 @@ def layout_cpu(
         kept.append(arg)
 
     exported_bind = base_env.get("VLLM_CPU_OMP_THREADS_BIND")
-    cpus = list(cpu_ids) if cpu_ids is not None else usable_cpus()
+    cpus = list(cpu_ids) if cpu_ids is not None else (list(plan.cpu_cores) or usable_cpus())
     bind = cpu_bind_lists(cpus, ranks)
     if planned_ranks == 1:
         dropped.append("VLLM_ENABLE_V1_MULTIPROCESSING=0 (single process)")

@@ -126,7 +126,7 @@ def config_value(value: object) -> str:
     return str(value)
 
 
-def _config_tokens(config_args: Mapping[str, object]) -> tuple[list[str], list[str]]:
+def config_tokens(config_args: Mapping[str, object]) -> tuple[list[str], list[str]]:
     """KAITO config ``vllm:`` section -> tokens, plus the flags it switches off (False/None).
 
     Keys may carry their leading dashes or not (``--enforce-eager`` = ``enforce-eager``).
@@ -388,7 +388,7 @@ def build_vllm_command(
     user: list[FlagArg] = []
     dropped: list[str] = []
     if config_args:
-        tokens, dropped = _config_tokens(config_args)
+        tokens, dropped = config_tokens(config_args)
         user += group(tokens, CONFIG_FILE)
     user += group(extra_args, PASS_THROUGH)
     secret = [a for a in user if a.name in _SECRET_FLAGS]

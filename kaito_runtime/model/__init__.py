@@ -1,7 +1,7 @@
 """Which model a request names: a preset, a preset's repo id, a local folder or any Hugging Face
 repo id -> ModelSpec.
 
-``resolve_model`` describes the model fully (what planning needs); ``download_spec`` only names
+``resolve_model`` describes the model fully (what planning needs); ``download_source`` only names
 what the weights step fetches, for ``--download-only``, where the KV-cache figures of an
 arbitrary repo's config.json do not matter.
 """
@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING
 
 from kaito_runtime.errors import InputError
 from kaito_runtime.request import RuntimeRequest, is_offline, looks_like_path
-from kaito_runtime.types import AttentionGeometry, ModelSpec
+from kaito_runtime.types import ModelSpec, WeightsSource
 
 if TYPE_CHECKING:
     from kaito_runtime.model.sources import LocalCopy
 
 log = logging.getLogger("kaito_runtime")
 
-_DOWNLOAD_ONLY_NOTE = "download-only: config.json not read (its figures only size the model for serving)"
 
 
 def _check_combination(request: RuntimeRequest) -> None:
@@ -36,6 +35,13 @@ def _check_combination(request: RuntimeRequest) -> None:
         raise InputError(
             "No model given",
             fix="pass --preset NAME (see --list-presets) or --model HF_ID_OR_FOLDER (env KAITO_PRESET / KAITO_MODEL)",
+        )
+    if request.revision is not None and (not request.revision.strip() or not request.revision.isprintable() or " " in request.revision):
+        # repr shows a newline as \n: the one-line error stays one line.
+        raise InputError(
+            f"--revision {request.revision!r} is not a branch, tag or commit name",
+            why="it is empty or holds spaces or control characters, which no git ref has",
+            fix="pass a branch, tag or 40-hex commit (env KAITO_REVISION)",
         )
 
 
@@ -134,38 +140,26 @@ def _no_local_copy(repo_id: str, revision: str | None) -> None:
     return None
 
 
-def download_spec(request: RuntimeRequest) -> ModelSpec:
+def download_source(request: RuntimeRequest) -> WeightsSource:
     """What ``--download-only`` fetches. Presets and folders resolve as for serving; any other
     repo id is named without reading its config.json: the weights step resolves the revision to
-    a commit itself, and a config that lacks the KV-cache figures must not stop a download.
-
-    The figures of such a spec are placeholders (``notes`` says so): never plan with it.
-    """
+    a commit itself, and a config that lacks the KV-cache figures must not stop a download."""
     from kaito_runtime.model import sources as model_source
 
     _check_combination(request)
     if request.preset:
-        return _preset(request)
+        return _preset(request).weights_source
     assert request.model
     if looks_like_path(request.model):
-        return _folder(request)
+        return _folder(request).weights_source
     known = _known_preset(request)
     if known is not None:
-        return known
+        return known.weights_source
     model_source.check_repo_id(request.model)
-    return ModelSpec(
-        name=model_source.served_name_for(request.model),
-        architecture="unknown",
-        weights_bytes=1,
-        max_context=1,
-        attention=AttentionGeometry(num_layers=1, num_kv_heads=1, head_dim=1),
-        repo_id=request.model,
-        revision=request.revision,
-        notes=_DOWNLOAD_ONLY_NOTE,
-    )
+    return WeightsSource(name=model_source.served_name_for(request.model), repo_id=request.model, revision=request.revision)
 
 
-def gated_token_warning(model: ModelSpec, *, token_found: bool) -> str | None:
+def gated_token_warning(model: ModelSpec | WeightsSource, *, token_found: bool) -> str | None:
     """The warning for a gated model when no Hugging Face token was found (None otherwise).
     Names where a token is looked for, never a token."""
     if not model.gated or token_found:

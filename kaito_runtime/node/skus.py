@@ -195,6 +195,11 @@ def inventory_for_sku(name: str, host: HostInfo | None = None) -> NodeInventory:
     )
 
 
+# The most GPUs one real node holds today (HGX/DGX boards carry 8, the largest cloud and
+# NVL-style machines 16). More is a typo or a cluster, not a node: --nnodes describes those.
+MAX_GPUS_PER_NODE = 16
+
+
 def parse_assumed_gpus(text: str) -> tuple[int, GpuModel]:
     """Parse ``[<count>x]<model>`` into (count, model). Raises InputError / UnknownSkuError."""
     m = _ASSUME_RE.match(text or "")
@@ -210,6 +215,12 @@ def parse_assumed_gpus(text: str) -> tuple[int, GpuModel]:
             f"Cannot read --assume-gpus {text!r}",
             why=f"The GPU count must be at least 1 (expected form {_ASSUME_FORM})",
             fix="give a positive count such as 1x or 4x",
+        )
+    if count > MAX_GPUS_PER_NODE:
+        raise InputError(
+            f"--assume-gpus {text!r} describes {count} GPUs on one node",
+            why=f"no real node holds more than {MAX_GPUS_PER_NODE} GPUs",
+            fix=f"give at most {MAX_GPUS_PER_NODE} GPUs per node, and --nnodes N for several nodes",
         )
     table = load_sku_table()
     model = find_gpu_model(m.group(2), table)

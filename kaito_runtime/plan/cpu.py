@@ -32,13 +32,6 @@ CPU_CONCURRENCY = 4
 def plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverrides) -> LaunchPlan:
     """vLLM's CPU backend: one process per rank (TP x PP ranks, TP 1 by default), each with its
     own VLLM_CPU_KVCACHE_SPACE; the RAM must hold the weights, every rank's runtime and KV."""
-    if topo.multi_node:
-        raise InputError(
-            "Multi-node runs need GPUs",
-            why=f"This node has no usable GPU ({inv.no_gpu_reason or 'CPU target forced'}) and the launcher does not run "
-            "vLLM's CPU backend across nodes",
-            fix="run on one node (--nnodes 1) or on GPU nodes",
-        )
     att = model.attention
     if not att.is_mla and att.head_dim not in CPU_HEAD_DIMS:
         raise InputError(
@@ -47,7 +40,19 @@ def plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverri
             f"({', '.join(map(str, sorted(CPU_HEAD_DIMS)))})",
             fix="run it on a GPU node",
         )
-    tp, pp = o.tensor_parallel_size or 1, o.pipeline_parallel_size or 1
+    nodes = topo.nnodes
+    pp = o.pipeline_parallel_size or 1
+    # Across nodes the CPU default is TP, one rank per node (vllm-cpu.md: TP 2 over two
+    # `vllm serve --nnodes 2` works eager with one core each); PP across nodes is the option.
+    tp = o.tensor_parallel_size or max(1, nodes // pp)
+    if (tp * pp) % nodes:
+        raise InputError(
+            f"TP {tp} x PP {pp} = {tp * pp} ranks cannot be split evenly over {nodes} nodes",
+            why="vLLM runs the same number of ranks on every node of a group",
+            fix=f"leave --tensor-parallel-size out (TP {nodes} across {nodes} nodes, one rank each), "
+            f"or pass --pipeline-parallel-size {nodes}",
+        )
+    cores = cpu_core_list(o.cpu_cores) if o.cpu_cores else None
     rule = tp_rule_violation(model, tp)
     if rule:
         valid = valid_tensor_parallel_sizes(model, tp)
@@ -57,10 +62,10 @@ def plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverri
             fix="leave --tensor-parallel-size out (one process is the fastest start on CPU)"
             + (f"; valid sizes up to {tp}: {', '.join(map(str, valid))}" if valid else ""),
         )
-    ranks = tp * pp
+    ranks = tp * pp // nodes  # on this node; every node sizes its own RAM
     dtype_bytes = kv_dtype_bytes(model.dtype, o.kv_cache_dtype)
     per_token = kv_bytes_per_token_per_gpu(att, tp, pp, dtype_bytes)  # one rank's share
-    weights = ranks * weights_share_bytes(model, tp, pp)
+    weights = ranks * weights_share_bytes(model, tp, pp)  # one share per rank on this node
     runtime = ranks * CPU_RUNTIME_OVERHEAD
     ram = inv.host.ram_available_bytes
     free_for_kv = ram - weights - runtime - CPU_HOST_HEADROOM
@@ -105,7 +110,13 @@ def plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverri
     else:
         max_model_len = align_down(capacity, CONTEXT_ALIGN)
     reason = inv.no_gpu_reason or "no GPU visible"
-    if ranks == 1:
+    if nodes > 1:
+        layout = Decision(
+            "layout", f"{Layout(tp, pp).describe()} across {nodes} nodes, {ranks} rank(s) per node",
+            "CPU default across nodes: TP, one rank per node (vllm-cpu.md: works eager, one core each); "
+            "mp executor, no Ray; PP across nodes with --pipeline-parallel-size (compiled mode)",
+        )
+    elif ranks == 1:
         layout = Decision("layout", "TP 1, one process", "vLLM CPU backend, uni executor (fastest start, vllm-cpu.md)")
     else:
         layout = Decision(
@@ -114,7 +125,11 @@ def plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverri
             f"RAM counted for {ranks} processes",
         )
     eager = pp == 1
-    decisions = (
+    cores_decision = (
+        (Decision("cpu-cores", o.cpu_cores, "user choice (--cpu-cores): VLLM_CPU_OMP_THREADS_BIND"
+                  + (", split per rank" if ranks > 1 else "")),) if cores else ()
+    )
+    decisions = cores_decision + (
         Decision("target", "cpu", "forced by the user" if o.force_cpu and inv.has_gpu else f"no GPU: {reason}"),
         layout,
         Decision("cpu-kv-cache", f"{kv_gib} GiB{per_rank}", kv_reason),
@@ -135,7 +150,42 @@ def plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverri
         kv_cache_dtype=kv_cache_dtype_flag(o),
         kv_cache_tokens=capacity,
         cpu_kv_cache_gib=kv_gib,
-        cpu_threads_bind="auto",
+        cpu_threads_bind=cores_text(cores) if cores and ranks == 1 else "auto",
+        cpu_cores=tuple(cores or ()),
         enforce_eager=eager,
         decisions=decisions,
     )
+
+
+def cpu_core_list(text: str) -> tuple[int, ...]:
+    """'0-3,5' -> (0, 1, 2, 3, 5): the cores vLLM may use on this node (--cpu-cores)."""
+    cores: list[int] = []
+    try:
+        for part in text.replace(" ", "").split(","):
+            lo, _, hi = part.partition("-")
+            first, last = int(lo), int(hi or lo)
+            if first < 0 or last < first:
+                raise ValueError(part)
+            cores += range(first, last + 1)
+    except ValueError:
+        raise InputError(
+            f"--cpu-cores {text!r} is not a core list",
+            why="It names the CPU cores vLLM may use on this node (VLLM_CPU_OMP_THREADS_BIND)",
+            fix="give core numbers and ranges like 0, 1 or 0-3,8 (--cpu-cores / KAITO_CPU_CORES)",
+        ) from None
+    return tuple(sorted(set(cores)))
+
+
+def cores_text(cores: tuple[int, ...] | list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (the form vLLM's id lists read); cores sorted and distinct."""
+    ids = sorted(set(cores))
+    parts: list[str] = []
+    start = prev = ids[0]
+    for cpu in [*ids[1:], None]:
+        if cpu is not None and cpu == prev + 1:
+            prev = cpu
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if cpu is not None:
+            start = prev = cpu
+    return ",".join(parts)

@@ -28,6 +28,8 @@ from kaito_runtime.errors import (
     HubUnreachableError,
     InputError,
     InsufficientDiskError,
+    RevisionNotFoundError,
+    StopRequested,
     WeightsCorruptError,
     WeightsError,
 )
@@ -53,10 +55,11 @@ from kaito_runtime.weights.progress import (
 from kaito_runtime.request import offline_in
 from kaito_runtime.secrets import Secret
 from kaito_runtime.types import format_bytes as fmt_bytes
-from kaito_runtime.types import MiB, ModelSpec
+from kaito_runtime.types import MiB, WeightsSource
 from kaito_runtime.weights.lock import download_lock, lock_timeout_s
 from kaito_runtime.weights.store import (
     MARKER_NAME,
+    lock_path,
     held_on_disk,
     partial_path,
     read_marker,
@@ -169,7 +172,7 @@ def _use_local_folder(path_text: str, t0: float) -> WeightsResult:
 
 
 def ensure_weights(
-    model: ModelSpec,
+    model: WeightsSource,
     *,
     weights_dir: Path,
     token: Secret | None,
@@ -212,7 +215,7 @@ def ensure_weights(
 
 
 def _ensure_repo(
-    model: ModelSpec, weights_dir: Path, token: Secret | None, offline: bool, endpoint: str | None,
+    model: WeightsSource, weights_dir: Path, token: Secret | None, offline: bool, endpoint: str | None,
     progress: ProgressMode, margin: int, log: logging.Logger, token_source: str | None, verify: bool,
     max_workers: int, interval: float, lock_timeout: float | None, t0: float,
 ) -> WeightsResult:
@@ -250,15 +253,22 @@ def _ensure_repo(
             return reused
 
     root.mkdir(parents=True, exist_ok=True)
-    with download_lock(root, commit, folder, what=f"{repo_id}@{commit[:12]}", timeout_s=wait_s, log=log):
-        reused, checked = _check_copy(folder, repo_id, commit, verify, log, t0, repair=True)
-        if reused is not None:
-            return reused
-        # After a repair the files left in place were just hashed: no need to hash them again.
-        return _download(
-            model, folder, commit, token, source, ep, progress, margin, log, max_workers, interval, t0,
-            verify=verify and not checked,
-        )
+    try:
+        with download_lock(root, commit, folder, what=f"{repo_id}@{commit[:12]}", timeout_s=wait_s, log=log):
+            reused, checked = _check_copy(folder, repo_id, commit, verify, log, t0, repair=True)
+            if reused is not None:
+                return reused
+            # After a repair the files left in place were just hashed: no need to hash them again.
+            return _download(
+                model, folder, commit, token, source, ep, progress, margin, log, max_workers, interval, t0,
+                verify=verify and not checked,
+            )
+    except RevisionNotFoundError:
+        # A commit given by hand that the hub does not have: nothing can ever be downloaded under
+        # its lock (any other launcher asking for it fails the same way), so leave no lock file.
+        if not folder.exists():
+            lock_path(root, commit).unlink(missing_ok=True)
+        raise
 
 
 def _resolve_online(
@@ -320,7 +330,7 @@ def _check_copy(
 
 
 def _download(
-    model: ModelSpec,
+    model: WeightsSource,
     folder: Path,
     commit: str,
     token: Secret | None,
@@ -368,7 +378,7 @@ def _download(
     folder.mkdir(parents=True, exist_ok=True)
     log.info(
         "weights: fetching %d files (%s, %s already on disk) of %s@%s from %s into %s",
-        len(files), fmt_bytes(total), fmt_bytes(on_disk), repo_id, commit[:12], ep, folder,
+        len(files), fmt_bytes(total), fmt_bytes(on_disk), repo_id, commit[:12], hub.shown_endpoint(ep), folder,
     )
     mode = progress if progress != "auto" else ("bar" if sys.stderr.isatty() else "log")
     bar = ProgressBar(total, on_disk) if mode == "bar" else None
@@ -380,6 +390,13 @@ def _download(
             reporter.__enter__()
         with errors():
             bad = fetcher.run(files, max_workers)
+    except StopRequested as stop:
+        partial = sum(held_on_disk(folder, files).values()) + sum(
+            p.stat().st_size for p in folder.rglob("*.part") if p.is_file()
+        )
+        stop.kept = (f"the weights step stopped; {fmt_bytes(partial)} of {fmt_bytes(total)} kept in {folder} "
+                     "for the next run to resume; the download lock is released")
+        raise
     finally:
         if reporter:
             reporter.__exit__(None, None, None)
@@ -401,7 +418,7 @@ def _download(
 # --- for planning (before the download) -------------------------------------------------------
 
 
-def planned_path(model: ModelSpec, weights_dir: Path) -> Path:
+def planned_path(model: WeightsSource, weights_dir: Path) -> Path:
     """The folder ensure_weights will return, known before any download (for vLLM's argv).
 
     Exact for a local folder and a 40-hex revision; a branch uses the commit it last resolved

@@ -17,16 +17,13 @@ from pathlib import Path
 import pytest
 
 from kaito_runtime.hub import RemoteFile
-from kaito_runtime.types import AttentionGeometry, ModelSpec
+from kaito_runtime.types import WeightsSource
 
 
-def spec(repo_id: str | None = "org/tiny", *, revision: str | None = None, load_format: str = "hf", local_path: str | None = None) -> ModelSpec:
-    return ModelSpec(
+def spec(repo_id: str | None = "org/tiny", *, revision: str | None = None, load_format: str = "hf", local_path: str | None = None) -> WeightsSource:
+    """What the weights step is given: a repo at a revision (or a folder) and a load format."""
+    return WeightsSource(
         name="test-model",
-        architecture="LlamaForCausalLM",
-        weights_bytes=1,
-        max_context=256,
-        attention=AttentionGeometry(num_layers=2, num_attention_heads=2, num_kv_heads=2, head_dim=8),
         repo_id=repo_id,
         revision=revision,
         load_format=load_format,  # type: ignore[arg-type]
