@@ -386,7 +386,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     startup = plan_check.StartupReader()
 
     def on_ready(seconds: float) -> None:
-        _log_plan_check(plan_check.check_plan(prepared.plan, startup))
+        _log_plan_check(plan_check.check_plan(prepared.plan, startup), request.plan_report)
         log.info(
             "ready in %.1f s (%s): serving %s on http://%s:%d/v1",
             time.monotonic() - entered,
@@ -553,9 +553,17 @@ def list_presets() -> tuple:
     return tuple(load_catalog().presets)
 
 
-def _log_plan_check(check: plan_check.PlanCheck) -> None:
-    """One line comparing the plan with vLLM's own memory figures (fields in JSON mode)."""
+def _log_plan_check(check: plan_check.PlanCheck, report: Path | None) -> None:
+    """One line comparing the plan with vLLM's own memory figures (fields in JSON mode), and
+    the record appended to ``report`` so a platform team can collect its own calibration data."""
+    from kaito_runtime.launch.plan_check import append_record
+
     log.info("%s", check.line(), extra={"fields": {"plan_check": check.fields()}})
+    if report is not None:
+        try:
+            append_record(check, report)
+        except OSError as exc:
+            log.warning("cannot append the plan check to %s: %s", report, exc)
     warning = check.warning()
     if warning:
         log.warning("%s", warning)

@@ -337,6 +337,7 @@ def _logging_options(f):
 )
 @option("--chat-template-dir", envvar="KAITO_CHAT_TEMPLATE_DIR", help="Folder of preset chat templates (default /workspace/chat_templates).")
 @option("--grace-period", type=click.FloatRange(min=0), default=30.0, envvar="KAITO_GRACE_PERIOD", show_default=True, help="Seconds vLLM gets to stop after SIGTERM before it is killed.")
+@option("--plan-report", type=click.Path(dir_okay=False, path_type=Path), envvar="KAITO_PLAN_REPORT", help="Append the plan check (predicted vs vLLM's own KV and weights figures) to this file as one JSON line.")
 @option("--ready-timeout", type=click.FloatRange(min=0, min_open=True), envvar="KAITO_READY_TIMEOUT", help="Give up if vLLM is not ready after this many seconds (default: wait).")
 @option(
     "--rendezvous-timeout",
@@ -454,6 +455,7 @@ def _request_from_options(opts: dict):
         chat_template_dir=opts["chat_template_dir"],
         grace_seconds=opts["grace_period"],
         ready_timeout=opts["ready_timeout"],
+        plan_report=opts["plan_report"],
         rendezvous_timeout=opts["rendezvous_timeout"],
         dry_run=opts["dry_run"],
         verify_weights=opts["verify_weights"],

@@ -99,6 +99,7 @@ def server(gated_hub, tmp_path_factory):
     out, err = tmp / "stdout.log", tmp / "stderr.log"
     argv = [str(KAITO_RUN), "--model", REPO_ID, "--host", "127.0.0.1", "--port", str(port),
             "--weights-dir", str(tmp / "weights"), "--grace-period", str(GRACE_SECONDS),
+            "--plan-report", str(tmp / "plan-report.jsonl"),
             "--", "--max-model-len", "384"]
     with out.open("w") as stdout, err.open("w") as stderr:
         proc = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr, cwd=tmp)
@@ -130,6 +131,9 @@ def test_launch_checks_the_plan_against_vllms_own_memory_lines(server):
     assert match, line
     assert abs(float(match.group(3))) <= 5.0  # the CPU KV space is set exactly: the count must agree
     assert "checkpoint" in line
+    report = Path(server["argv"][server["argv"].index("--plan-report") + 1])
+    record = json.loads(report.read_text().splitlines()[0])
+    assert record["vllm_kv_tokens"] == int(match.group(2).replace(",", "")) and record["target"] == "cpu"
 
 
 def test_models_endpoint_lists_served_name_and_passthrough_wins(server):

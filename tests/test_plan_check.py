@@ -75,3 +75,14 @@ def test_only_the_first_figure_counts():
     reader.feed("INFO GPU KV cache size: 9 tokens")
     assert reader.number("kv_tokens") == 1000 and reader.concurrency() == (256, 3.91)
     assert isinstance(replace(check_plan(LaunchPlan(model=tiny_model(), target="cpu", topology=Topology()), reader)), PlanCheck)
+
+
+def test_plan_report_appends_one_json_line_per_launch(tmp_path):
+    from kaito_runtime.launch.plan_check import append_record
+
+    check = check_plan(_gpu_plan(469_753, 15.0), _read("vllm-0.19-meta-llama-llama-3-1-8b---h100-80gb--tp1pp1dp1--8192.log"))
+    report = tmp_path / "plan-report.jsonl"
+    append_record(check, report)
+    append_record(check, report)
+    lines = [json.loads(line) for line in report.read_text().splitlines()]
+    assert len(lines) == 2 and lines[0]["vllm_kv_tokens"] == 476_016 and lines[0]["predicted_kv_tokens"] == 469_753

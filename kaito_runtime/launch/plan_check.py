@@ -13,7 +13,10 @@ vLLM logs its own figures once at start-up (rank 0; the GPU and CPU backends wor
 
 from __future__ import annotations
 
+import json
 import re
+import time
+from pathlib import Path
 import threading
 from dataclasses import asdict, dataclass
 
@@ -136,3 +139,10 @@ def check_plan(plan: LaunchPlan, reader: StartupReader) -> PlanCheck:
         vllm_max_concurrency=concurrency[1] if concurrency else None,
         vllm_context=concurrency[0] if concurrency else None,
     )
+
+
+def append_record(check: PlanCheck, path: Path) -> None:
+    """Append ``check`` to ``path`` as one JSON line (created if missing)."""
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **check.fields()}
+    with path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(record) + "\n")

@@ -51,6 +51,7 @@ class RuntimeRequest:
     chat_template_dir: str | None = None
     grace_seconds: float = 30.0
     ready_timeout: float | None = None
+    plan_report: Path | None = None  # JSON-lines file the plan check is appended to
     rendezvous_timeout: float | None = None  # multi-node: how long to wait for the leader
     dry_run: bool = False  # only a plan is wanted (no launch follows)
     verify_weights: bool = False  # re-hash a complete local copy before reusing it
