@@ -145,6 +145,9 @@ def test_bar_mode_is_fed_chunk_by_chunk_and_ends_at_the_total(slow_hub, tmp_path
             self.n += n
             self.updates += 1
 
+        def __enter__(self):
+            return self
+
         def __exit__(self, *exc: object) -> None:
             self.closed = True
 

@@ -410,3 +410,24 @@ def test_importing_the_weights_step_loads_no_client():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_progress_bar_is_closed_when_the_fetcher_cannot_even_start(hub, tmp_path, monkeypatch):
+    """A failure between opening the bar and the transfer must not leave a bar drawn on stderr."""
+    from kaito_runtime.weights import progress
+
+    closed = []
+
+    class RecordingBar(progress.ProgressBar):
+        def __exit__(self, *exc):
+            closed.append(True)
+            return super().__exit__(*exc)
+
+    def broken_fetcher(*args, **kwargs):
+        raise OSError(errno.EIO, "cannot start")
+
+    monkeypatch.setattr(weights, "ProgressBar", RecordingBar)
+    monkeypatch.setattr(weights, "Fetcher", broken_fetcher)
+    with pytest.raises(WeightsError):
+        ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="bar")
+    assert closed == [True]

@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,31 @@ def _use_local_folder(path_text: str, t0: float) -> WeightsResult:
     return WeightsResult(path, 0, True, time.monotonic() - t0, len(names))
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One call of ensure_weights: what to fetch, from where, and how."""
+
+    model: WeightsSource
+    weights_dir: Path
+    token: Secret | None
+    token_source: str  # where the token came from, for messages (never the value)
+    offline: bool
+    endpoint: str  # resolved
+    progress: ProgressMode
+    disk_margin_bytes: int
+    verify: bool
+    max_workers: int
+    progress_interval_s: float
+    lock_timeout_s: float | None
+    log: logging.Logger
+    started: float  # time.monotonic() at the call
+
+    @property
+    def repo_id(self) -> str:
+        assert self.model.repo_id
+        return self.model.repo_id
+
+
 def ensure_weights(
     model: WeightsSource,
     *,
@@ -205,27 +231,34 @@ def ensure_weights(
     if not model.repo_id:
         raise InputError(f"Model {model.name} has neither a Hugging Face repo id nor a local folder")
     hub.check_repo_id(model.repo_id)  # it names folders on disk, too
+    job = _Job(
+        model=model,
+        weights_dir=Path(weights_dir),
+        token=token,
+        token_source=token_source or ("the given token" if token else "none"),
+        offline=_offline(offline),
+        endpoint=resolve_endpoint(endpoint),
+        progress=progress,
+        disk_margin_bytes=disk_margin_bytes,
+        verify=verify,
+        max_workers=max_workers,
+        progress_interval_s=progress_interval_s,
+        lock_timeout_s=lock_timeout_s,
+        log=log,
+        started=t0,
+    )
     try:
-        return _ensure_repo(
-            model, Path(weights_dir), token, _offline(offline), endpoint, progress, disk_margin_bytes, log,
-            token_source, verify, max_workers, progress_interval_s, lock_timeout_s, t0,
-        )
+        return _ensure_repo(job)
     except OSError as e:
         raise os_error_as_weights_error(e, Path(weights_dir)) from None
 
 
-def _ensure_repo(
-    model: WeightsSource, weights_dir: Path, token: Secret | None, offline: bool, endpoint: str | None,
-    progress: ProgressMode, margin: int, log: logging.Logger, token_source: str | None, verify: bool,
-    max_workers: int, interval: float, lock_timeout: float | None, t0: float,
-) -> WeightsResult:
-    repo_id = model.repo_id
-    assert repo_id
-    ep = resolve_endpoint(endpoint)
-    source = token_source or ("the given token" if token else "none")
-    root = repo_folder(weights_dir, repo_id)
-    ref = model.revision or "main"
-    wait_s = lock_timeout_s(lock_timeout)  # validated before anything is fetched
+def _ensure_repo(job: _Job) -> WeightsResult:
+    repo_id, log, t0, verify, offline = job.repo_id, job.log, job.started, job.verify, job.offline
+    token, source, ep = job.token, job.token_source, job.endpoint
+    root = repo_folder(job.weights_dir, repo_id)
+    ref = job.model.revision or "main"
+    wait_s = lock_timeout_s(job.lock_timeout_s)  # validated before anything is fetched
 
     commit = ref if COMMIT_RE.match(ref) else None
     if commit is None:
@@ -259,10 +292,7 @@ def _ensure_repo(
             if reused is not None:
                 return reused
             # After a repair the files left in place were just hashed: no need to hash them again.
-            return _download(
-                model, folder, commit, token, source, ep, progress, margin, log, max_workers, interval, t0,
-                verify=verify and not checked,
-            )
+            return _download(job, folder, commit, verify=verify and not checked)
     except RevisionNotFoundError:
         # A commit given by hand that the hub does not have: nothing can ever be downloaded under
         # its lock (any other launcher asking for it fails the same way), so leave no lock file.
@@ -329,24 +359,9 @@ def _check_copy(
     return None, True
 
 
-def _download(
-    model: WeightsSource,
-    folder: Path,
-    commit: str,
-    token: Secret | None,
-    source: str,
-    ep: str,
-    progress: ProgressMode,
-    margin: int,
-    log: logging.Logger,
-    max_workers: int,
-    interval: float,
-    t0: float,
-    *,
-    verify: bool,
-) -> WeightsResult:
-    repo_id = model.repo_id
-    assert repo_id
+def _download(job: _Job, folder: Path, commit: str, *, verify: bool) -> WeightsResult:
+    model, repo_id, log, t0 = job.model, job.repo_id, job.log, job.started
+    token, source, ep, margin = job.token, job.token_source, job.endpoint, job.disk_margin_bytes
 
     def errors() -> Any:
         return hub_errors(repo_id=repo_id, revision=commit, token_source=source, endpoint=ep)
@@ -380,16 +395,16 @@ def _download(
         "weights: fetching %d files (%s, %s already on disk) of %s@%s from %s into %s",
         len(files), fmt_bytes(total), fmt_bytes(on_disk), repo_id, commit[:12], hub.shown_endpoint(ep), folder,
     )
-    mode = progress if progress != "auto" else ("bar" if sys.stderr.isatty() else "log")
-    bar = ProgressBar(total, on_disk) if mode == "bar" else None
-    count = TransferCount(held, on_change=bar.add if bar else None)
-    fetcher = Fetcher(repo_id, commit, folder, token, ep, log, count, verify=verify)
-    reporter = ProgressLogger(count, total, log, interval) if mode == "log" else None
+    mode = job.progress if job.progress != "auto" else ("bar" if sys.stderr.isatty() else "log")
     try:
-        if reporter:
-            reporter.__enter__()
-        with errors():
-            bad = fetcher.run(files, max_workers)
+        with ExitStack() as shown:
+            bar = shown.enter_context(ProgressBar(total, on_disk)) if mode == "bar" else None
+            count = TransferCount(held, on_change=bar.add if bar else None)
+            fetcher = Fetcher(repo_id, commit, folder, token, ep, log, count, verify=verify)
+            if mode == "log":
+                shown.enter_context(ProgressLogger(count, total, log, job.progress_interval_s))
+            with errors():
+                bad = fetcher.run(files, job.max_workers)
     except StopRequested as stop:
         partial = sum(held_on_disk(folder, files).values()) + sum(
             p.stat().st_size for p in folder.rglob("*.part") if p.is_file()
@@ -397,11 +412,6 @@ def _download(
         stop.kept = (f"the weights step stopped; {fmt_bytes(partial)} of {fmt_bytes(total)} kept in {folder} "
                      "for the next run to resume; the download lock is released")
         raise
-    finally:
-        if reporter:
-            reporter.__exit__(None, None, None)
-        if bar:
-            bar.__exit__(None, None, None)
     if bad:
         raise WeightsCorruptError(
             f"{', '.join(f.path for f in bad)} of {repo_id}@{commit[:12]} failed verification twice",
