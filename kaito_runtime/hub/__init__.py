@@ -17,11 +17,12 @@ import logging
 import re
 import urllib.parse
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from kaito_runtime.errors import (
     GatedAccessDeniedError,
@@ -34,11 +35,12 @@ from kaito_runtime.errors import (
     TokenRejectedError,
     WeightsError,
 )
-from kaito_runtime.hub.timeouts import TIMEOUT_ENV, bounded
+from kaito_runtime.hub.timeouts import TIMEOUT_ENV, bounded, current_timeout_s
 from kaito_runtime.secrets import Secret
 from kaito_runtime.types import COMMIT_RE, RemoteFile, RemoteModel
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 TOKEN_HINT = "set HF_TOKEN, or mount the token and pass --token-file / KAITO_HF_TOKEN_FILE"
@@ -204,9 +206,10 @@ def translate_error(
                 fix=f"give the token read access to {repo_id} (fine-grained tokens need it), or request access at {page}",
             )
         if status >= 500 or status in (408, 429):
+            retry_after = _retry_after_text(exc)
             return HubUnreachableError(
                 f"The Hub at {endpoint} failed to answer for {repo_id}",
-                why=f"HTTP {status}",
+                why=f"HTTP {status}" + (f" (Retry-After: {retry_after})" if retry_after else ""),
                 fix="retry later, or run with --offline using a pre-fetched copy of the weights",
             )
     if isinstance(exc, (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError, *_connection_error_types())):
@@ -250,6 +253,54 @@ def unexpected_answer(exc: BaseException, *, repo_id: str, endpoint: str) -> Wei
     )
 
 
+# --- a busy hub -------------------------------------------------------------------------------
+
+BUSY_STATUSES = (429, 503)  # "too many requests" / "service unavailable": worth waiting for
+BUSY_RETRIES = 4  # then the hub counts as unreachable (exit 16)
+BUSY_FIRST_WAIT_S = 1.0  # without Retry-After: 1, 2, 4, 8 s
+
+
+def _status_of(exc: BaseException) -> int | None:
+    return getattr(getattr(exc, "response", None), "status_code", None)
+
+
+def _retry_after_text(exc: BaseException) -> str | None:
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    return headers.get("Retry-After") if headers is not None else None
+
+
+def _retry_after_s(exc: BaseException, attempt: int) -> float:
+    """Seconds the hub asked us to wait (Retry-After in seconds), else an exponential back-off."""
+    text = (_retry_after_text(exc) or "").strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:  # absent, or an HTTP date: back off on our own
+        return BUSY_FIRST_WAIT_S * 2**attempt
+
+
+def retrying_when_busy(what: str, call: Callable[[], T]) -> T:
+    """``call()``, repeated while the hub answers 429/503, at most BUSY_RETRIES times, each wait as
+    its Retry-After asks and logged. A wait longer than the hub timeout is not made: the answer
+    then fails as it is (HubUnreachableError, exit 16, naming the status and the Retry-After)."""
+    limit_s = current_timeout_s()
+    for attempt in range(BUSY_RETRIES + 1):
+        try:
+            return call()
+        except Exception as exc:  # the client's HTTP error types differ across its versions
+            status = _status_of(exc)
+            if status not in BUSY_STATUSES or attempt == BUSY_RETRIES:
+                raise
+            wait_s = _retry_after_s(exc, attempt)
+            if wait_s > limit_s:
+                raise
+            logger.warning(
+                "hub: %s answered %d (busy, Retry-After %s); retrying in %.0f s (%d of %d)",
+                what, status, _retry_after_text(exc) or "not given", wait_s, attempt + 1, BUSY_RETRIES,
+            )
+            time.sleep(wait_s)
+    raise AssertionError("unreachable")
+
+
 # --- metadata calls ---------------------------------------------------------------------------
 
 
@@ -261,8 +312,13 @@ def _api(endpoint: str, token: Secret | None) -> Any:
 
 def resolve_revision(repo_id: str, revision: str | None, *, token: Secret | None, endpoint: str) -> tuple[str, bool]:
     """(40-hex commit, gated) for a branch, tag or commit (one model-info call)."""
-    with bounded(f"model info of {repo_id}"):
-        info = _api(endpoint, token).model_info(repo_id, revision=revision or "main")
+    what = f"model info of {repo_id}"
+
+    def ask() -> Any:
+        with bounded(what):
+            return _api(endpoint, token).model_info(repo_id, revision=revision or "main")
+
+    info = retrying_when_busy(what, ask)
     if not info.sha or not COMMIT_RE.match(info.sha):
         raise WeightsError(
             f"The Hub at {endpoint} gave no commit for {repo_id}@{revision or 'main'}",
@@ -274,13 +330,18 @@ def resolve_revision(repo_id: str, revision: str | None, *, token: Secret | None
 def list_files(repo_id: str, commit: str, *, token: Secret | None, endpoint: str) -> tuple[RemoteFile, ...]:
     from huggingface_hub.hf_api import RepoFile
 
-    out = []
-    with bounded(f"the file list of {repo_id}"):
-        for entry in _api(endpoint, token).list_repo_tree(repo_id, recursive=True, revision=commit):
-            if isinstance(entry, RepoFile):
-                sha256 = entry.lfs.sha256 if entry.lfs is not None else None
-                out.append(RemoteFile(entry.path, int(entry.size), entry.blob_id, sha256))
-    return tuple(sorted(out, key=lambda f: f.path))
+    what = f"the file list of {repo_id}"
+
+    def ask() -> list[RemoteFile]:
+        out = []
+        with bounded(what):
+            for entry in _api(endpoint, token).list_repo_tree(repo_id, recursive=True, revision=commit):
+                if isinstance(entry, RepoFile):
+                    sha256 = entry.lfs.sha256 if entry.lfs is not None else None
+                    out.append(RemoteFile(entry.path, int(entry.size), entry.blob_id, sha256))
+        return out
+
+    return tuple(sorted(retrying_when_busy(what, ask), key=lambda f: f.path))
 
 
 def probe_access(repo_id: str, commit: str, filename: str, *, token: Secret | None, endpoint: str) -> None:
@@ -288,8 +349,13 @@ def probe_access(repo_id: str, commit: str, filename: str, *, token: Secret | No
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     url = hf_hub_url(repo_id, filename, revision=commit, endpoint=endpoint)
-    with bounded(f"{filename} of {repo_id}"):
-        get_hf_file_metadata(url, token=client_token(token), endpoint=endpoint)
+    what = f"{filename} of {repo_id}"
+
+    def ask() -> None:
+        with bounded(what):
+            get_hf_file_metadata(url, token=client_token(token), endpoint=endpoint)
+
+    retrying_when_busy(what, ask)
 
 
 def http_download_limit() -> int:
@@ -377,10 +443,16 @@ def download_whole(
 def _read_json_file(repo_id: str, commit: str, filename: str, *, token: Secret | None, endpoint: str) -> dict | None:
     from huggingface_hub import hf_hub_download
 
-    with tempfile.TemporaryDirectory(prefix="kaito-meta-") as tmp, bounded(f"{filename} of {repo_id}"):
-        path = hf_hub_download(
-            repo_id, filename, revision=commit, local_dir=tmp, token=client_token(token), endpoint=endpoint
-        )
+    what = f"{filename} of {repo_id}"
+    with tempfile.TemporaryDirectory(prefix="kaito-meta-") as tmp:
+
+        def ask() -> str:
+            with bounded(what):
+                return hf_hub_download(
+                    repo_id, filename, revision=commit, local_dir=tmp, token=client_token(token), endpoint=endpoint
+                )
+
+        path = retrying_when_busy(what, ask)
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)

@@ -67,6 +67,11 @@ def timeout_from(env: Mapping[str, str]) -> Iterator[float]:
         _from_caller.pop()
 
 
+def current_timeout_s() -> float:
+    """The hub timeout in force: the API caller's (``timeout_from``), else the process environment's."""
+    return _from_caller[-1] if _from_caller else hub_timeout_s()
+
+
 class HubTimeout(TimeoutError):
     """The hub stayed silent for longer than the timeout (not retried by the client)."""
 
@@ -182,7 +187,7 @@ def bounded(what: str, *, stops_retries: bool = True) -> Iterator[_Deadline]:
     """Calls to the client inside get the hub timeout on each request, and no retry after the hub
     has been silent that long (``stops_retries=False``: per-request timeouts only, for a transfer
     that runs partly outside the hooks' sight)."""
-    seconds = _from_caller[-1] if _from_caller else hub_timeout_s()  # a bad setting fails first
+    seconds = current_timeout_s()  # a bad setting fails first
     deadline = _Deadline(seconds, what, stops_retries=stops_retries)
     install_timeouts()
     previous = getattr(_local, "deadline", None)

@@ -179,6 +179,21 @@ class HubEmulator:
         with self._lock:
             self._corrupt[f"{repo_id}/{path}"] = times
 
+    def busy(self, status: int, *, times: int | None, retry_after: str | None = None) -> None:
+        """Answer the next ``times`` requests (None: every one) with ``status`` (503 or 429) and
+        ``Retry-After``, as a hub under load does."""
+        with self._lock:
+            self._busy = (status, times, retry_after)
+
+    def _take_busy(self) -> tuple[int, str | None] | None:
+        with self._lock:
+            busy = getattr(self, "_busy", None)
+            if busy is None or busy[1] == 0:
+                return None
+            status, times, retry_after = busy
+            self._busy = (status, None if times is None else times - 1, retry_after)
+            return status, retry_after
+
     def refresh(self) -> None:
         """Forget the indexed files (call after changing a repo folder)."""
         with self._lock:
@@ -317,9 +332,13 @@ _RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
 class _HubError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, commit: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str | None = None, commit: str | None = None,
+        retry_after: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.commit = status, message, code, commit
+        self.retry_after = retry_after
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -357,6 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.emulator.answer_delay_s > 0:
             self.emulator._stopping.wait(self.emulator.answer_delay_s)
         try:
+            if busy := self.emulator._take_busy():
+                raise _HubError(busy[0], "The hub is busy, try again later", retry_after=busy[1])
             if token is not None and token not in self.emulator.valid_tokens:
                 raise _HubError(401, INVALID_CREDENTIALS)
             if m := _RESOLVE_RE.match(path):
@@ -442,6 +463,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("X-Error-Code", e.code)
         if e.commit:
             self.send_header("X-Repo-Commit", e.commit)
+        if e.retry_after is not None:
+            self.send_header("Retry-After", e.retry_after)
         self.send_header("Content-Length", "0" if head else str(len(body)))
         self.end_headers()
         if not head:
