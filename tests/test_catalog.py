@@ -117,6 +117,11 @@ def test_each_preset_is_converted_as_its_yaml_states(shipped: Catalog, family: s
     assert spec.gated is bool(raw.get("gated", False))
     assert spec.multi_node is bool(raw.get("multi_node", False))
     assert spec.tensor_parallel_allowed is bool(raw.get("tensor_parallel", True))
+    for key in ("vocab_size", "hidden_size", "num_experts", "sliding_window"):
+        assert getattr(spec, key) == raw.get(key), key
+    assert spec.sliding_window_layers == raw.get("sliding_window_layers", 0)
+    assert spec.tie_word_embeddings is bool(raw.get("tie_word_embeddings", False))
+    assert spec.multimodal is bool(raw.get("multimodal", False))
 
 
 def test_mistral_format_presets_pass_the_load_format_flag(shipped: Catalog) -> None:
@@ -398,6 +403,20 @@ BAD_ENTRIES = [
         "    min_gpu_memory_gib: 0\n    min_gpu_memory_reason: x\n",
         "min_gpu_memory_gib",
         "greater than 0",
+    ),
+    (
+        "more sliding-window layers than layers",
+        None,
+        "    sliding_window: 1024\n    sliding_window_layers: 33\n",
+        "sliding_window_layers",
+        "more than the 32 layers",
+    ),
+    (
+        "sliding-window layers without the window",
+        None,
+        "    sliding_window_layers: 4\n",
+        "sliding_window",
+        "needs the window size",
     ),
 ]
 

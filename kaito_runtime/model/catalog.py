@@ -81,6 +81,15 @@ class _Preset(BaseModel):
     # layout; min_gpu_memory_reason says which observed failure the floor comes from.
     min_gpu_memory_gib: PositiveFloat | None = None
     min_gpu_memory_reason: Annotated[str, Field(min_length=1)] | None = None
+    # What vLLM's GPU memory budget uses beyond the KV geometry, from the repo's config.json
+    # (text_config first); left out where unknown, and the planner assumes a stated default.
+    vocab_size: PositiveInt | None = None
+    hidden_size: PositiveInt | None = None
+    tie_word_embeddings: bool = False
+    num_experts: PositiveInt | None = None
+    sliding_window: PositiveInt | None = None
+    sliding_window_layers: Annotated[int, Field(ge=0)] = 0
+    multimodal: bool = False
 
     @field_validator("revision", mode="before")
     @classmethod
@@ -265,10 +274,21 @@ def _check_min_gpu_memory(path: Path, entry: _Preset) -> None:
         )
 
 
+def _check_sliding_window(path: Path, entry: _Preset) -> None:
+    if entry.sliding_window_layers > entry.attention.num_layers:
+        raise _catalog_error(
+            path, entry.name, "sliding_window_layers",
+            f"{entry.sliding_window_layers} is more than the {entry.attention.num_layers} layers",
+        )
+    if entry.sliding_window_layers and entry.sliding_window is None:
+        raise _catalog_error(path, entry.name, "sliding_window", "missing; sliding_window_layers needs the window size")
+
+
 def _to_spec(path: Path, family: str, entry: _Preset) -> ModelSpec:
     geometry = _geometry(path, entry)
     _check_args(path, entry)
     _check_min_gpu_memory(path, entry)
+    _check_sliding_window(path, entry)
     return ModelSpec(
         name=entry.name,
         architecture=entry.architecture,
@@ -290,6 +310,13 @@ def _to_spec(path: Path, family: str, entry: _Preset) -> ModelSpec:
         notes=entry.notes,
         min_gpu_memory_bytes=round(entry.min_gpu_memory_gib * GiB) if entry.min_gpu_memory_gib else None,
         min_gpu_memory_reason=entry.min_gpu_memory_reason,
+        vocab_size=entry.vocab_size,
+        hidden_size=entry.hidden_size,
+        tie_word_embeddings=entry.tie_word_embeddings,
+        num_experts=entry.num_experts,
+        sliding_window=entry.sliding_window,
+        sliding_window_layers=entry.sliding_window_layers,
+        multimodal=entry.multimodal,
     )
 
 
