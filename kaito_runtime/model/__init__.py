@@ -114,7 +114,13 @@ def _folder(request: RuntimeRequest) -> ModelSpec:
             why="a folder holds one version of the model; there is nothing to pick a revision from",
             fix="drop --revision, or pass a Hugging Face id (--model ORG/NAME --revision REV)",
         )
-    return model_source.spec_from_folder(Path(request.model).expanduser())
+    return model_source.spec_from_folder(Path(request.model).expanduser(), trust_remote_code=_remote_code(request))
+
+
+def _remote_code(request: RuntimeRequest) -> bool:
+    from kaito_runtime.model.architectures import wants_remote_code
+
+    return wants_remote_code(request.extra_vllm_args)
 
 
 def _known_preset(request: RuntimeRequest) -> ModelSpec | None:
@@ -166,7 +172,7 @@ def resolve_model(
         offline=is_offline(request, env),
         local_copy=local_copy or _no_local_copy,
     )
-    return _named(model_source.spec_from_hub(request.model, remote), request)
+    return _named(model_source.spec_from_hub(request.model, remote, trust_remote_code=_remote_code(request)), request)
 
 
 def _no_local_copy(repo_id: str, revision: str | None) -> None:
