@@ -197,11 +197,13 @@ def test_suggestions(shipped: Catalog, query: str, first: str) -> None:
     assert len(suggestions) <= 3
 
 
-def test_no_suggestion_lists_known_names(shipped: Catalog) -> None:
+def test_no_suggestion_says_where_the_names_are_and_the_hub_id_form(shipped: Catalog) -> None:
     assert shipped.suggest("zzzzqqq") == []
     with pytest.raises(UnknownPresetError) as info:
         shipped.get("zzzzqqq")
-    assert "phi-4" in (info.value.fix or "")
+    fix = info.value.fix or ""
+    assert "--list-presets" in fix and "Qwen/Qwen3-0.6B" in fix
+    assert not any(name in fix for name in shipped.names())  # no list of all of them
 
 
 def test_find_by_repo(shipped: Catalog) -> None:

@@ -24,6 +24,7 @@ from kaito_runtime.errors import CatalogError, UnknownPresetError
 from kaito_runtime.vllm_flags import group, last_value
 from kaito_runtime.types import GiB, AttentionGeometry, ModelSpec
 
+HUB_ID_EXAMPLE = "Qwen/Qwen3-0.6B"  # what an unknown preset name is told to use instead
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 
 # Flags the launcher computes itself (or refuses to pass); a preset must not carry them.
@@ -384,17 +385,16 @@ class Catalog:
         if spec is not None:
             return spec
         suggestions = self.suggest(name)
-        if suggestions:
-            fix = (
-                f"did you mean {', '.join(suggestions)}? Or give a Hugging Face repo id "
-                "(owner/name) or a local model folder instead of a preset name"
-            )
-        else:
-            fix = f"use one of the {len(self.presets)} known presets: {', '.join(self.names())}"
+        listed = ", ".join(suggestions)
+        fix = (
+            f"did you mean {listed}? Or use a Hugging Face id such as {HUB_ID_EXAMPLE}"
+            if suggestions
+            else f"use one of the {len(self.presets)} built-in presets (--list-presets), or a Hugging Face id such as {HUB_ID_EXAMPLE}"
+        )
         where = f" ({self.source})" if self.source else ""
         raise UnknownPresetError(
             f"Unknown preset '{name}'",
-            why=f"No preset in the catalog{where} has that name",
+            why=f"No preset in the catalog{where} has that name, and it is not a Hugging Face id (org/name)",
             fix=fix,
         )
 
@@ -430,6 +430,14 @@ class Catalog:
             add(sorted((n for n in names if query.startswith(n)), key=len, reverse=True))
             add(sorted((n for n in names if query in n), key=len))
         add(difflib.get_close_matches(query, names, n=limit, cutoff=0.6))
+        # Names sharing a word ("coder", "mini", "r1"), most alike first; then looser spellings.
+        words = {w for w in re.split(r"[-_./ ]+", query) if len(w) >= 2 and not w.isdigit()}
+
+        def likeness(n: str) -> float:
+            return difflib.SequenceMatcher(None, query, n).ratio()
+
+        add(sorted((n for n in names if words & set(re.split(r"[-_.]+", n))), key=likeness, reverse=True))
+        add(difflib.get_close_matches(query, names, n=limit, cutoff=0.45))
         return ranked[:limit]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kaito_runtime.errors import InputError, value_kind
+from kaito_runtime.model.architectures import check_served
 from kaito_runtime.types import AttentionGeometry, ModelSpec
 
 # transformers' FalconConfig leaves max_position_embeddings out of config.json and assumes this.
@@ -219,11 +220,14 @@ def spec_from_hf_config(
     local_path: str | None = None,
     gated: bool = False,
     source: str | None = None,
+    trust_remote_code: bool = False,
 ) -> ModelSpec:
     """Read a parsed ``config.json`` into a ``ModelSpec`` (no vLLM arguments, HF weight format).
 
     ``source`` names the file in error messages; by default it is derived from ``local_path`` or
-    ``repo_id``/``revision``. Raises ``InputError`` naming the missing or invalid key.
+    ``repo_id``/``revision``. Raises ``InputError`` naming the missing or invalid key, or, before
+    any other key is read, the architecture the pinned vLLM does not serve (``trust_remote_code``:
+    the user passed --trust-remote-code to vLLM, which lets a repo with its own code through).
     """
     if source is None:
         if local_path:
@@ -238,6 +242,7 @@ def spec_from_hf_config(
             why=f"It holds {value_kind(config)}",
             fix="use the model's Hugging Face config.json",
         )
+    check_served(config, source, trust_remote_code=trust_remote_code)
     architecture = _architecture(config, source)
     reader = _Reader(config, source)
     geometry = _geometry(reader)
