@@ -191,7 +191,7 @@ def main() -> None:
 
 def _model_options(f):
     options = [
-        option("--preset", envvar="KAITO_PRESET", help="Built-in preset name (see --list-presets)."),
+        option("--preset", envvar="KAITO_PRESET", help="Built-in preset name (see --list-presets), or a Hugging Face id ORG/NAME[@REVISION] as KAITO's preset name takes it."),
         option(
             "--model",
             envvar="KAITO_MODEL",

@@ -7,6 +7,7 @@ A value is validated when it is built, so an invalid one never travels further.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -120,6 +121,15 @@ class ModelSpec:
     # and where that floor comes from, for the error message.
     min_gpu_memory_bytes: int | None = None
     min_gpu_memory_reason: str | None = None
+    # What vLLM's GPU memory budget depends on beyond the KV geometry (config.json, text_config
+    # first); None / 0 / False where the source does not say. The planner states what it assumed.
+    vocab_size: int | None = None
+    hidden_size: int | None = None
+    tie_word_embeddings: bool = False
+    num_experts: int | None = None  # routed experts of a mixture-of-experts model
+    sliding_window: int | None = None  # tokens a sliding-window layer attends to
+    sliding_window_layers: int = 0  # layers with that window; the rest attend to the whole context
+    multimodal: bool = False  # a vision tower beside the language model
 
     @property
     def weights_source(self) -> WeightsSource:
@@ -132,6 +142,10 @@ class ModelSpec:
             raise ValueError(f"{self.name}: max_context must be > 0")
         if self.min_gpu_memory_bytes is not None and self.min_gpu_memory_bytes <= 0:
             raise ValueError(f"{self.name}: min_gpu_memory_bytes must be > 0")
+        if not 0 <= self.sliding_window_layers <= self.attention.num_layers:
+            raise ValueError(f"{self.name}: sliding_window_layers must be between 0 and the {self.attention.num_layers} layers")
+        if self.sliding_window_layers and not self.sliding_window:
+            raise ValueError(f"{self.name}: sliding_window_layers needs a sliding_window size")
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -244,6 +258,47 @@ class PlanOverrides:
     parallel_preference: ParallelPreference = "auto"
     force_cpu: bool = False
     cpu_cores: str | None = None  # CPU target: the cores vLLM may use on this node ("0-3,8")
+
+
+# ------------------------------------------------------------------------------------------------
+# What the pinned vLLM does with GPU memory (presets/vllm/memory.yaml, one version line)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchDefault:
+    """vLLM's default batch budget for GPUs of at least ``min_memory_gib`` (unless named ``exclude_name``)."""
+
+    min_memory_gib: float
+    exclude_name: str
+    max_num_batched_tokens: int
+    max_num_seqs: int
+
+
+@dataclass(frozen=True)
+class VllmMemoryProfile:
+    """The planner's constants for one vLLM version line, read from presets/vllm/memory.yaml
+    outside the planner (``kaito_runtime.node.vllm_memory``) and handed to ``plan_launch``.
+
+    ``figures`` (GiB unless named otherwise) are also readable as attributes
+    (``profile.block_size``); ``sources`` says where each comes from.
+    """
+
+    line: str
+    pinned: str
+    figures: Mapping[str, Any]
+    sources: Mapping[str, str]
+    batch_defaults: tuple[BatchDefault, ...]
+    cuda_memory_gib: Mapping[str, float]
+    cuda_memory_fallback_ratio: float
+    calibrated_architectures: frozenset[str]
+    assumed_vocab_size: int
+
+    def __getattr__(self, name: str) -> Any:
+        figures = self.__dict__.get("figures", {})
+        if name in figures:
+            return figures[name]
+        raise AttributeError(name)
 
 
 # ------------------------------------------------------------------------------------------------
