@@ -30,7 +30,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kaito_runtime import settings  # noqa: E402
-from kaito_runtime.plan.vllm_budget import BudgetModel, VllmMemoryProfile, gpu_budget  # noqa: E402
+from kaito_runtime.node.vllm_memory import profile_from_table  # noqa: E402
+from kaito_runtime.plan.vllm_budget import BudgetModel, gpu_budget  # noqa: E402
+from kaito_runtime.types import VllmMemoryProfile  # noqa: E402
 from kaito_runtime.types import GiB  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "vllm_memory_observations.yaml"
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     pinned = str(table["pinned"])
     lines = {line_of(o["vllm_version"]) for o in data["observations"]}
     line = choose_line(pinned, lines)
-    profile = VllmMemoryProfile.from_table(table, line)
+    profile = profile_from_table(table, line)
     used = [o for o in data["observations"] if line_of(o["vllm_version"]) == line]
     print(f"pinned vLLM {pinned}; observations of line {line} ({len(used)}), planned with the {line} constants"
           + ("" if line == line_of(pinned) else f" (no observation of {line_of(pinned)}: closest line)"))

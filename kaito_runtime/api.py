@@ -33,7 +33,7 @@ from kaito_runtime.request import (
     uses_local_folder,
     weights_dir_of,
 )
-from kaito_runtime.types import LaunchPlan, ModelSpec, NodeInventory, PlanOverrides, Topology, WeightsSource
+from kaito_runtime.types import LaunchPlan, LoraAdapter, ModelSpec, NodeInventory, PlanOverrides, Topology, WeightsSource
 
 from kaito_runtime.hub import timeouts as hub_timeouts
 from kaito_runtime.secrets import Secret
@@ -104,6 +104,7 @@ class Prepared:
     token: Secret | None = field(default=None, repr=False)  # resolved once per run, for the weights step
     config_args: Mapping[str, object] | None = None  # the config file's `vllm:` section, read once
     warnings: tuple[str, ...] = ()  # for the user before anything slow (a gated model, no token)
+    adapters: tuple[LoraAdapter, ...] = ()  # LoRA adapters found and checked (--adapters-dir)
 
     @property
     def serve(self) -> ServeOptions:
@@ -111,7 +112,7 @@ class Prepared:
         from kaito_runtime.launch import ServeOptions
 
         r = self.request
-        return ServeOptions(r.host, r.port, tuple(r.extra_vllm_args), r.chat_template_dir)
+        return ServeOptions(r.host, r.port, tuple(r.extra_vllm_args), r.chat_template_dir, self.adapters)
 
 
 class ModelDoesNotFitError(DoesNotFitError):
@@ -197,6 +198,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
         local_copy=lambda repo_id, revision: weights.local_metadata(repo_id, revision, weights_dir),
     )
     model_seconds = time.monotonic() - started
+    adapters, adapter_warnings = _read_adapters(request, model)
 
     started = time.monotonic()
     node = probe_node(request, env)
@@ -231,8 +233,25 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
         token_source=token_source if token is not None else None,
         token=token,
         config_args=config_args,
-        warnings=(gated,) if gated else (),
+        warnings=((gated,) if gated else ()) + adapter_warnings,
+        adapters=adapters,
     )
+
+
+def _read_adapters(request: RuntimeRequest, model: ModelSpec) -> tuple[tuple[LoraAdapter, ...], tuple[str, ...]]:
+    """--adapters-dir: the LoRA adapters found there, checked against the model (a model that
+    disallows LoRA refuses them, exit 2), and the warnings for the user. Notes are logged here."""
+    if request.adapters_dir is None:
+        return (), ()
+    from kaito_runtime.model import adapters as lora
+
+    scan = lora.find_adapters(request.adapters_dir)
+    for note in scan.notes:
+        log.info("%s", note)
+    warnings = lora.check_adapters(scan, model)
+    if scan.adapters:
+        log.info("LoRA adapters from %s: %s", scan.folder, ", ".join(f"{a.name} (rank {a.rank})" for a in scan.adapters))
+    return scan.adapters, warnings
 
 
 def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tuple[Prepared, VllmLaunch]:

@@ -191,7 +191,7 @@ def main() -> None:
 
 def _model_options(f):
     options = [
-        option("--preset", envvar="KAITO_PRESET", help="Built-in preset name (see --list-presets)."),
+        option("--preset", envvar="KAITO_PRESET", help="Built-in preset name (see --list-presets), or a Hugging Face id ORG/NAME[@REVISION] as KAITO's preset name takes it."),
         option(
             "--model",
             envvar="KAITO_MODEL",
@@ -335,6 +335,12 @@ def _logging_options(f):
     envvar="KAITO_CONFIG_FILE",
     help="KAITO inference config YAML; its 'vllm:' flags win over the plan.",
 )
+@option(
+    "--adapters-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="KAITO_ADAPTERS_DIR",
+    help="Folder of LoRA adapters, one sub-folder with an adapter_config.json each (KAITO mounts /mnt/adapter); each is served under its folder name.",
+)
 @option("--chat-template-dir", envvar="KAITO_CHAT_TEMPLATE_DIR", help="Folder of preset chat templates (default /workspace/chat_templates).")
 @option("--grace-period", type=click.FloatRange(min=0), default=30.0, envvar="KAITO_GRACE_PERIOD", show_default=True, help="Seconds vLLM gets to stop after SIGTERM before it is killed.")
 @option("--plan-report", type=click.Path(dir_okay=False, path_type=Path), envvar="KAITO_PLAN_REPORT", help="Append the plan check (predicted vs vLLM's own KV and weights figures) to this file as one JSON line.")
@@ -458,6 +464,7 @@ def _request_from_options(opts: dict):
         port=opts["port"],
         extra_vllm_args=vllm_args,
         config_file=opts["config_file"],
+        adapters_dir=opts["adapters_dir"],
         chat_template_dir=opts["chat_template_dir"],
         grace_seconds=opts["grace_period"],
         ready_timeout=opts["ready_timeout"],

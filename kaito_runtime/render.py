@@ -98,6 +98,7 @@ def plan_json(prepared, launch) -> str:
         "model_path": str(prepared.model_path),
         "token_source": prepared.token_source,
         "warnings": list(prepared.warnings),
+        "adapters": _jsonable(prepared.adapters),
         "vllm": {
             "argv": list(display_argv(launch)),  # an --api-key value is shown as ***
             "env": display_env(launch.env),  # an API key is shown as ***
@@ -209,6 +210,8 @@ def plan_text(prepared, launch) -> str:
         serve = (f"none: headless worker (the leader serves); its launcher answers GET /health on "
                  f"http://{host.value}:{port.value}/health for the pod's probes")
     lines.append(f"Serve     {serve}")
+    if prepared.adapters:
+        lines.append("LoRA      " + ", ".join(f"{a.name} (rank {a.rank}, {a.path})" for a in prepared.adapters))
     if plan.decisions:
         lines.append("Why")
         for d in plan.decisions:

@@ -7,6 +7,7 @@ A value is validated when it is built, so an invalid one never travels further.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,6 +66,21 @@ LoadFormat = Literal["hf", "mistral"]
 
 
 @dataclass(frozen=True)
+class LoraAdapter:
+    """One LoRA adapter folder vLLM serves beside the model (``--lora-modules name=path``),
+    as read and checked from its ``adapter_config.json`` before vLLM starts."""
+
+    name: str  # the folder's name: what clients put in "model"
+    path: str  # the adapter folder
+    rank: int  # LoRA rank ``r``
+    base_model: str | None = None  # ``base_model_name_or_path``: what it was trained on
+
+    def __post_init__(self) -> None:
+        if not self.name or self.rank < 1:
+            raise ValueError(f"LoRA adapter {self.name!r}: a name and a rank >= 1 are needed")
+
+
+@dataclass(frozen=True)
 class WeightsSource:
     """What the weights step needs of a model, and nothing else: where its files are (a hub repo
     at a revision, or a local folder), which format to fetch, and whether the repo is gated."""
@@ -98,12 +114,22 @@ class ModelSpec:
     load_format: LoadFormat = "hf"  # which weight files to fetch
     tensor_parallel_allowed: bool = True
     multi_node: bool = False
+    lora_allowed: bool = True  # False: the preset refuses LoRA adapters (KAITO's DisallowLoRA)
     gated: bool = False
     notes: str | None = None
     # A known floor on each GPU's total memory (a failure seen below it that the arithmetic misses),
     # and where that floor comes from, for the error message.
     min_gpu_memory_bytes: int | None = None
     min_gpu_memory_reason: str | None = None
+    # What vLLM's GPU memory budget depends on beyond the KV geometry (config.json, text_config
+    # first); None / 0 / False where the source does not say. The planner states what it assumed.
+    vocab_size: int | None = None
+    hidden_size: int | None = None
+    tie_word_embeddings: bool = False
+    num_experts: int | None = None  # routed experts of a mixture-of-experts model
+    sliding_window: int | None = None  # tokens a sliding-window layer attends to
+    sliding_window_layers: int = 0  # layers with that window; the rest attend to the whole context
+    multimodal: bool = False  # a vision tower beside the language model
 
     @property
     def weights_source(self) -> WeightsSource:
@@ -116,6 +142,10 @@ class ModelSpec:
             raise ValueError(f"{self.name}: max_context must be > 0")
         if self.min_gpu_memory_bytes is not None and self.min_gpu_memory_bytes <= 0:
             raise ValueError(f"{self.name}: min_gpu_memory_bytes must be > 0")
+        if not 0 <= self.sliding_window_layers <= self.attention.num_layers:
+            raise ValueError(f"{self.name}: sliding_window_layers must be between 0 and the {self.attention.num_layers} layers")
+        if self.sliding_window_layers and not self.sliding_window:
+            raise ValueError(f"{self.name}: sliding_window_layers needs a sliding_window size")
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -234,6 +264,47 @@ class PlanOverrides:
     parallel_preference: ParallelPreference = "auto"
     force_cpu: bool = False
     cpu_cores: str | None = None  # CPU target: the cores vLLM may use on this node ("0-3,8")
+
+
+# ------------------------------------------------------------------------------------------------
+# What the pinned vLLM does with GPU memory (presets/vllm/memory.yaml, one version line)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchDefault:
+    """vLLM's default batch budget for GPUs of at least ``min_memory_gib`` (unless named ``exclude_name``)."""
+
+    min_memory_gib: float
+    exclude_name: str
+    max_num_batched_tokens: int
+    max_num_seqs: int
+
+
+@dataclass(frozen=True)
+class VllmMemoryProfile:
+    """The planner's constants for one vLLM version line, read from presets/vllm/memory.yaml
+    outside the planner (``kaito_runtime.node.vllm_memory``) and handed to ``plan_launch``.
+
+    ``figures`` (GiB unless named otherwise) are also readable as attributes
+    (``profile.block_size``); ``sources`` says where each comes from.
+    """
+
+    line: str
+    pinned: str
+    figures: Mapping[str, Any]
+    sources: Mapping[str, str]
+    batch_defaults: tuple[BatchDefault, ...]
+    cuda_memory_gib: Mapping[str, float]
+    cuda_memory_fallback_ratio: float
+    calibrated_architectures: frozenset[str]
+    assumed_vocab_size: int
+
+    def __getattr__(self, name: str) -> Any:
+        figures = self.__dict__.get("figures", {})
+        if name in figures:
+            return figures[name]
+        raise AttributeError(name)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def weights_bytes(files: Sequence[RemoteFile], load_format: str = "hf") -> int:
     return sum(f.size for f in files if f.path in chosen)
 
 
-def spec_from_folder(folder: Path) -> ModelSpec:
+def spec_from_folder(folder: Path, *, trust_remote_code: bool = False) -> ModelSpec:
     check_model_folder(folder)
     config = read_config_json(folder / "config.json")
     return spec_from_hf_config(
@@ -53,6 +53,7 @@ def spec_from_folder(folder: Path) -> ModelSpec:
         name=served_name_for(str(folder)),
         weights_bytes=folder_weights_bytes(folder),
         local_path=str(folder.resolve()),
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -93,7 +94,7 @@ def remote_metadata(
         return local
 
 
-def spec_from_hub(repo_id: str, remote: RemoteModel) -> ModelSpec:
+def spec_from_hub(repo_id: str, remote: RemoteModel, *, trust_remote_code: bool = False) -> ModelSpec:
     """The ModelSpec of a hub model from what the hub (or the local copy) says about it."""
     return spec_from_hf_config(
         remote.config,
@@ -102,4 +103,5 @@ def spec_from_hub(repo_id: str, remote: RemoteModel) -> ModelSpec:
         repo_id=repo_id,
         revision=remote.revision,
         gated=remote.gated,
+        trust_remote_code=trust_remote_code,
     )

@@ -9,97 +9,19 @@ per pipeline stage (the smallest stage sets the block count), then turns KV byte
 count vLLM logs ("GPU KV cache size: N tokens" = max concurrency x max-model-len), with
 sliding-window layers grouped the way its hybrid allocator groups them.
 
-The constants are one vLLM version line of presets/vllm/memory.yaml, handed in as a mapping by
-the caller (``VllmMemoryProfile.from_table``): this module reads no file.
+The constants are one vLLM version line of presets/vllm/memory.yaml, read outside the planner
+(``kaito_runtime.node.vllm_memory``) and handed in as a ``VllmMemoryProfile``: this module reads no file.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from kaito_runtime.errors import CatalogError
-from kaito_runtime.types import GiB
+from kaito_runtime.types import BatchDefault, GiB, VllmMemoryProfile
 
 _VOCAB_BYTES = 2  # embeddings and LM head stay 16-bit, also in fp8 / int4 checkpoints
 _REFERENCE_BATCH = 8192  # the max_num_batched_tokens every calibration run used
-
-_FIGURES = (
-    "default_gpu_memory_utilization", "cudagraph_estimate_in_budget", "in_flight_batches",
-    "max_model_len_auto", "block_size", "non_torch_single_gpu", "non_torch_tensor_parallel",
-    "non_torch_pipeline_parallel", "activation_base", "activation_per_vocab_seq", "activation_moe",
-    "activation_mla", "activation_sliding_window", "activation_pipeline_inner_stage", "cudagraph_base",
-    "cudagraph_per_layer", "weights_extra", "multimodal_replicated_fraction", "uncalibrated_margin",
-    "full_context_margin",
-)
-
-
-@dataclass(frozen=True)
-class BatchDefault:
-    min_memory_gib: float
-    exclude_name: str
-    max_num_batched_tokens: int
-    max_num_seqs: int
-
-
-@dataclass(frozen=True)
-class VllmMemoryProfile:
-    """The planner's constants for one vLLM version line (GiB figures as in the table)."""
-
-    line: str
-    pinned: str
-    figures: Mapping[str, Any]
-    sources: Mapping[str, str]
-    batch_defaults: tuple[BatchDefault, ...]
-    cuda_memory_gib: Mapping[str, float]
-    cuda_memory_fallback_ratio: float
-    calibrated_architectures: frozenset[str]
-    assumed_vocab_size: int
-
-    def __getattr__(self, name: str) -> Any:
-        figures = self.__dict__.get("figures", {})
-        if name in figures:
-            return figures[name]
-        raise AttributeError(name)
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any], line: str | None = None) -> VllmMemoryProfile:
-        """One line of the parsed presets/vllm/memory.yaml (the pinned one by default), with
-        ``inherits`` resolved. Raises ``CatalogError`` naming a missing figure."""
-        pinned = str(table["pinned"])
-        lines = table["lines"]
-        wanted = line or ".".join(pinned.split(".")[:2])
-        if wanted not in lines:
-            raise CatalogError(
-                f"presets/vllm/memory.yaml has no constants for vLLM {wanted}",
-                fix="use one of the lines " + ", ".join(lines),
-            )
-        chain, name = [], wanted
-        while name:
-            chain.append(lines[name])
-            name = lines[name].get("inherits")
-        merged: dict[str, Any] = {}
-        for entry in reversed(chain):
-            merged.update(entry)
-        missing = [f for f in _FIGURES if f not in merged]
-        if missing:
-            raise CatalogError(f"presets/vllm/memory.yaml line {wanted} lacks {', '.join(missing)}")
-        return cls(
-            line=wanted,
-            pinned=pinned,
-            figures={f: merged[f]["value"] for f in _FIGURES},
-            sources={f: merged[f]["source"] for f in _FIGURES},
-            batch_defaults=tuple(
-                BatchDefault(r["min_memory_gib"], r["exclude_name"], r["max_num_batched_tokens"], r["max_num_seqs"])
-                for r in table["batch_defaults"]
-            ),
-            cuda_memory_gib={r["nvml_name"]: r["total_gib"] for r in table["cuda_memory"]},
-            cuda_memory_fallback_ratio=table["cuda_memory_fallback_ratio"]["value"],
-            calibrated_architectures=frozenset(table["calibrated_architectures"]),
-            assumed_vocab_size=table["assumed_vocab_size"]["value"],
-        )
 
 
 @dataclass(frozen=True)

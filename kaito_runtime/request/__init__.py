@@ -48,6 +48,7 @@ class RuntimeRequest:
     port: int = 5000
     extra_vllm_args: tuple[str, ...] = ()
     config_file: Path | None = None
+    adapters_dir: Path | None = None  # LoRA adapters, one sub-folder each (KAITO: /mnt/adapter)
     chat_template_dir: str | None = None
     grace_seconds: float = 30.0
     ready_timeout: float | None = None
