@@ -349,7 +349,13 @@ def _logging_options(f):
     "--rendezvous-timeout",
     type=click.FloatRange(min=0, min_open=True),
     envvar="KAITO_RENDEZVOUS_TIMEOUT",
-    help="Multi-node: seconds to wait for the leader's address and port before giving up (default 1800).",
+    help="Multi-node: seconds for the whole group to check in at the leader before giving up (default 1800).",
+)
+@option(
+    "--peer-timeout",
+    type=click.FloatRange(min=1),
+    envvar="KAITO_PEER_TIMEOUT",
+    help="Multi-node: seconds without a heartbeat after which a node counts as lost and the group stops (default 15).",
 )
 @_logging_options
 def serve(**opts) -> None:
@@ -464,6 +470,7 @@ def _request_from_options(opts: dict):
         ready_timeout=opts["ready_timeout"],
         plan_report=opts["plan_report"],
         rendezvous_timeout=opts["rendezvous_timeout"],
+        peer_timeout=opts["peer_timeout"],
         dry_run=opts["dry_run"],
         verify_weights=opts["verify_weights"],
     )

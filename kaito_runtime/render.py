@@ -121,7 +121,11 @@ def plan_json(prepared, launch) -> str:
         "model": preset_dict(prepared.model),
         "fits": True,
         "inventory": _jsonable(prepared.inventory),
-        "topology": _jsonable(prepared.topology),
+        "topology": {
+            **_jsonable(prepared.topology),
+            "role": "leader" if prepared.topology.is_leader else "worker",
+            "group_store_port": prepared.topology.group_store_port if prepared.topology.multi_node else None,
+        },
         "plan": _jsonable(dataclasses.replace(prepared.plan, model=None)),
         # What vLLM will get after the preset, --config and pass-through arguments: source None
         # means the plan's value stands.
@@ -205,7 +209,8 @@ def plan_text(prepared, launch) -> str:
         leader = f"leader {topo.leader_address}:{topo.master_port}"
         if "leader_address" in topo.assumed:
             leader += " (placeholder: none given)"
-        lines.append(f"Group     {rank}, {leader}; from {topo.source}")
+        role = "leader" if topo.is_leader else "worker"
+        lines.append(f"Group     {role}, {rank}, {leader}, group store port {topo.group_store_port}; from {topo.source}")
     tp, pp, dp = eff["tensor-parallel-size"], eff["pipeline-parallel-size"], eff["data-parallel-size"]
     layout = f"{plan.target.upper()}, tensor-parallel {tp.value}{tp.mark()} x pipeline-parallel {pp.value}{pp.mark()}"
     if dp.value != "1" or dp.overridden:
@@ -242,7 +247,8 @@ def plan_text(prepared, launch) -> str:
         if host.overridden or port.overridden:
             serve += f" (from {host.source if host.overridden else port.source}; the plan said {host.planned}:{port.planned})"
     else:
-        serve = "none: headless worker, no HTTP server (the leader serves)"
+        serve = (f"none: headless worker (the leader serves); its launcher answers GET /health on "
+                 f"http://{host.value}:{port.value}/health for the pod's probes")
     lines.append(f"Serve     {serve}")
     if prepared.adapters:
         lines.append("LoRA      " + ", ".join(f"{a.name} (rank {a.rank}, {a.path})" for a in prepared.adapters))

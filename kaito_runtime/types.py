@@ -273,6 +273,12 @@ class Topology:
     def multi_node(self) -> bool:
         return self.nnodes > 1
 
+    @property
+    def group_store_port(self) -> int:
+        """Where the leader's launcher hosts the group's store (check-in, heartbeats): the port
+        after vLLM's master port, which the leader's vLLM opens only once the group is released."""
+        return self.master_port + 1
+
 
 # ------------------------------------------------------------------------------------------------
 # What the user asked for (planning overrides)
