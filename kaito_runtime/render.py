@@ -56,6 +56,16 @@ def preset_dict(p: ModelSpec) -> dict[str, Any]:
         "tensor_parallel_allowed": p.tensor_parallel_allowed,
         "multi_node": p.multi_node,
         "gated": p.gated,
+        "attention": dataclasses.asdict(p.attention),
+        "load_format": p.load_format,
+        "vocab_size": p.vocab_size,
+        "hidden_size": p.hidden_size,
+        "tie_word_embeddings": p.tie_word_embeddings,
+        "num_experts": p.num_experts,
+        "sliding_window": p.sliding_window,
+        "sliding_window_layers": p.sliding_window_layers,
+        "multimodal": p.multimodal,
+        "notes": p.notes,
     }
 
 
@@ -159,13 +169,42 @@ def model_lines(model: ModelSpec) -> list[str]:
     figures = figures_line(model)
     if figures:
         lines.append(f"          {figures}")
+    if model.generated_from:
+        lines.extend(f"          {line}" for line in generated_figures(model))
     details = ["gated" if model.gated else "not gated", "multi-node" if model.multi_node else "single-node"]
     if model.generated_from:
         details.append(f"generated from {model.generated_from}")
     lines.append("          " + ", ".join(details))
     if model.vllm_args:
         lines.append(f"          vLLM args {' '.join(model.vllm_args)}")
+    if model.generated_from and model.notes:
+        lines.append(f"          {model.notes}")
     return lines
+
+
+def generated_figures(model: ModelSpec) -> list[str]:
+    """The figures a generated preset was made of (what a catalog entry would hold)."""
+    att = model.attention
+    if att.is_mla:
+        geometry = f"attention MLA: {att.num_layers} layers, {att.num_attention_heads} heads, latent {att.kv_lora_rank} + rope {att.qk_rope_head_dim}"
+    else:
+        geometry = (f"attention {att.num_layers} layers, {att.num_attention_heads} heads, "
+                    f"{att.num_kv_heads} KV heads x head_dim {att.head_dim}")
+    budget = [f"dtype {model.dtype}", f"quantization {model.quantization or 'none'}"]
+    if model.vocab_size:
+        budget.append(f"vocab {model.vocab_size:,}")
+    if model.hidden_size:
+        budget.append(f"hidden {model.hidden_size:,}")
+    if model.tie_word_embeddings:
+        budget.append("tied embeddings")
+    if model.num_experts:
+        budget.append(f"{model.num_experts} experts")
+    if model.sliding_window_layers:
+        budget.append(f"sliding window {model.sliding_window:,} on {model.sliding_window_layers} of {att.num_layers} layers")
+    if model.multimodal:
+        budget.append("multimodal")
+    budget.append(f"load format {model.load_format}")
+    return [geometry, ", ".join(budget)]
 
 
 def refusal_text(model: ModelSpec, warnings: Iterable[str] = ()) -> str:

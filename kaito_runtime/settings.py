@@ -55,3 +55,8 @@ def vllm_memory_table_path() -> Path:
 def vllm_architectures_path() -> Path:
     """The architectures the pinned vLLM serves (generated from its model registry)."""
     return presets_dir() / "vllm" / "architectures.yaml"
+
+
+def parser_rules_path() -> Path:
+    """Tool-call / reasoning parser rules for models that are not presets."""
+    return presets_dir() / "vllm" / "parsers.yaml"

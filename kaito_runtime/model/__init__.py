@@ -182,8 +182,18 @@ def resolve_model(
             )
         except HubUnreachableError as exc:  # config.json came from the complete local copy
             log.warning("model: safetensors headers of %s not read (%s); sizing by file sizes", request.model, exc.what)
-    spec = replace(spec, generated_from="hub metadata")
+    spec = with_hub_defaults(replace(spec, generated_from="hub metadata"))
     return _named(model_source.with_figures(spec, figures) if figures is not None else spec, request)
+
+
+def with_hub_defaults(spec: ModelSpec) -> ModelSpec:
+    """A hub model's spec with what a built-in preset would carry: the tool-call and reasoning
+    parsers for its architecture and family (presets/vllm/parsers.yaml), and why."""
+    from kaito_runtime.model.defaults import choose_parsers
+
+    choice = choose_parsers(spec.architecture, spec.repo_id)
+    note = f"parsers: {choice.rule}" if choice.vllm_args else f"parsers: none ({choice.rule} in presets/vllm/parsers.yaml)"
+    return replace(spec, vllm_args=spec.vllm_args + choice.vllm_args, notes=note)
 
 
 def _no_local_copy(repo_id: str, revision: str | None) -> None:
