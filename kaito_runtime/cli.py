@@ -203,6 +203,12 @@ def _model_options(f):
             help="Commit, branch or tag for --model ORG/NAME (resolved to a commit and pinned); presets pin their own.",
         ),
         option(
+            "--catalog-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            envvar="KAITO_CATALOG_DIR",
+            help="Folder of your own preset catalog files (*.yaml, the schema of the built-in presets/); their names must not be built-in names.",
+        ),
+        option(
             "--served-model-name",
             envvar="KAITO_SERVED_MODEL_NAME",
             help="Name clients use in requests (default: the preset name, or the model folder/repo name).",
@@ -282,6 +288,7 @@ def _logging_options(f):
 @main.command(cls=ServeCommand, context_settings=CONTEXT_SETTINGS)
 @_model_options
 @option("--list-presets", is_flag=True, help="List the built-in presets and exit.")
+@option("--export-preset", is_flag=True, envvar="KAITO_EXPORT_PRESET", help="Print the model's preset (generated from hub metadata for ORG/NAME) as a catalog file for --catalog-dir, revision pinned, and exit.")
 @option("--dry-run", is_flag=True, envvar="KAITO_DRY_RUN", help="Print the plan and the vLLM command, start nothing.")
 @option("--download-only", is_flag=True, envvar="KAITO_DOWNLOAD_ONLY", help="Fetch the weights, then exit (init containers, pre-warming); does not check that the model fits this machine.")
 @option(
@@ -369,11 +376,14 @@ def serve(**opts) -> None:
 
     def body() -> None:
         if opts["list_presets"]:
-            _print_presets(opts["output"])
+            _print_presets(opts["output"], opts["catalog_dir"])
             return
         from kaito_runtime import api
 
         request = _request_from_options(opts)
+        if opts["export_preset"]:
+            click.echo(api.export_preset(request), nl=False)
+            return
         if opts["dry_run"]:
             from kaito_runtime import render
             from kaito_runtime.logs import redact  # api registered any --api-key as a secret
@@ -473,13 +483,14 @@ def _request_from_options(opts: dict):
         peer_timeout=opts["peer_timeout"],
         dry_run=opts["dry_run"],
         verify_weights=opts["verify_weights"],
+        catalog_dir=opts["catalog_dir"],
     )
 
 
-def _print_presets(output: str) -> None:
+def _print_presets(output: str, catalog_dir: Path | None = None) -> None:
     from kaito_runtime import api, render
 
-    presets = api.list_presets()
+    presets = api.list_presets(catalog_dir)
     click.echo(render.presets_json(presets) if output == "json" else render.presets_table(presets))
 
 

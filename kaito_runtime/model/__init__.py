@@ -94,7 +94,7 @@ def _preset(request: RuntimeRequest) -> ModelSpec:
     from kaito_runtime.model.catalog import load_catalog
 
     assert request.preset
-    spec = load_catalog().get(request.preset)
+    spec = load_catalog(user_dir=request.catalog_dir).get(request.preset)
     if request.revision and request.revision != spec.revision:
         raise InputError(
             f"--revision {request.revision} cannot be used with --preset {spec.name}",
@@ -128,7 +128,7 @@ def _known_preset(request: RuntimeRequest) -> ModelSpec | None:
     from kaito_runtime.model.catalog import load_catalog
 
     assert request.model
-    known = load_catalog().find_by_repo(request.model)
+    known = load_catalog(user_dir=request.catalog_dir).find_by_repo(request.model)
     if known is not None and request.revision in (None, known.revision):
         # A preset's repo id: keep its pinned commit and the vLLM arguments it needs.
         log.info("%s is the repo of preset %s; using the preset", request.model, known.name)

@@ -64,11 +64,14 @@ class _Preset(BaseModel):
     repo_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")]
     revision: str
     weights_gib: PositiveFloat
+    # The exact bytes of the weight tensors (an exported preset carries them from the safetensors
+    # headers); when given, plans use them and weights_gib must agree to 0.01 GiB.
+    weights_bytes: PositiveInt | None = None
     params_billions: PositiveFloat | None = None
     architecture: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
     max_context: PositiveInt
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    quantization: Literal["fp8", "mxfp4", "awq", "gptq", "compressed-tensors"] | None = None
+    quantization: Literal["fp8", "mxfp4", "awq", "gptq", "compressed-tensors", "bitsandbytes"] | None = None
     attention: _Attention
     kv_bytes_per_token: PositiveInt
     vllm_args: list[Annotated[str, Field(min_length=1)]] = []
@@ -286,6 +289,17 @@ def _check_sliding_window(path: Path, entry: _Preset) -> None:
         raise _catalog_error(path, entry.name, "sliding_window", "missing; sliding_window_layers needs the window size")
 
 
+def _weights_bytes(path: Path, entry: _Preset) -> int:
+    if entry.weights_bytes is None:
+        return round(entry.weights_gib * GiB)
+    if abs(entry.weights_bytes / GiB - entry.weights_gib) > 0.01:
+        raise _catalog_error(
+            path, entry.name, "weights_bytes",
+            f"{entry.weights_bytes} bytes are {entry.weights_bytes / GiB:.2f} GiB, but weights_gib says {entry.weights_gib}",
+        )
+    return entry.weights_bytes
+
+
 def _to_spec(path: Path, family: str, entry: _Preset) -> ModelSpec:
     geometry = _geometry(path, entry)
     _check_args(path, entry)
@@ -294,7 +308,7 @@ def _to_spec(path: Path, family: str, entry: _Preset) -> ModelSpec:
     return ModelSpec(
         name=entry.name,
         architecture=entry.architecture,
-        weights_bytes=round(entry.weights_gib * GiB),
+        weights_bytes=_weights_bytes(path, entry),
         max_context=entry.max_context,
         attention=geometry,
         dtype=entry.dtype,
@@ -361,11 +375,19 @@ class Catalog:
     presets: tuple[ModelSpec, ...]
     source: Path | None = None
     _by_name: dict[str, ModelSpec] = field(default_factory=dict, repr=False, compare=False)
+    files: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)  # lower-case name -> its file
+    user_dir: Path | None = None  # the --catalog-dir folder merged in, if any
 
     @classmethod
-    def from_specs(cls, specs: list[ModelSpec] | tuple[ModelSpec, ...], source: Path | None = None) -> Catalog:
+    def from_specs(
+        cls,
+        specs: list[ModelSpec] | tuple[ModelSpec, ...],
+        source: Path | None = None,
+        files: dict[str, Path] | None = None,
+        user_dir: Path | None = None,
+    ) -> Catalog:
         ordered = tuple(sorted(specs, key=lambda s: (s.family or "", s.name)))
-        return cls(ordered, source, {s.name.lower(): s for s in ordered})
+        return cls(ordered, source, {s.name.lower(): s for s in ordered}, dict(files or {}), user_dir)
 
     def __len__(self) -> int:
         return len(self.presets)
@@ -394,6 +416,8 @@ class Catalog:
             else f"use one of the {len(self.presets)} built-in presets (--list-presets), or a Hugging Face id such as {HUB_ID_EXAMPLE}"
         )
         where = f" ({self.source})" if self.source else ""
+        if self.user_dir is not None:
+            where = f" ({self.source} and the catalog folder {self.user_dir})"
         raise UnknownPresetError(
             f"Unknown preset '{name}'",
             why=f"No preset in the catalog{where} has that name, and it is not a Hugging Face id (org/name)",
@@ -462,7 +486,7 @@ def _load(presets_dir: Path) -> Catalog:
                 )
             seen[key] = path
             specs.append(spec)
-    return Catalog.from_specs(specs, presets_dir)
+    return Catalog.from_specs(specs, presets_dir, seen)
 
 
 @functools.lru_cache(maxsize=1)
@@ -470,12 +494,119 @@ def _load_default() -> Catalog:
     return _load(data.presets_dir())
 
 
-def load_catalog(presets_dir: Path | None = None) -> Catalog:
+def load_catalog(presets_dir: Path | None = None, *, user_dir: Path | None = None) -> Catalog:
     """Load and validate every ``*.yaml`` in ``presets_dir`` (not its subfolders).
 
-    Without an argument the shipped catalog is loaded once and cached.
+    Without ``presets_dir`` the shipped catalog is loaded once and cached. ``user_dir`` (a
+    platform team's --catalog-dir / KAITO_CATALOG_DIR) adds its ``*.yaml`` files, validated by the
+    same schema; a name that is also a built-in preset is a CatalogError naming both files.
     Raises ``CatalogError`` for the first malformed or inconsistent entry.
     """
-    if presets_dir is None:
-        return _load_default()
-    return _load(Path(presets_dir))
+    base = _load_default() if presets_dir is None else _load(Path(presets_dir))
+    if user_dir is None:
+        return base
+    return _merged(base, Path(user_dir).expanduser())
+
+
+def _merged(base: Catalog, user_dir: Path) -> Catalog:
+    if not user_dir.is_dir():
+        raise CatalogError(
+            f"The catalog folder {user_dir} does not exist" if not user_dir.exists() else f"{user_dir} is not a folder",
+            why="--catalog-dir / KAITO_CATALOG_DIR names a folder of preset catalog files (*.yaml)",
+            fix="point it to a folder of family files written like presets/*.yaml (kaito-run --export-preset prints one), or unset it",
+        )
+    user = _load(user_dir)
+    for spec in user:
+        key = spec.name.lower()
+        if key in base.files:
+            raise _catalog_error(
+                user.files[key], spec.name, "name",
+                f"preset name is also a built-in preset, defined in {base.files[key]}; "
+                "a catalog folder adds presets, it does not replace them (give this one another name)",
+            )
+    return Catalog.from_specs(
+        [*base.presets, *user.presets], base.source, {**base.files, **user.files}, user_dir
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# A generated preset as a catalog entry (--export-preset)
+# ------------------------------------------------------------------------------------------------
+
+
+def family_of(repo_id: str) -> str:
+    """The family an exported preset is filed under: the repo's organisation, lower-cased."""
+    return re.sub(r"[^a-z0-9._-]+", "-", repo_id.split("/", 1)[0].lower()).strip("-") or "hub"
+
+
+def catalog_entry(spec: ModelSpec) -> dict[str, Any]:
+    """``spec`` as one preset of a family file, every field the schema knows that the spec
+    sets (defaults left out). Raises CatalogError when the spec cannot be a preset."""
+    att = spec.attention
+    attention: dict[str, Any] = {"num_layers": att.num_layers, "num_attention_heads": att.num_attention_heads}
+    if att.is_mla:
+        attention |= {"kv_lora_rank": att.kv_lora_rank, "qk_rope_head_dim": att.qk_rope_head_dim}
+    else:
+        attention |= {"num_kv_heads": att.num_kv_heads, "head_dim": att.head_dim}
+    entry: dict[str, Any] = {
+        "name": spec.name,
+        "repo_id": spec.repo_id,
+        "revision": spec.revision,
+        "weights_gib": round(spec.weights_bytes / GiB, 2) or 0.01,
+        "weights_bytes": spec.weights_bytes,
+        "params_billions": spec.params_billions,
+        "architecture": spec.architecture,
+        "max_context": spec.max_context,
+        "dtype": spec.dtype,
+        "quantization": spec.quantization,
+        "attention": attention,
+        "kv_bytes_per_token": spec.kv_bytes_per_token,
+        "vllm_args": list(spec.vllm_args),
+        "chat_template": spec.chat_template,
+        "load_format": spec.load_format,
+        "tensor_parallel": spec.tensor_parallel_allowed,
+        "multi_node": spec.multi_node,
+        "lora": spec.lora_allowed,
+        "gated": spec.gated,
+        "notes": spec.notes,
+        "min_gpu_memory_gib": round(spec.min_gpu_memory_bytes / GiB, 2) if spec.min_gpu_memory_bytes else None,
+        "min_gpu_memory_reason": spec.min_gpu_memory_reason,
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "tie_word_embeddings": spec.tie_word_embeddings,
+        "num_experts": spec.num_experts,
+        "sliding_window": spec.sliding_window,
+        "sliding_window_layers": spec.sliding_window_layers,
+        "multimodal": spec.multimodal,
+    }
+    defaults = {name: f.default for name, f in _Preset.model_fields.items() if not f.is_required()}
+    return {k: v for k, v in entry.items() if v is not None and not (k in defaults and defaults[k] == v and k != "vllm_args")}
+
+
+def export_yaml(spec: ModelSpec, *, origin: str) -> str:
+    """``spec`` as a family file that --catalog-dir loads: checked against the schema and the
+    consistency rules first, so what is printed always loads. ``origin`` heads the comment."""
+    what = f"--export-preset {spec.repo_id or spec.name}"
+    if not spec.repo_id or not spec.revision or not _HEX40.fullmatch(spec.revision):
+        raise CatalogError(
+            f"Cannot export {spec.name} as a preset",
+            why="a catalog preset names a Hugging Face repo pinned to a commit; this model "
+            + ("is a local folder" if spec.local_path else "has no resolved commit"),
+            fix="export a Hugging Face id: kaito-run --preset ORG/NAME --export-preset",
+        )
+    family = spec.family or family_of(spec.repo_id)
+    raw = {"family": family, "presets": [catalog_entry(spec)]}
+    where = Path(f"<{what}>/{family}.yaml")
+    try:
+        parsed = _FamilyFile.model_validate(raw)
+    except ValidationError as exc:
+        raise _from_validation_error(where, raw, exc) from None
+    for entry in parsed.presets:
+        _to_spec(where, family, entry)
+    body = yaml.safe_dump(raw, sort_keys=False, width=100, allow_unicode=True, default_flow_style=None)
+    header = (
+        f"# {origin}\n"
+        f"# Save as {family}.yaml in a catalog folder (--catalog-dir / KAITO_CATALOG_DIR); the file name must be\n"
+        "# the family. The revision is the commit resolved now: the preset keeps serving these files.\n"
+    )
+    return header + body

@@ -57,6 +57,7 @@ class RuntimeRequest:
     peer_timeout: float | None = None  # multi-node: a silent peer's heartbeat counts as lost after this
     dry_run: bool = False  # only a plan is wanted (no launch follows)
     verify_weights: bool = False  # re-hash a complete local copy before reusing it
+    catalog_dir: Path | None = None  # a platform team's presets beside the built-in ones
 
     @property
     def planning_only(self) -> bool:
@@ -88,6 +89,13 @@ def chat_template_dir_of(request: RuntimeRequest, env: Mapping[str, str]) -> str
     return request.chat_template_dir or env.get("KAITO_CHAT_TEMPLATE_DIR") or DEFAULT_CHAT_TEMPLATE_DIR
 
 
+def catalog_dir_of(request: RuntimeRequest, env: Mapping[str, str]) -> Path | None:
+    """--catalog-dir, else ``KAITO_CATALOG_DIR``, else None (the built-in presets only)."""
+    if request.catalog_dir is not None:
+        return request.catalog_dir
+    return Path(env["KAITO_CATALOG_DIR"]).expanduser() if env.get("KAITO_CATALOG_DIR") else None
+
+
 def endpoint_of(request: RuntimeRequest, env: Mapping[str, str]) -> str | None:
     """The hub to use: the request's, else ``HF_ENDPOINT`` (a mirror), else None (the public Hub)."""
     return request.endpoint or env.get("HF_ENDPOINT") or None
@@ -100,6 +108,7 @@ def settled(request: RuntimeRequest, env: Mapping[str, str]) -> RuntimeRequest:
         weights_dir=weights_dir_of(request, env),
         chat_template_dir=chat_template_dir_of(request, env),
         endpoint=endpoint_of(request, env),
+        catalog_dir=catalog_dir_of(request, env),
     )
 
 
