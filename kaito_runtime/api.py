@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kaito_runtime import logs
 from kaito_runtime.errors import DoesNotFitError, InputError
 from kaito_runtime.model import download_source, gated_token_warning, resolve_model
 from kaito_runtime.request import (
@@ -410,6 +411,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         on_ready=on_ready,
         log=log,
         on_line=startup.feed,
+        write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
     )
     if outcome.exit_code != 0 and outcome.signal_received is None:
         # A known cause: one line. Otherwise (or only the generic "engine core failed"), vLLM's

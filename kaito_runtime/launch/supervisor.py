@@ -192,9 +192,11 @@ class _Child:
         output: IO[str] | None,
         log: logging.Logger,
         on_line: Callable[[str], None] | None = None,
+        write_line: Callable[[str], None] | None = None,
     ) -> None:
         self.log = log
         self._on_line = on_line
+        self._write_line = write_line
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._output = output
         self.proc = subprocess.Popen(
@@ -221,8 +223,11 @@ class _Child:
             if self._output is not None:
                 try:
                     # vLLM (or a model's remote code) may print a secret we know; a few `in` checks
-                    self._output.write(redact(line))
-                    self._output.flush()
+                    if self._write_line is not None:
+                        self._write_line(redact(line.rstrip("\r\n")))
+                    else:
+                        self._output.write(redact(line))
+                        self._output.flush()
                 except (OSError, ValueError):
                     self._output = None  # our stdout is gone; keep draining the pipe
         self.proc.stdout.close()
@@ -349,12 +354,16 @@ def supervise(
     log: logging.Logger,
     output: IO[str] | None | Literal["stdout"] = "stdout",
     on_line: Callable[[str], None] | None = None,
+    write_line: Callable[[str], None] | None = None,
 ) -> SupervisorResult:
     """Run ``argv`` with exactly ``env`` until it exits; see the module docstring for the rules.
 
     ``output`` receives the child's stdout and stderr, line by line, unchanged ("stdout": our
     sys.stdout at call time; None: discard; the tail is kept either way). ``on_line`` sees every
-    output line (without its newline) from the output thread, e.g. to read vLLM's memory figures. ``ready_timeout`` applies
+    output line (without its newline) from the output thread, e.g. to read vLLM's memory figures.
+    ``write_line``: when given, writes each redacted line (without its newline) instead of
+    ``output`` (the API passes the JSON-mode wrapper from logs); ``output`` None still discards.
+    ``ready_timeout`` applies
     only with a ``ready`` check. Signal handlers are installed only when called from the main
     thread, and the previous handlers are restored before returning.
     """
@@ -390,7 +399,7 @@ def supervise(
     became_ready = threading.Event()
     try:
         try:
-            child = _Child(argv, env, output, log, on_line)
+            child = _Child(argv, env, output, log, on_line, write_line)
         except OSError as exc:
             log.error("cannot start %s: %s", argv[0] if argv else "?", exc)
             return SupervisorResult(127, None, (str(exc),), received[0] if received else None)
