@@ -86,7 +86,11 @@ def plan_json(prepared, launch) -> str:
         "model": preset_dict(prepared.model),
         "fits": True,
         "inventory": _jsonable(prepared.inventory),
-        "topology": _jsonable(prepared.topology),
+        "topology": {
+            **_jsonable(prepared.topology),
+            "role": "leader" if prepared.topology.is_leader else "worker",
+            "group_store_port": prepared.topology.group_store_port if prepared.topology.multi_node else None,
+        },
         "plan": _jsonable(dataclasses.replace(prepared.plan, model=None)),
         # What vLLM will get after the preset, --config and pass-through arguments: source None
         # means the plan's value stands.
@@ -94,6 +98,7 @@ def plan_json(prepared, launch) -> str:
         "model_path": str(prepared.model_path),
         "token_source": prepared.token_source,
         "warnings": list(prepared.warnings),
+        "adapters": _jsonable(prepared.adapters),
         "vllm": {
             "argv": list(display_argv(launch)),  # an --api-key value is shown as ***
             "env": display_env(launch.env),  # an API key is shown as ***
@@ -164,7 +169,8 @@ def plan_text(prepared, launch) -> str:
         leader = f"leader {topo.leader_address}:{topo.master_port}"
         if "leader_address" in topo.assumed:
             leader += " (placeholder: none given)"
-        lines.append(f"Group     {rank}, {leader}; from {topo.source}")
+        role = "leader" if topo.is_leader else "worker"
+        lines.append(f"Group     {role}, {rank}, {leader}, group store port {topo.group_store_port}; from {topo.source}")
     tp, pp, dp = eff["tensor-parallel-size"], eff["pipeline-parallel-size"], eff["data-parallel-size"]
     layout = f"{plan.target.upper()}, tensor-parallel {tp.value}{tp.mark()} x pipeline-parallel {pp.value}{pp.mark()}"
     if dp.value != "1" or dp.overridden:
@@ -201,8 +207,11 @@ def plan_text(prepared, launch) -> str:
         if host.overridden or port.overridden:
             serve += f" (from {host.source if host.overridden else port.source}; the plan said {host.planned}:{port.planned})"
     else:
-        serve = "none: headless worker, no HTTP server (the leader serves)"
+        serve = (f"none: headless worker (the leader serves); its launcher answers GET /health on "
+                 f"http://{host.value}:{port.value}/health for the pod's probes")
     lines.append(f"Serve     {serve}")
+    if prepared.adapters:
+        lines.append("LoRA      " + ", ".join(f"{a.name} (rank {a.rank}, {a.path})" for a in prepared.adapters))
     if plan.decisions:
         lines.append("Why")
         for d in plan.decisions:

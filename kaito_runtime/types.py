@@ -66,6 +66,21 @@ LoadFormat = Literal["hf", "mistral"]
 
 
 @dataclass(frozen=True)
+class LoraAdapter:
+    """One LoRA adapter folder vLLM serves beside the model (``--lora-modules name=path``),
+    as read and checked from its ``adapter_config.json`` before vLLM starts."""
+
+    name: str  # the folder's name: what clients put in "model"
+    path: str  # the adapter folder
+    rank: int  # LoRA rank ``r``
+    base_model: str | None = None  # ``base_model_name_or_path``: what it was trained on
+
+    def __post_init__(self) -> None:
+        if not self.name or self.rank < 1:
+            raise ValueError(f"LoRA adapter {self.name!r}: a name and a rank >= 1 are needed")
+
+
+@dataclass(frozen=True)
 class WeightsSource:
     """What the weights step needs of a model, and nothing else: where its files are (a hub repo
     at a revision, or a local folder), which format to fetch, and whether the repo is gated."""
@@ -99,6 +114,7 @@ class ModelSpec:
     load_format: LoadFormat = "hf"  # which weight files to fetch
     tensor_parallel_allowed: bool = True
     multi_node: bool = False
+    lora_allowed: bool = True  # False: the preset refuses LoRA adapters (KAITO's DisallowLoRA)
     gated: bool = False
     notes: str | None = None
     # A known floor on each GPU's total memory (a failure seen below it that the arithmetic misses),
@@ -222,6 +238,12 @@ class Topology:
     @property
     def multi_node(self) -> bool:
         return self.nnodes > 1
+
+    @property
+    def group_store_port(self) -> int:
+        """Where the leader's launcher hosts the group's store (check-in, heartbeats): the port
+        after vLLM's master port, which the leader's vLLM opens only once the group is released."""
+        return self.master_port + 1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -76,6 +76,7 @@ class _Preset(BaseModel):
     load_format: Literal["hf", "mistral"] = "hf"
     tensor_parallel: bool = True
     multi_node: bool = False
+    lora: bool = True  # False: LoRA adapters are refused (KAITO's DisallowLoRA)
     gated: bool = False
     notes: str | None = None
     # Each GPU must have at least this much total memory (GiB, as NVML reports it), whatever the
@@ -307,6 +308,7 @@ def _to_spec(path: Path, family: str, entry: _Preset) -> ModelSpec:
         load_format=entry.load_format,
         tensor_parallel_allowed=entry.tensor_parallel,
         multi_node=entry.multi_node,
+        lora_allowed=entry.lora,
         gated=entry.gated,
         notes=entry.notes,
         min_gpu_memory_bytes=round(entry.min_gpu_memory_gib * GiB) if entry.min_gpu_memory_gib else None,
