@@ -12,8 +12,10 @@ the steps; each step lives in its own module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaito_runtime import logs
-from kaito_runtime.errors import DoesNotFitError, InputError
+from kaito_runtime.errors import DoesNotFitError, GroupMemberLostError, InputError
 from kaito_runtime.model import download_source, gated_token_warning, resolve_model
 from kaito_runtime.request import (
     CONTAINER_WEIGHTS_DIR,
@@ -32,13 +34,14 @@ from kaito_runtime.request import (
     uses_local_folder,
     weights_dir_of,
 )
-from kaito_runtime.types import LaunchPlan, ModelSpec, NodeInventory, PlanOverrides, Topology, WeightsSource
+from kaito_runtime.types import LaunchPlan, LoraAdapter, ModelSpec, NodeInventory, PlanOverrides, Topology, WeightsSource
 
 from kaito_runtime.hub import timeouts as hub_timeouts
 from kaito_runtime.secrets import Secret
 
 if TYPE_CHECKING:
     from kaito_runtime.launch import ServeOptions
+    from kaito_runtime.launch.group import GroupMember
     from kaito_runtime.launch.rendezvous import RendezvousInfo
     from kaito_runtime.launch import plan_check
     from kaito_runtime.launch.vllm_command import VllmLaunch
@@ -102,6 +105,7 @@ class Prepared:
     token: Secret | None = field(default=None, repr=False)  # resolved once per run, for the weights step
     config_args: Mapping[str, object] | None = None  # the config file's `vllm:` section, read once
     warnings: tuple[str, ...] = ()  # for the user before anything slow (a gated model, no token)
+    adapters: tuple[LoraAdapter, ...] = ()  # LoRA adapters found and checked (--adapters-dir)
 
     @property
     def serve(self) -> ServeOptions:
@@ -109,7 +113,7 @@ class Prepared:
         from kaito_runtime.launch import ServeOptions
 
         r = self.request
-        return ServeOptions(r.host, r.port, tuple(r.extra_vllm_args), r.chat_template_dir)
+        return ServeOptions(r.host, r.port, tuple(r.extra_vllm_args), r.chat_template_dir, self.adapters)
 
 
 class ModelDoesNotFitError(DoesNotFitError):
@@ -182,6 +186,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
     import kaito_runtime.plan as planner
     from kaito_runtime import secrets
     from kaito_runtime import weights
+    from kaito_runtime.node import vllm_memory
 
     planning_only = request.planning_only if planning_only is None else planning_only
     token, token_source = secrets.resolve_token(env, request.token_file)
@@ -195,6 +200,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
         local_copy=lambda repo_id, revision: weights.local_metadata(repo_id, revision, weights_dir),
     )
     model_seconds = time.monotonic() - started
+    adapters, adapter_warnings = _read_adapters(request, model)
 
     started = time.monotonic()
     node = probe_node(request, env)
@@ -206,7 +212,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
     gated = _gated_without_token(model, request, env, token_found=token is not None)
     started = time.monotonic()
     try:
-        plan = planner.plan_launch(model, node, topo, request.overrides)
+        plan = planner.plan_launch(model, node, topo, request.overrides, profile=vllm_memory.load_profile())
     except DoesNotFitError as error:
         raise ModelDoesNotFitError(
             error,
@@ -229,8 +235,25 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
         token_source=token_source if token is not None else None,
         token=token,
         config_args=config_args,
-        warnings=(gated,) if gated else (),
+        warnings=((gated,) if gated else ()) + adapter_warnings,
+        adapters=adapters,
     )
+
+
+def _read_adapters(request: RuntimeRequest, model: ModelSpec) -> tuple[tuple[LoraAdapter, ...], tuple[str, ...]]:
+    """--adapters-dir: the LoRA adapters found there, checked against the model (a model that
+    disallows LoRA refuses them, exit 2), and the warnings for the user. Notes are logged here."""
+    if request.adapters_dir is None:
+        return (), ()
+    from kaito_runtime.model import adapters as lora
+
+    scan = lora.find_adapters(request.adapters_dir)
+    for note in scan.notes:
+        log.info("%s", note)
+    warnings = lora.check_adapters(scan, model)
+    if scan.adapters:
+        log.info("LoRA adapters from %s: %s", scan.folder, ", ".join(f"{a.name} (rank {a.rank})" for a in scan.adapters))
+    return scan.adapters, warnings
 
 
 def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tuple[Prepared, VllmLaunch]:
@@ -334,7 +357,6 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
 def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, download_only: bool = False) -> int:
     """The whole chain: plan, vLLM check, port check, weights, rendezvous, vLLM, supervision.
     Returns the process exit code."""
-    from kaito_runtime.launch import failures
     from kaito_runtime import launch
     import kaito_runtime.model as model_choice
     from kaito_runtime.launch import ports
@@ -360,8 +382,12 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     _log_plan_summary(prepared, built)
     for warning in built.warnings:
         log.warning("%s", warning)
-    if prepared.topology.is_leader:  # a headless worker serves no HTTP
-        ports.check_port_free(built.host, built.port)
+    # The leader's vLLM serves its API there; a worker's launcher answers /health there.
+    ports.check_port_free(built.host, built.port)
+    if prepared.topology.multi_node and prepared.topology.is_leader:
+        from kaito_runtime.launch.group import store_port
+
+        ports.check_port_free("0.0.0.0", store_port(prepared.topology))
     for warning in prepared.warnings:
         log.warning("%s", warning)
 
@@ -370,9 +396,9 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     weights_seconds = time.monotonic() - started
     _log_weights_ready(result, weights_seconds)
 
-    meeting = None
+    meeting = member = None
     if prepared.topology.multi_node:
-        plan, meeting = _meet_the_group(prepared, env)
+        plan, meeting, member = _meet_the_group(prepared, env, built, install, result)
         built = _build(prepared, plan, Path(result.path), env, install)
     elif Path(result.path) != prepared.model_path:  # a branch resolved to another commit's folder
         built = _build(prepared, prepared.plan, Path(result.path), env, install)
@@ -401,33 +427,73 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     if prepared.topology.is_leader:
         readiness = supervisor.ReadinessCheck(host=host, port=port, served_name=served_names, api_key=built.api_key)
     log.info("starting vLLM: %s", launch.start_line(built, added))
-    outcome = supervisor.supervise(
-        built.argv,
-        child_env,
-        ready=readiness,
-        grace_seconds=request.grace_seconds,
-        # A headless worker has no server to become ready; it lives as long as the group does.
-        ready_timeout=request.ready_timeout if readiness is not None else None,
-        on_ready=on_ready,
-        log=log,
-        on_line=startup.feed,
-        write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
-    )
-    if outcome.exit_code != 0 and outcome.signal_received is None:
-        # A known cause: one line. Otherwise (or only the generic "engine core failed"), vLLM's
-        # last lines first, because in a long container log the real cause has scrolled away.
-        log.error(
-            "%s",
-            failures.failure_report(
-                outcome.tail,
-                outcome.exit_code,
-                plan_hint=failures.FailureContext.from_launch(prepared.plan, built),
-                tail_lines=FAILURE_TAIL_LINES,
-                outcome=outcome.outcome,
-                ready_timeout=request.ready_timeout,
-            ),
+    with contextlib.ExitStack() as stack:
+        if member is not None and not prepared.topology.is_leader:
+            from kaito_runtime.launch.worker_health import WorkerHealthServer
+
+            stack.enter_context(WorkerHealthServer(host, port, member.health))
+            log.info("worker health: GET http://%s:%d/health (200 while vLLM and the leader's heartbeat are alive)", host, port)
+        outcome = supervisor.supervise(
+            built.argv,
+            child_env,
+            ready=readiness,
+            grace_seconds=request.grace_seconds,
+            # A headless worker has no server to become ready; it lives as long as the group does.
+            ready_timeout=request.ready_timeout if readiness is not None else None,
+            on_ready=on_ready,
+            log=log,
+            on_line=startup.feed,
+            stop_when=member.stop_request if member is not None else None,
+            on_signal=member.asked_to_stop if member is not None else None,
+            on_start=member.start if member is not None else None,
+            write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
         )
+        if member is not None:
+            return _leave_the_group(member, outcome, prepared, built, request)
+    if outcome.exit_code != 0 and outcome.signal_received is None:
+        _log_failure(outcome, prepared, built, request)
     # A forwarded stop ends with the supervisor's own "vLLM stopped in N s (exit N)" line.
+    return outcome.exit_code
+
+
+def _log_failure(outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> None:
+    """A known cause: one line. Otherwise (or only the generic "engine core failed"), vLLM's
+    last lines first, because in a long container log the real cause has scrolled away."""
+    from kaito_runtime.launch import failures
+
+    log.error(
+        "%s",
+        failures.failure_report(
+            outcome.tail,
+            outcome.exit_code,
+            plan_hint=failures.FailureContext.from_launch(prepared.plan, built),
+            tail_lines=FAILURE_TAIL_LINES,
+            outcome=outcome.outcome,
+            ready_timeout=request.ready_timeout,
+        ),
+    )
+
+
+def _leave_the_group(member, outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> int:
+    """This node's vLLM has stopped: tell the group why (or learn that a peer ended it), then
+    exit as one unit: 0 for a stop someone asked for, 22 where a member was lost, and the node
+    whose own vLLM failed keeps vLLM's code (its failure report says why)."""
+    from kaito_runtime.launch.supervisor import describe_exit_code
+
+    rank = prepared.topology.node_rank
+    own_failure = outcome.outcome in ("exited", "ready_timeout") and outcome.signal_received is None
+    if own_failure and outcome.exit_code != 0:
+        _log_failure(outcome, prepared, built, request)
+    stop = member.finish(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
+    if outcome.outcome == "group_stopped" and stop is not None:
+        if stop.kind == "requested":
+            log.info("rank %d stopped with its group: %s", rank, stop.reason)
+        else:
+            log.error("rank %d stopped: a group member was lost (exit %d): %s", rank, outcome.exit_code, stop.reason)
+        return outcome.exit_code
+    if own_failure:
+        log.error("rank %d: vLLM exited (exit %d); the group stops with it", rank, outcome.exit_code)
+        return outcome.exit_code if outcome.exit_code != 0 else GroupMemberLostError.exit_code
     return outcome.exit_code
 
 
@@ -491,11 +557,20 @@ def _with_user_flags(request: RuntimeRequest, config_args: Mapping[str, object] 
             why=problem,
             fix=f"correct --{arg.name} in {where}",
         )
-    sizes = {}
+    sizes: dict[str, object] = {}
     for flag, field in (("tensor-parallel-size", "tensor_parallel_size"), ("pipeline-parallel-size", "pipeline_parallel_size")):
         value = vllm_flags.last_value([*configured, *passed], flag)
         if value is not None:
             sizes[field] = int(value)
+    # The batch budget and CUDA graphs change vLLM's non-KV memory: plan with what vLLM will get.
+    for flag, field in (("max-num-batched-tokens", "max_num_batched_tokens"), ("max-num-seqs", "max_num_seqs")):
+        value = vllm_flags.last_value([*configured, *passed], flag)
+        number = vllm_flags.parse_human_int(value) if value is not None else None
+        if number:
+            sizes[field] = number
+    eager = [a.name for a in [*configured, *passed] if a.name in ("enforce-eager", "no-enforce-eager")]
+    if eager and (eager[-1] == "enforce-eager") != request.overrides.enforce_eager:
+        sizes["enforce_eager"] = eager[-1] == "enforce-eager"
     return replace(request, overrides=replace(request.overrides, **sizes)) if sizes else request
 
 
@@ -511,19 +586,48 @@ def _read_config(request: RuntimeRequest) -> Mapping[str, object] | None:
     return config.vllm_args
 
 
-def _meet_the_group(prepared: Prepared, env: Mapping[str, str]) -> tuple[LaunchPlan, RendezvousInfo | None]:
-    """Multi-node: resolve the leader to an IP, find this node's address, wait for the leader.
+def _meet_the_group(
+    prepared: Prepared, env: Mapping[str, str], built: VllmLaunch, install, weights: WeightsResult
+) -> tuple[LaunchPlan, RendezvousInfo, GroupMember]:
+    """Multi-node: resolve the leader to an IP, find this node's address, meet at the leader's
+    group store (check-in, the leader's checks, the release), all within one deadline.
 
-    Returns the plan with --master-addr set to the leader's IP, and what the rendezvous found
-    (its ``child_env`` is the single source of VLLM_HOST_IP and the socket interface variables).
-    vLLM's own torch.distributed rendezvous follows; this step only makes sure it starts from
-    addresses that work.
+    Returns the plan with --master-addr set to the leader's IP, what the rendezvous found (its
+    ``child_env`` is the single source of VLLM_HOST_IP and the socket interface variables) and
+    this node's place in the running group (heartbeats and the peers' watch while vLLM runs).
     """
-    from kaito_runtime.launch import rendezvous
+    import kaito_runtime
+    from kaito_runtime.launch import group, group_store, rendezvous
 
+    topo = prepared.topology
     timeout = prepared.request.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
-    meeting = rendezvous.prepare_rendezvous(prepared.topology, env=env, log=log, timeout_s=timeout)
-    return rendezvous.with_master_ip(prepared.plan, meeting), meeting
+    deadline = time.monotonic() + timeout
+    # Workers wait for the leader's store (opened once the leader's weights are ready), not for
+    # vLLM's master port: the leader's vLLM starts only after the group is released.
+    meeting = rendezvous.prepare_rendezvous(topo, env=env, log=log, timeout_s=timeout, wait_for_leader=False)
+    assert meeting is not None
+    store = group.open_store(topo, meeting.master_addr_ip, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
+    member = group.GroupMember(store, topo, peer_timeout_s=prepared.request.peer_timeout or group.DEFAULT_PEER_TIMEOUT_S, log=log)
+    node = prepared.inventory
+    resources = (
+        {"gpu_count": node.gpu_count, "gpu_memory_bytes": sum(g.total_bytes for g in node.gpus)}
+        if prepared.plan.target != "cpu"
+        else {"cpu_cores": node.host.cpu_count, "ram_bytes": node.host.ram_total_bytes}
+    )
+    me = group_store.CheckIn(
+        rank=topo.node_rank,
+        host_ip=meeting.host_ip,
+        hostname=socket.gethostname(),
+        resources=resources,
+        kaito_runtime_version=kaito_runtime.__version__,
+        vllm_version=install.version if install is not None else "-",
+        plan_fields=group_store.plan_fields(
+            prepared.model.repo_id or prepared.model.name, weights.revision or prepared.model.revision, built.argv
+        ),
+        weights_complete=True,  # this runs after the weights step finished
+    )
+    member.meet(me, timeout_s=max(1.0, deadline - time.monotonic()))
+    return rendezvous.with_master_ip(prepared.plan, meeting), meeting, member
 
 
 def _log_plan_summary(prepared: Prepared, built: VllmLaunch) -> None:

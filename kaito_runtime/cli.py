@@ -191,7 +191,7 @@ def main() -> None:
 
 def _model_options(f):
     options = [
-        option("--preset", envvar="KAITO_PRESET", help="Built-in preset name (see --list-presets)."),
+        option("--preset", envvar="KAITO_PRESET", help="Built-in preset name (see --list-presets), or a Hugging Face id ORG/NAME[@REVISION] as KAITO's preset name takes it."),
         option(
             "--model",
             envvar="KAITO_MODEL",
@@ -335,6 +335,12 @@ def _logging_options(f):
     envvar="KAITO_CONFIG_FILE",
     help="KAITO inference config YAML; its 'vllm:' flags win over the plan.",
 )
+@option(
+    "--adapters-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="KAITO_ADAPTERS_DIR",
+    help="Folder of LoRA adapters, one sub-folder with an adapter_config.json each (KAITO mounts /mnt/adapter); each is served under its folder name.",
+)
 @option("--chat-template-dir", envvar="KAITO_CHAT_TEMPLATE_DIR", help="Folder of preset chat templates (default /workspace/chat_templates).")
 @option("--grace-period", type=click.FloatRange(min=0), default=30.0, envvar="KAITO_GRACE_PERIOD", show_default=True, help="Seconds vLLM gets to stop after SIGTERM before it is killed.")
 @option("--plan-report", type=click.Path(dir_okay=False, path_type=Path), envvar="KAITO_PLAN_REPORT", help="Append the plan check (predicted vs vLLM's own KV and weights figures) to this file as one JSON line.")
@@ -343,7 +349,13 @@ def _logging_options(f):
     "--rendezvous-timeout",
     type=click.FloatRange(min=0, min_open=True),
     envvar="KAITO_RENDEZVOUS_TIMEOUT",
-    help="Multi-node: seconds to wait for the leader's address and port before giving up (default 1800).",
+    help="Multi-node: seconds for the whole group to check in at the leader before giving up (default 1800).",
+)
+@option(
+    "--peer-timeout",
+    type=click.FloatRange(min=1),
+    envvar="KAITO_PEER_TIMEOUT",
+    help="Multi-node: seconds without a heartbeat after which a node counts as lost and the group stops (default 15).",
 )
 @_logging_options
 def serve(**opts) -> None:
@@ -452,11 +464,13 @@ def _request_from_options(opts: dict):
         port=opts["port"],
         extra_vllm_args=vllm_args,
         config_file=opts["config_file"],
+        adapters_dir=opts["adapters_dir"],
         chat_template_dir=opts["chat_template_dir"],
         grace_seconds=opts["grace_period"],
         ready_timeout=opts["ready_timeout"],
         plan_report=opts["plan_report"],
         rendezvous_timeout=opts["rendezvous_timeout"],
+        peer_timeout=opts["peer_timeout"],
         dry_run=opts["dry_run"],
         verify_weights=opts["verify_weights"],
     )

@@ -42,6 +42,9 @@ def preset_dict(p: ModelSpec) -> dict[str, Any]:
         "revision": p.revision,
         "architecture": p.architecture,
         "params_billions": p.params_billions,
+        "parameter_count": p.parameter_count,
+        "generated_from": p.generated_from,
+        "weights_figures": _figures_dict(p),
         "weights_bytes": p.weights_bytes,
         "weights_gib": round(p.weights_bytes / GiB, 2),
         "max_context": p.max_context,
@@ -54,6 +57,38 @@ def preset_dict(p: ModelSpec) -> dict[str, Any]:
         "multi_node": p.multi_node,
         "gated": p.gated,
     }
+
+
+def _figures_dict(p: ModelSpec) -> dict[str, Any] | None:
+    f = p.weights_figures
+    if f is None:
+        return None
+    return {
+        "source": f.source,
+        "files": f.files,
+        "parameter_count": f.parameter_count,
+        "parameters_by_dtype": dict(f.parameters_by_dtype),
+        "bytes_by_dtype": dict(f.bytes_by_dtype),
+        "stored_bytes": f.stored_bytes,
+        "quantization": f.quantization,
+        "quantization_bytes": f.quantization_bytes,
+        "note": f.note,
+    }
+
+
+def figures_line(p: ModelSpec) -> str | None:
+    """``parameters 1,235,814,400 (BF16 1,235,814,400), 2.30 GiB exact, from safetensors headers``."""
+    f = p.weights_figures
+    if f is None:
+        return None
+    if f.parameter_count is None:
+        return f"weights {format_gib(f.stored_bytes)} from file sizes: {f.note}"
+    by = ", ".join(f"{dtype} {count:,}" for dtype, count in f.parameters_by_dtype)
+    quant = f", {f.quantization} ({f.quantization_bytes:,} B of scales/zeros)" if f.quantization else ""
+    return (
+        f"parameters {f.parameter_count:,} (stored {by}), {f.stored_bytes:,} B of tensors{quant}, "
+        f"from the safetensors headers of {f.files} file(s)"
+    )
 
 
 def presets_json(presets: Iterable[ModelSpec]) -> str:
@@ -86,7 +121,11 @@ def plan_json(prepared, launch) -> str:
         "model": preset_dict(prepared.model),
         "fits": True,
         "inventory": _jsonable(prepared.inventory),
-        "topology": _jsonable(prepared.topology),
+        "topology": {
+            **_jsonable(prepared.topology),
+            "role": "leader" if prepared.topology.is_leader else "worker",
+            "group_store_port": prepared.topology.group_store_port if prepared.topology.multi_node else None,
+        },
         "plan": _jsonable(dataclasses.replace(prepared.plan, model=None)),
         # What vLLM will get after the preset, --config and pass-through arguments: source None
         # means the plan's value stands.
@@ -94,6 +133,7 @@ def plan_json(prepared, launch) -> str:
         "model_path": str(prepared.model_path),
         "token_source": prepared.token_source,
         "warnings": list(prepared.warnings),
+        "adapters": _jsonable(prepared.adapters),
         "vllm": {
             "argv": list(display_argv(launch)),  # an --api-key value is shown as ***
             "env": display_env(launch.env),  # an API key is shown as ***
@@ -116,7 +156,12 @@ def model_lines(model: ModelSpec) -> list[str]:
         f"          {model.architecture}, weights {format_gib(model.weights_bytes)}, context {model.max_context:,},"
         f" KV {model.kv_bytes_per_token:,} B/token"
     )
+    figures = figures_line(model)
+    if figures:
+        lines.append(f"          {figures}")
     details = ["gated" if model.gated else "not gated", "multi-node" if model.multi_node else "single-node"]
+    if model.generated_from:
+        details.append(f"generated from {model.generated_from}")
     lines.append("          " + ", ".join(details))
     if model.vllm_args:
         lines.append(f"          vLLM args {' '.join(model.vllm_args)}")
@@ -164,7 +209,8 @@ def plan_text(prepared, launch) -> str:
         leader = f"leader {topo.leader_address}:{topo.master_port}"
         if "leader_address" in topo.assumed:
             leader += " (placeholder: none given)"
-        lines.append(f"Group     {rank}, {leader}; from {topo.source}")
+        role = "leader" if topo.is_leader else "worker"
+        lines.append(f"Group     {role}, {rank}, {leader}, group store port {topo.group_store_port}; from {topo.source}")
     tp, pp, dp = eff["tensor-parallel-size"], eff["pipeline-parallel-size"], eff["data-parallel-size"]
     layout = f"{plan.target.upper()}, tensor-parallel {tp.value}{tp.mark()} x pipeline-parallel {pp.value}{pp.mark()}"
     if dp.value != "1" or dp.overridden:
@@ -201,8 +247,11 @@ def plan_text(prepared, launch) -> str:
         if host.overridden or port.overridden:
             serve += f" (from {host.source if host.overridden else port.source}; the plan said {host.planned}:{port.planned})"
     else:
-        serve = "none: headless worker, no HTTP server (the leader serves)"
+        serve = (f"none: headless worker (the leader serves); its launcher answers GET /health on "
+                 f"http://{host.value}:{port.value}/health for the pod's probes")
     lines.append(f"Serve     {serve}")
+    if prepared.adapters:
+        lines.append("LoRA      " + ", ".join(f"{a.name} (rank {a.rank}, {a.path})" for a in prepared.adapters))
     if plan.decisions:
         lines.append("Why")
         for d in plan.decisions:

@@ -50,3 +50,8 @@ def seconds_from_env(env: Mapping[str, str], name: str, default: float, *, allow
 def vllm_memory_table_path() -> Path:
     """The planner's constants per vLLM version line (and CUDA memory per GPU)."""
     return presets_dir() / "vllm" / "memory.yaml"
+
+
+def vllm_architectures_path() -> Path:
+    """The architectures the pinned vLLM serves (generated from its model registry)."""
+    return presets_dir() / "vllm" / "architectures.yaml"

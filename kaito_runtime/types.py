@@ -7,6 +7,7 @@ A value is validated when it is built, so an invalid one never travels further.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,6 +66,21 @@ LoadFormat = Literal["hf", "mistral"]
 
 
 @dataclass(frozen=True)
+class LoraAdapter:
+    """One LoRA adapter folder vLLM serves beside the model (``--lora-modules name=path``),
+    as read and checked from its ``adapter_config.json`` before vLLM starts."""
+
+    name: str  # the folder's name: what clients put in "model"
+    path: str  # the adapter folder
+    rank: int  # LoRA rank ``r``
+    base_model: str | None = None  # ``base_model_name_or_path``: what it was trained on
+
+    def __post_init__(self) -> None:
+        if not self.name or self.rank < 1:
+            raise ValueError(f"LoRA adapter {self.name!r}: a name and a rank >= 1 are needed")
+
+
+@dataclass(frozen=True)
 class WeightsSource:
     """What the weights step needs of a model, and nothing else: where its files are (a hub repo
     at a revision, or a local folder), which format to fetch, and whether the repo is gated."""
@@ -75,6 +91,31 @@ class WeightsSource:
     load_format: LoadFormat = "hf"
     local_path: str | None = None
     gated: bool = False
+
+
+WeightsFiguresSource = Literal["safetensors headers", "file sizes"]
+
+
+@dataclass(frozen=True)
+class WeightsFigures:
+    """What the weight files vLLM loads hold, read from their safetensors headers (or, for a
+    repo without safetensors, only their sizes: then no parameter figure is known).
+
+    ``parameters_by_dtype`` and ``bytes_by_dtype`` count tensor elements and bytes as stored
+    (an int4 AWQ ``qweight`` is I32 there); ``parameter_count`` is the model's own count, with
+    packed quantized weights unpacked and quantization scales / zero points left out.
+    ``stored_bytes`` is the exact tensor bytes: what a copy of the weights takes in memory.
+    """
+
+    source: WeightsFiguresSource
+    stored_bytes: int
+    files: int
+    parameter_count: int | None = None
+    parameters_by_dtype: tuple[tuple[str, int], ...] = ()
+    bytes_by_dtype: tuple[tuple[str, int], ...] = ()
+    quantization: str | None = None  # the method the checkpoint says (config.json quantization_config)
+    quantization_bytes: int = 0  # of stored_bytes: scales, zero points, group indices
+    note: str | None = None  # why only file sizes are known
 
 
 @dataclass(frozen=True)
@@ -98,12 +139,31 @@ class ModelSpec:
     load_format: LoadFormat = "hf"  # which weight files to fetch
     tensor_parallel_allowed: bool = True
     multi_node: bool = False
+    lora_allowed: bool = True  # False: the preset refuses LoRA adapters (KAITO's DisallowLoRA)
     gated: bool = False
     notes: str | None = None
     # A known floor on each GPU's total memory (a failure seen below it that the arithmetic misses),
     # and where that floor comes from, for the error message.
     min_gpu_memory_bytes: int | None = None
     min_gpu_memory_reason: str | None = None
+    # What vLLM's GPU memory budget depends on beyond the KV geometry (config.json, text_config
+    # first); None / 0 / False where the source does not say. The planner states what it assumed.
+    vocab_size: int | None = None
+    hidden_size: int | None = None
+    tie_word_embeddings: bool = False
+    num_experts: int | None = None  # routed experts of a mixture-of-experts model
+    sliding_window: int | None = None  # tokens a sliding-window layer attends to
+    sliding_window_layers: int = 0  # layers with that window; the rest attend to the whole context
+    multimodal: bool = False  # a vision tower beside the language model
+    weights_figures: WeightsFigures | None = None  # hub models and folders: from the files themselves
+    generated_from: str | None = None  # "hub metadata" / "folder metadata": not a catalog preset
+
+    @property
+    def parameter_count(self) -> int | None:
+        """The exact count when the headers were read, else the preset's rounded figure."""
+        if self.weights_figures is not None and self.weights_figures.parameter_count is not None:
+            return self.weights_figures.parameter_count
+        return round(self.params_billions * 1e9) if self.params_billions else None
 
     @property
     def weights_source(self) -> WeightsSource:
@@ -116,6 +176,10 @@ class ModelSpec:
             raise ValueError(f"{self.name}: max_context must be > 0")
         if self.min_gpu_memory_bytes is not None and self.min_gpu_memory_bytes <= 0:
             raise ValueError(f"{self.name}: min_gpu_memory_bytes must be > 0")
+        if not 0 <= self.sliding_window_layers <= self.attention.num_layers:
+            raise ValueError(f"{self.name}: sliding_window_layers must be between 0 and the {self.attention.num_layers} layers")
+        if self.sliding_window_layers and not self.sliding_window:
+            raise ValueError(f"{self.name}: sliding_window_layers needs a sliding_window size")
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -209,6 +273,12 @@ class Topology:
     def multi_node(self) -> bool:
         return self.nnodes > 1
 
+    @property
+    def group_store_port(self) -> int:
+        """Where the leader's launcher hosts the group's store (check-in, heartbeats): the port
+        after vLLM's master port, which the leader's vLLM opens only once the group is released."""
+        return self.master_port + 1
+
 
 # ------------------------------------------------------------------------------------------------
 # What the user asked for (planning overrides)
@@ -228,6 +298,52 @@ class PlanOverrides:
     parallel_preference: ParallelPreference = "auto"
     force_cpu: bool = False
     cpu_cores: str | None = None  # CPU target: the cores vLLM may use on this node ("0-3,8")
+    # vLLM flags the GPU memory budget depends on, when the user passes them (pass-through or
+    # config file); None / False = vLLM's default for the GPU class.
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    enforce_eager: bool = False
+
+
+# ------------------------------------------------------------------------------------------------
+# What the pinned vLLM does with GPU memory (presets/vllm/memory.yaml, one version line)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchDefault:
+    """vLLM's default batch budget for GPUs of at least ``min_memory_gib`` (unless named ``exclude_name``)."""
+
+    min_memory_gib: float
+    exclude_name: str
+    max_num_batched_tokens: int
+    max_num_seqs: int
+
+
+@dataclass(frozen=True)
+class VllmMemoryProfile:
+    """The planner's constants for one vLLM version line, read from presets/vllm/memory.yaml
+    outside the planner (``kaito_runtime.node.vllm_memory``) and handed to ``plan_launch``.
+
+    ``figures`` (GiB unless named otherwise) are also readable as attributes
+    (``profile.block_size``); ``sources`` says where each comes from.
+    """
+
+    line: str
+    pinned: str
+    figures: Mapping[str, Any]
+    sources: Mapping[str, str]
+    batch_defaults: tuple[BatchDefault, ...]
+    cuda_memory_gib: Mapping[str, float]
+    cuda_memory_fallback_ratio: float
+    calibrated_architectures: frozenset[str]
+    assumed_vocab_size: int
+
+    def __getattr__(self, name: str) -> Any:
+        figures = self.__dict__.get("figures", {})
+        if name in figures:
+            return figures[name]
+        raise AttributeError(name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,6 +371,11 @@ class GpuMemoryBudget:
     overhead: int  # CUDA context, activations, graphs (see planner for the source)
     kv_cache: int  # what is left for the KV cache
     kv_bytes_per_token: int  # this GPU's KV bytes per token
+    cuda_total: int | None = None  # what CUDA reports as the total (usable = utilization x this)
+    non_torch: int = 0  # the parts of overhead, as vLLM's budget has them
+    activation: int = 0
+    cudagraph: int = 0
+    margin: int = 0  # held back because the architecture has no calibration data
 
 
 Target = Literal["gpu", "cpu"]
@@ -272,7 +393,8 @@ class LaunchPlan:
     max_model_len: int | None = None  # None = hand "auto" to vLLM (see max_model_len_auto)
     max_model_len_auto: bool = False
     kv_cache_dtype: str | None = None
-    kv_cache_tokens: int | None = None  # estimated KV capacity in tokens
+    kv_cache_tokens: int | None = None  # predicted KV capacity in tokens ("GPU KV cache size: N tokens")
+    context_limit: int | None = None  # the longest max-model-len (a multiple of 256) the predicted KV holds
     memory: GpuMemoryBudget | None = None
     cpu_kv_cache_gib: int | None = None  # VLLM_CPU_KVCACHE_SPACE
     cpu_threads_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND

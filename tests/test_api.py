@@ -7,6 +7,7 @@ what it was asked to do (tests/test_e2e_serve.py runs the real thing).
 from __future__ import annotations
 
 import logging
+import threading
 import sys
 import time
 from dataclasses import replace
@@ -483,7 +484,46 @@ def _multi_node_request(tmp_path: Path, rank: int, port: int) -> api.RuntimeRequ
     return api.RuntimeRequest(
         preset="llama-3.1-8b-instruct", assume_gpus="1xA100-80GB", weights_dir=tmp_path / "w",
         nnodes=2, node_rank=rank, leader_address="localhost", master_port=port, rendezvous_timeout=10,
+        host="127.0.0.1", port=_free_port(),
     )
+
+
+def _free_port(span: int = 1) -> int:
+    import socket
+
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            for extra in range(1, span):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + extra))
+            return port
+        except OSError:
+            continue
+
+
+def _stopped_by_sigterm(fake: FakeSupervisor) -> None:
+    """Each node's (fake) vLLM ends as when Kubernetes stops the pods: a forwarded SIGTERM."""
+    import signal
+
+    fake.result = SupervisorResult(exit_code=0, ready_after=1.5, tail=(), signal_received=signal.SIGTERM, outcome="stopped")
+
+
+def _run_in_thread(request: api.RuntimeRequest) -> tuple[threading.Thread, list]:
+    """api.run for another node of the group, in this process (its own rank, the same store)."""
+    outcome: list = []
+
+    def target() -> None:
+        try:
+            outcome.append(api.run(request, {}))
+        except Exception as exc:  # the test asserts on it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
 
 
 @pytest.fixture
@@ -500,48 +540,55 @@ def test_leader_resolves_its_address_and_tells_vllm(tmp_path, no_real_vllm, fetc
     build_kwargs = []
     real_build = vllm_command.build_vllm_command
     monkeypatch.setattr(vllm_command, "build_vllm_command", lambda *a, **k: build_kwargs.append(k) or real_build(*a, **k))
-    request = replace(_multi_node_request(tmp_path, rank=0, port=29555), ready_timeout=5.0)
+    _stopped_by_sigterm(no_real_vllm)
+    master_port = _free_port(span=2)
+    worker, worker_outcome = _run_in_thread(_multi_node_request(tmp_path, rank=1, port=master_port))
+    request = replace(_multi_node_request(tmp_path, rank=0, port=master_port), ready_timeout=5.0)
     assert api.run(request, {}) == 0
-    argv, env = no_real_vllm[0]["argv"], no_real_vllm[0]["env"]
+    worker.join(20)
+    leader_call = next(call for call in no_real_vllm.calls if "--headless" not in call["argv"])
+    argv, env = leader_call["argv"], leader_call["env"]
     assert argv[argv.index("--master-addr") + 1] == "127.0.0.1"  # "localhost", resolved
-    assert argv[argv.index("--node-rank") + 1] == "0" and "--headless" not in argv
+    assert argv[argv.index("--node-rank") + 1] == "0"
     assert env["VLLM_HOST_IP"] == "127.0.0.1"
-    assert no_real_vllm[0]["ready"] is not None  # the leader serves HTTP
-    assert no_real_vllm[0]["ready_timeout"] == 5.0
+    assert leader_call["ready"] is not None  # the leader serves HTTP
+    assert leader_call["ready_timeout"] == 5.0
     # One owner of the child's address variables: the rendezvous, shown on the start line.
     assert build_kwargs and all(k.get("host_ip") is None for k in build_kwargs)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("starting vLLM"))
     assert "VLLM_HOST_IP=127.0.0.1" in line
+    assert "group released: all 2 nodes checked in and agree" in caplog.text
 
 
-def test_worker_waits_for_the_leader_port_then_starts_headless(tmp_path, no_real_vllm, fetched):
-    import socket
-
-    with socket.socket() as leader:
-        leader.bind(("127.0.0.1", 0))
-        leader.listen()
-        port = leader.getsockname()[1]
-        request = replace(_multi_node_request(tmp_path, rank=1, port=port), ready_timeout=5.0)
-        assert api.run(request, {}) == 0
-    argv, env = no_real_vllm[0]["argv"], no_real_vllm[0]["env"]
-    assert "--headless" in argv and argv[argv.index("--master-port") + 1] == str(port)
+def test_worker_waits_for_the_leaders_store_then_starts_headless(tmp_path, no_real_vllm, fetched):
+    _stopped_by_sigterm(no_real_vllm)
+    master_port = _free_port(span=2)
+    worker, worker_outcome = _run_in_thread(replace(_multi_node_request(tmp_path, rank=1, port=master_port), ready_timeout=5.0))
+    time.sleep(2.0)  # the worker starts first and waits for the leader's store
+    assert not no_real_vllm.calls
+    assert api.run(_multi_node_request(tmp_path, rank=0, port=master_port), {}) == 0
+    worker.join(20)
+    assert worker_outcome, "the worker did not finish"
+    assert worker_outcome == [0]
+    call = next(call for call in no_real_vllm.calls if "--headless" in call["argv"])
+    argv, env = call["argv"], call["env"]
+    assert argv[argv.index("--master-port") + 1] == str(master_port)
     assert env["VLLM_HOST_IP"] == "127.0.0.1"
-    assert no_real_vllm[0]["ready"] is None  # a headless worker has no HTTP server to probe
+    assert call["ready"] is None  # a headless worker has no HTTP server to probe
     # ...so KAITO_READY_TIMEOUT (the same env on every pod) must not stop it.
-    assert no_real_vllm[0]["ready_timeout"] is None
+    assert call["ready_timeout"] is None
 
 
 @pytest.mark.slow
-def test_worker_gives_up_when_the_leader_never_listens(tmp_path, no_real_vllm, fetched):
-    import socket
+def test_worker_gives_up_when_the_leader_never_opens_its_store(tmp_path, no_real_vllm, fetched):
+    from kaito_runtime.errors import RendezvousTimeoutError
 
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port(span=2)  # nobody listens there
     request = replace(_multi_node_request(tmp_path, rank=1, port=port), rendezvous_timeout=1.5)
-    with pytest.raises(TopologyError) as caught:
+    with pytest.raises(RendezvousTimeoutError) as caught:
         api.run(request, {})
-    assert str(port) in str(caught.value) and "--rendezvous-timeout" in str(caught.value)
+    assert caught.value.exit_code == 21
+    assert str(port + 1) in str(caught.value) and "--rendezvous-timeout" in str(caught.value)
     assert not no_real_vllm.calls
 
 
@@ -718,15 +765,17 @@ def test_a_port_in_use_is_refused_before_the_weights(tmp_path, no_real_vllm, mon
     assert not no_real_vllm.calls
 
 
-def test_a_worker_does_not_check_the_http_port(tmp_path, no_real_vllm, fetched, port_checks):
-    import socket
-
-    with socket.socket() as leader:
-        leader.bind(("127.0.0.1", 0))
-        leader.listen()
-        port = leader.getsockname()[1]
-        assert api.run(_multi_node_request(tmp_path, rank=1, port=port), {}) == 0
-    assert port_checks == []
+def test_a_worker_checks_the_http_port_its_health_endpoint_uses(tmp_path, no_real_vllm, fetched, port_checks):
+    """A headless worker serves no API, but its launcher answers /health on that port."""
+    _stopped_by_sigterm(no_real_vllm)
+    master_port = _free_port(span=2)
+    request = _multi_node_request(tmp_path, rank=1, port=master_port)
+    worker, _ = _run_in_thread(request)
+    leader = _multi_node_request(tmp_path, rank=0, port=master_port)
+    assert api.run(leader, {}) == 0
+    worker.join(20)
+    assert ("127.0.0.1", request.port) in port_checks
+    assert ("0.0.0.0", master_port + 1) in port_checks  # the leader's group store
 
 
 # --- gated models without a token ---------------------------------------------------------------
@@ -816,3 +865,18 @@ def test_download_only_hands_the_weights_step_only_what_it_needs(hub, hub_env, t
     api.download_weights(request, {})
     assert given == [WeightsSource(name="tiny", repo_id="org/tiny", revision="main")]
     assert not hasattr(given[0], "attention") and not hasattr(given[0], "weights_bytes")
+
+
+def test_the_plan_budgets_the_batch_and_cuda_graphs_vllm_gets_from_the_pass_through_flags(tmp_path):
+    # vLLM's non-KV memory follows --max-num-batched-tokens / --max-num-seqs and --enforce-eager:
+    # the planner (vllm_budget) must see the values vLLM will get, not the GPU class's defaults.
+    base = dict(preset="llama-3.1-8b-instruct", assume_gpus="1xH100-80GB", weights_dir=tmp_path / "w", dry_run=True)
+    default = api.prepare(api.RuntimeRequest(**base), {}).plan
+    passed = api.prepare(api.RuntimeRequest(**base, extra_vllm_args=(
+        "--enforce-eager", "--max-num-batched-tokens", "2048", "--max-num-seqs", "64")), {}).plan
+    assert default.memory.cudagraph > 0 and passed.memory.cudagraph == 0
+    assert passed.memory.activation < default.memory.activation
+    assert passed.kv_cache_tokens > default.kv_cache_tokens
+    config = tmp_path / "kaito.yaml"
+    config.write_text("vllm:\n  enforce-eager: true\n")
+    assert api.prepare(api.RuntimeRequest(**base, config_file=config), {}).plan.memory.cudagraph == 0

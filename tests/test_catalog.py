@@ -117,6 +117,11 @@ def test_each_preset_is_converted_as_its_yaml_states(shipped: Catalog, family: s
     assert spec.gated is bool(raw.get("gated", False))
     assert spec.multi_node is bool(raw.get("multi_node", False))
     assert spec.tensor_parallel_allowed is bool(raw.get("tensor_parallel", True))
+    for key in ("vocab_size", "hidden_size", "num_experts", "sliding_window"):
+        assert getattr(spec, key) == raw.get(key), key
+    assert spec.sliding_window_layers == raw.get("sliding_window_layers", 0)
+    assert spec.tie_word_embeddings is bool(raw.get("tie_word_embeddings", False))
+    assert spec.multimodal is bool(raw.get("multimodal", False))
 
 
 def test_mistral_format_presets_pass_the_load_format_flag(shipped: Catalog) -> None:
@@ -192,11 +197,13 @@ def test_suggestions(shipped: Catalog, query: str, first: str) -> None:
     assert len(suggestions) <= 3
 
 
-def test_no_suggestion_lists_known_names(shipped: Catalog) -> None:
+def test_no_suggestion_says_where_the_names_are_and_the_hub_id_form(shipped: Catalog) -> None:
     assert shipped.suggest("zzzzqqq") == []
     with pytest.raises(UnknownPresetError) as info:
         shipped.get("zzzzqqq")
-    assert "phi-4" in (info.value.fix or "")
+    fix = info.value.fix or ""
+    assert "--list-presets" in fix and "Qwen/Qwen3-0.6B" in fix
+    assert not any(name in fix for name in shipped.names())  # no list of all of them
 
 
 def test_find_by_repo(shipped: Catalog) -> None:
@@ -398,6 +405,20 @@ BAD_ENTRIES = [
         "    min_gpu_memory_gib: 0\n    min_gpu_memory_reason: x\n",
         "min_gpu_memory_gib",
         "greater than 0",
+    ),
+    (
+        "more sliding-window layers than layers",
+        None,
+        "    sliding_window: 1024\n    sliding_window_layers: 33\n",
+        "sliding_window_layers",
+        "more than the 32 layers",
+    ),
+    (
+        "sliding-window layers without the window",
+        None,
+        "    sliding_window_layers: 4\n",
+        "sliding_window",
+        "needs the window size",
     ),
 ]
 

@@ -305,3 +305,48 @@ def test_a_model_that_is_not_a_preset_may_span_nodes():
         name="m", weights_bytes=1,
     )
     assert spec.multi_node is True
+
+
+# ------------------------------------------------------------------------------------------------
+# The figures vLLM's GPU memory budget uses beyond the KV geometry
+# ------------------------------------------------------------------------------------------------
+
+
+def test_budget_figures_of_a_dense_model() -> None:
+    spec = _spec({**LLAMA_3_1_8B, "tie_word_embeddings": False})
+    assert (spec.vocab_size, spec.hidden_size, spec.tie_word_embeddings) == (128256, 4096, False)
+    assert (spec.num_experts, spec.sliding_window, spec.sliding_window_layers, spec.multimodal) == (None, None, 0, False)
+
+
+def test_gemma3_counts_five_of_six_layers_as_sliding_and_is_multimodal() -> None:
+    # transformers' Gemma3TextConfig: layer i slides unless (i + 1) % 6 == 0 -> 34 - 5 = 29
+    # (the figure vLLM's hybrid allocator was seen grouping in llm-d-planner PR #205)
+    spec = _spec({**GEMMA_3_4B, "text_config": {**GEMMA_3_4B["text_config"], "vocab_size": 262208, "tie_word_embeddings": True}})
+    assert (spec.sliding_window, spec.sliding_window_layers) == (1024, 29)
+    assert spec.multimodal and spec.tie_word_embeddings and spec.vocab_size == 262208
+    patterned = _spec({**GEMMA_3_4B, "text_config": {**GEMMA_3_4B["text_config"], "sliding_window_pattern": 2}})
+    assert patterned.sliding_window_layers == 17
+
+
+def test_layer_types_decide_the_sliding_layers_and_experts_are_read() -> None:
+    config = {**GPT_OSS_20B, "sliding_window": 128, "num_local_experts": 32, "vocab_size": 201088,
+              "layer_types": ["sliding_attention", "full_attention"] * 12}
+    spec = _spec(config)
+    assert (spec.sliding_window, spec.sliding_window_layers, spec.num_experts) == (128, 12, 32)
+
+
+def test_a_window_no_layer_uses_is_not_a_sliding_model() -> None:
+    # Qwen2.5 ships sliding_window 131072 with use_sliding_window false; Mistral v0.1 a window
+    # without layer_types: vLLM 0.32 builds sliding layers only from layer_types.
+    qwen = {**LLAMA_3_1_8B, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+            "sliding_window": 131072, "use_sliding_window": False, "max_window_layers": 28}
+    assert _spec(qwen).sliding_window_layers == 0 and _spec(qwen).sliding_window is None
+    mistral = {**LLAMA_3_1_8B, "architectures": ["MistralForCausalLM"], "model_type": "mistral", "sliding_window": 4096}
+    assert _spec(mistral).sliding_window_layers == 0
+    on = _spec({**qwen, "use_sliding_window": True, "max_window_layers": 20})
+    assert (on.sliding_window, on.sliding_window_layers) == (131072, 12)
+
+
+def test_odd_budget_figures_are_left_unknown_not_refused() -> None:
+    spec = _spec({**LLAMA_3_1_8B, "num_experts": 0, "vocab_size": "many"})
+    assert spec.num_experts is None and spec.vocab_size is None

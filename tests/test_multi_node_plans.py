@@ -28,12 +28,13 @@ def test_each_node_of_a_group_prints_its_role_rank_leader_and_command(form, pres
     result = CliRunner().invoke(main, ["--preset", preset, "--dry-run", *MODELS[preset]], env=env)
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert f"Group     node {rank} of 2, leader {leader}:29501; from {form}" in out
+    role = "leader" if rank == 0 else "worker"
+    assert f"Group     {role}, node {rank} of 2, leader {leader}:29501, group store port 29502; from {form}" in out
     command = out.split("Command\n", 1)[1]
     assert f"--nnodes 2 --node-rank {rank} --master-addr {leader} --master-port 29501" in command
     assert "--distributed-executor-backend mp" in command and "ray" not in command
     assert ("--headless" in command) == (rank == 1)
-    assert ("headless worker, no HTTP server" in out) == (rank == 1)
+    assert ("headless worker (the leader serves); its launcher answers GET /health" in out) == (rank == 1)
 
 
 def test_a_cpu_group_on_one_machine_binds_each_node_to_its_own_cores():

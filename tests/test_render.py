@@ -179,12 +179,12 @@ def test_plan_text_multi_node_says_what_was_assumed() -> None:
     lines = render.plan_text(*gpu_plan(topo)).splitlines()
     group = [line for line in lines if line.startswith("Group")]
     assert group == [
-        f"Group     node 0 of 2 (rank assumed for planning), leader {PLANNING_LEADER}:29501"
-        " (placeholder: none given); from options"
+        f"Group     leader, node 0 of 2 (rank assumed for planning), leader {PLANNING_LEADER}:29501"
+        " (placeholder: none given), group store port 29502; from options"
     ]
     real = Topology(nnodes=2, node_rank=1, leader_address="10.0.0.1", source="lws")
     real_group = [line for line in render.plan_text(*gpu_plan(real)).splitlines() if line.startswith("Group")]
-    assert real_group == ["Group     node 1 of 2, leader 10.0.0.1:29501; from lws"]
+    assert real_group == ["Group     worker, node 1 of 2, leader 10.0.0.1:29501, group store port 29502; from lws"]
 
 
 def test_plan_json_is_parseable_and_complete() -> None:
@@ -364,12 +364,13 @@ def test_a_refusal_shows_the_model_and_its_warnings() -> None:
     assert payload["model"]["name"] == "test-8b" and payload["warnings"] == ["w"]
 
 
-def test_a_headless_worker_serves_nothing() -> None:
+def test_a_headless_worker_serves_only_its_launchers_health_endpoint() -> None:
     worker = Topology(nnodes=2, node_rank=1, leader_address="10.0.0.1", source="lws")
     lines = render.plan_text(*gpu_plan(worker)).splitlines()
     serve = [line for line in lines if line.startswith("Serve")]
-    assert serve == ["Serve     none: headless worker, no HTTP server (the leader serves)"]
-    assert "http://" not in "\n".join(serve)
+    assert serve == ["Serve     none: headless worker (the leader serves); its launcher answers GET /health "
+                     "on http://0.0.0.0:5000/health for the pod's probes"]
+    assert "/v1" not in "\n".join(serve)
 
 
 def test_the_cpu_memory_line_shows_what_each_rank_gets() -> None:

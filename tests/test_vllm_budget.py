@@ -14,14 +14,15 @@ import yaml
 from benchmarks.bench_plan_accuracy import DATA, budget_model, choose_line, predict
 from kaito_runtime import settings
 from kaito_runtime.errors import CatalogError
-from kaito_runtime.plan.vllm_budget import BudgetModel, VllmMemoryProfile, cuda_total_bytes, gpu_budget, pipeline_partition
+from kaito_runtime.node.vllm_memory import load_profile, profile_from_table
+from kaito_runtime.plan.vllm_budget import BudgetModel, cuda_total_bytes, gpu_budget, pipeline_partition
 from kaito_runtime.types import GiB
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = yaml.safe_load(settings.vllm_memory_table_path().read_text())
 OBS = yaml.safe_load(DATA.read_text())
-P019 = VllmMemoryProfile.from_table(TABLE, "0.19")
-PINNED = VllmMemoryProfile.from_table(TABLE)
+P019 = profile_from_table(TABLE, "0.19")
+PINNED = load_profile()
 
 
 def _obs(obs_id: str) -> tuple[dict, dict]:
@@ -49,7 +50,7 @@ def test_every_figure_names_its_source_and_the_pinned_line_states_the_0_32_chang
 
 def test_unknown_line_is_a_catalog_error():
     with pytest.raises(CatalogError, match="no constants for vLLM 0.7"):
-        VllmMemoryProfile.from_table(TABLE, "0.7")
+        profile_from_table(TABLE, "0.7")
 
 
 def test_calibrated_architectures_are_exactly_those_observed():

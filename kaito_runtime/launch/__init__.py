@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kaito_runtime.errors import VllmNotInstalledError
-from kaito_runtime.types import LaunchPlan, ModelSpec, Topology
+from kaito_runtime.types import LaunchPlan, LoraAdapter, ModelSpec, Topology
 from kaito_runtime.launch.vllm_command import (
     CONFIG_FILE,
     CPU_KV,
@@ -59,6 +59,7 @@ class ServeOptions:
     port: int = 5000
     extra_args: tuple[str, ...] = ()
     chat_template_dir: str | None = None
+    adapters: tuple[LoraAdapter, ...] = ()  # LoRA adapters the model step found and checked
 
 
 def build_launch(
@@ -90,6 +91,7 @@ def build_launch(
         base_env=env,
         max_model_len_auto_supported=vllm_install.supports_max_model_len_auto(install) if install else True,
         ram_available_bytes=ram_available_bytes,
+        adapters=serve.adapters,
     )
 
 

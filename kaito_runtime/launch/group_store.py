@@ -12,6 +12,8 @@ plans and single-node launches never reach it. Every key lives under ``kaito/v1/
   verdict               JSON Verdict: the leader's release (ok) or refusal (code, message)
   heartbeat/<rank>      counter a launcher bumps every second while its vLLM runs
   stop                  JSON StopNotice: the first node that ends the group says why (first wins)
+  verdict_reads         counter: how many workers have read the verdict (a refusal waits for all)
+  seen/<rank>           a worker read the stop notice (the leader keeps its store up until then)
 
 Values are compared by change, never by clock, so the nodes' clocks need not agree.
 """
@@ -28,7 +30,9 @@ from dataclasses import asdict, dataclass, field
 
 PREFIX = "kaito/v1/"
 # vLLM's multi-node flags that differ per node by design; everything else must agree.
-RANK_FLAGS = frozenset({"--node-rank", "--headless", "--master-addr", "--host", "--port"})
+RANK_FLAGS = frozenset({"--node-rank", "--headless", "--master-addr", "--host", "--port", "--model"})
+# Flags whose values must agree but never travel or show in clear: compared by a hash.
+SECRET_FLAGS = frozenset({"--api-key"})
 
 
 class StoreUnreachable(Exception):
@@ -69,9 +73,10 @@ class Verdict:
 
 @dataclass(frozen=True)
 class StopNotice:
-    rank: int
+    rank: int  # the node the notice is about (the one lost, asked to stop, or duplicated)
     kind: str  # "lost" (a vLLM exited / went silent), "requested" (a signal), "duplicate"
     reason: str
+    by: int = -1  # the node that posted it (the leader posts a silent worker's loss)
 
 
 def plan_fields(model: str, revision: str | None, argv: Sequence[str]) -> dict[str, str]:
@@ -88,7 +93,11 @@ def plan_fields(model: str, revision: str | None, argv: Sequence[str]) -> dict[s
                 name = None
         elif name is not None:
             fields[name] = (fields[name] + " " + token).strip()
-    return {k: v for k, v in fields.items() if k not in RANK_FLAGS}
+    return {
+        k: ("sha256:" + hashlib.sha256(v.encode()).hexdigest()[:12] if k in SECRET_FLAGS else v)
+        for k, v in fields.items()
+        if k not in RANK_FLAGS
+    }
 
 
 def fingerprint(fields: Mapping[str, str]) -> str:
@@ -219,8 +228,21 @@ class GroupStore:
         raw = self._get("stop")
         return StopNotice(**json.loads(raw)) if raw else None
 
+    def count_verdict_read(self) -> None:
+        self._call("add", PREFIX + "verdict_reads", 1)
 
-def meet(store: GroupStore, me: CheckIn, nnodes: int, *, timeout_s: float, poll_s: float = 0.2) -> Verdict:
+    def verdict_reads(self) -> int:
+        return int(self._call("add", PREFIX + "verdict_reads", 0))  # type: ignore[arg-type]
+
+    def acknowledge(self, rank: int) -> None:
+        self._call("set", f"{PREFIX}seen/{rank}", "1")
+
+    def acknowledged(self, rank: int) -> bool:
+        return self._has(f"seen/{rank}")
+
+
+def meet(store: GroupStore, me: CheckIn, nnodes: int, *, timeout_s: float, poll_s: float = 0.2,
+         settle_s: float = 1.0, linger_s: float = 5.0) -> Verdict:
     """Check in and wait for the leader's verdict (rank 0 judges and publishes it).
 
     Returns the release; raises GroupMismatchError (exit 2: mismatch or duplicate rank),
@@ -241,10 +263,19 @@ def meet(store: GroupStore, me: CheckIn, nnodes: int, *, timeout_s: float, poll_
             if me.rank == 0:
                 final = time.monotonic() >= deadline
                 verdict = judge(nnodes, store.arrivals(nnodes), final=final)
+                if verdict is not None and verdict.ok:
+                    # Everyone is here: look once more a moment later, so a second node with
+                    # the same rank starting at the same time is refused before any vLLM starts.
+                    time.sleep(settle_s)
+                    verdict = judge(nnodes, store.arrivals(nnodes), final=final)
                 if verdict is not None:
                     store.publish_verdict(verdict)
+                    if not verdict.ok:
+                        _wait_for_readers(store, nnodes, min(linger_s, max(0.0, deadline + linger_s - time.monotonic())))
             else:
                 verdict = store.verdict()
+                if verdict is not None:
+                    store.count_verdict_read()
                 if verdict is not None and verdict.ok and arrival > 1:
                     notice = StopNotice(me.rank, "duplicate", f"rank {me.rank} checked in twice")
                     store.announce_stop(notice)
@@ -268,6 +299,19 @@ def meet(store: GroupStore, me: CheckIn, nnodes: int, *, timeout_s: float, poll_
                 why=f"rank 0 checks every node before any vLLM starts (seen on rank {me.rank})",
                 fix="start every node with the same settings and a distinct --node-rank in 0..N-1; "
                 "raise --rendezvous-timeout if a node is only slow")
+
+
+def _wait_for_readers(store: GroupStore, nnodes: int, seconds: float) -> None:
+    """The leader refused the group: keep its store up (up to ``seconds``) until every node that
+    checked in has read why, so each one exits naming the cause instead of "store gone"."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        arrivals = sum(len(nodes) for rank, nodes in store.arrivals(nnodes).items() if rank != 0)
+        if store.verdict_reads() >= arrivals:
+            return
+        time.sleep(0.1)
 
 
 def _tcp_store(host: str, port: int, *, is_master: bool, timeout_s: float) -> object:

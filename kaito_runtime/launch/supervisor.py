@@ -1,6 +1,8 @@
 """Run vLLM as a child process: stream its output, detect readiness, forward signals, clean up.
 
-States a log line can name: starting -> ready -> stopping -> exited.
+States (SupervisorState; the log lines name them): starting -> ready -> stopping -> exited.
+``stopping`` is entered from ``starting`` or ``ready`` by a signal, a readiness deadline, or a
+stop asked by the group (``stop_when``; a multi-node peer was lost or asked to stop).
 
 * The child gets its own process group (``start_new_session``), so a signal and the final sweep
   reach every process vLLM spawned (API server, engine core, workers), including ones orphaned
@@ -45,6 +47,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import IO, Literal
 
 import psutil
@@ -58,7 +61,25 @@ _SWEEP_SECONDS = 5.0  # how long leftovers of the group get after SIGTERM before
 # how long helpers of the group get to exit by themselves once vLLM's main process has exited
 _LINGER_SECONDS = 2.0
 
-Outcome = Literal["exited", "stopped", "ready_timeout"]
+Outcome = Literal["exited", "stopped", "ready_timeout", "group_stopped"]
+
+
+class SupervisorState(Enum):
+    """Where a supervised vLLM is; the log lines use these names."""
+
+    STARTING = "starting"  # started, not ready yet (a headless worker stays here: no HTTP)
+    READY = "ready"  # the readiness check passed
+    STOPPING = "stopping"  # we asked it to stop (signal, deadline, the group); kill at the deadline
+    EXITED = "exited"  # its main process has exited
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """A stop asked from outside the child and the signals: the group lost a member or was asked
+    to stop. ``exit_code`` is what the launcher exits with once vLLM has stopped."""
+
+    reason: str
+    exit_code: int
 
 
 @dataclass(frozen=True)
@@ -339,8 +360,120 @@ def _describe_exit(returncode: int) -> str:
     return f"exit {returncode}"
 
 
+def describe_exit_code(code: int) -> str:
+    """An exit code as a person reads it: 'exit 1', or 'killed by SIGKILL' for 137."""
+    if code > 128:
+        try:
+            return f"killed by {signal.Signals(code - 128).name}"
+        except ValueError:
+            pass
+    return f"exit {code}"
+
+
 def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
+
+
+class _Supervision:
+    """One supervised run: the state, the signals received and the deadlines, changed only by
+    ``on_signal`` (the signal handler) and ``tick`` (the calling thread's loop)."""
+
+    def __init__(self, log: logging.Logger, grace_seconds: float, ready: ReadinessCheck | None,
+                 ready_timeout: float | None) -> None:
+        self.log = log
+        self.grace = grace_seconds
+        self.ready = ready
+        self.ready_timeout = ready_timeout if ready is not None else None  # a headless worker never becomes ready
+        self.state = SupervisorState.STARTING
+        self.child: _Child | None = None
+        self.received: list[int] = []
+        self.started = time.monotonic()
+        self.kill_at: float | None = None
+        self.signalled_at: float | None = None  # when we forwarded the first signal
+        self.ready_after: float | None = None
+        self.outcome: Outcome = "exited"
+        self.stop_request: StopRequest | None = None
+        self.became_ready = threading.Event()
+
+    def _enter(self, state: SupervisorState, why: str) -> None:
+        self.log.debug("vLLM %s -> %s (%s)", self.state.value, state.value, why)
+        self.state = state
+
+    def _stop(self, sig: int, why: str) -> None:
+        assert self.child is not None
+        self._enter(SupervisorState.STOPPING, why)
+        self.child.signal_group(sig)
+        self.kill_at = time.monotonic() + self.grace
+
+    def on_signal(self, signum: int) -> None:
+        first = not self.received
+        self.received.append(signum)
+        if self.child is None:
+            return  # forwarded right after the child starts (see ``started_child``)
+        if first:
+            self.signalled_at = time.monotonic()
+            self.log.info("received %s: stopping vLLM (grace %gs)", signal.Signals(signum).name, self.grace)
+            self._stop(signum, f"received {signal.Signals(signum).name}")
+        else:
+            self.log.warning("second signal: killing vLLM now")
+            self.child.signal_group(signal.SIGKILL)
+
+    def started_child(self, child: _Child) -> None:
+        self.child = child
+        if self.received:
+            self.signalled_at = time.monotonic()
+            self._stop(self.received[0], "a signal came before the start")
+
+    def tick(self, stop_when: Callable[[], StopRequest | None] | None,
+             on_ready: Callable[[float], None] | None) -> None:
+        assert self.child is not None
+        now = time.monotonic()
+        if self.state is SupervisorState.STARTING and self.became_ready.is_set():
+            self.ready_after = now - self.started
+            self._enter(SupervisorState.READY, f"ready after {self.ready_after:.1f} s")
+            if on_ready is not None:
+                on_ready(self.ready_after)
+        if self.kill_at is not None and now >= self.kill_at:
+            self.log.warning("vLLM did not stop within %gs: killing its process group", self.grace)
+            self.child.signal_group(signal.SIGKILL)
+            self.kill_at = None
+        if self.state is SupervisorState.STOPPING:
+            return
+        if (self.state is SupervisorState.STARTING and self.ready_timeout is not None
+                and now - self.started >= self.ready_timeout):
+            self.log.error("vLLM was not ready after %gs: stopping it", self.ready_timeout)
+            self.outcome = "ready_timeout"
+            self._stop(signal.SIGTERM, "not ready in time")
+            return
+        request = stop_when() if stop_when is not None else None
+        if request is not None:
+            self.log.warning("stopping vLLM: %s (grace %gs)", request.reason, self.grace)
+            self.stop_request = request
+            self.outcome = "group_stopped"
+            self.signalled_at = now
+            self._stop(signal.SIGTERM, request.reason)
+
+    def result(self, returncode: int) -> SupervisorResult:
+        assert self.child is not None
+        self._enter(SupervisorState.EXITED, _describe_exit(returncode))
+        if self.received and self.outcome == "exited":
+            self.outcome = "stopped"
+        if self.signalled_at is not None:
+            self.log.info("vLLM stopped in %.1f s (%s)", time.monotonic() - self.signalled_at, _describe_exit(returncode))
+        if self.outcome == "ready_timeout":
+            code = READY_TIMEOUT_EXIT_CODE
+        elif self.outcome == "group_stopped" and self.stop_request is not None:
+            code = self.stop_request.exit_code
+        else:
+            code = _exit_code(returncode)
+        return SupervisorResult(
+            exit_code=code,
+            ready_after=self.ready_after,
+            tail=tuple(self.child.tail),
+            signal_received=self.received[0] if self.received else None,
+            outcome=self.outcome,
+            pid=self.child.proc.pid,
+        )
 
 
 def supervise(
@@ -354,6 +487,9 @@ def supervise(
     log: logging.Logger,
     output: IO[str] | None | Literal["stdout"] = "stdout",
     on_line: Callable[[str], None] | None = None,
+    stop_when: Callable[[], StopRequest | None] | None = None,
+    on_signal: Callable[[int], None] | None = None,
+    on_start: Callable[[Callable[[], bool]], None] | None = None,
     write_line: Callable[[str], None] | None = None,
 ) -> SupervisorResult:
     """Run ``argv`` with exactly ``env`` until it exits; see the module docstring for the rules.
@@ -361,111 +497,59 @@ def supervise(
     ``output`` receives the child's stdout and stderr, line by line, unchanged ("stdout": our
     sys.stdout at call time; None: discard; the tail is kept either way). ``on_line`` sees every
     output line (without its newline) from the output thread, e.g. to read vLLM's memory figures.
+    ``ready_timeout`` applies only with a ``ready`` check. ``stop_when`` is polled every 0.1 s
+    while vLLM runs; a StopRequest it returns stops vLLM as a signal would and sets the exit
+    code. ``on_signal`` is told of each SIGTERM/SIGINT (from the signal handler: keep it to
+    setting a flag). ``on_start`` gets a function that says whether vLLM's main process is alive.
     ``write_line``: when given, writes each redacted line (without its newline) instead of
     ``output`` (the API passes the JSON-mode wrapper from logs); ``output`` None still discards.
-    ``ready_timeout`` applies
-    only with a ``ready`` check. Signal handlers are installed only when called from the main
-    thread, and the previous handlers are restored before returning.
+    Signal handlers are installed only when called from the main thread, and the previous
+    handlers are restored before returning.
     """
     if output == "stdout":
         output = sys.stdout
-    received: list[int] = []
-    child: _Child | None = None
-    kill_at: float | None = None
-    signalled_at: float | None = None  # when we forwarded the first signal
+    run = _Supervision(log, grace_seconds, ready, ready_timeout)
 
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal kill_at, signalled_at
-        first = not received
-        received.append(signum)
-        if child is None:
-            return  # forwarded right after the child starts
-        if first:
-            signalled_at = time.monotonic()
-            log.info("received %s: stopping vLLM (grace %gs)", signal.Signals(signum).name, grace_seconds)
-            child.signal_group(signum)
-            kill_at = time.monotonic() + grace_seconds
-        else:
-            log.warning("second signal: killing vLLM now")
-            child.signal_group(signal.SIGKILL)
+    def handle_signal(signum: int, _frame: object) -> None:
+        run.on_signal(signum)
+        if on_signal is not None:
+            on_signal(signum)
 
     previous: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, on_signal)
+            previous[sig] = signal.signal(sig, handle_signal)
 
-    started = time.monotonic()
     stop_watch = threading.Event()
-    became_ready = threading.Event()
+    child: _Child | None = None
     try:
         try:
             child = _Child(argv, env, output, log, on_line, write_line)
         except OSError as exc:
             log.error("cannot start %s: %s", argv[0] if argv else "?", exc)
-            return SupervisorResult(127, None, (str(exc),), received[0] if received else None)
+            return SupervisorResult(127, None, (str(exc),), run.received[0] if run.received else None)
         log.debug("started pid %d (process group %d)", child.proc.pid, child.pgid)
-        if received:
-            child.signal_group(received[0])
-            signalled_at = time.monotonic()
-            kill_at = signalled_at + grace_seconds
-
+        run.started_child(child)
+        if on_start is not None:
+            on_start(lambda: child.proc.poll() is None)
         if ready is not None:
             threading.Thread(
                 target=_watch_readiness,
-                args=(ready, became_ready, stop_watch),
+                args=(ready, run.became_ready, stop_watch),
                 name="vllm-readiness",
                 daemon=True,
             ).start()
-
-        ready_after: float | None = None
-        outcome: Outcome = "exited"
         while True:
             try:
                 returncode = child.proc.wait(timeout=_POLL_SECONDS)
                 break
             except subprocess.TimeoutExpired:
-                pass
-            now = time.monotonic()
-            if ready_after is None and became_ready.is_set() and not received:
-                ready_after = now - started
-                if on_ready is not None:
-                    on_ready(ready_after)
-            if kill_at is not None and now >= kill_at:
-                log.warning("vLLM did not stop within %gs: killing its process group", grace_seconds)
-                child.signal_group(signal.SIGKILL)
-                kill_at = None
-            if (
-                ready_timeout is not None
-                and ready is not None  # a headless worker has nothing to become ready for
-                and ready_after is None
-                and outcome != "ready_timeout"
-                and not received
-                and now - started >= ready_timeout
-            ):
-                log.error("vLLM was not ready after %gs: stopping it", ready_timeout)
-                outcome = "ready_timeout"
-                child.signal_group(signal.SIGTERM)
-                kill_at = now + grace_seconds
-
+                run.tick(stop_when, on_ready)
         stop_watch.set()
-        linger = 0.0 if len(received) > 1 else min(grace_seconds, _LINGER_SECONDS)
+        linger = 0.0 if len(run.received) > 1 else min(grace_seconds, _LINGER_SECONDS)
         child.sweep(min(grace_seconds, _SWEEP_SECONDS), linger)
         child.finish_output()
-        if received and outcome == "exited":
-            outcome = "stopped"
-        if signalled_at is not None:
-            log.info(
-                "vLLM stopped in %.1f s (%s)", time.monotonic() - signalled_at, _describe_exit(returncode)
-            )
-        code = READY_TIMEOUT_EXIT_CODE if outcome == "ready_timeout" else _exit_code(returncode)
-        return SupervisorResult(
-            exit_code=code,
-            ready_after=ready_after,
-            tail=tuple(child.tail),
-            signal_received=received[0] if received else None,
-            outcome=outcome,
-            pid=child.proc.pid,
-        )
+        return run.result(returncode)
     finally:
         stop_watch.set()
         if child is not None and child.proc.poll() is None:  # we are leaving on an exception

@@ -31,7 +31,7 @@ from kaito_runtime.vllm_flags import (
     parse_human_int,
 )
 from kaito_runtime.plan.memory import gib
-from kaito_runtime.types import GiB, LaunchPlan
+from kaito_runtime.types import GiB, LaunchPlan, LoraAdapter
 from kaito_runtime.plan.vllm_rules import CONTEXT_ALIGN, align_down, tp_rule_violation
 
 # vLLM reads the Hub token from these; it runs offline on a local folder and must never see one.
@@ -43,6 +43,7 @@ TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "KAITO_
 
 # Where a flag's final value came from (``VllmLaunch.sources``); a later layer wins.
 PRESET_ARGS = "the preset's vLLM args"
+ADAPTERS = "the adapters folder"
 CONFIG_FILE = "--config"
 PASS_THROUGH = "pass-through"
 ENVIRONMENT = "environment"
@@ -56,6 +57,9 @@ CPU_KV = "cpu-kv-cache"
 _SECRET_FLAGS = frozenset({"hf-token"})
 
 _MODULE_ENTRY = "vllm.entrypoints.openai.api_server"
+
+# The ranks --max-lora-rank accepts (vLLM 0.32 vllm/config/lora.py MaxLoRARanks).
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 @dataclass(frozen=True)
@@ -205,14 +209,34 @@ def _max_model_len_value(plan: LaunchPlan, auto_supported: bool, warnings: list[
         return str(plan.max_model_len) if plan.max_model_len else None
     if auto_supported:
         return "auto"
-    if plan.kv_cache_tokens:
-        estimate = min(plan.model.max_context, align_down(plan.kv_cache_tokens, CONTEXT_ALIGN))
+    if plan.context_limit or plan.kv_cache_tokens:
+        estimate = plan.context_limit or min(plan.model.max_context, align_down(plan.kv_cache_tokens or 0, CONTEXT_ALIGN))
         warnings.append(
             f"this vLLM has no '--max-model-len auto'; passing the planner's estimate {estimate} "
             "(if vLLM reports too little KV cache, lower it with --max-model-len)"
         )
         return str(estimate)
     return None
+
+
+def lora_tokens(adapters: Sequence[LoraAdapter], warnings: list[str]) -> list[str]:
+    """``--enable-lora --lora-modules name=path ... --max-lora-rank R`` for ``adapters`` (none: no
+    flags). R is the smallest rank vLLM accepts that holds the largest adapter's rank. A name or
+    path that ``name=path`` cannot carry (an '=' in the name, a ',' anywhere) goes as JSON."""
+    if not adapters:
+        return []
+    modules = []
+    for a in adapters:
+        if "=" in a.name or "," in a.name or "," in a.path:
+            modules.append(json.dumps({"name": a.name, "path": a.path}, separators=(",", ":")))
+        else:
+            modules.append(f"{a.name}={a.path}")
+    largest = max(a.rank for a in adapters)
+    rank = next((r for r in MAX_LORA_RANKS if r >= largest), None)
+    if rank is None:
+        rank = MAX_LORA_RANKS[-1]
+        warnings.append(f"LoRA rank {largest} is above the largest rank vLLM serves ({rank}); vLLM will refuse the adapter")
+    return ["--enable-lora", "--lora-modules", *modules, "--max-lora-rank", str(rank)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,7 +257,14 @@ def _contradictions(plan: LaunchPlan, user: Sequence[FlagArg]) -> list[str]:
                 warnings.append(
                     f"--max-model-len {wanted} is longer than {model.name}'s context {model.max_context}; vLLM will refuse it"
                 )
-            elif plan.kv_cache_tokens is not None and wanted > plan.kv_cache_tokens:
+            elif plan.context_limit is not None and wanted > plan.context_limit:
+                kv = f", {gib(max(0, plan.memory.kv_cache))} of KV per GPU" if plan.memory else ""
+                warnings.append(
+                    f"--max-model-len {wanted} is more than the planner estimates fits "
+                    f"(vLLM's budget predicts at most {plan.context_limit:,} tokens{kv}); "
+                    f"expect vLLM to fail at start-up; fits with --max-model-len <= {plan.context_limit}"
+                )
+            elif plan.context_limit is None and plan.kv_cache_tokens is not None and wanted > plan.kv_cache_tokens:
                 fits = min(model.max_context, align_down(plan.kv_cache_tokens, CONTEXT_ALIGN))
                 kv = ""
                 if plan.memory:
@@ -365,6 +396,7 @@ def build_vllm_command(
     max_model_len_auto_supported: bool = True,
     cpu_ids: Sequence[int] | None = None,
     ram_available_bytes: int | None = None,
+    adapters: Sequence[LoraAdapter] = (),
 ) -> VllmLaunch:
     """The vLLM command for ``plan`` serving the weights in ``model_path``.
 
@@ -376,6 +408,8 @@ def build_vllm_command(
     used only when the merged arguments ask for more than one CPU rank.
     ``ram_available_bytes``: the node's free RAM; a user's CPU KV size larger than it is warned about.
     An --api-key goes to the child as VLLM_API_KEY, not on the command line.
+    ``adapters``: LoRA adapters checked by the model step; their flags come after the preset's
+    and before the user's (a user's --max-lora-rank wins).
     """
     warnings: list[str] = []
     base_env = base_env or {}
@@ -384,6 +418,7 @@ def build_vllm_command(
 
     args = group(_plan_tokens(plan, host, port, max_model_len_auto_supported, warnings))
     args = _merge(args, group(plan.model.vllm_args, PRESET_ARGS))
+    args = _merge(args, group(lora_tokens(adapters, warnings), ADAPTERS))
 
     user: list[FlagArg] = []
     dropped: list[str] = []
@@ -571,6 +606,7 @@ def format_command(launch: VllmLaunch) -> str:
 
 
 __all__ = [
+    "ADAPTERS",
     "API_KEY_ENV",
     "CONFIG_FILE",
     "CPU_KV",
@@ -585,6 +621,7 @@ __all__ = [
     "display_argv",
     "display_env",
     "format_command",
+    "lora_tokens",
     "normalise_flag",
     "parse_human_int",
 ]

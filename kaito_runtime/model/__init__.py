@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kaito_runtime.errors import InputError
+from kaito_runtime.errors import HubUnreachableError, InputError
 from kaito_runtime.request import RuntimeRequest, is_offline, looks_like_path
 from kaito_runtime.types import ModelSpec, WeightsSource
 
@@ -22,6 +22,37 @@ if TYPE_CHECKING:
     from kaito_runtime.model.sources import LocalCopy
 
 log = logging.getLogger("kaito_runtime")
+
+def _is_hub_id_form(preset: str) -> bool:
+    """KAITO's syntax: ``inference.preset.name`` holds a built-in name or a repo id (org/name,
+    optionally @revision). A name with a '/' is meant as a repo id."""
+    return "/" in preset
+
+
+def as_model_request(request: RuntimeRequest) -> RuntimeRequest:
+    """``--preset ORG/NAME[@REV]`` (or KAITO_PRESET) as the request for that repo id: the same
+    path as ``--model ORG/NAME --revision REV``, where a built-in preset's own repo id resolves to
+    the preset. A built-in name, or a request with both --preset and --model, is left as is."""
+    from kaito_runtime.model import sources as model_source
+
+    preset = (request.preset or "").strip()
+    if not preset or request.model or not _is_hub_id_form(preset):
+        return request
+    repo_id, at, revision = preset.partition("@")
+    if at:
+        if not revision.strip():
+            raise InputError(
+                f"--preset {preset!r} has an empty revision after '@'",
+                fix=f"write --preset {repo_id}@BRANCH_TAG_OR_COMMIT, or drop the '@'",
+            )
+        if request.revision is not None and request.revision != revision:
+            raise InputError(
+                f"--preset {preset} and --revision {request.revision} name two revisions",
+                why=f"the '@{revision}' in the preset already picks one",
+                fix="give the revision once: in the preset (org/name@rev) or with --revision",
+            )
+    model_source.check_repo_id(repo_id)
+    return replace(request, preset=None, model=repo_id, revision=revision if at else request.revision)
 
 
 
@@ -51,6 +82,7 @@ def check_request(request: RuntimeRequest) -> None:
     Run before anything is created (the weights folder), so a typo leaves no trace."""
     from kaito_runtime.model import sources as model_source
 
+    request = as_model_request(request)
     _check_combination(request)
     if request.preset:
         _preset(request)
@@ -82,7 +114,13 @@ def _folder(request: RuntimeRequest) -> ModelSpec:
             why="a folder holds one version of the model; there is nothing to pick a revision from",
             fix="drop --revision, or pass a Hugging Face id (--model ORG/NAME --revision REV)",
         )
-    return model_source.spec_from_folder(Path(request.model).expanduser())
+    return model_source.spec_from_folder(Path(request.model).expanduser(), trust_remote_code=_remote_code(request))
+
+
+def _remote_code(request: RuntimeRequest) -> bool:
+    from kaito_runtime.model.architectures import wants_remote_code
+
+    return wants_remote_code(request.extra_vllm_args)
 
 
 def _known_preset(request: RuntimeRequest) -> ModelSpec | None:
@@ -115,6 +153,7 @@ def resolve_model(
     from kaito_runtime.model import sources as model_source
 
     env = {} if env is None else env
+    request = as_model_request(request)
     _check_combination(request)
     if request.preset:
         return _named(_preset(request), request)
@@ -133,7 +172,18 @@ def resolve_model(
         offline=is_offline(request, env),
         local_copy=local_copy or _no_local_copy,
     )
-    return _named(model_source.spec_from_hub(request.model, remote), request)
+    spec = model_source.spec_from_hub(request.model, remote, trust_remote_code=_remote_code(request))
+    # Sized after the architecture and the config passed: an unserved model costs no header reads.
+    figures = None
+    if not is_offline(request, env):
+        try:
+            figures = model_source.hub_weights_figures(
+                remote, token=token, token_source=token_source, endpoint=request.endpoint, load_format=spec.load_format
+            )
+        except HubUnreachableError as exc:  # config.json came from the complete local copy
+            log.warning("model: safetensors headers of %s not read (%s); sizing by file sizes", request.model, exc.what)
+    spec = replace(spec, generated_from="hub metadata")
+    return _named(model_source.with_figures(spec, figures) if figures is not None else spec, request)
 
 
 def _no_local_copy(repo_id: str, revision: str | None) -> None:
@@ -146,6 +196,7 @@ def download_source(request: RuntimeRequest) -> WeightsSource:
     a commit itself, and a config that lacks the KV-cache figures must not stop a download."""
     from kaito_runtime.model import sources as model_source
 
+    request = as_model_request(request)
     _check_combination(request)
     if request.preset:
         return _preset(request).weights_source

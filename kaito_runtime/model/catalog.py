@@ -24,6 +24,7 @@ from kaito_runtime.errors import CatalogError, UnknownPresetError
 from kaito_runtime.vllm_flags import group, last_value
 from kaito_runtime.types import GiB, AttentionGeometry, ModelSpec
 
+HUB_ID_EXAMPLE = "Qwen/Qwen3-0.6B"  # what an unknown preset name is told to use instead
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 
 # Flags the launcher computes itself (or refuses to pass); a preset must not carry them.
@@ -75,12 +76,22 @@ class _Preset(BaseModel):
     load_format: Literal["hf", "mistral"] = "hf"
     tensor_parallel: bool = True
     multi_node: bool = False
+    lora: bool = True  # False: LoRA adapters are refused (KAITO's DisallowLoRA)
     gated: bool = False
     notes: str | None = None
     # Each GPU must have at least this much total memory (GiB, as NVML reports it), whatever the
     # layout; min_gpu_memory_reason says which observed failure the floor comes from.
     min_gpu_memory_gib: PositiveFloat | None = None
     min_gpu_memory_reason: Annotated[str, Field(min_length=1)] | None = None
+    # What vLLM's GPU memory budget uses beyond the KV geometry, from the repo's config.json
+    # (text_config first); left out where unknown, and the planner assumes a stated default.
+    vocab_size: PositiveInt | None = None
+    hidden_size: PositiveInt | None = None
+    tie_word_embeddings: bool = False
+    num_experts: PositiveInt | None = None
+    sliding_window: PositiveInt | None = None
+    sliding_window_layers: Annotated[int, Field(ge=0)] = 0
+    multimodal: bool = False
 
     @field_validator("revision", mode="before")
     @classmethod
@@ -265,10 +276,21 @@ def _check_min_gpu_memory(path: Path, entry: _Preset) -> None:
         )
 
 
+def _check_sliding_window(path: Path, entry: _Preset) -> None:
+    if entry.sliding_window_layers > entry.attention.num_layers:
+        raise _catalog_error(
+            path, entry.name, "sliding_window_layers",
+            f"{entry.sliding_window_layers} is more than the {entry.attention.num_layers} layers",
+        )
+    if entry.sliding_window_layers and entry.sliding_window is None:
+        raise _catalog_error(path, entry.name, "sliding_window", "missing; sliding_window_layers needs the window size")
+
+
 def _to_spec(path: Path, family: str, entry: _Preset) -> ModelSpec:
     geometry = _geometry(path, entry)
     _check_args(path, entry)
     _check_min_gpu_memory(path, entry)
+    _check_sliding_window(path, entry)
     return ModelSpec(
         name=entry.name,
         architecture=entry.architecture,
@@ -286,10 +308,18 @@ def _to_spec(path: Path, family: str, entry: _Preset) -> ModelSpec:
         load_format=entry.load_format,
         tensor_parallel_allowed=entry.tensor_parallel,
         multi_node=entry.multi_node,
+        lora_allowed=entry.lora,
         gated=entry.gated,
         notes=entry.notes,
         min_gpu_memory_bytes=round(entry.min_gpu_memory_gib * GiB) if entry.min_gpu_memory_gib else None,
         min_gpu_memory_reason=entry.min_gpu_memory_reason,
+        vocab_size=entry.vocab_size,
+        hidden_size=entry.hidden_size,
+        tie_word_embeddings=entry.tie_word_embeddings,
+        num_experts=entry.num_experts,
+        sliding_window=entry.sliding_window,
+        sliding_window_layers=entry.sliding_window_layers,
+        multimodal=entry.multimodal,
     )
 
 
@@ -357,17 +387,16 @@ class Catalog:
         if spec is not None:
             return spec
         suggestions = self.suggest(name)
-        if suggestions:
-            fix = (
-                f"did you mean {', '.join(suggestions)}? Or give a Hugging Face repo id "
-                "(owner/name) or a local model folder instead of a preset name"
-            )
-        else:
-            fix = f"use one of the {len(self.presets)} known presets: {', '.join(self.names())}"
+        listed = ", ".join(suggestions)
+        fix = (
+            f"did you mean {listed}? Or use a Hugging Face id such as {HUB_ID_EXAMPLE}"
+            if suggestions
+            else f"use one of the {len(self.presets)} built-in presets (--list-presets), or a Hugging Face id such as {HUB_ID_EXAMPLE}"
+        )
         where = f" ({self.source})" if self.source else ""
         raise UnknownPresetError(
             f"Unknown preset '{name}'",
-            why=f"No preset in the catalog{where} has that name",
+            why=f"No preset in the catalog{where} has that name, and it is not a Hugging Face id (org/name)",
             fix=fix,
         )
 
@@ -403,6 +432,14 @@ class Catalog:
             add(sorted((n for n in names if query.startswith(n)), key=len, reverse=True))
             add(sorted((n for n in names if query in n), key=len))
         add(difflib.get_close_matches(query, names, n=limit, cutoff=0.6))
+        # Names sharing a word ("coder", "mini", "r1"), most alike first; then looser spellings.
+        words = {w for w in re.split(r"[-_./ ]+", query) if len(w) >= 2 and not w.isdigit()}
+
+        def likeness(n: str) -> float:
+            return difflib.SequenceMatcher(None, query, n).ratio()
+
+        add(sorted((n for n in names if words & set(re.split(r"[-_.]+", n))), key=likeness, reverse=True))
+        add(difflib.get_close_matches(query, names, n=limit, cutoff=0.45))
         return ranked[:limit]
 
 

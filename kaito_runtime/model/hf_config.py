@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kaito_runtime.errors import InputError, value_kind
+from kaito_runtime.model.architectures import check_served
 from kaito_runtime.types import AttentionGeometry, ModelSpec
 
 # transformers' FalconConfig leaves max_position_embeddings out of config.json and assumes this.
@@ -161,6 +162,54 @@ def _quantization(config: dict[str, Any]) -> str | None:
     return None
 
 
+def _lenient_int(reader: _Reader, *keys: str) -> int | None:
+    """A positive integer figure, or None when absent or not one (these only refine the memory budget)."""
+    found = reader.raw(*keys)
+    if found is None or isinstance(found[1], bool) or not isinstance(found[1], int) or found[1] <= 0:
+        return None
+    return found[1]
+
+
+def _sliding_window(reader: _Reader, layers: int) -> tuple[int | None, int]:
+    """(window, layers using it) as transformers lays the layers out for vLLM: ``layer_types``
+    when the config lists them, else the model type's rule (Gemma 2 every other layer, Gemma 3
+    five of every six, Qwen2/3 from max_window_layers when use_sliding_window is on)."""
+    window = _lenient_int(reader, "sliding_window")
+    if window is None:
+        return None, 0
+    found = reader.raw("layer_types")
+    if found is not None and isinstance(found[1], list):
+        count = sum(1 for kind in found[1][:layers] if kind == "sliding_attention")
+    else:
+        kind = str((reader.raw("model_type") or ("", ""))[1])
+        if kind.startswith("gemma2"):
+            count = sum(1 for i in range(layers) if (i + 1) % 2)
+        elif kind.startswith("gemma3"):
+            pattern = _lenient_int(reader, "sliding_window_pattern") or 6
+            count = sum(1 for i in range(layers) if (i + 1) % pattern)
+        elif kind.startswith(("qwen2", "qwen3")) and reader.flag("use_sliding_window"):
+            start = _lenient_int(reader, "max_window_layers") or 0
+            count = max(0, layers - start)
+        else:
+            count = 0  # a window in the config that no layer uses (vLLM reads layer_types)
+    return (window, count) if count else (None, 0)
+
+
+def _budget_figures(config: dict[str, Any], reader: _Reader, architecture: str, layers: int) -> dict[str, Any]:
+    """The ModelSpec fields vLLM's GPU memory budget uses beyond the KV geometry."""
+    tied = reader.raw("tie_word_embeddings")
+    window, sliding_layers = _sliding_window(reader, layers)
+    return {
+        "vocab_size": _lenient_int(reader, "vocab_size", "padded_vocab_size"),
+        "hidden_size": _lenient_int(reader, "hidden_size", "n_embd", "d_model"),
+        "tie_word_embeddings": bool(tied[1]) if tied is not None else False,
+        "num_experts": _lenient_int(reader, "num_local_experts", "n_routed_experts", "num_experts"),
+        "sliding_window": window,
+        "sliding_window_layers": sliding_layers,
+        "multimodal": isinstance(config.get("vision_config"), dict) or architecture.endswith("ForConditionalGeneration"),
+    }
+
+
 def spec_from_hf_config(
     config: dict[str, Any],
     *,
@@ -171,11 +220,14 @@ def spec_from_hf_config(
     local_path: str | None = None,
     gated: bool = False,
     source: str | None = None,
+    trust_remote_code: bool = False,
 ) -> ModelSpec:
     """Read a parsed ``config.json`` into a ``ModelSpec`` (no vLLM arguments, HF weight format).
 
     ``source`` names the file in error messages; by default it is derived from ``local_path`` or
-    ``repo_id``/``revision``. Raises ``InputError`` naming the missing or invalid key.
+    ``repo_id``/``revision``. Raises ``InputError`` naming the missing or invalid key, or, before
+    any other key is read, the architecture the pinned vLLM does not serve (``trust_remote_code``:
+    the user passed --trust-remote-code to vLLM, which lets a repo with its own code through).
     """
     if source is None:
         if local_path:
@@ -190,6 +242,7 @@ def spec_from_hf_config(
             why=f"It holds {value_kind(config)}",
             fix="use the model's Hugging Face config.json",
         )
+    check_served(config, source, trust_remote_code=trust_remote_code)
     architecture = _architecture(config, source)
     reader = _Reader(config, source)
     geometry = _geometry(reader)
@@ -210,6 +263,7 @@ def spec_from_hf_config(
             # Not a preset, so nobody has marked it single-node: vLLM's pipeline parallel across
             # nodes works for the decoder architectures it serves, and the user asked for the group.
             multi_node=True,
+            **_budget_figures(config, reader, architecture, geometry.num_layers),
         )
     except ValueError as exc:
         raise InputError(f"Cannot describe the model from {source}", why=str(exc)) from None

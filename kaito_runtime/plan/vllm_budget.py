@@ -9,97 +9,19 @@ per pipeline stage (the smallest stage sets the block count), then turns KV byte
 count vLLM logs ("GPU KV cache size: N tokens" = max concurrency x max-model-len), with
 sliding-window layers grouped the way its hybrid allocator groups them.
 
-The constants are one vLLM version line of presets/vllm/memory.yaml, handed in as a mapping by
-the caller (``VllmMemoryProfile.from_table``): this module reads no file.
+The constants are one vLLM version line of presets/vllm/memory.yaml, read outside the planner
+(``kaito_runtime.node.vllm_memory``) and handed in as a ``VllmMemoryProfile``: this module reads no file.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from kaito_runtime.errors import CatalogError
-from kaito_runtime.types import GiB
+from kaito_runtime.types import BatchDefault, GiB, ModelSpec, VllmMemoryProfile
 
 _VOCAB_BYTES = 2  # embeddings and LM head stay 16-bit, also in fp8 / int4 checkpoints
 _REFERENCE_BATCH = 8192  # the max_num_batched_tokens every calibration run used
-
-_FIGURES = (
-    "default_gpu_memory_utilization", "cudagraph_estimate_in_budget", "in_flight_batches",
-    "max_model_len_auto", "block_size", "non_torch_single_gpu", "non_torch_tensor_parallel",
-    "non_torch_pipeline_parallel", "activation_base", "activation_per_vocab_seq", "activation_moe",
-    "activation_mla", "activation_sliding_window", "activation_pipeline_inner_stage", "cudagraph_base",
-    "cudagraph_per_layer", "weights_extra", "multimodal_replicated_fraction", "uncalibrated_margin",
-    "full_context_margin",
-)
-
-
-@dataclass(frozen=True)
-class BatchDefault:
-    min_memory_gib: float
-    exclude_name: str
-    max_num_batched_tokens: int
-    max_num_seqs: int
-
-
-@dataclass(frozen=True)
-class VllmMemoryProfile:
-    """The planner's constants for one vLLM version line (GiB figures as in the table)."""
-
-    line: str
-    pinned: str
-    figures: Mapping[str, Any]
-    sources: Mapping[str, str]
-    batch_defaults: tuple[BatchDefault, ...]
-    cuda_memory_gib: Mapping[str, float]
-    cuda_memory_fallback_ratio: float
-    calibrated_architectures: frozenset[str]
-    assumed_vocab_size: int
-
-    def __getattr__(self, name: str) -> Any:
-        figures = self.__dict__.get("figures", {})
-        if name in figures:
-            return figures[name]
-        raise AttributeError(name)
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any], line: str | None = None) -> VllmMemoryProfile:
-        """One line of the parsed presets/vllm/memory.yaml (the pinned one by default), with
-        ``inherits`` resolved. Raises ``CatalogError`` naming a missing figure."""
-        pinned = str(table["pinned"])
-        lines = table["lines"]
-        wanted = line or ".".join(pinned.split(".")[:2])
-        if wanted not in lines:
-            raise CatalogError(
-                f"presets/vllm/memory.yaml has no constants for vLLM {wanted}",
-                fix="use one of the lines " + ", ".join(lines),
-            )
-        chain, name = [], wanted
-        while name:
-            chain.append(lines[name])
-            name = lines[name].get("inherits")
-        merged: dict[str, Any] = {}
-        for entry in reversed(chain):
-            merged.update(entry)
-        missing = [f for f in _FIGURES if f not in merged]
-        if missing:
-            raise CatalogError(f"presets/vllm/memory.yaml line {wanted} lacks {', '.join(missing)}")
-        return cls(
-            line=wanted,
-            pinned=pinned,
-            figures={f: merged[f]["value"] for f in _FIGURES},
-            sources={f: merged[f]["source"] for f in _FIGURES},
-            batch_defaults=tuple(
-                BatchDefault(r["min_memory_gib"], r["exclude_name"], r["max_num_batched_tokens"], r["max_num_seqs"])
-                for r in table["batch_defaults"]
-            ),
-            cuda_memory_gib={r["nvml_name"]: r["total_gib"] for r in table["cuda_memory"]},
-            cuda_memory_fallback_ratio=table["cuda_memory_fallback_ratio"]["value"],
-            calibrated_architectures=frozenset(table["calibrated_architectures"]),
-            assumed_vocab_size=table["assumed_vocab_size"]["value"],
-        )
 
 
 @dataclass(frozen=True)
@@ -152,6 +74,11 @@ class KvPool:
     sliding_groups: int
     sliding_window: int
     in_flight_tokens: int
+    page_bytes: int = 0  # one block of one group's layers
+
+    def kv_bytes(self, context: int) -> int:
+        """KV bytes one request of ``context`` tokens takes on this GPU."""
+        return self.blocks_per_request(context) * self.page_bytes
 
     def blocks_per_request(self, context: int) -> int:
         blocks = self.full_groups * math.ceil(context / self.block_size)
@@ -160,8 +87,9 @@ class KvPool:
             blocks += self.sliding_groups * (math.ceil(held / self.block_size) + 1)
         return blocks
 
-    def fits(self, context: int) -> bool:
-        return self.num_blocks > 0 and self.blocks_per_request(context) <= self.num_blocks
+    def fits(self, context: int, share: float = 1.0) -> bool:
+        """One request of ``context`` tokens fits in ``share`` of the pool (vLLM's start-up check at share 1)."""
+        return self.num_blocks > 0 and self.blocks_per_request(context) <= share * self.num_blocks
 
     def reported_tokens(self, context: int) -> int:
         """What vLLM logs as "GPU KV cache size: N tokens" at this max-model-len."""
@@ -169,14 +97,15 @@ class KvPool:
             return 0
         return int(self.num_blocks / self.blocks_per_request(context) * context)
 
-    def largest_context(self, limit: int) -> int:
-        """The longest max-model-len up to ``limit`` that fits (what ``--max-model-len auto`` finds); 0 if none."""
-        if not self.fits(1):
+    def largest_context(self, limit: int, share: float = 1.0) -> int:
+        """The longest max-model-len up to ``limit`` that fits in ``share`` of the pool (at share 1,
+        what ``--max-model-len auto`` finds); 0 if none."""
+        if not self.fits(1, share):
             return 0
         low, high = 1, limit
         while low < high:
             mid = (low + high + 1) // 2
-            if self.fits(mid):
+            if self.fits(mid, share):
                 low = mid
             else:
                 high = mid - 1
@@ -298,4 +227,34 @@ def _pool(model: BudgetModel, profile: VllmMemoryProfile, stage: StageBudget, pp
         layers_per_group = stage.layers
     page = model.kv_bytes_per_token_per_layer * block * layers_per_group
     blocks = max(0, stage.kv_bytes) // page if page else 0
-    return KvPool(blocks, block, full_groups, sliding_groups, model.sliding_window or 0, in_flight)
+    return KvPool(blocks, block, full_groups, sliding_groups, model.sliding_window or 0, in_flight, page)
+
+
+def kv_bytes_per_layer(model: ModelSpec, tp: int, dtype_bytes: int) -> int:
+    """KV bytes one layer stores per token on one TP rank: K and V of the rank's KV heads
+    (max(1, kv_heads // TP): replicated beyond the KV head count), or MLA's whole latent
+    (kv_lora_rank + qk_rope_head_dim, not split by TP)."""
+    att = model.attention
+    if att.is_mla:
+        assert att.kv_lora_rank and att.qk_rope_head_dim
+        return (att.kv_lora_rank + att.qk_rope_head_dim) * dtype_bytes
+    assert att.num_kv_heads and att.head_dim
+    return 2 * max(1, att.num_kv_heads // tp) * att.head_dim * dtype_bytes
+
+
+def budget_model(model: ModelSpec, tp: int, dtype_bytes: int) -> BudgetModel:
+    """The budget's view of a ``ModelSpec`` at tensor-parallel size ``tp`` and a KV element size."""
+    return BudgetModel(
+        architecture=model.architecture,
+        weights_bytes=model.weights_bytes,
+        num_layers=model.attention.num_layers,
+        kv_bytes_per_token_per_layer=kv_bytes_per_layer(model, tp, dtype_bytes),
+        vocab_size=model.vocab_size,
+        hidden_size=model.hidden_size,
+        tie_word_embeddings=model.tie_word_embeddings,
+        moe=bool(model.num_experts and model.num_experts > 1),
+        mla=model.attention.is_mla,
+        multimodal=model.multimodal,
+        sliding_window=model.sliding_window,
+        sliding_window_layers=model.sliding_window_layers,
+    )

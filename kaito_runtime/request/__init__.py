@@ -48,11 +48,13 @@ class RuntimeRequest:
     port: int = 5000
     extra_vllm_args: tuple[str, ...] = ()
     config_file: Path | None = None
+    adapters_dir: Path | None = None  # LoRA adapters, one sub-folder each (KAITO: /mnt/adapter)
     chat_template_dir: str | None = None
     grace_seconds: float = 30.0
     ready_timeout: float | None = None
     plan_report: Path | None = None  # JSON-lines file the plan check is appended to
     rendezvous_timeout: float | None = None  # multi-node: how long to wait for the leader
+    peer_timeout: float | None = None  # multi-node: a silent peer's heartbeat counts as lost after this
     dry_run: bool = False  # only a plan is wanted (no launch follows)
     verify_weights: bool = False  # re-hash a complete local copy before reusing it
 

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""KAITO's /workspace/vllm/inference_api.py, served by kaito-run.
+
+KAITO's controller starts every inference pod with
+``python3 /workspace/vllm/inference_api.py --model=<repo> --code-revision=<sha> ...``. This file
+takes that command unchanged and becomes ``kaito-run`` (same process, through exec), so the pod
+spec, its probes and its Services stay as KAITO generates them:
+
+- flags kaito-run plans with become its options: --model, --code-revision (the model's commit),
+  --download-dir (weights folder), --served-model-name, --tensor-parallel-size,
+  --pipeline-parallel-size, --gpu-memory-utilization, --max-model-len, --host, --port;
+- KAITO's own flags: --kaito-config-file -> --config, --kaito-adapters-dir (default /mnt/adapter,
+  used when it exists) -> --adapters-dir; the others are dropped with a logged reason;
+- --distributed-executor-backend=ray: Ray is not used. With it, --pipeline-parallel-size N is the
+  node count (KAITO runs one pipeline stage per node) and kaito-run starts vLLM's own mp backend;
+  the node's rank comes from POD_INDEX and the leader from the StatefulSet host name;
+- everything else goes to vLLM unchanged (after ``--``).
+
+Each mapping is logged on stderr as one line. Only the standard library is used here; kaito-run
+itself is the ``kaito-run`` of the same interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+DEFAULT_MODEL_FOLDER = "/workspace/vllm/weights"  # KAITO's wrapper default (a symlink to the weights)
+DEFAULT_ADAPTERS_DIR = "/mnt/adapter"
+
+# KAITO flag -> kaito-run option (each takes one value).
+MAPPED = {
+    "--model": "--model",
+    "--code-revision": "--revision",
+    "--revision": "--revision",
+    "--download-dir": "--weights-dir",
+    "--served-model-name": "--served-model-name",
+    "--kaito-config-file": "--config",
+    "--tensor-parallel-size": "--tensor-parallel-size",
+    "--pipeline-parallel-size": "--pipeline-parallel-size",
+    "--gpu-memory-utilization": "--gpu-memory-utilization",
+    "--host": "--host",
+    "--port": "--port",
+    "--leader-address": "--leader-address",  # from multi-node-serving.sh worker
+}
+# Flags with a value that are handled here rather than mapped one to one.
+SPECIAL = ("--max-model-len", "--kaito-adapters-dir", "--distributed-executor-backend")
+# KAITO-only flags kaito-run has no use for, with the reason logged when one is dropped.
+DROPPED = {
+    "--kaito-kv-cache-cpu-memory-utilization": "kaito-run does not offload the KV cache to CPU memory",
+    "--kaito-max-probe-steps": "kaito-run plans the context length from the model and the GPUs, without probing",
+}
+
+
+@dataclass
+class KaitoRunArgs:
+    """The kaito-run argv built from KAITO's flags, and one line per decision for the log."""
+
+    options: list[str] = field(default_factory=list)
+    vllm: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unset_env: list[str] = field(default_factory=list)  # variables the command's own flags replace
+
+    def argv(self) -> list[str]:
+        return [*self.options, *(["--", *self.vllm] if self.vllm else [])]
+
+
+def _split(args: Sequence[str], known: set[str]) -> list[tuple[str, str | None, list[str]]]:
+    """(flag, value, original tokens) per argument; a known flag takes ``=value`` or the next token."""
+    out: list[tuple[str, str | None, list[str]]] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        name, eq, value = token.partition("=")
+        if name in known:
+            if eq:
+                out.append((name, value, [token]))
+            elif i + 1 < len(args):
+                out.append((name, args[i + 1], [token, args[i + 1]]))
+                i += 1
+            else:
+                out.append((name, None, [token]))
+        else:
+            out.append(("", None, [token]))
+        i += 1
+    return out
+
+
+def map_flags(args: Sequence[str], env: Mapping[str, str], *, exists=os.path.isdir) -> KaitoRunArgs:
+    """KAITO's inference_api.py flags -> kaito-run's argv (pure but for ``exists``)."""
+    known = set(MAPPED) | set(SPECIAL) | set(DROPPED)
+    m = KaitoRunArgs()
+    given: dict[str, str] = {}
+    adapters_dir = DEFAULT_ADAPTERS_DIR
+    ray = False
+    pending: list[str] = []  # everything not ours, in order
+    for name, value, tokens in _split(args, known):
+        if not name:
+            token = tokens[0]
+            if token.startswith("--kaito-"):
+                m.notes.append(f"dropped {token}: a KAITO-only flag kaito-run does not know")
+            else:
+                pending.append(token)
+            continue
+        if value is None:
+            m.notes.append(f"dropped {name}: it needs a value")
+            continue
+        if name in DROPPED:
+            m.notes.append(f"dropped {name}={value}: {DROPPED[name]}")
+        elif name == "--kaito-adapters-dir":
+            adapters_dir = value
+        elif name == "--distributed-executor-backend":
+            if value == "ray":
+                ray = True
+                m.notes.append(
+                    "--distributed-executor-backend=ray: no Ray here; kaito-run runs vLLM's mp backend "
+                    "across the nodes (one pipeline stage per node)"
+                )
+            else:
+                pending += [f"{name}={value}"]
+        elif name == "--max-model-len":
+            if value.strip().lower() == "auto":
+                m.notes.append(
+                    "--max-model-len=auto: kaito-run's plan sets the context (the model's full context "
+                    "when the fit check finds room for it, else vLLM's auto)"
+                )
+            else:
+                m.options += ["--max-model-len", value]
+        else:
+            option = MAPPED[name]
+            if option in given and given[option] != value:
+                m.notes.append(f"{name}={value} replaces {option} {given[option]}")
+            given[option] = value
+            m.options += [option, value]
+    if "--model" in given:
+        for var in ("KAITO_PRESET", "KAITO_MODEL"):
+            if env.get(var):
+                m.unset_env.append(var)
+                m.notes.append(f"--model={given['--model']} from the command replaces {var}={env[var]}")
+    elif not (env.get("KAITO_PRESET") or env.get("KAITO_MODEL")):
+        m.options += ["--model", DEFAULT_MODEL_FOLDER]
+        m.notes.append(f"no --model: serving {DEFAULT_MODEL_FOLDER}, KAITO's default")
+    if ray:
+        nodes = given.get("--pipeline-parallel-size") or env.get("KAITO_NNODES")
+        if nodes:
+            m.options += ["--nnodes", nodes]
+            m.notes.append(f"{nodes} nodes (--pipeline-parallel-size); this node's rank from POD_INDEX={env.get('POD_INDEX', '(unset)')}")
+        else:
+            m.notes.append("--distributed-executor-backend=ray without --pipeline-parallel-size: a single node")
+    if exists(adapters_dir):
+        m.options += ["--adapters-dir", adapters_dir]
+    else:
+        m.notes.append(f"no adapters folder {adapters_dir}: no LoRA adapters")
+    m.vllm = pending
+    return m
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    mapped = map_flags(args, os.environ)
+    for note in mapped.notes:
+        print(f"inference_api.py: {note}", file=sys.stderr, flush=True)
+    env = {k: v for k, v in os.environ.items() if k not in mapped.unset_env}
+    os.execve(*kaito_run(mapped.argv()), env)  # kaito-run takes this process: signals reach it directly
+
+
+def kaito_run(args: Sequence[str]) -> tuple[str, list[str]]:
+    """kaito-run of this interpreter: its console script beside it, else ``python -m``."""
+    script = os.path.join(os.path.dirname(sys.executable), "kaito-run")
+    if os.access(script, os.X_OK):
+        return script, [script, *args]
+    return sys.executable, [sys.executable, "-m", "kaito_runtime.cli", *args]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""KAITO's /workspace/vllm/multi-node-health-check.py, answered from HTTP health endpoints.
+
+    multi-node-health-check.py liveness  --leader-address=ADDR [--ray-port=6379] [--vllm-port=5000]
+    multi-node-health-check.py readiness --leader-address=ADDR [--vllm-port=5000]
+
+- liveness: this pod's own /health on 127.0.0.1: vLLM's on the leader, the kaito-run launcher's on
+  a worker (200 while its vLLM is alive and the leader's heartbeat is fresh). KAITO asks Ray for
+  dead actors instead; there are none here.
+- readiness: on the leader (POD_INDEX 0, or unset) the leader's /health at ADDR. On a worker
+  (POD_INDEX > 0) it answers ready at once, as KAITO's script does, so that a rolling update of a
+  StatefulSet never waits on a worker that waits on the leader.
+
+Exit 0 = healthy, 1 = not; one line on stdout says what was asked and what came back. The port
+is --vllm-port (default 5000, KAITO's); --ray-port is accepted and not used. Standard library
+only, so a probe costs one short interpreter start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import urllib.error
+import urllib.request
+
+DEFAULT_PORT = 5000
+
+
+def health(url: str, timeout: float) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http only, our own URL
+            return response.status == 200, f"HTTP {response.status}"
+    except urllib.error.HTTPError as error:
+        return False, f"HTTP {error.code}"
+    except (OSError, ValueError) as error:  # refused, timed out, no route, bad name
+        reason = getattr(error, "reason", error)
+        return False, f"no answer ({reason})"
+
+
+def is_worker(env: dict[str, str]) -> bool:
+    index = env.get("POD_INDEX", "").strip()
+    return index.isdigit() and int(index) > 0
+
+
+def check(probe: str, leader: str | None, port: int, timeout: float, env: dict[str, str]) -> tuple[int, str]:
+    if probe == "readiness" and is_worker(env):
+        return 0, f"readiness: worker (POD_INDEX={env['POD_INDEX']}): ready; the leader's readiness gates the group"
+    if probe == "readiness":
+        if not leader:
+            return 1, "readiness: no --leader-address given"
+        host = f"[{leader}]" if ":" in leader else leader
+        url = f"http://{host}:{port}/health"
+    else:
+        url = f"http://127.0.0.1:{port}/health"
+    ok, what = health(url, timeout)
+    return (0 if ok else 1), f"{probe}: {url}: {what}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="multi-node-health-check.py")
+    parser.add_argument("probe", choices=("liveness", "readiness"))
+    parser.add_argument("--leader-address", "--leader_address")
+    parser.add_argument("--vllm-port", "--vllm_port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--ray-port", "--ray_port", type=int, help="accepted for KAITO's probe; not used")
+    parser.add_argument("--timeout", type=float, default=float(os.environ.get("KAITO_HEALTH_TIMEOUT", "3")))
+    args = parser.parse_args(argv)
+    code, line = check(args.probe, args.leader_address, args.vllm_port, args.timeout, dict(os.environ))
+    print(line, flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
