@@ -97,13 +97,15 @@ def adopt_library_loggers() -> None:
         logger.propagate = True
 
 
-def final_error(message: str, exit_code: int) -> None:
+def final_error(message: str, exit_code: int, *, as_json: bool | None = None, **fields: str) -> None:
     """The last line of a failed run: `kaito-run: error: ...` in text mode, one JSON object with
-    the exit code in JSON mode. Always one line, redacted."""
+    the exit code (and ``fields``) in JSON mode. Always one line, redacted. ``as_json`` None: the
+    --log-format in force; the CLI decides itself for an error found before logging is set up."""
     one_line = redact(message).replace("\r", "\\r").replace("\n", "\\n")
-    if _mode["format"] == "json":
+    if _mode["format"] == "json" if as_json is None else as_json:
+        extra = {key: redact(value) for key, value in fields.items()}
         line = json.dumps({"time": _now(), "level": "error", "logger": "kaito_runtime.cli", "message": one_line,
-                           "exit_code": exit_code}, ensure_ascii=False)
+                           "exit_code": exit_code, **extra}, ensure_ascii=False)
     else:
         line = f"kaito-run: error: {one_line}"
     sys.stderr.write(line + "\n")

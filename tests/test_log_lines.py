@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.support.hardening import launcher_env, run_cli
 
 
@@ -134,3 +136,89 @@ def test_text_mode_copies_vllm_lines_as_they_are(tmp_path):
     assert "INFO 01-02 03:04:05 [api_server.py:1] vLLM API server version 0.32.0\n" in ran.stdout
     assert "a plain line\n" in ran.stdout and "Loading 10%\rLoading 100%\n" in ran.stdout
     assert '"source"' not in ran.output and key not in ran.output
+
+
+# --- usage errors (found by the option parser, before any logging is set up) ---------------------
+
+_USAGE_ERRORS = {
+    "unknown option": (["--no-such-option", "--log-format", "json"], {}, "--no-such-option"),
+    "bad value": (["--port", "abc", "--log-format=json"], {}, "'abc'"),
+    "out of range": (["--log-format", "json", "--port", "99999"], {}, "99999"),
+    "stray word": (["--log-format", "json", "stray"], {}, "stray"),
+    "doctor, unknown option": (["doctor", "--log-format", "json", "--bogus"], {}, "--bogus"),
+    "from the environment": (["--port", "abc"], {"KAITO_LOG_FORMAT": "json"}, "'abc'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_USAGE_ERRORS))
+def test_json_mode_usage_error_is_one_json_object_with_exit_code_2(tmp_path, case):
+    args, env, named = _USAGE_ERRORS[case]
+    ran = run_cli(args, launcher_env(env, home=tmp_path))
+    assert ran.code == 2, ran.output
+    assert ran.stdout == ""
+    [record] = _json_lines(ran.stderr)  # one line, and it is JSON
+    assert record["level"] == "error" and record["exit_code"] == 2, record
+    assert named in record["message"], record
+    assert record["usage"].startswith("Usage: ") and "[OPTIONS]" in record["usage"], record
+    assert "Error:" not in ran.stderr
+
+
+def test_text_mode_usage_error_is_clicks_usage_text(tmp_path):
+    ran = run_cli(["--port", "abc"], launcher_env(home=tmp_path))
+    assert ran.code == 2
+    assert ran.stderr.startswith("Usage: ") and "Error: Invalid value for '--port'" in ran.stderr
+    # a --log-format json that comes after `--` belongs to vLLM and does not change ours
+    ran = run_cli(["--port", "abc", "--", "--log-format", "json"], launcher_env(home=tmp_path))
+    assert ran.code == 2 and ran.stderr.startswith("Usage: "), ran.stderr
+
+
+def test_a_bad_log_format_is_reported_as_text(tmp_path):
+    ran = run_cli(["--log-format", "yaml"], launcher_env({"KAITO_LOG_FORMAT": "json"}, home=tmp_path))
+    assert ran.code == 2
+    assert "Invalid value for '--log-format'" in ran.stderr and ran.stderr.startswith("Usage:")
+
+
+# --- the command's own output (dry run, presets, doctor) in JSON log mode --------------------------
+
+_DRY_RUN = ["--model", "models/tiny-llama", "--dry-run", "--assume-gpus", "1xA100-80GB"]
+
+
+def _dry_run(tmp_path, *args: str, env=None):
+    from tests.support.hardening import REPO
+
+    argv = [str(REPO / a) if a == "models/tiny-llama" else a for a in _DRY_RUN]
+    return run_cli([*argv, "--weights-dir", str(tmp_path / "w"), *args], launcher_env(env, home=tmp_path))
+
+
+@pytest.mark.parametrize("how", [["--log-format", "json"], ["--log-format", "json", "-o", "json"]])
+def test_json_mode_dry_run_prints_its_plan_as_one_json_line(tmp_path, how):
+    ran = _dry_run(tmp_path, *how)
+    assert ran.code == 0, ran.output
+    [plan] = _json_lines(ran.stdout)  # the whole report on one line
+    assert plan["fits"] is True and plan["model"]["name"] == "tiny-llama"
+    _json_lines(ran.stderr)
+
+
+def test_json_mode_explicit_text_report_stays_text_and_the_logs_stay_json(tmp_path):
+    ran = _dry_run(tmp_path, "-o", "text", env={"KAITO_LOG_FORMAT": "json"})
+    assert ran.code == 0, ran.output
+    assert ran.stdout.startswith("Model     tiny-llama")
+    _json_lines(ran.stderr)  # every log line is still JSON
+
+
+def test_text_mode_keeps_the_indented_json_report(tmp_path):
+    ran = _dry_run(tmp_path, "-o", "json")
+    assert ran.code == 0, ran.output
+    assert ran.stdout.startswith("{\n") and json.loads(ran.stdout)
+    assert _dry_run(tmp_path).stdout.startswith("Model     tiny-llama")
+
+
+def test_json_mode_presets_and_refusal_are_one_line(tmp_path):
+    ran = run_cli(["--list-presets", "--log-format", "json"], launcher_env(home=tmp_path))
+    assert ran.code == 0 and len(ran.stdout.splitlines()) == 1 and isinstance(json.loads(ran.stdout), list)
+    ran = run_cli(["--preset", "llama-3.3-70b-instruct", "--dry-run", "--assume-gpus", "1xA100-80GB",
+                   "--log-format", "json"], launcher_env(home=tmp_path))
+    assert ran.code == 2, ran.output
+    [refusal] = _json_lines(ran.stdout)
+    assert refusal["fits"] is False and "does not fit" in refusal["error"]
+    _json_lines(ran.stderr)
