@@ -93,6 +93,31 @@ class WeightsSource:
     gated: bool = False
 
 
+WeightsFiguresSource = Literal["safetensors headers", "file sizes"]
+
+
+@dataclass(frozen=True)
+class WeightsFigures:
+    """What the weight files vLLM loads hold, read from their safetensors headers (or, for a
+    repo without safetensors, only their sizes: then no parameter figure is known).
+
+    ``parameters_by_dtype`` and ``bytes_by_dtype`` count tensor elements and bytes as stored
+    (an int4 AWQ ``qweight`` is I32 there); ``parameter_count`` is the model's own count, with
+    packed quantized weights unpacked and quantization scales / zero points left out.
+    ``stored_bytes`` is the exact tensor bytes: what a copy of the weights takes in memory.
+    """
+
+    source: WeightsFiguresSource
+    stored_bytes: int
+    files: int
+    parameter_count: int | None = None
+    parameters_by_dtype: tuple[tuple[str, int], ...] = ()
+    bytes_by_dtype: tuple[tuple[str, int], ...] = ()
+    quantization: str | None = None  # the method the checkpoint says (config.json quantization_config)
+    quantization_bytes: int = 0  # of stored_bytes: scales, zero points, group indices
+    note: str | None = None  # why only file sizes are known
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the model is and what vLLM needs to serve it (from a preset, an HF id or a folder)."""
@@ -130,6 +155,15 @@ class ModelSpec:
     sliding_window: int | None = None  # tokens a sliding-window layer attends to
     sliding_window_layers: int = 0  # layers with that window; the rest attend to the whole context
     multimodal: bool = False  # a vision tower beside the language model
+    weights_figures: WeightsFigures | None = None  # hub models and folders: from the files themselves
+    generated_from: str | None = None  # "hub metadata" / "folder metadata": not a catalog preset
+
+    @property
+    def parameter_count(self) -> int | None:
+        """The exact count when the headers were read, else the preset's rounded figure."""
+        if self.weights_figures is not None and self.weights_figures.parameter_count is not None:
+            return self.weights_figures.parameter_count
+        return round(self.params_billions * 1e9) if self.params_billions else None
 
     @property
     def weights_source(self) -> WeightsSource:
@@ -264,6 +298,11 @@ class PlanOverrides:
     parallel_preference: ParallelPreference = "auto"
     force_cpu: bool = False
     cpu_cores: str | None = None  # CPU target: the cores vLLM may use on this node ("0-3,8")
+    # vLLM flags the GPU memory budget depends on, when the user passes them (pass-through or
+    # config file); None / False = vLLM's default for the GPU class.
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    enforce_eager: bool = False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,6 +371,11 @@ class GpuMemoryBudget:
     overhead: int  # CUDA context, activations, graphs (see planner for the source)
     kv_cache: int  # what is left for the KV cache
     kv_bytes_per_token: int  # this GPU's KV bytes per token
+    cuda_total: int | None = None  # what CUDA reports as the total (usable = utilization x this)
+    non_torch: int = 0  # the parts of overhead, as vLLM's budget has them
+    activation: int = 0
+    cudagraph: int = 0
+    margin: int = 0  # held back because the architecture has no calibration data
 
 
 Target = Literal["gpu", "cpu"]
@@ -349,7 +393,8 @@ class LaunchPlan:
     max_model_len: int | None = None  # None = hand "auto" to vLLM (see max_model_len_auto)
     max_model_len_auto: bool = False
     kv_cache_dtype: str | None = None
-    kv_cache_tokens: int | None = None  # estimated KV capacity in tokens
+    kv_cache_tokens: int | None = None  # predicted KV capacity in tokens ("GPU KV cache size: N tokens")
+    context_limit: int | None = None  # the longest max-model-len (a multiple of 256) the predicted KV holds
     memory: GpuMemoryBudget | None = None
     cpu_kv_cache_gib: int | None = None  # VLLM_CPU_KVCACHE_SPACE
     cpu_threads_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND
