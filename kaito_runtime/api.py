@@ -261,6 +261,8 @@ def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tu
     from kaito_runtime.launch import vllm_install
 
     env = dict(os.environ if env is None else env)
+    if request.join:  # the plan of a --join worker is the one its leader would give it
+        request = _join_the_leader(settled(request, env), env)
     prepared = prepare(request, env)
     return prepared, _build(prepared, prepared.plan, prepared.model_path, env, vllm_install.detect_vllm())
 
