@@ -370,6 +370,10 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     if download_only:
         download_weights(request, env)
         return 0
+    if _is_multi_node(request, env):
+        from kaito_runtime.launch.group_store import preload_torch
+
+        preload_torch()
     if request.join:
         request = _join_the_leader(request, env)
     model_choice.check_request(request)  # a typo must not create the weights folder
@@ -578,6 +582,17 @@ def _read_config(request: RuntimeRequest) -> Mapping[str, object] | None:
     for note in config.notes:
         log.info("%s", note)
     return config.vllm_args
+
+
+def _is_multi_node(request: RuntimeRequest, env: Mapping[str, str]) -> bool:
+    """Whether this launch is one node of a group (a cheap look at options and environment; a
+    mistake there is reported by the real topology step later)."""
+    if request.join:
+        return True
+    try:
+        return resolve_topology(request, env, planning_only=True).multi_node
+    except InputError:
+        return False
 
 
 def _open_the_group(prepared: Prepared):

@@ -246,7 +246,7 @@ class GroupStore:
 
 
 def meet(store: GroupStore, me: CheckIn, nnodes: int, *, timeout_s: float, poll_s: float = 0.2,
-         settle_s: float = 1.0, linger_s: float = 5.0) -> Verdict:
+         settle_s: float = 0.5, linger_s: float = 5.0) -> Verdict:
     """Check in and wait for the leader's verdict (rank 0 judges and publishes it).
 
     Returns the release; raises GroupMismatchError (exit 2: mismatch or duplicate rank),
@@ -316,6 +316,20 @@ def _wait_for_readers(store: GroupStore, nnodes: int, seconds: float) -> None:
         if store.verdict_reads() >= arrivals:
             return
         time.sleep(0.1)
+
+
+def preload_torch() -> None:
+    """Import torch.distributed in a background thread (it takes seconds): a multi-node launch
+    calls this as soon as it knows it is one, so the import overlaps planning and the weights."""
+
+    def load() -> None:
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+        try:
+            import torch.distributed  # noqa: F401
+        except Exception:  # the real import in _tcp_store reports it
+            pass
+
+    threading.Thread(target=load, name="preload-torch", daemon=True).start()
 
 
 def _tcp_store(host: str, port: int, *, is_master: bool, timeout_s: float) -> object:
