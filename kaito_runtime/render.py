@@ -42,6 +42,9 @@ def preset_dict(p: ModelSpec) -> dict[str, Any]:
         "revision": p.revision,
         "architecture": p.architecture,
         "params_billions": p.params_billions,
+        "parameter_count": p.parameter_count,
+        "generated_from": p.generated_from,
+        "weights_figures": _figures_dict(p),
         "weights_bytes": p.weights_bytes,
         "weights_gib": round(p.weights_bytes / GiB, 2),
         "max_context": p.max_context,
@@ -54,6 +57,38 @@ def preset_dict(p: ModelSpec) -> dict[str, Any]:
         "multi_node": p.multi_node,
         "gated": p.gated,
     }
+
+
+def _figures_dict(p: ModelSpec) -> dict[str, Any] | None:
+    f = p.weights_figures
+    if f is None:
+        return None
+    return {
+        "source": f.source,
+        "files": f.files,
+        "parameter_count": f.parameter_count,
+        "parameters_by_dtype": dict(f.parameters_by_dtype),
+        "bytes_by_dtype": dict(f.bytes_by_dtype),
+        "stored_bytes": f.stored_bytes,
+        "quantization": f.quantization,
+        "quantization_bytes": f.quantization_bytes,
+        "note": f.note,
+    }
+
+
+def figures_line(p: ModelSpec) -> str | None:
+    """``parameters 1,235,814,400 (BF16 1,235,814,400), 2.30 GiB exact, from safetensors headers``."""
+    f = p.weights_figures
+    if f is None:
+        return None
+    if f.parameter_count is None:
+        return f"weights {format_gib(f.stored_bytes)} from file sizes: {f.note}"
+    by = ", ".join(f"{dtype} {count:,}" for dtype, count in f.parameters_by_dtype)
+    quant = f", {f.quantization} ({f.quantization_bytes:,} B of scales/zeros)" if f.quantization else ""
+    return (
+        f"parameters {f.parameter_count:,} (stored {by}), {f.stored_bytes:,} B of tensors{quant}, "
+        f"from the safetensors headers of {f.files} file(s)"
+    )
 
 
 def presets_json(presets: Iterable[ModelSpec]) -> str:
@@ -121,7 +156,12 @@ def model_lines(model: ModelSpec) -> list[str]:
         f"          {model.architecture}, weights {format_gib(model.weights_bytes)}, context {model.max_context:,},"
         f" KV {model.kv_bytes_per_token:,} B/token"
     )
+    figures = figures_line(model)
+    if figures:
+        lines.append(f"          {figures}")
     details = ["gated" if model.gated else "not gated", "multi-node" if model.multi_node else "single-node"]
+    if model.generated_from:
+        details.append(f"generated from {model.generated_from}")
     lines.append("          " + ", ".join(details))
     if model.vllm_args:
         lines.append(f"          vLLM args {' '.join(model.vllm_args)}")

@@ -93,6 +93,31 @@ class WeightsSource:
     gated: bool = False
 
 
+WeightsFiguresSource = Literal["safetensors headers", "file sizes"]
+
+
+@dataclass(frozen=True)
+class WeightsFigures:
+    """What the weight files vLLM loads hold, read from their safetensors headers (or, for a
+    repo without safetensors, only their sizes: then no parameter figure is known).
+
+    ``parameters_by_dtype`` and ``bytes_by_dtype`` count tensor elements and bytes as stored
+    (an int4 AWQ ``qweight`` is I32 there); ``parameter_count`` is the model's own count, with
+    packed quantized weights unpacked and quantization scales / zero points left out.
+    ``stored_bytes`` is the exact tensor bytes: what a copy of the weights takes in memory.
+    """
+
+    source: WeightsFiguresSource
+    stored_bytes: int
+    files: int
+    parameter_count: int | None = None
+    parameters_by_dtype: tuple[tuple[str, int], ...] = ()
+    bytes_by_dtype: tuple[tuple[str, int], ...] = ()
+    quantization: str | None = None  # the method the checkpoint says (config.json quantization_config)
+    quantization_bytes: int = 0  # of stored_bytes: scales, zero points, group indices
+    note: str | None = None  # why only file sizes are known
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the model is and what vLLM needs to serve it (from a preset, an HF id or a folder)."""
@@ -130,6 +155,15 @@ class ModelSpec:
     sliding_window: int | None = None  # tokens a sliding-window layer attends to
     sliding_window_layers: int = 0  # layers with that window; the rest attend to the whole context
     multimodal: bool = False  # a vision tower beside the language model
+    weights_figures: WeightsFigures | None = None  # hub models and folders: from the files themselves
+    generated_from: str | None = None  # "hub metadata" / "folder metadata": not a catalog preset
+
+    @property
+    def parameter_count(self) -> int | None:
+        """The exact count when the headers were read, else the preset's rounded figure."""
+        if self.weights_figures is not None and self.weights_figures.parameter_count is not None:
+            return self.weights_figures.parameter_count
+        return round(self.params_billions * 1e9) if self.params_billions else None
 
     @property
     def weights_source(self) -> WeightsSource:

@@ -494,3 +494,86 @@ def fetch_model_metadata(
         config = _read_json_file(repo_id, commit, "config.json", token=token, endpoint=ep) if "config.json" in names else None
         params = _read_json_file(repo_id, commit, "params.json", token=token, endpoint=ep) if "params.json" in names else None
     return RemoteModel(repo_id, commit, files, gated=gated, config=config, params=params)
+
+
+# --- safetensors headers ----------------------------------------------------------------------
+
+HEADER_READERS = 8  # shard headers read at once (one or two small Range requests each)
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+# One tensor as the header describes it: dtype, shape, bytes (its data_offsets span).
+TensorEntry = tuple[str, tuple[int, ...], int]
+
+
+def _header_of(api: Any, repo_id: str, commit: str, filename: str) -> dict[str, TensorEntry]:
+    what = f"the safetensors header of {filename} of {repo_id}"
+
+    def ask() -> Any:
+        with bounded(what):
+            return api.parse_safetensors_file_metadata(repo_id, filename, revision=commit, timeout=current_timeout_s())
+
+    meta = retrying_when_busy(what, ask)
+    return {
+        name: (str(info.dtype), tuple(int(d) for d in info.shape), int(info.data_offsets[1]) - int(info.data_offsets[0]))
+        for name, info in meta.tensors.items()
+    }
+
+
+def safetensors_index(repo_id: str, commit: str, *, token: Secret | None, endpoint: str | None, token_source: str | None = None) -> dict | None:
+    """``model.safetensors.index.json`` (read into a temporary folder, so nothing stays on disk)."""
+    ep = resolve_endpoint(endpoint)
+    source = token_source or ("a token" if token else "none")
+    with hub_errors(repo_id=repo_id, revision=commit, token_source=source, endpoint=ep):
+        return _read_json_file(repo_id, commit, SAFETENSORS_INDEX, token=token, endpoint=ep)
+
+
+def safetensors_headers(
+    repo_id: str,
+    commit: str,
+    filenames: list[str] | tuple[str, ...],
+    *,
+    token: Secret | None,
+    endpoint: str | None = None,
+    token_source: str | None = None,
+) -> dict[str, dict[str, TensorEntry]]:
+    """The headers of these safetensors files of ``repo_id`` at ``commit``, file -> tensor ->
+    (dtype, shape, bytes), through the client's public metadata calls: Range requests on the
+    first bytes of each file (``bytes=0-100000``, and one more for a longer header), never a body.
+
+    A single ``model.safetensors`` goes through ``get_safetensors_metadata``; shards and other
+    names through ``parse_safetensors_file_metadata`` each, several at once (the index is read by
+    the caller: ``get_safetensors_metadata`` would leave it in the client's cache, and a dry run
+    writes nothing). The client's progress bars stay off meanwhile.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    ep = resolve_endpoint(endpoint)
+    source = token_source or ("a token" if token else "none")
+    wanted = sorted(set(filenames))
+    bars_were_off = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        with hub_errors(repo_id=repo_id, revision=commit, token_source=source, endpoint=ep):
+            api = _api(ep, token)
+            if wanted == ["model.safetensors"]:
+                what = f"the safetensors header of {repo_id}"
+
+                def ask() -> Any:
+                    with bounded(what):
+                        return api.get_safetensors_metadata(repo_id, revision=commit, timeout=current_timeout_s())
+
+                meta = retrying_when_busy(what, ask).files_metadata["model.safetensors"]
+                return {
+                    "model.safetensors": {
+                        name: (str(i.dtype), tuple(int(d) for d in i.shape), int(i.data_offsets[1]) - int(i.data_offsets[0]))
+                        for name, i in meta.tensors.items()
+                    }
+                }
+            with ThreadPoolExecutor(max_workers=min(HEADER_READERS, max(1, len(wanted)))) as pool:
+                read = list(pool.map(lambda name: _header_of(api, repo_id, commit, name), wanted))
+            return dict(zip(wanted, read))
+    finally:
+        if not bars_were_off:
+            enable_progress_bars()

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kaito_runtime.errors import InputError
+from kaito_runtime.errors import HubUnreachableError, InputError
 from kaito_runtime.request import RuntimeRequest, is_offline, looks_like_path
 from kaito_runtime.types import ModelSpec, WeightsSource
 
@@ -172,7 +172,18 @@ def resolve_model(
         offline=is_offline(request, env),
         local_copy=local_copy or _no_local_copy,
     )
-    return _named(model_source.spec_from_hub(request.model, remote, trust_remote_code=_remote_code(request)), request)
+    spec = model_source.spec_from_hub(request.model, remote, trust_remote_code=_remote_code(request))
+    # Sized after the architecture and the config passed: an unserved model costs no header reads.
+    figures = None
+    if not is_offline(request, env):
+        try:
+            figures = model_source.hub_weights_figures(
+                remote, token=token, token_source=token_source, endpoint=request.endpoint, load_format=spec.load_format
+            )
+        except HubUnreachableError as exc:  # config.json came from the complete local copy
+            log.warning("model: safetensors headers of %s not read (%s); sizing by file sizes", request.model, exc.what)
+    spec = replace(spec, generated_from="hub metadata")
+    return _named(model_source.with_figures(spec, figures) if figures is not None else spec, request)
 
 
 def _no_local_copy(repo_id: str, revision: str | None) -> None:

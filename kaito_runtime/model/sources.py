@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from kaito_runtime.errors import HubUnreachableError, InputError
@@ -12,7 +13,10 @@ from kaito_runtime.model.hf_config import read_config_json, spec_from_hf_config
 from kaito_runtime import hub
 from kaito_runtime.hub import check_repo_id, repo_id_problem
 from kaito_runtime.secrets import Secret
-from kaito_runtime.types import ModelSpec, RemoteFile, RemoteModel
+from kaito_runtime.model.sizes import NO_SAFETENSORS, figures_from_file_sizes, figures_from_headers, read_header
+from kaito_runtime.types import ModelSpec, RemoteFile, RemoteModel, WeightsFigures
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 __all__ = [
     "check_repo_id",
@@ -45,15 +49,69 @@ def weights_bytes(files: Sequence[RemoteFile], load_format: str = "hf") -> int:
     return sum(f.size for f in files if f.path in chosen)
 
 
-def spec_from_folder(folder: Path, *, trust_remote_code: bool = False) -> ModelSpec:
+def _indexed(chosen: list[str], index: dict | None) -> list[str]:
+    """vLLM's rule: with a safetensors index, the shards it does not name are not loaded."""
+    listed = set((index or {}).get("weight_map", {}).values()) if isinstance((index or {}).get("weight_map"), dict) else set()
+    kept = [n for n in chosen if n in listed]
+    return kept or chosen
+
+
+def folder_weights_figures(folder: Path, load_format: str = "hf", config: dict | None = None) -> WeightsFigures:
+    """The figures of the weight files vLLM loads from a folder, from their headers on disk."""
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
+    chosen = weight_files(sizes, load_format)
+    st = [n for n in chosen if n.endswith(".safetensors")]
+    if not st:
+        return figures_from_file_sizes({n: sizes[n] for n in chosen}, NO_SAFETENSORS)
+    index_path = folder / SAFETENSORS_INDEX
+    if index_path.is_file() and not st[0].startswith("consolidated"):
+        st = _indexed(st, read_config_json(index_path))
+    return figures_from_headers({n: read_header(folder / n) for n in st}, config)
+
+
+def hub_weights_figures(
+    remote: RemoteModel, *, token: Secret | None, token_source: str | None, endpoint: str | None, load_format: str = "hf"
+) -> WeightsFigures:
+    """The figures of the weight files vLLM loads from a hub repo, from the shard headers (Range
+    requests on the first bytes of each file; no body is fetched)."""
+    chosen = weight_files([f.path for f in remote.files], load_format)
+    st = [n for n in chosen if n.endswith(".safetensors")]
+    if not st:
+        return figures_from_file_sizes({f.path: f.size for f in remote.files if f.path in chosen}, NO_SAFETENSORS)
+    if SAFETENSORS_INDEX in {f.path for f in remote.files} and not st[0].startswith("consolidated"):
+        index = hub.safetensors_index(remote.repo_id, remote.revision, token=token, endpoint=endpoint, token_source=token_source)
+        st = _indexed(st, index)
+    headers = hub.safetensors_headers(
+        remote.repo_id, remote.revision, st, token=token, endpoint=endpoint, token_source=token_source
+    )
+    return figures_from_headers(headers, remote.config)
+
+
+def spec_from_folder(folder: Path, *, trust_remote_code: bool = False, sizes: bool = True) -> ModelSpec:
+    """``sizes``: read the weight files' headers (False: only their sizes, for --download-only)."""
     check_model_folder(folder)
     config = read_config_json(folder / "config.json")
-    return spec_from_hf_config(
+    spec = spec_from_hf_config(
         config,
         name=served_name_for(str(folder)),
         weights_bytes=folder_weights_bytes(folder),
         local_path=str(folder.resolve()),
         trust_remote_code=trust_remote_code,
+    )
+    if not sizes:
+        return spec
+    return with_figures(replace(spec, generated_from="folder metadata"), folder_weights_figures(folder, spec.load_format, config))
+
+
+def with_figures(spec: ModelSpec, figures: WeightsFigures) -> ModelSpec:
+    """The spec sized by its files' own figures: the exact tensor bytes for planning, and the
+    checkpoint's quantization method when config.json did not say."""
+    return replace(
+        spec,
+        weights_figures=figures,
+        weights_bytes=figures.stored_bytes if figures.stored_bytes > 0 else spec.weights_bytes,
+        quantization=spec.quantization or figures.quantization,
+        params_billions=round(figures.parameter_count / 1e9, 2) if figures.parameter_count else spec.params_billions,
     )
 
 

@@ -15,6 +15,12 @@ Auth rule (consistent with the real Hub as far as it is documented):
 * a gated repo's files with a known token that is not on the repo's accepted list -> 403 GatedRepo;
 * metadata (model info, tree) of a gated repo is public, as on the real Hub.
 
+Header-only files: ``<file>`` beside ``<file>.kaito-size`` holds only the first bytes of a file
+(a safetensors header) and the sidecar its real size. The listing, HEAD and Content-Range report
+the real size; bounded Range requests within the header (or the client's first
+``bytes=0-100000`` probe) are answered with the stored bytes padded with zeros; anything else
+(a download of the body) is answered 500 and noted in ``body_requests``.
+
 Fault injection, for tests: drop the connection after N bytes of a file body (the first K
 times), stall a body after N bytes (the connection stays open and silent), serve corrupted bytes
 of the same length, cap the bytes per second of bodies, ignore Range headers (200 with the whole
@@ -47,6 +53,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 DEFAULT_LFS_THRESHOLD = 10 * 1000 * 1000
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 _CHUNK = 256 * 1024
+SIZE_SIDECAR = ".kaito-size"  # "<file>.kaito-size" holds the real size of a header-only <file>
+HEADER_PROBE_END = 100_000  # huggingface_hub reads a safetensors header with Range bytes=0-100000
 _POINTER_SIZE = 134
 
 
@@ -56,6 +64,7 @@ class FileEntry:
     size: int
     blob_sha1: str
     sha256: str | None  # set for LFS files only
+    stored: int | None = None  # a header-only file: the bytes on disk (the rest is never stored)
 
     @property
     def etag(self) -> str:
@@ -142,6 +151,7 @@ class HubEmulator:
         self.host = host
         self.port = port
         self.records: list[RequestRecord] = []
+        self.body_requests: list[str] = []  # header-only files asked for past their header
         self.rate_limit_bps: int | None = None
         self.ignore_range = False  # answer 200 with the whole body even to a Range request (some proxies do)
         self._gated: dict[str, set[str]] = {}
@@ -279,10 +289,16 @@ class HubEmulator:
             return None
         files: dict[str, FileEntry] = {}
         for p in sorted(folder.rglob("*")):
-            if not p.is_file():
+            if not p.is_file() or p.name.endswith(SIZE_SIDECAR):
                 continue
             rel = p.relative_to(folder).as_posix()
             size = p.stat().st_size
+            sidecar = p.with_name(p.name + SIZE_SIDECAR)
+            if sidecar.is_file():  # header only: the real size is declared, the body never stored
+                declared = int(sidecar.read_text().strip())
+                digest_of = hashlib.sha256(p.read_bytes() + str(declared).encode()).hexdigest()
+                files[rel] = FileEntry(rel, declared, digest_of[:40], digest_of, stored=size)
+                continue
             sha256 = file_sha256(p) if size >= self.lfs_threshold else None
             files[rel] = FileEntry(rel, size, git_blob_sha1(p), sha256)
         digest = hashlib.sha1(repo_id.encode())
@@ -556,6 +572,10 @@ class _Handler(BaseHTTPRequestHandler):
 
         start, end = 0, entry.size - 1
         partial = False
+        if entry.stored is not None and method == "GET" and not self._header_read(entry):
+            with self.emulator._lock:
+                self.emulator.body_requests.append(f"{repo_id}/{path} {self.headers.get('Range') or 'whole file'}")
+            raise _HubError(500, f"The emulator stores only the header of {path}; its body was asked for")
         if not self.emulator.ignore_range and (rh := self.headers.get("Range")) and (m := _RANGE_RE.match(rh)):
             start = int(m.group(1))
             end = min(int(m.group(2)), entry.size - 1) if m.group(2) else entry.size - 1
@@ -581,6 +601,9 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "HEAD":
             return status
 
+        if entry.stored is not None:
+            self._stream_header_only(repo.folder / path, entry, start, end, partial)
+            return status
         key = f"{repo_id}/{path}"
         drop_after = self.emulator._take_drop(key)
         corrupt = self.emulator._take_corrupt(key)
@@ -589,6 +612,19 @@ class _Handler(BaseHTTPRequestHandler):
         stall_after = None if stall_at is None else max(stall_at - start, 0)
         self._stream(repo.folder / path, start, length, drop_after, corrupt, stall_after)
         return status
+
+    def _header_read(self, entry: FileEntry) -> bool:
+        """A bounded Range request within the header (or within the client's fixed first probe)."""
+        m = _RANGE_RE.match(self.headers.get("Range", ""))
+        if not m or not m.group(2):
+            return False
+        assert entry.stored is not None
+        return int(m.group(2)) <= max(entry.stored - 1, HEADER_PROBE_END)
+
+    def _stream_header_only(self, file: Path, entry: FileEntry, start: int, end: int, partial: bool) -> None:
+        """The stored header bytes, then zeros up to the asked end (the probe reads past the header)."""
+        data = file.read_bytes()[start : end + 1]
+        self.wfile.write(data + b"\0" * (end - start + 1 - len(data)))
 
     def _stream(
         self, file: Path, start: int, length: int, drop_after: int | None, corrupt: bool, stall_after: int | None = None
