@@ -305,7 +305,8 @@ def test_the_ready_line_counts_from_the_start_of_run_including_the_model_phase(t
     assert model_phase >= 0.4
     vllm_start = float(line.split("vLLM start ")[1].split()[0])
     assert vllm_start == 1.5
-    assert total >= model_phase  # counted from the start of run(), model resolution included
+    # counted from the start of run(), model resolution included (the total is shown to 0.1 s)
+    assert total + 0.05 >= model_phase
 
 
 def test_failure_context_gets_the_effective_port(tmp_path, no_real_vllm, monkeypatch):
