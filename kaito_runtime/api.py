@@ -186,6 +186,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
     import kaito_runtime.plan as planner
     from kaito_runtime import secrets
     from kaito_runtime import weights
+    from kaito_runtime.node import vllm_memory
 
     planning_only = request.planning_only if planning_only is None else planning_only
     token, token_source = secrets.resolve_token(env, request.token_file)
@@ -211,7 +212,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
     gated = _gated_without_token(model, request, env, token_found=token is not None)
     started = time.monotonic()
     try:
-        plan = planner.plan_launch(model, node, topo, request.overrides)
+        plan = planner.plan_launch(model, node, topo, request.overrides, profile=vllm_memory.load_profile())
     except DoesNotFitError as error:
         raise ModelDoesNotFitError(
             error,
@@ -564,11 +565,20 @@ def _with_user_flags(request: RuntimeRequest, config_args: Mapping[str, object] 
             why=problem,
             fix=f"correct --{arg.name} in {where}",
         )
-    sizes = {}
+    sizes: dict[str, object] = {}
     for flag, field in (("tensor-parallel-size", "tensor_parallel_size"), ("pipeline-parallel-size", "pipeline_parallel_size")):
         value = vllm_flags.last_value([*configured, *passed], flag)
         if value is not None:
             sizes[field] = int(value)
+    # The batch budget and CUDA graphs change vLLM's non-KV memory: plan with what vLLM will get.
+    for flag, field in (("max-num-batched-tokens", "max_num_batched_tokens"), ("max-num-seqs", "max_num_seqs")):
+        value = vllm_flags.last_value([*configured, *passed], flag)
+        number = vllm_flags.parse_human_int(value) if value is not None else None
+        if number:
+            sizes[field] = number
+    eager = [a.name for a in [*configured, *passed] if a.name in ("enforce-eager", "no-enforce-eager")]
+    if eager and (eager[-1] == "enforce-eager") != request.overrides.enforce_eager:
+        sizes["enforce_eager"] = eager[-1] == "enforce-eager"
     return replace(request, overrides=replace(request.overrides, **sizes)) if sizes else request
 
 

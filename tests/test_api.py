@@ -868,6 +868,7 @@ def test_download_only_hands_the_weights_step_only_what_it_needs(hub, hub_env, t
     assert not hasattr(given[0], "attention") and not hasattr(given[0], "weights_bytes")
 
 
+<<<<<<< HEAD
 def test_a_join_worker_learns_the_model_and_settings_from_the_leader(tmp_path, no_real_vllm, fetched):
     _stopped_by_sigterm(no_real_vllm)
     master_port = _free_port(span=2)
@@ -895,3 +896,18 @@ def test_join_refuses_a_model_of_its_own_and_needs_a_leader(tmp_path):
     with pytest.raises(InputError) as caught:
         api.run(api.RuntimeRequest(join=True, weights_dir=tmp_path), {})
     assert "--join needs the leader's address" in caught.value.message
+=======
+def test_the_plan_budgets_the_batch_and_cuda_graphs_vllm_gets_from_the_pass_through_flags(tmp_path):
+    # vLLM's non-KV memory follows --max-num-batched-tokens / --max-num-seqs and --enforce-eager:
+    # the planner (vllm_budget) must see the values vLLM will get, not the GPU class's defaults.
+    base = dict(preset="llama-3.1-8b-instruct", assume_gpus="1xH100-80GB", weights_dir=tmp_path / "w", dry_run=True)
+    default = api.prepare(api.RuntimeRequest(**base), {}).plan
+    passed = api.prepare(api.RuntimeRequest(**base, extra_vllm_args=(
+        "--enforce-eager", "--max-num-batched-tokens", "2048", "--max-num-seqs", "64")), {}).plan
+    assert default.memory.cudagraph > 0 and passed.memory.cudagraph == 0
+    assert passed.memory.activation < default.memory.activation
+    assert passed.kv_cache_tokens > default.kv_cache_tokens
+    config = tmp_path / "kaito.yaml"
+    config.write_text("vllm:\n  enforce-eager: true\n")
+    assert api.prepare(api.RuntimeRequest(**base, config_file=config), {}).plan.memory.cudagraph == 0
+>>>>>>> main

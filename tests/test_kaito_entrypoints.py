@@ -253,6 +253,17 @@ def test_the_default_adapters_folder_is_used_when_it_exists():
     assert m.options[-2:] == ["--adapters-dir", "/mnt/adapter"]
 
 
+def test_a_worker_reads_the_config_file_kaito_mounts_on_every_pod():
+    worker = inference_api.map_flags(["--leader-address=ws-0"], {"KAITO_PRESET": "p"}, exists=lambda p: False,
+                                     is_file=lambda p: p == "/mnt/config/inference_config.yaml")
+    assert worker.options == ["--leader-address", "ws-0", "--config", "/mnt/config/inference_config.yaml"]
+    absent = inference_api.map_flags(["--leader-address=ws-0"], {"KAITO_PRESET": "p"}, exists=lambda p: False,
+                                     is_file=lambda p: False)
+    assert "--config" not in absent.options
+    leader = inference_api.map_flags(["--model=x/y"], {}, exists=lambda p: False, is_file=lambda p: True)
+    assert "--config" not in leader.options  # KAITO names the leader's config file itself
+
+
 def test_ray_backend_makes_the_pipeline_size_the_node_count_and_the_command_model_wins():
     m = inference_api.map_flags(["--model=x/y", "--pipeline-parallel-size=3", "--distributed-executor-backend=ray"],
                                 {"KAITO_PRESET": "p", "POD_INDEX": "2"}, exists=lambda p: False)

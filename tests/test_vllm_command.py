@@ -9,7 +9,7 @@ import pytest
 
 from kaito_runtime.launch.cpu_ranks import CpuLayout
 from kaito_runtime.model.catalog import load_catalog
-from kaito_runtime.plan import plan_launch
+from tests.support.planner_helpers import plan_launch
 from kaito_runtime.types import GiB, AttentionGeometry, GpuInfo, HostInfo, ModelSpec, NodeInventory, PlanOverrides, Topology
 from kaito_runtime.launch.vllm_command import (
     TOKEN_ENV_VARS,
@@ -164,7 +164,7 @@ def test_warns_when_user_values_contradict_the_fit():
     )
     text = "\n".join(launch.warnings)
     assert "--max-model-len 128000 is more than the planner estimates fits" in text
-    assert "fits with --max-model-len <=" in text
+    assert f"fits with --max-model-len <= {plan.context_limit}" in text and plan.context_limit % 256 == 0
     assert "--gpu-memory-utilization 0.95 needs 21.4 GiB per GPU but only 20.0 GiB of 22.5 GiB is free" in text
     assert "--tensor-parallel-size 3: tensor-parallel-size 3 does not divide the 32 attention heads" in text
     assert "TP 3 x PP 1 = 3 GPUs, but the group has 1" in text

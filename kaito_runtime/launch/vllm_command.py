@@ -209,8 +209,8 @@ def _max_model_len_value(plan: LaunchPlan, auto_supported: bool, warnings: list[
         return str(plan.max_model_len) if plan.max_model_len else None
     if auto_supported:
         return "auto"
-    if plan.kv_cache_tokens:
-        estimate = min(plan.model.max_context, align_down(plan.kv_cache_tokens, CONTEXT_ALIGN))
+    if plan.context_limit or plan.kv_cache_tokens:
+        estimate = plan.context_limit or min(plan.model.max_context, align_down(plan.kv_cache_tokens or 0, CONTEXT_ALIGN))
         warnings.append(
             f"this vLLM has no '--max-model-len auto'; passing the planner's estimate {estimate} "
             "(if vLLM reports too little KV cache, lower it with --max-model-len)"
@@ -257,7 +257,14 @@ def _contradictions(plan: LaunchPlan, user: Sequence[FlagArg]) -> list[str]:
                 warnings.append(
                     f"--max-model-len {wanted} is longer than {model.name}'s context {model.max_context}; vLLM will refuse it"
                 )
-            elif plan.kv_cache_tokens is not None and wanted > plan.kv_cache_tokens:
+            elif plan.context_limit is not None and wanted > plan.context_limit:
+                kv = f", {gib(max(0, plan.memory.kv_cache))} of KV per GPU" if plan.memory else ""
+                warnings.append(
+                    f"--max-model-len {wanted} is more than the planner estimates fits "
+                    f"(vLLM's budget predicts at most {plan.context_limit:,} tokens{kv}); "
+                    f"expect vLLM to fail at start-up; fits with --max-model-len <= {plan.context_limit}"
+                )
+            elif plan.context_limit is None and plan.kv_cache_tokens is not None and wanted > plan.kv_cache_tokens:
                 fits = min(model.max_context, align_down(plan.kv_cache_tokens, CONTEXT_ALIGN))
                 kv = ""
                 if plan.memory:
