@@ -868,7 +868,6 @@ def test_download_only_hands_the_weights_step_only_what_it_needs(hub, hub_env, t
     assert not hasattr(given[0], "attention") and not hasattr(given[0], "weights_bytes")
 
 
-<<<<<<< HEAD
 def test_a_join_worker_learns_the_model_and_settings_from_the_leader(tmp_path, no_real_vllm, fetched):
     _stopped_by_sigterm(no_real_vllm)
     master_port = _free_port(span=2)
@@ -896,7 +895,8 @@ def test_join_refuses_a_model_of_its_own_and_needs_a_leader(tmp_path):
     with pytest.raises(InputError) as caught:
         api.run(api.RuntimeRequest(join=True, weights_dir=tmp_path), {})
     assert "--join needs the leader's address" in caught.value.message
-=======
+
+
 def test_the_plan_budgets_the_batch_and_cuda_graphs_vllm_gets_from_the_pass_through_flags(tmp_path):
     # vLLM's non-KV memory follows --max-num-batched-tokens / --max-num-seqs and --enforce-eager:
     # the planner (vllm_budget) must see the values vLLM will get, not the GPU class's defaults.
@@ -910,4 +910,3 @@ def test_the_plan_budgets_the_batch_and_cuda_graphs_vllm_gets_from_the_pass_thro
     config = tmp_path / "kaito.yaml"
     config.write_text("vllm:\n  enforce-eager: true\n")
     assert api.prepare(api.RuntimeRequest(**base, config_file=config), {}).plan.memory.cudagraph == 0
->>>>>>> main
