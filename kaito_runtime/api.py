@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kaito_runtime import logs
 from kaito_runtime.errors import DoesNotFitError, GroupMemberLostError, InputError
 from kaito_runtime.model import download_source, gated_token_warning, resolve_model
 from kaito_runtime.request import (
@@ -455,6 +456,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
             stop_when=member.stop_request if member is not None else None,
             on_signal=member.asked_to_stop if member is not None else None,
             on_start=member.start if member is not None else None,
+            write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
         )
         if member is not None:
             return _leave_the_group(member, outcome, prepared, built, request)
