@@ -400,6 +400,12 @@ def _logging_options(f):
     help="Multi-node: seconds for the whole group to check in at the leader before giving up (default 1800).",
 )
 @option(
+    "--join",
+    is_flag=True,
+    envvar="KAITO_JOIN",
+    help="Multi-node worker: learn the model, revision, node count and settings from the leader (needs only the leader's address and this node's rank).",
+)
+@option(
     "--peer-timeout",
     type=click.FloatRange(min=1),
     envvar="KAITO_PEER_TIMEOUT",
@@ -524,6 +530,7 @@ def _request_from_options(opts: dict):
         plan_report=opts["plan_report"],
         rendezvous_timeout=opts["rendezvous_timeout"],
         peer_timeout=opts["peer_timeout"],
+        join=opts["join"],
         dry_run=opts["dry_run"],
         verify_weights=opts["verify_weights"],
     )

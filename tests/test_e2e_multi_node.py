@@ -6,7 +6,9 @@ User stories:
   answers /health with 200 for its probe.
 - A worker's vLLM dies (kill -9): both launchers exit non-zero within 30 s, naming rank 1, and
   nothing is left running.
-- Kubernetes stops the leader (SIGTERM): both launchers exit 0 within the grace period.
+- A worker told only the leader's address (--join, as KAITO starts its workers) learns the model
+  and settings from the leader and serves with it; Kubernetes stops the leader (SIGTERM): both
+  launchers exit 0 within the grace period.
 - A node that never comes, a node started with other settings, or two nodes with one rank: the
   group never starts vLLM, and every node says why.
 
@@ -72,8 +74,10 @@ class Node:
         self.log = tmp / f"{name or f'rank{rank}'}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "KAITO_", "HUGGING_FACE", "VLLM_"))}
         env.update(HF_HOME=str(tmp / "hf-home"), PYTHONUNBUFFERED="1")
+        # A --join worker is told only the leader's address and its own rank, ports and cores.
+        what = [] if "--join" in extra else ["--model", str(TINY_MODEL), "--nnodes", str(nnodes)]
         self.argv = [
-            str(KAITO_RUN), "--model", str(TINY_MODEL), "--nnodes", str(nnodes), "--node-rank", str(rank),
+            str(KAITO_RUN), *what, "--node-rank", str(rank),
             "--leader-address", "127.0.0.1", "--master-port", str(master_port),
             "--host", "127.0.0.1", "--port", str(self.port), "--cpu-cores", str(rank % 2),
             "--grace-period", str(GRACE_SECONDS), *extra,
@@ -168,11 +172,12 @@ def kaito_lines(node: Node) -> str:
     return "\n".join(line for line in node.text().splitlines() if "kaito-run:" in line)
 
 
-@pytest.fixture
-def group(tmp_path):
+@pytest.fixture(params=["told", "joined"])
+def group(tmp_path, request):
+    """A serving group; "joined": the worker knows only the leader (--join) and learns the rest."""
     master_port = free_port(span=2)
     leader = Node(tmp_path, 0, master_port)
-    worker = Node(tmp_path, 1, master_port)
+    worker = Node(tmp_path, 1, master_port, *(["--join"] if request.param == "joined" else []))
     try:
         wait_ready(leader, worker)
         yield leader, worker
@@ -181,6 +186,7 @@ def group(tmp_path):
         leader.stop()
 
 
+@pytest.mark.parametrize("group", ["told"], indirect=True)
 def test_a_group_serves_and_dies_as_one_when_a_workers_vllm_is_killed(group):
     leader, worker = group
     answer = chat(leader)
@@ -200,8 +206,12 @@ def test_a_group_serves_and_dies_as_one_when_a_workers_vllm_is_killed(group):
     assert leader.left_behind() == [] and worker.left_behind() == []
 
 
-def test_sigterm_to_the_leader_stops_the_whole_group_with_exit_0(group):
+@pytest.mark.parametrize("group", ["joined"], indirect=True)
+def test_a_joined_worker_serves_with_the_leader_and_sigterm_to_the_leader_stops_both_with_exit_0(group):
     leader, worker = group
+    assert "joined the group of 127.0.0.1:" in worker.text() and "2 nodes" in worker.text()
+    assert chat(leader)["choices"][0]["message"]["content"]
+    assert health(worker) == 200
     leader.proc.send_signal(signal.SIGTERM)
     took = wait_all([leader, worker], GRACE_SECONDS + 10)
     assert leader.proc.returncode == 0, kaito_lines(leader)

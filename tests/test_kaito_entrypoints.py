@@ -229,11 +229,11 @@ def test_multi_node_worker_becomes_a_headless_kaito_run_worker_of_the_ray_addres
 
 
 @pytest.mark.slow
-def test_a_worker_told_no_model_exits_2_saying_what_to_set(pod):
-    command = multi_node(LLAMA70, "llama-3.3-70b-instruct", nodes=2, gpus=2)
-    done, _ = pod(command, "Standard_NC48ads_A100_v4", env={"POD_INDEX": "1"})
-    assert done.returncode == 2
-    assert "KAITO_PRESET or KAITO_MODEL" in done.stderr
+def test_a_worker_told_no_model_asks_the_leader_and_names_it_when_it_never_answers(pod):
+    command = multi_node(LLAMA70, "llama-3.3-70b-instruct", nodes=2, gpus=2).replace(LEADER_DNS, "127.0.0.1")
+    done, _ = pod(command, "Standard_NC48ads_A100_v4", env={"POD_INDEX": "1", "KAITO_RENDEZVOUS_TIMEOUT": "2"})
+    assert done.returncode == 21, done.stderr
+    assert "The leader's group store 127.0.0.1:29502 did not answer" in done.stderr
 
 
 def test_serving_script_leader_exits_0_and_bad_calls_exit_2():
