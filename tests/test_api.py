@@ -538,9 +538,9 @@ def test_leader_resolves_its_address_and_tells_vllm(tmp_path, no_real_vllm, fetc
     from kaito_runtime.launch import vllm_command
 
     caplog.set_level(logging.INFO, logger="kaito_runtime")
-    build_kwargs = []
+    built_launches = []
     real_build = vllm_command.build_vllm_command
-    monkeypatch.setattr(vllm_command, "build_vllm_command", lambda *a, **k: build_kwargs.append(k) or real_build(*a, **k))
+    monkeypatch.setattr(vllm_command, "build_vllm_command", lambda *a, **k: built_launches.append(real_build(*a, **k)) or built_launches[-1])
     _stopped_by_sigterm(no_real_vllm)
     master_port = _free_port(span=2)
     worker, worker_outcome = _run_in_thread(_multi_node_request(tmp_path, rank=1, port=master_port))
@@ -555,7 +555,7 @@ def test_leader_resolves_its_address_and_tells_vllm(tmp_path, no_real_vllm, fetc
     assert leader_call["ready"] is not None  # the leader serves HTTP
     assert leader_call["ready_timeout"] == 5.0
     # One owner of the child's address variables: the rendezvous, shown on the start line.
-    assert build_kwargs and all(k.get("host_ip") is None for k in build_kwargs)
+    assert built_launches and all("VLLM_HOST_IP" not in built.env for built in built_launches)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("starting vLLM"))
     assert "VLLM_HOST_IP=127.0.0.1" in line
     assert "group released: all 2 nodes checked in and agree" in caplog.text
