@@ -1,6 +1,7 @@
 """How close the planner's KV prediction is to what vLLM itself reported at start-up.
 
-Runs the real planner (``plan_launch``) on every observation in benchmarks/data/
+Runs the real planner (``plan_launch``, the same call ``kaito-run --dry-run`` makes, with the
+observed layout and flags as the user's overrides) on every observation in benchmarks/data/
 vllm_memory_observations.yaml whose vLLM version line is the pinned one, or, when there is no
 observation of the pinned line, the closest line that has some; planned with that line's
 constants from presets/vllm/memory.yaml. Prints per case and for the fitted and held-out halves
@@ -30,9 +31,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kaito_runtime import settings  # noqa: E402
+from kaito_runtime.errors import DoesNotFitError  # noqa: E402
+from kaito_runtime.node import skus  # noqa: E402
 from kaito_runtime.node.vllm_memory import profile_from_table  # noqa: E402
-from kaito_runtime.plan.vllm_budget import BudgetModel, gpu_budget  # noqa: E402
-from kaito_runtime.types import VllmMemoryProfile  # noqa: E402
+from kaito_runtime.plan import plan_launch  # noqa: E402
+from kaito_runtime.plan.vllm_budget import BudgetModel  # noqa: E402
+from kaito_runtime.plan.vllm_budget import budget_model as planner_budget_model  # noqa: E402
+from kaito_runtime.types import AttentionGeometry, ModelSpec, PlanOverrides, Topology, VllmMemoryProfile  # noqa: E402
 from kaito_runtime.types import GiB  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "vllm_memory_observations.yaml"
@@ -53,34 +58,50 @@ def choose_line(pinned: str, lines: set[str]) -> str:
     return min(lines, key=lambda ln: (abs(_key(ln)[0] - target[0]) * 1000 + abs(_key(ln)[1] - target[1]), ln))
 
 
-def budget_model(m: dict, kv_cache_dtype: str, tp: int) -> BudgetModel:
-    kv_bytes = 1 if kv_cache_dtype.startswith("fp8") else 2
+def spec_of(name: str, m: dict) -> ModelSpec:
+    """An observed model as the planner sees a model: a ``ModelSpec`` (what a preset or config.json gives)."""
     if "kv_lora_rank" in m:
-        per_layer = (m["kv_lora_rank"] + m["qk_rope_head_dim"]) * kv_bytes
+        attention = AttentionGeometry(m["num_layers"], m["num_attention_heads"], kv_lora_rank=m["kv_lora_rank"],
+                                      qk_rope_head_dim=m["qk_rope_head_dim"])
     else:
-        per_layer = 2 * max(1, m["num_kv_heads"] // tp) * m["head_dim"] * kv_bytes
-    return BudgetModel(
-        architecture=m["architecture"], weights_bytes=int(m["checkpoint_gib"] * GiB), num_layers=m["num_layers"],
-        kv_bytes_per_token_per_layer=per_layer, vocab_size=m["vocab_size"], hidden_size=m["hidden_size"],
-        tie_word_embeddings=m["tie_word_embeddings"], moe=bool(m.get("num_experts")), mla="kv_lora_rank" in m,
-        multimodal=bool(m.get("multimodal")), sliding_window=m.get("sliding_window"),
-        sliding_window_layers=m.get("sliding_window_layers", 0),
+        attention = AttentionGeometry(m["num_layers"], m["num_attention_heads"], m["num_kv_heads"], m["head_dim"])
+    return ModelSpec(
+        name=name, architecture=m["architecture"], weights_bytes=int(m["checkpoint_gib"] * GiB),
+        max_context=m["max_position_embeddings"], attention=attention, dtype=m["dtype"],
+        vocab_size=m["vocab_size"], hidden_size=m["hidden_size"], tie_word_embeddings=m["tie_word_embeddings"],
+        num_experts=m.get("num_experts"), sliding_window=m.get("sliding_window"),
+        sliding_window_layers=m.get("sliding_window_layers", 0), multimodal=bool(m.get("multimodal")),
     )
+
+
+def budget_model(m: dict, kv_cache_dtype: str, tp: int) -> BudgetModel:
+    """The planner's budget view of an observed model (``vllm_budget.budget_model`` on its spec)."""
+    return planner_budget_model(spec_of("observed", m), tp, 1 if kv_cache_dtype.startswith("fp8") else 2)
 
 
 def predict(o: dict, m: dict, profile: VllmMemoryProfile) -> dict:
+    """``plan_launch`` on the observed layout: the GPUs by their SKU-table name, the user's flags
+    as vLLM got them (TP, PP, utilization, max-model-len, batch budget, eager)."""
     tp, pp = o["tensor_parallel_size"], o["pipeline_parallel_size"]
-    budget = gpu_budget(
-        budget_model(m, o["kv_cache_dtype"], tp), profile, cuda_total=int(o["cuda_total_gib"] * GiB),
-        gpu_name=o["gpu"], utilization=o["gpu_memory_utilization"], tp=tp, pp=pp, enforce_eager=o["enforce_eager"],
+    inventory = skus.inventory_for_assumed_gpus(f"{tp * pp}x{o['gpu']}")
+    overrides = PlanOverrides(
+        max_model_len=o["max_model_len"], gpu_memory_utilization=o["gpu_memory_utilization"],
+        tensor_parallel_size=tp, pipeline_parallel_size=pp,
+        kv_cache_dtype=None if o["kv_cache_dtype"] == "auto" else o["kv_cache_dtype"],
         max_num_batched_tokens=o["max_num_batched_tokens"], max_num_seqs=o["max_num_seqs"],
+        enforce_eager=o["enforce_eager"],
     )
-    context = o["max_model_len"]
+    try:
+        plan = plan_launch(spec_of(o["model"], m), inventory, Topology(), overrides, profile=profile)
+    except DoesNotFitError:
+        return {"tokens": 0, "refused": True, "weights_gib": float("nan"), "kv_gib": float("nan"), "cuda_total_gib": float("nan")}
+    assert plan.memory is not None and plan.kv_cache_tokens is not None
     return {
-        "tokens": budget.pool.reported_tokens(context),
-        "refused": not budget.pool.fits(context),
-        "weights_gib": budget.stages[0].weights / GiB,
-        "kv_gib": budget.limiting.kv_bytes / GiB,
+        "tokens": plan.kv_cache_tokens,
+        "refused": False,
+        "weights_gib": plan.memory.weights / GiB,
+        "kv_gib": plan.memory.kv_cache / GiB,
+        "cuda_total_gib": (plan.memory.cuda_total or 0) / GiB,
     }
 
 

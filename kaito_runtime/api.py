@@ -13,6 +13,7 @@ the steps; each step lives in its own module.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kaito_runtime import logs
 from kaito_runtime.errors import DoesNotFitError, GroupMemberLostError, InputError
 from kaito_runtime.model import download_source, gated_token_warning, resolve_model
 from kaito_runtime.request import (
@@ -186,6 +188,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
     import kaito_runtime.plan as planner
     from kaito_runtime import secrets
     from kaito_runtime import weights
+    from kaito_runtime.node import vllm_memory
 
     planning_only = request.planning_only if planning_only is None else planning_only
     token, token_source = secrets.resolve_token(env, request.token_file)
@@ -211,7 +214,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
     gated = _gated_without_token(model, request, env, token_found=token is not None)
     started = time.monotonic()
     try:
-        plan = planner.plan_launch(model, node, topo, request.overrides)
+        plan = planner.plan_launch(model, node, topo, request.overrides, profile=vllm_memory.load_profile())
     except DoesNotFitError as error:
         raise ModelDoesNotFitError(
             error,
@@ -261,6 +264,8 @@ def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tu
     from kaito_runtime.launch import vllm_install
 
     env = dict(os.environ if env is None else env)
+    if request.join:  # the plan of a --join worker is the one its leader would give it
+        request = _join_the_leader(settled(request, env), env)
     prepared = prepare(request, env)
     return prepared, _build(prepared, prepared.plan, prepared.model_path, env, vllm_install.detect_vllm())
 
@@ -368,6 +373,12 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     if download_only:
         download_weights(request, env)
         return 0
+    if _is_multi_node(request, env):
+        from kaito_runtime.launch.group_store import preload_torch
+
+        preload_torch()
+    if request.join:
+        request = _join_the_leader(request, env)
     model_choice.check_request(request)  # a typo must not create the weights folder
     if not uses_local_folder(request):
         # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
@@ -389,6 +400,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         ports.check_port_free("0.0.0.0", store_port(prepared.topology))
     for warning in prepared.warnings:
         log.warning("%s", warning)
+    leader_store = _open_the_group(prepared) if prepared.topology.multi_node and prepared.topology.is_leader else None
 
     started = time.monotonic()
     result = fetch_weights(prepared, env)
@@ -397,7 +409,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
 
     meeting = member = None
     if prepared.topology.multi_node:
-        plan, meeting, member = _meet_the_group(prepared, env, built, install, result)
+        plan, meeting, member = _meet_the_group(prepared, env, built, install, result, leader_store)
         built = _build(prepared, plan, Path(result.path), env, install)
     elif Path(result.path) != prepared.model_path:  # a branch resolved to another commit's folder
         built = _build(prepared, prepared.plan, Path(result.path), env, install)
@@ -445,6 +457,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
             stop_when=member.stop_request if member is not None else None,
             on_signal=member.asked_to_stop if member is not None else None,
             on_start=member.start if member is not None else None,
+            write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
         )
         if member is not None:
             return _leave_the_group(member, outcome, prepared, built, request)
@@ -555,11 +568,20 @@ def _with_user_flags(request: RuntimeRequest, config_args: Mapping[str, object] 
             why=problem,
             fix=f"correct --{arg.name} in {where}",
         )
-    sizes = {}
+    sizes: dict[str, object] = {}
     for flag, field in (("tensor-parallel-size", "tensor_parallel_size"), ("pipeline-parallel-size", "pipeline_parallel_size")):
         value = vllm_flags.last_value([*configured, *passed], flag)
         if value is not None:
             sizes[field] = int(value)
+    # The batch budget and CUDA graphs change vLLM's non-KV memory: plan with what vLLM will get.
+    for flag, field in (("max-num-batched-tokens", "max_num_batched_tokens"), ("max-num-seqs", "max_num_seqs")):
+        value = vllm_flags.last_value([*configured, *passed], flag)
+        number = vllm_flags.parse_human_int(value) if value is not None else None
+        if number:
+            sizes[field] = number
+    eager = [a.name for a in [*configured, *passed] if a.name in ("enforce-eager", "no-enforce-eager")]
+    if eager and (eager[-1] == "enforce-eager") != request.overrides.enforce_eager:
+        sizes["enforce_eager"] = eager[-1] == "enforce-eager"
     return replace(request, overrides=replace(request.overrides, **sizes)) if sizes else request
 
 
@@ -575,8 +597,68 @@ def _read_config(request: RuntimeRequest) -> Mapping[str, object] | None:
     return config.vllm_args
 
 
+def _is_multi_node(request: RuntimeRequest, env: Mapping[str, str]) -> bool:
+    """Whether this launch is one node of a group (a cheap look at options and environment; a
+    mistake there is reported by the real topology step later)."""
+    if request.join:
+        return True
+    try:
+        return resolve_topology(request, env, planning_only=True).multi_node
+    except InputError:
+        return False
+
+
+def _open_the_group(prepared: Prepared):
+    """The leader opens the group's store before its weights step, and publishes there what a
+    worker started with --join needs to plan the same launch."""
+    from kaito_runtime.launch import group
+    from kaito_runtime.launch.vllm_command import config_tokens
+
+    r = prepared.request
+    store = group.open_store(prepared.topology, "0.0.0.0", timeout_s=0, log=log)
+    overrides = {k: v for k, v in dataclasses.asdict(r.overrides).items() if k != "cpu_cores"}
+    config = config_tokens(prepared.config_args)[0] if prepared.config_args else []
+    store.publish_request({
+        "preset": r.preset, "model": r.model, "revision": r.revision, "served_model_name": r.served_model_name,
+        "nnodes": prepared.topology.nnodes, "overrides": overrides,
+        # The config file's flags first, the pass-through ones after: the same merge vLLM gets here.
+        "vllm_args": [*config, *r.extra_vllm_args],
+    })
+    return store
+
+
+def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> RuntimeRequest:
+    """--join: learn what the group serves from the leader's store (model, revision, node count,
+    plan options, vLLM arguments). This node keeps its own rank, ports, cores, folders and token."""
+    from kaito_runtime.launch import group, rendezvous
+    from kaito_runtime.node.topology import leader_of
+
+    if request.preset or request.model or request.extra_vllm_args or request.config_file:
+        raise InputError("--join learns the model and its settings from the leader, but this node was given its own",
+                         fix="drop --preset/--model/--config and the arguments after -- on a --join worker, or drop --join")
+    address, master_port = leader_of(env, leader_address=request.leader_address, master_port=request.master_port)
+    if address is None:
+        raise InputError("--join needs the leader's address",
+                         fix="set --leader-address/KAITO_LEADER_ADDRESS (or run where LWS, torchrun or the KAITO StatefulSet sets it)")
+    timeout = request.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
+    deadline = time.monotonic() + timeout
+    leader_ip = rendezvous.resolve_leader(address, timeout_s=timeout, log=log)
+    store = group.join_store(leader_ip, master_port + 1, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
+    published = group.leader_request(store, timeout_s=max(1.0, deadline - time.monotonic()))
+    overrides = replace(PlanOverrides(**published["overrides"]), cpu_cores=request.overrides.cpu_cores)
+    joined = replace(
+        request, preset=published["preset"], model=published["model"], revision=published["revision"],
+        served_model_name=published["served_model_name"], nnodes=int(published["nnodes"]),
+        leader_address=address, master_port=master_port, overrides=overrides,
+        extra_vllm_args=tuple(published["vllm_args"]),
+    )
+    log.info("joined the group of %s: %s%s, %d nodes", address, joined.preset or joined.model,
+             f"@{joined.revision}" if joined.revision else "", joined.nnodes)
+    return joined
+
+
 def _meet_the_group(
-    prepared: Prepared, env: Mapping[str, str], built: VllmLaunch, install, weights: WeightsResult
+    prepared: Prepared, env: Mapping[str, str], built: VllmLaunch, install, weights: WeightsResult, leader_store=None
 ) -> tuple[LaunchPlan, RendezvousInfo, GroupMember]:
     """Multi-node: resolve the leader to an IP, find this node's address, meet at the leader's
     group store (check-in, the leader's checks, the release), all within one deadline.
@@ -595,7 +677,7 @@ def _meet_the_group(
     # vLLM's master port: the leader's vLLM starts only after the group is released.
     meeting = rendezvous.prepare_rendezvous(topo, env=env, log=log, timeout_s=timeout, wait_for_leader=False)
     assert meeting is not None
-    store = group.open_store(topo, meeting.master_addr_ip, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
+    store = leader_store or group.open_store(topo, meeting.master_addr_ip, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
     member = group.GroupMember(store, topo, peer_timeout_s=prepared.request.peer_timeout or group.DEFAULT_PEER_TIMEOUT_S, log=log)
     node = prepared.inventory
     resources = (

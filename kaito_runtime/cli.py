@@ -32,10 +32,52 @@ def option(*decls: str, **attrs):
     return click.option(*decls, **attrs)
 
 
+_JSON_USAGE_ERRORS = "kaito.json_usage_errors"  # ctx.meta key: report a usage error as JSON
+
+
+def _asks_json_logs(args: list[str]) -> bool:
+    """Whether the command line (before `--`; the last --log-format wins), else KAITO_LOG_FORMAT,
+    asks for JSON logs: the option parser's own errors come before logging is set up."""
+    ours = args[: args.index("--")] if "--" in args else args
+    chosen = os.environ.get("KAITO_LOG_FORMAT")
+    for i, token in enumerate(ours):
+        if token == "--log-format" and i + 1 < len(ours):
+            chosen = ours[i + 1]
+        elif token.startswith("--log-format="):
+            chosen = token.split("=", 1)[1]
+    return chosen == "json"
+
+
+@contextmanager
+def _usage_errors_as_json(as_json: bool) -> Iterator[None]:
+    """In JSON log mode a usage error (unknown option, bad value, stray word) is one JSON object
+    on stderr with its exit code (2) and the usage line, instead of click's Usage/Error text."""
+    try:
+        yield
+    except click.ClickException as error:
+        if not as_json:
+            raise
+        from kaito_runtime.logs import final_error
+
+        context = getattr(error, "ctx", None)
+        usage = {"usage": context.get_usage()} if context is not None else {}
+        final_error(error.format_message(), error.exit_code, as_json=True, **usage)
+        raise click.exceptions.Exit(error.exit_code) from None
+
+
 class DefaultToServe(click.Group):
     """`kaito-run [OPTIONS]` means `kaito-run serve [OPTIONS]`; `kaito-run doctor` is the other command."""
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        with _usage_errors_as_json(_asks_json_logs(list(args))):
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context):
+        with _usage_errors_as_json(ctx.meta.get(_JSON_USAGE_ERRORS, False)):
+            return super().invoke(ctx)
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_JSON_USAGE_ERRORS] = _asks_json_logs(args)
         # Everything after the first `--` belongs to vLLM; click never sees it, so a stray word
         # before `--` is still reported as an unexpected argument.
         if "--" in args:
@@ -258,11 +300,17 @@ def _output_option(f):
         "--output",
         "-o",
         type=click.Choice(["text", "json"]),
-        default="text",
         envvar="KAITO_OUTPUT",
-        show_default=True,
-        help="Format of --list-presets, --dry-run and doctor output.",
+        help="Format of --list-presets, --dry-run and doctor output on stdout (default: json, on one line, with --log-format json; else text).",
     )(f)
+
+
+def _settle_output(opts: dict) -> None:
+    """-o not given: the log format's. With --log-format json a JSON document is written on one
+    line, so that every line a collector reads is JSON; an explicit -o text is honoured (the
+    report is what was asked for; the log lines on stderr stay JSON)."""
+    opts["output"] = opts["output"] or ("json" if opts["log_format"] == "json" else "text")
+    opts["one_line"] = opts["log_format"] == "json"
 
 
 def _logging_options(f):
@@ -359,6 +407,12 @@ def _logging_options(f):
     help="Multi-node: seconds for the whole group to check in at the leader before giving up (default 1800).",
 )
 @option(
+    "--join",
+    is_flag=True,
+    envvar="KAITO_JOIN",
+    help="Multi-node worker: learn the model, revision, node count and settings from the leader (needs only the leader's address and this node's rank).",
+)
+@option(
     "--peer-timeout",
     type=click.FloatRange(min=1),
     envvar="KAITO_PEER_TIMEOUT",
@@ -373,10 +427,11 @@ def serve(**opts) -> None:
     from kaito_runtime.logs import setup_logging
 
     setup_logging(opts["log_format"], opts["log_level"])
+    _settle_output(opts)
 
     def body() -> None:
         if opts["list_presets"]:
-            _print_presets(opts["output"], opts["catalog_dir"])
+            _print_presets(opts["output"], opts["one_line"], opts["catalog_dir"])
             return
         from kaito_runtime import api
 
@@ -393,12 +448,15 @@ def serve(**opts) -> None:
             except api.ModelDoesNotFitError as refused:
                 # What is known about the model is worth showing even when it does not fit.
                 if opts["output"] == "json":
-                    click.echo(redact(render.refusal_json(refused.model, redact(refused.message),
-                                                          refused.token_source, refused.warnings)))
+                    click.echo(redact(render.refusal_json(refused.model, redact(refused.message), refused.token_source,
+                                                          refused.warnings, one_line=opts["one_line"])))
                     sys.exit(refused.exit_code)
                 click.echo(redact(render.refusal_text(refused.model, refused.warnings)))
                 raise
-            text = render.plan_json(prepared, launch) if opts["output"] == "json" else render.plan_text(prepared, launch)
+            if opts["output"] == "json":
+                text = render.plan_json(prepared, launch, one_line=opts["one_line"])
+            else:
+                text = render.plan_text(prepared, launch)
             click.echo(redact(text))
             return
         with _stop_on_signals():
@@ -419,6 +477,7 @@ def doctor(**opts) -> None:
     from kaito_runtime.logs import setup_logging
 
     setup_logging(opts["log_format"], opts["log_level"])
+    _settle_output(opts)
 
     def body() -> None:
         request = api.RuntimeRequest(
@@ -434,7 +493,7 @@ def doctor(**opts) -> None:
         node = api.probe_node(request, env)
         topo = api.resolve_topology(request, env, planning_only=True)
         if opts["output"] == "json":
-            click.echo(render.doctor_json(node, topo))
+            click.echo(render.doctor_json(node, topo, one_line=opts["one_line"]))
         else:
             click.echo(render.doctor_text(node, topo))
 
@@ -481,17 +540,18 @@ def _request_from_options(opts: dict):
         plan_report=opts["plan_report"],
         rendezvous_timeout=opts["rendezvous_timeout"],
         peer_timeout=opts["peer_timeout"],
+        join=opts["join"],
         dry_run=opts["dry_run"],
         verify_weights=opts["verify_weights"],
         catalog_dir=opts["catalog_dir"],
     )
 
 
-def _print_presets(output: str, catalog_dir: Path | None = None) -> None:
+def _print_presets(output: str, one_line: bool, catalog_dir: Path | None = None) -> None:
     from kaito_runtime import api, render
 
     presets = api.list_presets(catalog_dir)
-    click.echo(render.presets_json(presets) if output == "json" else render.presets_table(presets))
+    click.echo(render.presets_json(presets, one_line=one_line) if output == "json" else render.presets_table(presets))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+from collections.abc import Callable
 
 from kaito_runtime.secrets import install_redaction, redact
 
-__all__ = ["JsonLineFormatter", "RedactingStream", "RedactingTextFormatter", "final_error", "redact", "setup_logging"]
+__all__ = [
+    "JsonLineFormatter", "RedactingStream", "RedactingTextFormatter", "child_line_writer", "final_error", "redact",
+    "setup_logging",
+]
 
 _mode = {"format": "text"}  # the --log-format in force (the final error line follows it)
 
@@ -92,17 +97,41 @@ def adopt_library_loggers() -> None:
         logger.propagate = True
 
 
-def final_error(message: str, exit_code: int) -> None:
+def final_error(message: str, exit_code: int, *, as_json: bool | None = None, **fields: str) -> None:
     """The last line of a failed run: `kaito-run: error: ...` in text mode, one JSON object with
-    the exit code in JSON mode. Always one line, redacted."""
+    the exit code (and ``fields``) in JSON mode. Always one line, redacted. ``as_json`` None: the
+    --log-format in force; the CLI decides itself for an error found before logging is set up."""
     one_line = redact(message).replace("\r", "\\r").replace("\n", "\\n")
-    if _mode["format"] == "json":
+    if _mode["format"] == "json" if as_json is None else as_json:
+        extra = {key: redact(value) for key, value in fields.items()}
         line = json.dumps({"time": _now(), "level": "error", "logger": "kaito_runtime.cli", "message": one_line,
-                           "exit_code": exit_code}, ensure_ascii=False)
+                           "exit_code": exit_code, **extra}, ensure_ascii=False)
     else:
         line = f"kaito-run: error: {one_line}"
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+# vLLM's own lines start with their level, after an optional "(EngineCore_DP0 pid=12)" prefix.
+_CHILD_LEVEL = re.compile(r"(?:\([^)]*\)\s*)?(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
+
+
+def child_line_writer(source: str = "vllm") -> Callable[[str], None] | None:
+    """How the supervisor writes a line of the child's output (given without its newline): in
+    JSON mode as one object on stdout ({"source": "vllm", "message": LINE, ...}, redacted, the
+    level read from vLLM's own prefix, else info); None in text mode, where lines are copied as
+    they are."""
+    if _mode["format"] != "json":
+        return None
+
+    def write(line: str) -> None:
+        shown = redact(line.rsplit("\r", 1)[-1])  # a redrawn progress bar: what a terminal shows last
+        level = _CHILD_LEVEL.match(shown)
+        sys.stdout.write(json.dumps({"time": _now(), "level": level.group(1).lower() if level else "info",
+                                     "logger": source, "source": source, "message": shown}, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    return write
 
 
 class JsonLineFormatter(logging.Formatter):

@@ -101,8 +101,14 @@ def figures_line(p: ModelSpec) -> str | None:
     )
 
 
-def presets_json(presets: Iterable[ModelSpec]) -> str:
-    return json.dumps([preset_dict(p) for p in presets], indent=2)
+def _dump(payload: Any, one_line: bool) -> str:
+    """JSON output: indented for a reader, or one line (with --log-format json every line a
+    collector reads is one JSON value)."""
+    return json.dumps(payload, indent=None if one_line else 2)
+
+
+def presets_json(presets: Iterable[ModelSpec], *, one_line: bool = False) -> str:
+    return _dump([preset_dict(p) for p in presets], one_line)
 
 
 def _jsonable(value: Any) -> Any:
@@ -123,7 +129,7 @@ def _effective(prepared, launch) -> dict:
     return effective_settings(prepared.serve, prepared.plan, launch)
 
 
-def plan_json(prepared, launch) -> str:
+def plan_json(prepared, launch, *, one_line: bool = False) -> str:
     """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it."""
     from kaito_runtime.launch.vllm_command import display_argv, display_env, format_command
 
@@ -152,7 +158,7 @@ def plan_json(prepared, launch) -> str:
             "command": format_command(launch),
         },
     }
-    return json.dumps(payload, indent=2)
+    return _dump(payload, one_line)
 
 
 def model_lines(model: ModelSpec) -> list[str]:
@@ -213,7 +219,9 @@ def refusal_text(model: ModelSpec, warnings: Iterable[str] = ()) -> str:
     return "\n".join([*model_lines(model), *(f"Warning   {w}" for w in warnings)])
 
 
-def refusal_json(model: ModelSpec, error: str, token_source: str | None = None, warnings: Iterable[str] = ()) -> str:
+def refusal_json(
+    model: ModelSpec, error: str, token_source: str | None = None, warnings: Iterable[str] = (), *, one_line: bool = False
+) -> str:
     payload = {
         "model": preset_dict(model),
         "fits": False,
@@ -221,7 +229,7 @@ def refusal_json(model: ModelSpec, error: str, token_source: str | None = None, 
         "token_source": token_source,
         "warnings": list(warnings),
     }
-    return json.dumps(payload, indent=2)
+    return _dump(payload, one_line)
 
 
 def plan_text(prepared, launch) -> str:
@@ -391,5 +399,5 @@ def doctor_text(node: NodeInventory, topo: Topology) -> str:
     return "\n".join([*describe_inventory(node), *describe_topology(topo)])
 
 
-def doctor_json(node: NodeInventory, topo: Topology) -> str:
-    return json.dumps({"inventory": _jsonable(node), "topology": _jsonable(topo)}, indent=2)
+def doctor_json(node: NodeInventory, topo: Topology, *, one_line: bool = False) -> str:
+    return _dump({"inventory": _jsonable(node), "topology": _jsonable(topo)}, one_line)

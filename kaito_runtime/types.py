@@ -298,6 +298,11 @@ class PlanOverrides:
     parallel_preference: ParallelPreference = "auto"
     force_cpu: bool = False
     cpu_cores: str | None = None  # CPU target: the cores vLLM may use on this node ("0-3,8")
+    # vLLM flags the GPU memory budget depends on, when the user passes them (pass-through or
+    # config file); None / False = vLLM's default for the GPU class.
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    enforce_eager: bool = False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -366,6 +371,11 @@ class GpuMemoryBudget:
     overhead: int  # CUDA context, activations, graphs (see planner for the source)
     kv_cache: int  # what is left for the KV cache
     kv_bytes_per_token: int  # this GPU's KV bytes per token
+    cuda_total: int | None = None  # what CUDA reports as the total (usable = utilization x this)
+    non_torch: int = 0  # the parts of overhead, as vLLM's budget has them
+    activation: int = 0
+    cudagraph: int = 0
+    margin: int = 0  # held back because the architecture has no calibration data
 
 
 Target = Literal["gpu", "cpu"]
@@ -383,7 +393,8 @@ class LaunchPlan:
     max_model_len: int | None = None  # None = hand "auto" to vLLM (see max_model_len_auto)
     max_model_len_auto: bool = False
     kv_cache_dtype: str | None = None
-    kv_cache_tokens: int | None = None  # estimated KV capacity in tokens
+    kv_cache_tokens: int | None = None  # predicted KV capacity in tokens ("GPU KV cache size: N tokens")
+    context_limit: int | None = None  # the longest max-model-len (a multiple of 256) the predicted KV holds
     memory: GpuMemoryBudget | None = None
     cpu_kv_cache_gib: int | None = None  # VLLM_CPU_KVCACHE_SPACE
     cpu_threads_bind: str | None = None  # VLLM_CPU_OMP_THREADS_BIND

@@ -69,7 +69,7 @@ def group(tokens: Sequence[str], source: str = PLAN) -> list[FlagArg]:
     return groups
 
 
-def _make(tokens: list[str], source: str) -> _Arg:
+def _make(tokens: list[str], source: str) -> FlagArg:
     return FlagArg(normalise_flag(tokens[0]) if is_flag(tokens[0]) else None, tuple(tokens), source)
 
 
@@ -84,12 +84,19 @@ def parse_human_int(text: str) -> int | None:
 
 
 
-def last_value(args: Sequence[FlagArg], name: str) -> str | None:
-    """The first value of the last occurrence of flag ``name`` (vLLM's rule: the last one wins)."""
+def last_arg(args: Sequence[FlagArg], name: str) -> FlagArg | None:
+    """The last occurrence of flag ``name`` that has a value (vLLM's rule: the last one wins);
+    the one scan every "which value does vLLM get" question uses."""
     for arg in reversed(args):
         if arg.name == name and arg.values:
-            return arg.values[0]
+            return arg
     return None
+
+
+def last_value(args: Sequence[FlagArg], name: str) -> str | None:
+    """The first value of the last occurrence of flag ``name``."""
+    arg = last_arg(args, name)
+    return arg.values[0] if arg is not None else None
 
 
 def last_int(args: Sequence[FlagArg], name: str, default: int) -> int:

@@ -425,6 +425,9 @@ def test_wheel_ships_the_catalog(tmp_path):
         ["--list-presets"],
         ["--preset", "llama-3.3-70b-instruct", "--dry-run", "--sku", "Standard_NC96ads_A100_v4"],
         ["--preset", "phi-4-mini-instruct", "--dry-run"],
+        # a multi-node plan too: only a real group launch imports torch (for its store)
+        ["--preset", "llama-3.3-70b-instruct", "--dry-run", "--sku", "Standard_NC48ads_A100_v4",
+         "--nnodes", "2", "--node-rank", "1", "--leader-address", "10.1.2.3"],
         ["doctor"],
     ],
 )

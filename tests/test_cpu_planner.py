@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kaito_runtime.errors import DoesNotFitError, InputError
-from kaito_runtime.plan import plan_launch
+from tests.support.planner_helpers import plan_launch
 from kaito_runtime.types import GiB, AttentionGeometry, PlanOverrides
 from tests.support.planner_helpers import A10, cpu_box, decision, group, node, preset, tiny_model
 

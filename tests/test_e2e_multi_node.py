@@ -6,7 +6,9 @@ User stories:
   answers /health with 200 for its probe.
 - A worker's vLLM dies (kill -9): both launchers exit non-zero within 30 s, naming rank 1, and
   nothing is left running.
-- Kubernetes stops the leader (SIGTERM): both launchers exit 0 within the grace period.
+- A worker told only the leader's address (--join, as KAITO starts its workers) learns the model
+  and settings from the leader and serves with it; Kubernetes stops the leader (SIGTERM): both
+  launchers exit 0 within the grace period.
 - A node that never comes, a node started with other settings, or two nodes with one rank: the
   group never starts vLLM, and every node says why.
 
@@ -64,23 +66,39 @@ def free_port(span: int = 1) -> int:
 
 
 class Node:
-    """One launcher of the group, its log and every process it started."""
+    """One launcher of the group (a process group of its own), its log and what it started."""
 
-    def __init__(self, tmp: Path, rank: int, master_port: int, *extra: str, nnodes: int = 2, name: str | None = None) -> None:
+    def __init__(self, tmp: Path, rank: int, master_port: int, *extra: str, nnodes: int = 2, name: str | None = None,
+                 argv: list[str] | None = None, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.rank = rank
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = tmp / f"{name or f'rank{rank}'}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "KAITO_", "HUGGING_FACE", "VLLM_"))}
-        env.update(HF_HOME=str(tmp / "hf-home"), PYTHONUNBUFFERED="1")
-        self.argv = [
-            str(KAITO_RUN), "--model", str(TINY_MODEL), "--nnodes", str(nnodes), "--node-rank", str(rank),
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "KAITO_", "HUGGING_FACE", "VLLM_"))}
+        base.update(HF_HOME=str(tmp / f"hf-home-{name or rank}"), PYTHONUNBUFFERED="1")
+        # A --join worker is told only the leader's address and its own rank, ports and cores.
+        what = [] if "--join" in extra else ["--model", str(TINY_MODEL), "--nnodes", str(nnodes)]
+        self.argv = argv or [
+            str(KAITO_RUN), *what, "--node-rank", str(rank),
             "--leader-address", "127.0.0.1", "--master-port", str(master_port),
             "--host", "127.0.0.1", "--port", str(self.port), "--cpu-cores", str(rank % 2),
             "--grace-period", str(GRACE_SECONDS), *extra,
         ]
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen(self.argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
+            self.proc = subprocess.Popen(self.argv, env={**base, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                                         cwd=tmp, start_new_session=True)
         self.seen: set[psutil.Process] = set()
+
+    def terminate(self) -> None:
+        """SIGTERM to the node's process group, as `docker stop` through tini or the kubelet does."""
+        os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def launcher(self) -> psutil.Process:
+        """The kaito-run process (the node's own process, or below a pod's /bin/sh)."""
+        me = psutil.Process(self.proc.pid)
+        for proc in [me, *me.children(recursive=True)]:
+            if any("kaito-run" in part or "kaito_runtime.cli" in part for part in proc.cmdline()[:3]):
+                return proc
+        raise AssertionError(f"no kaito-run under rank {self.rank}:\n{self.text()[-2000:]}")
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -102,13 +120,13 @@ class Node:
         return alive
 
     def vllm_main(self) -> psutil.Process:
-        children = psutil.Process(self.proc.pid).children()
+        children = self.launcher().children()
         assert children, f"rank {self.rank} has no vLLM child:\n{self.text()[-3000:]}"
         return children[0]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(GRACE_SECONDS + 15)
             except subprocess.TimeoutExpired:
@@ -168,11 +186,62 @@ def kaito_lines(node: Node) -> str:
     return "\n".join(line for line in node.text().splitlines() if "kaito-run:" in line)
 
 
-@pytest.fixture
-def group(tmp_path):
+KAITO = REPO / "entrypoints" / "kaito"
+REPO_ID = "kaito-test/tiny-llama"
+
+
+def kaito_pods(tmp: Path, hub) -> tuple[Node, Node]:
+    """KAITO's own StatefulSet script for 2 nodes (Ray leader + Ray worker), unchanged but for the
+    paths, run by /bin/sh in two "pods": the leader's inference_api.py gets the model flags, the
+    worker only `--ray_address`. PP 2 across the nodes, as KAITO plans multi-node models."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    script = (
+        'if [ "${POD_INDEX}" = "0" ]; then '
+        f"{KAITO}/multi-node-serving.sh leader --ray_cluster_size=2 --ray_port=6379; "
+        f"python3 {KAITO}/inference_api.py --model={REPO_ID} --code-revision={hub.commit_of(REPO_ID)} "
+        f"--download-dir={tmp}/weights-0 --tensor-parallel-size=1 --pipeline-parallel-size=2 "
+        "--distributed-executor-backend=ray --gpu-memory-utilization=0.84 --max-model-len=auto "
+        "--served-model-name=tiny-llama; "
+        f"else {KAITO}/multi-node-serving.sh worker --ray_address=127.0.0.1 --ray_port=6379; fi"
+    )
     master_port = free_port(span=2)
-    leader = Node(tmp_path, 0, master_port)
-    worker = Node(tmp_path, 1, master_port)
+    nodes = []
+    for rank in (0, 1):
+        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO), "POD_INDEX": str(rank),
+               "HOSTNAME": f"kaito-e2e-node{rank}", "HF_ENDPOINT": hub.url, "KAITO_LEADER_ADDRESS": "127.0.0.1",
+               "KAITO_MASTER_PORT": str(master_port), "KAITO_CPU_CORES": str(rank), "KAITO_GRACE_PERIOD": str(GRACE_SECONDS),
+               "KAITO_WEIGHTS_DIR": str(tmp / f"weights-{rank}"), "KAITO_HOST": "127.0.0.1"}
+        port = free_port()  # KAITO pods all use 5000; on one machine each needs its own
+        env["KAITO_PORT"] = str(port)
+        nodes.append(Node(tmp, rank, master_port, argv=["/bin/sh", "-c", script], env=env, name=f"pod{rank}", port=port))
+    return nodes[0], nodes[1]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    import shutil
+
+    from tests.support.hub_emulator import HubEmulator
+
+    root = tmp_path_factory.mktemp("mn-hub")
+    shutil.copytree(TINY_MODEL, root / REPO_ID)
+    with HubEmulator(root, lfs_threshold=100_000) as emulator:
+        yield emulator
+
+
+@pytest.fixture(params=["told", "kaito"])
+def group(tmp_path, request, hub):
+    """A serving group: "told": two kaito-run launchers given everything; "kaito": KAITO's
+    StatefulSet commands through entrypoints/kaito/ (the worker learns the model from the leader)."""
+    if request.param == "kaito":
+        leader, worker = kaito_pods(tmp_path, hub)
+    else:
+        master_port = free_port(span=2)
+        leader = Node(tmp_path, 0, master_port)
+        worker = Node(tmp_path, 1, master_port)
     try:
         wait_ready(leader, worker)
         yield leader, worker
@@ -181,6 +250,7 @@ def group(tmp_path):
         leader.stop()
 
 
+@pytest.mark.parametrize("group", ["told"], indirect=True)
 def test_a_group_serves_and_dies_as_one_when_a_workers_vllm_is_killed(group):
     leader, worker = group
     answer = chat(leader)
@@ -200,9 +270,20 @@ def test_a_group_serves_and_dies_as_one_when_a_workers_vllm_is_killed(group):
     assert leader.left_behind() == [] and worker.left_behind() == []
 
 
-def test_sigterm_to_the_leader_stops_the_whole_group_with_exit_0(group):
+@pytest.mark.parametrize("group", ["kaito"], indirect=True)
+def test_kaitos_own_commands_serve_without_ray_and_sigterm_to_the_leader_stops_both_with_exit_0(group):
     leader, worker = group
-    leader.proc.send_signal(signal.SIGTERM)
+    assert "joined the group of 127.0.0.1:" in worker.text() and "2 nodes" in worker.text()
+    assert "--pipeline-parallel-size 2" in leader.text() and "ray" not in kaito_lines(leader).split("starting vLLM")[1]
+    assert chat(leader)["choices"][0]["message"]["content"]
+    assert health(worker) == 200
+    for probe, node in (("liveness", worker), ("readiness", leader)):
+        checked = subprocess.run([sys.executable, str(KAITO / "multi-node-health-check.py"), probe,
+                                  "--leader-address=127.0.0.1", f"--vllm-port={node.port}"],
+                                 capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, (probe, checked.stderr)
+    # The pod's /bin/sh waits for kaito-run and exits with its code; the stop reaches kaito-run.
+    leader.launcher().send_signal(signal.SIGTERM)
     took = wait_all([leader, worker], GRACE_SECONDS + 10)
     assert leader.proc.returncode == 0, kaito_lines(leader)
     assert worker.proc.returncode == 0, kaito_lines(worker)

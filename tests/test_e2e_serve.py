@@ -1,7 +1,7 @@
 """End to end through real vLLM on the CPU: `kaito-run` from nothing to a ready endpoint and back.
 
 User stories:
-- A platform engineer points kaito-run at a gated Hugging Face model with a token: it downloads the
+- A platform engineer names a gated Hugging Face model by its id (`--preset org/name`) with a token: it downloads the
   weights, starts vLLM, answers chat and completion requests, and the token is seen nowhere.
 - Arguments after `--` reach vLLM and win over the plan.
 - Kubernetes stops the pod with SIGTERM: everything stops within the grace period, exit 0, no process left.
@@ -97,7 +97,8 @@ def server(gated_hub, tmp_path_factory):
     env = base_env(tmp)
     env.update(HF_ENDPOINT=gated_hub.url, HF_TOKEN=TOKEN)
     out, err = tmp / "stdout.log", tmp / "stderr.log"
-    argv = [str(KAITO_RUN), "--model", REPO_ID, "--host", "127.0.0.1", "--port", str(port),
+    # Addressed only by its hub id, as KAITO users name a model (`inference.preset.name: org/name`).
+    argv = [str(KAITO_RUN), "--preset", REPO_ID, "--host", "127.0.0.1", "--port", str(port),
             "--weights-dir", str(tmp / "weights"), "--grace-period", str(GRACE_SECONDS),
             "--plan-report", str(tmp / "plan-report.jsonl"),
             "--", "--max-model-len", "384"]

@@ -129,11 +129,9 @@ def test_a_worker_waits_for_the_leaders_store_and_gives_up_naming_it(caplog):
     assert f"127.0.0.1:{port}" in caught.value.message and "--rendezvous-timeout" in caught.value.message
 
 
-def test_the_api_key_is_compared_by_hash_and_never_travels():
+def test_the_api_key_never_travels_to_the_store():
     fields = plan_fields("m", "abc", ["vllm", "serve", "/m", "--api-key", "s3cret-key", "--port", "1"])
-    assert "s3cret-key" not in str(fields)
-    assert fields["--api-key"].startswith("sha256:")
-    assert fields["--api-key"] != plan_fields("m", "abc", ["--api-key", "other"])["--api-key"]
+    assert "s3cret-key" not in str(fields) and "--api-key" not in fields
 
 
 def _status(port: int) -> tuple[int, str]:

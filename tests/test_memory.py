@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kaito_runtime.plan import memory
-from kaito_runtime.plan import plan_launch
-from kaito_runtime.types import GiB, PlanOverrides
+from tests.support.planner_helpers import plan_launch
+from kaito_runtime.types import PlanOverrides
 from tests.support.planner_helpers import A100_80, group, node, preset
 
 def test_standard_kv_is_split_by_tp_and_replicated_beyond_kv_heads():
@@ -39,19 +39,16 @@ def test_fp8_kv_cache_halves_bytes():
     fp8 = plan_launch(spec, node(1, A100_80), group(1), PlanOverrides(kv_cache_dtype="fp8"))
     assert fp8.memory.kv_bytes_per_token * 2 == base.memory.kv_bytes_per_token
     assert fp8.kv_cache_dtype == "fp8" and base.kv_cache_dtype is None
-    assert fp8.kv_cache_tokens in (2 * base.kv_cache_tokens, 2 * base.kv_cache_tokens + 1)
+    # vLLM's pool is counted in 16-token blocks: half the bytes per block, twice the blocks
+    assert abs(fp8.kv_cache_tokens - 2 * base.kv_cache_tokens) <= 16
 
 
-def test_weights_share_uses_kaito_expansion_and_busiest_stage():
+def test_cpu_weights_share_uses_kaito_expansion_and_busiest_stage():
+    # The CPU planner's RAM figure; the GPU budget is vLLM's own (test_vllm_budget.py).
     spec = preset("llama-3.3-70b-instruct")
     assert memory.weights_share_bytes(spec, 4, 1) == pytest.approx(spec.weights_bytes * 1.02 / 4, abs=1)
     deepseek = preset("deepseek-r1-0528")
     assert memory.weights_share_bytes(deepseek, 8, 2) == pytest.approx(deepseek.weights_bytes * 1.02 * 31 / 61 / 8, abs=1)
-
-
-def test_runtime_overhead_grows_with_the_weight_share():
-    assert memory.runtime_overhead_bytes(0) == int(2.3 * GiB)
-    assert memory.runtime_overhead_bytes(60 * GiB) == int(2.3 * GiB) + 3 * GiB
 
 
 def test_utilization_from_free_memory():

@@ -253,7 +253,7 @@ def test_child_env_sets_host_ip_and_interfaces_unless_exported() -> None:
 
 
 def test_resolved_ip_reaches_the_vllm_command() -> None:
-    from kaito_runtime.launch.vllm_command import build_vllm_command
+    from kaito_runtime.launch.vllm_command import CommandInputs, build_vllm_command
 
     model = ModelSpec(
         name="tiny",
@@ -267,7 +267,7 @@ def test_resolved_ip_reaches_the_vllm_command() -> None:
     resolved = with_master_ip(plan, info)
     assert resolved.topology.leader_address == "127.0.0.1" and plan.topology.leader_address == "localhost"
     assert with_master_ip(plan, None) is plan
-    launch = build_vllm_command(resolved, model_path="/m", base_env={})
+    launch = build_vllm_command(resolved, CommandInputs(model_path="/m", base_env={}))
     argv = list(launch.argv)
     assert argv[argv.index("--master-addr") + 1] == "127.0.0.1"
     assert info.child_env({})["VLLM_HOST_IP"] == "127.0.0.1"

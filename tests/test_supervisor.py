@@ -488,3 +488,24 @@ def test_a_registered_secret_in_vllm_output_is_masked(tmp_path: Path) -> None:
     text = (tmp_path / "out.txt").read_text()
     assert result.exit_code == 0
     assert secret not in text and "key is ***\n" in text and "plain line\n" in text
+
+
+def test_the_states_are_named_by_one_type_and_the_log_lines_use_them(caplog) -> None:
+    """starting -> ready -> stopping -> exited, each change logged with the state's own name; a
+    stop asked from outside (the group) goes through the same stopping state and sets the code."""
+    from kaito_runtime.launch.supervisor import StopRequest, SupervisorState
+
+    assert [s.value for s in SupervisorState] == ["starting", "ready", "stopping", "exited"]
+    caplog.set_level(logging.DEBUG, logger=LOG.name)
+    asked: list[StopRequest] = []
+
+    def stop_when() -> StopRequest | None:
+        return asked[0] if asked else None
+
+    result = run_inline(free_port(), on_ready=lambda s: asked.append(StopRequest("rank 1 was lost", 22)),
+                        stop_when=stop_when)
+    changes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("vLLM ") and " -> " in r.getMessage()]
+    assert [c.split(" (")[0] for c in changes] == [
+        "vLLM starting -> ready", "vLLM ready -> stopping", "vLLM stopping -> exited"]
+    assert "rank 1 was lost" in changes[1]
+    assert result.outcome == "group_stopped" and result.exit_code == 22

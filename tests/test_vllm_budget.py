@@ -122,3 +122,12 @@ def test_pipeline_split_and_cuda_totals():
 def test_benchmark_uses_the_closest_observed_line():
     assert choose_line("0.32.0", {"0.15", "0.19", "0.18"}) == "0.19"
     assert choose_line("0.32.0", {"0.19", "0.32"}) == "0.32"
+
+
+def test_the_planner_path_of_the_benchmark_uses_the_cuda_total_vllm_logged():
+    # predict() runs plan_launch on the GPU named by the SKU table; the CUDA total it budgets
+    # with (presets/vllm/memory.yaml) is the one each observed vLLM start-up reported.
+    for o in OBS["observations"]:
+        if o["vllm_version"].startswith("0.19"):
+            got = predict(o, OBS["models"][o["model"]], P019)
+            assert got["cuda_total_gib"] == pytest.approx(o["cuda_total_gib"], abs=0.005), o["id"]

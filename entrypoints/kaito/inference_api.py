@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_MODEL_FOLDER = "/workspace/vllm/weights"  # KAITO's wrapper default (a symlink to the weights)
 DEFAULT_ADAPTERS_DIR = "/mnt/adapter"
+DEFAULT_CONFIG_FILE = "/mnt/config/inference_config.yaml"  # KAITO's ConfigMap mount
 
 # KAITO flag -> kaito-run option (each takes one value).
 MAPPED = {
@@ -88,8 +89,10 @@ def _split(args: Sequence[str], known: set[str]) -> list[tuple[str, str | None, 
     return out
 
 
-def map_flags(args: Sequence[str], env: Mapping[str, str], *, exists=os.path.isdir) -> KaitoRunArgs:
-    """KAITO's inference_api.py flags -> kaito-run's argv (pure but for ``exists``)."""
+def map_flags(
+    args: Sequence[str], env: Mapping[str, str], *, exists=os.path.isdir, is_file=os.path.isfile
+) -> KaitoRunArgs:
+    """KAITO's inference_api.py flags -> kaito-run's argv (pure but for ``exists``/``is_file``)."""
     known = set(MAPPED) | set(SPECIAL) | set(DROPPED)
     m = KaitoRunArgs()
     given: dict[str, str] = {}
@@ -149,6 +152,12 @@ def map_flags(args: Sequence[str], env: Mapping[str, str], *, exists=os.path.isd
             m.notes.append(f"{nodes} nodes (--pipeline-parallel-size); this node's rank from POD_INDEX={env.get('POD_INDEX', '(unset)')}")
         else:
             m.notes.append("--distributed-executor-backend=ray without --pipeline-parallel-size: a single node")
+    if "--leader-address" in given and "--config" not in given and not env.get("KAITO_CONFIG_FILE"):
+        # A worker (multi-node-serving.sh) gets no flags from KAITO, but the same ConfigMap mount
+        # as its leader: its vllm: flags must be the leader's.
+        if is_file(DEFAULT_CONFIG_FILE):
+            m.options += ["--config", DEFAULT_CONFIG_FILE]
+            m.notes.append(f"worker: using the leader's config file {DEFAULT_CONFIG_FILE}")
     if exists(adapters_dir):
         m.options += ["--adapters-dir", adapters_dir]
     else:

@@ -8,9 +8,9 @@
 #   multi-node-serving.sh worker --ray_address=<leader DNS> --ray_port=6379
 #       Becomes a kaito-run worker of the group led by <leader DNS>: `exec kaito-run
 #       --leader-address <leader DNS>`, so the kubelet's SIGTERM reaches kaito-run. Its rank comes
-#       from POD_INDEX. KAITO gives a worker no model flags: until kaito-run can learn the model
-#       from the leader, the worker's model and node count come from the pod's environment
-#       (KAITO_PRESET or KAITO_MODEL, KAITO_NNODES; see docs/container.md).
+#       from POD_INDEX. KAITO gives a worker no model flags: it learns the model, revision, node
+#       count and settings from the leader (`kaito-run --join`), unless the pod's environment
+#       names them (KAITO_PRESET or KAITO_MODEL, KAITO_NNODES; see docs/container.md).
 # The Ray port is not used (kaito-run's rendezvous port is --master-port, default 29501).
 set -eu
 
@@ -39,13 +39,14 @@ worker)
         echo "$me: error: worker needs --ray_address=<leader address>" >&2
         exit 2
     fi
-    if [ -z "${KAITO_PRESET:-}" ] && [ -z "${KAITO_MODEL:-}" ]; then
-        echo "$me: error: this worker is not told which model the group serves: set KAITO_PRESET or KAITO_MODEL (and KAITO_NNODES) in the pod's environment" >&2
-        exit 2
-    fi
     echo "$me: worker of the group led by $address (rank from POD_INDEX=${POD_INDEX:-unset})" >&2
     here=$(dirname "$0")
     py=${KAITO_PYTHON:-python3}
+    if [ -z "${KAITO_PRESET:-}" ] && [ -z "${KAITO_MODEL:-}" ]; then
+        # What KAITO gives a worker: no model flags. It learns the model, revision, node count and
+        # settings from the leader's launcher (kaito-run --join), then fetches, checks in, runs.
+        exec "$py" -m kaito_runtime.cli --join --leader-address="$address"
+    fi
     # inference_api.py's own mapping (adapters folder, KAITO_* environment) applies to workers too.
     exec "$py" "$here/inference_api.py" --leader-address="$address"
     ;;

@@ -78,8 +78,7 @@ def build_launch(
     from kaito_runtime.launch import vllm_command
     from kaito_runtime.launch import vllm_install
 
-    return vllm_command.build_vllm_command(
-        plan,
+    inputs = vllm_command.CommandInputs(
         model_path=str(model_path),
         entrypoint=install.entrypoint if install else ("vllm", "serve"),
         model_as_flag=bool(install and install.model_as_flag),
@@ -93,6 +92,7 @@ def build_launch(
         ram_available_bytes=ram_available_bytes,
         adapters=serve.adapters,
     )
+    return vllm_command.build_vllm_command(plan, inputs)
 
 
 def child_environment(launch: VllmLaunch, env: Mapping[str, str], added: Mapping[str, str]) -> dict[str, str]:

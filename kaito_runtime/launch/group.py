@@ -83,6 +83,11 @@ def open_store(topology: Topology, leader_ip: str, *, timeout_s: float, log: log
             ) from None
         log.info("group store listening on port %d for %d nodes", port, topology.nnodes)
         return store
+    return join_store(leader_ip, port, timeout_s=timeout_s, log=log)
+
+
+def join_store(leader_ip: str, port: int, *, timeout_s: float, log: logging.Logger) -> GroupStore:
+    """A worker's connection to the leader's store, retried until ``timeout_s``."""
     started = time.monotonic()
     last_progress = started
     while True:
@@ -96,14 +101,33 @@ def open_store(topology: Topology, leader_ip: str, *, timeout_s: float, log: log
             if now - started >= timeout_s:
                 raise RendezvousTimeoutError(
                     f"The leader's group store {leader_ip}:{port} did not answer within {now - started:.0f} s",
-                    why=f"the leader's launcher opens it once its own weights are ready; the last try said: {exc}",
-                    fix=f"check the leader's log (still downloading? failed?) and that TCP port {port} is open "
+                    why=f"the leader's launcher opens it once it has planned its launch; the last try said: {exc}",
+                    fix=f"check the leader's log (did it start? fail?) and that TCP port {port} is open "
                     "between the nodes; or raise --rendezvous-timeout / KAITO_RENDEZVOUS_TIMEOUT",
                 ) from None
             if now - last_progress >= _PROGRESS_EVERY_S:
                 log.info("waiting for the leader's group store %s:%d (%.0f s): %s", leader_ip, port, now - started, exc)
                 last_progress = now
             time.sleep(min(1.0, max(0.0, timeout_s - (now - started))))
+
+
+def leader_request(store: GroupStore, *, timeout_s: float) -> dict:
+    """What the leader published for workers started with --join (it publishes it as soon as its
+    store is open, so this waits only for a leader that is still planning)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            published = store.leader_request()
+        except StoreUnreachable as exc:
+            raise GroupMemberLostError("The leader's group store stopped answering before it said what the group serves",
+                                       why=str(exc), fix="check the leader's log; the group restarts as one unit") from None
+        if published is not None:
+            return published
+        if time.monotonic() >= deadline:
+            raise RendezvousTimeoutError("The leader did not publish what the group serves in time",
+                                         why="a worker started with --join learns the model and settings from the leader",
+                                         fix="check the leader's log; or raise --rendezvous-timeout")
+        time.sleep(0.2)
 
 
 class GroupMember:
@@ -271,4 +295,5 @@ class GroupMember:
         return self._stop
 
 
-__all__ = ["DEFAULT_PEER_TIMEOUT_S", "GroupMember", "GroupState", "GroupStop", "open_store", "store_port"]
+__all__ = ["DEFAULT_PEER_TIMEOUT_S", "GroupMember", "GroupState", "GroupStop", "join_store", "leader_request",
+           "open_store", "store_port"]

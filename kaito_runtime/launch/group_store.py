@@ -9,6 +9,8 @@ plans and single-node launches never reach it. Every key lives under ``kaito/v1/
   checkin/<rank>/<n>    JSON CheckIn of the n-th node that checked in as <rank>
   leader/plan           JSON: the leader's plan fields (model, revision, vLLM argv without rank
                         flags) and fingerprint, for workers that learn the request from the leader
+  leader/request        JSON: what a worker started with --join needs to plan the same launch
+                        (model, revision, node count, plan options, vLLM arguments)
   verdict               JSON Verdict: the leader's release (ok) or refusal (code, message)
   heartbeat/<rank>      counter a launcher bumps every second while its vLLM runs
   stop                  JSON StopNotice: the first node that ends the group says why (first wins)
@@ -30,9 +32,8 @@ from dataclasses import asdict, dataclass, field
 
 PREFIX = "kaito/v1/"
 # vLLM's multi-node flags that differ per node by design; everything else must agree.
-RANK_FLAGS = frozenset({"--node-rank", "--headless", "--master-addr", "--host", "--port", "--model"})
-# Flags whose values must agree but never travel or show in clear: compared by a hash.
-SECRET_FLAGS = frozenset({"--api-key"})
+# --api-key guards the leader's API only (a headless worker serves none); it must not travel.
+RANK_FLAGS = frozenset({"--node-rank", "--headless", "--master-addr", "--host", "--port", "--model", "--api-key"})
 
 
 class StoreUnreachable(Exception):
@@ -93,11 +94,7 @@ def plan_fields(model: str, revision: str | None, argv: Sequence[str]) -> dict[s
                 name = None
         elif name is not None:
             fields[name] = (fields[name] + " " + token).strip()
-    return {
-        k: ("sha256:" + hashlib.sha256(v.encode()).hexdigest()[:12] if k in SECRET_FLAGS else v)
-        for k, v in fields.items()
-        if k not in RANK_FLAGS
-    }
+    return {k: v for k, v in fields.items() if k not in RANK_FLAGS}
 
 
 def fingerprint(fields: Mapping[str, str]) -> str:
@@ -204,6 +201,13 @@ class GroupStore:
         raw = self._get("leader/plan")
         return json.loads(raw) if raw else None
 
+    def publish_request(self, request: Mapping[str, object]) -> None:
+        self._call("set", PREFIX + "leader/request", json.dumps(dict(request)))
+
+    def leader_request(self) -> dict | None:
+        raw = self._get("leader/request")
+        return json.loads(raw) if raw else None
+
     def publish_verdict(self, verdict: Verdict) -> None:
         self._call("set", PREFIX + "verdict", json.dumps(asdict(verdict)))
 
@@ -242,7 +246,7 @@ class GroupStore:
 
 
 def meet(store: GroupStore, me: CheckIn, nnodes: int, *, timeout_s: float, poll_s: float = 0.2,
-         settle_s: float = 1.0, linger_s: float = 5.0) -> Verdict:
+         settle_s: float = 0.5, linger_s: float = 5.0) -> Verdict:
     """Check in and wait for the leader's verdict (rank 0 judges and publishes it).
 
     Returns the release; raises GroupMismatchError (exit 2: mismatch or duplicate rank),
@@ -312,6 +316,20 @@ def _wait_for_readers(store: GroupStore, nnodes: int, seconds: float) -> None:
         if store.verdict_reads() >= arrivals:
             return
         time.sleep(0.1)
+
+
+def preload_torch() -> None:
+    """Import torch.distributed in a background thread (it takes seconds): a multi-node launch
+    calls this as soon as it knows it is one, so the import overlaps planning and the weights."""
+
+    def load() -> None:
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+        try:
+            import torch.distributed  # noqa: F401
+        except Exception:  # the real import in _tcp_store reports it
+            pass
+
+    threading.Thread(target=load, name="preload-torch", daemon=True).start()
 
 
 def _tcp_store(host: str, port: int, *, is_master: bool, timeout_s: float) -> object:

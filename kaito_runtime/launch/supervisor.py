@@ -213,9 +213,11 @@ class _Child:
         output: IO[str] | None,
         log: logging.Logger,
         on_line: Callable[[str], None] | None = None,
+        write_line: Callable[[str], None] | None = None,
     ) -> None:
         self.log = log
         self._on_line = on_line
+        self._write_line = write_line
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._output = output
         self.proc = subprocess.Popen(
@@ -242,8 +244,11 @@ class _Child:
             if self._output is not None:
                 try:
                     # vLLM (or a model's remote code) may print a secret we know; a few `in` checks
-                    self._output.write(redact(line))
-                    self._output.flush()
+                    if self._write_line is not None:
+                        self._write_line(redact(line.rstrip("\r\n")))
+                    else:
+                        self._output.write(redact(line))
+                        self._output.flush()
                 except (OSError, ValueError):
                     self._output = None  # our stdout is gone; keep draining the pipe
         self.proc.stdout.close()
@@ -485,6 +490,7 @@ def supervise(
     stop_when: Callable[[], StopRequest | None] | None = None,
     on_signal: Callable[[int], None] | None = None,
     on_start: Callable[[Callable[[], bool]], None] | None = None,
+    write_line: Callable[[str], None] | None = None,
 ) -> SupervisorResult:
     """Run ``argv`` with exactly ``env`` until it exits; see the module docstring for the rules.
 
@@ -495,6 +501,8 @@ def supervise(
     while vLLM runs; a StopRequest it returns stops vLLM as a signal would and sets the exit
     code. ``on_signal`` is told of each SIGTERM/SIGINT (from the signal handler: keep it to
     setting a flag). ``on_start`` gets a function that says whether vLLM's main process is alive.
+    ``write_line``: when given, writes each redacted line (without its newline) instead of
+    ``output`` (the API passes the JSON-mode wrapper from logs); ``output`` None still discards.
     Signal handlers are installed only when called from the main thread, and the previous
     handlers are restored before returning.
     """
@@ -516,7 +524,7 @@ def supervise(
     child: _Child | None = None
     try:
         try:
-            child = _Child(argv, env, output, log, on_line)
+            child = _Child(argv, env, output, log, on_line, write_line)
         except OSError as exc:
             log.error("cannot start %s: %s", argv[0] if argv else "?", exc)
             return SupervisorResult(127, None, (str(exc),), run.received[0] if run.received else None)

@@ -3,7 +3,9 @@
 Flags come from the plan first, then the model's own ``vllm_args``, then the user's KAITO config
 file ``vllm:`` section, then the arguments after ``--``. A later layer WINS: the earlier
 occurrence of the same flag is removed (so vLLM never sees two), and a user value that
-contradicts the fit check is kept but warned about with the numbers (presets.md mistake #12).
+contradicts the fit check is kept but warned about with the numbers (presets.md mistake #12);
+a config-file value the pass-through replaces is not warned about, since vLLM never gets it.
+``build_vllm_command(plan, CommandInputs(...))`` is the entry; its steps are the helpers below it.
 On the CPU target, ``cpu_layout`` fits the process layout to the rank count the merged flags ask for.
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -24,6 +25,7 @@ from kaito_runtime.vllm_flags import (
     FlagArg,
     group,
     is_flag,
+    last_arg,
     last_float,
     last_int,
     last_value,
@@ -209,8 +211,8 @@ def _max_model_len_value(plan: LaunchPlan, auto_supported: bool, warnings: list[
         return str(plan.max_model_len) if plan.max_model_len else None
     if auto_supported:
         return "auto"
-    if plan.kv_cache_tokens:
-        estimate = min(plan.model.max_context, align_down(plan.kv_cache_tokens, CONTEXT_ALIGN))
+    if plan.context_limit or plan.kv_cache_tokens:
+        estimate = plan.context_limit or min(plan.model.max_context, align_down(plan.kv_cache_tokens or 0, CONTEXT_ALIGN))
         warnings.append(
             f"this vLLM has no '--max-model-len auto'; passing the planner's estimate {estimate} "
             "(if vLLM reports too little KV cache, lower it with --max-model-len)"
@@ -257,7 +259,14 @@ def _contradictions(plan: LaunchPlan, user: Sequence[FlagArg]) -> list[str]:
                 warnings.append(
                     f"--max-model-len {wanted} is longer than {model.name}'s context {model.max_context}; vLLM will refuse it"
                 )
-            elif plan.kv_cache_tokens is not None and wanted > plan.kv_cache_tokens:
+            elif plan.context_limit is not None and wanted > plan.context_limit:
+                kv = f", {gib(max(0, plan.memory.kv_cache))} of KV per GPU" if plan.memory else ""
+                warnings.append(
+                    f"--max-model-len {wanted} is more than the planner estimates fits "
+                    f"(vLLM's budget predicts at most {plan.context_limit:,} tokens{kv}); "
+                    f"expect vLLM to fail at start-up; fits with --max-model-len <= {plan.context_limit}"
+                )
+            elif plan.context_limit is None and plan.kv_cache_tokens is not None and wanted > plan.kv_cache_tokens:
                 fits = min(model.max_context, align_down(plan.kv_cache_tokens, CONTEXT_ALIGN))
                 kv = ""
                 if plan.memory:
@@ -307,22 +316,20 @@ def _contradictions(plan: LaunchPlan, user: Sequence[FlagArg]) -> list[str]:
 
 
 def _effective_endpoint(
-    args: Sequence[FlagArg], host: str, port: int, model_path: str, warnings: list[str]
+    args: Sequence[FlagArg], inputs: CommandInputs, warnings: list[str]
 ) -> tuple[str, int, tuple[str, ...]]:
     """Host, port and served names vLLM will use, read from the merged arguments."""
-    host = last_value(args, "host") or host
+    host = last_value(args, "host") or inputs.host
+    port = inputs.port
     port_text = last_value(args, "port")
     if port_text is not None:
         try:
             port = int(port_text)
         except ValueError:
             warnings.append(f"--port {port_text!r} is not a number; vLLM will refuse it")
-    names: tuple[str, ...] = (model_path,)  # vLLM's default: the model argument
-    for arg in reversed(args):
-        if arg.name == "served-model-name":
-            names = arg.values or names
-            break
-    return host, port, names
+    served = last_arg(args, "served-model-name")
+    # vLLM's default: the model argument
+    return host, port, served.values if served is not None else (inputs.model_path,)
 
 
 def _effective_max_model_len(args: Sequence[FlagArg]) -> int | None:
@@ -374,116 +381,169 @@ def _env(
     return env
 
 
-def build_vllm_command(
-    plan: LaunchPlan,
-    *,
-    model_path: str,
-    entrypoint: Sequence[str] = ("vllm", "serve"),
-    model_as_flag: bool | None = None,
-    host: str = "0.0.0.0",
-    port: int = 5000,
-    extra_args: Sequence[str] = (),
-    config_args: Mapping[str, object] | None = None,
-    chat_template_dir: str | None = None,
-    base_env: Mapping[str, str] | None = None,
-    max_model_len_auto_supported: bool = True,
-    cpu_ids: Sequence[int] | None = None,
-    ram_available_bytes: int | None = None,
-    adapters: Sequence[LoraAdapter] = (),
-) -> VllmLaunch:
-    """The vLLM command for ``plan`` serving the weights in ``model_path``.
+@dataclass(frozen=True)
+class CommandInputs:
+    """Everything the vLLM command is built from besides the plan.
 
-    ``model_as_flag`` None: decided from ``entrypoint`` (module entry -> ``--model PATH``).
+    ``model_path``: the weights folder vLLM loads. ``entrypoint``: the installed vLLM's argv
+    prefix; ``model_as_flag`` None decides from it (module entry -> ``--model PATH``).
+    ``host``/``port``: where the user asked vLLM to listen. ``config_args``: the KAITO config
+    file's ``vllm:`` section; ``extra_args``: the arguments after ``--`` (both win over the plan,
+    the pass-through over the file). ``chat_template_dir``: where the preset's chat template is.
     ``base_env``: the environment the child inherits; variables the user set there win over ours.
-    Multi-node: this node's address (VLLM_HOST_IP) and socket variables are not set here but by
-    ``rendezvous.RendezvousInfo.child_env``, their one owner.
+    ``max_model_len_auto_supported``: this vLLM takes ``--max-model-len auto``.
     ``cpu_ids``: the cores vLLM may use on the CPU target (default: this process's affinity);
     used only when the merged arguments ask for more than one CPU rank.
     ``ram_available_bytes``: the node's free RAM; a user's CPU KV size larger than it is warned about.
-    An --api-key goes to the child as VLLM_API_KEY, not on the command line.
     ``adapters``: LoRA adapters checked by the model step; their flags come after the preset's
     and before the user's (a user's --max-lora-rank wins).
+    The user's arguments and the environment may hold secrets: they are left out of the repr.
+    """
+
+    model_path: str
+    entrypoint: tuple[str, ...] = ("vllm", "serve")
+    model_as_flag: bool | None = None
+    host: str = "0.0.0.0"
+    port: int = 5000
+    extra_args: tuple[str, ...] = field(default=(), repr=False)
+    config_args: Mapping[str, object] | None = field(default=None, repr=False)
+    chat_template_dir: str | None = None
+    base_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    max_model_len_auto_supported: bool = True
+    cpu_ids: tuple[int, ...] | None = None
+    ram_available_bytes: int | None = None
+    adapters: tuple[LoraAdapter, ...] = ()
+
+    def __post_init__(self) -> None:  # callers hand lists, ranges and None: the value holds tuples
+        for name in ("entrypoint", "extra_args", "adapters"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.cpu_ids is not None:
+            object.__setattr__(self, "cpu_ids", tuple(self.cpu_ids))
+        object.__setattr__(self, "base_env", self.base_env or {})
+
+    @property
+    def head(self) -> list[str]:
+        """The entry point and the model folder (positional, or ``--model PATH``)."""
+        as_flag = _model_as_flag(self.entrypoint) if self.model_as_flag is None else self.model_as_flag
+        return [*self.entrypoint, *(("--model", self.model_path) if as_flag else (self.model_path,))]
+
+
+def build_vllm_command(plan: LaunchPlan, inputs: CommandInputs) -> VllmLaunch:
+    """The vLLM command for ``plan`` serving the weights in ``inputs.model_path``, in steps: the
+    plan's flags (then the preset's and the adapters'), the user's layers, the chat template, the
+    merge, the CPU process layout, the KV space and the environment.
+
+    Multi-node: this node's address (VLLM_HOST_IP) and socket variables are not set here but by
+    ``rendezvous.RendezvousInfo.child_env``, their one owner. An --api-key goes to the child as
+    VLLM_API_KEY, not on the command line.
     """
     warnings: list[str] = []
-    base_env = base_env or {}
-    as_flag = _model_as_flag(entrypoint) if model_as_flag is None else model_as_flag
-    head = [*entrypoint, *(("--model", model_path) if as_flag else (model_path,))]
+    args = _planned_args(plan, inputs, warnings)
+    user, dropped = _user_args(inputs, warnings)
+    args = _with_chat_template(args, plan, user, inputs.chat_template_dir, warnings)
+    args = _merge(_merge(args, [], dropped), user)
+    warnings += _contradictions(plan, user)
+    tp, pp, dp = _parallel_sizes(args, plan)
+    args, cpu = _cpu_processes(plan, inputs, args, user, (tp, pp, dp), warnings)
+    host, port, names = _effective_endpoint(args, inputs, warnings)
+    sources = _sources(args, dropped)
+    kv_gib = _cpu_kv_space(plan, inputs, args, cpu, sources, warnings)
+    env = _env(inputs.base_env, {a.name for a in user}, cpu, warnings)
+    args, api_key = _api_key_to_env(args, inputs.base_env, env, warnings)
+    return VllmLaunch(
+        argv=tuple(inputs.head + [token for arg in args for token in arg.tokens]),
+        env=env, unset_env=TOKEN_ENV_VARS, warnings=tuple(warnings),
+        host=host, port=port, served_model_names=names,
+        tensor_parallel_size=tp, pipeline_parallel_size=pp, data_parallel_size=dp,
+        gpu_memory_utilization=last_float(args, "gpu-memory-utilization", plan.gpu_memory_utilization),
+        max_model_len=_effective_max_model_len(args), api_key=api_key,
+        cpu_kv_cache_gib=kv_gib, cpu_ranks=cpu.ranks if cpu is not None else 1, sources=sources,
+    )
 
-    args = group(_plan_tokens(plan, host, port, max_model_len_auto_supported, warnings))
+
+def _planned_args(plan: LaunchPlan, inputs: CommandInputs, warnings: list[str]) -> list[FlagArg]:
+    """The plan's own flags, then the preset's ``vllm_args`` and the adapters' flags (a later one wins)."""
+    args = group(_plan_tokens(plan, inputs.host, inputs.port, inputs.max_model_len_auto_supported, warnings))
     args = _merge(args, group(plan.model.vllm_args, PRESET_ARGS))
-    args = _merge(args, group(lora_tokens(adapters, warnings), ADAPTERS))
+    return _merge(args, group(lora_tokens(inputs.adapters, warnings), ADAPTERS))
 
-    user: list[FlagArg] = []
-    dropped: list[str] = []
-    if config_args:
-        tokens, dropped = config_tokens(config_args)
-        user += group(tokens, CONFIG_FILE)
-    user += group(extra_args, PASS_THROUGH)
-    secret = [a for a in user if a.name in _SECRET_FLAGS]
-    if secret:
+
+def _user_args(inputs: CommandInputs, warnings: list[str]) -> tuple[list[FlagArg], list[str]]:
+    """The config file's flags, then the pass-through ones, merged so that the later value of a
+    flag wins (the earlier one is neither sent nor checked against the plan), without secrets;
+    and the flags the config file switches off."""
+    tokens, dropped = config_tokens(inputs.config_args) if inputs.config_args else ([], [])
+    user = _merge([], [*group(tokens, CONFIG_FILE), *group(inputs.extra_args, PASS_THROUGH)])
+    if any(a.name in _SECRET_FLAGS for a in user):
         warnings.append(
             "dropped --hf-token from the vLLM arguments: tokens never go on a command line and vLLM "
             "runs offline from the downloaded folder"
         )
         user = [a for a in user if a.name not in _SECRET_FLAGS]
+    return user, dropped
 
+
+def _with_chat_template(
+    args: list[FlagArg], plan: LaunchPlan, user: Sequence[FlagArg], folder: str | None, warnings: list[str]
+) -> list[FlagArg]:
+    """The preset's chat template from ``folder``, unless the user gives one. A missing file is
+    warned about; the tokenizer's own template is used then."""
     template = plan.model.chat_template
-    user_template = any(a.name == "chat-template" for a in user)
-    if template and not user_template:
-        path = os.path.join(chat_template_dir, template) if chat_template_dir else None
-        if path and os.path.isfile(path):
-            args.append(FlagArg("chat-template", ("--chat-template", path), PRESET_ARGS))
-        else:
-            where = chat_template_dir or "(no chat-template folder given)"
-            warnings.append(
-                f"chat template {template} not found in {where}; the tokenizer's own chat template is used"
-            )
+    if not template or any(a.name == "chat-template" for a in user):
+        return args
+    path = os.path.join(folder, template) if folder else None
+    if path and os.path.isfile(path):
+        return [*args, FlagArg("chat-template", ("--chat-template", path), PRESET_ARGS)]
+    where = folder or "(no chat-template folder given)"
+    warnings.append(f"chat template {template} not found in {where}; the tokenizer's own chat template is used")
+    return args
 
-    args = _merge(args, [], dropped)
-    args = _merge(args, user)
-    warnings += _contradictions(plan, user)
-    tp = last_int(args, "tensor-parallel-size", plan.tensor_parallel_size)
-    pp = last_int(args, "pipeline-parallel-size", plan.pipeline_parallel_size)
-    dp = last_int(args, "data-parallel-size", plan.data_parallel_size)
-    user_flags = {a.name for a in user}
-    cpu: CpuLayout | None = None
-    if plan.target == "cpu":
-        args, cpu = layout_cpu(
-            plan, args, tp=tp, pp=pp, dp=dp,
-            is_user=lambda arg: any(arg is u for u in user),
-            cpu_ids=cpu_ids, base_env=base_env,
-            kv_set_by_user="kv-cache-memory-bytes" in user_flags or "VLLM_CPU_KVCACHE_SPACE" in base_env,
-            warnings=warnings,
-        )
-    eff_host, eff_port, names = _effective_endpoint(args, host, port, model_path, warnings)
-    sources = _sources(args, dropped)
-    kv_gib: float | None = None
-    if cpu is not None:
-        kv_gib, sources[CPU_KV] = _cpu_kv(args, base_env, cpu, warnings)
-        if sources[CPU_KV] != PLAN:
-            warnings += _kv_ram_warning(plan, kv_gib, cpu.ranks, ram_available_bytes)
 
-    env = _env(base_env, user_flags, cpu, warnings)
-    args, api_key = _api_key_to_env(args, base_env, env, warnings)
-    argv = tuple(head + [token for arg in args for token in arg.tokens])
-    return VllmLaunch(
-        argv=argv,
-        env=env,
-        unset_env=TOKEN_ENV_VARS,
-        warnings=tuple(warnings),
-        host=eff_host,
-        port=eff_port,
-        served_model_names=names,
-        tensor_parallel_size=tp,
-        pipeline_parallel_size=pp,
-        data_parallel_size=dp,
-        gpu_memory_utilization=last_float(args, "gpu-memory-utilization", plan.gpu_memory_utilization),
-        max_model_len=_effective_max_model_len(args),
-        api_key=api_key,
-        cpu_kv_cache_gib=kv_gib,
-        cpu_ranks=cpu.ranks if cpu is not None else 1,
-        sources=sources,
+def _parallel_sizes(args: Sequence[FlagArg], plan: LaunchPlan) -> tuple[int, int, int]:
+    """TP, PP and DP as vLLM will get them from the merged arguments (the plan's where unset)."""
+    return (
+        last_int(args, "tensor-parallel-size", plan.tensor_parallel_size),
+        last_int(args, "pipeline-parallel-size", plan.pipeline_parallel_size),
+        last_int(args, "data-parallel-size", plan.data_parallel_size),
     )
+
+
+def _cpu_processes(
+    plan: LaunchPlan,
+    inputs: CommandInputs,
+    args: list[FlagArg],
+    user: Sequence[FlagArg],
+    sizes: tuple[int, int, int],
+    warnings: list[str],
+) -> tuple[list[FlagArg], CpuLayout | None]:
+    """CPU target: the process layout fitted to the ranks the merged flags ask for. GPU: none."""
+    if plan.target != "cpu":
+        return args, None
+    tp, pp, dp = sizes
+    kv_by_user = any(a.name == "kv-cache-memory-bytes" for a in user) or "VLLM_CPU_KVCACHE_SPACE" in inputs.base_env
+    return layout_cpu(
+        plan, args, tp=tp, pp=pp, dp=dp,
+        is_user=lambda arg: any(arg is u for u in user),
+        cpu_ids=inputs.cpu_ids, base_env=inputs.base_env, kv_set_by_user=kv_by_user, warnings=warnings,
+    )
+
+
+def _cpu_kv_space(
+    plan: LaunchPlan,
+    inputs: CommandInputs,
+    args: Sequence[FlagArg],
+    cpu: CpuLayout | None,
+    sources: dict[str, str],
+    warnings: list[str],
+) -> float | None:
+    """CPU target: the KV GiB per rank, with who chose it in ``sources[CPU_KV]``; a user's size
+    that cannot fit in the free RAM is warned about. GPU: None."""
+    if cpu is None:
+        return None
+    kv_gib, sources[CPU_KV] = _cpu_kv(args, inputs.base_env, cpu, warnings)
+    if sources[CPU_KV] != PLAN:
+        warnings += _kv_ram_warning(plan, kv_gib, cpu.ranks, inputs.ram_available_bytes)
+    return kv_gib
 
 
 def _sources(args: Sequence[FlagArg], dropped: Sequence[str]) -> dict[str, str]:
@@ -517,10 +577,10 @@ def _cpu_kv(
         except ValueError:
             warnings.append(f"VLLM_CPU_KVCACHE_SPACE={exported!r} is not a whole number of GiB; vLLM will refuse it")
             return None, ENVIRONMENT
-    for arg in reversed(args):
-        if arg.name == "kv-cache-memory-bytes" and arg.values:
-            size = parse_human_int(arg.values[0])
-            return (size / GiB if size is not None else None), arg.source
+    arg = last_arg(args, "kv-cache-memory-bytes")
+    if arg is not None:
+        size = parse_human_int(arg.values[0])
+        return (size / GiB if size is not None else None), arg.source
     return float(cpu.kv_cache_gib), PLAN
 
 
@@ -546,10 +606,9 @@ def _api_key_to_env(
     """Move a single --api-key from the argv (readable by anyone on the node through ps) into the
     child's VLLM_API_KEY. Several keys cannot travel in one variable: they stay, with a warning.
     Returns the argv groups and the key readiness checks use (--api-key wins over VLLM_API_KEY)."""
-    keys = [a for a in args if a.name == "api-key" and a.values]
-    if not keys:
+    arg = last_arg(args, "api-key")
+    if arg is None:
         return args, base_env.get(API_KEY_ENV) or None
-    arg = keys[-1]
     if len(arg.values) > 1:
         warnings.append(
             f"{len(arg.values)} --api-key values stay on vLLM's command line, where any process on this node "
@@ -602,6 +661,7 @@ __all__ = [
     "ADAPTERS",
     "API_KEY_ENV",
     "CONFIG_FILE",
+    "CommandInputs",
     "CPU_KV",
     "ENVIRONMENT",
     "PASS_THROUGH",

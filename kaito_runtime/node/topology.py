@@ -246,3 +246,23 @@ def resolve_topology(
         nnodes=count, node_rank=rank, leader_address=address, master_port=port, source=source,
         assumed=tuple(assumed),
     )
+
+
+def leader_of(
+    env: Mapping[str, str], *, leader_address: str | None = None, master_port: int | None = None,
+    hostname: str | None = None,
+) -> tuple[str | None, int]:
+    """The leader's address and vLLM's master port as ``resolve_topology`` would find them, for a
+    worker that does not know the group's size yet (``--join`` learns it from the leader)."""
+    a_given = _collect(env, leader_address, "--leader-address/KAITO_LEADER_ADDRESS",
+                       ("KAITO_LEADER_ADDRESS", "options"), ("PET_MASTER_ADDR", "torchrun"),
+                       ("MASTER_ADDR", "torchrun"), ("LWS_LEADER_ADDRESS", "lws"))
+    p_given = _collect(env, master_port, "--master-port/KAITO_MASTER_PORT", ("KAITO_MASTER_PORT", "options"),
+                       ("PET_MASTER_PORT", "torchrun"), ("MASTER_PORT", "torchrun"))
+    address = _check_address(a_given[0]) if a_given else None
+    host = hostname if _present(hostname) else env.get("HOSTNAME")
+    ordinal = _HOST_ORDINAL_RE.match((host or "").strip().split(".")[0].lower())
+    if address is None and ordinal:
+        address = f"{ordinal['ws']}-0.{ordinal['ws']}-headless"
+    port = _int(p_given[0], minimum=1, meaning="the rendezvous port") if p_given else DEFAULT_MASTER_PORT
+    return address, port

@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from kaito_runtime.errors import DoesNotFitError, InputError
 from kaito_runtime.plan.suggestions import does_not_fit
 from kaito_runtime.plan.layouts import candidate_layouts
-from kaito_runtime.plan.fit import Fit, Layout, describe_gpus, evaluate
+from kaito_runtime.plan.fit import Fit, Layout, describe_gpus, evaluate, weights_basis
 from kaito_runtime.plan.memory import (
     UTILIZATION_CAP,
     UTILIZATION_HEADROOM,
-    WEIGHT_EXPANSION,
     gib,
     kv_dtype_bytes,
     max_utilization_free,
@@ -33,16 +32,12 @@ from kaito_runtime.types import (
     NodeInventory,
     PlanOverrides,
     Topology,
+    VllmMemoryProfile,
 )
 from kaito_runtime.plan.vllm_rules import CONTEXT_ALIGN, align_down
 
-# We pass the model's full context as a number only when its KV cache needs at most this share of
-# our estimated KV budget; otherwise we pass "auto" and let vLLM fit the context after profiling.
-# KAITO #2132: the controller's estimate missed by ~23 % (22.5 GiB needed, 17.39 GiB there).
-EXPLICIT_CONTEXT_MARGIN = 0.75
 
-
-def plan_gpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverrides) -> LaunchPlan:
+def plan_gpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverrides, profile: VllmMemoryProfile) -> LaunchPlan:
     """Plan for this node's GPUs (or this node's share of a multi-node group)."""
     if topo.multi_node and not model.multi_node:
         raise InputError(
@@ -59,19 +54,19 @@ def plan_gpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverri
     _check_min_gpu_memory(model, gpus, inv)
     dtype_bytes = kv_dtype_bytes(model.dtype, o.kv_cache_dtype)
     context = required_context(model, o)
-    candidates, layout_reason = candidate_layouts(model, gpus, topo, o, dtype_bytes)
+    candidates, layout_reason = candidate_layouts(model, gpus, topo, o, dtype_bytes, profile)
 
     fit: Fit | None = None
     tried: list[Fit] = []
     for layout in candidates:
         used = gpus[: _local_gpus(layout, topo)]
-        tried.append(evaluate(model, used, layout, _utilization(used, o), dtype_bytes))
+        tried.append(evaluate(model, used, layout, _utilization(used, o), dtype_bytes, profile, o))
         if tried[-1].fits(context):
             fit = tried[-1]
             break
     if fit is None:
         closest = max(tried, key=lambda f: f.usable - f.needed(context))
-        raise does_not_fit(model, inv, topo, o, closest, context, dtype_bytes)
+        raise does_not_fit(model, inv, topo, o, closest, context, dtype_bytes, profile)
 
     layout = fit.layout
     decisions.append(Decision("target", "gpu", f"{describe_gpus(gpus, inv)} visible ({inv.source})"))
@@ -86,16 +81,10 @@ def plan_gpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverri
             + (" (MLA latent, replicated on every TP rank)" if model.attention.is_mla else ""),
         )
     )
-    max_model_len, auto, context_decision = _choose_context(model, fit, o)
+    max_model_len, auto, served, context_decision = _choose_context(model, fit, o, profile)
     decisions.append(context_decision)
-    decisions.append(
-        Decision(
-            "memory",
-            f"{gib(fit.usable)} usable per GPU",
-            f"weights {gib(fit.weights)} (x{WEIGHT_EXPANSION}) + runtime {gib(fit.overhead)} "
-            f"+ KV {gib(fit.kv_budget)} (~{fit.tokens:,} tokens) on GPU {fit.gpu_index}",
-        )
-    )
+    decisions.append(_memory_decision(model, fit, profile, served))
+    stage = fit.budget.limiting
     return LaunchPlan(
         model=model,
         target="gpu",
@@ -107,7 +96,8 @@ def plan_gpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverri
         max_model_len=max_model_len,
         max_model_len_auto=auto,
         kv_cache_dtype=kv_dtype,
-        kv_cache_tokens=fit.tokens,
+        kv_cache_tokens=fit.tokens(served),
+        context_limit=min(model.max_context, align_down(fit.largest(model.max_context), CONTEXT_ALIGN)) or None,
         gpus_per_node=len(gpus),
         memory=GpuMemoryBudget(
             total=fit.total,
@@ -117,6 +107,11 @@ def plan_gpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverri
             overhead=fit.overhead,
             kv_cache=fit.kv_budget,
             kv_bytes_per_token=fit.kv_per_token,
+            cuda_total=fit.cuda_total,
+            non_torch=stage.non_torch,
+            activation=stage.activation,
+            cudagraph=stage.cudagraph,
+            margin=stage.margin,
         ),
         decisions=tuple(decisions),
     )
@@ -185,23 +180,64 @@ def _utilization_decision(fit: Fit, o: PlanOverrides) -> Decision:
     )
 
 
-def _choose_context(model: ModelSpec, fit: Fit, o: PlanOverrides) -> tuple[int | None, bool, Decision]:
-    """Explicit number when the user gave one or the full context fits with margin; else vLLM's auto."""
-    if o.max_model_len is not None:
-        return o.max_model_len, False, Decision(
-            "max-model-len", str(o.max_model_len),
-            f"user value; fits our estimate of ~{fit.tokens:,} tokens of KV per replica",
+def _memory_decision(model: ModelSpec, fit: Fit, profile: VllmMemoryProfile, served: int) -> Decision:
+    stage = fit.budget.limiting
+    parts = f"non-torch {gib(stage.non_torch)}, activation peak {gib(stage.activation)}"
+    parts += f", CUDA graphs {gib(stage.cudagraph)}" if stage.cudagraph else ", no CUDA graphs (eager)"
+    reason = (
+        f"{gib(fit.cuda_total)} CUDA total x {fit.utilization:.2f}: weights {gib(fit.weights)} "
+        f"({weights_basis(model, fit)}) + runtime {gib(fit.overhead)} ({parts}"
+        + (f", margin {gib(stage.margin)}" if stage.margin else "")
+        + f") + KV {gib(fit.kv_budget)} (~{fit.tokens(served):,} tokens at {served:,}) on GPU {fit.gpu_index}; "
+        f"vLLM {profile.line}'s budget (presets/vllm/memory.yaml; pinned vLLM {profile.pinned}), batch of {fit.budget.batch_tokens:,} tokens"
+    )
+    if fit.calibrated:
+        reason += f"; {model.architecture} is among the calibrated architectures"
+    else:
+        reason += (
+            f"; {model.architecture} has no calibration observation: {gib(stage.margin)} per GPU held back "
+            f"(uncalibrated_margin: {profile.sources['uncalibrated_margin']})"
         )
+    return Decision("memory", f"{gib(fit.usable)} usable per GPU", reason)
+
+
+def _choose_context(
+    model: ModelSpec, fit: Fit, o: PlanOverrides, profile: VllmMemoryProfile
+) -> tuple[int | None, bool, int, Decision]:
+    """(--max-model-len, auto?, the context vLLM will run, the decision), issue 12 section 5:
+
+    - the user's value (the layout was chosen to fit it);
+    - the model's full context when it fits the predicted pool with the stated margin;
+    - else ``auto`` when the pinned vLLM has it (it fits the real value after profiling),
+      or the longest multiple of 256 that fits with the margin.
+    """
+    margin = fit.full_context_margin
+    if o.max_model_len is not None:
+        wanted = o.max_model_len
+        reason = f"user value; the predicted KV holds it (~{fit.tokens(wanted):,} tokens at this length"
+        if not fit.fits_with_margin(wanted):
+            reason += f", within {margin:.0%} of the pool's limit: vLLM refuses it if the prediction is high"
+        return wanted, False, wanted, Decision("max-model-len", str(wanted), reason + ")")
     full = model.max_context
-    if fit.kv_bytes(full) <= EXPLICIT_CONTEXT_MARGIN * fit.kv_budget:
-        return full, False, Decision(
+    if fit.fits_with_margin(full):
+        return full, False, full, Decision(
             "max-model-len", str(full),
             f"the model's full context needs {gib(fit.kv_bytes(full))} of KV per GPU, within "
-            f"{EXPLICIT_CONTEXT_MARGIN:.0%} of the {gib(fit.kv_budget)} estimated",
+            f"{1 - margin:.0%} of the {gib(fit.kv_budget)} predicted (full_context_margin {margin:g})",
         )
-    estimate = min(full, align_down(fit.tokens, CONTEXT_ALIGN))
-    return None, True, Decision(
-        "max-model-len", "auto",
-        f"estimated ~{estimate:,} of {full:,} tokens fit ({gib(fit.kv_budget)} KV per GPU); vLLM's "
-        "'auto' fits the real value after profiling (KAITO #2132: estimates ran ~23% optimistic)",
+    longest = align_down(fit.largest(full, 1 - margin), CONTEXT_ALIGN)
+    if profile.max_model_len_auto:
+        found = fit.largest(full)  # what vLLM's auto finds if the prediction is right
+        return None, True, found, Decision(
+            "max-model-len", "auto",
+            f"the full {full:,} tokens need {gib(fit.kv_bytes(full))} of KV per GPU, more than "
+            f"{1 - margin:.0%} of the {gib(fit.kv_budget)} predicted; ~{found:,} fit, and vLLM "
+            f"{profile.line} fits the real value after profiling (--max-model-len auto)",
+        )
+    length = longest or align_down(fit.largest(full), CONTEXT_ALIGN) or fit.largest(full)
+    return length, False, length, Decision(
+        "max-model-len", str(length),
+        f"the longest multiple of {CONTEXT_ALIGN} that fits {1 - margin:.0%} of the {gib(fit.kv_budget)} "
+        f"of KV predicted per GPU; the full {full:,} tokens need {gib(fit.kv_bytes(full))} "
+        f"(vLLM {profile.line} has no --max-model-len auto)",
     )

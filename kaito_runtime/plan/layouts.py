@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 
 from kaito_runtime.errors import InputError
 from kaito_runtime.plan.fit import Fit, Layout, evaluate
-from kaito_runtime.plan.memory import WEIGHT_EXPANSION, utilization_from_free
-from kaito_runtime.types import GpuInfo, ModelSpec, PlanOverrides, Topology
+from kaito_runtime.plan.memory import utilization_from_free
+from kaito_runtime.types import GpuInfo, ModelSpec, PlanOverrides, Topology, VllmMemoryProfile
 from kaito_runtime.plan.vllm_rules import tp_rule_violation, valid_tensor_parallel_sizes
 
 # KAITO main's tier: a model under half of one GPU runs as one replica per GPU (TP 1, DP = GPUs).
@@ -19,7 +19,8 @@ REPLICA_WEIGHT_FRACTION = 0.5
 
 
 def candidate_layouts(
-    model: ModelSpec, gpus: Sequence[GpuInfo], topo: Topology, o: PlanOverrides, dtype_bytes: int
+    model: ModelSpec, gpus: Sequence[GpuInfo], topo: Topology, o: PlanOverrides, dtype_bytes: int,
+    profile: VllmMemoryProfile,
 ) -> tuple[list[Layout], Callable[[Fit], str]]:
     """Layouts to try, best first, and a function giving the layout decision's reason."""
     g = len(gpus)
@@ -113,10 +114,10 @@ def candidate_layouts(
             f"user preference: replicas; smallest TP that fits, {fit.layout.dp} replica(s)"
         )
     # auto
-    if g > 1 and pp == 1 and model.weights_bytes * WEIGHT_EXPANSION < REPLICA_WEIGHT_FRACTION * min(x.total_bytes for x in gpus):
-        one = evaluate(model, gpus[:1], Layout(1), _safe_util(gpus, o), dtype_bytes)
+    if g > 1 and pp == 1 and model.weights_bytes < REPLICA_WEIGHT_FRACTION * min(x.total_bytes for x in gpus):
+        one = evaluate(model, gpus[:1], Layout(1), _safe_util(gpus, o), dtype_bytes, profile, o)
         wanted = o.max_model_len or model.max_context
-        if one.fits(wanted):
+        if one.fits(wanted) if o.max_model_len else one.fits_with_margin(wanted):
             return [Layout(1, 1, g)], lambda fit: (
                 f"weights are < {REPLICA_WEIGHT_FRACTION:.0%} of one GPU and one GPU holds the full "
                 f"{wanted}-token context: one replica per GPU for throughput (KAITO tier); "

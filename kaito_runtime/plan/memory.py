@@ -1,4 +1,5 @@
-"""Per-GPU memory arithmetic for one layout: weights share, runtime overhead, KV bytes per token.
+"""Memory arithmetic shared by the planners: KV bytes per token, utilization from free memory, and
+the CPU planner's weights share (the GPU budget itself is vllm_budget.py, vLLM's own arithmetic).
 
 Pure functions on the value types; the planner decides layouts, this module only counts bytes.
 Every constant names its source (see /work/shared/reference: cluster-conventions.md "KAITO memory
@@ -13,18 +14,10 @@ from collections.abc import Sequence
 from kaito_runtime.types import format_bytes, format_gib
 from kaito_runtime.types import GiB, MiB, AttentionGeometry, GpuInfo, ModelSpec
 
-# KAITO nodesestimator: "vLLM runtime representation is about 2 % larger" than the weight files.
+# The CPU planner's weights in RAM: KAITO nodesestimator's "vLLM runtime representation is
+# about 2 % larger" than the weight files. The GPU planner uses vLLM's own budget instead
+# (vllm_budget.py: checkpoint bytes + measured buffers, presets/vllm/memory.yaml).
 WEIGHT_EXPANSION = 1.02
-
-# KAITO nodesestimator: 2.3 GiB per GPU (~0.6 CUDA context/NCCL + ~1.7 activations and CUDA
-# graphs), measured on vLLM 0.10.1 with small models.
-BASE_RUNTIME_OVERHEAD = int(2.3 * GiB)
-
-# KAITO main added a weight overhead factor of 0.05 after issue #2132 showed that the fixed
-# 2.3 GiB under-counts for large models (activation peak and CUDA-graph pools grow with the
-# model's width; the 70B / 119B cases missed by ~5 GiB per GPU). We add 5 % of the per-GPU
-# weight share on top of the base, as KAITO main does.
-WEIGHT_OVERHEAD_FACTOR = 0.05
 
 # KAITO #1374: headroom kept free outside vLLM's budget when deriving the utilization from the
 # free memory actually seen, and the cap on the result.
@@ -95,11 +88,6 @@ def weights_basis(model: ModelSpec, tp: int, pp: int) -> str:
     if tp > 1:
         text += f", split over TP {tp}"
     return text
-
-
-def runtime_overhead_bytes(weights_share: int) -> int:
-    """Non-KV, non-weight memory per GPU: CUDA context, NCCL, activation peak, CUDA graphs."""
-    return BASE_RUNTIME_OVERHEAD + math.ceil(WEIGHT_OVERHEAD_FACTOR * weights_share)
 
 
 def kv_heads_per_rank(attention: AttentionGeometry, tp: int) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kaito_runtime.types import BatchDefault, GiB, VllmMemoryProfile
+from kaito_runtime.types import BatchDefault, GiB, ModelSpec, VllmMemoryProfile
 
 _VOCAB_BYTES = 2  # embeddings and LM head stay 16-bit, also in fp8 / int4 checkpoints
 _REFERENCE_BATCH = 8192  # the max_num_batched_tokens every calibration run used
@@ -74,6 +74,11 @@ class KvPool:
     sliding_groups: int
     sliding_window: int
     in_flight_tokens: int
+    page_bytes: int = 0  # one block of one group's layers
+
+    def kv_bytes(self, context: int) -> int:
+        """KV bytes one request of ``context`` tokens takes on this GPU."""
+        return self.blocks_per_request(context) * self.page_bytes
 
     def blocks_per_request(self, context: int) -> int:
         blocks = self.full_groups * math.ceil(context / self.block_size)
@@ -82,8 +87,9 @@ class KvPool:
             blocks += self.sliding_groups * (math.ceil(held / self.block_size) + 1)
         return blocks
 
-    def fits(self, context: int) -> bool:
-        return self.num_blocks > 0 and self.blocks_per_request(context) <= self.num_blocks
+    def fits(self, context: int, share: float = 1.0) -> bool:
+        """One request of ``context`` tokens fits in ``share`` of the pool (vLLM's start-up check at share 1)."""
+        return self.num_blocks > 0 and self.blocks_per_request(context) <= share * self.num_blocks
 
     def reported_tokens(self, context: int) -> int:
         """What vLLM logs as "GPU KV cache size: N tokens" at this max-model-len."""
@@ -91,14 +97,15 @@ class KvPool:
             return 0
         return int(self.num_blocks / self.blocks_per_request(context) * context)
 
-    def largest_context(self, limit: int) -> int:
-        """The longest max-model-len up to ``limit`` that fits (what ``--max-model-len auto`` finds); 0 if none."""
-        if not self.fits(1):
+    def largest_context(self, limit: int, share: float = 1.0) -> int:
+        """The longest max-model-len up to ``limit`` that fits in ``share`` of the pool (at share 1,
+        what ``--max-model-len auto`` finds); 0 if none."""
+        if not self.fits(1, share):
             return 0
         low, high = 1, limit
         while low < high:
             mid = (low + high + 1) // 2
-            if self.fits(mid):
+            if self.fits(mid, share):
                 low = mid
             else:
                 high = mid - 1
@@ -220,4 +227,34 @@ def _pool(model: BudgetModel, profile: VllmMemoryProfile, stage: StageBudget, pp
         layers_per_group = stage.layers
     page = model.kv_bytes_per_token_per_layer * block * layers_per_group
     blocks = max(0, stage.kv_bytes) // page if page else 0
-    return KvPool(blocks, block, full_groups, sliding_groups, model.sliding_window or 0, in_flight)
+    return KvPool(blocks, block, full_groups, sliding_groups, model.sliding_window or 0, in_flight, page)
+
+
+def kv_bytes_per_layer(model: ModelSpec, tp: int, dtype_bytes: int) -> int:
+    """KV bytes one layer stores per token on one TP rank: K and V of the rank's KV heads
+    (max(1, kv_heads // TP): replicated beyond the KV head count), or MLA's whole latent
+    (kv_lora_rank + qk_rope_head_dim, not split by TP)."""
+    att = model.attention
+    if att.is_mla:
+        assert att.kv_lora_rank and att.qk_rope_head_dim
+        return (att.kv_lora_rank + att.qk_rope_head_dim) * dtype_bytes
+    assert att.num_kv_heads and att.head_dim
+    return 2 * max(1, att.num_kv_heads // tp) * att.head_dim * dtype_bytes
+
+
+def budget_model(model: ModelSpec, tp: int, dtype_bytes: int) -> BudgetModel:
+    """The budget's view of a ``ModelSpec`` at tensor-parallel size ``tp`` and a KV element size."""
+    return BudgetModel(
+        architecture=model.architecture,
+        weights_bytes=model.weights_bytes,
+        num_layers=model.attention.num_layers,
+        kv_bytes_per_token_per_layer=kv_bytes_per_layer(model, tp, dtype_bytes),
+        vocab_size=model.vocab_size,
+        hidden_size=model.hidden_size,
+        tie_word_embeddings=model.tie_word_embeddings,
+        moe=bool(model.num_experts and model.num_experts > 1),
+        mla=model.attention.is_mla,
+        multimodal=model.multimodal,
+        sliding_window=model.sliding_window,
+        sliding_window_layers=model.sliding_window_layers,
+    )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from kaito_runtime import plan as planner
 from kaito_runtime.model.catalog import load_catalog
+from kaito_runtime.node.vllm_memory import load_profile
 from kaito_runtime.types import (
     GiB,
     AttentionGeometry,
@@ -10,6 +12,7 @@ from kaito_runtime.types import (
     HostInfo,
     ModelSpec,
     NodeInventory,
+    PlanOverrides,
     Topology,
 )
 
@@ -55,3 +58,13 @@ def preset(name: str) -> ModelSpec:
 
 def decision(plan, topic: str):
     return next(d for d in plan.decisions if d.topic == topic)
+
+
+# The pinned vLLM's memory constants, as the API hands them to the planner.
+PROFILE = load_profile()
+
+
+def plan_launch(model: ModelSpec, inventory: NodeInventory, topology: Topology, overrides: PlanOverrides = PlanOverrides(), **kw):
+    """``kaito_runtime.plan.plan_launch`` with the shipped profile (as ``api.prepare`` calls it)."""
+    kw.setdefault("profile", PROFILE)
+    return planner.plan_launch(model, inventory, topology, overrides, **kw)
