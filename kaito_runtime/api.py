@@ -642,8 +642,8 @@ def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> Runtime
                          fix="set --leader-address/KAITO_LEADER_ADDRESS (or run where LWS, torchrun or the KAITO StatefulSet sets it)")
     timeout = request.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
     deadline = time.monotonic() + timeout
-    leader_ip = rendezvous.resolve_leader(address, timeout_s=timeout, log=log)
-    store = group.join_store(leader_ip, master_port + 1, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
+    rendezvous.resolve_leader(address, timeout_s=timeout, log=log)  # a name that never resolves is its own error
+    store = group.join_store(address, master_port + 1, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
     published = group.leader_request(store, timeout_s=max(1.0, deadline - time.monotonic()))
     overrides = replace(PlanOverrides(**published["overrides"]), cpu_cores=request.overrides.cpu_cores)
     joined = replace(
@@ -675,9 +675,9 @@ def _meet_the_group(
     deadline = time.monotonic() + timeout
     # Workers wait for the leader's store (opened once the leader's weights are ready), not for
     # vLLM's master port: the leader's vLLM starts only after the group is released.
-    meeting = rendezvous.prepare_rendezvous(topo, env=env, log=log, timeout_s=timeout, wait_for_leader=False)
-    assert meeting is not None
-    store = leader_store or group.open_store(topo, meeting.master_addr_ip, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
+    meeting = rendezvous.prepare_rendezvous(topo, env=env, log=log, timeout_s=timeout)
+    assert meeting is not None and topo.leader_address is not None
+    store = leader_store or group.open_store(topo, topo.leader_address, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
     member = group.GroupMember(store, topo, peer_timeout_s=prepared.request.peer_timeout or group.DEFAULT_PEER_TIMEOUT_S, log=log)
     node = prepared.inventory
     resources = (

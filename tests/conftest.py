@@ -145,3 +145,23 @@ def tiny_hub(tmp_path_factory: pytest.TempPathFactory, hub_env: None) -> Iterato
 
 
 # ============================================= end of CLI / API fixtures ========================
+
+
+@pytest.fixture(scope="session")
+def fixture_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Header-only copies of real models (tests/support/model_fixtures.py), built once per run."""
+    from tests.support.model_fixtures import build_fixture_hub
+
+    return build_fixture_hub(tmp_path_factory.mktemp("fixture-hub"))
+
+
+@pytest.fixture
+def fixture_hub(fixture_root: Path, hub_env: None) -> Iterator[object]:
+    """The hub emulator serving those models; the Llama fixture is gated to GRANTED_TOKEN."""
+    from tests.support.hub_emulator import HubEmulator
+    from tests.support.model_fixtures import FIXTURES
+
+    emulator = HubEmulator(fixture_root, lfs_threshold=1024, valid_tokens=set())
+    emulator.gate(FIXTURES["llama"].repo_id, {GRANTED_TOKEN})
+    with emulator:
+        yield emulator

@@ -151,3 +151,26 @@ def test_worker_health_answers_200_while_healthy_and_503_with_the_reason():
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/v1/models", timeout=5)
         assert caught.value.code == 404
+
+
+def test_joining_looks_the_leaders_name_up_again_on_every_try():
+    """A leader pod recreated with a new IP (or whose DNS record appears late) is still found."""
+    from kaito_runtime.errors import RendezvousTimeoutError
+    from kaito_runtime.launch.group import join_store
+
+    port = free_port()
+    calls: list[str] = []
+
+    def dns(name: str) -> list[str]:
+        calls.append(name)
+        if len(calls) == 1:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return ["127.0.0.1"]
+
+    leader_store = GroupStore.host(port)
+    store = join_store("myws-0.myws-headless", port, timeout_s=10, log=LOG, resolver=dns)
+    assert calls == ["myws-0.myws-headless"] * 2 and store.verdict() is None
+    del leader_store
+    with pytest.raises(RendezvousTimeoutError) as caught:
+        join_store("myws-0.myws-headless", free_port(), timeout_s=1.5, log=LOG, resolver=lambda n: [])
+    assert "myws-0.myws-headless" in caught.value.message and "DNS: no address" in caught.value.message

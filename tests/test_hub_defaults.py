@@ -19,7 +19,7 @@ from kaito_runtime.errors import CatalogError
 from kaito_runtime.model.catalog import load_catalog
 from kaito_runtime.model.defaults import choose_parsers, parser_rules
 from tests.conftest import GRANTED_TOKEN
-from tests.support.model_fixtures import FIXTURES, build_fixture_hub
+from tests.support.model_fixtures import FIXTURES
 
 REPO = Path(__file__).resolve().parent.parent
 _PARSER_FLAGS = ("tool-call-parser", "reasoning-parser")
@@ -96,21 +96,6 @@ def test_every_parser_in_the_rules_is_registered_in_the_installed_vllm():
 # ------------------------------------------------------------------------------------------------
 # Through the CLI, against the hub emulator
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def fixture_root(tmp_path_factory) -> Path:
-    return build_fixture_hub(tmp_path_factory.mktemp("fixture-hub"))
-
-
-@pytest.fixture
-def fixture_hub(fixture_root, hub_env):
-    from tests.support.hub_emulator import HubEmulator
-
-    emulator = HubEmulator(fixture_root, lfs_threshold=1024, valid_tokens=set())
-    emulator.gate(FIXTURES["llama"].repo_id, {GRANTED_TOKEN})
-    with emulator:
-        yield emulator
 
 
 def _dry_run(hub, tmp_path, repo_id, *extra, token=None, output="json"):

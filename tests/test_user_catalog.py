@@ -15,24 +15,9 @@ from kaito_runtime.cli import main
 from kaito_runtime.errors import CatalogError
 from kaito_runtime.model.catalog import export_yaml, load_catalog
 from tests.conftest import GRANTED_TOKEN
-from tests.support.model_fixtures import FIXTURES, build_fixture_hub
+from tests.support.model_fixtures import FIXTURES
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def fixture_root(tmp_path_factory) -> Path:
-    return build_fixture_hub(tmp_path_factory.mktemp("fixture-hub"))
-
-
-@pytest.fixture
-def fixture_hub(fixture_root, hub_env):
-    from tests.support.hub_emulator import HubEmulator
-
-    emulator = HubEmulator(fixture_root, lfs_threshold=1024, valid_tokens=set())
-    emulator.gate(FIXTURES["llama"].repo_id, {GRANTED_TOKEN})
-    with emulator:
-        yield emulator
 
 
 def _env(hub, tmp_path, token=None, **extra):

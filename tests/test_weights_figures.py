@@ -15,24 +15,9 @@ from kaito_runtime.cli import main
 from kaito_runtime.model.sizes import figures_from_headers, read_header
 from kaito_runtime.model.sources import folder_weights_figures, spec_from_folder
 from tests.conftest import GRANTED_TOKEN
-from tests.support.model_fixtures import FIXTURES, OPT_125M_BIN_BYTES, build_fixture_hub, fixture_tensors
+from tests.support.model_fixtures import FIXTURES, OPT_125M_BIN_BYTES, fixture_tensors
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def fixture_root(tmp_path_factory) -> Path:
-    return build_fixture_hub(tmp_path_factory.mktemp("fixture-hub"))
-
-
-@pytest.fixture
-def fixture_hub(fixture_root, hub_env):
-    from tests.support.hub_emulator import HubEmulator
-
-    emulator = HubEmulator(fixture_root, lfs_threshold=1024, valid_tokens=set())
-    emulator.gate(FIXTURES["llama"].repo_id, {GRANTED_TOKEN})
-    with emulator:
-        yield emulator
 
 
 def _dry_run_json(hub, tmp_path, repo_id: str, *extra: str, token: str | None = None):

@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 
 from kaito_runtime.errors import GroupMemberLostError, GroupMismatchError, RendezvousTimeoutError
+from kaito_runtime.launch.rendezvous import dns_lookup, is_ip
 from kaito_runtime.launch.group_store import CheckIn, GroupStore, StopNotice, StoreUnreachable, Verdict, meet
 from kaito_runtime.launch.supervisor import StopRequest
 from kaito_runtime.types import Topology
@@ -68,9 +69,9 @@ class GroupStop:
         return StopRequest(reason=self.reason, exit_code=self.exit_code)
 
 
-def open_store(topology: Topology, leader_ip: str, *, timeout_s: float, log: logging.Logger) -> GroupStore:
-    """The leader hosts the store; a worker connects to it, retrying until ``timeout_s`` (the
-    leader may still be fetching its weights), with a progress line every 15 s."""
+def open_store(topology: Topology, leader: str, *, timeout_s: float, log: logging.Logger) -> GroupStore:
+    """The leader hosts the store; a worker connects to ``leader`` (a name or an IP), retrying
+    until ``timeout_s`` (the leader may still be fetching its weights)."""
     port = store_port(topology)
     if topology.is_leader:
         try:
@@ -83,32 +84,46 @@ def open_store(topology: Topology, leader_ip: str, *, timeout_s: float, log: log
             ) from None
         log.info("group store listening on port %d for %d nodes", port, topology.nnodes)
         return store
-    return join_store(leader_ip, port, timeout_s=timeout_s, log=log)
+    return join_store(leader, port, timeout_s=timeout_s, log=log)
 
 
-def join_store(leader_ip: str, port: int, *, timeout_s: float, log: logging.Logger) -> GroupStore:
-    """A worker's connection to the leader's store, retried until ``timeout_s``."""
+def join_store(leader: str, port: int, *, timeout_s: float, log: logging.Logger,
+               resolver: Callable[[str], Sequence[str]] = dns_lookup) -> GroupStore:
+    """A worker's connection to the leader's store, retried until ``timeout_s`` with a progress
+    line every 15 s. A host name is looked up again on every try, so a leader pod recreated with
+    a new IP is still found."""
     started = time.monotonic()
     last_progress = started
     while True:
         left = timeout_s - (time.monotonic() - started)
-        try:
-            store = GroupStore.join(leader_ip, port, timeout_s=max(1.0, min(_JOIN_TRY_S, left)))
-            log.info("joined the group store on the leader %s:%d after %.0f s", leader_ip, port, time.monotonic() - started)
-            return store
-        except StoreUnreachable as exc:
-            now = time.monotonic()
-            if now - started >= timeout_s:
-                raise RendezvousTimeoutError(
-                    f"The leader's group store {leader_ip}:{port} did not answer within {now - started:.0f} s",
-                    why=f"the leader's launcher opens it once it has planned its launch; the last try said: {exc}",
-                    fix=f"check the leader's log (did it start? fail?) and that TCP port {port} is open "
-                    "between the nodes; or raise --rendezvous-timeout / KAITO_RENDEZVOUS_TIMEOUT",
-                ) from None
-            if now - last_progress >= _PROGRESS_EVERY_S:
-                log.info("waiting for the leader's group store %s:%d (%.0f s): %s", leader_ip, port, now - started, exc)
-                last_progress = now
-            time.sleep(min(1.0, max(0.0, timeout_s - (now - started))))
+        ip, problem = leader, ""
+        if not is_ip(leader):
+            try:
+                found = list(resolver(leader))
+                ip = found[0] if found else ""
+                problem = "" if found else "DNS: no address"
+            except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+                ip, problem = "", f"DNS: {exc}"
+        if ip:
+            try:
+                store = GroupStore.join(ip, port, timeout_s=max(1.0, min(_JOIN_TRY_S, left)))
+                log.info("joined the group store on the leader %s:%d after %.0f s", ip, port, time.monotonic() - started)
+                return store
+            except StoreUnreachable as exc:
+                problem = str(exc)
+        now = time.monotonic()
+        shown = leader if ip in ("", leader) else f"{leader} ({ip})"
+        if now - started >= timeout_s:
+            raise RendezvousTimeoutError(
+                f"The leader's group store {shown}:{port} did not answer within {now - started:.0f} s",
+                why=f"the leader's launcher opens it once it has planned its launch; the last try said: {problem}",
+                fix=f"check the leader's log (did it start? fail?) and that TCP port {port} is open "
+                "between the nodes; or raise --rendezvous-timeout / KAITO_RENDEZVOUS_TIMEOUT",
+            ) from None
+        if now - last_progress >= _PROGRESS_EVERY_S:
+            log.info("waiting for the leader's group store %s:%d (%.0f s): %s", shown, port, now - started, problem)
+            last_progress = now
+        time.sleep(min(1.0, max(0.0, timeout_s - (now - started))))
 
 
 def leader_request(store: GroupStore, *, timeout_s: float) -> dict:

@@ -1,4 +1,4 @@
-"""The multi-node check-in before vLLM starts: the leader's IP, this node's IP, the leader's port.
+"""The multi-node address work before the group meets: the leader's IP and this node's IP.
 
 vLLM's multi-node mode without Ray (vllm.md "Multi-node without Ray") joins its torch.distributed
 group at ``--master-addr:--master-port``. Left alone it has three weak spots in a cluster:
@@ -12,8 +12,8 @@ group at ``--master-addr:--master-port``. Left alone it has three weak spots in 
   NCCL use the same one on multi-NIC hosts;
 * a worker that starts long before the leader (the leader still downloading weights) would hit
   torch.distributed's own connect timeout (600 s for NCCL) and restart the group; workers wait
-  for the leader's master port to accept TCP first (peers.md lesson 7: "wait for the leader
-  instead of racing it"). The probe connection is closed at once; torch's TCPStore ignores it.
+  for the leader's group store instead, and no vLLM starts before the group is released
+  (launch/group.py; peers.md lesson 7: "wait for the leader instead of racing it").
 
 Every wait has a deadline and says what it is waiting for; nothing here imports torch or vLLM.
 """
@@ -193,69 +193,16 @@ def interface_of(ip: str) -> str | None:
     return None
 
 
-def wait_for_port(
-    address: str,
-    port: int,
-    *,
-    timeout_s: float,
-    interval_s: float = 2.0,
-    log: logging.Logger | logging.LoggerAdapter,
-    resolver: Resolver = dns_lookup,
-) -> str:
-    """Wait until ``address:port`` accepts a TCP connection; returns the IP that accepted.
-
-    A host name is looked up again on every try, so a leader pod that was recreated with a new IP
-    is still found. The probe connection is closed at once.
-    """
-    started = time.monotonic()
-    deadline = started + max(0.0, timeout_s)
-    progress = _Progress(log, started)
-    last_error = "not tried"
-    ip = address if is_ip(address) else None
-    while True:
-        if not is_ip(address):
-            try:
-                ips = list(resolver(address))
-                ip = ips[0] if ips else ip
-            except (socket.gaierror, UnicodeError) as exc:
-                last_error = f"DNS: {exc}"
-        if ip is not None:
-            now = time.monotonic()
-            try:
-                with socket.create_connection((ip, port), timeout=max(0.1, min(CONNECT_TIMEOUT_S, deadline - now))):
-                    pass
-            except OSError as exc:
-                last_error = str(exc.strerror or exc)
-            else:
-                if progress.last is not None:
-                    log.info("leader %s:%d accepts connections after %.0f s", address, port, time.monotonic() - started)
-                return ip
-        now = time.monotonic()
-        if now >= deadline:
-            shown = address if ip in (None, address) else f"{address} ({ip})"
-            raise TopologyError(
-                f"The leader {shown}:{port} did not accept connections within {now - started:.0f} s",
-                why=f"vLLM on the leader (node rank 0) opens its master port once its weights are ready "
-                f"and its engine starts; the last try said: {last_error}",
-                fix="check the leader pod's log (still downloading? failed?), that TCP port "
-                f"{port} is open between the nodes (NetworkPolicy, firewall), and that the master port "
-                f"(--master-port/KAITO_MASTER_PORT) is the same on every node; or {TIMEOUT_HINT}",
-            )
-        progress.miss(now, "waiting for leader %s:%d: %s", address, port, last_error)
-        time.sleep(min(interval_s, deadline - now))
-
-
 def prepare_rendezvous(
     topology: Topology,
     *,
     env: Mapping[str, str],
     timeout_s: float = DEFAULT_TIMEOUT_S,
     log: logging.Logger | logging.LoggerAdapter,
-    wait_for_leader: bool = True,
     interval_s: float = 2.0,
     resolver: Resolver = dns_lookup,
 ) -> RendezvousInfo | None:
-    """Resolve the leader, find this node's IP and (on workers) wait for the leader's port.
+    """Resolve the leader and find this node's IP (the group store is waited for in launch/group.py).
 
     None for a single node. One deadline covers all waits. An exported ``VLLM_HOST_IP`` is this
     node's IP as given; on the leader it is also the master address (no DNS needed).
@@ -299,17 +246,6 @@ def prepare_rendezvous(
         host_ip, source = exported, "VLLM_HOST_IP"
     else:
         host_ip, source = local_ip_towards(master), f"route to {master}"
-    if not topology.is_leader and wait_for_leader:
-        master = wait_for_port(
-            topology.leader_address if not is_ip(topology.leader_address) else master,
-            topology.master_port,
-            timeout_s=left(),
-            interval_s=interval_s,
-            log=log,
-            resolver=resolver,
-        )
-        if not exported:
-            host_ip, source = local_ip_towards(master), f"route to {master}"
     info = RendezvousInfo(master, host_ip, source, interface_of(host_ip))
     log.info(
         "rendezvous: node %d of %d, leader %s (%s:%d), this node %s (%s%s)",
