@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the system tools that the test suite starts (container runtime, test servers) from
+# Debian's packages. Run by .ci/run as root before the README's test command; on a developer's
+# machine it is optional: a test whose tool is missing skips with a reason, except under CI
+# (CI=true), where a missing tool fails the run.
+set -euo pipefail
+
+want=()
+# need PACKAGE COMMAND: install PACKAGE when COMMAND is not on PATH.
+need() { command -v "$2" >/dev/null 2>&1 || want+=("$1"); }
+
+if ((${#want[@]})); then
+    if [[ $(id -u) != 0 ]]; then
+        echo "test-deps: missing ${want[*]}; run this script as root (or install them) to run every test" >&2
+        exit 0
+    fi
+    echo "test-deps: installing ${want[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}"
+fi
