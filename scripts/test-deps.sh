@@ -9,6 +9,8 @@ want=()
 # need PACKAGE COMMAND: install PACKAGE when COMMAND is not on PATH.
 need() { command -v "$2" >/dev/null 2>&1 || want+=("$1"); }
 
+# One line per tool, e.g. `need podman podman` (keep them sorted).
+
 if ((${#want[@]})); then
     if [[ $(id -u) != 0 ]]; then
         echo "test-deps: missing ${want[*]}; run this script as root (or install them) to run every test" >&2
