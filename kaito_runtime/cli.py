@@ -17,7 +17,9 @@ from pathlib import Path
 
 import click
 
-from kaito_runtime.errors import KaitoError, StopRequested
+from kaito_runtime import numbers
+from kaito_runtime.cli_types import Fraction, Seconds, WholeNumber
+from kaito_runtime.errors import GRACEFUL_STOP_EXIT_CODES, KaitoError, StopRequested
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
@@ -144,16 +146,13 @@ class ServeCommand(click.Command):
         return [*super().collect_usage_pieces(ctx), "[-- VLLM_ARGS...]"]
 
 
-# Graceful-stop exit codes (README's table): SIGTERM is the orchestrator's normal stop, 0;
-# SIGINT is Ctrl-C, 128 + 2 as a shell reports it.
-_STOP_EXIT_CODES = {signal.SIGTERM: 0, signal.SIGINT: 130}
-
-
 @contextmanager
 def _stop_on_signals() -> Iterator[None]:
-    """Until vLLM runs (the supervisor installs its own handlers then, and puts these back after),
-    SIGTERM and SIGINT raise StopRequested in the step under way, so it unwinds: transfers stop,
-    partial files stay, locks are released. A second signal while unwinding exits at once."""
+    """In every step but vLLM's run (the supervisor installs its own handlers then, and puts
+    these back after), SIGTERM and SIGINT raise StopRequested in the step under way, so it
+    unwinds: transfers stop, partial files stay, locks are released; a dry run or an export
+    stops where it is. A second signal while unwinding exits at once with the first one's code
+    (errors.GRACEFUL_STOP_EXIT_CODES: 0 for SIGTERM, 130 for SIGINT)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -161,13 +160,13 @@ def _stop_on_signals() -> Iterator[None]:
 
     def on_signal(signum: int, _frame: object) -> None:
         if stopping:
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            log.warning("second signal (%s): exiting now", signal.Signals(signum).name)
             logging.shutdown()
-            os._exit(_STOP_EXIT_CODES[signal.Signals(signum)])
+            os._exit(GRACEFUL_STOP_EXIT_CODES[stopping[0]])
         stopping.append(signum)
-        raise StopRequested(signal.Signals(signum).name, _STOP_EXIT_CODES[signal.Signals(signum)])
+        raise StopRequested(signal.Signals(signum).name, GRACEFUL_STOP_EXIT_CODES[signum])
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_EXIT_CODES}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
@@ -192,7 +191,8 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
     from kaito_runtime.logs import final_error
 
     try:
-        body()
+        with _stop_on_signals():
+            body()
     except StopRequested as stop:
         # One line: what was stopped and what was kept (the lock was released on the way out).
         log.warning("received %s: %s; exiting %d", stop.signal_name,
@@ -277,14 +277,14 @@ def _node_options(f):
             envvar="KAITO_ASSUME_GPUS",
             help="Plan for these GPUs instead of the local ones, e.g. 4xA100-80GB or 8xH200.",
         ),
-        option("--nnodes", type=int, envvar="KAITO_NNODES", help="Number of nodes in the group (default: from the environment, else 1)."),
-        option("--node-rank", type=int, envvar="KAITO_NODE_RANK", help="This node's rank, 0 = leader (default: from the environment)."),
+        option("--nnodes", type=WholeNumber(), envvar="KAITO_NNODES", help="Number of nodes in the group (default: from the environment, else 1)."),
+        option("--node-rank", type=WholeNumber(), envvar="KAITO_NODE_RANK", help="This node's rank, 0 = leader (default: from the environment)."),
         option(
             "--leader-address",
             envvar="KAITO_LEADER_ADDRESS",
             help="Address of the rank-0 node for torch.distributed rendezvous (default: from the environment).",
         ),
-        option("--master-port", type=int, envvar="KAITO_MASTER_PORT", help="Rendezvous port on the leader (default 29501)."),
+        option("--master-port", type=WholeNumber(), envvar="KAITO_MASTER_PORT", help="Rendezvous port on the leader (default 29501)."),
         option(
             "--weights-dir",
             type=click.Path(path_type=Path),
@@ -349,15 +349,15 @@ def _logging_options(f):
 @_node_options
 @option("--cpu", "force_cpu", is_flag=True, envvar="KAITO_CPU", help="Use vLLM's CPU backend even when GPUs are present.")
 @option("--cpu-cores", envvar="KAITO_CPU_CORES", help="CPU target: the cores vLLM may use on this node, e.g. 0-3,8 (VLLM_CPU_OMP_THREADS_BIND); several nodes on one machine each take their own.")
-@option("--max-model-len", type=int, envvar="KAITO_MAX_MODEL_LEN", help="Context length; refused with the numbers when it cannot fit.")
+@option("--max-model-len", type=WholeNumber(), envvar="KAITO_MAX_MODEL_LEN", help="Context length; refused with the numbers when it cannot fit.")
 @option(
     "--gpu-memory-utilization",
-    type=click.FloatRange(0.05, 1.0),
+    type=Fraction(0.05, 1.0),
     envvar="KAITO_GPU_MEMORY_UTILIZATION",
     help="Fraction of each GPU's memory vLLM may use (default: from the free memory seen).",
 )
-@option("--tensor-parallel-size", "-tp", type=int, envvar="KAITO_TENSOR_PARALLEL_SIZE", help="Override the planned tensor-parallel size.")
-@option("--pipeline-parallel-size", "-pp", type=int, envvar="KAITO_PIPELINE_PARALLEL_SIZE", help="Override the planned pipeline-parallel size.")
+@option("--tensor-parallel-size", "-tp", type=WholeNumber(), envvar="KAITO_TENSOR_PARALLEL_SIZE", help="Override the planned tensor-parallel size.")
+@option("--pipeline-parallel-size", "-pp", type=WholeNumber(), envvar="KAITO_PIPELINE_PARALLEL_SIZE", help="Override the planned pipeline-parallel size.")
 @option("--kv-cache-dtype", envvar="KAITO_KV_CACHE_DTYPE", help="KV cache dtype, e.g. fp8 (halves KV memory per token).")
 @option(
     "--parallel",
@@ -382,7 +382,7 @@ def _logging_options(f):
     help="File holding the Hugging Face token (a mounted secret). Otherwise HF_TOKEN, then the huggingface_hub login.",
 )
 @option("--host", default="0.0.0.0", envvar="KAITO_HOST", show_default=True, help="Address vLLM listens on.")
-@option("--port", type=click.IntRange(1, 65535), default=5000, envvar="KAITO_PORT", show_default=True, help="Port vLLM listens on (KAITO pods use 5000).")
+@option("--port", type=WholeNumber(1, 65535), default=5000, envvar="KAITO_PORT", show_default=True, help="Port vLLM listens on (KAITO pods use 5000).")
 @option(
     "--config",
     "config_file",
@@ -397,14 +397,14 @@ def _logging_options(f):
     help="Folder of LoRA adapters, one sub-folder with an adapter_config.json each (KAITO mounts /mnt/adapter); each is served under its folder name.",
 )
 @option("--chat-template-dir", envvar="KAITO_CHAT_TEMPLATE_DIR", help="Folder of preset chat templates (default /workspace/chat_templates).")
-@option("--grace-period", type=click.FloatRange(min=0), default=30.0, envvar="KAITO_GRACE_PERIOD", show_default=True, help="Seconds vLLM gets to stop after SIGTERM before it is killed.")
+@option("--grace-period", type=Seconds(numbers.GRACE_PERIOD), default=30.0, envvar="KAITO_GRACE_PERIOD", show_default=True, help="Seconds vLLM gets to stop after SIGTERM before it is killed (0 to 3600).")
 @option("--plan-report", type=click.Path(dir_okay=False, path_type=Path), envvar="KAITO_PLAN_REPORT", help="Append the plan check (predicted vs vLLM's own KV and weights figures) to this file as one JSON line.")
-@option("--ready-timeout", type=click.FloatRange(min=0, min_open=True), envvar="KAITO_READY_TIMEOUT", help="Give up if vLLM is not ready after this many seconds (default: wait).")
+@option("--ready-timeout", type=Seconds(numbers.READY_TIMEOUT), envvar="KAITO_READY_TIMEOUT", help="Give up if vLLM is not ready after this many seconds (above 0, at most 604800; default: wait).")
 @option(
     "--rendezvous-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(numbers.RENDEZVOUS_TIMEOUT),
     envvar="KAITO_RENDEZVOUS_TIMEOUT",
-    help="Multi-node: seconds for the whole group to check in at the leader before giving up (default 1800).",
+    help="Multi-node: seconds for the whole group to check in at the leader before giving up (above 0, at most 604800; default 1800).",
 )
 @option(
     "--join",
@@ -414,9 +414,9 @@ def _logging_options(f):
 )
 @option(
     "--peer-timeout",
-    type=click.FloatRange(min=1),
+    type=Seconds(numbers.PEER_TIMEOUT),
     envvar="KAITO_PEER_TIMEOUT",
-    help="Multi-node: seconds without a heartbeat after which a node counts as lost and the group stops (default 15).",
+    help="Multi-node: seconds without a heartbeat after which a node counts as lost and the group stops (1 to 3600; default 15).",
 )
 @_logging_options
 def serve(**opts) -> None:
@@ -459,9 +459,7 @@ def serve(**opts) -> None:
                 text = render.plan_text(prepared, launch)
             click.echo(redact(text))
             return
-        with _stop_on_signals():
-            code = api.run(request, download_only=opts["download_only"])
-        sys.exit(code)
+        sys.exit(api.run(request, download_only=opts["download_only"]))
 
     _guarded(body, opts["log_level"])
 

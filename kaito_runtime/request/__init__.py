@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from kaito_runtime import numbers
 from kaito_runtime.types import PlanOverrides
 
 CONTAINER_WEIGHTS_DIR = Path("/workspace/weights")
@@ -60,10 +61,31 @@ class RuntimeRequest:
     verify_weights: bool = False  # re-hash a complete local copy before reusing it
     catalog_dir: Path | None = None  # a platform team's presets beside the built-in ones
 
+    def __post_init__(self) -> None:
+        check_durations(self)
+
     @property
     def planning_only(self) -> bool:
         """A plan for hardware that is not (necessarily) this node: a dry run, --sku or --assume-gpus."""
         return self.dry_run or bool(self.sku or self.assume_gpus)
+
+
+# Each duration of a request: its option and variable (for the message) and its stated range.
+DURATIONS = {
+    "grace_seconds": ("--grace-period", "KAITO_GRACE_PERIOD", numbers.GRACE_PERIOD),
+    "ready_timeout": ("--ready-timeout", "KAITO_READY_TIMEOUT", numbers.READY_TIMEOUT),
+    "rendezvous_timeout": ("--rendezvous-timeout", "KAITO_RENDEZVOUS_TIMEOUT", numbers.RENDEZVOUS_TIMEOUT),
+    "peer_timeout": ("--peer-timeout", "KAITO_PEER_TIMEOUT", numbers.PEER_TIMEOUT),
+}
+
+
+def check_durations(request: RuntimeRequest) -> None:
+    """Every duration of ``request`` (whoever built it: the CLI, the Python API, a --join) is a
+    finite number in its stated range; InputError (exit 2) naming the option otherwise."""
+    for name, (option, variable, allowed) in DURATIONS.items():
+        value = getattr(request, name)
+        if value is not None:
+            numbers.seconds(value, allowed, name=option, fix=f"set {option} / {variable} within that range")
 
 
 def default_weights_dir(env: Mapping[str, str]) -> Path:
