@@ -61,6 +61,10 @@ class DurationRange:
         low_ok = value > self.minimum if self.above else value >= self.minimum
         return math.isfinite(value) and low_ok and value <= self.maximum
 
+    def option_bounds(self) -> dict[str, object]:
+        """The declaration of an option holding such a duration (types.option's keywords)."""
+        return {"kind": "seconds", "low": self.minimum, "high": self.maximum, "low_open": self.above}
+
     def describe(self) -> str:
         if self.above:
             return f"a number of seconds above {self.minimum:g} and at most {self.maximum:g}"
