@@ -418,6 +418,11 @@ def _logging_options(f):
     envvar="KAITO_PEER_TIMEOUT",
     help="Multi-node: seconds without a heartbeat after which a node counts as lost and the group stops (default 15).",
 )
+@option(
+    "--group-secret-file",
+    envvar="KAITO_GROUP_SECRET_FILE",
+    help="Multi-node: a file holding the group secret (the same on every node, e.g. a mounted Kubernetes Secret; or set KAITO_GROUP_SECRET); every message in the group's store is signed with it.",
+)
 @_logging_options
 def serve(**opts) -> None:
     """Plan, fetch weights and serve a model with vLLM (the default command).
@@ -540,6 +545,7 @@ def _request_from_options(opts: dict):
         plan_report=opts["plan_report"],
         rendezvous_timeout=opts["rendezvous_timeout"],
         peer_timeout=opts["peer_timeout"],
+        group_secret_file=opts["group_secret_file"],
         join=opts["join"],
         dry_run=opts["dry_run"],
         verify_weights=opts["verify_weights"],

@@ -238,6 +238,13 @@ def resolve_topology(
             why="Ports run from 1 to 65535",
             fix=f"set {p_pick[0].var} to a free port, e.g. {DEFAULT_MASTER_PORT}",
         )
+    if count > 1 and port == 65535:
+        assert p_pick is not None
+        raise TopologyError(
+            f"{p_pick[0].show()} leaves no port for the group's store",
+            why="A group's leader hosts its store at the master port + 1, and 65536 is not a TCP port",
+            fix=f"set {p_pick[0].var} to a free port pair, e.g. {DEFAULT_MASTER_PORT} (the store then uses {DEFAULT_MASTER_PORT + 1})",
+        )
 
     # Named after what placed this node: the rank's source, else the first source that said anything.
     said = [g for g in (rank_g, n_pick and n_pick[0], address_g, p_pick and p_pick[0]) if g]

@@ -55,6 +55,7 @@ class RuntimeRequest:
     plan_report: Path | None = None  # JSON-lines file the plan check is appended to
     rendezvous_timeout: float | None = None  # multi-node: how long to wait for the leader
     peer_timeout: float | None = None  # multi-node: a silent peer's heartbeat counts as lost after this
+    group_secret_file: str | None = None  # multi-node: the group secret's file (KAITO_GROUP_SECRET otherwise)
     join: bool = False  # multi-node worker: learn the model and settings from the leader's store
     dry_run: bool = False  # only a plan is wanted (no launch follows)
     verify_weights: bool = False  # re-hash a complete local copy before reusing it
