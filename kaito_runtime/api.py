@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaito_runtime import logs
-from kaito_runtime.errors import DoesNotFitError, GroupMemberLostError, InputError
+from kaito_runtime.errors import DoesNotFitError, GroupMemberLostError, GroupMismatchError, InputError, RankOutsideGroupError
 from kaito_runtime.model import download_source, gated_token_warning, resolve_model
 from kaito_runtime.request import (
     CONTAINER_WEIGHTS_DIR,
@@ -662,6 +662,12 @@ def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str], secret: Gr
         leader_address=address, master_port=master_port, overrides=overrides,
         extra_vllm_args=tuple(published["vllm_args"]),
     )
+    try:
+        resolve_topology(joined, env, planning_only=False)
+    except RankOutsideGroupError as exc:
+        raise GroupMismatchError(f"This node's rank {exc.rank} is outside the leader's group of {exc.nnodes} nodes "
+                                 f"(ranks 0..{exc.nnodes - 1})", why="a --join worker takes the node count from the leader",
+                                 fix="give this node a rank below the leader's --nnodes, or start the leader with more nodes") from None
     log.info("joined the group of %s: %s%s, %d nodes", address, joined.preset or joined.model,
              f"@{joined.revision}" if joined.revision else "", joined.nnodes)
     return joined

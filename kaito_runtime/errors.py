@@ -98,6 +98,15 @@ class TopologyError(InputError):
     """The node's place in its group, read from flags or environment, is invalid."""
 
 
+class RankOutsideGroupError(TopologyError):
+    """This node's rank is not below the group's node count."""
+
+    def __init__(self, what: str, *, rank: int, nnodes: int, why: str | None = None, fix: str | None = None) -> None:
+        self.rank = rank
+        self.nnodes = nnodes
+        super().__init__(what, why=why, fix=fix)
+
+
 class ConfigFileError(InputError):
     """The KAITO-style config file cannot be read."""
 

@@ -232,3 +232,22 @@ def test_worker_health_answers_200_while_healthy_and_503_with_the_reason():
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/v1/models", timeout=5)
         assert caught.value.code == 404
+
+
+def test_a_join_worker_whose_rank_is_outside_the_leaders_node_count_is_told_why():
+    from kaito_runtime import api
+    from kaito_runtime.request import RuntimeRequest
+
+    port = free_port_pair()
+    leader = make(0, port)
+    leader.open()
+    leader.publish_request({"preset": None, "model": "models/tiny-llama", "revision": None, "served_model_name": None,
+                            "nnodes": 2, "overrides": {}, "vllm_args": []})
+    try:
+        request = RuntimeRequest(join=True, node_rank=3, leader_address="127.0.0.1", master_port=port, rendezvous_timeout=5)
+        with pytest.raises(GroupMismatchError) as caught:
+            api._join_the_leader(request, {}, SECRET)
+        assert caught.value.exit_code == 2
+        assert "rank 3 is outside the leader's group of 2 nodes (ranks 0..1)" in caught.value.message
+    finally:
+        leader.store.close()

@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kaito_runtime.errors import TopologyError
+from kaito_runtime.errors import RankOutsideGroupError, TopologyError
 from kaito_runtime.types import Topology, TopologySource
 
 DEFAULT_MASTER_PORT = 29501
@@ -206,9 +206,11 @@ def resolve_topology(
     if rank >= count:
         assert rank_g is not None
         count_src = n_pick[0].show() if n_pick else "no node count given, so 1"
-        raise TopologyError(
+        raise RankOutsideGroupError(
             f"{rank_g.show()} gives node rank {rank}, which is not below the node count {count} "
             f"({count_src})",
+            rank=rank,
+            nnodes=count,
             why="Node ranks run from 0 to the node count minus 1",
             fix=f"check {rank_g.var} and {n_pick[0].var}"
             if n_pick
