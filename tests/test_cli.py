@@ -166,8 +166,8 @@ def test_no_model_is_a_clear_error():
     assert "--preset" in result.output
 
 
-LAUNCH_OPTIONS = ("--preset", "--model", "--dry-run", "--sku", "--assume-gpus", "--max-model-len",
-                  "--token-file", "--config", "--grace-period", "--port", "--download-only", "--verify-weights")
+LAUNCH_OPTIONS = ("--preset", "--model", "--sku", "--assume-gpus", "--max-model-len",
+                  "--token-file", "--config", "--grace-period", "--port", "--verify-weights")
 LAUNCH_ENV_NAMES = ("KAITO_PRESET", "KAITO_MODEL", "KAITO_PORT", "KAITO_HF_TOKEN_FILE", "KAITO_WEIGHTS_DIR",
                     "KAITO_CONFIG_FILE", "KAITO_NNODES", "KAITO_VERIFY_WEIGHTS")
 
@@ -183,6 +183,8 @@ def test_help_documents_every_option_and_its_environment_variable(args):
 def test_top_level_help_also_names_doctor_and_version():
     result = invoke("--help")
     assert "doctor" in result.output and "--version" in result.output
+    for command in ("plan", "download", "list-presets", "export-preset"):
+        assert f"  {command} " in result.output
     doctor = invoke("doctor", "--help")
     assert "KAITO_SKU" in doctor.output and "KAITO_LOG_FORMAT" in doctor.output
 
