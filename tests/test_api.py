@@ -914,7 +914,8 @@ def test_the_plan_budgets_the_batch_and_cuda_graphs_vllm_gets_from_the_pass_thro
 def test_join_without_vllm_exits_20_before_contacting_the_store(tmp_path, monkeypatch):
     """Issue 18 item 12: `--join` on an install without vLLM crashed with "No module named torch"
     (exit 1) while contacting the leader's store; the install is checked first (exit 20)."""
-    from kaito_runtime.launch import group, group_store
+    from kaito_runtime.launch import group
+    from kaito_runtime.launch.group import store as group_store
 
     monkeypatch.setattr(vllm_install, "detect_vllm", lambda *a, **k: None)
 
@@ -922,8 +923,8 @@ def test_join_without_vllm_exits_20_before_contacting_the_store(tmp_path, monkey
         raise ModuleNotFoundError("No module named 'torch'")
 
     monkeypatch.setattr(group_store, "_tcp_store", no_torch)
-    monkeypatch.setattr(group, "join_store", no_torch)
-    monkeypatch.setattr(group_store, "preload_torch", lambda: None)
+    monkeypatch.setattr(group, "learn_from_leader", no_torch)
+    monkeypatch.setattr(group, "preload_torch", lambda: None)
     request = api.RuntimeRequest(join=True, node_rank=1, leader_address="127.0.0.1", master_port=_free_port(),
                                  weights_dir=tmp_path / "w", rendezvous_timeout=5)
     with pytest.raises(VllmNotInstalledError) as caught:
