@@ -189,16 +189,26 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
     KaitoError: its own code. OSError (a disk, a permission, a mount): 1. Anything else is a
     bug: 1, with the traceback at --log-level debug.
     """
+    from kaito_runtime import termination
+
+    with termination.ending():  # the termination message file, on every way out
+        _guarded_body(body, log_level)
+
+
+def _guarded_body(body: Callable[[], None], log_level: str) -> None:
+    from kaito_runtime import termination
     from kaito_runtime.logs import final_error
 
     try:
         body()
     except StopRequested as stop:
         # One line: what was stopped and what was kept (the lock was released on the way out).
-        log.warning("received %s: %s; exiting %d", stop.signal_name,
-                    stop.kept or "stopped before vLLM started; nothing was left running", stop.exit_code)
+        kept = stop.kept or "stopped before vLLM started; nothing was left running"
+        log.warning("received %s: %s; exiting %d", stop.signal_name, kept, stop.exit_code)
+        termination.note_cause(f"received {stop.signal_name}: {kept}")
         sys.exit(stop.exit_code)
     except KaitoError as error:
+        termination.note_cause(error.message)
         _fail(error)
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         debug = log_level.lower() == "debug"
@@ -211,6 +221,7 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
         else:
             text = f"unexpected {type(error).__name__}: {error}"
         hint = "" if debug else " (run with --log-level debug for the traceback)"
+        termination.note_cause(text)
         final_error(f"{text}{hint}", 1)
         sys.exit(1)
 
@@ -418,15 +429,37 @@ def _logging_options(f):
     envvar="KAITO_PEER_TIMEOUT",
     help="Multi-node: seconds without a heartbeat after which a node counts as lost and the group stops (default 15).",
 )
+@option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=5090,
+    envvar="KAITO_METRICS_PORT",
+    show_default=True,
+    help="Port of the launcher's own /metrics, /startupz and /health, served for its whole life (0 turns it off).",
+)
+@option(
+    "--startup-http/--no-startup-http",
+    default=True,
+    envvar="KAITO_STARTUP_HTTP",
+    show_default=True,
+    help="Answer /health (503 with the phase), /startupz and /metrics on vLLM's port until vLLM takes it over.",
+)
+@option(
+    "--termination-log",
+    envvar="KAITO_TERMINATION_LOG",
+    help="File for the one-line reason the launcher ended (default: /dev/termination-log when writable; none: off).",
+)
 @_logging_options
 def serve(**opts) -> None:
     """Plan, fetch weights and serve a model with vLLM (the default command).
 
     Arguments after `--` are passed to vLLM unchanged and win over the plan.
     """
+    from kaito_runtime import termination
     from kaito_runtime.logs import setup_logging
 
     setup_logging(opts["log_format"], opts["log_level"])
+    termination.configure(opts["termination_log"])
     _settle_output(opts)
 
     def body() -> None:
@@ -544,6 +577,8 @@ def _request_from_options(opts: dict):
         dry_run=opts["dry_run"],
         verify_weights=opts["verify_weights"],
         catalog_dir=opts["catalog_dir"],
+        metrics_port=opts["metrics_port"],
+        startup_http=opts["startup_http"],
     )
 
 

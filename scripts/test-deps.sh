@@ -10,6 +10,7 @@ want=()
 need() { command -v "$2" >/dev/null 2>&1 || want+=("$1"); }
 
 # One line per tool, e.g. `need podman podman` (keep them sorted).
+need prometheus prometheus  # tests/observe/test_prometheus_e2e.py scrapes the launcher with it
 
 if ((${#want[@]})); then
     if [[ $(id -u) != 0 ]]; then

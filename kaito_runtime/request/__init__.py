@@ -59,6 +59,8 @@ class RuntimeRequest:
     dry_run: bool = False  # only a plan is wanted (no launch follows)
     verify_weights: bool = False  # re-hash a complete local copy before reusing it
     catalog_dir: Path | None = None  # a platform team's presets beside the built-in ones
+    metrics_port: int = 5090  # the launcher's own /metrics, /startupz, /health for its whole life (0: off)
+    startup_http: bool = True  # answer /health (503), /startupz, /metrics on vLLM's port until vLLM takes it
 
     @property
     def planning_only(self) -> bool:
