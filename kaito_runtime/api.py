@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaito_runtime import logs
-from kaito_runtime.errors import DoesNotFitError, GroupMemberLostError, InputError
+from kaito_runtime.errors import DoesNotFitError, GroupMemberLostError, GroupMismatchError, InputError, RankOutsideGroupError
 from kaito_runtime.model import download_source, gated_token_warning, resolve_model
 from kaito_runtime.request import (
     CONTAINER_WEIGHTS_DIR,
@@ -41,9 +41,9 @@ from kaito_runtime.hub import timeouts as hub_timeouts
 from kaito_runtime.secrets import Secret
 
 if TYPE_CHECKING:
+    from kaito_runtime.observe import Observer
     from kaito_runtime.launch import ServeOptions
-    from kaito_runtime.launch.group import GroupMember
-    from kaito_runtime.launch.rendezvous import RendezvousInfo
+    from kaito_runtime.launch.group import Group, GroupSecret, NodeFacts
     from kaito_runtime.launch import plan_check
     from kaito_runtime.launch.vllm_command import VllmLaunch
     from kaito_runtime.weights import WeightsResult
@@ -376,12 +376,14 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     """The whole chain: plan, vLLM check, port check, weights, rendezvous, vLLM, supervision.
     Returns the process exit code. From its first moment the launcher serves its own HTTP
     (kaito_runtime.observe): the metrics port for its whole life, vLLM's port until vLLM takes it."""
-    from kaito_runtime import observe
+    from kaito_runtime import observe, termination
 
     entered = time.monotonic()
     env = dict(os.environ if env is None else env)
     request = settled(request, env)
-    options = observe.ObserveOptions(request.host, request.metrics_port, request.startup_http and not download_only)
+    if request.termination_log is not None:
+        termination.configure(request.termination_log, env)
+    options = observe.ObserveOptions(request.host, request.metrics_port, not (request.no_startup_http or download_only))
     with observe.Observer(options) as observer:
         if download_only:
             observer.enter(observe.Phase.WEIGHTS)
@@ -402,7 +404,7 @@ def _api_address(request: RuntimeRequest) -> tuple[str, int]:
     return host, port
 
 
-def _hold_api_port(observer, host: str, port: int) -> None:
+def _hold_api_port(observer: Observer, host: str, port: int) -> None:
     """The port check (a busy port is exit 2 in a second) and the launcher's hold on it."""
     from kaito_runtime.launch import ports
 
@@ -417,22 +419,27 @@ def _hold_api_port(observer, host: str, port: int) -> None:
         raise
 
 
-def _run(request: RuntimeRequest, env: dict[str, str], observer, entered: float) -> int:
+def _run(request: RuntimeRequest, env: dict[str, str], observer: Observer, entered: float) -> int:
     from kaito_runtime import launch
     from kaito_runtime import termination
     import kaito_runtime.model as model_choice
-    from kaito_runtime.launch import ports
     from kaito_runtime.launch import plan_check, supervisor
     from kaito_runtime.observe import Phase
     from kaito_runtime.weights import store as weights_store
 
+    secret = None
     if _is_multi_node(request, env):
-        from kaito_runtime.launch.group_store import preload_torch
+        from kaito_runtime.launch.group import load_group_secret, preload_torch
 
         preload_torch()
+        secret = load_group_secret(request.group_secret_file, env)  # a bad file fails before anything slow
+        if secret is not None:
+            from kaito_runtime.secrets import register_secret
+
+            register_secret(secret.key.decode(errors="replace"))
     _hold_api_port(observer, *_api_address(request))
     if request.join:
-        request = _join_the_leader(request, env)
+        request = _join_the_leader(request, env, secret)
     model_choice.check_request(request)  # a typo must not create the weights folder
     if not uses_local_folder(request):
         # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
@@ -450,13 +457,13 @@ def _run(request: RuntimeRequest, env: dict[str, str], observer, entered: float)
         log.warning("%s", warning)
     # The leader's vLLM serves its API there; a worker's launcher answers /health there.
     _hold_api_port(observer, built.host, built.port)
-    if prepared.topology.multi_node and prepared.topology.is_leader:
-        from kaito_runtime.launch.group import store_port
-
-        ports.check_port_free("0.0.0.0", store_port(prepared.topology))
+    group = _the_group(prepared, env, secret) if prepared.topology.multi_node else None
+    if group is not None and prepared.topology.is_leader:
+        group.check_ports()  # vLLM's master port and the store's, naming --master-port
     for warning in prepared.warnings:
         log.warning("%s", warning)
-    leader_store = _open_the_group(prepared) if prepared.topology.multi_node and prepared.topology.is_leader else None
+    if group is not None and prepared.topology.is_leader:
+        _open_the_group(group, prepared)
 
     observer.enter(Phase.WEIGHTS)
     started = time.monotonic()
@@ -465,13 +472,16 @@ def _run(request: RuntimeRequest, env: dict[str, str], observer, entered: float)
     weights_seconds = time.monotonic() - started
     _log_weights_ready(result, weights_seconds)
 
-    meeting = member = None
-    if prepared.topology.multi_node:
+    meeting = None
+    if group is not None:
+        from kaito_runtime.launch.group import with_master_ip
+
         observer.enter(Phase.GROUP)
-        observer.status.group.expect(prepared.topology.nnodes)
-        plan, meeting, member = _meet_the_group(prepared, env, built, install, result, leader_store)
-        observer.status.group.checked_in(prepared.topology.nnodes)  # released: every member is in
-        built = _build(prepared, plan, Path(result.path), env, install)
+        observer.status.group.follow(lambda: {"size": group.nnodes, "state": group.state.value,
+                                              "round": group.round, "restarts": group.restarts})
+        meeting = group.meet(_node_facts(prepared, built, install, result, secret))
+        observer.status.group.checked_in(group.nnodes)  # the group was released: every member is in
+        built = _build(prepared, with_master_ip(prepared.plan, meeting), Path(result.path), env, install)
     elif Path(result.path) != prepared.model_path:  # a branch resolved to another commit's folder
         built = _build(prepared, prepared.plan, Path(result.path), env, install)
     added = meeting.child_env(env) if meeting is not None else {}
@@ -499,28 +509,23 @@ def _run(request: RuntimeRequest, env: dict[str, str], observer, entered: float)
             port,
         )
 
+    readiness = None
+    if prepared.topology.is_leader:
+        readiness = supervisor.ReadinessCheck(host=host, port=port, served_name=served_names, api_key=built.api_key)
     def on_line(line: str) -> None:
         observer.on_vllm_line(line)  # first: vLLM binds the API port right after its first lines
         startup.feed(line)
 
-    def on_start(alive) -> None:
-        if member is not None:
-            member.start(alive)
-            if not prepared.topology.is_leader:
-                observer.vllm_ready()  # a headless worker's vLLM serves nothing to check
-
-    readiness = None
-    if prepared.topology.is_leader:
-        readiness = supervisor.ReadinessCheck(host=host, port=port, served_name=served_names, api_key=built.api_key)
     observer.enter(Phase.VLLM_START)
     log.info("starting vLLM: %s", launch.start_line(built, added))
     with contextlib.ExitStack() as stack:
-        if member is not None and not prepared.topology.is_leader:
+        if group is not None and not prepared.topology.is_leader:
             from kaito_runtime.launch.worker_health import WorkerHealthServer
 
             observer.release_api_port("the worker's health server takes it")
-            stack.enter_context(WorkerHealthServer(host, port, member.health))
+            stack.enter_context(WorkerHealthServer(host, port, lambda: group.health().answer()))
             log.info("worker health: GET http://%s:%d/health (200 while vLLM and the leader's heartbeat are alive)", host, port)
+        hooks = _ObservedHooks(group.hooks if group is not None else None, observer, worker=not prepared.topology.is_leader)
         for attempt in (1, 2):
             observer.vllm_starting(child_env, serves_api=prepared.topology.is_leader)
             outcome = supervisor.supervise(
@@ -533,38 +538,51 @@ def _run(request: RuntimeRequest, env: dict[str, str], observer, entered: float)
                 on_ready=on_ready,
                 log=log,
                 on_line=on_line,
-                stop_when=member.stop_request if member is not None else None,
-                on_signal=_signal_hook(observer, member),
-                on_start=on_start,
+                hooks=hooks,
                 write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
             )
             observer.vllm_exited(outcome.outcome, outcome.exit_code, outcome.signal_received is not None)
-            if attempt == 1 and outcome.signal_received is None and outcome.ready_after is None and \
-                    observer.port_race_lost(outcome.tail, outcome.exit_code, port):
+            if (attempt == 1 and group is None and outcome.signal_received is None and outcome.ready_after is None
+                    and observer.port_race_lost(outcome.tail, outcome.exit_code)):
                 log.warning("vLLM bound port %d before the launcher had let go of it; starting it again", port)
                 continue
             break
-        if member is not None:
-            return _leave_the_group(member, outcome, prepared, built, request)
+        if group is not None:
+            return _leave_the_group(group, outcome, prepared, built, request)
     if outcome.exit_code != 0 and outcome.signal_received is None:
         _log_failure(outcome, prepared, built, request)
     elif outcome.signal_received is not None:
-        import signal
-
         how = "stopped cleanly" if outcome.exit_code == 0 else supervisor.describe_exit_code(outcome.exit_code)
         termination.note_cause(f"stopped by {signal.Signals(outcome.signal_received).name} (vLLM {how})")
     # A forwarded stop ends with the supervisor's own "vLLM stopped in N s (exit N)" line.
     return outcome.exit_code
 
 
-def _signal_hook(observer, member):
-    """What the supervisor's signal handler tells (flag-sized work only)."""
-    def on_signal(signum: int) -> None:
-        observer.on_signal(signum)
-        if member is not None:
-            member.asked_to_stop(signum)
+class _ObservedHooks:
+    """The supervisor's hooks: the group's (when there is one), and what the launcher's own
+    status learns from them (a headless worker is ready once its vLLM runs; a signal means
+    stopping)."""
 
-    return on_signal
+    def __init__(self, inner, observer: Observer, *, worker: bool) -> None:
+        from kaito_runtime.launch.supervisor import SupervisorHooks
+
+        self._inner = inner or SupervisorHooks()
+        self._observer, self._worker = observer, worker
+
+    def started(self, alive) -> None:
+        self._inner.started(alive)
+        if self._worker:
+            self._observer.vllm_ready()
+
+    def signalled(self, signum: int) -> None:
+        self._inner.signalled(signum)
+        self._observer.on_signal(signum)
+
+    def stop_request(self):
+        return self._inner.stop_request()
+
+    def exited(self, returncode: int) -> None:
+        self._inner.exited(returncode)
 
 
 def _log_failure(outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> None:
@@ -588,19 +606,20 @@ def _log_failure(outcome, prepared: Prepared, built: VllmLaunch, request: Runtim
     termination.note_cause(lines[0] if len(lines) == 1 else f"{lines[-1]}; vLLM's last line: {lines[-2]}")
 
 
-def _leave_the_group(member, outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> int:
+def _leave_the_group(group: Group, outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> int:
     """This node's vLLM has stopped: tell the group why (or learn that a peer ended it), then
     exit as one unit: 0 for a stop someone asked for, 22 where a member was lost, and the node
     whose own vLLM failed keeps vLLM's code (its failure report says why)."""
+    from kaito_runtime.launch.group import StopKind
     from kaito_runtime.launch.supervisor import describe_exit_code
 
     rank = prepared.topology.node_rank
     own_failure = outcome.outcome in ("exited", "ready_timeout") and outcome.signal_received is None
     if own_failure and outcome.exit_code != 0:
         _log_failure(outcome, prepared, built, request)
-    stop = member.finish(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
+    stop = group.leave(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
     if outcome.outcome == "group_stopped" and stop is not None:
-        if stop.kind == "requested":
+        if stop.kind is StopKind.REQUESTED:
             log.info("rank %d stopped with its group: %s", rank, stop.reason)
         else:
             from kaito_runtime import termination
@@ -714,29 +733,37 @@ def _is_multi_node(request: RuntimeRequest, env: Mapping[str, str]) -> bool:
         return False
 
 
-def _open_the_group(prepared: Prepared):
+def _the_group(prepared: Prepared, env: Mapping[str, str], secret: GroupSecret | None) -> Group:
+    """This node's group: the one owner of the store, the check-in, the watch and the leave."""
+    from kaito_runtime.launch.group import DEFAULT_PEER_TIMEOUT_S, DEFAULT_TIMEOUT_S, Group, GroupSettings
+
+    r = prepared.request
+    settings = GroupSettings(prepared.topology, rendezvous_timeout_s=r.rendezvous_timeout or DEFAULT_TIMEOUT_S,
+                             peer_timeout_s=r.peer_timeout or DEFAULT_PEER_TIMEOUT_S, secret=secret)
+    return Group(settings, env=env, log=log)
+
+
+def _open_the_group(group: Group, prepared: Prepared) -> None:
     """The leader opens the group's store before its weights step, and publishes there what a
-    worker started with --join needs to plan the same launch."""
-    from kaito_runtime.launch import group
+    worker started with --join needs to plan the same launch (the group drops every secret)."""
     from kaito_runtime.launch.vllm_command import config_tokens
 
     r = prepared.request
-    store = group.open_store(prepared.topology, "0.0.0.0", timeout_s=0, log=log)
+    group.open()
     overrides = {k: v for k, v in dataclasses.asdict(r.overrides).items() if k != "cpu_cores"}
     config = config_tokens(prepared.config_args)[0] if prepared.config_args else []
-    store.publish_request({
+    group.publish_request({
         "preset": r.preset, "model": r.model, "revision": r.revision, "served_model_name": r.served_model_name,
         "nnodes": prepared.topology.nnodes, "overrides": overrides,
         # The config file's flags first, the pass-through ones after: the same merge vLLM gets here.
         "vllm_args": [*config, *r.extra_vllm_args],
     })
-    return store
 
 
-def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> RuntimeRequest:
+def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str], secret: GroupSecret | None) -> RuntimeRequest:
     """--join: learn what the group serves from the leader's store (model, revision, node count,
     plan options, vLLM arguments). This node keeps its own rank, ports, cores, folders and token."""
-    from kaito_runtime.launch import group, rendezvous
+    from kaito_runtime.launch.group import DEFAULT_TIMEOUT_S, learn_from_leader
     from kaito_runtime.node.topology import leader_of
 
     if request.preset or request.model or request.extra_vllm_args or request.config_file:
@@ -746,11 +773,8 @@ def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> Runtime
     if address is None:
         raise InputError("--join needs the leader's address",
                          fix="set --leader-address/KAITO_LEADER_ADDRESS (or run where LWS, torchrun or the KAITO StatefulSet sets it)")
-    timeout = request.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
-    deadline = time.monotonic() + timeout
-    rendezvous.resolve_leader(address, timeout_s=timeout, log=log)  # a name that never resolves is its own error
-    store = group.join_store(address, master_port + 1, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
-    published = group.leader_request(store, timeout_s=max(1.0, deadline - time.monotonic()))
+    published = learn_from_leader(address, master_port, timeout_s=request.rendezvous_timeout or DEFAULT_TIMEOUT_S,
+                                  secret=secret, log=log)
     overrides = replace(PlanOverrides(**published["overrides"]), cpu_cores=request.overrides.cpu_cores)
     joined = replace(
         request, preset=published["preset"], model=published["model"], revision=published["revision"],
@@ -758,53 +782,37 @@ def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> Runtime
         leader_address=address, master_port=master_port, overrides=overrides,
         extra_vllm_args=tuple(published["vllm_args"]),
     )
+    try:
+        resolve_topology(joined, env, planning_only=False)
+    except RankOutsideGroupError as exc:
+        raise GroupMismatchError(f"This node's rank {exc.rank} is outside the leader's group of {exc.nnodes} nodes "
+                                 f"(ranks 0..{exc.nnodes - 1})", why="a --join worker takes the node count from the leader",
+                                 fix="give this node a rank below the leader's --nnodes, or start the leader with more nodes") from None
     log.info("joined the group of %s: %s%s, %d nodes", address, joined.preset or joined.model,
              f"@{joined.revision}" if joined.revision else "", joined.nnodes)
     return joined
 
 
-def _meet_the_group(
-    prepared: Prepared, env: Mapping[str, str], built: VllmLaunch, install, weights: WeightsResult, leader_store=None
-) -> tuple[LaunchPlan, RendezvousInfo, GroupMember]:
-    """Multi-node: resolve the leader to an IP, find this node's address, meet at the leader's
-    group store (check-in, the leader's checks, the release), all within one deadline.
-
-    Returns the plan with --master-addr set to the leader's IP, what the rendezvous found (its
-    ``child_env`` is the single source of VLLM_HOST_IP and the socket interface variables) and
-    this node's place in the running group (heartbeats and the peers' watch while vLLM runs).
-    """
+def _node_facts(prepared: Prepared, built: VllmLaunch, install, weights: WeightsResult,
+                secret: GroupSecret | None) -> NodeFacts:
+    """What this node brings to the check-in (runs after its weights step finished)."""
     import kaito_runtime
-    from kaito_runtime.launch import group, group_store, rendezvous
+    from kaito_runtime.launch.group import NodeFacts, api_key_digest, plan_fields
 
-    topo = prepared.topology
-    timeout = prepared.request.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
-    deadline = time.monotonic() + timeout
-    # Workers wait for the leader's store (opened once the leader's weights are ready), not for
-    # vLLM's master port: the leader's vLLM starts only after the group is released.
-    meeting = rendezvous.prepare_rendezvous(topo, env=env, log=log, timeout_s=timeout)
-    assert meeting is not None and topo.leader_address is not None
-    store = leader_store or group.open_store(topo, topo.leader_address, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
-    member = group.GroupMember(store, topo, peer_timeout_s=prepared.request.peer_timeout or group.DEFAULT_PEER_TIMEOUT_S, log=log)
     node = prepared.inventory
     resources = (
         {"gpu_count": node.gpu_count, "gpu_memory_bytes": sum(g.total_bytes for g in node.gpus)}
         if prepared.plan.target != "cpu"
         else {"cpu_cores": node.host.cpu_count, "ram_bytes": node.host.ram_total_bytes}
     )
-    me = group_store.CheckIn(
-        rank=topo.node_rank,
-        host_ip=meeting.host_ip,
-        hostname=socket.gethostname(),
+    digest = api_key_digest(built.api_key, secret) if built.api_key else None
+    return NodeFacts(
         resources=resources,
         kaito_runtime_version=kaito_runtime.__version__,
         vllm_version=install.version if install is not None else "-",
-        plan_fields=group_store.plan_fields(
-            prepared.model.repo_id or prepared.model.name, weights.revision or prepared.model.revision, built.argv
-        ),
-        weights_complete=True,  # this runs after the weights step finished
+        plan_fields=plan_fields(prepared.model.repo_id or prepared.model.name, weights.revision or prepared.model.revision,
+                                built.argv, api_key_digest=digest),
     )
-    member.meet(me, timeout_s=max(1.0, deadline - time.monotonic()))
-    return rendezvous.with_master_ip(prepared.plan, meeting), meeting, member
 
 
 def _log_plan_summary(prepared: Prepared, built: VllmLaunch) -> None:

@@ -202,7 +202,7 @@ class Observer:
         self.status.vllm_exited(vllm_exit_reason(outcome, exit_code, signalled))
         self.status.enter(Phase.STOPPING)
 
-    def port_race_lost(self, tail: Sequence[str], exit_code: int, port: int) -> bool:
+    def port_race_lost(self, tail: Sequence[str], exit_code: int) -> bool:
         """Whether vLLM failed because it bound the API port before the launcher let go of it."""
         if exit_code == 0 or self._vllm_started_at is None:
             return False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol
@@ -149,6 +149,13 @@ class GroupReport:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._figures = GroupFigures()
+        self._source: Callable[[], Mapping[str, object]] | None = None
+
+    def follow(self, source: Callable[[], Mapping[str, object]]) -> None:
+        """Read the figures from ``source`` at every scrape (any of size, members, state, round,
+        restarts); what it does not return keeps the value reported through the methods."""
+        with self._lock:
+            self._source = source
 
     def _set(self, **changes: object) -> None:
         with self._lock:
@@ -172,7 +179,17 @@ class GroupReport:
 
     def figures(self) -> GroupFigures:
         with self._lock:
-            return self._figures
+            figures, source = self._figures, self._source
+        if source is None:
+            return figures
+        try:
+            read = dict(source())
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the group is mid-change
+            return figures
+        known = {k: read[k] for k in ("size", "members", "state", "round", "restarts") if read.get(k) is not None}
+        if "state" in known:
+            known["state"] = str(known["state"])
+        return replace(figures, **known)
 
 
 @dataclass(frozen=True)
