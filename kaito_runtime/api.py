@@ -427,6 +427,9 @@ def _run(request: RuntimeRequest, env: dict[str, str], observer: Observer, enter
     from kaito_runtime.observe import Phase
     from kaito_runtime.weights import store as weights_store
 
+    # First: without vLLM nothing below can end well, and a --join worker would otherwise meet
+    # the missing install as "No module named torch" while contacting its leader's store.
+    found = launch.require_vllm()
     secret = None
     if _is_multi_node(request, env):
         from kaito_runtime.launch.group import load_group_secret, preload_torch
@@ -447,7 +450,7 @@ def _run(request: RuntimeRequest, env: dict[str, str], observer: Observer, enter
         weights_store.check_weights_dir(request.weights_dir, writable=False, create=True)
     prepared = prepare(request, env, planning_only=False, on_phase=lambda name: observer.enter(Phase(name)))
     observer.describe(model=prepared.model.name, role="leader" if prepared.topology.is_leader else "worker")
-    install = launch.installed_vllm(prepared.model, prepared.topology, log)
+    install = launch.installed_vllm(prepared.model, prepared.topology, log, found)
     # Built before the weights: what vLLM will really use (the config file and pass-through
     # arguments may override the plan) is what the plan line shows and the port check tests.
     built = _build(prepared, prepared.plan, prepared.model_path, env, install)

@@ -35,7 +35,7 @@ METRICS: dict[str, str] = {
     "kaito_launcher_group_size": "Nodes the group should have (1 for a single node).",
     "kaito_launcher_group_members": "Nodes checked in at the leader's store (this one included).",
     "kaito_launcher_group_state": "1 for the group's current state, by name.",
-    "kaito_launcher_group_round": "The group's meeting round (0 for the first).",
+    "kaito_launcher_group_round": "The group's meeting round (1 for the first; 0 on a single node).",
     "kaito_launcher_group_restarts": "Times the group restarted vLLM after a member was lost.",
     "kaito_launcher_plan_kv_cache_tokens": "KV cache capacity in tokens: the plan's prediction (source=plan) and vLLM's report (source=vllm).",
     "kaito_launcher_plan_kv_cache_bytes": "KV cache bytes per GPU (CPU: the KV space): plan and vLLM.",

@@ -126,7 +126,7 @@ class GroupFigures:
     size: int | None = None  # nodes the group should have
     members: int = 0  # nodes checked in (this one included)
     state: str | None = None  # the group's own state name
-    round: int = 0  # the meeting round (elastic groups meet again after a loss)
+    round: int = 0  # the meeting round (the group counts from 1; 0: no group)
     restarts: int = 0  # times the group restarted vLLM after a member was lost
 
     def fields(self) -> dict[str, object]:
