@@ -192,7 +192,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
 
     planning_only = request.planning_only if planning_only is None else planning_only
     token, token_source = secrets.resolve_token(env, request.token_file)
-    config_args = _read_config(request)
+    config_args, request = _read_config(request)
     request = _with_user_flags(request, config_args)
 
     started = time.monotonic()
@@ -279,9 +279,33 @@ def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path, env: Mapping[
     built = launch.build_launch(
         prepared.serve, plan, model_path, env, install, prepared.config_args,
         ram_available_bytes=prepared.inventory.host.ram_available_bytes,
+        kaito=_kaito_serving(prepared, plan),
     )
     secrets.register_secret(built.api_key)
     return built
+
+
+def _kaito_serving(prepared: Prepared, plan: LaunchPlan):
+    """KAITO's serving features as the request asks for them, with the container's free memory
+    measured when CPU KV offload is wanted on the GPU target."""
+    from kaito_runtime.launch.kaito_serving import KaitoServing
+
+    r = prepared.request
+    free = source = None
+    if r.kv_cache_cpu_memory_utilization and plan.target == "gpu":
+        from kaito_runtime.node.container_memory import container_memory
+
+        memory = container_memory()
+        free, source = memory.available_bytes, memory.describe()
+    return KaitoServing(
+        kv_offload_utilization=r.kv_cache_cpu_memory_utilization,
+        container_free_bytes=free,
+        container_memory_source=source,
+        rate_limit=not r.disable_rate_limit,
+        grace_seconds=r.grace_seconds,
+        inference_role=r.inference_role,
+        mig=any(gpu.mig for gpu in prepared.inventory.gpus),
+    )
 
 
 def fetch_model_weights(
@@ -585,16 +609,26 @@ def _with_user_flags(request: RuntimeRequest, config_args: Mapping[str, object] 
     return replace(request, overrides=replace(request.overrides, **sizes)) if sizes else request
 
 
-def _read_config(request: RuntimeRequest) -> Mapping[str, object] | None:
-    """The config file's `vllm:` flags; its notes (keys read and ignored) are logged here, once."""
+def _read_config(request: RuntimeRequest) -> tuple[Mapping[str, object] | None, RuntimeRequest]:
+    """The config file's `vllm:` flags, and the request with the file's CPU KV offload setting
+    (which wins over the option, as KAITO's file wins over its command line). Its notes and
+    the one warning about unknown top-level keys are logged here, once."""
     if not request.config_file:
-        return None
+        return None, request
     from kaito_runtime.request.config_file import read_config
 
     config = read_config(request.config_file)
     for note in config.notes:
         log.info("%s", note)
-    return config.vllm_args
+    if config.unknown_keys_warning:
+        log.warning("%s: %s", request.config_file, config.unknown_keys_warning)
+    wanted = config.kv_cache_cpu_memory_utilization
+    if wanted is not None and wanted != request.kv_cache_cpu_memory_utilization:
+        if request.kv_cache_cpu_memory_utilization is not None:
+            log.info("%s: kv_cache_cpu_memory_utilization %g replaces --kv-cache-cpu-memory-utilization %g",
+                     request.config_file, wanted, request.kv_cache_cpu_memory_utilization)
+        request = replace(request, kv_cache_cpu_memory_utilization=wanted)
+    return config.vllm_args, request
 
 
 def _is_multi_node(request: RuntimeRequest, env: Mapping[str, str]) -> bool:
