@@ -10,6 +10,8 @@ want=()
 need() { command -v "$2" >/dev/null 2>&1 || want+=("$1"); }
 
 # One line per tool, e.g. `need podman podman` (keep them sorted).
+need util-linux setpriv  # tests/test_kaito_scripts.py: a non-root user
+need util-linux unshare  # tests/test_e2e_kaito.py, test_benchmark_probe.py: the probe's own PID namespace
 
 if ((${#want[@]})); then
     if [[ $(id -u) != 0 ]]; then

@@ -243,7 +243,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"inference_api.py: {note}", file=sys.stderr, flush=True)
     env = {k: v for k, v in os.environ.items() if k not in mapped.unset_env}
     env.update(mapped.set_env)
+    try:
+        drop_root(env)
+    except BadInput as error:
+        print(f"inference_api.py: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
     os.execve(*kaito_run(mapped.argv()), env)  # kaito-run takes this process: signals reach it directly
+
+
+def drop_root(env: Mapping[str, str]) -> None:
+    """Started as root with KAITO_RUN_AS_UID set (an image whose default user is root, so that
+    KAITO's cuda-toolkit-provisioner init container can use apt): serve as that uid/gid instead,
+    with no supplementary groups. Not root, or no such variable: nothing changes."""
+    uid_text = env.get("KAITO_RUN_AS_UID", "").strip()
+    if os.geteuid() != 0 or not uid_text:
+        return
+    gid_text = env.get("KAITO_RUN_AS_GID", "").strip() or uid_text
+    if not (uid_text.isdigit() and gid_text.isdigit()) or int(uid_text) == 0:
+        raise BadInput(f"KAITO_RUN_AS_UID={uid_text} KAITO_RUN_AS_GID={gid_text}: must be numbers, the uid not 0")
+    os.setgroups([])
+    os.setgid(int(gid_text))
+    os.setuid(int(uid_text))
+    print(f"inference_api.py: serving as uid {uid_text}, gid {gid_text} (KAITO_RUN_AS_UID), not root", file=sys.stderr, flush=True)
 
 
 def kaito_run(args: Sequence[str]) -> tuple[str, list[str]]:
