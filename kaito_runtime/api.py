@@ -101,7 +101,8 @@ class Prepared:
     inventory: NodeInventory
     topology: Topology
     plan: LaunchPlan
-    model_path: Path  # where the weights will be (exact for presets, folders and pinned commits)
+    model_path: Path | str  # where the weights will be (exact for presets, folders and pinned commits;
+    # a str: the object-store URI vLLM streams from)
     times: PhaseTimes
     token_source: str | None = None
     token: Secret | None = field(default=None, repr=False)  # resolved once per run, for the weights step
@@ -192,6 +193,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
 
     planning_only = request.planning_only if planning_only is None else planning_only
     token, token_source = secrets.resolve_token(env, request.token_file)
+    _register_store_secrets(env)
     config_args = _read_config(request)
     request = _with_user_flags(request, config_args)
 
@@ -224,7 +226,9 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
             warnings=(gated,) if gated else (),
         ) from error
     assert request.weights_dir is not None
-    model_path = Path(model.local_path) if model.local_path else weights.planned_path(model.weights_source, request.weights_dir)
+    model_path = _vllm_model(model, env) or (
+        Path(model.local_path) if model.local_path else weights.planned_path(model.weights_source, request.weights_dir)
+    )
     plan_seconds = time.monotonic() - started
     return Prepared(
         request=request,
@@ -240,6 +244,35 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
         warnings=((gated,) if gated else ()) + adapter_warnings,
         adapters=adapters,
     )
+
+
+def _register_store_secrets(env: Mapping[str, str]) -> None:
+    """Object-store credentials in the environment are masked in every output from here on."""
+    from kaito_runtime import objstore
+    from kaito_runtime import secrets
+
+    for value in objstore.secret_values(env):
+        secrets.register_secret(value)
+
+
+def _vllm_model(model: ModelSpec | WeightsSource, env: Mapping[str, str]) -> str | None:
+    """The object-store URI vLLM streams from (None for a hub model or a folder)."""
+    from kaito_runtime import objstore
+
+    return objstore.parse_uri(model.store_uri, env).uri if model.store_uri else None
+
+
+def _store_child_env(model: ModelSpec, env: Mapping[str, str], weights: WeightsResult) -> tuple[dict[str, str], dict[str, str]]:
+    """(plain, secret) variables vLLM needs to stream ``model`` (nothing for other models)."""
+    from kaito_runtime import objstore
+    from kaito_runtime.weights import objects
+
+    if not model.store_uri:
+        return {}, {}
+    plain, secret = objstore.store_env(objstore.parse_uri(model.store_uri, env), env)
+    if not env.get("VLLM_ASSETS_CACHE"):  # where the weights step put the non-tensor files
+        plain["VLLM_ASSETS_CACHE"] = str(Path(weights.path).parent.parent)
+    return plain, secret
 
 
 def _read_adapters(request: RuntimeRequest, model: ModelSpec) -> tuple[tuple[LoraAdapter, ...], tuple[str, ...]]:
@@ -270,7 +303,7 @@ def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tu
     return prepared, _build(prepared, prepared.plan, prepared.model_path, env, vllm_install.detect_vllm())
 
 
-def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path, env: Mapping[str, str], install) -> VllmLaunch:
+def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path | str, env: Mapping[str, str], install) -> VllmLaunch:
     """``launch.build_launch`` with what ``prepared`` already holds (config file, free RAM).
     The launch's API key is registered for redaction here, before any line about it is logged."""
     from kaito_runtime import launch
@@ -291,6 +324,7 @@ def fetch_model_weights(
     *,
     token: Secret | None = None,
     token_source: str | None = None,
+    copy: bool = False,
 ) -> WeightsResult:
     """The weights step for ``model``: returns weights.WeightsResult (the local folder for vLLM).
     ``token``: the one ``prepare`` resolved (else it is resolved here).
@@ -307,6 +341,13 @@ def fetch_model_weights(
     if token is None:
         token, token_source = secrets.resolve_token(env, request.token_file)
     assert request.weights_dir is not None
+    source = model.weights_source if isinstance(model, ModelSpec) else model
+    if source.store_uri:  # object stores: the non-tensor files (or, with copy, all of it)
+        _register_store_secrets(env)
+        return weights.ensure_store_weights(
+            source, weights_dir=request.weights_dir, env=env, copy=copy,
+            lock_timeout_s=weights_lock.lock_timeout_s(None, env), log=log,
+        )
     try:
         with hub_timeouts.timeout_from(env):
             return weights.ensure_weights(
@@ -343,17 +384,17 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
         # This mode exists to write there: made now, and refused at once when it cannot be.
         weights_store.check_weights_dir(request.weights_dir, create=True)
     started = time.monotonic()
-    model = download_source(request)
+    model = download_source(request, env)
     log.info(
         "download-only: weights of %s (%s) into %s; whether it fits this machine is not checked in this mode",
         model.name,
-        model.local_path or f"{model.repo_id}@{model.revision or 'main'}",
+        model.local_path or model.store_uri or f"{model.repo_id}@{model.revision or 'main'}",
         model.local_path or request.weights_dir,
     )
     gated = _gated_without_token(model, request, env)
     if gated:
         log.warning("%s", gated)
-    result = fetch_model_weights(model, request, env)
+    result = fetch_model_weights(model, request, env, copy=True)
     _log_weights_ready(result, time.monotonic() - started)
     return result
 
@@ -379,7 +420,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         preload_torch()
     if request.join:
         request = _join_the_leader(request, env)
-    model_choice.check_request(request)  # a typo must not create the weights folder
+    model_choice.check_request(request, env)  # a typo must not create the weights folder
     if not uses_local_folder(request):
         # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
         # a second; an existing read-only volume holding a complete copy is still served.
@@ -410,11 +451,12 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     meeting = member = None
     if prepared.topology.multi_node:
         plan, meeting, member = _meet_the_group(prepared, env, built, install, result, leader_store)
-        built = _build(prepared, plan, Path(result.path), env, install)
-    elif Path(result.path) != prepared.model_path:  # a branch resolved to another commit's folder
+        built = _build(prepared, plan, _vllm_model(prepared.model, env) or Path(result.path), env, install)
+    elif not prepared.model.store_uri and Path(result.path) != prepared.model_path:  # a branch resolved to another commit's folder
         built = _build(prepared, prepared.plan, Path(result.path), env, install)
-    added = meeting.child_env(env) if meeting is not None else {}
-    child_env = launch.child_environment(built, env, added)
+    store_plain, store_secret = _store_child_env(prepared.model, env, result)
+    added = {**(meeting.child_env(env) if meeting is not None else {}), **store_plain}
+    child_env = {**launch.child_environment(built, env, added), **store_secret}
 
     # What vLLM will really use: pass-through arguments and the config file may override ours.
     host, port = built.host, built.port
@@ -693,7 +735,9 @@ def _meet_the_group(
         kaito_runtime_version=kaito_runtime.__version__,
         vllm_version=install.version if install is not None else "-",
         plan_fields=group_store.plan_fields(
-            prepared.model.repo_id or prepared.model.name, weights.revision or prepared.model.revision, built.argv
+            prepared.model.repo_id or prepared.model.store_uri or prepared.model.name,
+            weights.revision or prepared.model.revision,  # a store's model: the objects' version digest
+            built.argv,
         ),
         weights_complete=True,  # this runs after the weights step finished
     )
