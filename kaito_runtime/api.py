@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaito_runtime import logs
-from kaito_runtime.errors import DoesNotFitError, GroupMemberLostError, InputError
+from kaito_runtime.errors import DoesNotFitError, GroupMemberLostError, GroupMismatchError, InputError, RankOutsideGroupError
 from kaito_runtime.model import download_source, gated_token_warning, resolve_model
 from kaito_runtime.request import (
     CONTAINER_WEIGHTS_DIR,
@@ -42,8 +41,7 @@ from kaito_runtime.secrets import Secret
 
 if TYPE_CHECKING:
     from kaito_runtime.launch import ServeOptions
-    from kaito_runtime.launch.group import GroupMember
-    from kaito_runtime.launch.rendezvous import RendezvousInfo
+    from kaito_runtime.launch.group import Group, GroupSecret, NodeFacts
     from kaito_runtime.launch import plan_check
     from kaito_runtime.launch.vllm_command import VllmLaunch
     from kaito_runtime.weights import WeightsResult
@@ -414,12 +412,18 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     if download_only:
         download_weights(request, env)
         return 0
+    secret = None
     if _is_multi_node(request, env):
-        from kaito_runtime.launch.group_store import preload_torch
+        from kaito_runtime.launch.group import load_group_secret, preload_torch
 
         preload_torch()
+        secret = load_group_secret(request.group_secret_file, env)  # a bad file fails before anything slow
+        if secret is not None:
+            from kaito_runtime.secrets import register_secret
+
+            register_secret(secret.key.decode(errors="replace"))
     if request.join:
-        request = _join_the_leader(request, env)
+        request = _join_the_leader(request, env, secret)
     model_choice.check_request(request, env)  # a typo must not create the weights folder
     if not uses_local_folder(request):
         # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
@@ -435,23 +439,25 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         log.warning("%s", warning)
     # The leader's vLLM serves its API there; a worker's launcher answers /health there.
     ports.check_port_free(built.host, built.port)
-    if prepared.topology.multi_node and prepared.topology.is_leader:
-        from kaito_runtime.launch.group import store_port
-
-        ports.check_port_free("0.0.0.0", store_port(prepared.topology))
+    group = _the_group(prepared, env, secret) if prepared.topology.multi_node else None
+    if group is not None and prepared.topology.is_leader:
+        group.check_ports()  # vLLM's master port and the store's, naming --master-port
     for warning in prepared.warnings:
         log.warning("%s", warning)
-    leader_store = _open_the_group(prepared) if prepared.topology.multi_node and prepared.topology.is_leader else None
+    if group is not None and prepared.topology.is_leader:
+        _open_the_group(group, prepared)
 
     started = time.monotonic()
     result = fetch_weights(prepared, env)
     weights_seconds = time.monotonic() - started
     _log_weights_ready(result, weights_seconds)
 
-    meeting = member = None
-    if prepared.topology.multi_node:
-        plan, meeting, member = _meet_the_group(prepared, env, built, install, result, leader_store)
-        built = _build(prepared, plan, _vllm_model(prepared.model, env) or Path(result.path), env, install)
+    meeting = None
+    if group is not None:
+        from kaito_runtime.launch.group import with_master_ip
+
+        meeting = group.meet(_node_facts(prepared, built, install, result, secret))
+        built = _build(prepared, with_master_ip(prepared.plan, meeting), _vllm_model(prepared.model, env) or Path(result.path), env, install)
     elif not prepared.model.store_uri and Path(result.path) != prepared.model_path:  # a branch resolved to another commit's folder
         built = _build(prepared, prepared.plan, Path(result.path), env, install)
     store_plain, store_secret = _store_child_env(prepared.model, env, result)
@@ -481,10 +487,10 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         readiness = supervisor.ReadinessCheck(host=host, port=port, served_name=served_names, api_key=built.api_key)
     log.info("starting vLLM: %s", launch.start_line(built, added))
     with contextlib.ExitStack() as stack:
-        if member is not None and not prepared.topology.is_leader:
+        if group is not None and not prepared.topology.is_leader:
             from kaito_runtime.launch.worker_health import WorkerHealthServer
 
-            stack.enter_context(WorkerHealthServer(host, port, member.health))
+            stack.enter_context(WorkerHealthServer(host, port, lambda: group.health().answer()))
             log.info("worker health: GET http://%s:%d/health (200 while vLLM and the leader's heartbeat are alive)", host, port)
         outcome = supervisor.supervise(
             built.argv,
@@ -496,13 +502,11 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
             on_ready=on_ready,
             log=log,
             on_line=startup.feed,
-            stop_when=member.stop_request if member is not None else None,
-            on_signal=member.asked_to_stop if member is not None else None,
-            on_start=member.start if member is not None else None,
+            hooks=group.hooks if group is not None else None,
             write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
         )
-        if member is not None:
-            return _leave_the_group(member, outcome, prepared, built, request)
+        if group is not None:
+            return _leave_the_group(group, outcome, prepared, built, request)
     if outcome.exit_code != 0 and outcome.signal_received is None:
         _log_failure(outcome, prepared, built, request)
     # A forwarded stop ends with the supervisor's own "vLLM stopped in N s (exit N)" line.
@@ -527,19 +531,20 @@ def _log_failure(outcome, prepared: Prepared, built: VllmLaunch, request: Runtim
     )
 
 
-def _leave_the_group(member, outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> int:
+def _leave_the_group(group: Group, outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> int:
     """This node's vLLM has stopped: tell the group why (or learn that a peer ended it), then
     exit as one unit: 0 for a stop someone asked for, 22 where a member was lost, and the node
     whose own vLLM failed keeps vLLM's code (its failure report says why)."""
+    from kaito_runtime.launch.group import StopKind
     from kaito_runtime.launch.supervisor import describe_exit_code
 
     rank = prepared.topology.node_rank
     own_failure = outcome.outcome in ("exited", "ready_timeout") and outcome.signal_received is None
     if own_failure and outcome.exit_code != 0:
         _log_failure(outcome, prepared, built, request)
-    stop = member.finish(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
+    stop = group.leave(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
     if outcome.outcome == "group_stopped" and stop is not None:
-        if stop.kind == "requested":
+        if stop.kind is StopKind.REQUESTED:
             log.info("rank %d stopped with its group: %s", rank, stop.reason)
         else:
             log.error("rank %d stopped: a group member was lost (exit %d): %s", rank, outcome.exit_code, stop.reason)
@@ -650,29 +655,37 @@ def _is_multi_node(request: RuntimeRequest, env: Mapping[str, str]) -> bool:
         return False
 
 
-def _open_the_group(prepared: Prepared):
+def _the_group(prepared: Prepared, env: Mapping[str, str], secret: GroupSecret | None) -> Group:
+    """This node's group: the one owner of the store, the check-in, the watch and the leave."""
+    from kaito_runtime.launch.group import DEFAULT_PEER_TIMEOUT_S, DEFAULT_TIMEOUT_S, Group, GroupSettings
+
+    r = prepared.request
+    settings = GroupSettings(prepared.topology, rendezvous_timeout_s=r.rendezvous_timeout or DEFAULT_TIMEOUT_S,
+                             peer_timeout_s=r.peer_timeout or DEFAULT_PEER_TIMEOUT_S, secret=secret)
+    return Group(settings, env=env, log=log)
+
+
+def _open_the_group(group: Group, prepared: Prepared) -> None:
     """The leader opens the group's store before its weights step, and publishes there what a
-    worker started with --join needs to plan the same launch."""
-    from kaito_runtime.launch import group
+    worker started with --join needs to plan the same launch (the group drops every secret)."""
     from kaito_runtime.launch.vllm_command import config_tokens
 
     r = prepared.request
-    store = group.open_store(prepared.topology, "0.0.0.0", timeout_s=0, log=log)
+    group.open()
     overrides = {k: v for k, v in dataclasses.asdict(r.overrides).items() if k != "cpu_cores"}
     config = config_tokens(prepared.config_args)[0] if prepared.config_args else []
-    store.publish_request({
+    group.publish_request({
         "preset": r.preset, "model": r.model, "revision": r.revision, "served_model_name": r.served_model_name,
         "nnodes": prepared.topology.nnodes, "overrides": overrides,
         # The config file's flags first, the pass-through ones after: the same merge vLLM gets here.
         "vllm_args": [*config, *r.extra_vllm_args],
     })
-    return store
 
 
-def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> RuntimeRequest:
+def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str], secret: GroupSecret | None) -> RuntimeRequest:
     """--join: learn what the group serves from the leader's store (model, revision, node count,
     plan options, vLLM arguments). This node keeps its own rank, ports, cores, folders and token."""
-    from kaito_runtime.launch import group, rendezvous
+    from kaito_runtime.launch.group import DEFAULT_TIMEOUT_S, learn_from_leader
     from kaito_runtime.node.topology import leader_of
 
     if request.preset or request.model or request.extra_vllm_args or request.config_file:
@@ -682,11 +695,8 @@ def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> Runtime
     if address is None:
         raise InputError("--join needs the leader's address",
                          fix="set --leader-address/KAITO_LEADER_ADDRESS (or run where LWS, torchrun or the KAITO StatefulSet sets it)")
-    timeout = request.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
-    deadline = time.monotonic() + timeout
-    rendezvous.resolve_leader(address, timeout_s=timeout, log=log)  # a name that never resolves is its own error
-    store = group.join_store(address, master_port + 1, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
-    published = group.leader_request(store, timeout_s=max(1.0, deadline - time.monotonic()))
+    published = learn_from_leader(address, master_port, timeout_s=request.rendezvous_timeout or DEFAULT_TIMEOUT_S,
+                                  secret=secret, log=log)
     overrides = replace(PlanOverrides(**published["overrides"]), cpu_cores=request.overrides.cpu_cores)
     joined = replace(
         request, preset=published["preset"], model=published["model"], revision=published["revision"],
@@ -694,55 +704,38 @@ def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> Runtime
         leader_address=address, master_port=master_port, overrides=overrides,
         extra_vllm_args=tuple(published["vllm_args"]),
     )
+    try:
+        resolve_topology(joined, env, planning_only=False)
+    except RankOutsideGroupError as exc:
+        raise GroupMismatchError(f"This node's rank {exc.rank} is outside the leader's group of {exc.nnodes} nodes "
+                                 f"(ranks 0..{exc.nnodes - 1})", why="a --join worker takes the node count from the leader",
+                                 fix="give this node a rank below the leader's --nnodes, or start the leader with more nodes") from None
     log.info("joined the group of %s: %s%s, %d nodes", address, joined.preset or joined.model,
              f"@{joined.revision}" if joined.revision else "", joined.nnodes)
     return joined
 
 
-def _meet_the_group(
-    prepared: Prepared, env: Mapping[str, str], built: VllmLaunch, install, weights: WeightsResult, leader_store=None
-) -> tuple[LaunchPlan, RendezvousInfo, GroupMember]:
-    """Multi-node: resolve the leader to an IP, find this node's address, meet at the leader's
-    group store (check-in, the leader's checks, the release), all within one deadline.
-
-    Returns the plan with --master-addr set to the leader's IP, what the rendezvous found (its
-    ``child_env`` is the single source of VLLM_HOST_IP and the socket interface variables) and
-    this node's place in the running group (heartbeats and the peers' watch while vLLM runs).
-    """
+def _node_facts(prepared: Prepared, built: VllmLaunch, install, weights: WeightsResult,
+                secret: GroupSecret | None) -> NodeFacts:
+    """What this node brings to the check-in (runs after its weights step finished)."""
     import kaito_runtime
-    from kaito_runtime.launch import group, group_store, rendezvous
+    from kaito_runtime.launch.group import NodeFacts, api_key_digest, plan_fields
 
-    topo = prepared.topology
-    timeout = prepared.request.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
-    deadline = time.monotonic() + timeout
-    # Workers wait for the leader's store (opened once the leader's weights are ready), not for
-    # vLLM's master port: the leader's vLLM starts only after the group is released.
-    meeting = rendezvous.prepare_rendezvous(topo, env=env, log=log, timeout_s=timeout)
-    assert meeting is not None and topo.leader_address is not None
-    store = leader_store or group.open_store(topo, topo.leader_address, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
-    member = group.GroupMember(store, topo, peer_timeout_s=prepared.request.peer_timeout or group.DEFAULT_PEER_TIMEOUT_S, log=log)
     node = prepared.inventory
     resources = (
         {"gpu_count": node.gpu_count, "gpu_memory_bytes": sum(g.total_bytes for g in node.gpus)}
         if prepared.plan.target != "cpu"
         else {"cpu_cores": node.host.cpu_count, "ram_bytes": node.host.ram_total_bytes}
     )
-    me = group_store.CheckIn(
-        rank=topo.node_rank,
-        host_ip=meeting.host_ip,
-        hostname=socket.gethostname(),
+    digest = api_key_digest(built.api_key, secret) if built.api_key else None
+    return NodeFacts(
         resources=resources,
         kaito_runtime_version=kaito_runtime.__version__,
         vllm_version=install.version if install is not None else "-",
-        plan_fields=group_store.plan_fields(
-            prepared.model.repo_id or prepared.model.store_uri or prepared.model.name,
-            weights.revision or prepared.model.revision,  # a store's model: the objects' version digest
-            built.argv,
-        ),
-        weights_complete=True,  # this runs after the weights step finished
+        # a store's model: its URI and the objects' version digest (ETags / generations)
+        plan_fields=plan_fields(prepared.model.repo_id or prepared.model.store_uri or prepared.model.name,
+                                weights.revision or prepared.model.revision, built.argv, api_key_digest=digest),
     )
-    member.meet(me, timeout_s=max(1.0, deadline - time.monotonic()))
-    return rendezvous.with_master_ip(prepared.plan, meeting), meeting, member
 
 
 def _log_plan_summary(prepared: Prepared, built: VllmLaunch) -> None:
