@@ -56,6 +56,14 @@ def test_a_malformed_uri_is_bad_input(text):
     assert err.value.exit_code == 2 and "s3://BUCKET/PREFIX" in err.value.message
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+def test_a_bad_store_timeout_is_bad_input(value):
+    with pytest.raises(InputError) as err:
+        objstore.timeout_s({"KAITO_STORE_TIMEOUT": value})
+    assert "KAITO_STORE_TIMEOUT" in err.value.message
+    assert objstore.timeout_s({}) == 30 and objstore.timeout_s({"KAITO_STORE_TIMEOUT": "2.5"}) == 2.5
+
+
 def test_the_version_digest_changes_with_any_object_version():
     a = [objstore.StoreObject("config.json", 10, "e1"), objstore.StoreObject("model.safetensors", 99, "e2")]
     b = [a[0], objstore.StoreObject("model.safetensors", 99, "e3")]

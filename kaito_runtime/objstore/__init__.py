@@ -134,9 +134,10 @@ def connection_string_part(env: Mapping[str, str], name: str) -> str | None:
 
 
 def timeout_s(env: Mapping[str, str]) -> float:
+    from kaito_runtime.numbers import HUB_TIMEOUT
     from kaito_runtime.settings import seconds_from_env
 
-    return seconds_from_env(env, TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+    return seconds_from_env(env, TIMEOUT_ENV, DEFAULT_TIMEOUT_S, HUB_TIMEOUT)  # (0, a day], like the hub's
 
 
 def sas_from_file(env: Mapping[str, str]) -> str | None:
