@@ -16,8 +16,9 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,7 @@ from kaito_runtime.hub import timeouts as hub_timeouts
 from kaito_runtime.secrets import Secret
 
 if TYPE_CHECKING:
+    from kaito_runtime.observe import Observer
     from kaito_runtime.launch import ServeOptions
     from kaito_runtime.launch.group import Group, GroupSecret, NodeFacts
     from kaito_runtime.launch import plan_check
@@ -170,26 +172,31 @@ def resolve_topology(request: RuntimeRequest, env: Mapping[str, str], *, plannin
 
 
 def prepare(
-    request: RuntimeRequest, env: Mapping[str, str] | None = None, *, planning_only: bool | None = None
+    request: RuntimeRequest, env: Mapping[str, str] | None = None, *, planning_only: bool | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> Prepared:
     """Resolve the model, read the node and the config file, plan the launch. No weights, no processes.
 
     ``planning_only`` defaults to ``request.planning_only`` (a dry run, --sku or --assume-gpus);
     ``run()`` passes False, because a real multi-node launch needs its rank and leader. The
-    inventory's notes and the config file's notes are logged here, once.
+    inventory's notes and the config file's notes are logged here, once. ``on_phase`` is told
+    as each step begins ("resolve", "inventory", "plan"; the launcher's /startupz shows it).
     """
     env = dict(os.environ if env is None else env)
     with hub_timeouts.timeout_from(env):
-        return _prepare(settled(request, env), env, planning_only)
+        return _prepare(settled(request, env), env, planning_only, on_phase or (lambda name: None))
 
 
-def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: bool | None) -> Prepared:
+def _prepare(
+    request: RuntimeRequest, env: Mapping[str, str], planning_only: bool | None, on_phase: Callable[[str], None]
+) -> Prepared:
     import kaito_runtime.plan as planner
     from kaito_runtime import secrets
     from kaito_runtime import weights
     from kaito_runtime.node import vllm_memory
 
     planning_only = request.planning_only if planning_only is None else planning_only
+    on_phase("resolve")
     token, token_source = secrets.resolve_token(env, request.token_file)
     _register_store_secrets(env)
     config_args = _read_config(request)
@@ -204,6 +211,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
     model_seconds = time.monotonic() - started
     adapters, adapter_warnings = _read_adapters(request, model)
 
+    on_phase("inventory")
     started = time.monotonic()
     node = probe_node(request, env)
     for note in node.notes:
@@ -212,6 +220,7 @@ def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: boo
     inventory_seconds = time.monotonic() - started
 
     gated = _gated_without_token(model, request, env, token_found=token is not None)
+    on_phase("plan")
     started = time.monotonic()
     try:
         plan = planner.plan_launch(model, node, topo, request.overrides, profile=vllm_memory.load_profile())
@@ -323,9 +332,11 @@ def fetch_model_weights(
     token: Secret | None = None,
     token_source: str | None = None,
     copy: bool = False,
+    watch: Callable[[object, int], None] | None = None,
 ) -> WeightsResult:
     """The weights step for ``model``: returns weights.WeightsResult (the local folder for vLLM).
-    ``token``: the one ``prepare`` resolved (else it is resolved here).
+    ``token``: the one ``prepare`` resolved (else it is resolved here). ``watch(count, total)``:
+    told when a download starts (the launcher's /metrics reads the count).
 
     An operating-system error on the way (permissions, a full or read-only volume) becomes a
     WeightsError (exit 10) naming the path, not a traceback.
@@ -357,19 +368,24 @@ def fetch_model_weights(
                 endpoint=request.endpoint,
                 verify=request.verify_weights,
                 lock_timeout_s=weights_lock.lock_timeout_s(None, env),
+                watch=watch,
             )
     except OSError as e:
         raise weights.os_error_as_weights_error(e, request.weights_dir) from e
 
 
-def fetch_weights(prepared: Prepared, env: Mapping[str, str] | None = None) -> WeightsResult:
+def fetch_weights(
+    prepared: Prepared, env: Mapping[str, str] | None = None, *, watch: Callable[[object, int], None] | None = None
+) -> WeightsResult:
     """The weights step of a prepared launch (with the token ``prepare`` resolved)."""
     return fetch_model_weights(
-        prepared.model, prepared.request, env, token=prepared.token, token_source=prepared.token_source
+        prepared.model, prepared.request, env, token=prepared.token, token_source=prepared.token_source, watch=watch
     )
 
 
-def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> WeightsResult:
+def download_weights(
+    request: RuntimeRequest, env: Mapping[str, str] | None = None, *, watch: Callable[[object, int], None] | None = None
+) -> WeightsResult:
     """`--download-only`: fetch the model's weights. No probe and no plan: an init container
     usually has no GPU, so whether the model fits is a question for the serving pod. A repo id's
     config.json is not read either (see ``model.download_source``)."""
@@ -392,26 +408,66 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
     gated = _gated_without_token(model, request, env)
     if gated:
         log.warning("%s", gated)
-    result = fetch_model_weights(model, request, env, copy=True)
+    result = fetch_model_weights(model, request, env, watch=watch, copy=True)
     _log_weights_ready(result, time.monotonic() - started)
     return result
 
 
 def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, download_only: bool = False) -> int:
     """The whole chain: plan, vLLM check, port check, weights, rendezvous, vLLM, supervision.
-    Returns the process exit code."""
-    from kaito_runtime import launch
-    import kaito_runtime.model as model_choice
-    from kaito_runtime.launch import ports
-    from kaito_runtime.launch import plan_check, supervisor
-    from kaito_runtime.weights import store as weights_store
+    Returns the process exit code. From its first moment the launcher serves its own HTTP
+    (kaito_runtime.observe): the metrics port for its whole life, vLLM's port until vLLM takes it."""
+    from kaito_runtime import observe, termination
 
     entered = time.monotonic()
     env = dict(os.environ if env is None else env)
     request = settled(request, env)
-    if download_only:
-        download_weights(request, env)
-        return 0
+    if request.termination_log is not None:
+        termination.configure(request.termination_log, env)
+    options = observe.ObserveOptions(request.host, request.metrics_port, not (request.no_startup_http or download_only))
+    with observe.Observer(options) as observer:
+        if download_only:
+            observer.enter(observe.Phase.WEIGHTS)
+            download_weights(request, env, watch=observer.status.weights.watch)
+            observer.status.weights.finish()
+            return 0
+        return _run(request, env, observer, entered)
+
+
+def _api_address(request: RuntimeRequest) -> tuple[str, int]:
+    """vLLM's host and port as far as the options and the pass-through arguments say (the
+    config file, read later, may still move them: the hold follows)."""
+    from kaito_runtime import vllm_flags
+
+    passed = vllm_flags.group(request.extra_vllm_args, "pass-through")
+    host = vllm_flags.last_value(passed, "host") or request.host
+    port = vllm_flags.parse_human_int(vllm_flags.last_value(passed, "port") or "") or request.port
+    return host, port
+
+
+def _hold_api_port(observer: Observer, host: str, port: int) -> None:
+    """The port check (a busy port is exit 2 in a second) and the launcher's hold on it."""
+    from kaito_runtime.launch import ports
+
+    if observer.holds(host, port):
+        return
+    observer.release_api_port("vLLM's port moved")
+    ports.check_port_free(host, port)
+    try:
+        observer.hold_api_port(host, port)
+    except OSError:
+        ports.check_port_free(host, port)  # taken in between: the same clear error
+        raise
+
+
+def _run(request: RuntimeRequest, env: dict[str, str], observer: Observer, entered: float) -> int:
+    from kaito_runtime import launch
+    from kaito_runtime import termination
+    import kaito_runtime.model as model_choice
+    from kaito_runtime.launch import plan_check, supervisor
+    from kaito_runtime.observe import Phase
+    from kaito_runtime.weights import store as weights_store
+
     # First: without vLLM nothing below can end well, and a --join worker would otherwise meet
     # the missing install as "No module named torch" while contacting its leader's store.
     found = launch.require_vllm()
@@ -425,6 +481,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
             from kaito_runtime.secrets import register_secret
 
             register_secret(secret.key.decode(errors="replace"))
+    _hold_api_port(observer, *_api_address(request))
     if request.join:
         request = _join_the_leader(request, env, secret)
     model_choice.check_request(request, env)  # a typo must not create the weights folder
@@ -432,16 +489,18 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
         # a second; an existing read-only volume holding a complete copy is still served.
         weights_store.check_weights_dir(request.weights_dir, writable=False, create=True)
-    prepared = prepare(request, env, planning_only=False)
+    prepared = prepare(request, env, planning_only=False, on_phase=lambda name: observer.enter(Phase(name)))
+    observer.describe(model=prepared.model.name, role="leader" if prepared.topology.is_leader else "worker")
     install = launch.installed_vllm(prepared.model, prepared.topology, log, found)
     # Built before the weights: what vLLM will really use (the config file and pass-through
     # arguments may override the plan) is what the plan line shows and the port check tests.
     built = _build(prepared, prepared.plan, prepared.model_path, env, install)
+    observer.plan(prepared.plan)
     _log_plan_summary(prepared, built)
     for warning in built.warnings:
         log.warning("%s", warning)
     # The leader's vLLM serves its API there; a worker's launcher answers /health there.
-    ports.check_port_free(built.host, built.port)
+    _hold_api_port(observer, built.host, built.port)
     group = _the_group(prepared, env, secret) if prepared.topology.multi_node else None
     if group is not None and prepared.topology.is_leader:
         group.check_ports()  # vLLM's master port and the store's, naming --master-port
@@ -450,8 +509,10 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     if group is not None and prepared.topology.is_leader:
         _open_the_group(group, prepared)
 
+    observer.enter(Phase.WEIGHTS)
     started = time.monotonic()
-    result = fetch_weights(prepared, env)
+    result = fetch_weights(prepared, env, watch=observer.status.weights.watch)
+    observer.status.weights.finish()
     weights_seconds = time.monotonic() - started
     _log_weights_ready(result, weights_seconds)
 
@@ -459,7 +520,11 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     if group is not None:
         from kaito_runtime.launch.group import with_master_ip
 
+        observer.enter(Phase.GROUP)
+        observer.status.group.follow(lambda: {"size": group.nnodes, "state": group.state.value,
+                                              "round": group.round, "restarts": group.restarts})
         meeting = group.meet(_node_facts(prepared, built, install, result, secret))
+        observer.status.group.checked_in(group.nnodes)  # the group was released: every member is in
         built = _build(prepared, with_master_ip(prepared.plan, meeting), _vllm_model(prepared.model, env) or Path(result.path), env, install)
     elif not prepared.model.store_uri and Path(result.path) != prepared.model_path:  # a branch resolved to another commit's folder
         built = _build(prepared, prepared.plan, Path(result.path), env, install)
@@ -475,7 +540,11 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     startup = plan_check.StartupReader()
 
     def on_ready(seconds: float) -> None:
-        _log_plan_check(plan_check.check_plan(prepared.plan, startup), request.plan_report)
+        check = plan_check.check_plan(prepared.plan, startup)
+        _log_plan_check(check, request.plan_report)
+        observer.reported(kv_tokens=check.vllm_kv_tokens, kv_cache_gib=check.vllm_kv_cache_gib,
+                          weights_gib=check.vllm_weights_gib)
+        observer.vllm_ready()
         log.info(
             "ready in %.1f s (%s): serving %s on http://%s:%d/v1",
             time.monotonic() - entered,
@@ -488,50 +557,98 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     readiness = None
     if prepared.topology.is_leader:
         readiness = supervisor.ReadinessCheck(host=host, port=port, served_name=served_names, api_key=built.api_key)
+    def on_line(line: str) -> None:
+        observer.on_vllm_line(line)  # first: vLLM binds the API port right after its first lines
+        startup.feed(line)
+
+    observer.enter(Phase.VLLM_START)
     log.info("starting vLLM: %s", launch.start_line(built, added))
     with contextlib.ExitStack() as stack:
         if group is not None and not prepared.topology.is_leader:
             from kaito_runtime.launch.worker_health import WorkerHealthServer
 
+            observer.release_api_port("the worker's health server takes it")
             stack.enter_context(WorkerHealthServer(host, port, lambda: group.health().answer()))
             log.info("worker health: GET http://%s:%d/health (200 while vLLM and the leader's heartbeat are alive)", host, port)
-        outcome = supervisor.supervise(
-            built.argv,
-            child_env,
-            ready=readiness,
-            grace_seconds=request.grace_seconds,
-            # A headless worker has no server to become ready; it lives as long as the group does.
-            ready_timeout=request.ready_timeout if readiness is not None else None,
-            on_ready=on_ready,
-            log=log,
-            on_line=startup.feed,
-            hooks=group.hooks if group is not None else None,
-            write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
-        )
+        hooks = _ObservedHooks(group.hooks if group is not None else None, observer, worker=not prepared.topology.is_leader)
+        for attempt in (1, 2):
+            observer.vllm_starting(child_env, serves_api=prepared.topology.is_leader)
+            outcome = supervisor.supervise(
+                built.argv,
+                child_env,
+                ready=readiness,
+                grace_seconds=request.grace_seconds,
+                # A headless worker has no server to become ready; it lives as long as the group does.
+                ready_timeout=request.ready_timeout if readiness is not None else None,
+                on_ready=on_ready,
+                log=log,
+                on_line=on_line,
+                hooks=hooks,
+                write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
+            )
+            observer.vllm_exited(outcome.outcome, outcome.exit_code, outcome.signal_received is not None)
+            if (attempt == 1 and group is None and outcome.signal_received is None and outcome.ready_after is None
+                    and observer.port_race_lost(outcome.tail, outcome.exit_code)):
+                log.warning("vLLM bound port %d before the launcher had let go of it; starting it again", port)
+                continue
+            break
         if group is not None:
             return _leave_the_group(group, outcome, prepared, built, request)
     if outcome.exit_code != 0 and outcome.signal_received is None:
         _log_failure(outcome, prepared, built, request)
+    elif outcome.signal_received is not None:
+        how = "stopped cleanly" if outcome.exit_code == 0 else supervisor.describe_exit_code(outcome.exit_code)
+        termination.note_cause(f"stopped by {signal.Signals(outcome.signal_received).name} (vLLM {how})")
     # A forwarded stop ends with the supervisor's own "vLLM stopped in N s (exit N)" line.
     return outcome.exit_code
+
+
+class _ObservedHooks:
+    """The supervisor's hooks: the group's (when there is one), and what the launcher's own
+    status learns from them (a headless worker is ready once its vLLM runs; a signal means
+    stopping)."""
+
+    def __init__(self, inner, observer: Observer, *, worker: bool) -> None:
+        from kaito_runtime.launch.supervisor import SupervisorHooks
+
+        self._inner = inner or SupervisorHooks()
+        self._observer, self._worker = observer, worker
+
+    def started(self, alive) -> None:
+        self._inner.started(alive)
+        if self._worker:
+            self._observer.vllm_ready()
+
+    def signalled(self, signum: int) -> None:
+        self._inner.signalled(signum)
+        self._observer.on_signal(signum)
+
+    def stop_request(self):
+        return self._inner.stop_request()
+
+    def exited(self, returncode: int) -> None:
+        self._inner.exited(returncode)
 
 
 def _log_failure(outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> None:
     """A known cause: one line. Otherwise (or only the generic "engine core failed"), vLLM's
     last lines first, because in a long container log the real cause has scrolled away."""
+    from kaito_runtime import termination
     from kaito_runtime.launch import failures
 
-    log.error(
-        "%s",
-        failures.failure_report(
-            outcome.tail,
-            outcome.exit_code,
-            plan_hint=failures.FailureContext.from_launch(prepared.plan, built),
-            tail_lines=FAILURE_TAIL_LINES,
-            outcome=outcome.outcome,
-            ready_timeout=request.ready_timeout,
-        ),
+    report = failures.failure_report(
+        outcome.tail,
+        outcome.exit_code,
+        plan_hint=failures.FailureContext.from_launch(prepared.plan, built),
+        tail_lines=FAILURE_TAIL_LINES,
+        outcome=outcome.outcome,
+        ready_timeout=request.ready_timeout,
     )
+    log.error("%s", report)
+    # one line for the termination message: a known cause's own line, else the closing line and
+    # the last line vLLM printed (often the exception)
+    lines = [line for line in report.splitlines() if line.strip()] or ["vLLM failed"]
+    termination.note_cause(lines[0] if len(lines) == 1 else f"{lines[-1]}; vLLM's last line: {lines[-2]}")
 
 
 def _leave_the_group(group: Group, outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> int:
@@ -550,7 +667,10 @@ def _leave_the_group(group: Group, outcome, prepared: Prepared, built: VllmLaunc
         if stop.kind is StopKind.REQUESTED:
             log.info("rank %d stopped with its group: %s", rank, stop.reason)
         else:
+            from kaito_runtime import termination
+
             log.error("rank %d stopped: a group member was lost (exit %d): %s", rank, outcome.exit_code, stop.reason)
+            termination.note_cause(f"rank {rank} stopped: a group member was lost: {stop.reason}")
         return outcome.exit_code
     if own_failure:
         log.error("rank %d: vLLM exited (exit %d); the group stops with it", rank, outcome.exit_code)

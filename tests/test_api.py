@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kaito_runtime import api
+from kaito_runtime import api, observe
 
 from kaito_runtime.node import inventory
 
@@ -68,6 +68,11 @@ def port_checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     not fail unrelated tests. The port tests below call REAL_PORT_CHECK themselves."""
     seen: list[tuple[str, int]] = []
     monkeypatch.setattr(ports, "check_port_free", lambda host, port: seen.append((host, port)))
+    # nor may the launcher's own HTTP bind them (tests/observe test it on free ports)
+    held: set[tuple[str, int]] = set()
+    monkeypatch.setattr(observe.Observer, "hold_api_port", lambda self, host, port: held.add((host, port)))
+    monkeypatch.setattr(observe.Observer, "holds", lambda self, host, port: (host, port) in held)
+    monkeypatch.setattr(observe.Observer, "start", lambda self: self)
     return seen
 
 

@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Mapping
@@ -192,6 +193,7 @@ class _Job:
     lock_timeout_s: float | None
     log: logging.Logger
     started: float  # time.monotonic() at the call
+    watch: Callable[[TransferCount, int], None] | None = None
 
     @property
     def repo_id(self) -> str:
@@ -214,6 +216,7 @@ def ensure_weights(
     max_workers: int = 8,
     progress_interval_s: float = DEFAULT_PROGRESS_INTERVAL_S,
     lock_timeout_s: float | None = None,
+    watch: Callable[[TransferCount, int], None] | None = None,
 ) -> WeightsResult:
     """Return a local folder holding ``model``'s weights at its pinned commit; download if needed.
 
@@ -223,7 +226,9 @@ def ensure_weights(
     ``lock_timeout_s``: how long to wait for another launcher's download of the same commit to
     make progress (default ``KAITO_WEIGHTS_LOCK_TIMEOUT`` or an hour). ``offline`` given as a
     bool is trusted; None reads ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` from the process
-    environment (``request.offline_in``). Raises the WeightsError family (exit codes 10-18) or InputError;
+    environment (``request.offline_in``). ``watch(count, total)`` is called when a download
+    starts, with the byte count the downloader moves per chunk (the launcher's /metrics reads
+    it). Raises the WeightsError family (exit codes 10-18) or InputError;
     file-system failures come as WeightsError naming the path and the fix.
     """
     log = log or logger
@@ -248,6 +253,7 @@ def ensure_weights(
         lock_timeout_s=lock_timeout_s,
         log=log,
         started=t0,
+        watch=watch,
     )
     try:
         return _ensure_repo(job)
@@ -402,6 +408,8 @@ def _download(job: _Job, folder: Path, commit: str, *, verify: bool) -> WeightsR
         with ExitStack() as shown:
             bar = shown.enter_context(ProgressBar(total, on_disk)) if mode == "bar" else None
             count = TransferCount(held, on_change=bar.add if bar else None)
+            if job.watch is not None:
+                job.watch(count, total)
             fetcher = Fetcher(repo_id, commit, folder, token, ep, log, count, verify=verify)
             if mode == "log":
                 shown.enter_context(ProgressLogger(count, total, log, job.progress_interval_s))
