@@ -305,7 +305,10 @@ def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tu
 
     env = dict(os.environ if env is None else env)
     if request.join:  # the plan of a --join worker is the one its leader would give it
-        request = _join_the_leader(settled(request, env), env)
+        from kaito_runtime.launch.group import load_group_secret
+
+        request = settled(request, env)
+        request = _join_the_leader(request, env, load_group_secret(request.group_secret_file, env))
     prepared = prepare(request, env)
     return prepared, _build(prepared, prepared.plan, prepared.model_path, env, vllm_install.detect_vllm())
 
