@@ -101,7 +101,8 @@ class Prepared:
     inventory: NodeInventory
     topology: Topology
     plan: LaunchPlan
-    model_path: Path  # where the weights will be (exact for presets, folders and pinned commits)
+    model_path: Path | str  # where the weights will be (exact for presets, folders and pinned commits;
+    # a str: the object-store URI vLLM streams from)
     times: PhaseTimes
     token_source: str | None = None
     token: Secret | None = field(default=None, repr=False)  # resolved once per run, for the weights step
@@ -197,7 +198,8 @@ def _prepare(
     planning_only = request.planning_only if planning_only is None else planning_only
     on_phase("resolve")
     token, token_source = secrets.resolve_token(env, request.token_file)
-    config_args = _read_config(request)
+    _register_store_secrets(env)
+    config_args, request = _read_config(request)
     request = _with_user_flags(request, config_args)
 
     started = time.monotonic()
@@ -231,7 +233,9 @@ def _prepare(
             warnings=(gated,) if gated else (),
         ) from error
     assert request.weights_dir is not None
-    model_path = Path(model.local_path) if model.local_path else weights.planned_path(model.weights_source, request.weights_dir)
+    model_path = _vllm_model(model, env) or (
+        Path(model.local_path) if model.local_path else weights.planned_path(model.weights_source, request.weights_dir)
+    )
     plan_seconds = time.monotonic() - started
     return Prepared(
         request=request,
@@ -247,6 +251,35 @@ def _prepare(
         warnings=((gated,) if gated else ()) + adapter_warnings,
         adapters=adapters,
     )
+
+
+def _register_store_secrets(env: Mapping[str, str]) -> None:
+    """Object-store credentials in the environment are masked in every output from here on."""
+    from kaito_runtime import objstore
+    from kaito_runtime import secrets
+
+    for value in objstore.secret_values(env):
+        secrets.register_secret(value)
+
+
+def _vllm_model(model: ModelSpec | WeightsSource, env: Mapping[str, str]) -> str | None:
+    """The object-store URI vLLM streams from (None for a hub model or a folder)."""
+    from kaito_runtime import objstore
+
+    return objstore.parse_uri(model.store_uri, env).uri if model.store_uri else None
+
+
+def _store_child_env(model: ModelSpec, env: Mapping[str, str], weights: WeightsResult) -> tuple[dict[str, str], dict[str, str]]:
+    """(plain, secret) variables vLLM needs to stream ``model`` (nothing for other models)."""
+    from kaito_runtime import objstore
+    from kaito_runtime.weights import objects
+
+    if not model.store_uri:
+        return {}, {}
+    plain, secret = objstore.store_env(objstore.parse_uri(model.store_uri, env), env)
+    if not env.get("VLLM_ASSETS_CACHE"):  # where the weights step put the non-tensor files
+        plain["VLLM_ASSETS_CACHE"] = str(Path(weights.path).parent.parent)
+    return plain, secret
 
 
 def _read_adapters(request: RuntimeRequest, model: ModelSpec) -> tuple[tuple[LoraAdapter, ...], tuple[str, ...]]:
@@ -280,7 +313,7 @@ def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tu
     return prepared, _build(prepared, prepared.plan, prepared.model_path, env, vllm_install.detect_vllm())
 
 
-def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path, env: Mapping[str, str], install) -> VllmLaunch:
+def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path | str, env: Mapping[str, str], install) -> VllmLaunch:
     """``launch.build_launch`` with what ``prepared`` already holds (config file, free RAM).
     The launch's API key is registered for redaction here, before any line about it is logged."""
     from kaito_runtime import launch
@@ -289,9 +322,33 @@ def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path, env: Mapping[
     built = launch.build_launch(
         prepared.serve, plan, model_path, env, install, prepared.config_args,
         ram_available_bytes=prepared.inventory.host.ram_available_bytes,
+        kaito=_kaito_serving(prepared, plan),
     )
     secrets.register_secret(built.api_key)
     return built
+
+
+def _kaito_serving(prepared: Prepared, plan: LaunchPlan):
+    """KAITO's serving features as the request asks for them, with the container's free memory
+    measured when CPU KV offload is wanted on the GPU target."""
+    from kaito_runtime.launch.kaito_serving import KaitoServing
+
+    r = prepared.request
+    free = source = None
+    if r.kv_cache_cpu_memory_utilization and plan.target == "gpu":
+        from kaito_runtime.node.container_memory import container_memory
+
+        memory = container_memory()
+        free, source = memory.available_bytes, memory.describe()
+    return KaitoServing(
+        kv_offload_utilization=r.kv_cache_cpu_memory_utilization,
+        container_free_bytes=free,
+        container_memory_source=source,
+        rate_limit=not r.disable_rate_limit,
+        grace_seconds=r.grace_seconds,
+        inference_role=r.inference_role,
+        mig=any(gpu.mig for gpu in prepared.inventory.gpus),
+    )
 
 
 def fetch_model_weights(
@@ -301,6 +358,7 @@ def fetch_model_weights(
     *,
     token: Secret | None = None,
     token_source: str | None = None,
+    copy: bool = False,
     watch: Callable[[object, int], None] | None = None,
 ) -> WeightsResult:
     """The weights step for ``model``: returns weights.WeightsResult (the local folder for vLLM).
@@ -319,6 +377,13 @@ def fetch_model_weights(
     if token is None:
         token, token_source = secrets.resolve_token(env, request.token_file)
     assert request.weights_dir is not None
+    source = model.weights_source if isinstance(model, ModelSpec) else model
+    if source.store_uri:  # object stores: the non-tensor files (or, with copy, all of it)
+        _register_store_secrets(env)
+        return weights.ensure_store_weights(
+            source, weights_dir=request.weights_dir, env=env, copy=copy,
+            lock_timeout_s=weights_lock.lock_timeout_s(None, env), log=log,
+        )
     try:
         with hub_timeouts.timeout_from(env):
             return weights.ensure_weights(
@@ -360,17 +425,17 @@ def download_weights(
         # This mode exists to write there: made now, and refused at once when it cannot be.
         weights_store.check_weights_dir(request.weights_dir, create=True)
     started = time.monotonic()
-    model = download_source(request)
+    model = download_source(request, env)
     log.info(
         "download-only: weights of %s (%s) into %s; whether it fits this machine is not checked in this mode",
         model.name,
-        model.local_path or f"{model.repo_id}@{model.revision or 'main'}",
+        model.local_path or model.store_uri or f"{model.repo_id}@{model.revision or 'main'}",
         model.local_path or request.weights_dir,
     )
     gated = _gated_without_token(model, request, env)
     if gated:
         log.warning("%s", gated)
-    result = fetch_model_weights(model, request, env, watch=watch)
+    result = fetch_model_weights(model, request, env, watch=watch, copy=True)
     _log_weights_ready(result, time.monotonic() - started)
     return result
 
@@ -446,7 +511,7 @@ def _run(request: RuntimeRequest, env: dict[str, str], observer: Observer, enter
     _hold_api_port(observer, *_api_address(request))
     if request.join:
         request = _join_the_leader(request, env, secret)
-    model_choice.check_request(request)  # a typo must not create the weights folder
+    model_choice.check_request(request, env)  # a typo must not create the weights folder
     if not uses_local_folder(request):
         # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
         # a second; an existing read-only volume holding a complete copy is still served.
@@ -487,11 +552,12 @@ def _run(request: RuntimeRequest, env: dict[str, str], observer: Observer, enter
                                               "round": group.round, "restarts": group.restarts})
         meeting = group.meet(_node_facts(prepared, built, install, result, secret))
         observer.status.group.checked_in(group.nnodes)  # the group was released: every member is in
-        built = _build(prepared, with_master_ip(prepared.plan, meeting), Path(result.path), env, install)
-    elif Path(result.path) != prepared.model_path:  # a branch resolved to another commit's folder
+        built = _build(prepared, with_master_ip(prepared.plan, meeting), _vllm_model(prepared.model, env) or Path(result.path), env, install)
+    elif not prepared.model.store_uri and Path(result.path) != prepared.model_path:  # a branch resolved to another commit's folder
         built = _build(prepared, prepared.plan, Path(result.path), env, install)
-    added = meeting.child_env(env) if meeting is not None else {}
-    child_env = launch.child_environment(built, env, added)
+    store_plain, store_secret = _store_child_env(prepared.model, env, result)
+    added = {**(meeting.child_env(env) if meeting is not None else {}), **store_plain}
+    child_env = {**launch.child_environment(built, env, added), **store_secret}
 
     # What vLLM will really use: pass-through arguments and the config file may override ours.
     host, port = built.host, built.port
@@ -716,16 +782,26 @@ def _with_user_flags(request: RuntimeRequest, config_args: Mapping[str, object] 
     return replace(request, overrides=replace(request.overrides, **sizes)) if sizes else request
 
 
-def _read_config(request: RuntimeRequest) -> Mapping[str, object] | None:
-    """The config file's `vllm:` flags; its notes (keys read and ignored) are logged here, once."""
+def _read_config(request: RuntimeRequest) -> tuple[Mapping[str, object] | None, RuntimeRequest]:
+    """The config file's `vllm:` flags, and the request with the file's CPU KV offload setting
+    (which wins over the option, as KAITO's file wins over its command line). Its notes and
+    the one warning about unknown top-level keys are logged here, once."""
     if not request.config_file:
-        return None
+        return None, request
     from kaito_runtime.request.config_file import read_config
 
     config = read_config(request.config_file)
     for note in config.notes:
         log.info("%s", note)
-    return config.vllm_args
+    if config.unknown_keys_warning:
+        log.warning("%s: %s", request.config_file, config.unknown_keys_warning)
+    wanted = config.kv_cache_cpu_memory_utilization
+    if wanted is not None and wanted != request.kv_cache_cpu_memory_utilization:
+        if request.kv_cache_cpu_memory_utilization is not None:
+            log.info("%s: kv_cache_cpu_memory_utilization %g replaces --kv-cache-cpu-memory-utilization %g",
+                     request.config_file, wanted, request.kv_cache_cpu_memory_utilization)
+        request = replace(request, kv_cache_cpu_memory_utilization=wanted)
+    return config.vllm_args, request
 
 
 def _is_multi_node(request: RuntimeRequest, env: Mapping[str, str]) -> bool:
@@ -816,8 +892,9 @@ def _node_facts(prepared: Prepared, built: VllmLaunch, install, weights: Weights
         resources=resources,
         kaito_runtime_version=kaito_runtime.__version__,
         vllm_version=install.version if install is not None else "-",
-        plan_fields=plan_fields(prepared.model.repo_id or prepared.model.name, weights.revision or prepared.model.revision,
-                                built.argv, api_key_digest=digest),
+        # a store's model: its URI and the objects' version digest (ETags / generations)
+        plan_fields=plan_fields(prepared.model.repo_id or prepared.model.store_uri or prepared.model.name,
+                                weights.revision or prepared.model.revision, built.argv, api_key_digest=digest),
     )
 
 

@@ -76,7 +76,7 @@ def _check_combination(request: RuntimeRequest) -> None:
         )
 
 
-def check_request(request: RuntimeRequest) -> None:
+def check_request(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> None:
     """The model part of a request, checked without network or disk writes: one of --preset /
     --model given, the preset known (and no --revision against its pin), a repo id well formed.
     Run before anything is created (the weights folder), so a typo leaves no trace."""
@@ -86,8 +86,18 @@ def check_request(request: RuntimeRequest) -> None:
     _check_combination(request)
     if request.preset:
         _preset(request)
+    elif request.model and _is_store(request.model):
+        from kaito_runtime.model.store import check_store_model
+
+        check_store_model(request.model, env or {}, request.revision)
     elif request.model and not looks_like_path(request.model):
         model_source.check_repo_id(request.model)
+
+
+def _is_store(model: str) -> bool:
+    from kaito_runtime.objstore import is_store_uri
+
+    return is_store_uri(model)
 
 
 def _preset(request: RuntimeRequest) -> ModelSpec:
@@ -158,6 +168,12 @@ def resolve_model(
     if request.preset:
         return _named(_preset(request), request)
     assert request.model
+    if _is_store(request.model):
+        from kaito_runtime.model.store import check_store_model, spec_from_store
+
+        check_store_model(request.model, env, request.revision)
+        spec = spec_from_store(request.model, env, trust_remote_code=_remote_code(request))
+        return _named(with_hub_defaults(spec), request)
     if looks_like_path(request.model):
         return _named(_folder(request), request)
     known = _known_preset(request)
@@ -200,7 +216,7 @@ def _no_local_copy(repo_id: str, revision: str | None) -> None:
     return None
 
 
-def download_source(request: RuntimeRequest) -> WeightsSource:
+def download_source(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> WeightsSource:
     """What ``--download-only`` fetches. Presets and folders resolve as for serving; any other
     repo id is named without reading its config.json: the weights step resolves the revision to
     a commit itself, and a config that lacks the KV-cache figures must not stop a download."""
@@ -211,6 +227,11 @@ def download_source(request: RuntimeRequest) -> WeightsSource:
     if request.preset:
         return _preset(request).weights_source
     assert request.model
+    if _is_store(request.model):
+        from kaito_runtime.model.store import check_store_model
+
+        uri = check_store_model(request.model, env or {}, request.revision)
+        return WeightsSource(name=model_source.served_name_for(uri.prefix or uri.bucket), store_uri=uri.shown)
     if looks_like_path(request.model):
         return _folder(request).weights_source
     known = _known_preset(request)

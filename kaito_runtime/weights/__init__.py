@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from kaito_runtime import hub
@@ -79,6 +80,7 @@ __all__ = [
     "ProgressMode",
     "WeightsResult",
     "disk_free_bytes",
+    "ensure_store_weights",
     "ensure_weights",
     "local_metadata",
     "os_error_as_weights_error",
@@ -431,6 +433,42 @@ def _download(job: _Job, folder: Path, commit: str, *, verify: bool) -> WeightsR
     seconds = time.monotonic() - t0
     log.info("weights: %s@%s complete in %s (%.1fs)", repo_id, commit[:12], folder, seconds)
     return WeightsResult(folder, needed, False, seconds, len(files), commit)
+
+
+# --- object stores (s3://, gs://, az://) ----------------------------------------------------------
+
+
+def ensure_store_weights(
+    model: WeightsSource,
+    *,
+    weights_dir: Path,
+    env: Mapping[str, str],
+    copy: bool = False,
+    lock_timeout_s: float = 3600.0,
+    log: logging.Logger | None = None,
+) -> WeightsResult:
+    """A model in an object store. Serving (``copy`` False): vLLM streams the tensors; this puts
+    the non-tensor files where vLLM looks for them on this node and returns that folder, with the
+    objects' version digest as ``revision``. ``copy`` (--download-only): a complete, verified
+    local copy (``weights.objects``)."""
+    from kaito_runtime.weights import objects
+
+    log = log or logger
+    assert model.store_uri
+    t0 = time.monotonic()
+    try:
+        if copy:
+            folder, version, received, files, reused = objects.download_copy(
+                model.store_uri, env, Path(weights_dir), log, lock_timeout_s=lock_timeout_s
+            )
+            return WeightsResult(folder, received, reused, time.monotonic() - t0, files, version)
+        folder, version, fetched = objects.fetch_assets(model.store_uri, env, Path(weights_dir), log)
+    except OSError as e:
+        raise os_error_as_weights_error(e, Path(weights_dir)) from None
+    if model.store_version and version != model.store_version:
+        log.warning("weights: the objects under %s changed since the plan was made (version %s, now %s)",
+                    model.store_uri, model.store_version, version)
+    return WeightsResult(folder, fetched, False, time.monotonic() - t0, len(list(folder.iterdir())), version)
 
 
 # --- for planning (before the download) -------------------------------------------------------
