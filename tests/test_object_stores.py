@@ -472,3 +472,43 @@ def test_gcs_plan_reads_only_headers(tmp_path):
         assert missing.code == 14, missing.output
     finally:
         server.stop()
+
+
+# --- the Run:ai streamer alone (no vLLM) against the loopback stores ------------------------------
+
+STREAM_ONE = """
+import sys
+from runai_model_streamer import SafetensorsStreamer
+with SafetensorsStreamer() as streamer:
+    streamer.stream_file(sys.argv[1])
+    print(sum(tensor.numel() for _, tensor in streamer.get_tensors()))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_the_streamer_reads_the_loopback_store_with_the_environment_we_give_vllm(scheme, moto, tmp_path):
+    """The variables store_env adds (the streamer's own endpoint names) are what lets it read."""
+    import importlib.util
+
+    if importlib.util.find_spec("runai_model_streamer") is None:
+        st.missing("runai-model-streamer is not installed (the cpu extra has it)")
+    if scheme == "s3":
+        server, env = moto, st.s3_env(moto)
+    else:
+        server = st.start_gcs(tmp_path)
+        st.upload_gcs(server, "models", "tiny-llama", TINY)
+        env = {"STORAGE_EMULATOR_HOST": server.url}
+    try:
+        uri = objstore.parse_uri(f"{scheme}://models/tiny-llama", env)
+        plain, secret = objstore.store_env(uri, env)
+        mark = server.mark()
+        done = subprocess.run([sys.executable, "-c", STREAM_ONE, f"{uri.uri}/model.safetensors"],
+                              env={**launcher_env(env, home=tmp_path), **plain, **secret},
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.split()[-1] == "819840"
+        assert [r for r in st.werkzeug_requests(server.lines_since(mark)) if "model.safetensors" in r[1]]
+    finally:
+        if server is not moto:
+            server.stop()
