@@ -20,7 +20,8 @@ from pathlib import Path
 
 import click
 
-from kaito_runtime.errors import KaitoError, StopRequested
+from kaito_runtime.cli_types import Decimal, Seconds, WholeNumber
+from kaito_runtime.errors import GRACEFUL_STOP_EXIT_CODES, KaitoError, StopRequested
 from kaito_runtime.request.options import DeclaredOption, declared_options, presentation_from_values, request_from_values
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -63,16 +64,13 @@ def _usage_errors_as_json(as_json: bool) -> Iterator[None]:
         raise click.exceptions.Exit(error.exit_code) from None
 
 
-# Graceful-stop exit codes (README's table): SIGTERM is the orchestrator's normal stop, 0;
-# SIGINT is Ctrl-C, 128 + 2 as a shell reports it.
-_STOP_EXIT_CODES = {signal.SIGTERM: 0, signal.SIGINT: 130}
-
-
 @contextmanager
 def _stop_on_signals() -> Iterator[None]:
-    """Until vLLM runs (the supervisor installs its own handlers then, and puts these back after),
-    SIGTERM and SIGINT raise StopRequested in the step under way, so it unwinds: transfers stop,
-    partial files stay, locks are released. A second signal while unwinding exits at once."""
+    """In every step but vLLM's run (the supervisor installs its own handlers then, and puts
+    these back after), SIGTERM and SIGINT raise StopRequested in the step under way, so it
+    unwinds: transfers stop, partial files stay, locks are released; a plan or an export stops
+    where it is. A second signal while unwinding exits at once with the first one's code
+    (errors.GRACEFUL_STOP_EXIT_CODES: 0 for SIGTERM, 130 for SIGINT)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -80,13 +78,13 @@ def _stop_on_signals() -> Iterator[None]:
 
     def on_signal(signum: int, _frame: object) -> None:
         if stopping:
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            log.warning("second signal (%s): exiting now", signal.Signals(signum).name)
             logging.shutdown()
-            os._exit(_STOP_EXIT_CODES[signal.Signals(signum)])
+            os._exit(GRACEFUL_STOP_EXIT_CODES[stopping[0]])
         stopping.append(signum)
-        raise StopRequested(signal.Signals(signum).name, _STOP_EXIT_CODES[signal.Signals(signum)])
+        raise StopRequested(signal.Signals(signum).name, GRACEFUL_STOP_EXIT_CODES[signum])
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_EXIT_CODES}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
@@ -111,7 +109,8 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
     from kaito_runtime.logs import final_error
 
     try:
-        body()
+        with _stop_on_signals():
+            body()
     except StopRequested as stop:
         # One line: what was stopped and what was kept (the lock was released on the way out).
         log.warning("received %s: %s; exiting %d", stop.signal_name,
@@ -143,14 +142,16 @@ _CONCERN_ORDER = {concern: i for i, concern in enumerate(dict.fromkeys(d.spec.co
 
 def _click_type(declared: DeclaredOption) -> click.ParamType | None:
     spec = declared.spec
-    bounded = spec.low is not None or spec.high is not None
     kind = spec.kind
     if kind == "choice":
         return click.Choice(list(spec.choices))
+    # numbers are read the launcher's one way (kaito_runtime.numbers): ASCII digits, finite values
     if kind == "int":
-        return click.IntRange(_bound(spec.low), _bound(spec.high), min_open=spec.low_open) if bounded else click.INT
+        return WholeNumber(_bound(spec.low), _bound(spec.high))
     if kind == "float":
-        return click.FloatRange(spec.low, spec.high, min_open=spec.low_open) if bounded else click.FLOAT
+        return Decimal(spec.low, spec.high, low_open=spec.low_open)
+    if kind == "seconds":
+        return Seconds(spec.low or 0.0, spec.high, low_open=spec.low_open)
     if kind == "path":
         return click.Path(path_type=Path)
     if kind == "dir":
@@ -340,10 +341,7 @@ def _request(values: dict, *, dry_run: bool = False):
 def _serve(values: dict, one_line: bool, *, download_only: bool = False) -> None:
     from kaito_runtime import api
 
-    request = _request(values)
-    with _stop_on_signals():
-        code = api.run(request, download_only=download_only)
-    sys.exit(code)
+    sys.exit(api.run(_request(values), download_only=download_only))
 
 
 def _download(values: dict, one_line: bool) -> None:

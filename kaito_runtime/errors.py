@@ -34,9 +34,19 @@ class KaitoError(Exception):
         return " ".join(parts)
 
 
+MAX_PART_CHARS = 1000  # what, why and fix each: a message quoting a huge value stays readable
+
+
+def shortened(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def _sentence(text: str) -> str:
     # No capitalisation: parts often start with a name (a preset, a file, a flag) that must stay as is.
-    text = text.strip()
+    text = shortened(text.strip(), MAX_PART_CHARS)
     return text if text.endswith((".", "?", "!")) else text + "."
 
 
@@ -193,6 +203,11 @@ class GroupMemberLostError(KaitoError):
 
 
 # --- a stop asked for by a signal -----------------------------------------------------------------
+
+
+# The exit code of a graceful stop, by the signal that asked for it (docs/operations.md, "Signals"):
+# SIGTERM is the orchestrator's normal stop, 0; SIGINT is Ctrl-C, 128 + 2 as a shell reports it.
+GRACEFUL_STOP_EXIT_CODES = {15: 0, 2: 130}  # signal.SIGTERM, signal.SIGINT
 
 
 class StopRequested(BaseException):

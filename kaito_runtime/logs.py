@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from kaito_runtime.errors import shortened
 from kaito_runtime.secrets import install_redaction, redact
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "setup_logging",
 ]
 
+MAX_LINE_CHARS = 8000  # the final error line, and every warning or error line kaito-run logs
 _mode = {"format": "text"}  # the --log-format in force (the final error line follows it)
 
 
@@ -101,7 +103,7 @@ def final_error(message: str, exit_code: int, *, as_json: bool | None = None, **
     """The last line of a failed run: `kaito-run: error: ...` in text mode, one JSON object with
     the exit code (and ``fields``) in JSON mode. Always one line, redacted. ``as_json`` None: the
     --log-format in force; the CLI decides itself for an error found before logging is set up."""
-    one_line = redact(message).replace("\r", "\\r").replace("\n", "\\n")
+    one_line = shortened(redact(message).replace("\r", "\\r").replace("\n", "\\n"), MAX_LINE_CHARS)
     if _mode["format"] == "json" if as_json is None else as_json:
         extra = {key: redact(value) for key, value in fields.items()}
         line = json.dumps({"time": _now(), "level": "error", "logger": "kaito_runtime.cli", "message": one_line,
@@ -145,7 +147,7 @@ class JsonLineFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": _bounded(record, redact(record.getMessage())),
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
@@ -165,6 +167,15 @@ class RedactingTextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = _bounded(record, record.message)
+        return super().formatMessage(record)
+
+
+def _bounded(record: logging.LogRecord, message: str) -> str:
+    """A warning or error line's message, cut at MAX_LINE_CHARS (it may quote a huge value)."""
+    return shortened(message, MAX_LINE_CHARS) if record.levelno >= logging.WARNING else message
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:

@@ -305,8 +305,9 @@ LAUNCH_COMMANDS = ("serve", "plan", "download", "export-preset")
 ALL_COMMANDS = (*LAUNCH_COMMANDS, "list-presets", "doctor")
 
 # How a value is read from the command line or its environment twin (the CLI maps each kind to
-# its parser once): text, int, float, path (file or folder), dir, file, flag (a switch), choice.
-OptionKind = Literal["text", "int", "float", "path", "dir", "file", "flag", "choice"]
+# its parser once): text, int, float, seconds (a duration: finite, from low to high), path (file
+# or folder), dir, file, flag (a switch), choice. Numbers are read as kaito_runtime.numbers reads them.
+OptionKind = Literal["text", "int", "float", "seconds", "path", "dir", "file", "flag", "choice"]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from kaito_runtime.errors import InputError
 
+from kaito_runtime.numbers import parse_decimal, parse_int
+
 PLAN = "plan"  # the source of a flag the launcher itself computed
 # The user's layers, in the order they are merged (a later one wins): the KAITO config file's
 # `vllm:` section, then the arguments after `--`.
@@ -37,7 +39,7 @@ SHORT_FLAGS = {
     "r": "node-rank",
 }
 
-_NUMBER = re.compile(r"^-\d")
+_NUMBER = re.compile(r"^-[0-9]")
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def _make(tokens: list[str], source: str) -> FlagArg:
 
 def parse_human_int(text: str) -> int | None:
     """vLLM's human units: 1k = 1000, 1K = 1024, decimals allowed; None for 'auto' / garbage."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT]?)", text.strip())
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([kKmMgGtT]?)", text.strip())
     if not match:
         return None
     number, unit = float(match.group(1)), match.group(2)
@@ -122,10 +124,8 @@ def last_int(args: Sequence[FlagArg], name: str, default: int) -> int:
 
 def last_float(args: Sequence[FlagArg], name: str, default: float | None) -> float | None:
     value = last_value(args, name)
-    try:
-        return default if value is None else float(value)
-    except ValueError:
-        return default
+    number = parse_decimal(value) if value is not None else None
+    return default if number is None else number
 
 
 def flag_names(tokens: Sequence[str]) -> set[str]:
@@ -142,20 +142,19 @@ def value_problem(name: str, value: str, kv_cache_dtypes: Sequence[str] = KNOWN_
     """Why ``value`` is not acceptable for flag ``name`` (None when it is, or when the launcher does
     not interpret that flag: vLLM owns the others)."""
     if name in _WHOLE:
-        return None if value.isdigit() and int(value) >= 1 else "a whole number >= 1 is expected"
+        number = parse_int(value)
+        return None if number is not None and number >= 1 else "a whole number >= 1 (digits 0-9) is expected"
     if name == "max-model-len":
         if value.strip().lower() == "auto":
             return None
         number = parse_human_int(value)
         return None if number is not None and number >= 1 else "a positive number of tokens (e.g. 8192 or 32k) or auto is expected"
     if name == "gpu-memory-utilization":
-        try:
-            fraction = float(value)
-        except ValueError:
-            fraction = -1.0
-        return None if 0 < fraction <= 1 else "a fraction in (0, 1] is expected, e.g. 0.9"
+        fraction = parse_decimal(value)
+        return None if fraction is not None and 0 < fraction <= 1 else "a fraction in (0, 1] is expected, e.g. 0.9"
     if name == "port":
-        return None if value.isdigit() and 1 <= int(value) <= 65535 else "a port number 1-65535 is expected"
+        port = parse_int(value)
+        return None if port is not None and 1 <= port <= 65535 else "a port number 1-65535 is expected"
     if name == "kv-cache-dtype":
         return None if value in kv_cache_dtypes else "one of " + ", ".join(kv_cache_dtypes) + " is expected"
     return None

@@ -67,7 +67,7 @@ def test_the_configuration_page_lists_every_declaration():
         assert f"kaito-run {command}" in page or command == "serve"
 
 
-_SAMPLE = {"text": "x1", "int": "7", "float": "2.5", "path": "/tmp/p", "dir": "/tmp/d", "file": "/tmp/f"}
+_SAMPLE = {"text": "x1", "int": "7", "float": "2.5", "seconds": "2.5", "path": "/tmp/p", "dir": "/tmp/d", "file": "/tmp/f"}
 
 
 def test_every_option_reaches_its_request_field():
@@ -87,7 +87,7 @@ def test_every_option_reaches_its_request_field():
         else:
             raw = "0.5" if spec.high == 1.0 else _SAMPLE[spec.kind]
             args += [spec.flags[0], raw]
-            expected[d.name] = {"int": int, "float": float}.get(spec.kind, Path if spec.kind in ("path", "dir", "file") else str)(raw)
+            expected[d.name] = {"int": int, "float": float, "seconds": float}.get(spec.kind, Path if spec.kind in ("path", "dir", "file") else str)(raw)
     serve = main.commands["serve"]
     ctx = serve.make_context("serve", args)
     request = request_from_values(ctx.params, vllm_args=("--x",))

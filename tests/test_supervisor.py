@@ -270,12 +270,24 @@ def test_sigterm_is_forwarded_and_a_graceful_stop_exits_0() -> None:
     assert not [line for line in driver.lines if line.startswith("LOG WARNING")]
 
 
-def test_child_killed_by_the_forwarded_signal_gives_128_plus_signal() -> None:
+def test_child_killed_by_the_forwarded_signal_is_a_graceful_stop() -> None:
+    # vLLM ended by the very signal we forwarded stopped as asked: SIGTERM's graceful code, 0
     driver = Driver(free_port(), "--die-on-sigterm")
     driver.wait_for("READY")
     driver.proc.send_signal(signal.SIGTERM)
     result = driver.result()
-    assert result["exit_code"] == 128 + signal.SIGTERM
+    assert result["exit_code"] == 0
+
+
+def test_sigint_while_vllm_runs_exits_130_even_when_vllm_exits_0() -> None:
+    """Issue 18 item 9: vLLM stops gracefully on SIGINT with exit 0; the launcher exits 130."""
+    driver = Driver(free_port())
+    driver.wait_for("READY")
+    driver.proc.send_signal(signal.SIGINT)
+    result = driver.result()
+    assert result["signal"] == signal.SIGINT
+    assert result["exit_code"] == 130
+    assert_gone(result["pid"])
 
 
 @pytest.mark.slow
@@ -292,16 +304,25 @@ def test_child_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
 
 
 @pytest.mark.slow
-def test_second_signal_kills_at_once() -> None:
-    driver = Driver(free_port(), "--ignore-sigterm", grace=30.0)
+@pytest.mark.parametrize("first,second,code", [
+    (signal.SIGTERM, signal.SIGINT, 0),
+    (signal.SIGTERM, signal.SIGTERM, 0),
+    (signal.SIGINT, signal.SIGTERM, 130),
+], ids=["TERM-INT", "TERM-TERM", "INT-TERM"])
+def test_second_signal_kills_at_once_and_exits_with_the_first_signals_code(first, second, code) -> None:
+    """Issue 18 item 9: a second signal while stopping exits at once with the same code (the
+    graceful code of the first signal), not 137."""
+    driver = Driver(free_port(), "--ignore-sigterm", "--ignore-sigint", grace=30.0)
     driver.wait_for("READY")
+    child = driver.child_pid()
     t0 = time.monotonic()
-    driver.proc.send_signal(signal.SIGTERM)
+    driver.proc.send_signal(first)
     time.sleep(0.3)
-    driver.proc.send_signal(signal.SIGINT)
+    driver.proc.send_signal(second)
     result = driver.result()
-    assert result["exit_code"] == 128 + signal.SIGKILL
+    assert result["exit_code"] == code
     assert time.monotonic() - t0 < 5.0
+    assert_gone(child)
 
 
 @pytest.mark.slow
@@ -343,6 +364,35 @@ def test_child_stops_when_the_launcher_itself_is_sigkilled() -> None:
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError(f"vLLM stand-in {child} outlived its SIGKILLed launcher")
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_sigkill_of_the_launcher_leaves_no_vllm_even_one_that_ignores_sigterm(tmp_path: Path) -> None:
+    """Issue 18 item 4: docs/operations.md promises SIGKILL semantics. A vLLM (and a process it
+    spawned, like an engine core) that ignores SIGTERM must not outlive a SIGKILLed launcher."""
+    pidfile = tmp_path / "grandchild.pid"
+    driver = Driver(free_port(), "--ignore-sigterm", "--spawn-grandchild", str(pidfile), grace=30.0)
+    driver.wait_for("READY")
+    child = driver.child_pid()
+    grandchild = int(pidfile.read_text())
+    driver.proc.kill()
+    driver.proc.wait(timeout=5)
+    survivors = [pid for pid in (child, grandchild) if not _gone_within(pid, 5.0)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"{survivors} outlived the SIGKILLed launcher (child {child}, grandchild {grandchild})"
 
 
 @pytest.mark.slow

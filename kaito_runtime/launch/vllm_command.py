@@ -186,12 +186,14 @@ def _max_model_len_value(plan: LaunchPlan, auto_supported: bool, warnings: list[
 def lora_tokens(adapters: Sequence[LoraAdapter], warnings: list[str]) -> list[str]:
     """``--enable-lora --lora-modules name=path ... --max-lora-rank R`` for ``adapters`` (none: no
     flags). R is the smallest rank vLLM accepts that holds the largest adapter's rank. A name or
-    path that ``name=path`` cannot carry (an '=' in the name, a ',' anywhere) goes as JSON."""
+    path that ``name=path`` cannot carry (an '=' in the name, a ',' anywhere) goes as JSON, and
+    so does a name vLLM's parser would read as an option (``--api-key``, ``-tp``): a JSON token
+    starts with '{', so it stays a value of --lora-modules (see model.adapters.option_like)."""
     if not adapters:
         return []
     modules = []
     for a in adapters:
-        if "=" in a.name or "," in a.name or "," in a.path:
+        if a.name.startswith("-") or "=" in a.name or "," in a.name or "," in a.path:
             modules.append(json.dumps({"name": a.name, "path": a.path}, separators=(",", ":")))
         else:
             modules.append(f"{a.name}={a.path}")

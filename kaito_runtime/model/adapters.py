@@ -60,9 +60,19 @@ def find_adapters(folder: Path) -> AdapterScan:
         adapters.append(adapter)
         if note:
             notes.append(note)
+        if option_like(adapter.name):
+            notes.append(
+                f"LoRA adapter folder {adapter.name!r} starts with '-', which vLLM's parser would read as an option: "
+                "it is passed in --lora-modules' JSON form ({\"name\": ..., \"path\": ...}), so it stays an adapter name"
+            )
     if not adapters:
         notes.append(f"{folder}: no LoRA adapters found; serving the model alone")
     return AdapterScan(folder, tuple(adapters), tuple(notes))
+
+
+def option_like(name: str) -> bool:
+    """Whether vLLM's argument parser would read ``name`` as an option, were it a bare token."""
+    return name.startswith("-")
 
 
 def read_adapter(folder: Path) -> tuple[LoraAdapter, str | None]:

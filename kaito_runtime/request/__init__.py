@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from kaito_runtime.types import LAUNCH_COMMANDS, Concern, PlanOverrides, option
+from kaito_runtime import numbers
+from kaito_runtime.types import LAUNCH_COMMANDS, Concern, OptionSpec, PlanOverrides, option
 
 CONTAINER_WEIGHTS_DIR = Path("/workspace/weights")
 DEFAULT_CHAT_TEMPLATE_DIR = "/workspace/chat_templates"
@@ -90,9 +92,9 @@ class RuntimeRequest:
         help="Rendezvous port on the leader (default 29501).",
     )
     rendezvous_timeout: float | None = option(  # multi-node: how long to wait for the leader
-        None, "--rendezvous-timeout", env="KAITO_RENDEZVOUS_TIMEOUT", kind="float", low=0, low_open=True,
+        None, "--rendezvous-timeout", env="KAITO_RENDEZVOUS_TIMEOUT", **numbers.RENDEZVOUS_TIMEOUT.option_bounds(),
         concern=Concern.GROUP,
-        help="Multi-node: seconds for the whole group to check in at the leader before giving up (default 1800).",
+        help="Multi-node: seconds for the whole group to check in at the leader before giving up (above 0, at most 604800; default 1800).",
     )
     join: bool = option(  # multi-node worker: learn the model and settings from the leader's store
         False, "--join", env="KAITO_JOIN", kind="flag", concern=Concern.GROUP,
@@ -100,8 +102,8 @@ class RuntimeRequest:
         "(needs only the leader's address and this node's rank).",
     )
     peer_timeout: float | None = option(  # a silent peer's heartbeat counts as lost after this
-        None, "--peer-timeout", env="KAITO_PEER_TIMEOUT", kind="float", low=1, concern=Concern.GROUP,
-        help="Multi-node: seconds without a heartbeat after which a node counts as lost and the group stops (default 15).",
+        None, "--peer-timeout", env="KAITO_PEER_TIMEOUT", **numbers.PEER_TIMEOUT.option_bounds(), concern=Concern.GROUP,
+        help="Multi-node: seconds without a heartbeat after which a node counts as lost and the group stops (1 to 3600; default 15).",
     )
     # -- the weights --------------------------------------------------------------------------
     weights_dir: Path | None = option(
@@ -140,12 +142,12 @@ class RuntimeRequest:
         help="Folder of preset chat templates (default /workspace/chat_templates).",
     )
     grace_seconds: float = option(
-        30.0, "--grace-period", env="KAITO_GRACE_PERIOD", kind="float", low=0, show_default=True,
-        concern=Concern.SERVE, help="Seconds vLLM gets to stop after SIGTERM before it is killed.",
+        30.0, "--grace-period", env="KAITO_GRACE_PERIOD", **numbers.GRACE_PERIOD.option_bounds(), show_default=True,
+        concern=Concern.SERVE, help="Seconds vLLM gets to stop after SIGTERM before it is killed (0 to 3600).",
     )
     ready_timeout: float | None = option(
-        None, "--ready-timeout", env="KAITO_READY_TIMEOUT", kind="float", low=0, low_open=True, concern=Concern.SERVE,
-        help="Give up if vLLM is not ready after this many seconds (default: wait).",
+        None, "--ready-timeout", env="KAITO_READY_TIMEOUT", **numbers.READY_TIMEOUT.option_bounds(), concern=Concern.SERVE,
+        help="Give up if vLLM is not ready after this many seconds (above 0, at most 604800; default: wait).",
     )
     plan_report: Path | None = option(  # JSON-lines file the plan check is appended to
         None, "--plan-report", env="KAITO_PLAN_REPORT", kind="file", concern=Concern.SERVE,
@@ -154,10 +156,26 @@ class RuntimeRequest:
     extra_vllm_args: tuple[str, ...] = ()  # the arguments after `--`; not an option
     dry_run: bool = False  # only a plan is wanted (no launch follows): the `plan` command
 
+    def __post_init__(self) -> None:
+        check_durations(self)
+
     @property
     def planning_only(self) -> bool:
         """A plan for hardware that is not (necessarily) this node: a dry run, --sku or --assume-gpus."""
         return self.dry_run or bool(self.sku or self.assume_gpus)
+
+
+def check_durations(request: RuntimeRequest) -> None:
+    """Every duration of ``request`` (whoever built it: the CLI, the Python API, a --join) is a
+    finite number within the range its option declares; InputError (exit 2) naming the option
+    otherwise."""
+    for f in dataclasses.fields(request):
+        spec: OptionSpec | None = f.metadata.get("option")
+        value = getattr(request, f.name)
+        if spec is not None and spec.kind == "seconds" and value is not None:
+            allowed = numbers.DurationRange(spec.low or 0.0, spec.high or 0.0, above=spec.low_open)
+            twin = f" / {spec.env}" if spec.env else ""
+            numbers.seconds(value, allowed, name=spec.flags[0], fix=f"set {spec.flags[0]}{twin} within that range")
 
 
 def default_weights_dir(env: Mapping[str, str]) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from kaito_runtime.errors import ConfigFileError, value_kind
+from kaito_runtime.yaml_bounds import YamlBoundsError, load_bounded, read_bounded_text
 
 # Keys of the KAITO file that are not vLLM flags, with why they do not apply here.
 KAITO_ONLY_KEYS: dict[str, str] = {
@@ -65,15 +66,18 @@ def read_config(path: Path) -> ConfigFile:
 
 def _load(path: Path) -> dict[Any, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        document = load_bounded(read_bounded_text(path)) or {}
     except OSError as exc:
         raise ConfigFileError(
             f"Cannot read the config file {path}",
             why=exc.strerror or str(exc),
             fix="pass an existing YAML file with --config (env KAITO_CONFIG_FILE)",
         ) from exc
-    try:
-        document = yaml.safe_load(text) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(f"The config file {path} is not UTF-8 text", why=f"{exc.reason} at byte {exc.start}",
+                              fix="save it as UTF-8") from None
+    except YamlBoundsError as exc:
+        raise ConfigFileError(f"The config file {path} is too large", why=str(exc), fix="shorten it") from None
     except yaml.YAMLError as exc:
         raise ConfigFileError(
             f"The config file {path} is not valid YAML", why=_first_line(exc),

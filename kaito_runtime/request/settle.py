@@ -23,6 +23,7 @@ from kaito_runtime.request import (
     looks_like_path,
     weights_dir_of,
 )
+from kaito_runtime.numbers import WEIGHTS_LOCK_TIMEOUT
 from kaito_runtime.secrets import Credentials, resolve_credentials
 from kaito_runtime.settings import seconds_from_env
 from kaito_runtime.types import PlanOverrides
@@ -145,7 +146,7 @@ def settle_request(request: RuntimeRequest, env: Mapping[str, str]) -> LaunchReq
         ),
         weights=WeightsRequest(
             weights_dir=weights_dir_of(request, env), offline=offline, endpoint=endpoint, verify=request.verify_weights,
-            lock_timeout_s=seconds_from_env(env, LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S, allow_zero=True),
+            lock_timeout_s=seconds_from_env(env, LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S, WEIGHTS_LOCK_TIMEOUT),
         ),
         serve=ServeRequest(
             request.host, request.port, chat_template_dir_of(request, env), request.grace_seconds,
