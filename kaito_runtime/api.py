@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -29,7 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaito_runtime import logs
-from kaito_runtime.errors import DoesNotFitError, GroupMemberLostError, InputError, ModelDoesNotFitError
+from kaito_runtime.errors import (
+    DoesNotFitError, GroupMemberLostError, GroupMismatchError, InputError, ModelDoesNotFitError, RankOutsideGroupError,
+)
 from kaito_runtime.hub import timeouts as hub_timeouts
 from kaito_runtime.request import RuntimeRequest, weights_dir_of
 from kaito_runtime.request.settle import GroupRequest, LaunchRequest, NodeRequest, settle_request
@@ -37,8 +38,7 @@ from kaito_runtime.types import LaunchPlan, LoraAdapter, ModelSpec, NodeInventor
 
 if TYPE_CHECKING:
     from kaito_runtime.launch import ServeOptions
-    from kaito_runtime.launch.group import GroupMember
-    from kaito_runtime.launch.rendezvous import RendezvousInfo
+    from kaito_runtime.launch.group import Group, GroupSecret, NodeFacts
     from kaito_runtime.launch.vllm_command import VllmLaunch
     from kaito_runtime.weights import WeightsResult
 
@@ -216,7 +216,7 @@ def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, ef
     form when there is one). Nothing is downloaded or started."""
     launch = settle(request, env, check_model=not request.join)
     if request.join:  # the plan of a --join worker is the one its leader would give it
-        launch = settle(_join_the_leader(request, launch.env), launch.env)
+        launch = settle(_join_the_leader(request, launch.env, _group_secret(launch)), launch.env)
     planned = _plan(launch)
     return planned, _build(planned, launch, (effects or Effects.real()).detect_vllm())
 
@@ -295,12 +295,14 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     if download_only:
         _download(launch, effects)
         return 0
+    secret = None
     if _is_multi_node(launch):
-        from kaito_runtime.launch.group_store import preload_torch
+        from kaito_runtime.launch.group import preload_torch
 
         preload_torch()
+        secret = _group_secret(launch)  # a bad file fails before anything slow
     if request.join:
-        launch = settle(_join_the_leader(request, launch.env), launch.env)
+        launch = settle(_join_the_leader(request, launch.env, secret), launch.env)
     if not launch.model.local_folder:
         # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
         # a second; an existing read-only volume holding a complete copy is still served.
@@ -316,22 +318,20 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         log.warning("%s", warning)
     # The leader's vLLM serves its API there; a worker's launcher answers /health there.
     effects.check_port_free(built.host, built.port)
-    if topo.multi_node and topo.is_leader:
-        from kaito_runtime.launch.group import store_port
-
-        effects.check_port_free("0.0.0.0", store_port(topo))
+    group = _the_group(planned, launch, secret) if topo.multi_node else None
+    if group is not None and topo.is_leader:
+        group.check_ports()  # vLLM's master port and the store's, naming --master-port
     for warning in planned.warnings:
         log.warning("%s", warning)
-    leader_store = _open_the_group(planned, launch) if topo.multi_node and topo.is_leader else None
+    if group is not None and topo.is_leader:
+        _open_the_group(group, planned, launch)
 
     started = time.monotonic()
     result = _fetch(planned.model, launch, effects)
     weights_seconds = time.monotonic() - started
     log.info("weights ready at %s (%.2f s)", result.path, weights_seconds)
 
-    meeting = member = None
-    if topo.multi_node:
-        meeting, member = _meet_the_group(planned, launch, built, install, result, leader_store)
+    meeting = group.meet(_node_facts(planned, built, install, result, secret)) if group is not None else None
     built = built.filled(str(result.path), master_addr=meeting.master_addr_ip if meeting is not None else None)
     added = meeting.child_env(launch.env) if meeting is not None else {}
     child_env = launch_step.child_environment(built, launch.env, added)
@@ -353,33 +353,31 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         readiness = supervisor.ReadinessCheck(host=host, port=port, served_name=served_names, api_key=built.api_key)
     log.info("starting vLLM: %s", launch_step.start_line(built, added))
     with contextlib.ExitStack() as stack:
-        if member is not None and not topo.is_leader:
+        if group is not None and not topo.is_leader:
             from kaito_runtime.launch.worker_health import WorkerHealthServer
 
-            stack.enter_context(WorkerHealthServer(host, port, member.health))
+            stack.enter_context(WorkerHealthServer(host, port, lambda: group.health().answer()))
             log.info("worker health: GET http://%s:%d/health (200 while vLLM and the leader's heartbeat are alive)", host, port)
         outcome = effects.supervise(
             built.argv, child_env, ready=readiness, grace_seconds=serve.grace_seconds,
             # A headless worker has no server to become ready; it lives as long as the group does.
             ready_timeout=serve.ready_timeout if readiness is not None else None,
-            on_ready=on_ready, log=log, on_line=startup.feed,
-            stop_when=member.stop_request if member is not None else None,
-            on_signal=member.asked_to_stop if member is not None else None,
-            on_start=member.start if member is not None else None,
+            on_ready=on_ready, log=log, on_line=startup.feed, hooks=group.hooks if group is not None else None,
             write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
         )
-        if member is not None:
-            return _leave_the_group(member, outcome, planned, built, serve.ready_timeout)
+        if group is not None:
+            return _leave_the_group(group, outcome, planned, built, serve.ready_timeout)
     if outcome.exit_code != 0 and outcome.signal_received is None:
         report.log_failure(outcome, planned.plan, built, serve.ready_timeout, log)
     # A forwarded stop ends with the supervisor's own "vLLM stopped in N s (exit N)" line.
     return outcome.exit_code
 
 
-def _leave_the_group(member, outcome, planned: PlannedLaunch, built: VllmLaunch, ready_timeout: float | None) -> int:
+def _leave_the_group(group: Group, outcome, planned: PlannedLaunch, built: VllmLaunch, ready_timeout: float | None) -> int:
     """This node's vLLM has stopped: tell the group why (or learn that a peer ended it), then
     exit as one unit: 0 for a stop someone asked for, 22 where a member was lost, and the node
     whose own vLLM failed keeps vLLM's code (its failure report says why)."""
+    from kaito_runtime.launch.group import StopKind
     from kaito_runtime.launch.report import log_failure
     from kaito_runtime.launch.supervisor import describe_exit_code
 
@@ -387,9 +385,9 @@ def _leave_the_group(member, outcome, planned: PlannedLaunch, built: VllmLaunch,
     own_failure = outcome.outcome in ("exited", "ready_timeout") and outcome.signal_received is None
     if own_failure and outcome.exit_code != 0:
         log_failure(outcome, planned.plan, built, ready_timeout, log)
-    stop = member.finish(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
+    stop = group.leave(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
     if outcome.outcome == "group_stopped" and stop is not None:
-        if stop.kind == "requested":
+        if stop.kind is StopKind.REQUESTED:
             log.info("rank %d stopped with its group: %s", rank, stop.reason)
         else:
             log.error("rank %d stopped: a group member was lost (exit %d): %s", rank, outcome.exit_code, stop.reason)
@@ -421,27 +419,45 @@ def _is_multi_node(launch: LaunchRequest) -> bool:
         return False
 
 
-def _open_the_group(planned: PlannedLaunch, launch: LaunchRequest):
-    """The leader opens the group's store before its weights step, and publishes there what a
-    worker started with --join needs to plan the same launch."""
-    from kaito_runtime.launch import group
+def _group_secret(launch: LaunchRequest) -> GroupSecret | None:
+    """The group secret (--group-secret-file, KAITO_GROUP_SECRET), registered for redaction."""
+    from kaito_runtime.launch.group import load_group_secret
+    from kaito_runtime.secrets import register_secret
 
-    store = group.open_store(planned.topology, "0.0.0.0", timeout_s=0, log=log)
+    secret = load_group_secret(launch.group.secret_file, launch.env)
+    if secret is not None:
+        register_secret(secret.key.decode(errors="replace"))
+    return secret
+
+
+def _the_group(planned: PlannedLaunch, launch: LaunchRequest, secret: GroupSecret | None) -> Group:
+    """This node's group: the one owner of the store, the check-in, the watch and the leave."""
+    from kaito_runtime.launch.group import DEFAULT_PEER_TIMEOUT_S, DEFAULT_TIMEOUT_S, Group, GroupSettings
+
+    g = launch.group
+    settings = GroupSettings(planned.topology, rendezvous_timeout_s=g.rendezvous_timeout or DEFAULT_TIMEOUT_S,
+                             peer_timeout_s=g.peer_timeout or DEFAULT_PEER_TIMEOUT_S, secret=secret)
+    return Group(settings, env=launch.env, log=log)
+
+
+def _open_the_group(group: Group, planned: PlannedLaunch, launch: LaunchRequest) -> None:
+    """The leader opens the group's store before its weights step, and publishes there what a
+    worker started with --join needs to plan the same launch (the group drops every secret)."""
+    group.open()
     overrides = {k: v for k, v in dataclasses.asdict(launch.overrides).items() if k != "cpu_cores"}
     m = launch.model
-    store.publish_request({
+    group.publish_request({
         "preset": m.preset, "model": m.model, "revision": m.revision, "served_model_name": m.served_model_name,
         "nnodes": planned.topology.nnodes, "overrides": overrides,
         # The config file's flags first, the pass-through ones after: the same merge vLLM gets here.
         "vllm_args": list(launch.user_args.published),
     })
-    return store
 
 
-def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> RuntimeRequest:
+def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str], secret: GroupSecret | None) -> RuntimeRequest:
     """--join: learn what the group serves from the leader's store (model, revision, node count,
     plan options, vLLM arguments). This node keeps its own rank, ports, cores, folders and token."""
-    from kaito_runtime.launch import group, rendezvous
+    from kaito_runtime.launch.group import DEFAULT_TIMEOUT_S, learn_from_leader
     from kaito_runtime.node.topology import leader_of
 
     if request.preset or request.model or request.extra_vllm_args or request.config_file:
@@ -451,11 +467,8 @@ def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> Runtime
     if address is None:
         raise InputError("--join needs the leader's address",
                          fix="set --leader-address/KAITO_LEADER_ADDRESS (or run where LWS, torchrun or the KAITO StatefulSet sets it)")
-    timeout = request.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
-    deadline = time.monotonic() + timeout
-    rendezvous.resolve_leader(address, timeout_s=timeout, log=log)  # a name that never resolves is its own error
-    store = group.join_store(address, master_port + 1, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
-    published = group.leader_request(store, timeout_s=max(1.0, deadline - time.monotonic()))
+    published = learn_from_leader(address, master_port, timeout_s=request.rendezvous_timeout or DEFAULT_TIMEOUT_S,
+                                  secret=secret, log=log)
     overrides = replace(PlanOverrides(**published["overrides"]), cpu_cores=request.overrides.cpu_cores)
     joined = replace(
         request, preset=published["preset"], model=published["model"], revision=published["revision"],
@@ -463,53 +476,37 @@ def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> Runtime
         leader_address=address, master_port=master_port, overrides=overrides,
         extra_vllm_args=tuple(published["vllm_args"]),
     )
+    try:
+        resolve_topology(joined, env, planning_only=False)
+    except RankOutsideGroupError as exc:
+        raise GroupMismatchError(f"This node's rank {exc.rank} is outside the leader's group of {exc.nnodes} nodes "
+                                 f"(ranks 0..{exc.nnodes - 1})", why="a --join worker takes the node count from the leader",
+                                 fix="give this node a rank below the leader's --nnodes, or start the leader with more nodes") from None
     log.info("joined the group of %s: %s%s, %d nodes", address, joined.preset or joined.model,
              f"@{joined.revision}" if joined.revision else "", joined.nnodes)
     return joined
 
 
-def _meet_the_group(
-    planned: PlannedLaunch, launch: LaunchRequest, built: VllmLaunch, install, weights: WeightsResult, leader_store=None
-) -> tuple[RendezvousInfo, GroupMember]:
-    """Multi-node: resolve the leader to an IP, find this node's address, meet at the leader's
-    group store (check-in, the leader's checks, the release), all within one deadline.
-
-    Returns what the rendezvous found (the leader's IP for --master-addr; its ``child_env`` is
-    the single source of VLLM_HOST_IP and the socket interface variables) and this node's place
-    in the running group (heartbeats and the peers' watch while vLLM runs).
-    """
+def _node_facts(planned: PlannedLaunch, built: VllmLaunch, install, weights: WeightsResult,
+                secret: GroupSecret | None) -> NodeFacts:
+    """What this node brings to the check-in (runs after its weights step finished)."""
     import kaito_runtime
-    from kaito_runtime.launch import group, group_store, rendezvous
+    from kaito_runtime.launch.group import NodeFacts, api_key_digest, plan_fields
 
-    topo = planned.topology
-    timeout = launch.group.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
-    deadline = time.monotonic() + timeout
-    # Workers wait for the leader's store (opened once the leader's weights are ready), not for
-    # vLLM's master port: the leader's vLLM starts only after the group is released.
-    meeting = rendezvous.prepare_rendezvous(topo, env=launch.env, log=log, timeout_s=timeout)
-    assert meeting is not None and topo.leader_address is not None
-    store = leader_store or group.open_store(topo, topo.leader_address, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
-    member = group.GroupMember(store, topo, peer_timeout_s=launch.group.peer_timeout or group.DEFAULT_PEER_TIMEOUT_S, log=log)
     node = planned.inventory
     resources = (
         {"gpu_count": node.gpu_count, "gpu_memory_bytes": sum(g.total_bytes for g in node.gpus)}
         if planned.plan.target != "cpu"
         else {"cpu_cores": node.host.cpu_count, "ram_bytes": node.host.ram_total_bytes}
     )
-    me = group_store.CheckIn(
-        rank=topo.node_rank,
-        host_ip=meeting.host_ip,
-        hostname=socket.gethostname(),
+    digest = api_key_digest(built.api_key, secret) if built.api_key else None
+    return NodeFacts(
         resources=resources,
         kaito_runtime_version=kaito_runtime.__version__,
         vllm_version=install.version if install is not None else "-",
-        plan_fields=group_store.plan_fields(
-            planned.model.repo_id or planned.model.name, weights.revision or planned.model.revision, built.argv
-        ),
-        weights_complete=True,  # this runs after the weights step finished
+        plan_fields=plan_fields(planned.model.repo_id or planned.model.name, weights.revision or planned.model.revision,
+                                built.argv, api_key_digest=digest),
     )
-    member.meet(me, timeout_s=max(1.0, deadline - time.monotonic()))
-    return meeting, member
 
 
 def list_presets(catalog_dir: Path | None = None, env: Mapping[str, str] | None = None) -> tuple:

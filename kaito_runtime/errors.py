@@ -108,6 +108,15 @@ class TopologyError(InputError):
     """The node's place in its group, read from flags or environment, is invalid."""
 
 
+class RankOutsideGroupError(TopologyError):
+    """This node's rank is not below the group's node count."""
+
+    def __init__(self, what: str, *, rank: int, nnodes: int, why: str | None = None, fix: str | None = None) -> None:
+        self.rank = rank
+        self.nnodes = nnodes
+        super().__init__(what, why=why, fix=fix)
+
+
 class ConfigFileError(InputError):
     """The KAITO-style config file cannot be read."""
 
@@ -190,10 +199,34 @@ class GroupMismatchError(InputError):
     """The nodes of a multi-node group disagree (plan field, version, duplicate rank): exit 2."""
 
 
-class RendezvousTimeoutError(KaitoError):
-    """A rank of the group never checked in within the rendezvous timeout."""
+class RendezvousError(KaitoError):
+    """The group did not meet (exit 21): the family of everything that can keep the nodes of a
+    group from reaching each other. Each member names what was tried and for how long."""
 
     exit_code = 21
+
+
+class RendezvousTimeoutError(RendezvousError):
+    """A rank never checked in, or the leader's group store never answered, within the
+    rendezvous timeout."""
+
+
+class LeaderNotResolvedError(RendezvousError):
+    """The leader's name never resolved to an address within the rendezvous timeout."""
+
+
+class NoRouteError(RendezvousError):
+    """This node has no route (no source address) towards the leader."""
+
+
+class StorePortTakenError(RendezvousError):
+    """The leader cannot listen on the group store's port (the master port + 1).
+
+    In the rendezvous family (it keeps the group from meeting), but exit 2, as the same port found
+    taken by the check before anything starts: a port in use is fixed by choosing another
+    ``--master-port``, and two leaders racing for one port must not look like a slow group."""
+
+    exit_code = 2
 
 
 class GroupMemberLostError(KaitoError):

@@ -565,3 +565,14 @@ def test_catalog_errors_carry_file_preset_and_field_as_attributes_of_their_type(
     from kaito_runtime.errors import CatalogError
 
     assert {"path", "preset", "field"} <= set(inspect.signature(CatalogError).parameters)
+
+
+@pytest.mark.parametrize("join", [True, False])
+def test_a_leader_name_that_never_resolves_exits_21_naming_it(tmp_path, join):
+    """docs/operations.md: 21 is the group that did not meet; a leader name that never resolves is
+    one (the DNS record may come late, so it is waited for, never exit 2 "bad input")."""
+    what = ["--join"] if join else ["--model", str(REPO / "models" / "tiny-llama"), "--nnodes", "2"]
+    result = invoke(*what, "--node-rank", "1", "--leader-address", "no-such-leader.invalid", "--rendezvous-timeout", "1.5",
+                 env={"HF_HOME": str(tmp_path / "hf"), "KAITO_WEIGHTS_DIR": str(tmp_path / "w")})
+    assert result.exit_code == 21, result.output
+    assert "'no-such-leader.invalid' did not resolve" in result.output

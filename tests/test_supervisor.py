@@ -543,17 +543,26 @@ def test_a_registered_secret_in_vllm_output_is_masked(tmp_path: Path) -> None:
 def test_the_states_are_named_by_one_type_and_the_log_lines_use_them(caplog) -> None:
     """starting -> ready -> stopping -> exited, each change logged with the state's own name; a
     stop asked from outside (the group) goes through the same stopping state and sets the code."""
-    from kaito_runtime.launch.supervisor import StopRequest, SupervisorState
+    from kaito_runtime.launch.supervisor import StopRequest, SupervisorHooks, SupervisorState
 
     assert [s.value for s in SupervisorState] == ["starting", "ready", "stopping", "exited"]
     caplog.set_level(logging.DEBUG, logger=LOG.name)
     asked: list[StopRequest] = []
+    told: list[object] = []
 
-    def stop_when() -> StopRequest | None:
-        return asked[0] if asked else None
+    class Hooks(SupervisorHooks):
+        def started(self, alive):
+            told.append(("started", alive()))
+
+        def stop_request(self) -> StopRequest | None:
+            return asked[0] if asked else None
+
+        def exited(self, returncode: int) -> None:
+            told.append(("exited", returncode))
 
     result = run_inline(free_port(), on_ready=lambda s: asked.append(StopRequest("rank 1 was lost", 22)),
-                        stop_when=stop_when)
+                        hooks=Hooks())
+    assert told[0] == ("started", True) and told[1][0] == "exited" and len(told) == 2
     changes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("vLLM ") and " -> " in r.getMessage()]
     assert [c.split(" (")[0] for c in changes] == [
         "vLLM starting -> ready", "vLLM ready -> stopping", "vLLM stopping -> exited"]

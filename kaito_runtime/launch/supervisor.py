@@ -2,7 +2,8 @@
 
 States (SupervisorState; the log lines name them): starting -> ready -> stopping -> exited.
 ``stopping`` is entered from ``starting`` or ``ready`` by a signal, a readiness deadline, or a
-stop asked by the group (``stop_when``; a multi-node peer was lost or asked to stop).
+stop asked by the group (``SupervisorHooks.stop_request``; a multi-node peer was lost or asked
+to stop).
 
 * The child gets its own process group (``start_new_session``), so a signal and the final sweep
   reach every process vLLM spawned (API server, engine core, workers), including ones orphaned
@@ -83,6 +84,25 @@ class StopRequest:
 
     reason: str
     exit_code: int
+
+
+class SupervisorHooks:
+    """What a caller (the multi-node group, launch/group/) is told of and may ask while vLLM runs;
+    the defaults do nothing. One object instead of a handful of callbacks."""
+
+    def started(self, alive: Callable[[], bool]) -> None:
+        """vLLM's process exists; ``alive`` says whether its main process still runs."""
+
+    def signalled(self, signum: int) -> None:
+        """SIGTERM/SIGINT arrived (called from the signal handler: set a flag, nothing more)."""
+
+    def stop_request(self) -> StopRequest | None:
+        """Polled every 0.1 s while vLLM runs: a StopRequest stops vLLM as a signal would."""
+        return None
+
+    def exited(self, returncode: int) -> None:
+        """vLLM's main process has exited; called at once, before its leftovers are swept (which
+        can take seconds), so a group hears of the loss first and the clean-up comes after."""
 
 
 @dataclass(frozen=True)
@@ -547,9 +567,7 @@ def supervise(
     log: logging.Logger,
     output: IO[str] | None | Literal["stdout"] = "stdout",
     on_line: Callable[[str], None] | None = None,
-    stop_when: Callable[[], StopRequest | None] | None = None,
-    on_signal: Callable[[int], None] | None = None,
-    on_start: Callable[[Callable[[], bool]], None] | None = None,
+    hooks: SupervisorHooks | None = None,
     write_line: Callable[[str], None] | None = None,
 ) -> SupervisorResult:
     """Run ``argv`` with exactly ``env`` until it exits; see the module docstring for the rules.
@@ -557,10 +575,9 @@ def supervise(
     ``output`` receives the child's stdout and stderr, line by line, unchanged ("stdout": our
     sys.stdout at call time; None: discard; the tail is kept either way). ``on_line`` sees every
     output line (without its newline) from the output thread, e.g. to read vLLM's memory figures.
-    ``ready_timeout`` applies only with a ``ready`` check. ``stop_when`` is polled every 0.1 s
-    while vLLM runs; a StopRequest it returns stops vLLM as a signal would and sets the exit
-    code. ``on_signal`` is told of each SIGTERM/SIGINT (from the signal handler: keep it to
-    setting a flag). ``on_start`` gets a function that says whether vLLM's main process is alive.
+    ``ready_timeout`` applies only with a ``ready`` check. ``hooks`` (SupervisorHooks) is told
+    when vLLM started, of each signal and of vLLM's exit (before the sweep), and is asked every
+    0.1 s whether vLLM must stop (its StopRequest sets the exit code).
     ``write_line``: when given, writes each redacted line (without its newline) instead of
     ``output`` (the API passes the JSON-mode wrapper from logs); ``output`` None still discards.
     Signal handlers are installed only when called from the main thread, and the previous
@@ -572,11 +589,11 @@ def supervise(
     if output == "stdout":
         output = sys.stdout
     run = _Supervision(log, grace_seconds, ready, ready_timeout)
+    hooks = hooks or SupervisorHooks()
 
     def handle_signal(signum: int, _frame: object) -> None:
         run.on_signal(signum)
-        if on_signal is not None:
-            on_signal(signum)
+        hooks.signalled(signum)
 
     previous: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
@@ -593,8 +610,7 @@ def supervise(
             return SupervisorResult(127, None, (str(exc),), run.received[0] if run.received else None)
         log.debug("started pid %d (process group %d)", child.proc.pid, child.pgid)
         run.started_child(child)
-        if on_start is not None:
-            on_start(lambda: child.proc.poll() is None)
+        hooks.started(lambda: child.proc.poll() is None)
         if ready is not None:
             threading.Thread(
                 target=_watch_readiness,
@@ -607,8 +623,9 @@ def supervise(
                 returncode = child.proc.wait(timeout=_POLL_SECONDS)
                 break
             except subprocess.TimeoutExpired:
-                run.tick(stop_when, on_ready)
+                run.tick(hooks.stop_request, on_ready)
         stop_watch.set()
+        hooks.exited(returncode)
         linger = 0.0 if len(run.received) > 1 else min(grace_seconds, _LINGER_SECONDS)
         child.sweep(min(grace_seconds, _SWEEP_SECONDS), linger)
         child.finish_output()

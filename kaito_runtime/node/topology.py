@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kaito_runtime.errors import TopologyError
+from kaito_runtime.errors import RankOutsideGroupError, TopologyError
 from kaito_runtime.numbers import parse_int
 from kaito_runtime.types import Topology, TopologySource
 
@@ -207,9 +207,11 @@ def resolve_topology(
     if rank >= count:
         assert rank_g is not None
         count_src = n_pick[0].show() if n_pick else "no node count given, so 1"
-        raise TopologyError(
+        raise RankOutsideGroupError(
             f"{rank_g.show()} gives node rank {rank}, which is not below the node count {count} "
             f"({count_src})",
+            rank=rank,
+            nnodes=count,
             why="Node ranks run from 0 to the node count minus 1",
             fix=f"check {rank_g.var} and {n_pick[0].var}"
             if n_pick
@@ -238,6 +240,13 @@ def resolve_topology(
             f"{p_pick[0].show()} is not a TCP port",
             why="Ports run from 1 to 65535",
             fix=f"set {p_pick[0].var} to a free port, e.g. {DEFAULT_MASTER_PORT}",
+        )
+    if count > 1 and port == 65535:
+        assert p_pick is not None
+        raise TopologyError(
+            f"{p_pick[0].show()} leaves no port for the group's store",
+            why="A group's leader hosts its store at the master port + 1, and 65536 is not a TCP port",
+            fix=f"set {p_pick[0].var} to a free port pair, e.g. {DEFAULT_MASTER_PORT} (the store then uses {DEFAULT_MASTER_PORT + 1})",
         )
 
     # Named after what placed this node: the rank's source, else the first source that said anything.

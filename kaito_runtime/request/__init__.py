@@ -105,6 +105,11 @@ class RuntimeRequest:
         None, "--peer-timeout", env="KAITO_PEER_TIMEOUT", **numbers.PEER_TIMEOUT.option_bounds(), concern=Concern.GROUP,
         help="Multi-node: seconds without a heartbeat after which a node counts as lost and the group stops (1 to 3600; default 15).",
     )
+    group_secret_file: str | None = option(  # the group secret's file (KAITO_GROUP_SECRET holds the value itself)
+        None, "--group-secret-file", env="KAITO_GROUP_SECRET_FILE", concern=Concern.GROUP,
+        help="Multi-node: a file holding the group secret (the same on every node, e.g. a mounted Kubernetes Secret; "
+        "or set KAITO_GROUP_SECRET); every message in the group's store is signed with it.",
+    )
     # -- the weights --------------------------------------------------------------------------
     weights_dir: Path | None = option(
         None, "--weights-dir", env="KAITO_WEIGHTS_DIR", kind="path", concern=Concern.WEIGHTS, commands=_WITH_DOCTOR,
