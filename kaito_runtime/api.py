@@ -295,6 +295,9 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     if download_only:
         _download(launch, effects)
         return 0
+    # First: without vLLM nothing below can end well, and a --join worker would otherwise meet
+    # the missing install as "No module named torch" while contacting its leader's store.
+    found = launch_step.require_vllm(effects.detect_vllm)
     secret = None
     if _is_multi_node(launch):
         from kaito_runtime.launch.group import preload_torch
@@ -309,7 +312,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         check_weights_dir(launch.weights.weights_dir, writable=False, create=True)
     planned = _plan(launch, planning_only=False)
     topo = planned.topology
-    install = launch_step.installed_vllm(planned.model, topo, log, detect=effects.detect_vllm)
+    install = launch_step.installed_vllm(planned.model, topo, log, found)
     # Built once, before the weights: what vLLM will really use (the config file and pass-through
     # arguments may override the plan) is what the plan line shows and the port check tests.
     built = _build(planned, launch, install)

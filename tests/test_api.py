@@ -69,7 +69,7 @@ def test_run_checks_the_weights_folder_before_anything_slow(hub, hub_env, tmp_pa
             api.run(api.RuntimeRequest(model="org/tiny", endpoint=hub.url, weights_dir=afile / "w"), {},
                     download_only=download_only, effects=seam.effects)
     assert hub.records == []  # the model was not resolved
-    assert seam.events == []
+    assert "weights" not in seam.kinds() and "supervise" not in seam.kinds()
 
 
 def test_a_local_model_folder_does_not_need_the_weights_folder(tmp_path, seam):
@@ -472,7 +472,7 @@ def test_a_weights_folder_that_cannot_be_created_is_refused_before_the_model(hub
     assert caught.value.exit_code == 2
     assert f"The weights folder {target} cannot be created" in message and "Operation not permitted" in message
     assert "--weights-dir" in message and "KAITO_WEIGHTS_DIR" in message
-    assert hub.records == [] and seam.events == []  # the model was not resolved, nothing else ran
+    assert hub.records == [] and seam.kinds() in ([], ["detect"])  # the model was not resolved, nothing fetched
 
 
 def test_run_makes_the_weights_folder_before_planning(tmp_path, seam):
@@ -742,3 +742,17 @@ def test_the_plan_budgets_the_batch_and_cuda_graphs_vllm_gets_from_the_pass_thro
     config = tmp_path / "kaito.yaml"
     config.write_text("vllm:\n  enforce-eager: true\n")
     assert api.prepare(api.RuntimeRequest(**base, config_file=config), {}).plan.memory.cudagraph == 0
+
+
+def test_join_without_vllm_exits_20_before_contacting_the_store(tmp_path, seam):
+    """Issue 18 item 12: `--join` on an install without vLLM crashed with "No module named torch"
+    (exit 1) while contacting the leader's store; the install is checked first (exit 20). Nobody
+    listens at the leader's address: contacting it would end in a rendezvous error instead."""
+    seam.install = None
+    request = api.RuntimeRequest(join=True, node_rank=1, leader_address="127.0.0.1", master_port=_free_port(span=2),
+                                 weights_dir=tmp_path / "w", rendezvous_timeout=5)
+    started = time.monotonic()
+    with pytest.raises(VllmNotInstalledError) as caught:
+        api.run(request, {}, effects=seam.effects)
+    assert caught.value.exit_code == 20
+    assert time.monotonic() - started < 4.0 and seam.kinds() == ["detect"]

@@ -79,6 +79,7 @@ class GroupRequest:
     rendezvous_timeout: float | None = None
     peer_timeout: float | None = None
     join: bool = False
+    secret_file: str | None = None  # the group secret's file (KAITO_GROUP_SECRET holds the value)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def settle_request(request: RuntimeRequest, env: Mapping[str, str]) -> LaunchReq
         node=NodeRequest(request.sku, request.assume_gpus),
         group=GroupRequest(
             request.nnodes, request.node_rank, request.leader_address, request.master_port,
-            request.rendezvous_timeout, request.peer_timeout, request.join,
+            request.rendezvous_timeout, request.peer_timeout, request.join, request.group_secret_file,
         ),
         weights=WeightsRequest(
             weights_dir=weights_dir_of(request, env), offline=offline, endpoint=endpoint, verify=request.verify_weights,
