@@ -188,3 +188,28 @@ def test_the_timeouts_table_states_the_ranges_the_code_checks():
     }
     for bound, allowed in expected.items():
         assert rows.get(bound) == stated(allowed), (bound, rows.get(bound))
+
+
+@pytest.mark.parametrize("count", ["٤", "４"])
+def test_other_digits_in_a_gpu_count_are_refused(count):
+    result = invoke("--preset", "phi-4-mini-instruct", "--dry-run", "--assume-gpus", f"{count}xA100-80GB")
+    assert result.exit_code == 2, result.output
+    assert "--assume-gpus" in _one_error(result)
+
+
+HUGE = "9" * 5000  # more digits than int() converts by default: a ValueError, once "unexpected"
+
+
+def test_a_number_with_thousands_of_digits_is_refused_not_crashed():
+    assert parse_int(HUGE) is None and parse_decimal(HUGE) is None
+
+
+@pytest.mark.parametrize("args", [
+    ["--port", HUGE], ["--nnodes", HUGE], ["--max-model-len", HUGE], ["--grace-period", HUGE],
+    ["--", "--max-model-len", HUGE], ["--", "--tensor-parallel-size", HUGE], ["--", "--port", HUGE],
+])
+def test_a_huge_number_anywhere_is_one_short_refusal(args):
+    result = invoke(*PLAN, *args)
+    assert result.exit_code == 2, result.output[-2000:]
+    assert "Traceback" not in result.output and "unexpected" not in result.output
+    assert len(result.output) < 3000
