@@ -12,7 +12,7 @@ start (the ``plan`` command); ``run()`` fetches the weights and supervises vLLM;
 weights step downloads weights, imports torch or vLLM, or starts a process.
 
 The side effects this module orders (vLLM detection, the port check, the weights store, the
-supervisor) come in one ``Effects`` record, the seam tests replace.
+supervisor, the launcher's own HTTP) come in one ``Effects`` record, the seam tests replace.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -32,11 +33,13 @@ from kaito_runtime.errors import (
     DoesNotFitError, GroupMemberLostError, GroupMismatchError, InputError, ModelDoesNotFitError, RankOutsideGroupError,
 )
 from kaito_runtime.hub import timeouts as hub_timeouts
+from kaito_runtime.numbers import parse_int
 from kaito_runtime.request import RuntimeRequest, weights_dir_of
 from kaito_runtime.request.settle import GroupRequest, LaunchRequest, NodeRequest, settle_request
 from kaito_runtime.types import LaunchPlan, LoraAdapter, ModelSpec, NodeInventory, PlanOverrides, Topology, WeightsSource
 
 if TYPE_CHECKING:
+    from kaito_runtime.observe import Observer, ObserveOptions
     from kaito_runtime.launch import ServeOptions
     from kaito_runtime.launch.group import Group, GroupSecret, NodeFacts
     from kaito_runtime.launch.vllm_command import VllmLaunch
@@ -76,13 +79,15 @@ class Effects:
     check_port_free: Callable[[str, int], None]
     ensure_weights: Callable[..., Any]  # weights.ensure_weights
     supervise: Callable[..., Any]  # supervisor.supervise
+    observer: Callable[[ObserveOptions], Observer]  # observe.Observer: the launcher's own HTTP
 
     @classmethod
     def real(cls) -> Effects:
-        from kaito_runtime import weights
+        from kaito_runtime import observe, weights
         from kaito_runtime.launch import ports, supervisor, vllm_install
 
-        return cls(vllm_install.detect_vllm, ports.check_port_free, weights.ensure_weights, supervisor.supervise)
+        return cls(vllm_install.detect_vllm, ports.check_port_free, weights.ensure_weights, supervisor.supervise,
+                   observe.Observer)
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,8 @@ class PlannedLaunch:
     inventory: NodeInventory
     topology: Topology
     plan: LaunchPlan
-    model_path: Path  # where the weights will be (exact for presets, folders and pinned commits)
+    model_path: Path | str  # where the weights will be (exact for presets, folders and pinned commits;
+    # a str: the object-store URI vLLM streams from)
     serve: ServeOptions  # the server options in the launch step's terms
     times: PhaseTimes
     token_source: str | None = None  # where the token was found (never the token)
@@ -110,7 +116,7 @@ def settle(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, che
 
     settled = settle_request(request, dict(os.environ if env is None else env))
     catalog = load_catalog(user_dir=settled.model.catalog_dir)
-    checked = model.checked(settled.model, catalog) if check_model else settled.model
+    checked = model.checked(settled.model, catalog, settled.env) if check_model else settled.model
     return replace(settled, model=checked, catalog=catalog)
 
 
@@ -164,18 +170,22 @@ def resolve_model(request: RuntimeRequest, env: Mapping[str, str] | None = None)
 def _resolve(launch: LaunchRequest) -> ModelSpec:
     from kaito_runtime import model
 
+    _register_store_secrets(launch.env)
     with hub_timeouts.timeout_from(launch.env):
-        return model.resolve_model(launch.model, launch.catalog, credentials=launch.credentials, local_copies=_local_copies(launch))
+        return model.resolve_model(launch.model, launch.catalog, credentials=launch.credentials,
+                                   local_copies=_local_copies(launch), env=launch.env)
 
 
-def prepare(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, planning_only: bool | None = None) -> PlannedLaunch:
+def prepare(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, planning_only: bool | None = None,
+            on_phase: Callable[[str], None] | None = None) -> PlannedLaunch:
     """Resolve the model, read the node, plan the launch. No weights, no processes.
     ``planning_only`` defaults to the request's (a dry run, --sku or --assume-gpus)."""
-    return _plan(settle(request, env), planning_only)
+    return _plan(settle(request, env), planning_only, on_phase)
 
 
-def _plan(launch: LaunchRequest, planning_only: bool | None = None) -> PlannedLaunch:
-    """The plan of a settled request; the inventory's notes are logged here, once."""
+def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Callable[[str], None] | None = None) -> PlannedLaunch:
+    """The plan of a settled request; the inventory's notes are logged here, once. ``on_phase``
+    is told as each step begins ("resolve", "inventory", "plan"; the launcher's /startupz shows it)."""
     import kaito_runtime.plan as planner
     from kaito_runtime import launch as launch_step, model as model_step
     from kaito_runtime.model.adapters import load_adapters
@@ -183,10 +193,13 @@ def _plan(launch: LaunchRequest, planning_only: bool | None = None) -> PlannedLa
     from kaito_runtime.weights import planned_path
 
     planning_only = launch.planning_only if planning_only is None else planning_only
+    on_phase = on_phase or (lambda name: None)
+    on_phase("resolve")
     started = time.monotonic()
     model = _resolve(launch)
     model_seconds = time.monotonic() - started
     adapters, adapter_warnings = load_adapters(launch.model.adapters_dir, model, log)
+    on_phase("inventory")
     started = time.monotonic()
     node = _probe(launch.node, launch.weights.weights_dir, launch.env)
     for note in node.notes:
@@ -194,13 +207,16 @@ def _plan(launch: LaunchRequest, planning_only: bool | None = None) -> PlannedLa
     topo = resolve_topology(launch.group, launch.env, planning_only=planning_only)
     inventory_seconds = time.monotonic() - started
     gated = model_step.gated_without_token(model, launch.model, launch.credentials, _local_copies(launch))
+    on_phase("plan")
     started = time.monotonic()
     try:
         plan = planner.plan_launch(model, node, topo, launch.overrides, profile=vllm_memory.load_profile())
     except DoesNotFitError as error:
         raise ModelDoesNotFitError(error, model, fix=_with_gpu_node_hint(error.fix, launch, node),
                                    token_source=launch.credentials.found_source, warnings=(gated,) if gated else ()) from error
-    model_path = Path(model.local_path) if model.local_path else planned_path(model.weights_source, launch.weights.weights_dir)
+    model_path = _vllm_model(model, launch.env) or (
+        Path(model.local_path) if model.local_path else planned_path(model.weights_source, launch.weights.weights_dir)
+    )
     serve = launch_step.ServeOptions(launch.serve.host, launch.serve.port, chat_template_dir=launch.serve.chat_template_dir,
                                      adapters=adapters, user_args=launch.user_args)
     return PlannedLaunch(
@@ -238,18 +254,25 @@ def fetch_model_weights(model: ModelSpec | WeightsSource, request: RuntimeReques
     return _fetch(model, settle(request, env, check_model=False), effects or Effects.real())
 
 
-def _fetch(model: ModelSpec | WeightsSource, launch: LaunchRequest, effects: Effects) -> WeightsResult:
+def _fetch(model: ModelSpec | WeightsSource, launch: LaunchRequest, effects: Effects, *, copy: bool = False,
+           watch: Callable[[object, int], None] | None = None) -> WeightsResult:
     """An operating-system error on the way (permissions, a full or read-only volume) becomes a
-    WeightsError (exit 10) naming the path, not a traceback."""
+    WeightsError (exit 10) naming the path, not a traceback. ``watch(count, total)``: told when a
+    download starts (the launcher's /metrics reads the count). An object store's model: its
+    non-tensor files (vLLM streams the tensors), or with ``copy`` all of it."""
     from kaito_runtime import weights
 
     w, credentials = launch.weights, launch.credentials
+    source = model.weights_source if isinstance(model, ModelSpec) else model
+    if source.store_uri:
+        _register_store_secrets(launch.env)
+        return weights.ensure_store_weights(source, weights_dir=w.weights_dir, env=launch.env, copy=copy,
+                                            lock_timeout_s=w.lock_timeout_s, log=log)
     try:
         with hub_timeouts.timeout_from(launch.env):
             return effects.ensure_weights(
-                model.weights_source if isinstance(model, ModelSpec) else model, weights_dir=w.weights_dir,
-                token=credentials.token, token_source=credentials.source, offline=w.offline, endpoint=w.endpoint,
-                verify=w.verify, lock_timeout_s=w.lock_timeout_s,
+                source, weights_dir=w.weights_dir, token=credentials.token, token_source=credentials.source,
+                offline=w.offline, endpoint=w.endpoint, verify=w.verify, lock_timeout_s=w.lock_timeout_s, watch=watch,
             )
     except OSError as e:
         raise weights.os_error_as_weights_error(e, w.weights_dir) from e
@@ -260,7 +283,7 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
     return _download(settle(request, env), effects or Effects.real())
 
 
-def _download(launch: LaunchRequest, effects: Effects) -> WeightsResult:
+def _download(launch: LaunchRequest, effects: Effects, watch: Callable[[object, int], None] | None = None) -> WeightsResult:
     """No probe and no plan: an init container usually has no GPU, so whether the model fits is a
     question for the serving pod. A repo id's config.json is not read either."""
     from kaito_runtime import model as model_step
@@ -269,14 +292,14 @@ def _download(launch: LaunchRequest, effects: Effects) -> WeightsResult:
     if not launch.model.local_folder:  # this mode exists to write there: made now, refused at once
         check_weights_dir(launch.weights.weights_dir, create=True)
     started = time.monotonic()
-    source = model_step.download_source(launch.model, launch.catalog)
+    source = model_step.download_source(launch.model, launch.catalog, launch.env)
     log.info("download-only: weights of %s (%s) into %s; whether it fits this machine is not checked in this mode",
-             source.name, source.local_path or f"{source.repo_id}@{source.revision or 'main'}",
+             source.name, source.local_path or source.store_uri or f"{source.repo_id}@{source.revision or 'main'}",
              source.local_path or launch.weights.weights_dir)
     gated = model_step.gated_without_token(source, launch.model, launch.credentials, _local_copies(launch))
     if gated:
         log.warning("%s", gated)
-    result = _fetch(source, launch, effects)
+    result = _fetch(source, launch, effects, copy=True, watch=watch)
     log.info("weights ready at %s (%.2f s)", result.path, time.monotonic() - started)
     return result
 
@@ -284,17 +307,33 @@ def _download(launch: LaunchRequest, effects: Effects) -> WeightsResult:
 def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, download_only: bool = False,
         effects: Effects | None = None) -> int:
     """The whole chain: plan, vLLM check, port check, weights, the group, vLLM, supervision.
-    Returns the process exit code."""
-    from kaito_runtime import launch as launch_step
-    from kaito_runtime.launch import plan_check, report, supervisor
-    from kaito_runtime.weights.store import check_weights_dir
+    Returns the process exit code. From its first moment the launcher serves its own HTTP
+    (kaito_runtime.observe): the metrics port for its whole life, vLLM's port until vLLM takes it."""
+    from kaito_runtime import observe, termination
 
     entered = time.monotonic()
     effects = effects or Effects.real()
+    env = dict(os.environ if env is None else env)
+    if request.termination_log is not None:  # first: a bad request's cause is written there too
+        termination.configure(request.termination_log, env)
     launch = settle(request, env, check_model=download_only or not request.join)
-    if download_only:
-        _download(launch, effects)
-        return 0
+    serve = launch.serve
+    options = observe.ObserveOptions(serve.host, serve.metrics_port, serve.startup_http and not download_only)
+    with effects.observer(options) as observer:
+        if download_only:
+            observer.enter(observe.Phase.WEIGHTS)
+            _download(launch, effects, watch=observer.status.weights.watch)
+            observer.status.weights.finish()
+            return 0
+        return _run(request, launch, observer, entered, effects)
+
+
+def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, entered: float, effects: Effects) -> int:
+    from kaito_runtime import launch as launch_step, termination
+    from kaito_runtime.launch import plan_check, report, supervisor
+    from kaito_runtime.observe import Phase
+    from kaito_runtime.weights.store import check_weights_dir
+
     # First: without vLLM nothing below can end well, and a --join worker would otherwise meet
     # the missing install as "No module named torch" while contacting its leader's store.
     found = launch_step.require_vllm(effects.detect_vllm)
@@ -304,23 +343,27 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
 
         preload_torch()
         secret = _group_secret(launch)  # a bad file fails before anything slow
+    _hold_api_port(observer, effects, launch.user_args.last_value("host") or launch.serve.host,
+                   parse_int(launch.user_args.last_value("port") or "") or launch.serve.port)
     if request.join:
         launch = settle(_join_the_leader(request, launch.env, secret), launch.env)
     if not launch.model.local_folder:
         # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
         # a second; an existing read-only volume holding a complete copy is still served.
         check_weights_dir(launch.weights.weights_dir, writable=False, create=True)
-    planned = _plan(launch, planning_only=False)
+    planned = _plan(launch, planning_only=False, on_phase=lambda name: observer.enter(Phase(name)))
     topo = planned.topology
+    observer.describe(model=planned.model.name, role="leader" if topo.is_leader else "worker")
     install = launch_step.installed_vllm(planned.model, topo, log, found)
     # Built once, before the weights: what vLLM will really use (the config file and pass-through
     # arguments may override the plan) is what the plan line shows and the port check tests.
     built = _build(planned, launch, install)
     report.log_plan_summary(planned.serve, planned.plan, built, log)
+    observer.plan(planned.plan)
     for warning in built.warnings:
         log.warning("%s", warning)
     # The leader's vLLM serves its API there; a worker's launcher answers /health there.
-    effects.check_port_free(built.host, built.port)
+    _hold_api_port(observer, effects, built.host, built.port)
     group = _the_group(planned, launch, secret) if topo.multi_node else None
     if group is not None and topo.is_leader:
         group.check_ports()  # vLLM's master port and the store's, naming --master-port
@@ -329,15 +372,27 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     if group is not None and topo.is_leader:
         _open_the_group(group, planned, launch)
 
+    observer.enter(Phase.WEIGHTS)
     started = time.monotonic()
-    result = _fetch(planned.model, launch, effects)
+    result = _fetch(planned.model, launch, effects, watch=observer.status.weights.watch)
+    observer.status.weights.finish()
     weights_seconds = time.monotonic() - started
     log.info("weights ready at %s (%.2f s)", result.path, weights_seconds)
 
-    meeting = group.meet(_node_facts(planned, built, install, result, secret)) if group is not None else None
-    built = built.filled(str(result.path), master_addr=meeting.master_addr_ip if meeting is not None else None)
-    added = meeting.child_env(launch.env) if meeting is not None else {}
-    child_env = launch_step.child_environment(built, launch.env, added)
+    meeting = None
+    if group is not None:
+        observer.enter(Phase.GROUP)
+        observer.status.group.follow(lambda: {"size": group.nnodes, "state": group.state.value,
+                                              "round": group.round, "restarts": group.restarts})
+        meeting = group.meet(_node_facts(planned, built, install, result, secret))
+        observer.status.group.checked_in(group.nnodes)  # the group was released: every member is in
+    # Filled in, not rebuilt: the folder the weights step returned (a branch may have resolved to
+    # another commit's folder; a store's model stays its URI) and the leader's resolved IP.
+    built = built.filled(str(_vllm_model(planned.model, launch.env) or result.path),
+                         master_addr=meeting.master_addr_ip if meeting is not None else None)
+    store_plain, store_secret = _store_child_env(planned.model, launch.env, result)
+    added = {**(meeting.child_env(launch.env) if meeting is not None else {}), **store_plain}
+    child_env = {**launch_step.child_environment(built, launch.env, added), **store_secret}
 
     # What vLLM will really use: pass-through arguments and the config file may override ours.
     host, port = built.host, built.port
@@ -347,10 +402,19 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     serve = launch.serve
 
     def on_ready(seconds: float) -> None:
-        report.log_plan_check(plan_check.check_plan(planned.plan, startup), serve.plan_report, log)
+        check = plan_check.check_plan(planned.plan, startup)
+        report.log_plan_check(check, serve.plan_report, log)
+        observer.reported(kv_tokens=check.vllm_kv_tokens, kv_cache_gib=check.vllm_kv_cache_gib,
+                          weights_gib=check.vllm_weights_gib)
+        observer.vllm_ready()
         log.info("ready in %.1f s (%s): serving %s on http://%s:%d/v1", time.monotonic() - entered,
                  replace(times, vllm_start=seconds).line(), served_names[0], host, port)
 
+    def on_line(line: str) -> None:
+        observer.on_vllm_line(line)  # first: vLLM binds the API port right after its first lines
+        startup.feed(line)
+
+    observer.enter(Phase.VLLM_START)
     readiness = None
     if topo.is_leader:
         readiness = supervisor.ReadinessCheck(host=host, port=port, served_name=served_names, api_key=built.api_key)
@@ -359,21 +423,101 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         if group is not None and not topo.is_leader:
             from kaito_runtime.launch.worker_health import WorkerHealthServer
 
+            observer.release_api_port("the worker's health server takes it")
             stack.enter_context(WorkerHealthServer(host, port, lambda: group.health().answer()))
             log.info("worker health: GET http://%s:%d/health (200 while vLLM and the leader's heartbeat are alive)", host, port)
-        outcome = effects.supervise(
-            built.argv, child_env, ready=readiness, grace_seconds=serve.grace_seconds,
-            # A headless worker has no server to become ready; it lives as long as the group does.
-            ready_timeout=serve.ready_timeout if readiness is not None else None,
-            on_ready=on_ready, log=log, on_line=startup.feed, hooks=group.hooks if group is not None else None,
-            write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
-        )
+        hooks = _ObservedHooks(group.hooks if group is not None else None, observer, worker=not topo.is_leader)
+        for attempt in (1, 2):
+            observer.vllm_starting(child_env, serves_api=topo.is_leader)
+            outcome = effects.supervise(
+                built.argv, child_env, ready=readiness, grace_seconds=serve.grace_seconds,
+                # A headless worker has no server to become ready; it lives as long as the group does.
+                ready_timeout=serve.ready_timeout if readiness is not None else None,
+                on_ready=on_ready, log=log, on_line=on_line, hooks=hooks,
+                write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
+            )
+            observer.vllm_exited(outcome.outcome, outcome.exit_code, outcome.signal_received is not None)
+            if (attempt == 1 and group is None and outcome.signal_received is None and outcome.ready_after is None
+                    and observer.port_race_lost(outcome.tail, outcome.exit_code)):
+                log.warning("vLLM bound port %d before the launcher had let go of it; starting it again", port)
+                continue
+            break
         if group is not None:
             return _leave_the_group(group, outcome, planned, built, serve.ready_timeout)
     if outcome.exit_code != 0 and outcome.signal_received is None:
-        report.log_failure(outcome, planned.plan, built, serve.ready_timeout, log)
+        termination.note_cause(report.log_failure(outcome, planned.plan, built, serve.ready_timeout, log))
+    elif outcome.signal_received is not None:
+        how = "stopped cleanly" if outcome.exit_code == 0 else supervisor.describe_exit_code(outcome.exit_code)
+        termination.note_cause(f"stopped by {signal.Signals(outcome.signal_received).name} (vLLM {how})")
     # A forwarded stop ends with the supervisor's own "vLLM stopped in N s (exit N)" line.
     return outcome.exit_code
+
+
+def _hold_api_port(observer: Observer, effects: Effects, host: str, port: int) -> None:
+    """The port check (a busy port is exit 2 in a second) and the launcher's hold on it."""
+    if observer.holds(host, port):
+        return
+    observer.release_api_port("vLLM's port moved")
+    effects.check_port_free(host, port)
+    try:
+        observer.hold_api_port(host, port)
+    except OSError:
+        effects.check_port_free(host, port)  # taken in between: the same clear error
+        raise
+
+
+class _ObservedHooks:
+    """The supervisor's hooks: the group's (when there is one), and what the launcher's own
+    status learns from them (a headless worker is ready once its vLLM runs; a signal means
+    stopping)."""
+
+    def __init__(self, inner, observer: Observer, *, worker: bool) -> None:
+        from kaito_runtime.launch.supervisor import SupervisorHooks
+
+        self._inner = inner or SupervisorHooks()
+        self._observer, self._worker = observer, worker
+
+    def started(self, alive) -> None:
+        self._inner.started(alive)
+        if self._worker:
+            self._observer.vllm_ready()
+
+    def signalled(self, signum: int) -> None:
+        self._inner.signalled(signum)
+        self._observer.on_signal(signum)
+
+    def stop_request(self):
+        return self._inner.stop_request()
+
+    def exited(self, returncode: int) -> None:
+        self._inner.exited(returncode)
+
+
+def _register_store_secrets(env: Mapping[str, str]) -> None:
+    """Object-store credentials in the environment are masked in every output from here on."""
+    from kaito_runtime import objstore, secrets
+
+    for value in objstore.secret_values(env):
+        secrets.register_secret(value)
+
+
+def _vllm_model(model: ModelSpec | WeightsSource, env: Mapping[str, str]) -> str | None:
+    """The object-store URI vLLM streams from (None for a hub model or a folder)."""
+    from kaito_runtime import objstore
+
+    return objstore.parse_uri(model.store_uri, env).uri if model.store_uri else None
+
+
+def _store_child_env(model: ModelSpec, env: Mapping[str, str], weights: WeightsResult) -> tuple[dict[str, str], dict[str, str]]:
+    """(plain, secret) variables vLLM needs to stream ``model`` (nothing for other models)."""
+    from kaito_runtime import objstore
+
+    if not model.store_uri:
+        return {}, {}
+    plain, secret = objstore.store_env(objstore.parse_uri(model.store_uri, env), env)
+    if not env.get("VLLM_ASSETS_CACHE"):  # where the weights step put the non-tensor files
+        plain["VLLM_ASSETS_CACHE"] = str(Path(weights.path).parent.parent)
+    return plain, secret
 
 
 def _leave_the_group(group: Group, outcome, planned: PlannedLaunch, built: VllmLaunch, ready_timeout: float | None) -> int:
@@ -384,16 +528,19 @@ def _leave_the_group(group: Group, outcome, planned: PlannedLaunch, built: VllmL
     from kaito_runtime.launch.report import log_failure
     from kaito_runtime.launch.supervisor import describe_exit_code
 
+    from kaito_runtime import termination
+
     rank = planned.topology.node_rank
     own_failure = outcome.outcome in ("exited", "ready_timeout") and outcome.signal_received is None
     if own_failure and outcome.exit_code != 0:
-        log_failure(outcome, planned.plan, built, ready_timeout, log)
+        termination.note_cause(log_failure(outcome, planned.plan, built, ready_timeout, log))
     stop = group.leave(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
     if outcome.outcome == "group_stopped" and stop is not None:
         if stop.kind is StopKind.REQUESTED:
             log.info("rank %d stopped with its group: %s", rank, stop.reason)
         else:
             log.error("rank %d stopped: a group member was lost (exit %d): %s", rank, outcome.exit_code, stop.reason)
+            termination.note_cause(f"rank {rank} stopped: a group member was lost: {stop.reason}")
         return outcome.exit_code
     if own_failure:
         log.error("rank %d: vLLM exited (exit %d); the group stops with it", rank, outcome.exit_code)
@@ -507,8 +654,9 @@ def _node_facts(planned: PlannedLaunch, built: VllmLaunch, install, weights: Wei
         resources=resources,
         kaito_runtime_version=kaito_runtime.__version__,
         vllm_version=install.version if install is not None else "-",
-        plan_fields=plan_fields(planned.model.repo_id or planned.model.name, weights.revision or planned.model.revision,
-                                built.argv, api_key_digest=digest),
+        # a store's model: its URI and the objects' version digest (ETags / generations)
+        plan_fields=plan_fields(planned.model.repo_id or planned.model.store_uri or planned.model.name,
+                                weights.revision or planned.model.revision, built.argv, api_key_digest=digest),
     )
 
 

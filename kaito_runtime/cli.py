@@ -104,8 +104,17 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
     """Run a command body; every failure ends as one `kaito-run: error:` line and an exit code.
 
     KaitoError: its own code. OSError (a disk, a permission, a mount): 1. Anything else is a
-    bug: 1, with the traceback at --log-level debug.
+    bug: 1, with the traceback at --log-level debug. On every way out, the termination message
+    file gets the cause (kaito_runtime.termination).
     """
+    from kaito_runtime import termination
+
+    with termination.ending():
+        _guarded_body(body, log_level)
+
+
+def _guarded_body(body: Callable[[], None], log_level: str) -> None:
+    from kaito_runtime import termination
     from kaito_runtime.logs import final_error
 
     try:
@@ -113,10 +122,12 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
             body()
     except StopRequested as stop:
         # One line: what was stopped and what was kept (the lock was released on the way out).
-        log.warning("received %s: %s; exiting %d", stop.signal_name,
-                    stop.kept or "stopped before vLLM started; nothing was left running", stop.exit_code)
+        kept = stop.kept or "stopped before vLLM started; nothing was left running"
+        log.warning("received %s: %s; exiting %d", stop.signal_name, kept, stop.exit_code)
+        termination.note_cause(f"received {stop.signal_name}: {kept}")
         sys.exit(stop.exit_code)
     except KaitoError as error:
+        termination.note_cause(error.message)
         _fail(error)
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         debug = log_level.lower() == "debug"
@@ -129,6 +140,7 @@ def _guarded(body: Callable[[], None], log_level: str) -> None:
         else:
             text = f"unexpected {type(error).__name__}: {error}"
         hint = "" if debug else " (run with --log-level debug for the traceback)"
+        termination.note_cause(text)
         final_error(f"{text}{hint}", 1)
         sys.exit(1)
 
@@ -325,8 +337,11 @@ def _entered(values: dict, body: Callable[[dict, bool], None]) -> None:
     """Set up logging, settle the output format, run ``body(values, one_line)`` guarded."""
     from kaito_runtime.logs import setup_logging
 
+    from kaito_runtime import termination
+
     shown = presentation_from_values(values)
     setup_logging(shown.log_format, shown.log_level)
+    termination.configure(values.get("termination_log"))  # launch commands have the option; others: env, default
     # -o not given: the log format's. With --log-format json a JSON document is written on one
     # line, so that every line a collector reads is JSON; an explicit -o text is honoured.
     values["output"] = shown.output or ("json" if shown.log_format == "json" else "text")

@@ -5,7 +5,8 @@ input at fault) and *how to fix* it. The CLI prints them and exits with ``exit_c
 
 Exit codes (documented in README.md):
   2      bad input, or the model does not fit (nothing was started)
-  10-19  the weights step (one code per cause, so scripts and init containers can branch on it)
+  10-19  the weights step (one code per cause, so scripts and init containers can branch on it;
+         an object store's faults use the hub's code for the same cause, 19 = the store hung)
   20     vLLM is not installed / cannot be started
   the child's own code when vLLM fails, 128+signal when killed
 """
@@ -186,6 +187,45 @@ class InsufficientDiskError(WeightsError):
 
 class WeightsCorruptError(WeightsError):
     exit_code = 18
+
+
+class StoreError(WeightsError):
+    """An object store (s3://, gs://, az://) cannot give the model: the message names the store,
+    the object and the fix. Subclasses share the hub's codes where the cause is the same."""
+
+
+class StoreCredentialsMissingError(StoreError):
+    exit_code = 11
+
+
+class StoreCredentialsRejectedError(StoreError):
+    exit_code = 12
+
+
+class StoreAccessDeniedError(StoreError):
+    exit_code = 13
+
+
+class StoreNotFoundError(StoreError):
+    """No such bucket, container or prefix."""
+
+    exit_code = 14
+
+
+class StoreUnreachableError(StoreError):
+    exit_code = 16
+
+
+class StoreTruncatedError(StoreError):
+    """An object is shorter than its own header says (or than the store listed)."""
+
+    exit_code = 18
+
+
+class StoreTimeoutError(StoreError):
+    """The store accepted the connection and then said nothing for KAITO_STORE_TIMEOUT seconds."""
+
+    exit_code = 19
 
 
 # --- launching ------------------------------------------------------------------------------------

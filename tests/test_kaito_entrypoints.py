@@ -233,7 +233,7 @@ def test_a_worker_told_no_model_asks_the_leader_and_names_it_when_it_never_answe
     command = multi_node(LLAMA70, "llama-3.3-70b-instruct", nodes=2, gpus=2).replace(LEADER_DNS, "127.0.0.1")
     done, _ = pod(command, "Standard_NC48ads_A100_v4", env={"POD_INDEX": "1", "KAITO_RENDEZVOUS_TIMEOUT": "2"})
     assert done.returncode == 21, done.stderr
-    assert "The leader's group store 127.0.0.1:29502 did not answer" in done.stderr
+    assert "group store (port 29502) at 127.0.0.1 did not answer" in done.stderr
 
 
 def test_serving_script_leader_exits_0_and_bad_calls_exit_2():

@@ -47,19 +47,21 @@ def log_plan_check(check: PlanCheck, report: Path | None, log: logging.Logger) -
         log.warning("%s", warning)
 
 
-def log_failure(outcome, plan: LaunchPlan, built: VllmLaunch, ready_timeout: float | None, log: logging.Logger) -> None:
+def log_failure(outcome, plan: LaunchPlan, built: VllmLaunch, ready_timeout: float | None, log: logging.Logger) -> str:
     """A known cause: one line. Otherwise (or only the generic "engine core failed"), vLLM's
-    last lines first, because in a long container log the real cause has scrolled away."""
+    last lines first, because in a long container log the real cause has scrolled away. Returns
+    the one line for the termination message: a known cause's own line, else the closing line
+    and the last line vLLM printed (often the exception)."""
     from kaito_runtime.launch import failures
 
-    log.error(
-        "%s",
-        failures.failure_report(
-            outcome.tail,
-            outcome.exit_code,
-            plan_hint=failures.FailureContext.from_launch(plan, built),
-            tail_lines=FAILURE_TAIL_LINES,
-            outcome=outcome.outcome,
-            ready_timeout=ready_timeout,
-        ),
+    report = failures.failure_report(
+        outcome.tail,
+        outcome.exit_code,
+        plan_hint=failures.FailureContext.from_launch(plan, built),
+        tail_lines=FAILURE_TAIL_LINES,
+        outcome=outcome.outcome,
+        ready_timeout=ready_timeout,
     )
+    log.error("%s", report)
+    lines = [line for line in report.splitlines() if line.strip()] or ["vLLM failed"]
+    return lines[0] if len(lines) == 1 else f"{lines[-1]}; vLLM's last line: {lines[-2]}"

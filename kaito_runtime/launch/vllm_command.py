@@ -436,7 +436,19 @@ def _planned_args(plan: LaunchPlan, inputs: CommandInputs, warnings: list[str]) 
     """The plan's own flags, then the preset's ``vllm_args`` and the adapters' flags (a later one wins)."""
     args = group(_plan_tokens(plan, inputs.host, inputs.port, inputs.max_model_len_auto_supported, warnings))
     args = _merge(args, group(plan.model.vllm_args, PRESET_ARGS))
+    args = _merge(args, group(streamer_tokens(plan), PRESET_ARGS))
     return _merge(args, group(lora_tokens(inputs.adapters, warnings), ADAPTERS))
+
+
+def streamer_tokens(plan: LaunchPlan) -> list[str]:
+    """A model in an object store is streamed by vLLM's Run:ai streamer; with tensor parallelism
+    each rank streams its share ({"distributed": true}, as KAITO sets it)."""
+    if not plan.model.store_uri:
+        return []
+    tokens = ["--load-format", "runai_streamer"]
+    if plan.tensor_parallel_size > 1:
+        tokens += ["--model-loader-extra-config", '{"distributed": true}']
+    return tokens
 
 
 def _user_args(inputs: CommandInputs, warnings: list[str]) -> tuple[list[FlagArg], list[str]]:

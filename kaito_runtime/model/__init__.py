@@ -11,6 +11,7 @@ planning needs); ``download_source`` only names what the weights step fetches, f
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,7 +81,7 @@ def _check_combination(request: ModelRequest) -> None:
         )
 
 
-def checked(request: ModelRequest, catalog: Catalog) -> ModelRequest:
+def checked(request: ModelRequest, catalog: Catalog, env: Mapping[str, str] | None = None) -> ModelRequest:
     """The model slice normalised (``--preset ORG/NAME@REV`` as a repo id and revision) and
     checked without network or disk writes: one of --preset / --model given, the preset known
     (and no --revision against its pin), a repo id well formed. Run when the request is settled,
@@ -91,9 +92,19 @@ def checked(request: ModelRequest, catalog: Catalog) -> ModelRequest:
     _check_combination(request)
     if request.preset:
         _preset(request, catalog)
+    elif request.model and _is_store(request.model):
+        from kaito_runtime.model.store import check_store_model
+
+        check_store_model(request.model, env or {}, request.revision)
     elif request.model and not looks_like_path(request.model):
         model_sources.check_repo_id(request.model)
     return request
+
+
+def _is_store(model: str) -> bool:
+    from kaito_runtime.objstore import is_store_uri
+
+    return is_store_uri(model)
 
 
 def _preset(request: ModelRequest, catalog: Catalog) -> ModelSpec:
@@ -142,15 +153,22 @@ def resolve_model(
     *,
     credentials: Credentials = Credentials(),
     local_copies: LocalCopies | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ModelSpec:
-    """A preset name, a local folder or a Hugging Face repo id (``request`` as ``checked``
-    returned it) -> ModelSpec, read from the hub, or from the complete local copy that
-    ``local_copies`` finds when offline or the hub is down."""
+    """A preset name, a local folder, an object-store URI (read with ``env``'s credentials) or
+    a Hugging Face repo id (``request`` as ``checked`` returned it) -> ModelSpec, read from the
+    hub, or from the complete local copy that ``local_copies`` finds when offline or the hub is down."""
     from kaito_runtime.model import sources as model_source
 
     if request.preset:
         return _named(_preset(request, catalog), request)
     assert request.model
+    if _is_store(request.model):
+        from kaito_runtime.model.store import check_store_model, spec_from_store
+
+        check_store_model(request.model, env or {}, request.revision)
+        spec = spec_from_store(request.model, env or {}, trust_remote_code=request.remote_code)
+        return _named(with_hub_defaults(spec), request)
     if looks_like_path(request.model):
         return _named(_folder(request), request)
     known = _known_preset(request, catalog)
@@ -190,7 +208,7 @@ def with_hub_defaults(spec: ModelSpec) -> ModelSpec:
     return replace(spec, vllm_args=spec.vllm_args + choice.vllm_args, notes=note)
 
 
-def download_source(request: ModelRequest, catalog: Catalog) -> WeightsSource:
+def download_source(request: ModelRequest, catalog: Catalog, env: Mapping[str, str] | None = None) -> WeightsSource:
     """What the ``download`` command fetches (``request`` as ``checked`` returned it). Presets
     and folders resolve as for serving; any other repo id is named without reading its
     config.json: the weights step resolves the revision to a commit itself, and a config that
@@ -200,6 +218,11 @@ def download_source(request: ModelRequest, catalog: Catalog) -> WeightsSource:
     if request.preset:
         return _preset(request, catalog).weights_source
     assert request.model
+    if _is_store(request.model):
+        from kaito_runtime.model.store import check_store_model
+
+        uri = check_store_model(request.model, env or {}, request.revision)
+        return WeightsSource(name=model_source.served_name_for(uri.prefix or uri.bucket), store_uri=uri.shown)
     if looks_like_path(request.model):
         return _folder(request).weights_source
     known = _known_preset(request, catalog)

@@ -158,6 +158,20 @@ class RuntimeRequest:
         None, "--plan-report", env="KAITO_PLAN_REPORT", kind="file", concern=Concern.SERVE,
         help="Append the plan check (predicted vs vLLM's own KV and weights figures) to this file as one JSON line.",
     )
+    # -- the launcher's own HTTP and exit message (kaito_runtime/observe, kaito_runtime/termination)
+    metrics_port: int = option(
+        5090, "--metrics-port", env="KAITO_METRICS_PORT", kind="int", low=0, high=65535, show_default=True,
+        concern=Concern.SERVE,
+        help="Port of the launcher's own /metrics, /startupz and /health, served for its whole life (0 turns it off).",
+    )
+    no_startup_http: bool = option(
+        False, "--no-startup-http", env="KAITO_NO_STARTUP_HTTP", kind="flag", concern=Concern.SERVE,
+        help="Leave vLLM's port free until vLLM binds it (by default the launcher answers /health 503 with the phase, /startupz and /metrics there until then).",
+    )
+    termination_log: str | None = option(
+        None, "--termination-log", env="KAITO_TERMINATION_LOG", concern=Concern.OUTPUT,
+        help="File for the one line saying why kaito-run ended (default: /dev/termination-log when writable; 'none' turns it off).",
+    )
     extra_vllm_args: tuple[str, ...] = ()  # the arguments after `--`; not an option
     dry_run: bool = False  # only a plan is wanted (no launch follows): the `plan` command
 

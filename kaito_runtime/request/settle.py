@@ -103,6 +103,8 @@ class ServeRequest:
     grace_seconds: float = 30.0
     ready_timeout: float | None = None  # None: wait for as long as vLLM takes
     plan_report: Path | None = None
+    metrics_port: int = 5090  # the launcher's own /metrics, /startupz, /health (0: none)
+    startup_http: bool = True  # the launcher answers on vLLM's port until vLLM binds it
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ def settle_request(request: RuntimeRequest, env: Mapping[str, str]) -> LaunchReq
         ),
         serve=ServeRequest(
             request.host, request.port, chat_template_dir_of(request, env), request.grace_seconds,
-            request.ready_timeout, request.plan_report,
+            request.ready_timeout, request.plan_report, request.metrics_port, not request.no_startup_http,
         ),
         overrides=with_user_sizes(request.overrides, user_args),
         user_args=user_args,

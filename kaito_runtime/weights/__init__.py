@@ -19,8 +19,10 @@ import shutil
 import sys
 import time
 from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from kaito_runtime import hub
@@ -80,6 +82,7 @@ __all__ = [
     "ProgressMode",
     "WeightsResult",
     "disk_free_bytes",
+    "ensure_store_weights",
     "ensure_weights",
     "local_metadata",
     "os_error_as_weights_error",
@@ -192,6 +195,7 @@ class _Job:
     lock_timeout_s: float | None
     log: logging.Logger
     started: float  # time.monotonic() at the call
+    watch: Callable[[TransferCount, int], None] | None = None
 
     @property
     def repo_id(self) -> str:
@@ -214,6 +218,7 @@ def ensure_weights(
     max_workers: int = 8,
     progress_interval_s: float = DEFAULT_PROGRESS_INTERVAL_S,
     lock_timeout_s: float | None = None,
+    watch: Callable[[TransferCount, int], None] | None = None,
 ) -> WeightsResult:
     """Return a local folder holding ``model``'s weights at its pinned commit; download if needed.
 
@@ -223,7 +228,9 @@ def ensure_weights(
     ``lock_timeout_s``: how long to wait for another launcher's download of the same commit to
     make progress (default ``KAITO_WEIGHTS_LOCK_TIMEOUT`` or an hour). ``offline`` given as a
     bool is trusted; None reads ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` from the process
-    environment (``request.offline_in``). Raises the WeightsError family (exit codes 10-18) or InputError;
+    environment (``request.offline_in``). ``watch(count, total)`` is called when a download
+    starts, with the byte count the downloader moves per chunk (the launcher's /metrics reads
+    it). Raises the WeightsError family (exit codes 10-18) or InputError;
     file-system failures come as WeightsError naming the path and the fix.
     """
     log = log or logger
@@ -248,6 +255,7 @@ def ensure_weights(
         lock_timeout_s=lock_timeout_s,
         log=log,
         started=t0,
+        watch=watch,
     )
     try:
         return _ensure_repo(job)
@@ -403,6 +411,8 @@ def _download(job: _Job, folder: Path, commit: str, *, verify: bool) -> WeightsR
         with ExitStack() as shown:
             bar = shown.enter_context(ProgressBar(total, on_disk)) if mode == "bar" else None
             count = TransferCount(held, on_change=bar.add if bar else None)
+            if job.watch is not None:
+                job.watch(count, total)
             fetcher = Fetcher(repo_id, commit, folder, token, ep, log, count, verify=verify)
             if mode == "log":
                 shown.enter_context(ProgressLogger(count, total, log, job.progress_interval_s))
@@ -426,6 +436,42 @@ def _download(job: _Job, folder: Path, commit: str, *, verify: bool) -> WeightsR
     seconds = time.monotonic() - t0
     log.info("weights: %s@%s complete in %s (%.1fs)", repo_id, commit[:12], folder, seconds)
     return WeightsResult(folder, needed, False, seconds, len(files), commit)
+
+
+# --- object stores (s3://, gs://, az://) ----------------------------------------------------------
+
+
+def ensure_store_weights(
+    model: WeightsSource,
+    *,
+    weights_dir: Path,
+    env: Mapping[str, str],
+    copy: bool = False,
+    lock_timeout_s: float = 3600.0,
+    log: logging.Logger | None = None,
+) -> WeightsResult:
+    """A model in an object store. Serving (``copy`` False): vLLM streams the tensors; this puts
+    the non-tensor files where vLLM looks for them on this node and returns that folder, with the
+    objects' version digest as ``revision``. ``copy`` (--download-only): a complete, verified
+    local copy (``weights.objects``)."""
+    from kaito_runtime.weights import objects
+
+    log = log or logger
+    assert model.store_uri
+    t0 = time.monotonic()
+    try:
+        if copy:
+            folder, version, received, files, reused = objects.download_copy(
+                model.store_uri, env, Path(weights_dir), log, lock_timeout_s=lock_timeout_s
+            )
+            return WeightsResult(folder, received, reused, time.monotonic() - t0, files, version)
+        folder, version, fetched = objects.fetch_assets(model.store_uri, env, Path(weights_dir), log)
+    except OSError as e:
+        raise os_error_as_weights_error(e, Path(weights_dir)) from None
+    if model.store_version and version != model.store_version:
+        log.warning("weights: the objects under %s changed since the plan was made (version %s, now %s)",
+                    model.store_uri, model.store_version, version)
+    return WeightsResult(folder, fetched, False, time.monotonic() - t0, len(list(folder.iterdir())), version)
 
 
 # --- for planning (before the download) -------------------------------------------------------

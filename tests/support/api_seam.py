@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kaito_runtime import api
+from kaito_runtime import api, observe
 from kaito_runtime.launch import ports
 from kaito_runtime.launch.supervisor import SupervisorResult
 from kaito_runtime.launch.vllm_install import VllmInstall
@@ -63,9 +63,15 @@ class Seam:
             kwargs["on_ready"](1.5)
         return self.result
 
+    def _observer(self, options: observe.ObserveOptions) -> observe.Observer:
+        """The launcher's real status, without its HTTP: tests must not bind this machine's
+        5000 and 5090 (tests/observe serve it on free ports)."""
+        self.events.append(("observe", options))
+        return observe.Observer(replace(options, metrics_port=0, startup_http=False))
+
     @property
     def effects(self) -> api.Effects:
-        return api.Effects(self._detect, self._check_port, self._ensure, self._supervise)
+        return api.Effects(self._detect, self._check_port, self._ensure, self._supervise, self._observer)
 
     # -- what was recorded ---------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict:
@@ -81,4 +87,5 @@ class Seam:
         return [(e[1], e[2]) for e in self.events if e[0] == "weights"]
 
     def kinds(self) -> list[str]:
-        return [e[0] for e in self.events]
+        """The effects in order (the observer's start left out: every run has one)."""
+        return [e[0] for e in self.events if e[0] != "observe"]
