@@ -243,9 +243,29 @@ def _build(planned: PlannedLaunch, launch: LaunchRequest, install) -> VllmLaunch
     from kaito_runtime import launch as launch_step, secrets
 
     built = launch_step.build_launch(planned.serve, planned.plan, planned.model_path, launch.env, install,
-                                     ram_available_bytes=planned.inventory.host.ram_available_bytes)
+                                     ram_available_bytes=planned.inventory.host.ram_available_bytes,
+                                     kaito=_kaito_serving(planned, launch))
     secrets.register_secret(built.api_key)
     return built
+
+
+def _kaito_serving(planned: PlannedLaunch, launch: LaunchRequest):
+    """KAITO's serving features as the request asks for them, with the container's free memory
+    measured when CPU KV offload is wanted on the GPU target."""
+    from kaito_runtime.launch.kaito_serving import KaitoServing
+
+    s = launch.serve
+    free = source = None
+    if s.kv_cache_cpu_memory_utilization and planned.plan.target == "gpu":
+        from kaito_runtime.node.container_memory import container_memory
+
+        memory = container_memory()
+        free, source = memory.available_bytes, memory.describe()
+    return KaitoServing(
+        kv_offload_utilization=s.kv_cache_cpu_memory_utilization, container_free_bytes=free,
+        container_memory_source=source, rate_limit=s.rate_limit, grace_seconds=s.grace_seconds,
+        inference_role=s.inference_role, mig=any(gpu.mig for gpu in planned.inventory.gpus),
+    )
 
 
 def fetch_model_weights(model: ModelSpec | WeightsSource, request: RuntimeRequest, env: Mapping[str, str] | None = None,

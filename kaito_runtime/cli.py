@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from kaito_runtime.cli_types import Decimal, Seconds, WholeNumber
-from kaito_runtime.errors import GRACEFUL_STOP_EXIT_CODES, KaitoError, StopRequested
+from kaito_runtime.errors import GRACEFUL_STOP_EXIT_CODES, KaitoError, StopRequested, shortened
 from kaito_runtime.request.options import DeclaredOption, declared_options, presentation_from_values, request_from_values
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -47,6 +47,9 @@ def _asks_json_logs(args: list[str]) -> bool:
     return chosen == "json"
 
 
+_USAGE_ERROR_CHARS = 2000
+
+
 @contextmanager
 def _usage_errors_as_json(as_json: bool) -> Iterator[None]:
     """In JSON log mode a usage error (unknown option, bad value, stray word) is one JSON object
@@ -54,6 +57,8 @@ def _usage_errors_as_json(as_json: bool) -> Iterator[None]:
     try:
         yield
     except click.ClickException as error:
+        # click quotes what was typed (an unknown option, a stray word): bound the line
+        error.message = shortened(error.message, _USAGE_ERROR_CHARS)
         if not as_json:
             raise
         from kaito_runtime.logs import final_error

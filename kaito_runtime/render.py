@@ -157,8 +157,34 @@ def plan_json(prepared, launch, *, one_line: bool = False) -> str:
             "warnings": list(launch.warnings),
             "command": format_command(launch),
         },
+        "kaito": _kaito_features(launch),
     }
     return _dump(payload, one_line)
+
+
+def _kaito_features(launch) -> dict:
+    """KAITO's serving features as the launch has them: CPU KV offload (size and why), the 429
+    guard, the drain on SIGTERM."""
+    offload = launch.kv_offload
+    return {
+        "kv_offload": None if offload is None else {"size_gib": offload.size_gib, "reason": offload.reason},
+        "rate_limit": launch.rate_limit,
+        "shutdown_timeout": launch.shutdown_timeout,
+    }
+
+
+def kaito_lines(launch) -> list[str]:
+    """The plan's lines for KAITO's serving features (none when the launch has none)."""
+    lines = []
+    if launch.kv_offload is not None:
+        lines.append(f"KV offload {launch.kv_offload.describe()}")
+    if launch.rate_limit:
+        lines.append("429 guard  on: HTTP 429 when the queue is deeper than max-num-seqs (--disable-rate-limit turns it off)")
+    if launch.shutdown_timeout is not None:
+        drain = ("off: in-flight requests are aborted on SIGTERM" if launch.shutdown_timeout == 0
+                 else f"in-flight requests get {launch.shutdown_timeout} s to finish on SIGTERM (--shutdown-timeout)")
+        lines.append(f"Drain     {drain}")
+    return lines
 
 
 def model_lines(model: ModelSpec) -> list[str]:
@@ -297,6 +323,7 @@ def plan_text(prepared, launch) -> str:
         serve = (f"none: headless worker (the leader serves); its launcher answers GET /health on "
                  f"http://{host.value}:{port.value}/health for the pod's probes")
     lines.append(f"Serve     {serve}")
+    lines.extend(kaito_lines(launch))
     if prepared.adapters:
         lines.append("LoRA      " + ", ".join(f"{a.name} (rank {a.rank}, {a.path})" for a in prepared.adapters))
     if plan.decisions:

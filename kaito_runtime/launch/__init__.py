@@ -25,6 +25,7 @@ from kaito_runtime.launch.vllm_command import (
 )
 from kaito_runtime.launch.vllm_install import VllmInstall
 from kaito_runtime.vllm_flags import UserArgs
+from kaito_runtime.launch.kaito_serving import KaitoServing
 
 
 def require_vllm(detect: Callable[[], VllmInstall | None] | None = None) -> VllmInstall:
@@ -86,11 +87,13 @@ def build_launch(
     install: VllmInstall | None,
     config_args: Mapping[str, object] | None = None,
     ram_available_bytes: int | None = None,
+    kaito: KaitoServing | None = None,
 ) -> VllmLaunch:
     """The exact vLLM argv and environment for ``plan`` (pure). ``install`` None (a dry run
     where vLLM is absent): the plain ``vllm serve`` form. ``config_args``: the config file's
     ``vllm:`` section, read once by the caller. ``ram_available_bytes``: the node's free RAM
-    (the inventory's), to warn about a user's CPU KV size that cannot fit."""
+    (the inventory's), to warn about a user's CPU KV size that cannot fit. ``kaito``: KAITO's
+    serving features (CPU KV offload, the 429 guard, the drain, the P/D role)."""
     from kaito_runtime.launch import vllm_command
     from kaito_runtime.launch import vllm_install
 
@@ -108,6 +111,7 @@ def build_launch(
         max_model_len_auto_supported=vllm_install.supports_max_model_len_auto(install) if install else True,
         ram_available_bytes=ram_available_bytes,
         adapters=serve.adapters,
+        kaito=kaito,
     )
     return vllm_command.build_vllm_command(plan, inputs)
 

@@ -20,6 +20,15 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from kaito_runtime.launch.cpu_ranks import CpuLayout, layout_cpu
+from kaito_runtime.launch.kaito_serving import (
+    RATE_LIMIT_MIDDLEWARE,
+    RATE_LIMIT_THRESHOLD_ENV,
+    KaitoServing,
+    KvOffload,
+    kv_offload,
+    role_transfer_config,
+    shutdown_timeout_for,
+)
 from kaito_runtime.vllm_flags import (
     CONFIG_FILE,
     PASS_THROUGH,
@@ -99,6 +108,11 @@ class VllmLaunch:
     # PASS_THROUGH; ENVIRONMENT for CPU_KV). A flag the config file switched off maps to CONFIG_FILE.
     sources: Mapping[str, str] = field(default_factory=dict)
     model_at: int = 2  # where the model folder is in argv (see ``filled``)
+    # KAITO's serving features (CommandInputs.kaito): the CPU KV offload decision, whether the
+    # 429 guard is installed, and the drain vLLM gets on SIGTERM (None: vLLM's default, abort).
+    kv_offload: KvOffload | None = None
+    rate_limit: bool = False
+    shutdown_timeout: int | None = None
 
     def __repr__(self) -> str:  # argv and env as display_argv/display_env show them: no API key
         shown = ", ".join(
@@ -361,6 +375,8 @@ class CommandInputs:
     ``ram_available_bytes``: the node's free RAM; a user's CPU KV size larger than it is warned about.
     ``adapters``: LoRA adapters checked by the model step; their flags come after the preset's
     and before the user's (a user's --max-lora-rank wins).
+    ``kaito``: KAITO's serving features (offload, 429 guard, drain, role; launch/kaito_serving.py),
+    added after the merge and never over a flag the user gave.
     The user's arguments and the environment may hold secrets: they are left out of the repr.
     """
 
@@ -381,6 +397,7 @@ class CommandInputs:
     cpu_ids: tuple[int, ...] | None = None
     ram_available_bytes: int | None = None
     adapters: tuple[LoraAdapter, ...] = ()
+    kaito: KaitoServing | None = None  # KAITO's serving features; None: none of them
 
     def __post_init__(self) -> None:  # callers hand lists, ranges and None: the value holds tuples
         for name in ("entrypoint", "extra_args", "adapters"):
@@ -415,10 +432,12 @@ def build_vllm_command(plan: LaunchPlan, inputs: CommandInputs) -> VllmLaunch:
     warnings += _contradictions(plan, user)
     tp, pp, dp = _parallel_sizes(args, plan)
     args, cpu = _cpu_processes(plan, inputs, args, user, (tp, pp, dp), warnings)
+    args, kaito_env, features = _kaito_features(plan, inputs.kaito, args, user)
     host, port, names = _effective_endpoint(args, inputs, warnings)
     sources = _sources(args, dropped)
     kv_gib = _cpu_kv_space(plan, inputs, args, cpu, sources, warnings)
     env = _env(inputs.base_env, {a.name for a in user}, cpu, warnings)
+    env.update(kaito_env)
     args, api_key = _api_key_to_env(args, inputs.base_env, env, warnings)
     head = inputs.head
     return VllmLaunch(
@@ -429,7 +448,41 @@ def build_vllm_command(plan: LaunchPlan, inputs: CommandInputs) -> VllmLaunch:
         gpu_memory_utilization=last_float(args, "gpu-memory-utilization", plan.gpu_memory_utilization),
         max_model_len=_effective_max_model_len(args), api_key=api_key,
         cpu_kv_cache_gib=kv_gib, cpu_ranks=cpu.ranks if cpu is not None else 1, sources=sources,
+        **features,
     )
+
+
+def _kaito_features(
+    plan: LaunchPlan, kaito: KaitoServing | None, args: list[FlagArg], user: Sequence[FlagArg]
+) -> tuple[list[FlagArg], dict[str, str], dict[str, object]]:
+    """KAITO's serving features as flags appended after the merge (none replaces a user's flag),
+    the variables they need, and what the launch records about them."""
+    if kaito is None:
+        return args, {}, {}
+    given = {a.name for a in user if a.name}
+    merged = {a.name for a in args if a.name}
+    added: list[FlagArg] = []
+    env: dict[str, str] = {}
+    offload = kv_offload(plan, kaito, given)
+    if offload.size_gib is not None:
+        added.append(FlagArg("kv-offloading-size", ("--kv-offloading-size", f"{offload.size_gib:g}")))
+    transfer = role_transfer_config(kaito.inference_role, given)
+    if transfer is not None:
+        added.append(FlagArg("kv-transfer-config", ("--kv-transfer-config", transfer)))
+    timeout: int | None = None
+    if "shutdown-timeout" in merged:
+        timeout = parse_human_int(last_value(args, "shutdown-timeout") or "")
+    elif kaito.grace_seconds is not None:
+        timeout = shutdown_timeout_for(kaito.grace_seconds)
+        added.append(FlagArg("shutdown-timeout", ("--shutdown-timeout", str(timeout))))
+    if kaito.rate_limit:
+        # vLLM's --middleware is repeatable: ours goes beside any of the user's.
+        added.append(FlagArg("middleware", ("--middleware", RATE_LIMIT_MIDDLEWARE)))
+        seqs = parse_human_int(last_value(args, "max-num-seqs") or "")
+        if seqs:
+            env[RATE_LIMIT_THRESHOLD_ENV] = str(seqs)
+    features = {"kv_offload": offload, "rate_limit": kaito.rate_limit, "shutdown_timeout": timeout}
+    return [*args, *added], env, features
 
 
 def _planned_args(plan: LaunchPlan, inputs: CommandInputs, warnings: list[str]) -> list[FlagArg]:

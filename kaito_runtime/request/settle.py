@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kaito_runtime.request import (
     RuntimeRequest,
@@ -28,6 +28,9 @@ from kaito_runtime.secrets import Credentials, resolve_credentials
 from kaito_runtime.settings import seconds_from_env
 from kaito_runtime.types import PlanOverrides
 from kaito_runtime.vllm_flags import UserArgs, parse_human_int, parse_user_args
+
+if TYPE_CHECKING:
+    from kaito_runtime.request.config_file import ConfigFile
 
 log = logging.getLogger("kaito_runtime")
 
@@ -105,6 +108,11 @@ class ServeRequest:
     plan_report: Path | None = None
     metrics_port: int = 5090  # the launcher's own /metrics, /startupz, /health (0: none)
     startup_http: bool = True  # the launcher answers on vLLM's port until vLLM binds it
+    # KAITO's serving features: CPU KV offload (the config file's top-level key wins over the
+    # option), the 429 guard, the prefill/decode role
+    kv_cache_cpu_memory_utilization: float | None = None
+    rate_limit: bool = True
+    inference_role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,9 @@ class LaunchRequest:
 def settle_request(request: RuntimeRequest, env: Mapping[str, str]) -> LaunchRequest:
     """``request`` in ``env``, settled (see the module docstring). Raises InputError for a bad
     value in the config file or the pass-through arguments, ConfigFileError for a bad file."""
-    user_args = parse_user_args(_config_args(request.config_file), request.extra_vllm_args, config_path=request.config_file)
+    config = _read_config(request.config_file)
+    config_args = config.vllm_args if config is not None else None
+    user_args = parse_user_args(config_args, request.extra_vllm_args, config_path=request.config_file)
     offline = is_offline(request, env)
     endpoint = endpoint_of(request, env)
     return LaunchRequest(
@@ -154,6 +164,7 @@ def settle_request(request: RuntimeRequest, env: Mapping[str, str]) -> LaunchReq
         serve=ServeRequest(
             request.host, request.port, chat_template_dir_of(request, env), request.grace_seconds,
             request.ready_timeout, request.plan_report, request.metrics_port, not request.no_startup_http,
+            _kv_offload(request, config), not request.disable_rate_limit, request.inference_role,
         ),
         overrides=with_user_sizes(request.overrides, user_args),
         user_args=user_args,
@@ -164,8 +175,9 @@ def settle_request(request: RuntimeRequest, env: Mapping[str, str]) -> LaunchReq
     )
 
 
-def _config_args(path: Path | None) -> Mapping[str, object] | None:
-    """The config file's `vllm:` flags; its notes (keys read and ignored) are logged here, once."""
+def _read_config(path: Path | None) -> ConfigFile | None:
+    """The config file, read once; its notes and the one warning about unknown top-level keys
+    are logged here, once."""
     if path is None:
         return None
     from kaito_runtime.request.config_file import read_config
@@ -173,7 +185,21 @@ def _config_args(path: Path | None) -> Mapping[str, object] | None:
     config = read_config(path)
     for note in config.notes:
         log.info("%s", note)
-    return config.vllm_args
+    if config.unknown_keys_warning:
+        log.warning("%s: %s", path, config.unknown_keys_warning)
+    return config
+
+
+def _kv_offload(request: RuntimeRequest, config: ConfigFile | None) -> float | None:
+    """The CPU KV offload fraction: the config file's top-level key wins over the option, as
+    KAITO's file wins over its command line."""
+    wanted = config.kv_cache_cpu_memory_utilization if config is not None else None
+    if wanted is None or wanted == request.kv_cache_cpu_memory_utilization:
+        return request.kv_cache_cpu_memory_utilization
+    if request.kv_cache_cpu_memory_utilization is not None:
+        log.info("%s: kv_cache_cpu_memory_utilization %g replaces --kv-cache-cpu-memory-utilization %g",
+                 request.config_file, wanted, request.kv_cache_cpu_memory_utilization)
+    return wanted
 
 
 def with_user_sizes(overrides: PlanOverrides, user: UserArgs) -> PlanOverrides:
