@@ -132,7 +132,7 @@ def _effective(prepared, launch) -> dict:
 
 
 def plan_json(prepared, launch, *, one_line: bool = False) -> str:
-    """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it."""
+    """``prepared``: api.PlannedLaunch; ``launch``: the VllmLaunch built for it."""
     from kaito_runtime.launch.vllm_command import display_argv, display_env, format_command
 
     payload = {
@@ -263,7 +263,7 @@ def refusal_json(
 
 
 def plan_text(prepared, launch) -> str:
-    """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it. Values are the ones
+    """``prepared``: api.PlannedLaunch; ``launch``: the VllmLaunch built for it. Values are the ones
     vLLM will get; one the config file or the pass-through arguments changed is marked with the
     plan's own value."""
     from kaito_runtime.launch.vllm_command import format_command

@@ -173,7 +173,7 @@ def test_credentials_reach_vllm_by_environment_only(tmp_path, monkeypatch):
     from dataclasses import replace
 
     store_spec = replace(spec, local_path=None, store_uri="az://acct/models/tiny-llama", store_version="v1")
-    monkeypatch.setattr(api, "resolve_model", lambda *a, **k: store_spec)
+    monkeypatch.setattr(api, "_resolve", lambda launch: store_spec)  # the model step of a settled request
     sas = "sv=2026-10-06&sr=c&sig=SecretSignatureValue0123456789"
     env_file = tmp_path / "env"
     env_file.write_text(f"AZURE_STORAGE_SAS_TOKEN={sas}\n")

@@ -251,6 +251,7 @@ class _Watchdog:
                 [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(pgid)],
                 stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,
+                env={},  # it needs nothing, and must not hold the launcher's token (HF_TOKEN) either
             )
             self._write_fd = write_fd
         except OSError as exc:
