@@ -405,10 +405,7 @@ def _list_presets(values: dict, one_line: bool) -> None:
 def _doctor(values: dict, one_line: bool) -> None:
     from kaito_runtime import api, render
 
-    request = _request(values)
-    env = dict(os.environ)
-    node = api.probe_node(request, env)
-    topo = api.resolve_topology(request, env, planning_only=True)
+    node, topo = api.doctor(_request(values))
     if values["output"] == "json":
         click.echo(render.doctor_json(node, topo, one_line=one_line))
     else:

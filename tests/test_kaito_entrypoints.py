@@ -295,7 +295,8 @@ def test_serving_script_leader_exits_0_and_bad_calls_exit_2():
 def test_each_kaito_flag_is_mapped_or_dropped_with_a_reason():
     args = ["--model=org/m", "--code-revision", "abc", "--download-dir=/w", "--served-model-name=m",
             "--kaito-config-file=/c.yaml", "--kaito-adapters-dir=/a", "--kaito-kv-cache-cpu-memory-utilization=0.5",
-            "--kaito-max-probe-steps=6", "--kaito-something-new=1", "--tensor-parallel-size=4",
+            "--kaito-max-probe-steps=6", "--kaito-something-new=1", "--kaito-model-asset-prefetch-timeout", "600",
+            "--tensor-parallel-size=4",
             "--gpu-memory-utilization=0.84", "--max-model-len=8192", "--kaito-disable-rate-limit", "--dtype=float16",
             "--enforce-eager"]
     m = inference_api.map_flags(args, {}, exists=lambda path: path == "/a")
@@ -308,6 +309,7 @@ def test_each_kaito_flag_is_mapped_or_dropped_with_a_reason():
     notes = "\n".join(m.notes)
     assert "--kaito-disable-rate-limit: the 429 guard is off" in notes
     assert "--kaito-max-probe-steps=6: kaito-run plans the context" in notes
+    assert "--kaito-model-asset-prefetch-timeout=600: kaito-run's object-store step" in notes  # its value is not a vLLM flag
     assert "--kaito-something-new=1: a KAITO-only flag" in notes
 
 

@@ -578,3 +578,22 @@ def test_the_watchdog_is_dismissed_after_a_normal_end_and_kills_nothing(tmp_path
     assert result.exit_code == 0
     watchdogs = [p for p in psutil.Process().children() if p.pid not in before and "killpg" in " ".join(p.cmdline())]
     assert watchdogs == []
+
+
+def test_the_watchdog_inherits_no_secret_from_the_launcher(monkeypatch):
+    """The watchdog outlives nothing it needs the environment for: it must not hold the token."""
+    from kaito_runtime.launch.supervisor import _Watchdog
+
+    marker = "hf_watchdogMustNotSeeThis0123"
+    monkeypatch.setenv("HF_TOKEN", marker)
+    dog = _Watchdog(os.getpgid(0) + 10**7, logging.getLogger("test"))  # a group that does not exist
+    try:
+        assert dog.proc is not None
+        deadline = time.monotonic() + 5
+        while b"-c" not in Path(f"/proc/{dog.proc.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the watchdog has been exec'd: its own environment, not ours
+        environ = Path(f"/proc/{dog.proc.pid}/environ").read_bytes()
+        assert marker.encode() not in environ
+    finally:
+        dog.dismiss()
+        dog.proc.wait(5)

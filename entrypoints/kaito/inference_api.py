@@ -69,6 +69,7 @@ SWITCHES = {"--kaito-disable-rate-limit": "--disable-rate-limit"}
 # KAITO-only flags kaito-run has no use for, with the reason logged when one is dropped.
 DROPPED = {
     "--kaito-max-probe-steps": "kaito-run plans the context length from the model and the GPUs, without probing",
+    "--kaito-model-asset-prefetch-timeout": "kaito-run's object-store step fetches the non-tensor files on every node under its own timeouts",
 }
 
 
