@@ -184,7 +184,7 @@ def test_credentials_reach_vllm_by_environment_only(tmp_path, monkeypatch):
     from kaito_runtime.weights import WeightsResult
 
     weights = WeightsResult(tmp_path / "c" / "model_streamer" / "abcd1234", 0, False, 0.0, 1, "v1")
-    plain, secret = api._store_child_env(store_spec, env, weights)
+    plain, secret = objstore.child_env(store_spec.store_uri, env, weights.path)
     child = {**launch.child_environment(built, env, plain), **secret}
     assert child["AZURE_STORAGE_SAS_TOKEN"] == sas and child["AZURE_STORAGE_ACCOUNT_NAME"] == "acct"
     assert child["VLLM_ASSETS_CACHE"] == str(tmp_path / "c")
