@@ -44,6 +44,8 @@ def preset_dict(p: ModelSpec) -> dict[str, Any]:
         "params_billions": p.params_billions,
         "parameter_count": p.parameter_count,
         "generated_from": p.generated_from,
+        "store_uri": p.store_uri,  # an object store: where vLLM streams from
+        "store_version": p.store_version,  # digest of the objects' ETags / generations
         "weights_figures": _figures_dict(p),
         "weights_bytes": p.weights_bytes,
         "weights_gib": round(p.weights_bytes / GiB, 2),
@@ -194,6 +196,8 @@ def model_lines(model: ModelSpec) -> list[str]:
         lines.append(f"          {model.repo_id} @ {model.revision or 'main'}")
     elif model.local_path:
         lines.append(f"          folder {model.local_path}")
+    elif model.store_uri:
+        lines.append(f"          streamed from {model.store_uri} (objects' version {model.store_version})")
     lines.append(
         f"          {model.architecture}, weights {format_gib(model.weights_bytes)}, context {model.max_context:,},"
         f" KV {model.kv_bytes_per_token:,} B/token"

@@ -181,6 +181,14 @@ def store_env(uri: StoreURI, env: Mapping[str, str]) -> tuple[dict[str, str], di
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
         if endpoint and not env.get("RUNAI_STREAMER_S3_ENDPOINT"):
             plain["RUNAI_STREAMER_S3_ENDPOINT"] = endpoint
+    if uri.scheme == "gs":
+        # google-cloud-storage (vLLM's pull of the non-tensor files) reads STORAGE_EMULATOR_HOST;
+        # the streamer's C++ client (google-cloud-cpp) reads CLOUD_STORAGE_EMULATOR_ENDPOINT.
+        emulator = env.get("STORAGE_EMULATOR_HOST") or env.get("CLOUD_STORAGE_EMULATOR_ENDPOINT")
+        if emulator:
+            for name in ("STORAGE_EMULATOR_HOST", "CLOUD_STORAGE_EMULATOR_ENDPOINT"):
+                if not env.get(name):
+                    plain[name] = emulator
     return plain, secret
 
 
