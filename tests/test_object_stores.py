@@ -551,3 +551,26 @@ def test_kaitos_streaming_commands_through_the_shim(form, moto, tmp_path):
     assert sum(a.startswith("--load-format") for a in argv) == 1 and any("runai_streamer" in a for a in argv)
     assert "safetensors headers" in ran.stdout  # planned from the store / the folder, exact figures
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").rglob("*.safetensors"))  # nothing copied
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["--dry-run", "--download-only"])
+def test_azure_through_kaitos_sas_export_script(mode, azurite, tmp_path):
+    """KAITO's command prefix sources STREAM_ENV_FILE (its init container's SAS token) and execs
+    kaito-run: the plan (or the copy) comes from Azurite with that token, which shows nowhere."""
+    env = azurite_sas_env(azurite, tmp_path)
+    sas = st.azure_sas(azurite, "models")
+    script = REPO / "entrypoints" / "kaito" / "export_sas_token_for_streaming.sh"
+    done = subprocess.run(
+        ["/bin/sh", str(script), sys.executable, "-m", "kaito_runtime.cli", "--model",
+         f"az://{st.AZURITE_ACCOUNT}/models/tiny-llama", mode, "--weights-dir", str(tmp_path / "w")],
+        env=launcher_env(env, home=tmp_path), capture_output=True, text=True, timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "AZURE_STORAGE_SAS_TOKEN set from" in output and "value not shown" in output
+    assert not leaked(sas.split("sig=")[1], output) and not leaked(sas, output), output
+    if mode == "--dry-run":
+        assert "serve az://models/tiny-llama" in output and "--load-format runai_streamer" in output
+    else:
+        assert _copy_files(tmp_path / "w")["model.safetensors"] == (TINY / "model.safetensors").read_bytes()
