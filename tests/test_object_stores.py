@@ -574,3 +574,33 @@ def test_azure_through_kaitos_sas_export_script(mode, azurite, tmp_path):
         assert "serve az://models/tiny-llama" in output and "--load-format runai_streamer" in output
     else:
         assert _copy_files(tmp_path / "w")["model.safetensors"] == (TINY / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_the_group_fingerprint_follows_the_objects_version(moto, tmp_path):
+    """Each node's check-in carries the store version its weights step saw: a re-uploaded object
+    (new ETag) changes the fingerprint, so nodes reading two copies cannot form one group."""
+    from kaito_runtime import api
+    from kaito_runtime.launch.group.store import fingerprint
+    from kaito_runtime.weights import ensure_store_weights
+
+    folder = tmp_path / "copy"
+    shutil.copytree(TINY, folder)
+    st.upload_s3(moto, "models", "versioned", folder, create=False)
+    env = {**launcher_env(st.s3_env(moto), home=tmp_path)}
+    request = api.RuntimeRequest(model="s3://models/versioned", dry_run=True, weights_dir=tmp_path / "w")
+    planned, built = api.dry_run(request, env)
+
+    def facts():
+        result = ensure_store_weights(planned.model.weights_source, weights_dir=tmp_path / "w", env=env)
+        return result, api._node_facts(planned, built, None, result, None).plan_fields
+
+    first, fields = facts()
+    assert fields["model"] == "s3://models/versioned" and fields["revision"] == planned.model.store_version
+    assert first.revision == planned.model.store_version and (first.path / "config.json").is_file()
+    again = fingerprint(facts()[1])
+    assert again == fingerprint(fields)
+    (folder / "generation_config.json").write_text('{"do_sample": true}\n')  # someone re-uploads one file
+    st.upload_s3(moto, "models", "versioned", folder, create=False)
+    changed, new_fields = facts()
+    assert changed.revision != first.revision and fingerprint(new_fields) != fingerprint(fields)
