@@ -185,7 +185,7 @@ def test_credentials_reach_vllm_by_environment_only(tmp_path, monkeypatch):
     from kaito_runtime.weights import WeightsResult
 
     weights = WeightsResult(tmp_path / "c" / "model_streamer" / "abcd1234", 0, False, 0.0, 1, "v1")
-    plain, secret = api._store_child_env(store_spec, env, weights)
+    plain, secret = objstore.child_env(store_spec.store_uri, env, weights.path)
     child = {**launch.child_environment(built, env, plain), **secret}
     assert child["AZURE_STORAGE_SAS_TOKEN"] == sas and child["AZURE_STORAGE_ACCOUNT_NAME"] == "acct"
     assert child["VLLM_ASSETS_CACHE"] == str(tmp_path / "c")
@@ -551,3 +551,56 @@ def test_kaitos_streaming_commands_through_the_shim(form, moto, tmp_path):
     assert sum(a.startswith("--load-format") for a in argv) == 1 and any("runai_streamer" in a for a in argv)
     assert "safetensors headers" in ran.stdout  # planned from the store / the folder, exact figures
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").rglob("*.safetensors"))  # nothing copied
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["--dry-run", "--download-only"])
+def test_azure_through_kaitos_sas_export_script(mode, azurite, tmp_path):
+    """KAITO's command prefix sources STREAM_ENV_FILE (its init container's SAS token) and execs
+    kaito-run: the plan (or the copy) comes from Azurite with that token, which shows nowhere."""
+    env = azurite_sas_env(azurite, tmp_path)
+    sas = st.azure_sas(azurite, "models")
+    script = REPO / "entrypoints" / "kaito" / "export_sas_token_for_streaming.sh"
+    done = subprocess.run(
+        ["/bin/sh", str(script), sys.executable, "-m", "kaito_runtime.cli", "--model",
+         f"az://{st.AZURITE_ACCOUNT}/models/tiny-llama", mode, "--weights-dir", str(tmp_path / "w")],
+        env=launcher_env(env, home=tmp_path), capture_output=True, text=True, timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "AZURE_STORAGE_SAS_TOKEN set from" in output and "value not shown" in output
+    assert not leaked(sas.split("sig=")[1], output) and not leaked(sas, output), output
+    if mode == "--dry-run":
+        assert "serve az://models/tiny-llama" in output and "--load-format runai_streamer" in output
+    else:
+        assert _copy_files(tmp_path / "w")["model.safetensors"] == (TINY / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_the_group_fingerprint_follows_the_objects_version(moto, tmp_path):
+    """Each node's check-in carries the store version its weights step saw: a re-uploaded object
+    (new ETag) changes the fingerprint, so nodes reading two copies cannot form one group."""
+    from kaito_runtime import api
+    from kaito_runtime.launch.group.store import fingerprint
+    from kaito_runtime.weights import ensure_store_weights
+
+    folder = tmp_path / "copy"
+    shutil.copytree(TINY, folder)
+    st.upload_s3(moto, "models", "versioned", folder, create=False)
+    env = {**launcher_env(st.s3_env(moto), home=tmp_path)}
+    request = api.RuntimeRequest(model="s3://models/versioned", dry_run=True, weights_dir=tmp_path / "w")
+    planned, built = api.dry_run(request, env)
+
+    def facts():
+        result = ensure_store_weights(planned.model.weights_source, weights_dir=tmp_path / "w", env=env)
+        return result, api._node_facts(planned, built, None, result, None).plan_fields
+
+    first, fields = facts()
+    assert fields["model"] == "s3://models/versioned" and fields["revision"] == planned.model.store_version
+    assert first.revision == planned.model.store_version and (first.path / "config.json").is_file()
+    again = fingerprint(facts()[1])
+    assert again == fingerprint(fields)
+    (folder / "generation_config.json").write_text('{"do_sample": true}\n')  # someone re-uploads one file
+    st.upload_s3(moto, "models", "versioned", folder, create=False)
+    changed, new_fields = facts()
+    assert changed.revision != first.revision and fingerprint(new_fields) != fingerprint(fields)
