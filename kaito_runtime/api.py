@@ -450,21 +450,27 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
 
             stack.enter_context(WorkerHealthServer(host, port, lambda: group.health().answer()))
             log.info("worker health: GET http://%s:%d/health (200 while vLLM and the leader's heartbeat are alive)", host, port)
-        outcome = supervisor.supervise(
-            built.argv,
-            child_env,
-            ready=readiness,
-            grace_seconds=request.grace_seconds,
-            # A headless worker has no server to become ready; it lives as long as the group does.
-            ready_timeout=request.ready_timeout if readiness is not None else None,
-            on_ready=on_ready,
-            log=log,
-            on_line=startup.feed,
-            hooks=group.hooks if group is not None else None,
-            write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
-        )
-        if group is not None:
-            return _leave_the_group(group, outcome, prepared, built, request)
+        while True:  # one pass per round of the group (a single node: one pass)
+            outcome = supervisor.supervise(
+                built.argv,
+                child_env,
+                ready=readiness,
+                grace_seconds=request.grace_seconds,
+                # A headless worker has no server to become ready; it lives as long as the group does.
+                ready_timeout=request.ready_timeout if readiness is not None else None,
+                on_ready=on_ready,
+                log=log,
+                on_line=startup.feed,
+                hooks=group.hooks if group is not None else None,
+                write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
+            )
+            if group is None:
+                break
+            code = _end_the_round(group, outcome, prepared, built, request)
+            if code is not None:
+                return code
+            group.meet_again()  # the same plan, weights and command: vLLM starts again
+            log.info("starting vLLM (round %d): %s", group.round, launch.start_line(built, added))
     if outcome.exit_code != 0 and outcome.signal_received is None:
         _log_failure(outcome, prepared, built, request)
     # A forwarded stop ends with the supervisor's own "vLLM stopped in N s (exit N)" line.
@@ -489,9 +495,10 @@ def _log_failure(outcome, prepared: Prepared, built: VllmLaunch, request: Runtim
     )
 
 
-def _leave_the_group(group: Group, outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> int:
-    """This node's vLLM has stopped: tell the group why (or learn that a peer ended it), then
-    exit as one unit: 0 for a stop someone asked for, 22 where a member was lost, and the node
+def _end_the_round(group: Group, outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> int | None:
+    """This node's vLLM has stopped: tell the group why (or learn that a peer ended it). None
+    when the group meets again (a loss within the restart budget); else the exit code, the group
+    ending as one unit: 0 for a stop someone asked for, 22 where a member was lost, and the node
     whose own vLLM failed keeps vLLM's code (its failure report says why)."""
     from kaito_runtime.launch.group import StopKind
     from kaito_runtime.launch.supervisor import describe_exit_code
@@ -500,7 +507,10 @@ def _leave_the_group(group: Group, outcome, prepared: Prepared, built: VllmLaunc
     own_failure = outcome.outcome in ("exited", "ready_timeout") and outcome.signal_received is None
     if own_failure and outcome.exit_code != 0:
         _log_failure(outcome, prepared, built, request)
-    stop = group.leave(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
+    stop = group.end_round(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
+    if group.meets_again:
+        return None
+    group.leave()
     if outcome.outcome == "group_stopped" and stop is not None:
         if stop.kind is StopKind.REQUESTED:
             log.info("rank %d stopped with its group: %s", rank, stop.reason)
@@ -508,8 +518,11 @@ def _leave_the_group(group: Group, outcome, prepared: Prepared, built: VllmLaunc
             log.error("rank %d stopped: a group member was lost (exit %d): %s", rank, outcome.exit_code, stop.reason)
         return outcome.exit_code
     if own_failure:
-        log.error("rank %d: vLLM exited (exit %d); the group stops with it", rank, outcome.exit_code)
-        return outcome.exit_code if outcome.exit_code != 0 else GroupMemberLostError.exit_code
+        log.error("rank %d: vLLM exited (exit %d); the group stops with it%s", rank, outcome.exit_code,
+                  f" ({stop.reason})" if stop is not None and stop.rank == rank else "")
+        if group.settings.max_restarts > 0 or outcome.exit_code == 0:
+            return GroupMemberLostError.exit_code  # a spent budget: every node exits 22, naming the rank
+        return outcome.exit_code
     return outcome.exit_code
 
 
@@ -619,7 +632,8 @@ def _the_group(prepared: Prepared, env: Mapping[str, str], secret: GroupSecret |
 
     r = prepared.request
     settings = GroupSettings(prepared.topology, rendezvous_timeout_s=r.rendezvous_timeout or DEFAULT_TIMEOUT_S,
-                             peer_timeout_s=r.peer_timeout or DEFAULT_PEER_TIMEOUT_S, secret=secret)
+                             peer_timeout_s=r.peer_timeout or DEFAULT_PEER_TIMEOUT_S, secret=secret,
+                             max_restarts=r.max_restarts)
     return Group(settings, env=env, log=log)
 
 
