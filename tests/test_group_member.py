@@ -334,3 +334,25 @@ def test_a_stopped_vllm_is_hung_and_counts_as_this_nodes_own_failure(pair):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+@pytest.mark.slow
+def test_a_replaced_leader_is_found_by_the_worker_and_the_group_meets_in_its_round_1():
+    port = free_port_pair()
+    worker = make(1, port, peer_timeout_s=3, secret=None, rendezvous_timeout_s=30)
+    worker.settings = replace(worker.settings, max_restarts=1)
+    with helper_process(LEADER, str(port), ready="open") as first:
+        worker.meet(FACTS)
+        assert first.stdout.readline().strip() == "running"
+        worker.hooks.started(lambda: True, PGID)
+        os.kill(first.pid, signal.SIGKILL)  # the leader's pod is gone ...
+        assert wait_for(lambda: worker.hooks.stop_request() is not None, timeout=10)
+    stop = worker.end_round(vllm_exit="exit 0", signalled=False)
+    assert stop.rank == 0 and stop.restart and worker.meets_again
+    with helper_process(LEADER, str(port), ready="open") as second:  # ... and recreated
+        worker.meet_again()
+        assert second.stdout.readline().strip() == "running"
+        assert worker.round == 1 and worker.state is GroupState.MEETING
+        worker.hooks.started(lambda: True, PGID)
+        time.sleep(1)
+        assert worker.hooks.stop_request() is None and worker.health().healthy

@@ -148,6 +148,7 @@ class Group:
 
     def _reset_round(self) -> None:
         self._signalled_end = False
+        self._leader_lost = False
         self._pgid = 0
         self._stopped_since: float | None = None
         self._stop: StopNotice | None = None
@@ -504,8 +505,12 @@ class Group:
                 self._tick()
             except StoreUnreachable as exc:
                 if self._stop is None and self.rank != 0:
+                    # With a budget, a worker looks for the leader again (by name: a recreated
+                    # leader pod is found at its new IP) and meets in the new leader's round.
                     self._stop = StopNotice(0, StopKind.LOST, "the leader (rank 0) is gone: its launcher's group store "
-                                            f"stopped answering ({exc})", by=self.rank)
+                                            f"stopped answering ({exc})", by=self.rank,
+                                            restart=self.settings.max_restarts > 0)
+                    self._leader_lost = True
                     self._must_stop = True
                     self.state = GroupState.ENDING
                     self.log.error("group member lost: %s", self._stop.reason)
@@ -595,6 +600,8 @@ class Group:
         assert self._facts is not None
         self.state = GroupState.RESTARTING
         previous = self._stop
+        if self._leader_lost:
+            self.store = None  # meet() joins again: the leader's name is looked up anew
         self.round += 1
         self._reset_round()
         backoff = min(MAX_BACKOFF_S, 2.0 ** (self.round - 2))
