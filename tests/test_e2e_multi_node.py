@@ -217,6 +217,7 @@ def read_every_key(port: int) -> dict[str, str]:
         return False
 
     take("leader/request")
+    take("round")
     take("r1/leader")
     take("r1/verdict")
     for counter in ["r1/verdict_reads", "r1/stops", *(f"r1/arrivals/{rank}" for rank in (0, 1))]:
