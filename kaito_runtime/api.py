@@ -371,6 +371,9 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     if download_only:
         download_weights(request, env)
         return 0
+    # First: without vLLM nothing below can end well, and a --join worker would otherwise meet
+    # the missing install as "No module named torch" while contacting its leader's store.
+    found = launch.require_vllm()
     secret = None
     if _is_multi_node(request, env):
         from kaito_runtime.launch.group import load_group_secret, preload_torch
@@ -389,7 +392,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
         # a second; an existing read-only volume holding a complete copy is still served.
         weights_store.check_weights_dir(request.weights_dir, writable=False, create=True)
     prepared = prepare(request, env, planning_only=False)
-    install = launch.installed_vllm(prepared.model, prepared.topology, log)
+    install = launch.installed_vllm(prepared.model, prepared.topology, log, found)
     # Built before the weights: what vLLM will really use (the config file and pass-through
     # arguments may override the plan) is what the plan line shows and the port check tests.
     built = _build(prepared, prepared.plan, prepared.model_path, env, install)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import click
 
 from kaito_runtime import numbers
+from kaito_runtime.errors import shortened
 
 
 class Seconds(click.ParamType):
@@ -20,7 +21,7 @@ class Seconds(click.ParamType):
     def convert(self, value, param, ctx):
         number = numbers.parse_decimal(value)
         if number is None or not self.allowed.contains(number):
-            self.fail(f"{value!r} is not {self.allowed.describe()}", param, ctx)
+            self.fail(f"{_shown(value)} is not {self.allowed.describe()}", param, ctx)
         return number
 
 
@@ -35,9 +36,9 @@ class WholeNumber(click.ParamType):
     def convert(self, value, param, ctx):
         number = numbers.parse_int(value)
         if number is None:
-            self.fail(f"{value!r} is not a whole number written with the digits 0-9", param, ctx)
+            self.fail(f"{_shown(value)} is not a whole number written with the digits 0-9", param, ctx)
         if (self.minimum is not None and number < self.minimum) or (self.maximum is not None and number > self.maximum):
-            self.fail(f"{number} is not in the range {_range(self.minimum, self.maximum)}", param, ctx)
+            self.fail(f"{_shown(number)} is not in the range {_range(self.minimum, self.maximum)}", param, ctx)
         return number
 
 
@@ -52,11 +53,16 @@ class Decimal(click.ParamType):
     def convert(self, value, param, ctx):
         number = numbers.parse_decimal(value)
         if number is None:
-            self.fail(f"{value!r} is not a finite number written with the digits 0-9", param, ctx)
+            self.fail(f"{_shown(value)} is not a finite number written with the digits 0-9", param, ctx)
         below = self.low is not None and (number <= self.low if self.low_open else number < self.low)
         if below or (self.high is not None and number > self.high):
             self.fail(f"{number:g} is not in the range {_range(self.low, self.high, self.low_open)}", param, ctx)
         return number
+
+
+def _shown(value: object) -> str:
+    """A value as an error line quotes it: repr, cut at 100 characters (it may be huge)."""
+    return shortened(repr(value), 100)
 
 
 def _range(low: float | None, high: float | None, low_open: bool = False) -> str:

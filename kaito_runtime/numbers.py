@@ -32,7 +32,12 @@ def parse_int(text: object) -> int | None:
     if not isinstance(text, str):
         return None
     stripped = text.strip()
-    return int(stripped) if _INT.fullmatch(stripped) else None
+    if not _INT.fullmatch(stripped):
+        return None
+    try:
+        return int(stripped)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        return None
 
 
 def parse_decimal(text: object) -> float | None:

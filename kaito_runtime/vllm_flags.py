@@ -8,6 +8,7 @@ the short forms ``-tp 2`` / ``-pp 2``; every spelling here becomes one normalise
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,7 +83,8 @@ def parse_human_int(text: str) -> int | None:
         return None
     number, unit = float(match.group(1)), match.group(2)
     scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
-    return int(number * scale)
+    value = number * scale
+    return int(value) if math.isfinite(value) else None
 
 
 

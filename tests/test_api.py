@@ -909,3 +909,24 @@ def test_the_plan_budgets_the_batch_and_cuda_graphs_vllm_gets_from_the_pass_thro
     config = tmp_path / "kaito.yaml"
     config.write_text("vllm:\n  enforce-eager: true\n")
     assert api.prepare(api.RuntimeRequest(**base, config_file=config), {}).plan.memory.cudagraph == 0
+
+
+def test_join_without_vllm_exits_20_before_contacting_the_store(tmp_path, monkeypatch):
+    """Issue 18 item 12: `--join` on an install without vLLM crashed with "No module named torch"
+    (exit 1) while contacting the leader's store; the install is checked first (exit 20)."""
+    from kaito_runtime.launch import group
+    from kaito_runtime.launch.group import store as group_store
+
+    monkeypatch.setattr(vllm_install, "detect_vllm", lambda *a, **k: None)
+
+    def no_torch(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'torch'")
+
+    monkeypatch.setattr(group_store, "_tcp_store", no_torch)
+    monkeypatch.setattr(group, "learn_from_leader", no_torch)
+    monkeypatch.setattr(group, "preload_torch", lambda: None)
+    request = api.RuntimeRequest(join=True, node_rank=1, leader_address="127.0.0.1", master_port=_free_port(),
+                                 weights_dir=tmp_path / "w", rendezvous_timeout=5)
+    with pytest.raises(VllmNotInstalledError) as caught:
+        api.run(request, {})
+    assert caught.value.exit_code == 20

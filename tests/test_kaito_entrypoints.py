@@ -350,3 +350,16 @@ def test_health_check_answers_both_probes_from_health_endpoints(health_server):
 def test_health_check_fails_when_nothing_answers():
     done = probe("liveness", "--leader-address=127.0.0.1", "--vllm-port=1", "--timeout=1")
     assert done.returncode == 1 and "no answer" in done.stdout
+
+
+@pytest.mark.parametrize("where", ["env", "flag"])
+@pytest.mark.parametrize("value", ["abc", "nan", "inf", "-1", "0", "1e9", "٣"])
+def test_health_check_refuses_a_bad_timeout_in_one_line(where, value):
+    """Issue 18 item 14: a bad KAITO_HEALTH_TIMEOUT printed a traceback (a probe's log is all an
+    operator sees); now one line names the value and the range, exit 2."""
+    args = ["liveness", "--vllm-port=1"]
+    done = probe(*args, env={"KAITO_HEALTH_TIMEOUT": value}) if where == "env" else probe(*args, f"--timeout={value}")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if value in line]
+    assert len(lines) == 1 and "seconds" in lines[0], done.stdout + done.stderr

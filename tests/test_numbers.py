@@ -161,3 +161,55 @@ def test_other_digits_in_a_core_list_are_refused(text):
     result = invoke(*PLAN, "--cpu", "--cpu-cores", text)
     assert result.exit_code == 2, result.output
     assert "--cpu-cores" in _one_error(result)
+
+
+def test_the_timeouts_table_states_the_ranges_the_code_checks():
+    """docs/operations.md's ranges are the ones kaito_runtime.numbers enforces."""
+    from pathlib import Path
+
+    from kaito_runtime import numbers
+
+    ops = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    table = ops[ops.index("## Timeouts"):]
+    rows = {line.split("|")[2].strip(): line.split("|")[3].strip() for line in table.splitlines() if line.startswith("| ")}
+
+    def stated(allowed: numbers.DurationRange) -> str:
+        if allowed.above:
+            return f"above {allowed.minimum:g}, at most {allowed.maximum:g}"
+        return f"{allowed.minimum:g} to {allowed.maximum:g}"
+
+    expected = {
+        "`KAITO_HUB_TIMEOUT` seconds without a byte": numbers.HUB_TIMEOUT,
+        "`KAITO_WEIGHTS_LOCK_TIMEOUT` seconds without progress": numbers.WEIGHTS_LOCK_TIMEOUT,
+        "`--ready-timeout` / `KAITO_READY_TIMEOUT`": numbers.READY_TIMEOUT,
+        "`--rendezvous-timeout` / `KAITO_RENDEZVOUS_TIMEOUT`": numbers.RENDEZVOUS_TIMEOUT,
+        "`--peer-timeout` / `KAITO_PEER_TIMEOUT`": numbers.PEER_TIMEOUT,
+        "`--grace-period` / `KAITO_GRACE_PERIOD`": numbers.GRACE_PERIOD,
+    }
+    for bound, allowed in expected.items():
+        assert rows.get(bound) == stated(allowed), (bound, rows.get(bound))
+
+
+@pytest.mark.parametrize("count", ["٤", "４"])
+def test_other_digits_in_a_gpu_count_are_refused(count):
+    result = invoke("--preset", "phi-4-mini-instruct", "--dry-run", "--assume-gpus", f"{count}xA100-80GB")
+    assert result.exit_code == 2, result.output
+    assert "--assume-gpus" in _one_error(result)
+
+
+HUGE = "9" * 5000  # more digits than int() converts by default: a ValueError, once "unexpected"
+
+
+def test_a_number_with_thousands_of_digits_is_refused_not_crashed():
+    assert parse_int(HUGE) is None and parse_decimal(HUGE) is None
+
+
+@pytest.mark.parametrize("args", [
+    ["--port", HUGE], ["--nnodes", HUGE], ["--max-model-len", HUGE], ["--grace-period", HUGE],
+    ["--", "--max-model-len", HUGE], ["--", "--tensor-parallel-size", HUGE], ["--", "--port", HUGE],
+])
+def test_a_huge_number_anywhere_is_one_short_refusal(args):
+    result = invoke(*PLAN, *args)
+    assert result.exit_code == 2, result.output[-2000:]
+    assert "Traceback" not in result.output and "unexpected" not in result.output
+    assert len(result.output) < 3000

