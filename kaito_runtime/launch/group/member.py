@@ -481,9 +481,14 @@ class Group:
         import psutil
 
         stopped = []
-        for proc in psutil.process_iter(["pid", "status"]):
+        try:  # vLLM's main process leads its group; its tree is what we look at (cheap, every beat)
+            main = psutil.Process(self._pgid)
+            tree = [main, *main.children(recursive=True)]
+        except psutil.Error:
+            tree = []
+        for proc in tree:
             try:
-                if proc.info["status"] in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP) and os.getpgid(proc.pid) == self._pgid:
+                if proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP) and os.getpgid(proc.pid) == self._pgid:
                     stopped.append(proc.pid)
             except (psutil.Error, OSError):
                 continue
