@@ -375,7 +375,7 @@ def wait_serving_again(leader: Node, worker: Node, round_: int, timeout: float =
             if node.proc.poll() is not None:
                 pytest.fail(f"rank {node.rank} exited with {node.proc.returncode} instead of restarting:\n"
                             f"{kaito_lines(node)[-3000:]}")
-        if leader.text().count("ready in") >= round_ and "round %d" % round_ in kaito_lines(worker):
+        if leader.text().count("ready in") >= round_:  # the leader's readiness needs the worker's vLLM too
             return
         time.sleep(1)
     pytest.fail(f"round {round_} did not serve:\n{kaito_lines(leader)[-3000:]}\n---\n{kaito_lines(worker)[-2000:]}")
@@ -410,7 +410,7 @@ def test_kaitos_own_commands_serve_without_ray_and_sigterm_to_the_leader_stops_b
     try:
         wait_serving_again(leader, worker, 2)
         print(f"replaced worker: serving again {time.monotonic() - replaced_at:.1f} s after the kill")
-        assert "waiting for it to meet again" in kaito_lines(worker) or "round 2" in kaito_lines(worker)
+        assert "the group runs in round 1: waiting for it to meet again" in kaito_lines(worker)
         assert chat(leader)["choices"][0]["message"]["content"]
         assert health(worker) == 200
     except BaseException:

@@ -216,7 +216,7 @@ class Group:
         if self.settings.secret is None:
             self.log.warning("no group secret (--group-secret-file / KAITO_GROUP_SECRET): anyone who can reach "
                              "the group store's port %d can read what the group serves (never a secret), check in "
-                             "or stop the group; deploy/networkpolicy.yaml limits who can", self.topology.group_store_port)
+                             "or stop the group; deploy/networkpolicy-two-nodes.yaml limits who can", self.topology.group_store_port)
 
     def publish_request(self, request: Mapping[str, object]) -> None:
         """The leader: what a --join worker needs to plan the same launch (no secret ever)."""
