@@ -85,6 +85,7 @@ def test_beating_peers_keep_the_group_running_and_the_worker_healthy(pair):
     time.sleep(2.5)  # longer than the peer timeout: only the heartbeats keep it alive
     assert leader.hooks.stop_request() is None and worker.hooks.stop_request() is None
     assert worker.health().answer() == (True, "ok (group running, round 1, restarts 0)")
+    assert worker.figures() == {"size": 2, "state": "running", "round": 1, "restarts": 0}
     assert leader.state is GroupState.RUNNING
 
 

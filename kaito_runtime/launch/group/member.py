@@ -391,6 +391,11 @@ class Group:
         whether the group wants vLLM stopped."""
         return self._hooks
 
+    def figures(self) -> dict[str, object]:
+        """What a metrics scrape shows of the group (size, state, round, restarts spent here);
+        cheap: no store call."""
+        return {"size": self.nnodes, "state": self.state.value, "round": self.round, "restarts": self.restarts}
+
     def health(self) -> HealthReport:
         fresh = self._leader_fresh_at
         silent = None if self.rank == 0 else (float("inf") if fresh is None else time.monotonic() - fresh)
