@@ -119,8 +119,11 @@ def _mount(container: dict, path: str) -> str:
 @pytest.mark.parametrize(("path", "role", "template"), ALL_TEMPLATES)
 def test_probes_for_a_long_start_and_health_on_every_pod(path, role, template):
     container = _container(template)
-    startup = container["startupProbe"]
-    assert startup["httpGet"]["path"] == "/health"
+    startup = container["startupProbe"]  # the launcher's /startupz: answers through vLLM's whole start
+    assert startup["httpGet"] == {"path": "/startupz", "port": "metrics"}
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert any(p["name"] == "metrics" and p["containerPort"] == int(env["KAITO_METRICS_PORT"]) for p in container["ports"])
+    assert container["terminationMessagePolicy"] == "File"  # kaito-run writes why it ended there
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60  # KAITO's smallest ReadinessTimeout
     readiness = container["readinessProbe"]
     assert readiness.get("httpGet", {}).get("path") == "/health" or "readiness" in readiness["exec"]["command"]
