@@ -22,9 +22,7 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,21 +34,11 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench_ready import free_port, kaito_run_bin  # the same launcher and ports as the ready benchmark
 from kaito_runtime.launch.supervisor import ReadinessCheck
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "models" / "tiny-llama"
-
-
-def kaito_run_bin() -> str:
-    local = Path(sys.executable).parent / "kaito-run"
-    return str(local) if local.exists() else (shutil.which("kaito-run") or "kaito-run")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def answer(port: int, path: str, timeout: float = 1.0) -> tuple[int | None, dict[str, str]]:
