@@ -9,8 +9,9 @@
    "on" run and in `--first-reps` extra runs that are stopped (SIGTERM) right after the answer.
    Target: median <= 1 s.
 3. The API port's hand-over in the "on" runs: the last answer of the launcher (it names its
-   phase in X-Kaito-Phase) and the first of vLLM, probed every 20 ms; between them the port
-   refuses connections while vLLM builds its engine.
+   phase in X-Kaito-Phase) and the first of vLLM, probed every 50 ms (in the "off" runs too, so
+   both modes carry the same probing); between them the port refuses connections while vLLM
+   builds its engine.
 
     .venv/bin/python benchmarks/bench_metrics.py [--reps 3] [--first-reps 10] [--json FILE]
 Run it alone on the machine (flock /work/tools/heavy.lock on a shared box).
@@ -107,13 +108,14 @@ def one_run(mode: str, tmp: Path, *, stop_after_first_metrics: bool = False) -> 
                     run.last_launcher_s = now
                 elif run.first_vllm_s is None:
                     run.first_vllm_s = now
-            time.sleep(0.02)
+            time.sleep(0.05)
 
-    threads = []
-    if mode == "on":
-        threads = [threading.Thread(target=f, daemon=True) for f in (first_metrics, scrape, probe_api)]
-        for thread in threads:
-            thread.start()
+    # The API port is probed in both modes (the same load on the machine either way); the
+    # metrics port exists and is scraped only "on".
+    workers = (first_metrics, scrape, probe_api) if mode == "on" else (probe_api,)
+    threads = [threading.Thread(target=f, daemon=True) for f in workers]
+    for thread in threads:
+        thread.start()
     try:
         if stop_after_first_metrics:
             threads[0].join(30)
