@@ -5,7 +5,8 @@ input at fault) and *how to fix* it. The CLI prints them and exits with ``exit_c
 
 Exit codes (documented in README.md):
   2      bad input, or the model does not fit (nothing was started)
-  10-19  the weights step (one code per cause, so scripts and init containers can branch on it)
+  10-19  the weights step (one code per cause, so scripts and init containers can branch on it;
+         an object store's faults use the hub's code for the same cause, 19 = the store hung)
   20     vLLM is not installed / cannot be started
   the child's own code when vLLM fails, 128+signal when killed
 """
@@ -127,6 +128,26 @@ class DoesNotFitError(KaitoError):
     exit_code = 2
 
 
+class ModelDoesNotFitError(DoesNotFitError):
+    """The fit check's refusal with what is known about the model (``model``, a ModelSpec), so
+    that a plan can show it beside the numbers: the planner's message and exit code, the fix
+    the API adds, where the token came from (never the token) and the warnings so far."""
+
+    def __init__(
+        self,
+        error: DoesNotFitError,
+        model: object,
+        *,
+        fix: str | None,
+        token_source: str | None = None,
+        warnings: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(error.what, why=error.why, fix=fix)
+        self.model = model
+        self.token_source = token_source
+        self.warnings = warnings
+
+
 # --- weights (exit 10-19) -----------------------------------------------------------------------
 
 
@@ -166,6 +187,45 @@ class InsufficientDiskError(WeightsError):
 
 class WeightsCorruptError(WeightsError):
     exit_code = 18
+
+
+class StoreError(WeightsError):
+    """An object store (s3://, gs://, az://) cannot give the model: the message names the store,
+    the object and the fix. Subclasses share the hub's codes where the cause is the same."""
+
+
+class StoreCredentialsMissingError(StoreError):
+    exit_code = 11
+
+
+class StoreCredentialsRejectedError(StoreError):
+    exit_code = 12
+
+
+class StoreAccessDeniedError(StoreError):
+    exit_code = 13
+
+
+class StoreNotFoundError(StoreError):
+    """No such bucket, container or prefix."""
+
+    exit_code = 14
+
+
+class StoreUnreachableError(StoreError):
+    exit_code = 16
+
+
+class StoreTruncatedError(StoreError):
+    """An object is shorter than its own header says (or than the store listed)."""
+
+    exit_code = 18
+
+
+class StoreTimeoutError(StoreError):
+    """The store accepted the connection and then said nothing for KAITO_STORE_TIMEOUT seconds."""
+
+    exit_code = 19
 
 
 # --- launching ------------------------------------------------------------------------------------

@@ -92,6 +92,10 @@ class WeightsSource:
     load_format: LoadFormat = "hf"
     local_path: str | None = None
     gated: bool = False
+    # An object store: the URI vLLM streams from (s3://, gs://, az://container/prefix) and the
+    # version digest of the objects there (their ETags/generations; None until listed).
+    store_uri: str | None = None
+    store_version: str | None = None
 
 
 WeightsFiguresSource = Literal["safetensors headers", "file sizes"]
@@ -158,6 +162,10 @@ class ModelSpec:
     multimodal: bool = False  # a vision tower beside the language model
     weights_figures: WeightsFigures | None = None  # hub models and folders: from the files themselves
     generated_from: str | None = None  # "hub metadata" / "folder metadata": not a catalog preset
+    # Streamed from an object store by vLLM (--load-format runai_streamer): the URI as vLLM takes
+    # it, and the digest of the objects' versions (ETag / generation) the plan was made from.
+    store_uri: str | None = None
+    store_version: str | None = None
 
     @property
     def parameter_count(self) -> int | None:
@@ -168,7 +176,10 @@ class ModelSpec:
 
     @property
     def weights_source(self) -> WeightsSource:
-        return WeightsSource(self.name, self.repo_id, self.revision, self.load_format, self.local_path, self.gated)
+        return WeightsSource(
+            self.name, self.repo_id, self.revision, self.load_format, self.local_path, self.gated,
+            self.store_uri, self.store_version,
+        )
 
     def __post_init__(self) -> None:
         if self.weights_bytes <= 0:

@@ -235,6 +235,39 @@ def test_a_valid_token_never_reaches_the_childs_argv_or_environment(tmp_path):
     assert "sk-another-secret-123" not in " ".join(built.argv)
 
 
+# --- object-store credentials (issue 23) ---------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["s3", "az"])
+def test_object_store_credentials_never_show_even_in_debug_logs(store, tmp_path):
+    """The clients log every request at debug level (signed headers, SAS query strings): none of a
+    key id, a secret key or a SAS signature shows, in a plan or in an error."""
+    from tests.support import object_stores as st
+
+    tiny = Path(__file__).resolve().parent.parent / "models" / "tiny-llama"
+    if store == "s3":
+        server = st.start_moto(tmp_path)
+        st.upload_s3(server, "models", "tiny-llama", tiny)
+        env, uri, secrets_ = st.s3_env(server), "s3://models/tiny-llama", [st.S3_SECRET, st.S3_KEY_ID]
+    else:
+        server = st.start_azurite(tmp_path)
+        st.upload_azure(server, "models", "tiny-llama", tiny)
+        sas = st.azure_sas(server, "models")
+        env = {"AZURE_STORAGE_CONNECTION_STRING": st.azurite_connection_string(server, with_key=False),
+               "AZURE_STORAGE_SAS_TOKEN": sas}
+        uri, secrets_ = f"az://{st.AZURITE_ACCOUNT}/models/tiny-llama", [sas, sas.split("sig=")[1]]
+    try:
+        for model, code in ((uri, 0), (uri + "-missing", 14)):
+            ran = run_cli(["--model", model, "--dry-run", "--log-level", "debug"], launcher_env(env, home=tmp_path))
+            assert ran.code == code, ran.output[-2000:]
+            assert "Sending http request" in ran.output or "Request URL" in ran.output  # the clients' debug lines
+            for secret in secrets_:
+                assert not leaked(secret, ran.output), (model, leaked(secret, ran.output))
+    finally:
+        server.stop()
+
+
 # --- the launcher's own HTTP and its termination message (issue 22) -----------------------------
 
 

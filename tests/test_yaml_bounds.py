@@ -97,3 +97,11 @@ def test_the_final_error_line_is_bounded(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and len(err) <= MAX_LINE_CHARS + 100
     assert "more characters" in err
+
+
+@pytest.mark.parametrize("args", [["--" + "x" * 100_000], ["y" * 100_000], ["--port", "9" * 100_000]])
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_usage_error_quoting_a_huge_argument_is_bounded(tmp_path, args, fmt):
+    ran = run_cli([*args, "--log-format", fmt], launcher_env(home=tmp_path), timeout=60)
+    assert ran.code == 2, ran.stderr[:500]
+    assert len(ran.stderr) < 4000, len(ran.stderr)

@@ -9,7 +9,8 @@ to stop).
   reach every process vLLM spawned (API server, engine core, workers), including ones orphaned
   when their parent died: an orphaned ``VLLM::EngineCore`` keeps GPU memory and breaks the next
   start.
-* SIGTERM / SIGINT sent to us are forwarded to the group; after ``grace_seconds`` the group is
+* SIGTERM / SIGINT sent to us are forwarded to vLLM's main process, which drains (its
+  --shutdown-timeout) and stops its own children in order; after ``grace_seconds`` the group is
   SIGKILLed. A second signal SIGKILLs at once. A stop asked by a signal ends with the graceful
   code of the first signal (0 for SIGTERM, 130 for SIGINT: errors.GRACEFUL_STOP_EXIT_CODES) when
   vLLM exited 0 or by that signal, and always after a second signal; a vLLM that had to be killed
@@ -250,6 +251,7 @@ class _Watchdog:
                 [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(pgid)],
                 stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,
+                env={},  # it needs nothing, and must not hold the launcher's token (HF_TOKEN) either
             )
             self._write_fd = write_fd
         except OSError as exc:
@@ -475,9 +477,16 @@ class _Supervision:
         self.state = state
 
     def _stop(self, sig: int, why: str) -> None:
+        """The stop goes to vLLM's main process only: its own shutdown drains (--shutdown-timeout)
+        and then stops its engine core and workers in order. Signalled directly, multiproc workers
+        exit at once (SystemExit) and every in-flight request would fail. The grace-period
+        SIGKILL and the sweep after the main process exits still cover the whole group."""
         assert self.child is not None
         self._enter(SupervisorState.STOPPING, why)
-        self.child.signal_group(sig)
+        try:
+            os.kill(self.child.proc.pid, sig)
+        except ProcessLookupError:
+            pass
         self.kill_at = time.monotonic() + self.grace
 
     def on_signal(self, signum: int) -> None:

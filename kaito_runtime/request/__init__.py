@@ -158,6 +158,23 @@ class RuntimeRequest:
         None, "--plan-report", env="KAITO_PLAN_REPORT", kind="file", concern=Concern.SERVE,
         help="Append the plan check (predicted vs vLLM's own KV and weights figures) to this file as one JSON line.",
     )
+    kv_cache_cpu_memory_utilization: float | None = option(
+        None, "--kv-cache-cpu-memory-utilization", env="KAITO_KV_CACHE_CPU_MEMORY_UTILIZATION", kind="float",
+        low=0, high=1, concern=Concern.SERVE,
+        help="GPU target: offload KV blocks to this fraction of the container's free memory (its cgroup limit "
+        "minus what is in use), passed as vLLM's KV offloading size; 0 or unset: no offload. KAITO's "
+        "inference_api.py defaults it to 0.5, as KAITO does.",
+    )
+    disable_rate_limit: bool = option(
+        False, "--disable-rate-limit", env="KAITO_DISABLE_RATE_LIMIT", kind="flag", concern=Concern.SERVE,
+        help="Do not install KAITO's 429 guard (HTTP 429 when the queue is deeper than max-num-seqs) in vLLM.",
+    )
+    inference_role: str | None = option(
+        None, "--inference-role", env="KAITO_INFERENCE_ROLE", kind="choice", choices=("prefill", "decode"),
+        concern=Concern.SERVE,
+        help="Disaggregated serving: this pod's role; sets KAITO's Nixl KV transfer config unless you give one "
+        "(KAITO serves decode on port 5001).",
+    )
     # -- the launcher's own HTTP and exit message (kaito_runtime/observe, kaito_runtime/termination)
     metrics_port: int = option(
         5090, "--metrics-port", env="KAITO_METRICS_PORT", kind="int", low=0, high=65535, show_default=True,
