@@ -19,10 +19,9 @@ and the API starts it once more, the port already free.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kaito_runtime import logs
@@ -117,7 +116,7 @@ class Observer:
                 return
         if held is not None:
             held.release()
-        server = StatusServer(self.status, host, port, "api", registry=self.metrics._registry if self.metrics else None)
+        server = StatusServer(self.status, host, port, "api", registry=self.metrics.registry if self.metrics else None)
         server.start()
         with self._lock:
             self.holder = server
