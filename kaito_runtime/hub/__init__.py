@@ -145,7 +145,17 @@ def _connection_error_types() -> tuple[type[BaseException], ...]:
 def translate_error(
     exc: BaseException, *, repo_id: str, revision: str | None, token_source: str, endpoint: str
 ) -> KaitoError | None:
-    """Our error for a client exception, or None when it is not a Hub/network failure."""
+    """Our error for a client exception (carrying ``repo_id``), or None when it is not a
+    Hub/network failure."""
+    error = _translated(exc, repo_id=repo_id, revision=revision, token_source=token_source, endpoint=endpoint)
+    if error is not None and error.repo_id is None:
+        error.repo_id = repo_id
+    return error
+
+
+def _translated(
+    exc: BaseException, *, repo_id: str, revision: str | None, token_source: str, endpoint: str
+) -> KaitoError | None:
     from huggingface_hub import errors as hf
 
     has_token = token_source != "none"
