@@ -128,6 +128,26 @@ class DoesNotFitError(KaitoError):
     exit_code = 2
 
 
+class ModelDoesNotFitError(DoesNotFitError):
+    """The fit check's refusal with what is known about the model (``model``, a ModelSpec), so
+    that a plan can show it beside the numbers: the planner's message and exit code, the fix
+    the API adds, where the token came from (never the token) and the warnings so far."""
+
+    def __init__(
+        self,
+        error: DoesNotFitError,
+        model: object,
+        *,
+        fix: str | None,
+        token_source: str | None = None,
+        warnings: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(error.what, why=error.why, fix=fix)
+        self.model = model
+        self.token_source = token_source
+        self.warnings = warnings
+
+
 # --- weights (exit 10-19) -----------------------------------------------------------------------
 
 

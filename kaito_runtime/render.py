@@ -44,6 +44,8 @@ def preset_dict(p: ModelSpec) -> dict[str, Any]:
         "params_billions": p.params_billions,
         "parameter_count": p.parameter_count,
         "generated_from": p.generated_from,
+        "store_uri": p.store_uri,  # an object store: where vLLM streams from
+        "store_version": p.store_version,  # digest of the objects' ETags / generations
         "weights_figures": _figures_dict(p),
         "weights_bytes": p.weights_bytes,
         "weights_gib": round(p.weights_bytes / GiB, 2),
@@ -130,7 +132,7 @@ def _effective(prepared, launch) -> dict:
 
 
 def plan_json(prepared, launch, *, one_line: bool = False) -> str:
-    """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it."""
+    """``prepared``: api.PlannedLaunch; ``launch``: the VllmLaunch built for it."""
     from kaito_runtime.launch.vllm_command import display_argv, display_env, format_command
 
     payload = {
@@ -194,6 +196,8 @@ def model_lines(model: ModelSpec) -> list[str]:
         lines.append(f"          {model.repo_id} @ {model.revision or 'main'}")
     elif model.local_path:
         lines.append(f"          folder {model.local_path}")
+    elif model.store_uri:
+        lines.append(f"          streamed from {model.store_uri} (objects' version {model.store_version})")
     lines.append(
         f"          {model.architecture}, weights {format_gib(model.weights_bytes)}, context {model.max_context:,},"
         f" KV {model.kv_bytes_per_token:,} B/token"
@@ -259,7 +263,7 @@ def refusal_json(
 
 
 def plan_text(prepared, launch) -> str:
-    """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it. Values are the ones
+    """``prepared``: api.PlannedLaunch; ``launch``: the VllmLaunch built for it. Values are the ones
     vLLM will get; one the config file or the pass-through arguments changed is marked with the
     plan's own value."""
     from kaito_runtime.launch.vllm_command import format_command

@@ -454,3 +454,10 @@ def test_bad_kaito_input_is_one_line_and_exit_2(tmp_path, args, env, needle):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"inference_api.py: error: {done.stderr.split('error: ', 1)[1].strip()}"]
     assert needle in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("value", ["٣", "0", "70000", "http"])
+def test_health_check_refuses_a_bad_port_in_one_line(value):
+    done = probe("liveness", f"--vllm-port={value}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "port number" in done.stderr

@@ -154,13 +154,14 @@ def test_s3_dry_run_streams_the_uri_and_shows_no_credential(moto, tmp_path):
     ran = cli(["--model", "s3://models/org/tiny-llama", "--dry-run", "-o", "json"], st.s3_env(moto), tmp_path)
     assert ran.code == 0, ran.output
     out = json.loads(ran.stdout)
-    argv = out["command"]["argv"] if "command" in out and isinstance(out["command"], dict) else None
+    argv = out["vllm"]["argv"]
     text = ran.stdout
     assert "s3://models/org/tiny-llama" in text and "runai_streamer" in text
     assert '"distributed"' not in text  # TP 1
     for secret in (st.S3_SECRET, st.S3_KEY_ID):
         assert not leaked(secret, ran.output), ran.output
-    assert argv is None or not any(st.S3_SECRET in a for a in argv)
+    assert argv[argv.index("serve") + 1] == "s3://models/org/tiny-llama"
+    assert out["model"]["store_uri"] == "s3://models/org/tiny-llama"
 
 
 def test_credentials_reach_vllm_by_environment_only(tmp_path, monkeypatch):
@@ -172,7 +173,7 @@ def test_credentials_reach_vllm_by_environment_only(tmp_path, monkeypatch):
     from dataclasses import replace
 
     store_spec = replace(spec, local_path=None, store_uri="az://acct/models/tiny-llama", store_version="v1")
-    monkeypatch.setattr(api, "resolve_model", lambda *a, **k: store_spec)
+    monkeypatch.setattr(api, "_resolve", lambda launch: store_spec)  # the model step of a settled request
     sas = "sv=2026-10-06&sr=c&sig=SecretSignatureValue0123456789"
     env_file = tmp_path / "env"
     env_file.write_text(f"AZURE_STORAGE_SAS_TOKEN={sas}\n")
@@ -184,7 +185,7 @@ def test_credentials_reach_vllm_by_environment_only(tmp_path, monkeypatch):
     from kaito_runtime.weights import WeightsResult
 
     weights = WeightsResult(tmp_path / "c" / "model_streamer" / "abcd1234", 0, False, 0.0, 1, "v1")
-    plain, secret = api._store_child_env(store_spec, env, weights)
+    plain, secret = objstore.child_env(store_spec.store_uri, env, weights.path)
     child = {**launch.child_environment(built, env, plain), **secret}
     assert child["AZURE_STORAGE_SAS_TOKEN"] == sas and child["AZURE_STORAGE_ACCOUNT_NAME"] == "acct"
     assert child["VLLM_ASSETS_CACHE"] == str(tmp_path / "c")
@@ -472,3 +473,134 @@ def test_gcs_plan_reads_only_headers(tmp_path):
         assert missing.code == 14, missing.output
     finally:
         server.stop()
+
+
+# --- the Run:ai streamer alone (no vLLM) against the loopback stores ------------------------------
+
+STREAM_ONE = """
+import sys
+from runai_model_streamer import SafetensorsStreamer
+with SafetensorsStreamer() as streamer:
+    streamer.stream_file(sys.argv[1])
+    print(sum(tensor.numel() for _, tensor in streamer.get_tensors()))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_the_streamer_reads_the_loopback_store_with_the_environment_we_give_vllm(scheme, moto, tmp_path):
+    """The variables store_env adds (the streamer's own endpoint names) are what lets it read."""
+    import importlib.util
+
+    if importlib.util.find_spec("runai_model_streamer") is None:
+        st.missing("runai-model-streamer is not installed (the cpu extra has it)")
+    if scheme == "s3":
+        server, env = moto, st.s3_env(moto)
+    else:
+        server = st.start_gcs(tmp_path)
+        st.upload_gcs(server, "models", "tiny-llama", TINY)
+        env = {"STORAGE_EMULATOR_HOST": server.url}
+    try:
+        uri = objstore.parse_uri(f"{scheme}://models/tiny-llama", env)
+        plain, secret = objstore.store_env(uri, env)
+        mark = server.mark()
+        done = subprocess.run([sys.executable, "-c", STREAM_ONE, f"{uri.uri}/model.safetensors"],
+                              env={**launcher_env(env, home=tmp_path), **plain, **secret},
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.split()[-1] == "819840"
+        assert [r for r in st.werkzeug_requests(server.lines_since(mark)) if "model.safetensors" in r[1]]
+    finally:
+        if server is not moto:
+            server.stop()
+
+
+# --- KAITO's commands, through entrypoints/kaito/inference_api.py --------------------------------
+
+
+def _kaito_shim():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kaito_inference_api_objstore", REPO / "entrypoints/kaito/inference_api.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["mirror", "node-local"])
+def test_kaitos_streaming_commands_through_the_shim(form, moto, tmp_path):
+    """KAITO's model mirror (--model=az://…/s3://… --load-format=runai_streamer plus the distributed
+    loader config) and node-local weights (--model=/opt/kaito/models/<id> --load-format=runai_streamer)."""
+    if form == "mirror":
+        model, extra = "s3://models/tiny-llama", ["--model-loader-extra-config", '{"distributed": true}']
+    else:
+        local = tmp_path / "opt" / "kaito" / "models" / "kaito-test-tiny-llama"
+        shutil.copytree(TINY, local)
+        model, extra = str(local), []
+    mapped = _kaito_shim().map_flags([f"--model={model}", "--load-format=runai_streamer", *extra,
+                                      "--download-dir", str(tmp_path / "w")], {}, exists=lambda path: False)
+    ran = cli([*mapped.options, "--dry-run", "-o", "json", "--", *mapped.vllm], st.s3_env(moto), tmp_path)
+    assert ran.code == 0, ran.output
+    out = json.loads(ran.stdout)
+    argv = out["vllm"]["argv"]
+    assert argv[argv.index("serve") + 1] == model
+    if form == "mirror":
+        assert out["model"]["store_uri"] == model and out["model"]["store_version"]
+    assert sum(a.startswith("--load-format") for a in argv) == 1 and any("runai_streamer" in a for a in argv)
+    assert "safetensors headers" in ran.stdout  # planned from the store / the folder, exact figures
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").rglob("*.safetensors"))  # nothing copied
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["--dry-run", "--download-only"])
+def test_azure_through_kaitos_sas_export_script(mode, azurite, tmp_path):
+    """KAITO's command prefix sources STREAM_ENV_FILE (its init container's SAS token) and execs
+    kaito-run: the plan (or the copy) comes from Azurite with that token, which shows nowhere."""
+    env = azurite_sas_env(azurite, tmp_path)
+    sas = st.azure_sas(azurite, "models")
+    script = REPO / "entrypoints" / "kaito" / "export_sas_token_for_streaming.sh"
+    done = subprocess.run(
+        ["/bin/sh", str(script), sys.executable, "-m", "kaito_runtime.cli", "--model",
+         f"az://{st.AZURITE_ACCOUNT}/models/tiny-llama", mode, "--weights-dir", str(tmp_path / "w")],
+        env=launcher_env(env, home=tmp_path), capture_output=True, text=True, timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "AZURE_STORAGE_SAS_TOKEN set from" in output and "value not shown" in output
+    assert not leaked(sas.split("sig=")[1], output) and not leaked(sas, output), output
+    if mode == "--dry-run":
+        assert "serve az://models/tiny-llama" in output and "--load-format runai_streamer" in output
+    else:
+        assert _copy_files(tmp_path / "w")["model.safetensors"] == (TINY / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_the_group_fingerprint_follows_the_objects_version(moto, tmp_path):
+    """Each node's check-in carries the store version its weights step saw: a re-uploaded object
+    (new ETag) changes the fingerprint, so nodes reading two copies cannot form one group."""
+    from kaito_runtime import api
+    from kaito_runtime.launch.group.store import fingerprint
+    from kaito_runtime.weights import ensure_store_weights
+
+    folder = tmp_path / "copy"
+    shutil.copytree(TINY, folder)
+    st.upload_s3(moto, "models", "versioned", folder, create=False)
+    env = {**launcher_env(st.s3_env(moto), home=tmp_path)}
+    request = api.RuntimeRequest(model="s3://models/versioned", dry_run=True, weights_dir=tmp_path / "w")
+    planned, built = api.dry_run(request, env)
+
+    def facts():
+        result = ensure_store_weights(planned.model.weights_source, weights_dir=tmp_path / "w", env=env)
+        return result, api._node_facts(planned, built, None, result, None).plan_fields
+
+    first, fields = facts()
+    assert fields["model"] == "s3://models/versioned" and fields["revision"] == planned.model.store_version
+    assert first.revision == planned.model.store_version and (first.path / "config.json").is_file()
+    again = fingerprint(facts()[1])
+    assert again == fingerprint(fields)
+    (folder / "generation_config.json").write_text('{"do_sample": true}\n')  # someone re-uploads one file
+    st.upload_s3(moto, "models", "versioned", folder, create=False)
+    changed, new_fields = facts()
+    assert changed.revision != first.revision and fingerprint(new_fields) != fingerprint(fields)

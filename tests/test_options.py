@@ -12,7 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from kaito_runtime.cli import _MODE_ALIASES, main
+from kaito_runtime.cli import MODE_ALIASES, main
 from kaito_runtime.request import RuntimeRequest
 from kaito_runtime.request.options import Presentation, declared_options, request_from_values
 from kaito_runtime.types import ALL_COMMANDS, PlanOverrides
@@ -134,8 +134,8 @@ def test_list_presets_command_and_alias_agree():
 def test_mode_aliases_are_hidden_but_each_names_a_command():
     serve = main.commands["serve"]
     hidden = {p.opts[0] for p in serve.params if isinstance(p, click.Option) and p.hidden}
-    assert hidden == {flag for flag, _, _ in _MODE_ALIASES}
-    assert all(command in main.commands for _, _, command in _MODE_ALIASES)
+    assert hidden == {flag for flag, _, _ in MODE_ALIASES}
+    assert all(command in main.commands for _, _, command in MODE_ALIASES)
     assert "--dry-run" not in _invoke("--help").stdout
 
 

@@ -551,8 +551,8 @@ def test_the_states_are_named_by_one_type_and_the_log_lines_use_them(caplog) -> 
     told: list[object] = []
 
     class Hooks(SupervisorHooks):
-        def started(self, alive):
-            told.append(("started", alive()))
+        def started(self, alive, pgid):
+            told.append(("started", alive() and pgid > 0))
 
         def stop_request(self) -> StopRequest | None:
             return asked[0] if asked else None
@@ -568,3 +568,32 @@ def test_the_states_are_named_by_one_type_and_the_log_lines_use_them(caplog) -> 
         "vLLM starting -> ready", "vLLM ready -> stopping", "vLLM stopping -> exited"]
     assert "rank 1 was lost" in changes[1]
     assert result.outcome == "group_stopped" and result.exit_code == 22
+
+
+def test_the_watchdog_is_dismissed_after_a_normal_end_and_kills_nothing(tmp_path: Path) -> None:
+    """The watchdog that kills vLLM's group when the launcher dies exits (and is reaped) when
+    supervise() returns normally; a process the child left in another group is not its business."""
+    before = {p.pid for p in psutil.Process().children()}
+    result = run_inline(free_port(), "--exit-code", "0")
+    assert result.exit_code == 0
+    watchdogs = [p for p in psutil.Process().children() if p.pid not in before and "killpg" in " ".join(p.cmdline())]
+    assert watchdogs == []
+
+
+def test_the_watchdog_inherits_no_secret_from_the_launcher(monkeypatch):
+    """The watchdog outlives nothing it needs the environment for: it must not hold the token."""
+    from kaito_runtime.launch.supervisor import _Watchdog
+
+    marker = "hf_watchdogMustNotSeeThis0123"
+    monkeypatch.setenv("HF_TOKEN", marker)
+    dog = _Watchdog(os.getpgid(0) + 10**7, logging.getLogger("test"))  # a group that does not exist
+    try:
+        assert dog.proc is not None
+        deadline = time.monotonic() + 5
+        while b"-c" not in Path(f"/proc/{dog.proc.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the watchdog has been exec'd: its own environment, not ours
+        environ = Path(f"/proc/{dog.proc.pid}/environ").read_bytes()
+        assert marker.encode() not in environ
+    finally:
+        dog.dismiss()
+        dog.proc.wait(5)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,15 +24,17 @@ from kaito_runtime.launch.vllm_command import (
     display_env,
 )
 from kaito_runtime.launch.vllm_install import VllmInstall
+from kaito_runtime.vllm_flags import UserArgs
 from kaito_runtime.launch.kaito_serving import KaitoServing
 
 
-def require_vllm() -> VllmInstall:
-    """The installed vLLM, or VllmNotInstalledError (exit 20). Cheap (no import of vLLM or
-    torch): ``api.run`` calls it first, before a --join worker contacts its leader's store."""
+def require_vllm(detect: Callable[[], VllmInstall | None] | None = None) -> VllmInstall:
+    """The installed vLLM (``detect``, default ``vllm_install.detect_vllm``), or
+    VllmNotInstalledError (exit 20). Cheap (no import of vLLM or torch): ``api.run`` calls it
+    first, before a --join worker contacts its leader's store."""
     from kaito_runtime.launch import vllm_install
 
-    install = vllm_install.detect_vllm()
+    install = (detect or vllm_install.detect_vllm)()
     if install is None:
         raise VllmNotInstalledError(
             "vLLM is not installed in this Python environment",
@@ -65,13 +67,16 @@ def installed_vllm(model: ModelSpec, topology: Topology, log: logging.Logger,
 @dataclass(frozen=True)
 class ServeOptions:
     """What the user asked of the server itself, as the launch step needs it (the API fills it
-    from the request): where it listens, the arguments after ``--``, the chat-template folder."""
+    from the settled request): where it listens, the user's vLLM arguments as parsed once
+    (``user_args``; standalone use may give the raw ``extra_args`` after ``--`` instead), the
+    chat-template folder, the LoRA adapters."""
 
     host: str = "0.0.0.0"
     port: int = 5000
     extra_args: tuple[str, ...] = ()
     chat_template_dir: str | None = None
     adapters: tuple[LoraAdapter, ...] = ()  # LoRA adapters the model step found and checked
+    user_args: UserArgs | None = None
 
 
 def build_launch(
@@ -98,6 +103,7 @@ def build_launch(
         model_as_flag=bool(install and install.model_as_flag),
         host=serve.host,
         port=serve.port,
+        user=serve.user_args,
         extra_args=serve.extra_args,
         config_args=config_args,
         chat_template_dir=serve.chat_template_dir,

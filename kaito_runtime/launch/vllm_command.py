@@ -16,7 +16,7 @@ import os
 import platform
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from kaito_runtime.launch.cpu_ranks import CpuLayout, layout_cpu
@@ -30,16 +30,22 @@ from kaito_runtime.launch.kaito_serving import (
     shutdown_timeout_for,
 )
 from kaito_runtime.vllm_flags import (
+    CONFIG_FILE,
+    PASS_THROUGH,
     PLAN,
     FlagArg,
+    UserArgs,
+    config_value,
     group,
     is_flag,
     last_arg,
     last_float,
     last_int,
     last_value,
+    merge as _merge,
     normalise_flag,
     parse_human_int,
+    parse_user_args,
 )
 from kaito_runtime.plan.memory import gib
 from kaito_runtime.types import GiB, LaunchPlan, LoraAdapter
@@ -55,17 +61,12 @@ TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "KAITO_
 # Where a flag's final value came from (``VllmLaunch.sources``); a later layer wins.
 PRESET_ARGS = "the preset's vLLM args"
 ADAPTERS = "the adapters folder"
-CONFIG_FILE = "--config"
-PASS_THROUGH = "pass-through"
-ENVIRONMENT = "environment"
+ENVIRONMENT = "environment"  # (CONFIG_FILE and PASS_THROUGH, the user's layers: vllm_flags)
 
 # vLLM reads the API key from this variable when no --api-key is given (envs.py, vLLM 0.32).
 API_KEY_ENV = "VLLM_API_KEY"
 # The pseudo-flag under which ``VllmLaunch.sources`` records who chose the CPU KV space.
 CPU_KV = "cpu-kv-cache"
-
-# Flags whose value is a secret: dropped from user arguments, never put in an argv.
-_SECRET_FLAGS = frozenset({"hf-token"})
 
 _MODULE_ENTRY = "vllm.entrypoints.openai.api_server"
 
@@ -106,6 +107,7 @@ class VllmLaunch:
     # flag name -> the layer that set its final value (PLAN, PRESET_ARGS, CONFIG_FILE,
     # PASS_THROUGH; ENVIRONMENT for CPU_KV). A flag the config file switched off maps to CONFIG_FILE.
     sources: Mapping[str, str] = field(default_factory=dict)
+    model_at: int = 2  # where the model folder is in argv (see ``filled``)
     # KAITO's serving features (CommandInputs.kaito): the CPU KV offload decision, whether the
     # 429 guard is installed, and the drain vLLM gets on SIGTERM (None: vLLM's default, abort).
     kv_offload: KvOffload | None = None
@@ -124,56 +126,16 @@ class VllmLaunch:
         return self.served_model_names[0] if self.served_model_names else ""
 
 
-# ------------------------------------------------------------------------------------------------
-# Argument groups: a flag with its values, compared by normalised name
-# ------------------------------------------------------------------------------------------------
-
-
-def _conflicts(a: str | None, b: str | None) -> bool:
-    """Same flag, counting the --no-X form of a boolean flag X."""
-    if a is None or b is None:
-        return False
-    return a == b or a == f"no-{b}" or b == f"no-{a}"
-
-
-def config_value(value: object) -> str:
-    """One config-file value as vLLM reads it: mappings and nested lists as compact JSON
-    (``--compilation-config '{"level":3}'``), booleans as JSON, anything else as text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-def config_tokens(config_args: Mapping[str, object]) -> tuple[list[str], list[str]]:
-    """KAITO config ``vllm:`` section -> tokens, plus the flags it switches off (False/None).
-
-    Keys may carry their leading dashes or not (``--enforce-eager`` = ``enforce-eager``).
-    True is a bare switch; a list gives the flag several values (``--served-model-name a b``);
-    a mapping is one JSON value.
-    """
-    tokens: list[str] = []
-    dropped: list[str] = []
-    for key, value in config_args.items():
-        flag = "--" + str(key).lstrip("-")
-        if value is None or value is False:
-            dropped.append(normalise_flag(flag))
-        elif value is True:
-            tokens.append(flag)
-        elif isinstance(value, (list, tuple)):
-            tokens += [flag, *(config_value(v) for v in value)]
-        else:
-            tokens += [flag, config_value(value)]
-    return tokens, dropped
-
-
-def _merge(base: list[FlagArg], layer: list[FlagArg], dropped: Sequence[str] = ()) -> list[FlagArg]:
-    merged = [a for a in base if not any(_conflicts(a.name, d) for d in dropped)]
-    for arg in layer:
-        merged = [a for a in merged if not _conflicts(a.name, arg.name)]
-        merged.append(arg)
-    return merged
+    def filled(self, model_path: str, *, master_addr: str | None = None) -> VllmLaunch:
+        """This launch for the folder the weights step returned (a branch may resolve to another
+        commit's folder) and, on several nodes, the leader's address as the group resolved it:
+        the command is built once, before the weights, and only these are filled in after."""
+        argv = list(self.argv)
+        argv[self.model_at] = model_path
+        if master_addr is not None and self.sources.get("master-addr") == PLAN:
+            at = argv.index("--master-addr")
+            argv[at + 1] = master_addr
+        return replace(self, argv=tuple(argv))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -423,6 +385,10 @@ class CommandInputs:
     model_as_flag: bool | None = None
     host: str = "0.0.0.0"
     port: int = 5000
+    # The user's vLLM arguments, parsed once by the caller (``vllm_flags.parse_user_args``);
+    # standalone use may give the raw layers instead (extra_args: after `--`; config_args: the
+    # config file's `vllm:` section), parsed here without the value check.
+    user: UserArgs | None = field(default=None, repr=False)
     extra_args: tuple[str, ...] = field(default=(), repr=False)
     config_args: Mapping[str, object] | None = field(default=None, repr=False)
     chat_template_dir: str | None = None
@@ -439,6 +405,8 @@ class CommandInputs:
         if self.cpu_ids is not None:
             object.__setattr__(self, "cpu_ids", tuple(self.cpu_ids))
         object.__setattr__(self, "base_env", self.base_env or {})
+        if self.user is None:
+            object.__setattr__(self, "user", parse_user_args(self.config_args, self.extra_args, check=False))
 
     @property
     def head(self) -> list[str]:
@@ -471,8 +439,9 @@ def build_vllm_command(plan: LaunchPlan, inputs: CommandInputs) -> VllmLaunch:
     env = _env(inputs.base_env, {a.name for a in user}, cpu, warnings)
     env.update(kaito_env)
     args, api_key = _api_key_to_env(args, inputs.base_env, env, warnings)
+    head = inputs.head
     return VllmLaunch(
-        argv=tuple(inputs.head + [token for arg in args for token in arg.tokens]),
+        argv=tuple(head + [token for arg in args for token in arg.tokens]), model_at=len(head) - 1,
         env=env, unset_env=TOKEN_ENV_VARS, warnings=tuple(warnings),
         host=host, port=port, served_model_names=names,
         tensor_parallel_size=tp, pipeline_parallel_size=pp, data_parallel_size=dp,
@@ -536,18 +505,11 @@ def streamer_tokens(plan: LaunchPlan) -> list[str]:
 
 
 def _user_args(inputs: CommandInputs, warnings: list[str]) -> tuple[list[FlagArg], list[str]]:
-    """The config file's flags, then the pass-through ones, merged so that the later value of a
-    flag wins (the earlier one is neither sent nor checked against the plan), without secrets;
+    """The user's arguments as parsed once (config file, then pass-through, merged, no secrets)
     and the flags the config file switches off."""
-    tokens, dropped = config_tokens(inputs.config_args) if inputs.config_args else ([], [])
-    user = _merge([], [*group(tokens, CONFIG_FILE), *group(inputs.extra_args, PASS_THROUGH)])
-    if any(a.name in _SECRET_FLAGS for a in user):
-        warnings.append(
-            "dropped --hf-token from the vLLM arguments: tokens never go on a command line and vLLM "
-            "runs offline from the downloaded folder"
-        )
-        user = [a for a in user if a.name not in _SECRET_FLAGS]
-    return user, dropped
+    assert inputs.user is not None
+    warnings += inputs.user.warnings
+    return list(inputs.user.args), list(inputs.user.switched_off)
 
 
 def _with_chat_template(

@@ -62,6 +62,8 @@ from kaito_runtime.types import MiB, WeightsSource
 from kaito_runtime.weights.lock import download_lock, lock_timeout_s
 from kaito_runtime.weights.store import (
     MARKER_NAME,
+    commit_folder,
+    known_commit,
     lock_path,
     held_on_disk,
     partial_path,
@@ -268,15 +270,16 @@ def _ensure_repo(job: _Job) -> WeightsResult:
     ref = job.model.revision or "main"
     wait_s = lock_timeout_s(job.lock_timeout_s)  # validated before anything is fetched
 
-    commit = ref if COMMIT_RE.match(ref) else None
+    # A commit is its own; offline a branch is what it last resolved to here; online the hub says.
+    commit = known_commit(root, ref) if offline or COMMIT_RE.match(ref) else None
+    if commit is None and not offline:
+        commit = _resolve_online(repo_id, ref, root, token, source, ep, log)
     if commit is None:
-        commit = read_ref(root, ref) if offline else _resolve_online(repo_id, ref, root, token, source, ep, log)
-        if commit is None:
-            raise HubUnreachableError(
-                f"Offline mode, and {repo_id}@{ref} was never resolved to a commit under {root}",
-                why="without the network a branch cannot be resolved",
-                fix="run once online (or pass a 40-hex revision) to pre-fetch the weights, then use --offline",
-            )
+        raise HubUnreachableError(
+            f"Offline mode, and {repo_id}@{ref} was never resolved to a commit under {root}",
+            why="without the network a branch cannot be resolved",
+            fix="run once online (or pass a 40-hex revision) to pre-fetch the weights, then use --offline",
+        )
     folder = root / commit
 
     if offline:
@@ -484,33 +487,43 @@ def planned_path(model: WeightsSource, weights_dir: Path) -> Path:
         return Path(model.local_path)
     if not model.repo_id:
         raise InputError(f"Model {model.name} has neither a Hugging Face repo id nor a local folder")
-    root = repo_folder(weights_dir, model.repo_id)
-    ref = model.revision or "main"
-    if COMMIT_RE.match(ref):
-        return root / ref
-    return root / (read_ref(root, ref) or ref.replace("/", "%2F"))
+    return commit_folder(weights_dir, model.repo_id, model.revision)[0]
+
+
+class LocalCopies:
+    """The complete copies under one weights folder, as the steps before the plan may read them
+    (``model.sources.LocalCopies``): metadata for an offline plan, whether a copy is whole."""
+
+    def __init__(self, weights_dir: Path) -> None:
+        self.weights_dir = Path(weights_dir)
+
+    def metadata(self, repo_id: str, revision: str | None) -> RemoteModel | None:
+        """What a complete copy says about ``repo_id@revision`` (None when there is none): the
+        metadata an offline run, or a run whose hub is unreachable, plans from."""
+        folder, commit = commit_folder(self.weights_dir, repo_id, revision)
+        if commit is None:
+            return None
+        files = read_marker(folder, repo_id, commit)
+        if files is None:
+            return None
+
+        def load(name: str) -> dict | None:
+            try:
+                data = json.loads((folder / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            return data if isinstance(data, dict) else None
+
+        return RemoteModel(repo_id, commit, tuple(files), gated=False, config=load("config.json"), params=load("params.json"))
+
+    def is_complete(self, model: WeightsSource) -> bool:
+        """A complete copy of ``model`` at its pinned commit is here (nothing to fetch)."""
+        if model.local_path or not (model.repo_id and model.revision):
+            return bool(model.local_path)
+        folder, commit = commit_folder(self.weights_dir, model.repo_id, model.revision)
+        return commit is not None and read_marker(folder, model.repo_id, commit) is not None
 
 
 def local_metadata(repo_id: str, revision: str | None, weights_dir: Path) -> RemoteModel | None:
-    """What a complete copy under ``weights_dir`` says about ``repo_id@revision`` (None when there is
-    none): the metadata an offline run, or a run whose hub is unreachable, plans from."""
-    root = repo_folder(weights_dir, repo_id)
-    ref = revision or "main"
-    commit = ref if COMMIT_RE.match(ref) else read_ref(root, ref)
-    if commit is None:
-        return None
-    folder = root / commit
-    files = read_marker(folder, repo_id, commit)
-    if files is None:
-        return None
-
-    def load(name: str) -> dict | None:
-        try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
-    return RemoteModel(repo_id, commit, tuple(files), gated=False, config=load("config.json"), params=load("params.json"))
-
-
+    """``LocalCopies(weights_dir).metadata(repo_id, revision)``."""
+    return LocalCopies(weights_dir).metadata(repo_id, revision)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaito_runtime.numbers import WEIGHTS_LOCK_TIMEOUT, seconds
+from kaito_runtime.request.settle import DEFAULT_LOCK_TIMEOUT_S, LOCK_TIMEOUT_ENV
 from kaito_runtime.settings import seconds_from_env
 from kaito_runtime.errors import WeightsError
 from kaito_runtime.types import format_bytes as fmt_bytes
@@ -28,8 +29,6 @@ from kaito_runtime.weights.store import folder_bytes, lock_path
 if TYPE_CHECKING:
     from filelock import BaseFileLock
 
-LOCK_TIMEOUT_ENV = "KAITO_WEIGHTS_LOCK_TIMEOUT"
-DEFAULT_LOCK_TIMEOUT_S = 3600.0
 LOCK_LOG_INTERVAL_S = 30.0
 
 
