@@ -357,3 +357,15 @@ def test_a_replaced_leader_is_found_by_the_worker_and_the_group_meets_in_its_rou
         worker.hooks.started(lambda: True, PGID)
         time.sleep(1)
         assert worker.hooks.stop_request() is None and worker.health().healthy
+
+
+def test_a_twin_of_a_live_member_that_joins_the_running_group_ends_it_as_a_duplicate(pair):
+    leader, worker = pair
+    leader.hooks.started(lambda: True, PGID)
+    worker.hooks.started(lambda: True, PGID)
+    twin = make(1, leader.topology.master_port)
+    with pytest.raises(GroupMismatchError) as caught:
+        twin.meet(FACTS)
+    assert caught.value.exit_code == 2 and "rank 1 checked in twice" in caught.value.message
+    assert wait_for(lambda: leader.hooks.stop_request() is not None)
+    assert leader.hooks.stop_request().exit_code == 2

@@ -295,8 +295,8 @@ class Group:
             return
         self.log.info("the group runs in round %d: waiting for it to meet again (the leader counts the old rank %d "
                       "lost within --peer-timeout)", current, self.rank)
-        started = last_progress = last_change = time.monotonic()
-        seen = self.store.heartbeat(current, self.rank)
+        started = last_progress = time.monotonic()
+        seen, changes = self.store.heartbeat(current, self.rank), 0
         while True:
             time.sleep(_POLL_S)
             now = time.monotonic()
@@ -306,14 +306,17 @@ class Group:
                 return
             beat = self.store.heartbeat(current, self.rank)
             if beat != seen:
-                seen, last_change = beat, now
-            # A dead old member falls silent, and the leader starts the next round within the peer
-            # timeout; one that still beats well after that is alive: this node is its twin.
-            if now - started > 2 * self.settings.peer_timeout_s + 1 and now - last_change <= self.settings.peer_timeout_s:
-                raise GroupMismatchError(
-                    f"Rank {self.rank} is already running in the group (its heartbeat goes on)",
-                    why="a node joined a running group with the rank of a live member",
-                    fix="give every node its own --node-rank")
+                seen, changes = beat, changes + 1
+            # A dead old member is silent (the leader counts it lost within the peer timeout and
+            # starts the next round); one whose heartbeat keeps changing is alive: this node is
+            # its twin, and the group ends as for any duplicate rank (exit 2 everywhere).
+            if changes >= 2:
+                notice = StopNotice(self.rank, StopKind.DUPLICATE, f"rank {self.rank} checked in twice (a second node "
+                                    f"with rank {self.rank} joined the running group)", by=self.rank)
+                self.store.announce_stop(current, notice)
+                raise GroupMismatchError(f"The group did not start: {notice.reason}",
+                                         why="a live member of the group already has this rank",
+                                         fix="give every node its own --node-rank")
             if now >= deadline:
                 raise RendezvousTimeoutError(f"The group (round {current}) did not meet again within the rendezvous timeout",
                                              why=f"rank {self.rank} joined while the group was running",
