@@ -551,8 +551,8 @@ def test_the_states_are_named_by_one_type_and_the_log_lines_use_them(caplog) -> 
     told: list[object] = []
 
     class Hooks(SupervisorHooks):
-        def started(self, alive):
-            told.append(("started", alive()))
+        def started(self, alive, pgid):
+            told.append(("started", alive() and pgid > 0))
 
         def stop_request(self) -> StopRequest | None:
             return asked[0] if asked else None

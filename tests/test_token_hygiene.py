@@ -266,3 +266,86 @@ def test_object_store_credentials_never_show_even_in_debug_logs(store, tmp_path)
                 assert not leaked(secret, ran.output), (model, leaked(secret, ran.output))
     finally:
         server.stop()
+
+
+# --- the launcher's own HTTP and its termination message (issue 22) -----------------------------
+
+
+def _scrape_all(ports: tuple[int, ...]) -> str:
+    import urllib.error
+    import urllib.request
+
+    seen = []
+    for port in ports:
+        for path in ("/metrics", "/startupz", "/health", "/v1/models"):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
+                    seen.append(answer.read().decode("utf-8", "replace") + str(dict(answer.headers)))
+            except urllib.error.HTTPError as error:
+                seen.append(error.read().decode("utf-8", "replace") + str(dict(error.headers)))
+            except OSError:
+                continue
+    return "\n".join(seen)
+
+
+@pytest.mark.slow
+def test_no_secret_in_metrics_startupz_health_or_the_termination_message(tmp_path):
+    """A gated model downloaded with a token, vLLM (the stand-in) given an API key: every answer
+    of both launcher ports, scraped through the whole run, and the termination message after
+    SIGTERM hold no fragment of either."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.support.hub_emulator import HubEmulator
+
+    token, api_key = "hf_MetricsHygiene_7Q2w9E4r6T", "sk-metrics-hygiene-K3y9x8c7v6"
+    root = tmp_path / "hub"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "models" / "tiny-llama", root / "org" / "tiny-llama")
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    with HubEmulator(root, lfs_threshold=100_000) as emulator:
+        emulator.gate("org/tiny-llama", {token})
+        emulator.rate_limit_bps = 500_000
+        env = launcher_env({"HF_ENDPOINT": emulator.url, "HF_TOKEN": token,
+                            "KAITO_TERMINATION_LOG": str(tmp_path / "termination-log")}, home=tmp_path)
+        runner = Path(__file__).resolve().parent / "support" / "fake_vllm_run.py"
+        proc = subprocess.Popen(
+            [sys.executable, str(runner), "--model", "org/tiny-llama", "--host", "127.0.0.1", "--port", str(ports[0]),
+             "--metrics-port", str(ports[1]), "--weights-dir", str(tmp_path / "w"), "--log-format", "json",
+             "--", "--api-key", api_key],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        scraped = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            scraped.append(_scrape_all(tuple(ports)))
+            if '"ready": true' in scraped[-1]:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    everything = "\n".join(scraped)
+    assert '"phase": "weights"' in everything and '"ready": true' in everything  # scraped in both phases
+    message = (tmp_path / "termination-log").read_text()
+    assert proc.returncode == 0 and "SIGTERM" in message
+    for secret in (token, api_key):
+        assert not leaked(secret, everything + message + out + err), secret
+
+
+def test_a_rejected_token_is_not_in_the_termination_message(hub, tmp_path):
+    from tests.conftest import BAD_TOKEN
+
+    target = tmp_path / "termination-log"
+    ran = run_cli(["--model", "org/gated", "--weights-dir", str(tmp_path / "w"), "--download-only"],
+                  launcher_env({"HF_ENDPOINT": hub.url, "HF_TOKEN": BAD_TOKEN, "KAITO_TERMINATION_LOG": str(target),
+                                "KAITO_METRICS_PORT": "0"}, home=tmp_path))
+    assert ran.code == 12, ran.output
+    message = target.read_text()
+    assert message.endswith("(exit 12)\n") and not leaked(BAD_TOKEN, message), message

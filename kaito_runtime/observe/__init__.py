@@ -19,10 +19,9 @@ and the API starts it once more, the port already free.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kaito_runtime import logs
@@ -117,7 +116,7 @@ class Observer:
                 return
         if held is not None:
             held.release()
-        server = StatusServer(self.status, host, port, "api", registry=self.metrics._registry if self.metrics else None)
+        server = StatusServer(self.status, host, port, "api", registry=self.metrics.registry if self.metrics else None)
         server.start()
         with self._lock:
             self.holder = server
@@ -235,9 +234,9 @@ class ObservedHooks:
     def __init__(self, inner, observer: Observer, *, worker: bool) -> None:
         self._inner, self._observer, self._worker = inner, observer, worker
 
-    def started(self, alive) -> None:
+    def started(self, alive, pgid: int) -> None:
         if self._inner is not None:
-            self._inner.started(alive)
+            self._inner.started(alive, pgid)
         if self._worker:
             self._observer.vllm_ready()
 
