@@ -94,4 +94,4 @@ def test_the_private_names_are_imported_in_one_place_each(name):
 
     package = Path(__file__).resolve().parent.parent / "kaito_runtime"
     users = [p for p in package.rglob("*.py") if f"import {name}" in p.read_text()]
-    assert [p.relative_to(package).as_posix() for p in users] == ["hub/__init__.py"]
+    assert [p.relative_to(package).as_posix() for p in users] == ["hub/client.py"]
