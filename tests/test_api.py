@@ -3,7 +3,7 @@
 vLLM itself is never started here: the API's side effects come through its seam (``api.Effects``,
 faked by ``tests/support/api_seam.py``): a "detected" vLLM, a supervisor that records what it
 was asked to start, a recording port check; the weights step is the real one unless a test hands
-in its own. tests/test_e2e_serve.py runs the real thing. No module attribute is patched here.
+in its own. tests/e2e/test_serve.py runs the real thing. No module attribute is patched here.
 """
 
 from __future__ import annotations
