@@ -369,3 +369,20 @@ def test_a_twin_of_a_live_member_that_joins_the_running_group_ends_it_as_a_dupli
     assert caught.value.exit_code == 2 and "rank 1 checked in twice" in caught.value.message
     assert wait_for(lambda: leader.hooks.stop_request() is not None)
     assert leader.hooks.stop_request().exit_code == 2
+
+
+def test_while_the_group_first_meets_the_leader_names_the_missing_ranks_every_so_often(monkeypatch, caplog):
+    from kaito_runtime.launch.group import member
+
+    monkeypatch.setattr(member, "PROGRESS_EVERY_S", 0.3)
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    port = free_port_pair()
+    leader, worker = make(0, port, nnodes=3, rendezvous_timeout_s=1.5), make(1, port, nnodes=3, rendezvous_timeout_s=1.5)
+    leader.open()
+    try:
+        results = meet_all([leader, worker])
+        assert isinstance(results[0], RendezvousTimeoutError) and "rank 2 never checked in" in results[0].message
+        waiting = [r.getMessage() for r in caplog.records if "waiting for rank" in r.getMessage()]
+        assert len(waiting) >= 2 and all("round 1: waiting for rank 2 to check in" in line for line in waiting)
+    finally:
+        leader.store.close()
