@@ -10,6 +10,10 @@ want=()
 need() { command -v "$2" >/dev/null 2>&1 || want+=("$1"); }
 
 # One line per tool, e.g. `need podman podman` (keep them sorted).
+need buildah buildah
+need debootstrap debootstrap
+need podman podman
+need runc runc
 
 if ((${#want[@]})); then
     if [[ $(id -u) != 0 ]]; then
