@@ -87,7 +87,7 @@ debian_base() {
 if [[ -n ${KAITO_IMAGE_BASE:-} ]]; then
     base=$KAITO_IMAGE_BASE
 elif [[ $variant == cuda ]] && { pod image exists "docker.io/library/$pinned_base" \
-    || timeout 120 podman "${KAITO_STORAGE_FLAGS[@]}" pull -q "docker.io/library/$pinned_base" >>"$log" 2>&1; }; then
+    || timeout 30 podman "${KAITO_STORAGE_FLAGS[@]}" pull -q "docker.io/library/$pinned_base" >>"$log" 2>&1; }; then
     base=docker.io/library/$pinned_base
 else
     [[ $variant == cuda ]] && echo "$me: no registry answered for $pinned_base; building on the Debian base instead"
@@ -164,6 +164,8 @@ fi
 # it stay while the new image or the layer cache uses them), so the store does not grow with
 # every code change.
 while read -r old; do
-    [[ $old == "$tagged" ]] || pod rmi "$old" >>"$log" 2>&1 || true
-done < <(pod images --format '{{.Repository}}:{{.Tag}}' --filter "reference=$image-*")
+    if [[ $old == "$image"-* && $old != "$tagged" ]]; then
+        pod rmi "$old" >>"$log" 2>&1 || true
+    fi
+done < <(pod images --format '{{.Repository}}:{{.Tag}}')
 report built

@@ -152,7 +152,7 @@ class TestKaitoSingleNodePod:
         assert pod.health_while_loading.returncode != 0, pod.health_while_loading.stdout
         done = podman("healthcheck", "run", pod.name, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
-        health = inspect_image(json.loads(podman("inspect", pod.name).stdout)[0]["Image"])["Config"]["Healthcheck"]
+        health = inspect_image(json.loads(podman("inspect", pod.name).stdout)[0]["Image"])["Healthcheck"]
         assert "multi-node-health-check.py" in " ".join(health["Test"])
 
     def test_everything_runs_as_uid_1000(self, pod):

@@ -1,7 +1,7 @@
 """Helpers of the container tests: find or build the image with scripts/build-image.sh (cached by
 a hash of its inputs), and run podman with the project's store and settings (scripts/podman.sh).
 
-Where podman/buildah (or root, which the vfs store and debootstrap need) are missing, the tests
+Where podman/buildah (or root, which the image store and debootstrap need) are missing, the tests
 skip with one line; under CI (CI=true) that, or a failed build, is a failure instead.
 """
 
@@ -42,7 +42,7 @@ def check_tools() -> None:
     if missing:
         unavailable(f"{', '.join(missing)} not installed (scripts/test-deps.sh installs them as root)")
     if os.geteuid() != 0:
-        unavailable("the container tests run podman as root (vfs store, debootstrap base)")
+        unavailable("the container tests run podman as root (the image store, the debootstrap base)")
 
 
 def podman(*args: str, timeout: float = 120, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
