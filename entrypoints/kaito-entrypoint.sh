@@ -15,4 +15,9 @@ if [ -z "${KAITO_CONFIG_FILE:-}" ] && [ -f "$KAITO_DEFAULT_CONFIG" ]; then
     export KAITO_CONFIG_FILE
 fi
 
+# An image whose default user is root (for KAITO's CUDA-toolkit init container) serves as
+# KAITO_RUN_AS_UID all the same.
+if [ "$(id -u)" = 0 ] && [ -n "${KAITO_RUN_AS_UID:-}" ]; then
+    exec setpriv --reuid="$KAITO_RUN_AS_UID" --regid="${KAITO_RUN_AS_GID:-$KAITO_RUN_AS_UID}" --clear-groups -- kaito-run "$@"
+fi
 exec kaito-run "$@"

@@ -1,13 +1,18 @@
 """The Python API behind `kaito-run`: one launch as one straight pass.
 
-    RuntimeRequest -> ModelSpec -> NodeInventory + Topology -> LaunchPlan
-        -> vLLM installed? -> weights -> the group meets (multi-node) -> argv + env -> supervise
+    RuntimeRequest --settle--> LaunchRequest -> ModelSpec -> NodeInventory + Topology -> LaunchPlan
+        -> vLLM installed? -> the command (built once) -> weights -> the group meets -> supervise
 
-`prepare()` stops after the plan; `dry_run()` adds the command the plan would start (what
---dry-run shows); `run()` goes on to fetch the weights and supervise vLLM; `download_weights()`
-(--download-only) fetches the weights without probing or planning. Nothing before the weights
-step downloads weights, imports torch or vLLM, or starts a process. This module only orders
-the steps; each step lives in its own module.
+``settle()`` is the one call that turns a request and the environment into a ``LaunchRequest``
+(every default read, the token resolved, the config file read, the user's vLLM arguments parsed,
+the catalog loaded, the model checked); each public function settles once and hands each step
+its slice. ``prepare()`` stops after the plan; ``dry_run()`` adds the command the plan would
+start (the ``plan`` command); ``run()`` fetches the weights and supervises vLLM;
+``download_weights()`` fetches the weights without probing or planning. Nothing before the
+weights step downloads weights, imports torch or vLLM, or starts a process.
+
+The side effects this module orders (vLLM detection, the port check, the weights store, the
+supervisor, the launcher's own HTTP) come in one ``Effects`` record, the seam tests replace.
 """
 
 from __future__ import annotations
@@ -16,63 +21,37 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
+import signal
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kaito_runtime import logs
-from kaito_runtime.errors import DoesNotFitError, GroupMemberLostError, InputError
-from kaito_runtime.model import download_source, gated_token_warning, resolve_model
-from kaito_runtime.request import (
-    CONTAINER_WEIGHTS_DIR,
-    RuntimeRequest,
-    settled,
-    default_weights_dir,
-    is_offline,
-    uses_local_folder,
-    weights_dir_of,
+from kaito_runtime.errors import (
+    DoesNotFitError, GroupMemberLostError, GroupMismatchError, InputError, ModelDoesNotFitError, RankOutsideGroupError,
 )
+from kaito_runtime.hub import timeouts as hub_timeouts
+from kaito_runtime.numbers import parse_int
+from kaito_runtime.request import RuntimeRequest, weights_dir_of
+from kaito_runtime.request.settle import GroupRequest, LaunchRequest, NodeRequest, settle_request
 from kaito_runtime.types import LaunchPlan, LoraAdapter, ModelSpec, NodeInventory, PlanOverrides, Topology, WeightsSource
 
-from kaito_runtime.hub import timeouts as hub_timeouts
-from kaito_runtime.secrets import Secret
-
 if TYPE_CHECKING:
+    from kaito_runtime.observe import Observer, ObserveOptions
     from kaito_runtime.launch import ServeOptions
-    from kaito_runtime.launch.group import GroupMember
-    from kaito_runtime.launch.rendezvous import RendezvousInfo
-    from kaito_runtime.launch import plan_check
+    from kaito_runtime.launch.group import Group, GroupSecret, NodeFacts
     from kaito_runtime.launch.vllm_command import VllmLaunch
     from kaito_runtime.weights import WeightsResult
 
 log = logging.getLogger("kaito_runtime")
 
-FAILURE_TAIL_LINES = 20
-
 __all__ = [
-    "CONTAINER_WEIGHTS_DIR",
-    "ModelDoesNotFitError",
-    "PhaseTimes",
-    "Prepared",
-    "RuntimeRequest",
-    "default_weights_dir",
-    "download_weights",
-    "dry_run",
-    "export_preset",
-    "fetch_model_weights",
-    "fetch_weights",
-    "is_offline",
-    "list_presets",
-    "PlanOverrides",
-    "prepare",
-    "probe_node",
-    "resolve_model",
-    "resolve_topology",
-    "run",
-    "uses_local_folder",
+    "Effects", "LaunchRequest", "ModelDoesNotFitError", "PhaseTimes", "PlanOverrides",
+    "PlannedLaunch", "RuntimeRequest", "doctor", "download_weights", "dry_run",
+    "export_preset", "fetch_model_weights", "list_presets", "prepare", "probe_node", "resolve_model",
+    "resolve_topology", "run", "settle",
 ]
 
 
@@ -92,415 +71,496 @@ class PhaseTimes:
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """Everything known before anything slow happens (no launch yet: that needs the weights'
-    folder and, on several nodes, the leader's address)."""
+class Effects:
+    """The side effects a run has, in one record: the seam tests replace (``replace(Effects.real(),
+    supervise=fake)``) instead of patching module attributes."""
 
-    request: RuntimeRequest
+    detect_vllm: Callable[[], Any]  # -> VllmInstall | None
+    check_port_free: Callable[[str, int], None]
+    ensure_weights: Callable[..., Any]  # weights.ensure_weights
+    supervise: Callable[..., Any]  # supervisor.supervise
+    observer: Callable[[ObserveOptions], Observer]  # observe.Observer: the launcher's own HTTP
+
+    @classmethod
+    def real(cls) -> Effects:
+        from kaito_runtime import observe, weights
+        from kaito_runtime.launch import ports, supervisor, vllm_install
+
+        return cls(vllm_install.detect_vllm, ports.check_port_free, weights.ensure_weights, supervisor.supervise,
+                   observe.Observer)
+
+
+@dataclass(frozen=True)
+class PlannedLaunch:
+    """What is known before anything slow happens: what a dry run shows. No token, no request."""
+
     model: ModelSpec
     inventory: NodeInventory
     topology: Topology
     plan: LaunchPlan
-    model_path: Path  # where the weights will be (exact for presets, folders and pinned commits)
+    model_path: Path | str  # where the weights will be (exact for presets, folders and pinned commits;
+    # a str: the object-store URI vLLM streams from)
+    serve: ServeOptions  # the server options in the launch step's terms
     times: PhaseTimes
-    token_source: str | None = None
-    token: Secret | None = field(default=None, repr=False)  # resolved once per run, for the weights step
-    config_args: Mapping[str, object] | None = None  # the config file's `vllm:` section, read once
+    token_source: str | None = None  # where the token was found (never the token)
     warnings: tuple[str, ...] = ()  # for the user before anything slow (a gated model, no token)
     adapters: tuple[LoraAdapter, ...] = ()  # LoRA adapters found and checked (--adapters-dir)
 
-    @property
-    def serve(self) -> ServeOptions:
-        """The request's server options, in the launch step's terms."""
-        from kaito_runtime.launch import ServeOptions
 
-        r = self.request
-        return ServeOptions(r.host, r.port, tuple(r.extra_vllm_args), r.chat_template_dir, self.adapters)
+def settle(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, check_model: bool = True) -> LaunchRequest:
+    """The request settled in ``env`` (default: this process's), once per run: environment
+    defaults, token, config file, the user's vLLM arguments, the catalog, the model checked
+    (``check_model=False`` for a --join worker, which learns its model from the leader)."""
+    from kaito_runtime import model
+    from kaito_runtime.model.catalog import load_catalog
+
+    settled = settle_request(request, dict(os.environ if env is None else env))
+    catalog = load_catalog(user_dir=settled.model.catalog_dir)
+    checked = model.checked(settled.model, catalog, settled.env) if check_model else settled.model
+    return replace(settled, model=checked, catalog=catalog)
 
 
-class ModelDoesNotFitError(DoesNotFitError):
-    """The fit check's refusal, carrying what is known about the model, so that a dry run can
-    show it beside the numbers. Same exit code and message as the planner's error."""
+def _local_copies(launch: LaunchRequest):
+    from kaito_runtime import weights
 
-    def __init__(
-        self,
-        error: DoesNotFitError,
-        model: ModelSpec,
-        *,
-        fix: str | None,
-        token_source: str | None,
-        warnings: tuple[str, ...] = (),
-    ) -> None:
-        super().__init__(error.what, why=error.why, fix=fix)
-        self.model = model
-        self.token_source = token_source
-        self.warnings = warnings
+    return weights.LocalCopies(launch.weights.weights_dir)
 
 
 def probe_node(request: RuntimeRequest, env: Mapping[str, str]) -> NodeInventory:
-    """This node's GPUs and host, or the ones --sku / --assume-gpus describe.
+    """This node's GPUs and host, or the ones --sku / --assume-gpus describe."""
+    return _probe(NodeRequest(request.sku, request.assume_gpus), weights_dir_of(request, env), env)
 
-    --sku takes the machine's CPUs and RAM from the SKU table; --assume-gpus names GPUs only, so
-    the host is this machine's (what a CPU plan, or a --cpu one, is sized against)."""
-    from kaito_runtime.node import inventory
-    from kaito_runtime.node import skus
 
-    if request.sku and request.assume_gpus:
+def _probe(node: NodeRequest, weights_dir: Path, env: Mapping[str, str]) -> NodeInventory:
+    """--sku takes the machine's CPUs and RAM from the SKU table; --assume-gpus names GPUs only,
+    so the host is this machine's (what a CPU plan, or a --cpu one, is sized against)."""
+    from kaito_runtime.node import inventory, skus
+
+    if node.sku and node.assume_gpus:
         raise InputError("Both --sku and --assume-gpus were given", fix="use one of them")
-    if request.sku:
-        return skus.inventory_for_sku(request.sku)
-    if request.assume_gpus:
-        host = inventory.probe_host(weights_dir_of(request, env))
-        return skus.inventory_for_assumed_gpus(request.assume_gpus, host=host)
-    return inventory.probe_inventory(weights_dir=weights_dir_of(request, env), env=env)
+    if node.sku:
+        return skus.inventory_for_sku(node.sku)
+    if node.assume_gpus:
+        return skus.inventory_for_assumed_gpus(node.assume_gpus, host=inventory.probe_host(weights_dir))
+    return inventory.probe_inventory(weights_dir=weights_dir, env=env)
 
 
-def resolve_topology(request: RuntimeRequest, env: Mapping[str, str], *, planning_only: bool = False) -> Topology:
+def resolve_topology(request: RuntimeRequest | GroupRequest, env: Mapping[str, str], *, planning_only: bool = False) -> Topology:
     """This node's place in its group. ``planning_only``: a multi-node plan may go without a rank
     (taken as 0) or a leader address (a placeholder); a real launch must have both."""
     from kaito_runtime.node import topology
 
     return topology.resolve_topology(
-        env,
-        nnodes=request.nnodes,
-        node_rank=request.node_rank,
-        leader_address=request.leader_address,
-        master_port=request.master_port,
-        planning_only=planning_only,
+        env, nnodes=request.nnodes, node_rank=request.node_rank, leader_address=request.leader_address,
+        master_port=request.master_port, planning_only=planning_only,
     )
 
 
-def prepare(
-    request: RuntimeRequest, env: Mapping[str, str] | None = None, *, planning_only: bool | None = None
-) -> Prepared:
-    """Resolve the model, read the node and the config file, plan the launch. No weights, no processes.
-
-    ``planning_only`` defaults to ``request.planning_only`` (a dry run, --sku or --assume-gpus);
-    ``run()`` passes False, because a real multi-node launch needs its rank and leader. The
-    inventory's notes and the config file's notes are logged here, once.
-    """
+def doctor(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tuple[NodeInventory, Topology]:
+    """This node as kaito-run sees it (the ``doctor`` command)."""
     env = dict(os.environ if env is None else env)
-    with hub_timeouts.timeout_from(env):
-        return _prepare(settled(request, env), env, planning_only)
+    return probe_node(request, env), resolve_topology(request, env, planning_only=True)
 
 
-def _prepare(request: RuntimeRequest, env: Mapping[str, str], planning_only: bool | None) -> Prepared:
+def resolve_model(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> ModelSpec:
+    """The model ``request`` names, as a launch resolves it."""
+    return _resolve(settle(request, env))
+
+
+def _resolve(launch: LaunchRequest) -> ModelSpec:
+    from kaito_runtime import model
+
+    _register_store_secrets(launch.env)
+    with hub_timeouts.timeout_from(launch.env):
+        return model.resolve_model(launch.model, launch.catalog, credentials=launch.credentials,
+                                   local_copies=_local_copies(launch), env=launch.env)
+
+
+def prepare(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, planning_only: bool | None = None,
+            on_phase: Callable[[str], None] | None = None) -> PlannedLaunch:
+    """Resolve the model, read the node, plan the launch. No weights, no processes.
+    ``planning_only`` defaults to the request's (a dry run, --sku or --assume-gpus)."""
+    return _plan(settle(request, env), planning_only, on_phase)
+
+
+def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Callable[[str], None] | None = None) -> PlannedLaunch:
+    """The plan of a settled request; the inventory's notes are logged here, once. ``on_phase``
+    is told as each step begins ("resolve", "inventory", "plan"; the launcher's /startupz shows it)."""
     import kaito_runtime.plan as planner
-    from kaito_runtime import secrets
-    from kaito_runtime import weights
+    from kaito_runtime import launch as launch_step, model as model_step
+    from kaito_runtime.model.adapters import load_adapters
     from kaito_runtime.node import vllm_memory
+    from kaito_runtime.weights import planned_path
 
-    planning_only = request.planning_only if planning_only is None else planning_only
-    token, token_source = secrets.resolve_token(env, request.token_file)
-    config_args = _read_config(request)
-    request = _with_user_flags(request, config_args)
-
+    planning_only = launch.planning_only if planning_only is None else planning_only
+    on_phase = on_phase or (lambda name: None)
+    on_phase("resolve")
     started = time.monotonic()
-    weights_dir = request.weights_dir
-    model = resolve_model(
-        request, token=token, token_source=token_source, env=env,
-        local_copy=lambda repo_id, revision: weights.local_metadata(repo_id, revision, weights_dir),
-    )
+    model = _resolve(launch)
     model_seconds = time.monotonic() - started
-    adapters, adapter_warnings = _read_adapters(request, model)
-
+    adapters, adapter_warnings = load_adapters(launch.model.adapters_dir, model, log)
+    on_phase("inventory")
     started = time.monotonic()
-    node = probe_node(request, env)
+    node = _probe(launch.node, launch.weights.weights_dir, launch.env)
     for note in node.notes:
         log.warning("%s", note)
-    topo = resolve_topology(request, env, planning_only=planning_only)
+    topo = resolve_topology(launch.group, launch.env, planning_only=planning_only)
     inventory_seconds = time.monotonic() - started
-
-    gated = _gated_without_token(model, request, env, token_found=token is not None)
+    gated = model_step.gated_without_token(model, launch.model, launch.credentials, _local_copies(launch))
+    on_phase("plan")
     started = time.monotonic()
     try:
-        plan = planner.plan_launch(model, node, topo, request.overrides, profile=vllm_memory.load_profile())
+        plan = planner.plan_launch(model, node, topo, launch.overrides, profile=vllm_memory.load_profile())
     except DoesNotFitError as error:
-        raise ModelDoesNotFitError(
-            error,
-            model,
-            fix=_with_gpu_node_hint(error.fix, request, node),
-            token_source=token_source if token is not None else None,
-            warnings=(gated,) if gated else (),
-        ) from error
-    assert request.weights_dir is not None
-    model_path = Path(model.local_path) if model.local_path else weights.planned_path(model.weights_source, request.weights_dir)
-    plan_seconds = time.monotonic() - started
-    return Prepared(
-        request=request,
-        model=model,
-        inventory=node,
-        topology=topo,
-        plan=plan,
-        model_path=model_path,
-        times=PhaseTimes(model=model_seconds, inventory=inventory_seconds, plan=plan_seconds),
-        token_source=token_source if token is not None else None,
-        token=token,
-        config_args=config_args,
-        warnings=((gated,) if gated else ()) + adapter_warnings,
+        raise ModelDoesNotFitError(error, model, fix=_with_gpu_node_hint(error.fix, launch, node),
+                                   token_source=launch.credentials.found_source, warnings=(gated,) if gated else ()) from error
+    model_path = _vllm_model(model, launch.env) or (
+        Path(model.local_path) if model.local_path else planned_path(model.weights_source, launch.weights.weights_dir)
+    )
+    serve = launch_step.ServeOptions(launch.serve.host, launch.serve.port, chat_template_dir=launch.serve.chat_template_dir,
+                                     adapters=adapters, user_args=launch.user_args)
+    return PlannedLaunch(
+        model=model, inventory=node, topology=topo, plan=plan, model_path=model_path, serve=serve,
+        times=PhaseTimes(model_seconds, inventory_seconds, time.monotonic() - started),
+        token_source=launch.credentials.found_source, warnings=((gated,) if gated else ()) + adapter_warnings,
         adapters=adapters,
     )
 
 
-def _read_adapters(request: RuntimeRequest, model: ModelSpec) -> tuple[tuple[LoraAdapter, ...], tuple[str, ...]]:
-    """--adapters-dir: the LoRA adapters found there, checked against the model (a model that
-    disallows LoRA refuses them, exit 2), and the warnings for the user. Notes are logged here."""
-    if request.adapters_dir is None:
-        return (), ()
-    from kaito_runtime.model import adapters as lora
-
-    scan = lora.find_adapters(request.adapters_dir)
-    for note in scan.notes:
-        log.info("%s", note)
-    warnings = lora.check_adapters(scan, model)
-    if scan.adapters:
-        log.info("LoRA adapters from %s: %s", scan.folder, ", ".join(f"{a.name} (rank {a.rank})" for a in scan.adapters))
-    return scan.adapters, warnings
-
-
-def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tuple[Prepared, VllmLaunch]:
-    """--dry-run: the plan and the exact command it would start (the installed vLLM's form when
-    there is one). Nothing is downloaded or started."""
-    from kaito_runtime.launch import vllm_install
-
-    env = dict(os.environ if env is None else env)
+def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, effects: Effects | None = None) -> tuple[PlannedLaunch, VllmLaunch]:
+    """The ``plan`` command: the plan and the exact command it would start (the installed vLLM's
+    form when there is one). Nothing is downloaded or started."""
+    launch = settle(request, env, check_model=not request.join)
     if request.join:  # the plan of a --join worker is the one its leader would give it
-        request = _join_the_leader(settled(request, env), env)
-    prepared = prepare(request, env)
-    return prepared, _build(prepared, prepared.plan, prepared.model_path, env, vllm_install.detect_vllm())
+        launch = settle(_join_the_leader(request, launch.env, _group_secret(launch)), launch.env)
+    planned = _plan(launch)
+    return planned, _build(planned, launch, (effects or Effects.real()).detect_vllm())
 
 
-def _build(prepared: Prepared, plan: LaunchPlan, model_path: Path, env: Mapping[str, str], install) -> VllmLaunch:
-    """``launch.build_launch`` with what ``prepared`` already holds (config file, free RAM).
-    The launch's API key is registered for redaction here, before any line about it is logged."""
-    from kaito_runtime import launch
-    from kaito_runtime import secrets
+def _build(planned: PlannedLaunch, launch: LaunchRequest, install) -> VllmLaunch:
+    """The command, built once per run. The launch's API key is registered for redaction here,
+    before any line about it is logged."""
+    from kaito_runtime import launch as launch_step, secrets
 
-    built = launch.build_launch(
-        prepared.serve, plan, model_path, env, install, prepared.config_args,
-        ram_available_bytes=prepared.inventory.host.ram_available_bytes,
-    )
+    built = launch_step.build_launch(planned.serve, planned.plan, planned.model_path, launch.env, install,
+                                     ram_available_bytes=planned.inventory.host.ram_available_bytes,
+                                     kaito=_kaito_serving(planned, launch))
     secrets.register_secret(built.api_key)
     return built
 
 
-def fetch_model_weights(
-    model: ModelSpec | WeightsSource,
-    request: RuntimeRequest,
-    env: Mapping[str, str] | None = None,
-    *,
-    token: Secret | None = None,
-    token_source: str | None = None,
-) -> WeightsResult:
-    """The weights step for ``model``: returns weights.WeightsResult (the local folder for vLLM).
-    ``token``: the one ``prepare`` resolved (else it is resolved here).
+def _kaito_serving(planned: PlannedLaunch, launch: LaunchRequest):
+    """KAITO's serving features as the request asks for them, with the container's free memory
+    measured when CPU KV offload is wanted on the GPU target."""
+    from kaito_runtime.launch.kaito_serving import KaitoServing
 
-    An operating-system error on the way (permissions, a full or read-only volume) becomes a
-    WeightsError (exit 10) naming the path, not a traceback.
-    """
-    from kaito_runtime import secrets
+    s = launch.serve
+    free = source = None
+    if s.kv_cache_cpu_memory_utilization and planned.plan.target == "gpu":
+        from kaito_runtime.node.container_memory import container_memory
+
+        memory = container_memory()
+        free, source = memory.available_bytes, memory.describe()
+    return KaitoServing(
+        kv_offload_utilization=s.kv_cache_cpu_memory_utilization, container_free_bytes=free,
+        container_memory_source=source, rate_limit=s.rate_limit, grace_seconds=s.grace_seconds,
+        inference_role=s.inference_role, mig=any(gpu.mig for gpu in planned.inventory.gpus),
+    )
+
+
+def fetch_model_weights(model: ModelSpec | WeightsSource, request: RuntimeRequest, env: Mapping[str, str] | None = None,
+                        *, effects: Effects | None = None) -> WeightsResult:
+    """The weights step for ``model`` alone: returns weights.WeightsResult (the local folder)."""
+    return _fetch(model, settle(request, env, check_model=False), effects or Effects.real())
+
+
+def _fetch(model: ModelSpec | WeightsSource, launch: LaunchRequest, effects: Effects, *, copy: bool = False,
+           watch: Callable[[object, int], None] | None = None) -> WeightsResult:
+    """An operating-system error on the way (permissions, a full or read-only volume) becomes a
+    WeightsError (exit 10) naming the path, not a traceback. ``watch(count, total)``: told when a
+    download starts (the launcher's /metrics reads the count). An object store's model: its
+    non-tensor files (vLLM streams the tensors), or with ``copy`` all of it."""
     from kaito_runtime import weights
-    from kaito_runtime.weights import lock as weights_lock
 
-    env = dict(os.environ if env is None else env)
-    request = settled(request, env)
-    if token is None:
-        token, token_source = secrets.resolve_token(env, request.token_file)
-    assert request.weights_dir is not None
+    w, credentials = launch.weights, launch.credentials
+    source = model.weights_source if isinstance(model, ModelSpec) else model
+    if source.store_uri:
+        _register_store_secrets(launch.env)
+        return weights.ensure_store_weights(source, weights_dir=w.weights_dir, env=launch.env, copy=copy,
+                                            lock_timeout_s=w.lock_timeout_s, log=log)
     try:
-        with hub_timeouts.timeout_from(env):
-            return weights.ensure_weights(
-                model.weights_source if isinstance(model, ModelSpec) else model,
-                weights_dir=request.weights_dir,
-                token=token,
-                token_source=token_source,
-                offline=is_offline(request, env),
-                endpoint=request.endpoint,
-                verify=request.verify_weights,
-                lock_timeout_s=weights_lock.lock_timeout_s(None, env),
+        with hub_timeouts.timeout_from(launch.env):
+            return effects.ensure_weights(
+                source, weights_dir=w.weights_dir, token=credentials.token, token_source=credentials.source,
+                offline=w.offline, endpoint=w.endpoint, verify=w.verify, lock_timeout_s=w.lock_timeout_s, watch=watch,
             )
     except OSError as e:
-        raise weights.os_error_as_weights_error(e, request.weights_dir) from e
+        raise weights.os_error_as_weights_error(e, w.weights_dir) from e
 
 
-def fetch_weights(prepared: Prepared, env: Mapping[str, str] | None = None) -> WeightsResult:
-    """The weights step of a prepared launch (with the token ``prepare`` resolved)."""
-    return fetch_model_weights(
-        prepared.model, prepared.request, env, token=prepared.token, token_source=prepared.token_source
-    )
+def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, effects: Effects | None = None) -> WeightsResult:
+    """The ``download`` command: fetch the model's weights."""
+    return _download(settle(request, env), effects or Effects.real())
 
 
-def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> WeightsResult:
-    """`--download-only`: fetch the model's weights. No probe and no plan: an init container
-    usually has no GPU, so whether the model fits is a question for the serving pod. A repo id's
-    config.json is not read either (see ``model.download_source``)."""
-    from kaito_runtime.weights import store as weights_store
+def _download(launch: LaunchRequest, effects: Effects, watch: Callable[[object, int], None] | None = None) -> WeightsResult:
+    """No probe and no plan: an init container usually has no GPU, so whether the model fits is a
+    question for the serving pod. A repo id's config.json is not read either."""
+    from kaito_runtime import model as model_step
+    from kaito_runtime.weights.store import check_weights_dir
 
-    env = dict(os.environ if env is None else env)
-    request = settled(request, env)
-    if not uses_local_folder(request):
-        assert request.weights_dir is not None
-        # This mode exists to write there: made now, and refused at once when it cannot be.
-        weights_store.check_weights_dir(request.weights_dir, create=True)
+    if not launch.model.local_folder:  # this mode exists to write there: made now, refused at once
+        check_weights_dir(launch.weights.weights_dir, create=True)
     started = time.monotonic()
-    model = download_source(request)
-    log.info(
-        "download-only: weights of %s (%s) into %s; whether it fits this machine is not checked in this mode",
-        model.name,
-        model.local_path or f"{model.repo_id}@{model.revision or 'main'}",
-        model.local_path or request.weights_dir,
-    )
-    gated = _gated_without_token(model, request, env)
+    source = model_step.download_source(launch.model, launch.catalog, launch.env)
+    log.info("download-only: weights of %s (%s) into %s; whether it fits this machine is not checked in this mode",
+             source.name, source.local_path or source.store_uri or f"{source.repo_id}@{source.revision or 'main'}",
+             source.local_path or launch.weights.weights_dir)
+    gated = model_step.gated_without_token(source, launch.model, launch.credentials, _local_copies(launch))
     if gated:
         log.warning("%s", gated)
-    result = fetch_model_weights(model, request, env)
-    _log_weights_ready(result, time.monotonic() - started)
+    result = _fetch(source, launch, effects, copy=True, watch=watch)
+    log.info("weights ready at %s (%.2f s)", result.path, time.monotonic() - started)
     return result
 
 
-def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, download_only: bool = False) -> int:
-    """The whole chain: plan, vLLM check, port check, weights, rendezvous, vLLM, supervision.
-    Returns the process exit code."""
-    from kaito_runtime import launch
-    import kaito_runtime.model as model_choice
-    from kaito_runtime.launch import ports
-    from kaito_runtime.launch import plan_check, supervisor
-    from kaito_runtime.weights import store as weights_store
+def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, download_only: bool = False,
+        effects: Effects | None = None) -> int:
+    """The whole chain: plan, vLLM check, port check, weights, the group, vLLM, supervision.
+    Returns the process exit code. From its first moment the launcher serves its own HTTP
+    (kaito_runtime.observe): the metrics port for its whole life, vLLM's port until vLLM takes it."""
+    from kaito_runtime import observe, termination
 
     entered = time.monotonic()
+    effects = effects or Effects.real()
     env = dict(os.environ if env is None else env)
-    request = settled(request, env)
-    if download_only:
-        download_weights(request, env)
-        return 0
-    if _is_multi_node(request, env):
-        from kaito_runtime.launch.group_store import preload_torch
+    if request.termination_log is not None:  # first: a bad request's cause is written there too
+        termination.configure(request.termination_log, env)
+    launch = settle(request, env, check_model=download_only or not request.join)
+    serve = launch.serve
+    options = observe.ObserveOptions(serve.host, serve.metrics_port, serve.startup_http and not download_only)
+    with effects.observer(options) as observer:
+        if download_only:
+            observer.enter(observe.Phase.WEIGHTS)
+            _download(launch, effects, watch=observer.status.weights.watch)
+            observer.status.weights.finish()
+            return 0
+        return _run(request, launch, observer, entered, effects)
+
+
+def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, entered: float, effects: Effects) -> int:
+    from kaito_runtime import launch as launch_step, termination
+    from kaito_runtime.launch import plan_check, report, supervisor
+    from kaito_runtime.observe import Phase
+    from kaito_runtime.weights.store import check_weights_dir
+
+    # First: without vLLM nothing below can end well, and a --join worker would otherwise meet
+    # the missing install as "No module named torch" while contacting its leader's store.
+    found = launch_step.require_vllm(effects.detect_vllm)
+    secret = None
+    if _is_multi_node(launch):
+        from kaito_runtime.launch.group import preload_torch
 
         preload_torch()
+        secret = _group_secret(launch)  # a bad file fails before anything slow
+    _hold_api_port(observer, effects, launch.user_args.last_value("host") or launch.serve.host,
+                   parse_int(launch.user_args.last_value("port") or "") or launch.serve.port)
     if request.join:
-        request = _join_the_leader(request, env)
-    model_choice.check_request(request)  # a typo must not create the weights folder
-    if not uses_local_folder(request):
+        launch = settle(_join_the_leader(request, launch.env, secret), launch.env)
+    if not launch.model.local_folder:
         # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
         # a second; an existing read-only volume holding a complete copy is still served.
-        weights_store.check_weights_dir(request.weights_dir, writable=False, create=True)
-    prepared = prepare(request, env, planning_only=False)
-    install = launch.installed_vllm(prepared.model, prepared.topology, log)
-    # Built before the weights: what vLLM will really use (the config file and pass-through
+        check_weights_dir(launch.weights.weights_dir, writable=False, create=True)
+    planned = _plan(launch, planning_only=False, on_phase=lambda name: observer.enter(Phase(name)))
+    topo = planned.topology
+    observer.describe(model=planned.model.name, role="leader" if topo.is_leader else "worker")
+    install = launch_step.installed_vllm(planned.model, topo, log, found)
+    # Built once, before the weights: what vLLM will really use (the config file and pass-through
     # arguments may override the plan) is what the plan line shows and the port check tests.
-    built = _build(prepared, prepared.plan, prepared.model_path, env, install)
-    _log_plan_summary(prepared, built)
+    built = _build(planned, launch, install)
+    report.log_plan_summary(planned.serve, planned.plan, built, log)
+    observer.plan(planned.plan)
     for warning in built.warnings:
         log.warning("%s", warning)
     # The leader's vLLM serves its API there; a worker's launcher answers /health there.
-    ports.check_port_free(built.host, built.port)
-    if prepared.topology.multi_node and prepared.topology.is_leader:
-        from kaito_runtime.launch.group import store_port
-
-        ports.check_port_free("0.0.0.0", store_port(prepared.topology))
-    for warning in prepared.warnings:
+    _hold_api_port(observer, effects, built.host, built.port)
+    group = _the_group(planned, launch, secret) if topo.multi_node else None
+    if group is not None and topo.is_leader:
+        group.check_ports()  # vLLM's master port and the store's, naming --master-port
+    for warning in planned.warnings:
         log.warning("%s", warning)
-    leader_store = _open_the_group(prepared) if prepared.topology.multi_node and prepared.topology.is_leader else None
+    if group is not None and topo.is_leader:
+        _open_the_group(group, planned, launch)
 
+    observer.enter(Phase.WEIGHTS)
     started = time.monotonic()
-    result = fetch_weights(prepared, env)
+    result = _fetch(planned.model, launch, effects, watch=observer.status.weights.watch)
+    observer.status.weights.finish()
     weights_seconds = time.monotonic() - started
-    _log_weights_ready(result, weights_seconds)
+    log.info("weights ready at %s (%.2f s)", result.path, weights_seconds)
 
-    meeting = member = None
-    if prepared.topology.multi_node:
-        plan, meeting, member = _meet_the_group(prepared, env, built, install, result, leader_store)
-        built = _build(prepared, plan, Path(result.path), env, install)
-    elif Path(result.path) != prepared.model_path:  # a branch resolved to another commit's folder
-        built = _build(prepared, prepared.plan, Path(result.path), env, install)
-    added = meeting.child_env(env) if meeting is not None else {}
-    child_env = launch.child_environment(built, env, added)
+    meeting = None
+    if group is not None:
+        observer.enter(Phase.GROUP)
+        observer.status.group.follow(lambda: {"size": group.nnodes, "state": group.state.value,
+                                              "round": group.round, "restarts": group.restarts})
+        meeting = group.meet(_node_facts(planned, built, install, result, secret))
+        observer.status.group.checked_in(group.nnodes)  # the group was released: every member is in
+    # Filled in, not rebuilt: the folder the weights step returned (a branch may have resolved to
+    # another commit's folder; a store's model stays its URI) and the leader's resolved IP.
+    built = built.filled(str(_vllm_model(planned.model, launch.env) or result.path),
+                         master_addr=meeting.master_addr_ip if meeting is not None else None)
+    store_plain, store_secret = _store_child_env(planned.model, launch.env, result)
+    added = {**(meeting.child_env(launch.env) if meeting is not None else {}), **store_plain}
+    child_env = {**launch_step.child_environment(built, launch.env, added), **store_secret}
 
     # What vLLM will really use: pass-through arguments and the config file may override ours.
     host, port = built.host, built.port
-    served_names = built.served_model_names or (prepared.model.name,)
-    times = replace(prepared.times, weights=weights_seconds)
-
+    served_names = built.served_model_names or (planned.model.name,)
+    times = replace(planned.times, weights=weights_seconds)
     startup = plan_check.StartupReader()
+    serve = launch.serve
 
     def on_ready(seconds: float) -> None:
-        _log_plan_check(plan_check.check_plan(prepared.plan, startup), request.plan_report)
-        log.info(
-            "ready in %.1f s (%s): serving %s on http://%s:%d/v1",
-            time.monotonic() - entered,
-            replace(times, vllm_start=seconds).line(),
-            served_names[0],
-            host,
-            port,
-        )
+        check = plan_check.check_plan(planned.plan, startup)
+        report.log_plan_check(check, serve.plan_report, log)
+        observer.reported(kv_tokens=check.vllm_kv_tokens, kv_cache_gib=check.vllm_kv_cache_gib,
+                          weights_gib=check.vllm_weights_gib)
+        observer.vllm_ready()
+        log.info("ready in %.1f s (%s): serving %s on http://%s:%d/v1", time.monotonic() - entered,
+                 replace(times, vllm_start=seconds).line(), served_names[0], host, port)
 
+    def on_line(line: str) -> None:
+        observer.on_vllm_line(line)  # first: vLLM binds the API port right after its first lines
+        startup.feed(line)
+
+    observer.enter(Phase.VLLM_START)
     readiness = None
-    if prepared.topology.is_leader:
+    if topo.is_leader:
         readiness = supervisor.ReadinessCheck(host=host, port=port, served_name=served_names, api_key=built.api_key)
-    log.info("starting vLLM: %s", launch.start_line(built, added))
+    log.info("starting vLLM: %s", launch_step.start_line(built, added))
     with contextlib.ExitStack() as stack:
-        if member is not None and not prepared.topology.is_leader:
+        if group is not None and not topo.is_leader:
             from kaito_runtime.launch.worker_health import WorkerHealthServer
 
-            stack.enter_context(WorkerHealthServer(host, port, member.health))
+            observer.release_api_port("the worker's health server takes it")
+            stack.enter_context(WorkerHealthServer(host, port, lambda: group.health().answer()))
             log.info("worker health: GET http://%s:%d/health (200 while vLLM and the leader's heartbeat are alive)", host, port)
-        outcome = supervisor.supervise(
-            built.argv,
-            child_env,
-            ready=readiness,
-            grace_seconds=request.grace_seconds,
-            # A headless worker has no server to become ready; it lives as long as the group does.
-            ready_timeout=request.ready_timeout if readiness is not None else None,
-            on_ready=on_ready,
-            log=log,
-            on_line=startup.feed,
-            stop_when=member.stop_request if member is not None else None,
-            on_signal=member.asked_to_stop if member is not None else None,
-            on_start=member.start if member is not None else None,
-            write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
-        )
-        if member is not None:
-            return _leave_the_group(member, outcome, prepared, built, request)
+        hooks = _ObservedHooks(group.hooks if group is not None else None, observer, worker=not topo.is_leader)
+        for attempt in (1, 2):
+            observer.vllm_starting(child_env, serves_api=topo.is_leader)
+            outcome = effects.supervise(
+                built.argv, child_env, ready=readiness, grace_seconds=serve.grace_seconds,
+                # A headless worker has no server to become ready; it lives as long as the group does.
+                ready_timeout=serve.ready_timeout if readiness is not None else None,
+                on_ready=on_ready, log=log, on_line=on_line, hooks=hooks,
+                write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
+            )
+            observer.vllm_exited(outcome.outcome, outcome.exit_code, outcome.signal_received is not None)
+            if (attempt == 1 and group is None and outcome.signal_received is None and outcome.ready_after is None
+                    and observer.port_race_lost(outcome.tail, outcome.exit_code)):
+                log.warning("vLLM bound port %d before the launcher had let go of it; starting it again", port)
+                continue
+            break
+        if group is not None:
+            return _leave_the_group(group, outcome, planned, built, serve.ready_timeout)
     if outcome.exit_code != 0 and outcome.signal_received is None:
-        _log_failure(outcome, prepared, built, request)
+        termination.note_cause(report.log_failure(outcome, planned.plan, built, serve.ready_timeout, log))
+    elif outcome.signal_received is not None:
+        how = "stopped cleanly" if outcome.exit_code == 0 else supervisor.describe_exit_code(outcome.exit_code)
+        termination.note_cause(f"stopped by {signal.Signals(outcome.signal_received).name} (vLLM {how})")
     # A forwarded stop ends with the supervisor's own "vLLM stopped in N s (exit N)" line.
     return outcome.exit_code
 
 
-def _log_failure(outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> None:
-    """A known cause: one line. Otherwise (or only the generic "engine core failed"), vLLM's
-    last lines first, because in a long container log the real cause has scrolled away."""
-    from kaito_runtime.launch import failures
-
-    log.error(
-        "%s",
-        failures.failure_report(
-            outcome.tail,
-            outcome.exit_code,
-            plan_hint=failures.FailureContext.from_launch(prepared.plan, built),
-            tail_lines=FAILURE_TAIL_LINES,
-            outcome=outcome.outcome,
-            ready_timeout=request.ready_timeout,
-        ),
-    )
+def _hold_api_port(observer: Observer, effects: Effects, host: str, port: int) -> None:
+    """The port check (a busy port is exit 2 in a second) and the launcher's hold on it."""
+    if observer.holds(host, port):
+        return
+    observer.release_api_port("vLLM's port moved")
+    effects.check_port_free(host, port)
+    try:
+        observer.hold_api_port(host, port)
+    except OSError:
+        effects.check_port_free(host, port)  # taken in between: the same clear error
+        raise
 
 
-def _leave_the_group(member, outcome, prepared: Prepared, built: VllmLaunch, request: RuntimeRequest) -> int:
+class _ObservedHooks:
+    """The supervisor's hooks: the group's (when there is one), and what the launcher's own
+    status learns from them (a headless worker is ready once its vLLM runs; a signal means
+    stopping)."""
+
+    def __init__(self, inner, observer: Observer, *, worker: bool) -> None:
+        from kaito_runtime.launch.supervisor import SupervisorHooks
+
+        self._inner = inner or SupervisorHooks()
+        self._observer, self._worker = observer, worker
+
+    def started(self, alive) -> None:
+        self._inner.started(alive)
+        if self._worker:
+            self._observer.vllm_ready()
+
+    def signalled(self, signum: int) -> None:
+        self._inner.signalled(signum)
+        self._observer.on_signal(signum)
+
+    def stop_request(self):
+        return self._inner.stop_request()
+
+    def exited(self, returncode: int) -> None:
+        self._inner.exited(returncode)
+
+
+def _register_store_secrets(env: Mapping[str, str]) -> None:
+    """Object-store credentials in the environment are masked in every output from here on."""
+    from kaito_runtime import objstore, secrets
+
+    for value in objstore.secret_values(env):
+        secrets.register_secret(value)
+
+
+def _vllm_model(model: ModelSpec | WeightsSource, env: Mapping[str, str]) -> str | None:
+    """The object-store URI vLLM streams from (None for a hub model or a folder)."""
+    from kaito_runtime import objstore
+
+    return objstore.parse_uri(model.store_uri, env).uri if model.store_uri else None
+
+
+def _store_child_env(model: ModelSpec, env: Mapping[str, str], weights: WeightsResult) -> tuple[dict[str, str], dict[str, str]]:
+    """(plain, secret) variables vLLM needs to stream ``model`` (nothing for other models)."""
+    from kaito_runtime import objstore
+
+    if not model.store_uri:
+        return {}, {}
+    plain, secret = objstore.store_env(objstore.parse_uri(model.store_uri, env), env)
+    if not env.get("VLLM_ASSETS_CACHE"):  # where the weights step put the non-tensor files
+        plain["VLLM_ASSETS_CACHE"] = str(Path(weights.path).parent.parent)
+    return plain, secret
+
+
+def _leave_the_group(group: Group, outcome, planned: PlannedLaunch, built: VllmLaunch, ready_timeout: float | None) -> int:
     """This node's vLLM has stopped: tell the group why (or learn that a peer ended it), then
     exit as one unit: 0 for a stop someone asked for, 22 where a member was lost, and the node
     whose own vLLM failed keeps vLLM's code (its failure report says why)."""
+    from kaito_runtime.launch.group import StopKind
+    from kaito_runtime.launch.report import log_failure
     from kaito_runtime.launch.supervisor import describe_exit_code
 
-    rank = prepared.topology.node_rank
+    from kaito_runtime import termination
+
+    rank = planned.topology.node_rank
     own_failure = outcome.outcome in ("exited", "ready_timeout") and outcome.signal_received is None
     if own_failure and outcome.exit_code != 0:
-        _log_failure(outcome, prepared, built, request)
-    stop = member.finish(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
+        termination.note_cause(log_failure(outcome, planned.plan, built, ready_timeout, log))
+    stop = group.leave(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
     if outcome.outcome == "group_stopped" and stop is not None:
-        if stop.kind == "requested":
+        if stop.kind is StopKind.REQUESTED:
             log.info("rank %d stopped with its group: %s", rank, stop.reason)
         else:
             log.error("rank %d stopped: a group member was lost (exit %d): %s", rank, outcome.exit_code, stop.reason)
+            termination.note_cause(f"rank {rank} stopped: a group member was lost: {stop.reason}")
         return outcome.exit_code
     if own_failure:
         log.error("rank %d: vLLM exited (exit %d); the group stops with it", rank, outcome.exit_code)
@@ -508,129 +568,66 @@ def _leave_the_group(member, outcome, prepared: Prepared, built: VllmLaunch, req
     return outcome.exit_code
 
 
-def _log_weights_ready(result: WeightsResult, seconds: float) -> None:
-    """One form for every mode: the folder vLLM loads (a pinned copy's folder is its commit)."""
-    log.info("weights ready at %s (%.2f s)", result.path, seconds)
-
-
-def _gated_without_token(
-    model: ModelSpec | WeightsSource, request: RuntimeRequest, env: Mapping[str, str], *, token_found: bool | None = None
-) -> str | None:
-    """The warning for a gated model with no token found, when the weights step would have to
-    fetch it (no complete copy on disk, not offline): that step fails there (exit 11), so say it
-    while the cause is still cheap to fix. Names where a token is looked for, never a token."""
-    from kaito_runtime import secrets
-    from kaito_runtime import weights
-    from kaito_runtime.weights import store as weights_store
-
-    if not model.gated or model.local_path or is_offline(request, env):
-        return None
-    if token_found is None:
-        token_found = secrets.resolve_token(env, request.token_file)[0] is not None
-    warning = gated_token_warning(model, token_found=token_found)
-    if warning is None:
-        return None
-    weights_dir = weights_dir_of(request, env)
-    if model.revision and model.repo_id:
-        folder = weights.planned_path(model.weights_source if isinstance(model, ModelSpec) else model, weights_dir)
-        if weights_store.read_marker(folder, model.repo_id, model.revision) is not None:
-            return None  # a complete copy: nothing to fetch, no token needed
-    return warning
-
-
-def _with_gpu_node_hint(fix: str | None, request: RuntimeRequest, node: NodeInventory) -> str | None:
+def _with_gpu_node_hint(fix: str | None, launch: LaunchRequest, node: NodeInventory) -> str | None:
     """On a machine without GPUs (and no --sku / --assume-gpus / --cpu), the answer people want
     is usually the plan for the GPU node the model will run on: say how to get it."""
-    if node.has_gpu or request.sku or request.assume_gpus or request.overrides.force_cpu:
+    if node.has_gpu or launch.node.described or launch.overrides.force_cpu:
         return fix
     how = "--sku SKU or --assume-gpus 4xA100-80GB"
-    hint = f"plan for a GPU node with {how}" if request.dry_run else f"see the plan for a GPU node with --dry-run {how}"
+    hint = f"plan for a GPU node with {how}" if launch.dry_run else f"see the plan for a GPU node with --dry-run {how}"
     return f"{fix}; or {hint}" if fix else hint
 
 
-def _with_user_flags(request: RuntimeRequest, config_args: Mapping[str, object] | None) -> RuntimeRequest:
-    """Check the values of the config file's and the pass-through flags the launcher interprets
-    (exit 2 naming the source and the value, before any weights are fetched), and plan with their
-    parallel sizes as if given as options: vLLM gets them either way, so the plan must agree
-    (a TP size from there left the planned data-parallel size in place)."""
-    from kaito_runtime import vllm_flags
-    from kaito_runtime.launch.vllm_command import config_tokens
-    from kaito_runtime.plan.memory import KNOWN_KV_CACHE_DTYPES
-
-    configured = vllm_flags.group(config_tokens(config_args)[0], "config") if config_args else []
-    passed = vllm_flags.group(request.extra_vllm_args, "pass-through")
-    bad = vllm_flags.first_bad_value([*configured, *passed], KNOWN_KV_CACHE_DTYPES)
-    if bad is not None:
-        arg, value, problem = bad
-        where = f"the config file {request.config_file}" if arg.source == "config" else "the pass-through arguments (after --)"
-        raise InputError(
-            f"--{arg.name} {value!r} in {where} is not a value vLLM accepts",
-            why=problem,
-            fix=f"correct --{arg.name} in {where}",
-        )
-    sizes: dict[str, object] = {}
-    for flag, field in (("tensor-parallel-size", "tensor_parallel_size"), ("pipeline-parallel-size", "pipeline_parallel_size")):
-        value = vllm_flags.last_value([*configured, *passed], flag)
-        if value is not None:
-            sizes[field] = int(value)
-    # The batch budget and CUDA graphs change vLLM's non-KV memory: plan with what vLLM will get.
-    for flag, field in (("max-num-batched-tokens", "max_num_batched_tokens"), ("max-num-seqs", "max_num_seqs")):
-        value = vllm_flags.last_value([*configured, *passed], flag)
-        number = vllm_flags.parse_human_int(value) if value is not None else None
-        if number:
-            sizes[field] = number
-    eager = [a.name for a in [*configured, *passed] if a.name in ("enforce-eager", "no-enforce-eager")]
-    if eager and (eager[-1] == "enforce-eager") != request.overrides.enforce_eager:
-        sizes["enforce_eager"] = eager[-1] == "enforce-eager"
-    return replace(request, overrides=replace(request.overrides, **sizes)) if sizes else request
-
-
-def _read_config(request: RuntimeRequest) -> Mapping[str, object] | None:
-    """The config file's `vllm:` flags; its notes (keys read and ignored) are logged here, once."""
-    if not request.config_file:
-        return None
-    from kaito_runtime.request.config_file import read_config
-
-    config = read_config(request.config_file)
-    for note in config.notes:
-        log.info("%s", note)
-    return config.vllm_args
-
-
-def _is_multi_node(request: RuntimeRequest, env: Mapping[str, str]) -> bool:
+def _is_multi_node(launch: LaunchRequest) -> bool:
     """Whether this launch is one node of a group (a cheap look at options and environment; a
     mistake there is reported by the real topology step later)."""
-    if request.join:
+    if launch.group.join:
         return True
     try:
-        return resolve_topology(request, env, planning_only=True).multi_node
+        return resolve_topology(launch.group, launch.env, planning_only=True).multi_node
     except InputError:
         return False
 
 
-def _open_the_group(prepared: Prepared):
+def _group_secret(launch: LaunchRequest) -> GroupSecret | None:
+    """The group secret (--group-secret-file, KAITO_GROUP_SECRET), registered for redaction."""
+    from kaito_runtime.launch.group import load_group_secret
+    from kaito_runtime.secrets import register_secret
+
+    secret = load_group_secret(launch.group.secret_file, launch.env)
+    if secret is not None:
+        register_secret(secret.key.decode(errors="replace"))
+    return secret
+
+
+def _the_group(planned: PlannedLaunch, launch: LaunchRequest, secret: GroupSecret | None) -> Group:
+    """This node's group: the one owner of the store, the check-in, the watch and the leave."""
+    from kaito_runtime.launch.group import DEFAULT_PEER_TIMEOUT_S, DEFAULT_TIMEOUT_S, Group, GroupSettings
+
+    g = launch.group
+    settings = GroupSettings(planned.topology, rendezvous_timeout_s=g.rendezvous_timeout or DEFAULT_TIMEOUT_S,
+                             peer_timeout_s=g.peer_timeout or DEFAULT_PEER_TIMEOUT_S, secret=secret)
+    return Group(settings, env=launch.env, log=log)
+
+
+def _open_the_group(group: Group, planned: PlannedLaunch, launch: LaunchRequest) -> None:
     """The leader opens the group's store before its weights step, and publishes there what a
-    worker started with --join needs to plan the same launch."""
-    from kaito_runtime.launch import group
-    from kaito_runtime.launch.vllm_command import config_tokens
-
-    r = prepared.request
-    store = group.open_store(prepared.topology, "0.0.0.0", timeout_s=0, log=log)
-    overrides = {k: v for k, v in dataclasses.asdict(r.overrides).items() if k != "cpu_cores"}
-    config = config_tokens(prepared.config_args)[0] if prepared.config_args else []
-    store.publish_request({
-        "preset": r.preset, "model": r.model, "revision": r.revision, "served_model_name": r.served_model_name,
-        "nnodes": prepared.topology.nnodes, "overrides": overrides,
+    worker started with --join needs to plan the same launch (the group drops every secret)."""
+    group.open()
+    overrides = {k: v for k, v in dataclasses.asdict(launch.overrides).items() if k != "cpu_cores"}
+    m = launch.model
+    group.publish_request({
+        "preset": m.preset, "model": m.model, "revision": m.revision, "served_model_name": m.served_model_name,
+        "nnodes": planned.topology.nnodes, "overrides": overrides,
         # The config file's flags first, the pass-through ones after: the same merge vLLM gets here.
-        "vllm_args": [*config, *r.extra_vllm_args],
+        "vllm_args": list(launch.user_args.published),
     })
-    return store
 
 
-def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> RuntimeRequest:
+def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str], secret: GroupSecret | None) -> RuntimeRequest:
     """--join: learn what the group serves from the leader's store (model, revision, node count,
     plan options, vLLM arguments). This node keeps its own rank, ports, cores, folders and token."""
-    from kaito_runtime.launch import group, rendezvous
+    from kaito_runtime.launch.group import DEFAULT_TIMEOUT_S, learn_from_leader
     from kaito_runtime.node.topology import leader_of
 
     if request.preset or request.model or request.extra_vllm_args or request.config_file:
@@ -640,11 +637,8 @@ def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> Runtime
     if address is None:
         raise InputError("--join needs the leader's address",
                          fix="set --leader-address/KAITO_LEADER_ADDRESS (or run where LWS, torchrun or the KAITO StatefulSet sets it)")
-    timeout = request.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
-    deadline = time.monotonic() + timeout
-    rendezvous.resolve_leader(address, timeout_s=timeout, log=log)  # a name that never resolves is its own error
-    store = group.join_store(address, master_port + 1, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
-    published = group.leader_request(store, timeout_s=max(1.0, deadline - time.monotonic()))
+    published = learn_from_leader(address, master_port, timeout_s=request.rendezvous_timeout or DEFAULT_TIMEOUT_S,
+                                  secret=secret, log=log)
     overrides = replace(PlanOverrides(**published["overrides"]), cpu_cores=request.overrides.cpu_cores)
     joined = replace(
         request, preset=published["preset"], model=published["model"], revision=published["revision"],
@@ -652,80 +646,43 @@ def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str]) -> Runtime
         leader_address=address, master_port=master_port, overrides=overrides,
         extra_vllm_args=tuple(published["vllm_args"]),
     )
+    try:
+        resolve_topology(joined, env, planning_only=False)
+    except RankOutsideGroupError as exc:
+        raise GroupMismatchError(f"This node's rank {exc.rank} is outside the leader's group of {exc.nnodes} nodes "
+                                 f"(ranks 0..{exc.nnodes - 1})", why="a --join worker takes the node count from the leader",
+                                 fix="give this node a rank below the leader's --nnodes, or start the leader with more nodes") from None
     log.info("joined the group of %s: %s%s, %d nodes", address, joined.preset or joined.model,
              f"@{joined.revision}" if joined.revision else "", joined.nnodes)
     return joined
 
 
-def _meet_the_group(
-    prepared: Prepared, env: Mapping[str, str], built: VllmLaunch, install, weights: WeightsResult, leader_store=None
-) -> tuple[LaunchPlan, RendezvousInfo, GroupMember]:
-    """Multi-node: resolve the leader to an IP, find this node's address, meet at the leader's
-    group store (check-in, the leader's checks, the release), all within one deadline.
-
-    Returns the plan with --master-addr set to the leader's IP, what the rendezvous found (its
-    ``child_env`` is the single source of VLLM_HOST_IP and the socket interface variables) and
-    this node's place in the running group (heartbeats and the peers' watch while vLLM runs).
-    """
+def _node_facts(planned: PlannedLaunch, built: VllmLaunch, install, weights: WeightsResult,
+                secret: GroupSecret | None) -> NodeFacts:
+    """What this node brings to the check-in (runs after its weights step finished)."""
     import kaito_runtime
-    from kaito_runtime.launch import group, group_store, rendezvous
+    from kaito_runtime.launch.group import NodeFacts, api_key_digest, plan_fields
 
-    topo = prepared.topology
-    timeout = prepared.request.rendezvous_timeout or rendezvous.DEFAULT_TIMEOUT_S
-    deadline = time.monotonic() + timeout
-    # Workers wait for the leader's store (opened once the leader's weights are ready), not for
-    # vLLM's master port: the leader's vLLM starts only after the group is released.
-    meeting = rendezvous.prepare_rendezvous(topo, env=env, log=log, timeout_s=timeout)
-    assert meeting is not None and topo.leader_address is not None
-    store = leader_store or group.open_store(topo, topo.leader_address, timeout_s=max(1.0, deadline - time.monotonic()), log=log)
-    member = group.GroupMember(store, topo, peer_timeout_s=prepared.request.peer_timeout or group.DEFAULT_PEER_TIMEOUT_S, log=log)
-    node = prepared.inventory
+    node = planned.inventory
     resources = (
         {"gpu_count": node.gpu_count, "gpu_memory_bytes": sum(g.total_bytes for g in node.gpus)}
-        if prepared.plan.target != "cpu"
+        if planned.plan.target != "cpu"
         else {"cpu_cores": node.host.cpu_count, "ram_bytes": node.host.ram_total_bytes}
     )
-    me = group_store.CheckIn(
-        rank=topo.node_rank,
-        host_ip=meeting.host_ip,
-        hostname=socket.gethostname(),
+    digest = api_key_digest(built.api_key, secret) if built.api_key else None
+    return NodeFacts(
         resources=resources,
         kaito_runtime_version=kaito_runtime.__version__,
         vllm_version=install.version if install is not None else "-",
-        plan_fields=group_store.plan_fields(
-            prepared.model.repo_id or prepared.model.name, weights.revision or prepared.model.revision, built.argv
-        ),
-        weights_complete=True,  # this runs after the weights step finished
+        # a store's model: its URI and the objects' version digest (ETags / generations)
+        plan_fields=plan_fields(planned.model.repo_id or planned.model.store_uri or planned.model.name,
+                                weights.revision or planned.model.revision, built.argv, api_key_digest=digest),
     )
-    member.meet(me, timeout_s=max(1.0, deadline - time.monotonic()))
-    return rendezvous.with_master_ip(prepared.plan, meeting), meeting, member
-
-
-def _log_plan_summary(prepared: Prepared, built: VllmLaunch) -> None:
-    """The plan as vLLM will get it: the effective values, then one line per value that the
-    config file or the pass-through arguments changed (with the plan's own value)."""
-    from kaito_runtime import launch
-
-    plan = prepared.plan
-    settings = launch.effective_settings(prepared.serve, plan, built)
-    log.info(
-        "plan: %s on %s, TP %s x PP %s, max-model-len %s",
-        prepared.model.name,
-        plan.target.upper(),
-        settings["tensor-parallel-size"].value,
-        settings["pipeline-parallel-size"].value,
-        settings["max-model-len"].value,
-    )
-    for decision in plan.decisions:
-        log.info("  %s: %s (%s)", decision.topic, decision.choice, decision.reason)
-    for setting in settings.values():
-        if setting.overridden:
-            log.info("  override: %s", setting.describe())
 
 
 def list_presets(catalog_dir: Path | None = None, env: Mapping[str, str] | None = None) -> tuple:
     """The built-in presets and those of the catalog folder (--catalog-dir, else
-    KAITO_CATALOG_DIR), in catalog order (``--list-presets``)."""
+    KAITO_CATALOG_DIR), in catalog order (the ``list-presets`` command)."""
     from kaito_runtime.model.catalog import load_catalog
     from kaito_runtime.request import catalog_dir_of
 
@@ -734,41 +691,15 @@ def list_presets(catalog_dir: Path | None = None, env: Mapping[str, str] | None 
 
 
 def export_preset(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> str:
-    """``--export-preset``: the model the request names, resolved as a launch would resolve it
-    (hub metadata, safetensors headers, the parser defaults), as a catalog family file in YAML
-    with the revision pinned to the commit resolved now. Nothing is written or started."""
-    from kaito_runtime import secrets
-    from kaito_runtime import weights
+    """The ``export-preset`` command: the model the request names, resolved as a launch would
+    resolve it (hub metadata, safetensors headers, the parser defaults), as a catalog family file
+    in YAML with the revision pinned to the commit resolved now. Nothing is written or started."""
     from kaito_runtime.model.catalog import export_yaml
 
-    env = dict(os.environ if env is None else env)
-    request = settled(request, env)
-    with hub_timeouts.timeout_from(env):
-        token, token_source = secrets.resolve_token(env, request.token_file)
-        weights_dir = request.weights_dir
-        model = resolve_model(
-            request, token=token, token_source=token_source, env=env,
-            local_copy=lambda repo_id, revision: weights.local_metadata(repo_id, revision, weights_dir),
-        )
+    model = resolve_model(request, env)
     origin = (
         f"Generated by kaito-run --export-preset from the {model.generated_from} of {model.repo_id}"
         if model.generated_from
         else f"Exported by kaito-run --export-preset from the catalog preset {model.name}"
     )
     return export_yaml(model, origin=origin)
-
-
-def _log_plan_check(check: plan_check.PlanCheck, report: Path | None) -> None:
-    """One line comparing the plan with vLLM's own memory figures (fields in JSON mode), and
-    the record appended to ``report`` so a platform team can collect its own calibration data."""
-    from kaito_runtime.launch.plan_check import append_record
-
-    log.info("%s", check.line(), extra={"fields": {"plan_check": check.fields()}})
-    if report is not None:
-        try:
-            append_record(check, report)
-        except OSError as exc:
-            log.warning("cannot append the plan check to %s: %s", report, exc)
-    warning = check.warning()
-    if warning:
-        log.warning("%s", warning)

@@ -5,7 +5,8 @@ input at fault) and *how to fix* it. The CLI prints them and exits with ``exit_c
 
 Exit codes (documented in README.md):
   2      bad input, or the model does not fit (nothing was started)
-  10-19  the weights step (one code per cause, so scripts and init containers can branch on it)
+  10-19  the weights step (one code per cause, so scripts and init containers can branch on it;
+         an object store's faults use the hub's code for the same cause, 19 = the store hung)
   20     vLLM is not installed / cannot be started
   the child's own code when vLLM fails, 128+signal when killed
 """
@@ -34,9 +35,19 @@ class KaitoError(Exception):
         return " ".join(parts)
 
 
+MAX_PART_CHARS = 1000  # what, why and fix each: a message quoting a huge value stays readable
+
+
+def shortened(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def _sentence(text: str) -> str:
     # No capitalisation: parts often start with a name (a preset, a file, a flag) that must stay as is.
-    text = text.strip()
+    text = shortened(text.strip(), MAX_PART_CHARS)
     return text if text.endswith((".", "?", "!")) else text + "."
 
 
@@ -98,6 +109,15 @@ class TopologyError(InputError):
     """The node's place in its group, read from flags or environment, is invalid."""
 
 
+class RankOutsideGroupError(TopologyError):
+    """This node's rank is not below the group's node count."""
+
+    def __init__(self, what: str, *, rank: int, nnodes: int, why: str | None = None, fix: str | None = None) -> None:
+        self.rank = rank
+        self.nnodes = nnodes
+        super().__init__(what, why=why, fix=fix)
+
+
 class ConfigFileError(InputError):
     """The KAITO-style config file cannot be read."""
 
@@ -106,6 +126,26 @@ class DoesNotFitError(KaitoError):
     """The model cannot run on this node/group with the requested settings."""
 
     exit_code = 2
+
+
+class ModelDoesNotFitError(DoesNotFitError):
+    """The fit check's refusal with what is known about the model (``model``, a ModelSpec), so
+    that a plan can show it beside the numbers: the planner's message and exit code, the fix
+    the API adds, where the token came from (never the token) and the warnings so far."""
+
+    def __init__(
+        self,
+        error: DoesNotFitError,
+        model: object,
+        *,
+        fix: str | None,
+        token_source: str | None = None,
+        warnings: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(error.what, why=error.why, fix=fix)
+        self.model = model
+        self.token_source = token_source
+        self.warnings = warnings
 
 
 # --- weights (exit 10-19) -----------------------------------------------------------------------
@@ -149,6 +189,45 @@ class WeightsCorruptError(WeightsError):
     exit_code = 18
 
 
+class StoreError(WeightsError):
+    """An object store (s3://, gs://, az://) cannot give the model: the message names the store,
+    the object and the fix. Subclasses share the hub's codes where the cause is the same."""
+
+
+class StoreCredentialsMissingError(StoreError):
+    exit_code = 11
+
+
+class StoreCredentialsRejectedError(StoreError):
+    exit_code = 12
+
+
+class StoreAccessDeniedError(StoreError):
+    exit_code = 13
+
+
+class StoreNotFoundError(StoreError):
+    """No such bucket, container or prefix."""
+
+    exit_code = 14
+
+
+class StoreUnreachableError(StoreError):
+    exit_code = 16
+
+
+class StoreTruncatedError(StoreError):
+    """An object is shorter than its own header says (or than the store listed)."""
+
+    exit_code = 18
+
+
+class StoreTimeoutError(StoreError):
+    """The store accepted the connection and then said nothing for KAITO_STORE_TIMEOUT seconds."""
+
+    exit_code = 19
+
+
 # --- launching ------------------------------------------------------------------------------------
 
 
@@ -160,10 +239,34 @@ class GroupMismatchError(InputError):
     """The nodes of a multi-node group disagree (plan field, version, duplicate rank): exit 2."""
 
 
-class RendezvousTimeoutError(KaitoError):
-    """A rank of the group never checked in within the rendezvous timeout."""
+class RendezvousError(KaitoError):
+    """The group did not meet (exit 21): the family of everything that can keep the nodes of a
+    group from reaching each other. Each member names what was tried and for how long."""
 
     exit_code = 21
+
+
+class RendezvousTimeoutError(RendezvousError):
+    """A rank never checked in, or the leader's group store never answered, within the
+    rendezvous timeout."""
+
+
+class LeaderNotResolvedError(RendezvousError):
+    """The leader's name never resolved to an address within the rendezvous timeout."""
+
+
+class NoRouteError(RendezvousError):
+    """This node has no route (no source address) towards the leader."""
+
+
+class StorePortTakenError(RendezvousError):
+    """The leader cannot listen on the group store's port (the master port + 1).
+
+    In the rendezvous family (it keeps the group from meeting), but exit 2, as the same port found
+    taken by the check before anything starts: a port in use is fixed by choosing another
+    ``--master-port``, and two leaders racing for one port must not look like a slow group."""
+
+    exit_code = 2
 
 
 class GroupMemberLostError(KaitoError):
@@ -173,6 +276,11 @@ class GroupMemberLostError(KaitoError):
 
 
 # --- a stop asked for by a signal -----------------------------------------------------------------
+
+
+# The exit code of a graceful stop, by the signal that asked for it (docs/operations.md, "Signals"):
+# SIGTERM is the orchestrator's normal stop, 0; SIGINT is Ctrl-C, 128 + 2 as a shell reports it.
+GRACEFUL_STOP_EXIT_CODES = {15: 0, 2: 130}  # signal.SIGTERM, signal.SIGINT
 
 
 class StopRequested(BaseException):

@@ -9,14 +9,28 @@ import sys
 import time
 from collections.abc import Callable
 
+from kaito_runtime.errors import shortened
 from kaito_runtime.secrets import install_redaction, redact
 
 __all__ = [
     "JsonLineFormatter", "RedactingStream", "RedactingTextFormatter", "child_line_writer", "final_error", "redact",
-    "setup_logging",
+    "set_phase", "setup_logging",
 ]
 
+MAX_LINE_CHARS = 8000  # the final error line, and every warning or error line kaito-run logs
 _mode = {"format": "text"}  # the --log-format in force (the final error line follows it)
+_phase: dict[str, str | None] = {"name": None}  # the launch's phase (observe.Phase), in every JSON line
+
+
+def set_phase(name: str | None) -> None:
+    """The phase JSON log lines carry from now on (the launch's status calls this as it moves)."""
+    _phase["name"] = name
+
+
+def _with_phase(payload: dict) -> dict:
+    if _phase["name"] is not None:
+        payload.setdefault("phase", _phase["name"])
+    return payload
 
 
 def _now() -> str:
@@ -50,7 +64,8 @@ class RedactingStream:
         if not self.as_json or _is_json_object(line):
             return line
         level = "error" if line.startswith(("Error", "error")) else "info"
-        return json.dumps({"time": _now(), "level": level, "logger": self._name, "message": line}, ensure_ascii=False)
+        return json.dumps(_with_phase({"time": _now(), "level": level, "logger": self._name, "message": line}),
+                          ensure_ascii=False)
 
     def flush(self) -> None:
         if self._pending:
@@ -101,11 +116,11 @@ def final_error(message: str, exit_code: int, *, as_json: bool | None = None, **
     """The last line of a failed run: `kaito-run: error: ...` in text mode, one JSON object with
     the exit code (and ``fields``) in JSON mode. Always one line, redacted. ``as_json`` None: the
     --log-format in force; the CLI decides itself for an error found before logging is set up."""
-    one_line = redact(message).replace("\r", "\\r").replace("\n", "\\n")
+    one_line = shortened(redact(message).replace("\r", "\\r").replace("\n", "\\n"), MAX_LINE_CHARS)
     if _mode["format"] == "json" if as_json is None else as_json:
         extra = {key: redact(value) for key, value in fields.items()}
-        line = json.dumps({"time": _now(), "level": "error", "logger": "kaito_runtime.cli", "message": one_line,
-                           "exit_code": exit_code, **extra}, ensure_ascii=False)
+        line = json.dumps(_with_phase({"time": _now(), "level": "error", "logger": "kaito_runtime.cli", "message": one_line,
+                                       "exit_code": exit_code, **extra}), ensure_ascii=False)
     else:
         line = f"kaito-run: error: {one_line}"
     sys.stderr.write(line + "\n")
@@ -127,8 +142,9 @@ def child_line_writer(source: str = "vllm") -> Callable[[str], None] | None:
     def write(line: str) -> None:
         shown = redact(line.rsplit("\r", 1)[-1])  # a redrawn progress bar: what a terminal shows last
         level = _CHILD_LEVEL.match(shown)
-        sys.stdout.write(json.dumps({"time": _now(), "level": level.group(1).lower() if level else "info",
-                                     "logger": source, "source": source, "message": shown}, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(_with_phase({"time": _now(), "level": level.group(1).lower() if level else "info",
+                                                 "logger": source, "source": source, "message": shown}),
+                                    ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
     return write
@@ -145,8 +161,9 @@ class JsonLineFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": _bounded(record, redact(record.getMessage())),
         }
+        _with_phase(payload)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             payload.update(fields)
@@ -165,6 +182,15 @@ class RedactingTextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = _bounded(record, record.message)
+        return super().formatMessage(record)
+
+
+def _bounded(record: logging.LogRecord, message: str) -> str:
+    """A warning or error line's message, cut at MAX_LINE_CHARS (it may quote a huge value)."""
+    return shortened(message, MAX_LINE_CHARS) if record.levelno >= logging.WARNING else message
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:

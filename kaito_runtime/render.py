@@ -44,6 +44,8 @@ def preset_dict(p: ModelSpec) -> dict[str, Any]:
         "params_billions": p.params_billions,
         "parameter_count": p.parameter_count,
         "generated_from": p.generated_from,
+        "store_uri": p.store_uri,  # an object store: where vLLM streams from
+        "store_version": p.store_version,  # digest of the objects' ETags / generations
         "weights_figures": _figures_dict(p),
         "weights_bytes": p.weights_bytes,
         "weights_gib": round(p.weights_bytes / GiB, 2),
@@ -130,7 +132,7 @@ def _effective(prepared, launch) -> dict:
 
 
 def plan_json(prepared, launch, *, one_line: bool = False) -> str:
-    """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it."""
+    """``prepared``: api.PlannedLaunch; ``launch``: the VllmLaunch built for it."""
     from kaito_runtime.launch.vllm_command import display_argv, display_env, format_command
 
     payload = {
@@ -157,8 +159,34 @@ def plan_json(prepared, launch, *, one_line: bool = False) -> str:
             "warnings": list(launch.warnings),
             "command": format_command(launch),
         },
+        "kaito": _kaito_features(launch),
     }
     return _dump(payload, one_line)
+
+
+def _kaito_features(launch) -> dict:
+    """KAITO's serving features as the launch has them: CPU KV offload (size and why), the 429
+    guard, the drain on SIGTERM."""
+    offload = launch.kv_offload
+    return {
+        "kv_offload": None if offload is None else {"size_gib": offload.size_gib, "reason": offload.reason},
+        "rate_limit": launch.rate_limit,
+        "shutdown_timeout": launch.shutdown_timeout,
+    }
+
+
+def kaito_lines(launch) -> list[str]:
+    """The plan's lines for KAITO's serving features (none when the launch has none)."""
+    lines = []
+    if launch.kv_offload is not None:
+        lines.append(f"KV offload {launch.kv_offload.describe()}")
+    if launch.rate_limit:
+        lines.append("429 guard  on: HTTP 429 when the queue is deeper than max-num-seqs (--disable-rate-limit turns it off)")
+    if launch.shutdown_timeout is not None:
+        drain = ("off: in-flight requests are aborted on SIGTERM" if launch.shutdown_timeout == 0
+                 else f"in-flight requests get {launch.shutdown_timeout} s to finish on SIGTERM (--shutdown-timeout)")
+        lines.append(f"Drain     {drain}")
+    return lines
 
 
 def model_lines(model: ModelSpec) -> list[str]:
@@ -168,6 +196,8 @@ def model_lines(model: ModelSpec) -> list[str]:
         lines.append(f"          {model.repo_id} @ {model.revision or 'main'}")
     elif model.local_path:
         lines.append(f"          folder {model.local_path}")
+    elif model.store_uri:
+        lines.append(f"          streamed from {model.store_uri} (objects' version {model.store_version})")
     lines.append(
         f"          {model.architecture}, weights {format_gib(model.weights_bytes)}, context {model.max_context:,},"
         f" KV {model.kv_bytes_per_token:,} B/token"
@@ -233,7 +263,7 @@ def refusal_json(
 
 
 def plan_text(prepared, launch) -> str:
-    """``prepared``: api.Prepared; ``launch``: the VllmLaunch built for it. Values are the ones
+    """``prepared``: api.PlannedLaunch; ``launch``: the VllmLaunch built for it. Values are the ones
     vLLM will get; one the config file or the pass-through arguments changed is marked with the
     plan's own value."""
     from kaito_runtime.launch.vllm_command import format_command
@@ -297,6 +327,7 @@ def plan_text(prepared, launch) -> str:
         serve = (f"none: headless worker (the leader serves); its launcher answers GET /health on "
                  f"http://{host.value}:{port.value}/health for the pod's probes")
     lines.append(f"Serve     {serve}")
+    lines.extend(kaito_lines(launch))
     if prepared.adapters:
         lines.append("LoRA      " + ", ".join(f"{a.name} (rank {a.rank}, {a.path})" for a in prepared.adapters))
     if plan.decisions:

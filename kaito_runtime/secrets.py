@@ -15,6 +15,7 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kaito_runtime.errors import InputError
@@ -259,6 +260,30 @@ def resolve_token(env: Mapping[str, str], token_file: Path | None = None) -> tup
         register_secret(token)
     _lookups[key] = (_file_state(path), token, source)
     return token, source
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The Hugging Face token of one run, resolved once (``resolve_credentials``), and where it
+    was found. The token never shows itself (``Secret``); ``source`` names a place, never a value."""
+
+    token: Secret | None = field(default=None, repr=False)
+    source: str = "none"  # "HF_TOKEN", "file /run/secrets/hf", "none", ...
+
+    @property
+    def found(self) -> bool:
+        return self.token is not None
+
+    @property
+    def found_source(self) -> str | None:
+        """Where the token came from, or None when there is none (what a plan shows)."""
+        return self.source if self.token is not None else None
+
+
+def resolve_credentials(env: Mapping[str, str], token_file: Path | None = None) -> Credentials:
+    """``resolve_token`` as one value."""
+    token, source = resolve_token(env, token_file)
+    return Credentials(token, source)
 
 
 def _token_path(env: Mapping[str, str], token_file: Path | None) -> Path | None:

@@ -7,11 +7,10 @@ checkout or an editable install they are the repository's top-level ``presets/``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from kaito_runtime.errors import InputError
+from kaito_runtime.numbers import DurationRange, seconds
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -27,24 +26,13 @@ def gpu_sku_table_path() -> Path:
     return presets_dir() / "hardware" / "gpu-skus.yaml"
 
 
-def seconds_from_env(env: Mapping[str, str], name: str, default: float, *, allow_zero: bool = False) -> float:
-    """``name`` as a finite number of seconds (above 0, or 0 or more with ``allow_zero``);
-    ``default`` when unset or empty."""
+def seconds_from_env(env: Mapping[str, str], name: str, default: float, allowed: DurationRange) -> float:
+    """``name`` as seconds within ``allowed`` (finite, read as kaito_runtime.numbers reads every
+    duration); ``default`` when unset or empty. InputError (exit 2) naming the variable otherwise."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    smallest_ok = value >= 0 if allow_zero else value > 0
-    if not (smallest_ok and math.isfinite(value)):
-        bound = "0 or more" if allow_zero else "above 0"
-        raise InputError(
-            f"{name}={raw!r} is not a number of seconds ({bound})",
-            fix=f"set {name} to e.g. {default:g}, or unset it",
-        )
-    return value
+    return seconds(raw, allowed, name=name, subject=f"{name}={raw!r}", fix=f"set {name} to e.g. {default:g}, or unset it")
 
 
 def vllm_memory_table_path() -> Path:

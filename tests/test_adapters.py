@@ -184,3 +184,45 @@ def test_no_adapters_dir_no_lora_flags():
     result, plan = dry_run_json("--preset", "phi-4-mini-instruct")
     assert result.exit_code == 0, result.output
     assert "--enable-lora" not in plan["vllm"]["argv"] and plan["adapters"] == []
+
+
+# -- folder names vLLM would read as options (issue 18, item 2) ----------------------------------
+
+
+@pytest.mark.parametrize("name", ["--api-key", "--port", "-tp", "--host=0.0.0.0", "--api"])
+def test_an_adapter_folder_named_like_an_option_stays_an_adapter_name(tmp_path, name):
+    """A folder named --api-key once became `--api-key=PATH` on vLLM's command line: vLLM's key
+    was set and the adapter vanished. Such a name goes in --lora-modules' JSON form, which no
+    parser reads as an option, and the log says so."""
+    from kaito_runtime import vllm_flags
+
+    make_adapter(tmp_path, name, {"r": 8})
+    make_adapter(tmp_path, "plain", {"r": 8})
+    result, plan = dry_run_json("--preset", "phi-4-mini-instruct", env={"KAITO_ADAPTERS_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    argv = plan["vllm"]["argv"]
+    flags = vllm_flags.group(argv[argv.index("--lora-modules"):])
+    assert [f.name for f in flags][:2] == ["lora-modules", "max-lora-rank"], flags
+    modules = flags[0].values
+    assert not any(token.startswith("-") for token in modules)
+    # (paths compared by their ends: earlier in-process tests may have registered secrets that mask parts)
+    as_json = [json.loads(t) for t in modules if t.startswith("{")]
+    assert [m["name"] for m in as_json] == [name] and as_json[0]["path"].endswith(f"/{name}")
+    assert any(t.startswith("plain=") and t.endswith("/plain") for t in modules)
+    assert "api-key" not in vllm_flags.flag_names(argv)
+    assert name in result.output and "JSON" in result.output
+
+
+def test_an_option_like_adapter_name_reads_back_as_one_module_in_an_argparse_parser(tmp_path):
+    """The shape vLLM's parser has: --lora-modules takes one or more values, --api-key exists,
+    abbreviations are allowed; every module token must land in --lora-modules."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lora-modules", nargs="+")
+    parser.add_argument("--api-key")
+    parser.add_argument("--max-lora-rank")
+    tokens = lora_tokens([_adapter("--api-key", 8), _adapter("--api", 8), _adapter("ok", 8)], [])
+    parsed = parser.parse_args(tokens[1:])
+    assert parsed.api_key is None
+    assert len(parsed.lora_modules) == 3

@@ -166,8 +166,8 @@ def test_no_model_is_a_clear_error():
     assert "--preset" in result.output
 
 
-LAUNCH_OPTIONS = ("--preset", "--model", "--dry-run", "--sku", "--assume-gpus", "--max-model-len",
-                  "--token-file", "--config", "--grace-period", "--port", "--download-only", "--verify-weights")
+LAUNCH_OPTIONS = ("--preset", "--model", "--sku", "--assume-gpus", "--max-model-len",
+                  "--token-file", "--config", "--grace-period", "--port", "--verify-weights")
 LAUNCH_ENV_NAMES = ("KAITO_PRESET", "KAITO_MODEL", "KAITO_PORT", "KAITO_HF_TOKEN_FILE", "KAITO_WEIGHTS_DIR",
                     "KAITO_CONFIG_FILE", "KAITO_NNODES", "KAITO_VERIFY_WEIGHTS")
 
@@ -183,6 +183,8 @@ def test_help_documents_every_option_and_its_environment_variable(args):
 def test_top_level_help_also_names_doctor_and_version():
     result = invoke("--help")
     assert "doctor" in result.output and "--version" in result.output
+    for command in ("plan", "download", "list-presets", "export-preset"):
+        assert f"  {command} " in result.output
     doctor = invoke("doctor", "--help")
     assert "KAITO_SKU" in doctor.output and "KAITO_LOG_FORMAT" in doctor.output
 
@@ -563,3 +565,14 @@ def test_catalog_errors_carry_file_preset_and_field_as_attributes_of_their_type(
     from kaito_runtime.errors import CatalogError
 
     assert {"path", "preset", "field"} <= set(inspect.signature(CatalogError).parameters)
+
+
+@pytest.mark.parametrize("join", [True, False])
+def test_a_leader_name_that_never_resolves_exits_21_naming_it(tmp_path, join):
+    """docs/operations.md: 21 is the group that did not meet; a leader name that never resolves is
+    one (the DNS record may come late, so it is waited for, never exit 2 "bad input")."""
+    what = ["--join"] if join else ["--model", str(REPO / "models" / "tiny-llama"), "--nnodes", "2"]
+    result = invoke(*what, "--node-rank", "1", "--leader-address", "no-such-leader.invalid", "--rendezvous-timeout", "1.5",
+                 env={"HF_HOME": str(tmp_path / "hf"), "KAITO_WEIGHTS_DIR": str(tmp_path / "w")})
+    assert result.exit_code == 21, result.output
+    assert "'no-such-leader.invalid' did not resolve" in result.output

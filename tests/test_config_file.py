@@ -35,10 +35,26 @@ def test_kaito_only_keys_are_returned_as_notes(tmp_path):
     config = read_config(path)
     assert isinstance(config, ConfigFile)
     assert config.vllm_args == {"max-num-seqs": 4}
-    assert len(config.notes) == 2
+    assert len(config.notes) == 1
     assert any("max_probe_steps: 6" in note and "ignoring" in note for note in config.notes)
-    assert any("kv_cache_cpu_memory_utilization: 0.5" in note for note in config.notes)
+    assert config.kv_cache_cpu_memory_utilization == 0.5  # read: it sets CPU KV offload
     assert read_config(write(tmp_path, "vllm:\n  a: 1\n")).notes == ()
+
+
+def test_unknown_top_level_keys_are_ignored_with_one_warning_naming_them(tmp_path):
+    """KAITO ignores top-level keys it does not know; a future KAITO key must not crash-loop pods."""
+    config = read_config(write(tmp_path, "vllm:\n  a: 1\nvlm:\n  b: 2\nfuture_kaito_key: true\n"))
+    assert config.vllm_args == {"a": 1} and config.unknown_keys == ("future_kaito_key", "vlm")
+    warning = config.unknown_keys_warning
+    assert warning.count("ignoring") == 1 and "future_kaito_key, vlm" in warning
+    assert read_config(write(tmp_path, "vllm:\n  a: 1\n")).unknown_keys_warning is None
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "half", "true", "[0.5]"])
+def test_a_cpu_offload_utilization_outside_0_to_1_names_the_key(tmp_path, value):
+    with pytest.raises(ConfigFileError) as caught:
+        read_config(write(tmp_path, f"kv_cache_cpu_memory_utilization: {value}\n"))
+    assert "kv_cache_cpu_memory_utilization" in str(caught.value) and caught.value.exit_code == 2
 
 
 def test_mappings_and_lists_are_accepted(tmp_path):
@@ -84,7 +100,6 @@ def test_empty_file_means_no_flags(tmp_path):
     [
         ("vllm: [1, 2]\n", "must be a mapping"),
         ("- a\n- b\n", "must be a mapping"),
-        ("vllm:\n  a: 1\nvlm:\n  b: 2\n", "unknown top-level keys: vlm"),
         ("vllm:\n  served-model-name: []\n", "vllm.served-model-name to an empty list"),
         ("vllm:\n  speculative-config: {when: 2024-01-01}\n", "vllm.speculative-config to a value that is not plain JSON"),
         ("vllm: {a: 1\n", "not valid YAML"),

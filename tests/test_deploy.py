@@ -119,8 +119,11 @@ def _mount(container: dict, path: str) -> str:
 @pytest.mark.parametrize(("path", "role", "template"), ALL_TEMPLATES)
 def test_probes_for_a_long_start_and_health_on_every_pod(path, role, template):
     container = _container(template)
-    startup = container["startupProbe"]
-    assert startup["httpGet"]["path"] == "/health"
+    startup = container["startupProbe"]  # the launcher's /startupz: answers through vLLM's whole start
+    assert startup["httpGet"] == {"path": "/startupz", "port": "metrics"}
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert any(p["name"] == "metrics" and p["containerPort"] == int(env["KAITO_METRICS_PORT"]) for p in container["ports"])
+    assert container["terminationMessagePolicy"] == "File"  # kaito-run writes why it ended there
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60  # KAITO's smallest ReadinessTimeout
     readiness = container["readinessProbe"]
     assert readiness.get("httpGet", {}).get("path") == "/health" or "readiness" in readiness["exec"]["command"]
@@ -146,3 +149,30 @@ def test_grace_token_file_shm_and_non_root(path, role, template):
     assert shm["emptyDir"]["medium"] == "Memory"
     assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 1000
     assert _mount(container, "/workspace/weights") and _mount(container, "/workspace/cache")
+
+
+def test_the_network_policy_opens_the_group_ports_only_to_the_group_and_http_to_all():
+    """issue 18: the store (master port + 1) and vLLM's master port reachable from the pods of
+    the same group only; each policy selects exactly the pods of its two-node manifest."""
+    policies = documents(DEPLOY / "networkpolicy-two-nodes.yaml")
+    assert {p["kind"] for p in policies} == {"NetworkPolicy"}
+    labels = {}
+    for name in ("statefulset-two-nodes.yaml", "leaderworkerset-two-nodes.yaml"):
+        for doc in documents(DEPLOY / name):
+            for role, template in pod_templates(doc):
+                pod_labels = dict(template.get("metadata", {}).get("labels", {}))
+                if doc["kind"] == "LeaderWorkerSet":  # LWS labels its pods with the set's name
+                    pod_labels["leaderworkerset.sigs.k8s.io/name"] = doc["metadata"]["name"]
+                labels[(name, role)] = pod_labels
+                env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0].get("env", [])}
+                assert env.get("KAITO_GROUP_SECRET_FILE"), (name, role)
+    for (name, role), pod_labels in labels.items():
+        selecting = [p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
+        assert len(selecting) == 1, (name, role)
+        policy = selecting[0]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        for rule in policy["spec"]["ingress"]:
+            if "from" in rule:  # the group's own pods: every port (gloo/NCCL pick theirs at run time)
+                assert rule["from"] == [{"podSelector": policy["spec"]["podSelector"]}] and "ports" not in rule
+            else:  # everyone else: the HTTP port only
+                assert rule["ports"] == [{"protocol": "TCP", "port": 5000}]

@@ -3,7 +3,9 @@ them (one core each), vLLM's mp backend, no Ray.
 
 User stories:
 - A group serves: a chat request through the leader gets a completion, and the worker's launcher
-  answers /health with 200 for its probe.
+  answers /health with 200 for its probe. Every key of its store, read as an outside client
+  would, holds neither the API key nor the group secret; a forged stop notice and a forged
+  check-in change nothing.
 - A worker's vLLM dies (kill -9): both launchers exit non-zero within 30 s, naming rank 1, and
   nothing is left running.
 - A worker told only the leader's address (--join, as KAITO starts its workers) learns the model
@@ -11,8 +13,10 @@ User stories:
   launchers exit 0 within the grace period.
 - A node that never comes, a node started with other settings, or two nodes with one rank: the
   group never starts vLLM, and every node says why.
+- Two nodes in two network namespaces joined by a veth pair: cutting the link ends every node
+  within the peer timeout plus a few seconds, and nothing is left running.
 
-Two serving groups in all (one killed, one stopped); the refusals start no vLLM.
+Three serving groups in all (one killed, one stopped, one cut off); the refusals start no vLLM.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ TINY_MODEL = REPO / "models" / "tiny-llama"
 KAITO_RUN = Path(sys.executable).parent / "kaito-run"
 READY_TIMEOUT = 420  # two vLLM processes sharing two cores
 GRACE_SECONDS = 15
+API_KEY = "sk-e2e-group-api-key-0123456789"
+GROUP_SECRET = "e2e-group-secret-0123456789abcdef"
 
 if detect_vllm() is None or not KAITO_RUN.exists():
     if os.environ.get("KAITO_REQUIRE_VLLM") == "1":
@@ -53,6 +59,7 @@ class Node:
     def __init__(self, tmp: Path, rank: int, master_port: int, *extra: str, nnodes: int = 2, name: str | None = None,
                  argv: list[str] | None = None, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.rank = rank
+        self.master_port = master_port
         self.port = port or free_port()
         self.log = tmp / f"{name or f'rank{rank}'}.log"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "KAITO_", "HUGGING_FACE", "VLLM_"))}
@@ -155,10 +162,11 @@ def health(node: Node) -> int:
         return exc.code
 
 
-def chat(node: Node) -> dict:
+def chat(node: Node, api_key: str | None = None) -> dict:
     payload = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
     request = urllib.request.Request(f"http://127.0.0.1:{node.port}/v1/chat/completions",
-                                     data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+                                     data=json.dumps(payload).encode(), headers=headers)
     with urllib.request.urlopen(request, timeout=180) as response:
         assert response.status == 200
         return json.loads(response.read())
@@ -166,6 +174,51 @@ def chat(node: Node) -> dict:
 
 def kaito_lines(node: Node) -> str:
     return "\n".join(line for line in node.text().splitlines() if "kaito-run:" in line)
+
+
+def read_every_key(port: int) -> dict[str, str]:
+    """Every key of a running group's store, read as an outside client would (it knows the key
+    layout from the source; the store's own key count says nothing was missed)."""
+    import datetime
+
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", port, is_master=False, timeout=datetime.timedelta(seconds=10))
+    prefix, found = "kaito/v2/", {}
+
+    def take(key: str) -> bool:
+        if store.check([prefix + key]):
+            found[key] = store.get(prefix + key).decode(errors="replace")
+            return True
+        return False
+
+    take("leader/request")
+    take("r1/leader")
+    take("r1/verdict")
+    for counter in ["r1/verdict_reads", "r1/stops", *(f"r1/arrivals/{rank}" for rank in (0, 1))]:
+        if store.check([prefix + counter]):
+            found[counter] = str(store.add(prefix + counter, 0))
+    for rank in (0, 1):
+        take(f"r1/beat/{rank}")
+        take(f"r1/seen/{rank}")
+        for n in range(1, int(found.get(f"r1/arrivals/{rank}", "0")) + 1):
+            take(f"r1/checkin/{rank}/{n}")
+    for n in range(1, int(found.get("r1/stops", "0")) + 1):
+        take(f"r1/stop/{n}")
+    assert store.num_keys() == len(found), (store.num_keys(), sorted(found))
+    return found
+
+
+def forge_stop_and_check_in(port: int) -> None:
+    """A stop notice and a check-in from someone without the group secret (none, and a guess)."""
+    from kaito_runtime.launch.group import GroupSecret, StopKind, StopNotice
+    from kaito_runtime.launch.group.store import CheckIn, GroupStore
+
+    for secret in (None, GroupSecret(b"a-guess-at-the-group-secret", "test")):
+        forger = GroupStore.join("127.0.0.1", port, timeout_s=10, secret=secret)
+        forger.announce_stop(1, StopNotice(0, StopKind.REQUESTED, "forged: rank 0 was asked to stop", by=0))
+        forger.check_in(CheckIn(rank=1, host_ip="10.9.9.9", hostname="forger", resources={}, kaito_runtime_version="0",
+                                vllm_version="0", plan_fields={}, weights_complete=True))
 
 
 KAITO = REPO / "entrypoints" / "kaito"
@@ -220,10 +273,11 @@ def group(tmp_path, request, hub):
     StatefulSet commands through entrypoints/kaito/ (the worker learns the model from the leader)."""
     if request.param == "kaito":
         leader, worker = kaito_pods(tmp_path, hub)
-    else:
+    else:  # with an API key and a group secret, both from the environment (never in argv)
         master_port = free_port(span=2)
-        leader = Node(tmp_path, 0, master_port)
-        worker = Node(tmp_path, 1, master_port)
+        secrets = {"VLLM_API_KEY": API_KEY, "KAITO_GROUP_SECRET": GROUP_SECRET}
+        leader = Node(tmp_path, 0, master_port, env=secrets)
+        worker = Node(tmp_path, 1, master_port, env=secrets)
     try:
         wait_ready(leader, worker)
         yield leader, worker
@@ -235,11 +289,21 @@ def group(tmp_path, request, hub):
 @pytest.mark.parametrize("group", ["told"], indirect=True)
 def test_a_group_serves_and_dies_as_one_when_a_workers_vllm_is_killed(group):
     leader, worker = group
-    answer = chat(leader)
+    answer = chat(leader, API_KEY)
     assert answer["choices"][0]["message"]["content"]
     assert health(worker) == 200
     assert "group released: all 2 nodes checked in and agree" in leader.text()
     assert "group released" in worker.text()
+
+    values = read_every_key(leader.master_port + 1)
+    assert len(values) > 10 and any("checkin" in key for key in values)
+    for key, value in values.items():
+        assert API_KEY not in value and GROUP_SECRET not in value, key
+    forge_stop_and_check_in(leader.master_port + 1)
+    time.sleep(3)  # a few heartbeats and stop-notice reads on both nodes
+    assert leader.proc.poll() is None and worker.proc.poll() is None
+    assert health(worker) == 200 and chat(leader, API_KEY)["choices"][0]["message"]["content"]
+    assert "does not carry the group secret's tag" in leader.text() + worker.text()
 
     killed_at = time.monotonic()
     worker.vllm_main().send_signal(signal.SIGKILL)
@@ -320,3 +384,86 @@ def test_two_nodes_with_one_rank_stop_every_node_naming_the_rank(tmp_path):
     finally:
         for node in (second, first, leader):
             node.stop()
+
+
+class Namespaces:
+    """Two network namespaces joined by a veth pair (10.211.<n>.1 and .2), as two hosts; cut()
+    takes the link down, so packets vanish (no reset), as on a cut cable or a partition."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 10000}"
+        self.names = (f"kt{tag}a", f"kt{tag}b")
+        self.links = (f"kt{tag}va", f"kt{tag}vb")
+        subnet = 1 + os.getpid() % 250
+        self.ips = (f"10.211.{subnet}.1", f"10.211.{subnet}.2")
+        steps = [["ip", "netns", "add", self.names[0]], ["ip", "netns", "add", self.names[1]],
+                 ["ip", "link", "add", self.links[0], "type", "veth", "peer", "name", self.links[1]]]
+        for ns, link, ip in zip(self.names, self.links, self.ips):
+            steps += [["ip", "link", "set", link, "netns", ns], ["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", link],
+                      ["ip", "-n", ns, "link", "set", link, "up"], ["ip", "-n", ns, "link", "set", "lo", "up"]]
+        try:
+            for step in steps:
+                subprocess.run(step, check=True, capture_output=True, text=True, timeout=30)
+        except subprocess.CalledProcessError as exc:
+            self.remove()
+            raise RuntimeError(f"{' '.join(exc.cmd)}: {exc.stderr.strip()}") from None
+
+    def prefix(self, rank: int) -> list[str]:
+        return ["ip", "netns", "exec", self.names[rank]]
+
+    def cut(self) -> None:
+        subprocess.run(["ip", "-n", self.names[0], "link", "set", self.links[0], "down"], check=True, timeout=30)
+
+    def remove(self) -> None:
+        for ns in self.names:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def namespaces_or_skip() -> Namespaces:
+    import shutil
+
+    why = ("needs root" if os.geteuid() != 0 else "needs the ip command (iproute2)" if shutil.which("ip") is None else "")
+    if not why:
+        try:
+            return Namespaces()
+        except (RuntimeError, OSError) as exc:
+            why = f"cannot make network namespaces here: {exc}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the network cut test {why}")
+    pytest.skip(f"the network cut test {why}")
+
+
+PEER_TIMEOUT = 6
+
+
+def test_cutting_the_network_between_two_nodes_ends_both_within_the_peer_timeout(tmp_path):
+    """issue 18 item 3: with the link between the leader and the worker cut, every node ends
+    (exit 22, naming the other) within the peer timeout plus a few seconds; nothing is left."""
+    net = namespaces_or_skip()
+    nodes: list[Node] = []
+    try:
+        master_port = free_port(span=2)
+        for rank in (0, 1):
+            argv = [*net.prefix(rank), str(KAITO_RUN), "--model", str(TINY_MODEL), "--nnodes", "2",
+                    "--node-rank", str(rank), "--leader-address", net.ips[0], "--master-port", str(master_port),
+                    "--host", net.ips[rank], "--port", "5000", "--cpu-cores", str(rank), "--grace-period", "5",
+                    "--peer-timeout", str(PEER_TIMEOUT)]
+            nodes.append(Node(tmp_path, rank, master_port, argv=argv, name=f"ns-rank{rank}", port=5000))
+        leader, worker = nodes
+        wait_ready(leader, worker)
+        for node in nodes:
+            node.note_processes()
+        cut_at = time.monotonic()
+        net.cut()
+        took = wait_all([leader, worker], PEER_TIMEOUT + 5 + 30)
+        print(f"both nodes ended {time.monotonic() - cut_at:.1f} s after the cut (peer timeout {PEER_TIMEOUT} s)")
+        assert time.monotonic() - cut_at <= PEER_TIMEOUT + 5 + 5, took  # + the 5 s grace of each vLLM stop
+        assert leader.proc.returncode == 22, kaito_lines(leader)
+        assert worker.proc.returncode == 22, kaito_lines(worker)
+        assert "rank 1's launcher sent no heartbeat" in kaito_lines(leader)
+        assert "the leader (rank 0) is gone" in kaito_lines(worker)
+        assert leader.left_behind() == [] and worker.left_behind() == []
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+        net.remove()

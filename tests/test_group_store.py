@@ -1,31 +1,33 @@
-"""The group's rendezvous through a real torch.distributed TCPStore on loopback (in-process)."""
+"""The group's store (launch/group/store.py) through a real torch.distributed TCPStore on
+loopback: the leader's judgement, signed round-scoped messages, the listening address, the port
+errors and the deadline on every call."""
 
+import logging
 import socket
-import threading
+import subprocess
 
 import pytest
 
-from kaito_runtime.errors import GroupMemberLostError, GroupMismatchError, RendezvousTimeoutError
-from kaito_runtime.launch.group_store import (
-    CheckIn, GroupStore, StopNotice, Verdict, fingerprint, judge, meet, plan_fields,
+from kaito_runtime.errors import StorePortTakenError
+from kaito_runtime.launch.group.secret import GroupSecret, api_key_digest
+from tests.support.group_helpers import free_port
+from kaito_runtime.launch.group.store import (
+    CheckIn, GroupStore, StopKind, StopNotice, fingerprint, judge, plan_fields,
 )
 
+LOG = logging.getLogger("test-group-store")
 ARGV = ["vllm", "serve", "/m", "--tensor-parallel-size", "2", "--max-model-len", "256", "--enforce-eager",
         "--nnodes", "2", "--node-rank", "0", "--master-addr", "10.0.0.1", "--port", "5000"]
+SECRET = GroupSecret(b"0123456789abcdef-the-group-secret", "test")
 
 
-def node(rank, argv=ARGV, **kw):
-    fields = plan_fields("tiny", "abc", [t if t != "0" or i == 0 else str(rank) for i, t in enumerate(argv)])
+def node(rank, argv=ARGV, api_key_digest=None, **kw):
+    fields = plan_fields("tiny", "abc", [t if t != "0" or i == 0 else str(rank) for i, t in enumerate(argv)],
+                         api_key_digest=api_key_digest)
     base = dict(rank=rank, host_ip="127.0.0.1", hostname=f"n{rank}", resources={"cpu_cores": 1, "ram_bytes": 1},
                 kaito_runtime_version="0.1", vllm_version="0.32.0", plan_fields=fields, weights_complete=True)
     base.update(kw)
     return CheckIn(**base)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_plan_fields_leave_out_the_per_node_flags_and_keep_the_rest():
@@ -54,73 +56,63 @@ def test_judge_names_versions_duplicates_and_missing_ranks():
     assert judge(2, {0: [node(0)], 1: [node(1)]}, final=False).ok
 
 
-def _meet_all(port, nodes, nnodes=2, timeout_s=5.0, early=()):
-    results = {}
-    leader = GroupStore.host(port)
-    for n in early:  # checked in before anyone else (a twin that was quicker)
-        GroupStore.join("127.0.0.1", port, timeout_s=5).check_in(n)
-
-    def run(n):
-        store = leader if n.rank == 0 and n.hostname == "n0" else GroupStore.join("127.0.0.1", port, timeout_s=5)
-        try:
-            results[(n.rank, n.hostname)] = meet(store, n, nnodes, timeout_s=timeout_s, poll_s=0.05)
-        except Exception as exc:
-            results[(n.rank, n.hostname)] = exc
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in nodes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return leader, results
+def test_api_keys_are_compared_by_a_keyed_hash_and_differing_keys_are_refused():
+    mine, other = api_key_digest("key-one-xyz", SECRET), api_key_digest("key-two-xyz", SECRET)
+    assert "key-one" not in mine and mine == api_key_digest("key-one-xyz", SECRET)
+    assert mine != api_key_digest("key-one-xyz", GroupSecret(b"another-secret-0123456789", "t"))
+    assert api_key_digest("key-one-xyz", None).startswith("scrypt:") and "key-one" not in api_key_digest("key-one-xyz", None)
+    refused = judge(2, {0: [node(0, api_key_digest=mine)], 1: [node(1, api_key_digest=other)]}, final=False)
+    assert refused.code == 2 and "rank 1 has another API key than the leader" in refused.message
+    assert "key-" not in refused.message
+    assert judge(2, {0: [node(0, api_key_digest=mine)], 1: [node(1, api_key_digest=mine)]}, final=False).ok
+    # A headless worker without a key (it serves no API) agrees with a leader that has one.
+    assert judge(2, {0: [node(0, api_key_digest=mine)], 1: [node(1)]}, final=False).ok
 
 
-def test_a_group_that_agrees_is_released_on_every_node_and_can_beat_and_stop():
-    leader, results = _meet_all(free_port(), [node(0), node(1)])
-    assert all(isinstance(v, Verdict) and v.ok for v in results.values()), results
-    assert leader.leader_plan()["fingerprint"] == node(0).fingerprint
-    assert leader.beat(1) == 1 and leader.beat(1) == 2 and leader.heartbeat(1) == 2
-    first = leader.announce_stop(StopNotice(1, "lost", "vLLM on rank 1 exited"))
-    assert leader.announce_stop(StopNotice(0, "requested", "SIGTERM")) == first == leader.stop_notice()
-
-
-def test_a_mismatch_stops_every_node_with_exit_2_naming_the_field():
-    other = node(1, [t if t != "256" else "512" for t in ARGV])
-    _, results = _meet_all(free_port(), [node(0), other])
-    for error in results.values():
-        assert isinstance(error, GroupMismatchError) and error.exit_code == 2
-        assert "rank 1" in error.message and "--max-model-len" in error.message
-
-
-def test_a_rank_that_never_comes_fails_the_present_ones_after_the_timeout_naming_it():
-    _, results = _meet_all(free_port(), [node(0)], nnodes=3, timeout_s=0.5)
-    error = results[(0, "n0")]
-    assert isinstance(error, RendezvousTimeoutError) and error.exit_code == 21
-    assert "ranks 1, 2 never checked in" in error.message
-
-
-def test_a_duplicate_rank_is_named_by_the_leader():
-    leader, results = _meet_all(free_port(), [node(0)], early=[node(1), node(1, hostname="twin")])
-    error = results[(0, "n0")]
-    assert isinstance(error, GroupMismatchError) and error.exit_code == 2
-    assert "rank 1 checked in 2 times" in error.message and "twin" in error.message
-    assert leader.verdict().code == 2  # the workers waiting for the verdict read the same refusal
-
-
-def test_a_duplicate_that_arrives_after_the_release_fails_and_stops_the_group():
-    leader, results = _meet_all(free_port(), [node(0), node(1)])
-    assert all(v.ok for v in results.values())
-    late = GroupStore.join("127.0.0.1", leader._store.port, timeout_s=5)
-    with pytest.raises(GroupMismatchError, match="rank 1 checked in twice"):
-        meet(late, node(1, hostname="late"), 2, timeout_s=5, poll_s=0.05)
-    assert leader.stop_notice() == StopNotice(1, "duplicate", "rank 1 checked in twice")
-
-
-def test_a_worker_whose_leader_store_is_gone_is_told_so():
+@pytest.fixture
+def stores():
     port = free_port()
-    leader = GroupStore.host(port)
-    worker = GroupStore.join("127.0.0.1", port, timeout_s=5)
-    del leader
-    with pytest.raises(GroupMemberLostError) as caught:
-        meet(worker, node(1), 2, timeout_s=5, poll_s=0.05)
-    assert caught.value.exit_code == 22 and "rank 1" in caught.value.message
+    leader = GroupStore.host("127.0.0.1", port, secret=SECRET, log=LOG)
+    worker = GroupStore.join("127.0.0.1", port, timeout_s=5, secret=SECRET, log=LOG)
+    outsider = GroupStore.join("127.0.0.1", port, timeout_s=5, secret=GroupSecret(b"not-the-group-secret!!", "x"), log=LOG)
+    yield leader, worker, outsider, port
+    leader.close()
+
+
+def test_signed_messages_pass_and_forged_ones_change_nothing(stores, caplog):
+    leader, worker, outsider, _ = stores
+    outsider.check_in(node(1, hostname="forger"))  # before the real one: slot 1
+    assert worker.check_in(node(1)) == 2
+    assert [n.hostname for n in leader.arrivals(1, 2)[1]] == ["n1"]  # the forged one is not a duplicate
+    outsider.announce_stop(1, StopNotice(1, StopKind.REQUESTED, "forged stop"))
+    assert leader.stop_notice(1) is None
+    worker.beat(1, 1, 7)
+    assert leader.heartbeat(1, 1) == 7
+    outsider.beat(1, 1, 99)  # overwrites the value: read as no genuine heartbeat, never as fresh
+    assert leader.heartbeat(1, 1) == -1
+    first = worker.announce_stop(1, StopNotice(1, StopKind.LOST, "vLLM on rank 1 exited", by=1))
+    assert leader.announce_stop(1, StopNotice(0, StopKind.REQUESTED, "SIGTERM", by=0)) == first == leader.stop_notice(1)
+    assert leader.forged >= 3
+    warnings = [r for r in caplog.records if "group secret's tag" in r.getMessage()]
+    assert len(warnings) == 2  # once per reader (the leader and the worker each met forged values)
+
+
+def test_rounds_are_apart(stores):
+    leader, worker, _, _ = stores
+    worker.announce_stop(1, StopNotice(1, StopKind.LOST, "round 1's loss"))
+    worker.check_in(node(1, round=1))
+    assert leader.stop_notice(2) is None and leader.arrivals(2, 2) == {}
+    assert 1 in leader.arrivals(1, 2)
+
+
+def test_the_store_listens_on_the_groups_address_only(stores):
+    _, _, _, port = stores
+    lines = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout.split()
+    assert f"127.0.0.1:{port}" in lines and f"0.0.0.0:{port}" not in lines and f"*:{port}" not in lines
+
+
+def test_a_taken_store_port_is_exit_2_naming_the_master_port(stores):
+    _, _, _, port = stores
+    with pytest.raises(StorePortTakenError) as caught:
+        GroupStore.host("127.0.0.1", port, secret=None)
+    assert caught.value.exit_code == 2 and "--master-port" in caught.value.message and "--port " not in caught.value.message

@@ -145,7 +145,51 @@ def test_single_node_with_config_file_and_adapters(pod, tmp_path):
     i = argv.index("--lora-modules")
     assert argv[i + 1 : i + 3] == [f"chat-style={adapters / 'chat-style'}", f"sql-helper={adapters / 'sql-helper'}"]
     assert flag(argv, "--max-lora-rank") == "64"
-    assert "ignoring kv_cache_cpu_memory_utilization" in done.stderr and "ignoring max_probe_steps" in done.stderr
+    assert "ignoring max_probe_steps" in done.stderr
+    # The file's kv_cache_cpu_memory_utilization: 0.5 turns on vLLM's native CPU KV offload.
+    offload = plan["kaito"]["kv_offload"]
+    assert offload["size_gib"] > 0 and flag(argv, "--kv-offloading-size") == f"{offload['size_gib']:g}"
+    assert "0.5 x" in offload["reason"] and "free" in offload["reason"]
+    assert argv.count("--middleware") == 1 and plan["kaito"]["rate_limit"] is True
+    assert flag(argv, "--shutdown-timeout") == "25"  # kaito-run's default grace period 30 s
+
+
+@pytest.mark.slow
+def test_kaitos_defaults_offload_guard_and_drain_and_its_switches_off(pod):
+    done, plan = pod(single_node(PHI, "phi-4-mini-instruct"), "Standard_NC24ads_A100_v4")
+    assert done.returncode == 0, done.stderr
+    argv = plan["vllm"]["argv"]
+    assert float(flag(argv, "--kv-offloading-size")) == plan["kaito"]["kv_offload"]["size_gib"] > 0  # KAITO's 0.5
+    assert flag(argv, "--middleware") == "kaito_runtime.vllm_ext.rate_limit.RateLimitMiddleware"
+    off = single_node(PHI, "phi-4-mini-instruct", extra="--kaito-disable-rate-limit --kaito-kv-cache-cpu-memory-utilization=0")
+    done, plan = pod(off, "Standard_NC24ads_A100_v4", env={"KAITO_GRACE_PERIOD": "60"})
+    assert done.returncode == 0, done.stderr
+    argv = plan["vllm"]["argv"]
+    assert "--middleware" not in argv and "--kv-offloading-size" not in argv
+    assert "0 or unset" in plan["kaito"]["kv_offload"]["reason"] and flag(argv, "--shutdown-timeout") == "55"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["prefill", "decode"])
+def test_a_prefill_or_decode_pod_gets_nixl_and_no_offload(pod, role):
+    done, plan = pod(single_node(PHI, "phi-4-mini-instruct"), "Standard_NC24ads_A100_v4",
+                     env={"KAITO_INFERENCE_ROLE": role, "LOCAL_RANK": "1"})
+    assert done.returncode == 0, done.stderr
+    argv = plan["vllm"]["argv"]
+    assert json.loads(flag(argv, "--kv-transfer-config")) == {
+        "kv_connector": "NixlConnector", "kv_role": "kv_both", "kv_load_failure_policy": "fail"}
+    assert "--kv-offloading-size" not in argv and f"a {role} pod" in plan["kaito"]["kv_offload"]["reason"]
+    assert flag(argv, "--port") == ("5002" if role == "decode" else "5001")  # 5000/5001 + LOCAL_RANK
+
+
+@pytest.mark.slow
+def test_a_config_file_with_a_key_kaito_may_add_later_still_starts(pod):
+    pod.config.write_text("vllm:\n  max-num-seqs: 8\nsome_future_kaito_key: {a: 1}\n")
+    command = single_node(PHI, "phi-4-mini-instruct", extra="--kaito-config-file=/mnt/config/inference_config.yaml")
+    done, plan = pod(command, "Standard_NC24ads_A100_v4")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("ignoring unknown top-level keys of the config file: some_future_kaito_key") == 1
+    assert plan["vllm"]["env"]["KAITO_RATE_LIMIT_MAX_NUM_SEQS"] == "8"
 
 
 def _fits(preset: str, sku: str, utilization: float | None) -> bool:
@@ -233,7 +277,7 @@ def test_a_worker_told_no_model_asks_the_leader_and_names_it_when_it_never_answe
     command = multi_node(LLAMA70, "llama-3.3-70b-instruct", nodes=2, gpus=2).replace(LEADER_DNS, "127.0.0.1")
     done, _ = pod(command, "Standard_NC48ads_A100_v4", env={"POD_INDEX": "1", "KAITO_RENDEZVOUS_TIMEOUT": "2"})
     assert done.returncode == 21, done.stderr
-    assert "The leader's group store 127.0.0.1:29502 did not answer" in done.stderr
+    assert "group store (port 29502) at 127.0.0.1 did not answer" in done.stderr
 
 
 def test_serving_script_leader_exits_0_and_bad_calls_exit_2():
@@ -251,17 +295,21 @@ def test_serving_script_leader_exits_0_and_bad_calls_exit_2():
 def test_each_kaito_flag_is_mapped_or_dropped_with_a_reason():
     args = ["--model=org/m", "--code-revision", "abc", "--download-dir=/w", "--served-model-name=m",
             "--kaito-config-file=/c.yaml", "--kaito-adapters-dir=/a", "--kaito-kv-cache-cpu-memory-utilization=0.5",
-            "--kaito-max-probe-steps=6", "--kaito-something-new=1", "--tensor-parallel-size=4",
-            "--gpu-memory-utilization=0.84", "--max-model-len=8192", "--dtype=float16", "--enforce-eager"]
+            "--kaito-max-probe-steps=6", "--kaito-something-new=1", "--kaito-model-asset-prefetch-timeout", "600",
+            "--tensor-parallel-size=4",
+            "--gpu-memory-utilization=0.84", "--max-model-len=8192", "--kaito-disable-rate-limit", "--dtype=float16",
+            "--enforce-eager"]
     m = inference_api.map_flags(args, {}, exists=lambda path: path == "/a")
     assert m.options == ["--model", "org/m", "--revision", "abc", "--weights-dir", "/w", "--served-model-name", "m",
                          "--config", "/c.yaml", "--tensor-parallel-size", "4", "--gpu-memory-utilization", "0.84",
-                         "--max-model-len", "8192", "--adapters-dir", "/a"]
+                         "--max-model-len", "8192", "--disable-rate-limit", "--adapters-dir", "/a",
+                         "--kv-cache-cpu-memory-utilization", "0.5"]
     assert m.vllm == ["--dtype=float16", "--enforce-eager"]
     assert m.argv()[-3:] == ["--", "--dtype=float16", "--enforce-eager"]
     notes = "\n".join(m.notes)
-    assert "--kaito-kv-cache-cpu-memory-utilization=0.5: kaito-run does not offload" in notes
+    assert "--kaito-disable-rate-limit: the 429 guard is off" in notes
     assert "--kaito-max-probe-steps=6: kaito-run plans the context" in notes
+    assert "--kaito-model-asset-prefetch-timeout=600: kaito-run's object-store step" in notes  # its value is not a vLLM flag
     assert "--kaito-something-new=1: a KAITO-only flag" in notes
 
 
@@ -274,13 +322,13 @@ def test_no_model_flag_serves_kaitos_default_folder_unless_the_environment_names
 
 def test_the_default_adapters_folder_is_used_when_it_exists():
     m = inference_api.map_flags(["--model=x/y"], {}, exists=lambda path: path == "/mnt/adapter")
-    assert m.options[-2:] == ["--adapters-dir", "/mnt/adapter"]
+    assert m.options[-4:-2] == ["--adapters-dir", "/mnt/adapter"]
 
 
 def test_a_worker_reads_the_config_file_kaito_mounts_on_every_pod():
     worker = inference_api.map_flags(["--leader-address=ws-0"], {"KAITO_PRESET": "p"}, exists=lambda p: False,
                                      is_file=lambda p: p == "/mnt/config/inference_config.yaml")
-    assert worker.options == ["--leader-address", "ws-0", "--config", "/mnt/config/inference_config.yaml"]
+    assert worker.options[:4] == ["--leader-address", "ws-0", "--config", "/mnt/config/inference_config.yaml"]
     absent = inference_api.map_flags(["--leader-address=ws-0"], {"KAITO_PRESET": "p"}, exists=lambda p: False,
                                      is_file=lambda p: False)
     assert "--config" not in absent.options
@@ -350,3 +398,59 @@ def test_health_check_answers_both_probes_from_health_endpoints(health_server):
 def test_health_check_fails_when_nothing_answers():
     done = probe("liveness", "--leader-address=127.0.0.1", "--vllm-port=1", "--timeout=1")
     assert done.returncode == 1 and "no answer" in done.stdout
+
+
+@pytest.mark.parametrize("where", ["env", "flag"])
+@pytest.mark.parametrize("value", ["abc", "nan", "inf", "-1", "0", "1e9", "٣"])
+def test_health_check_refuses_a_bad_timeout_in_one_line(where, value):
+    """Issue 18 item 14: a bad KAITO_HEALTH_TIMEOUT printed a traceback (a probe's log is all an
+    operator sees); now one line names the value and the range, exit 2."""
+    args = ["liveness", "--vllm-port=1"]
+    done = probe(*args, env={"KAITO_HEALTH_TIMEOUT": value}) if where == "env" else probe(*args, f"--timeout={value}")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if value in line]
+    assert len(lines) == 1 and "seconds" in lines[0], done.stdout + done.stderr
+
+
+def test_cpu_kv_offload_is_on_at_kaitos_half_unless_the_flag_says_otherwise():
+    default = inference_api.map_flags(["--model=x/y"], {}, exists=lambda p: False)
+    assert flag(default.options, "--kv-cache-cpu-memory-utilization") == "0.5"
+    off = inference_api.map_flags(["--model=x/y", "--kaito-kv-cache-cpu-memory-utilization=0"], {}, exists=lambda p: False)
+    assert flag(off.options, "--kv-cache-cpu-memory-utilization") == "0"
+    assert "--disable-rate-limit" not in default.options  # the 429 guard is on by default
+
+
+@pytest.mark.parametrize(
+    ("env", "port"),
+    [({}, None), ({"LOCAL_RANK": "2"}, "5002"), ({"KAITO_INFERENCE_ROLE": "decode"}, "5001"),
+     ({"KAITO_INFERENCE_ROLE": "decode", "LOCAL_RANK": "1"}, "5002"), ({"KAITO_INFERENCE_ROLE": "prefill"}, None)],
+)
+def test_the_port_is_5000_plus_local_rank_and_decode_serves_on_5001(env, port):
+    m = inference_api.map_flags(["--model=x/y"], env, exists=lambda p: False)
+    assert flag(m.options, "--port") == port
+    given = inference_api.map_flags(["--model=x/y", "--port=7000"], env, exists=lambda p: False)
+    assert given.options.count("--port") == 1 and flag(given.options, "--port") == "7000"  # an explicit port wins
+
+
+def test_debug_mode_turns_on_debug_logs_for_kaito_run_and_vllm():
+    m = inference_api.map_flags(["--model=x/y"], {"DEBUG_MODE": "true"}, exists=lambda p: False)
+    assert flag(m.options, "--log-level") == "debug" and m.set_env == {"VLLM_LOGGING_LEVEL": "DEBUG"}
+    assert "--log-level" not in inference_api.map_flags(["--model=x/y"], {"DEBUG_MODE": "0"}, exists=lambda p: False).options
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["--kaito-kv-cache-cpu-memory-utilization=1.5"], {}, "--kaito-kv-cache-cpu-memory-utilization=1.5: must be a number from 0 to 1"),
+        (["--kaito-kv-cache-cpu-memory-utilization=lots"], {}, "must be a number from 0 to 1"),
+        ([], {"KAITO_INFERENCE_ROLE": "router"}, "KAITO_INFERENCE_ROLE=router: not a role KAITO has"),
+        ([], {"LOCAL_RANK": "one"}, "LOCAL_RANK=one: must be a whole number"),
+    ],
+)
+def test_bad_kaito_input_is_one_line_and_exit_2(tmp_path, args, env, needle):
+    done = subprocess.run([sys.executable, str(KAITO / "inference_api.py"), "--model=x/y", *args],
+                          env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"inference_api.py: error: {done.stderr.split('error: ', 1)[1].strip()}"]
+    assert needle in done.stderr and "Traceback" not in done.stderr

@@ -6,12 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from kaito_runtime.model.catalog import load_catalog
+from kaito_runtime import model
 from kaito_runtime.errors import InputError
-from kaito_runtime.model import download_source, resolve_model
-from kaito_runtime.request import RuntimeRequest
+from kaito_runtime.model.catalog import load_catalog
+from kaito_runtime.request.settle import ModelRequest as RuntimeRequest
 
 TINY = Path(__file__).resolve().parent.parent / "models" / "tiny-llama"
+
+
+def resolve_model(request: RuntimeRequest):
+    """The model step as the API runs it: the slice checked when settled, then resolved."""
+    catalog = load_catalog()
+    return model.resolve_model(model.checked(request, catalog), catalog)
+
+
+def download_source(request: RuntimeRequest):
+    catalog = load_catalog()
+    return model.download_source(model.checked(request, catalog), catalog)
 
 
 def test_revision_with_a_preset_is_refused_unless_it_is_the_pin():

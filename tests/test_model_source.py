@@ -19,8 +19,6 @@ from kaito_runtime.model.sources import (
 )
 
 
-def _no_copy(repo_id, revision):
-    return None
 from kaito_runtime.weights import ensure_weights
 from tests.support.weights_helpers import spec
 
@@ -124,7 +122,7 @@ def test_served_name_is_the_lower_cased_last_part():
 @pytest.mark.parametrize("text", ["has space/x", "a/b/c", "-a/b", "a/", "org/" + "n" * 97, "a/b..c"])
 def test_malformed_repo_id_is_bad_input_before_any_request(hub, hub_env, tmp_path, text, offline):
     with pytest.raises(InputError) as info:
-        remote_metadata(text, revision=None, token=None, endpoint=hub.url, offline=offline, local_copy=_no_copy)
+        remote_metadata(text, revision=None, token=None, endpoint=hub.url, offline=offline)
     assert info.value.exit_code == 2
     msg = str(info.value)
     assert repr(text) in msg and "org/name" in msg and "letters, digits" in msg
@@ -132,7 +130,7 @@ def test_malformed_repo_id_is_bad_input_before_any_request(hub, hub_env, tmp_pat
 
 
 def test_well_formed_repo_id_reads_the_hub(tiny_hub, tmp_path):
-    remote = remote_metadata("org/tiny-llama", revision=None, token=None, endpoint=tiny_hub.url, offline=False, local_copy=_no_copy)
+    remote = remote_metadata("org/tiny-llama", revision=None, token=None, endpoint=tiny_hub.url, offline=False)
     model = spec_from_hub("org/tiny-llama", remote)
     assert model.repo_id == "org/tiny-llama" and model.revision == tiny_hub.commit_of("org/tiny-llama")
     assert model.name == "tiny-llama" and tiny_hub.count() > 0

@@ -64,8 +64,8 @@ NO_GPU = NodeInventory(gpus=(), host=HOST, source="none", no_gpu_reason="NVML fo
 
 
 def prepared(model: ModelSpec, node: NodeInventory, plan: LaunchPlan, warnings: tuple[str, ...] = ()):
-    from kaito_runtime.api import PhaseTimes, Prepared
-    from kaito_runtime.request import RuntimeRequest
+    from kaito_runtime.api import PhaseTimes, PlannedLaunch
+    from kaito_runtime.launch import ServeOptions
 
     launch = VllmLaunch(  # what vLLM gets is what the plan said
         argv=("vllm", "serve", "/w/model", "--port", "5000"),
@@ -80,8 +80,8 @@ def prepared(model: ModelSpec, node: NodeInventory, plan: LaunchPlan, warnings: 
         max_model_len=plan.max_model_len,
         cpu_kv_cache_gib=plan.cpu_kv_cache_gib,
     )
-    view = Prepared(
-        request=RuntimeRequest(),
+    view = PlannedLaunch(
+        serve=ServeOptions(),
         model=model,
         inventory=node,
         topology=plan.topology,
@@ -309,10 +309,7 @@ def test_plan_json_never_shows_an_api_key(tmp_path):
 def test_plan_text_shows_effective_values_and_marks_what_overrode_the_plan() -> None:
     import dataclasses
 
-    from kaito_runtime.request import RuntimeRequest
-
     view, launch = gpu_plan()
-    view = dataclasses.replace(view, request=RuntimeRequest())
     launch = dataclasses.replace(
         launch, max_model_len=300000, tensor_parallel_size=1, gpu_memory_utilization=0.5, port=6000,
         served_model_names=("cfgname",),

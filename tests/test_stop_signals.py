@@ -93,3 +93,69 @@ def test_the_exit_code_table_documents_the_graceful_codes():
     table = ops[ops.index("## Exit codes"):ops.index("## Signals")]
     assert "SIGTERM in any step" in table and "| 130 |" in table
     assert "## Signals" in ops and "## Hub retries" in ops
+
+
+# --- the quick paths: a dry run, --export-preset (issue 18, item 9) ---------------------------------
+
+
+def _talks_to(pid: int, url: str) -> bool:
+    """Whether process ``pid`` has a TCP connection open to the port of ``url`` (it waits for an answer)."""
+    import psutil
+
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    try:
+        return any(c.raddr and c.raddr.port == port for c in psutil.Process(pid).net_connections("tcp"))
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.parametrize("mode", ["--dry-run", "--export-preset"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_in_a_quick_path_is_a_graceful_stop(hub, tmp_path, mode, sig):
+    """The hub answers slowly, so the signal lands while the model is being resolved: the same
+    one line and code as in every other step (0 / 130), no click "Aborted!", no 143."""
+    hub.answer_delay_s = 30.0
+    env = launcher_env({"HF_ENDPOINT": hub.url}, home=tmp_path)
+    proc = _start(["--model", "org/tiny", mode, "--assume-gpus", "1xA100-80GB"], env)
+    try:
+        _wait_for(lambda: _talks_to(proc.pid, hub.url))
+        time.sleep(0.2)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        hub.answer_delay_s = 0.0
+        if proc.poll() is None:
+            proc.kill()
+    stderr = err.decode()
+    assert proc.returncode == GRACEFUL[sig], stderr
+    lines = [line for line in stderr.splitlines() if sig.name in line]
+    assert len(lines) == 1 and "nothing was left running" in lines[0], stderr
+    assert "Aborted!" not in stderr and "Traceback" not in stderr
+    assert out == b""
+
+
+@pytest.mark.parametrize("first,second", [(signal.SIGTERM, signal.SIGINT), (signal.SIGINT, signal.SIGTERM)],
+                         ids=["TERM-INT", "INT-TERM"])
+def test_a_second_signal_before_vllm_runs_exits_with_the_first_signals_code(monkeypatch, first, second):
+    """Two signals sent together are handled in signal-number order by Python, so the handler is
+    driven directly: the second one exits at once with the first one's graceful code."""
+    import logging
+
+    from kaito_runtime import cli
+    from kaito_runtime.errors import StopRequested
+
+    class Exited(Exception):
+        pass
+
+    def exit_now(code: int) -> None:
+        raise Exited(code)
+
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+    monkeypatch.setattr(logging, "shutdown", lambda: None)
+    with cli._stop_on_signals():
+        with pytest.raises(StopRequested) as stop:
+            signal.getsignal(first)(first, None)
+        with pytest.raises(Exited) as exited:
+            signal.getsignal(second)(second, None)
+    assert stop.value.exit_code == GRACEFUL[first]
+    assert exited.value.args == (GRACEFUL[first],)

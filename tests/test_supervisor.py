@@ -270,12 +270,24 @@ def test_sigterm_is_forwarded_and_a_graceful_stop_exits_0() -> None:
     assert not [line for line in driver.lines if line.startswith("LOG WARNING")]
 
 
-def test_child_killed_by_the_forwarded_signal_gives_128_plus_signal() -> None:
+def test_child_killed_by_the_forwarded_signal_is_a_graceful_stop() -> None:
+    # vLLM ended by the very signal we forwarded stopped as asked: SIGTERM's graceful code, 0
     driver = Driver(free_port(), "--die-on-sigterm")
     driver.wait_for("READY")
     driver.proc.send_signal(signal.SIGTERM)
     result = driver.result()
-    assert result["exit_code"] == 128 + signal.SIGTERM
+    assert result["exit_code"] == 0
+
+
+def test_sigint_while_vllm_runs_exits_130_even_when_vllm_exits_0() -> None:
+    """Issue 18 item 9: vLLM stops gracefully on SIGINT with exit 0; the launcher exits 130."""
+    driver = Driver(free_port())
+    driver.wait_for("READY")
+    driver.proc.send_signal(signal.SIGINT)
+    result = driver.result()
+    assert result["signal"] == signal.SIGINT
+    assert result["exit_code"] == 130
+    assert_gone(result["pid"])
 
 
 @pytest.mark.slow
@@ -292,16 +304,25 @@ def test_child_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
 
 
 @pytest.mark.slow
-def test_second_signal_kills_at_once() -> None:
-    driver = Driver(free_port(), "--ignore-sigterm", grace=30.0)
+@pytest.mark.parametrize("first,second,code", [
+    (signal.SIGTERM, signal.SIGINT, 0),
+    (signal.SIGTERM, signal.SIGTERM, 0),
+    (signal.SIGINT, signal.SIGTERM, 130),
+], ids=["TERM-INT", "TERM-TERM", "INT-TERM"])
+def test_second_signal_kills_at_once_and_exits_with_the_first_signals_code(first, second, code) -> None:
+    """Issue 18 item 9: a second signal while stopping exits at once with the same code (the
+    graceful code of the first signal), not 137."""
+    driver = Driver(free_port(), "--ignore-sigterm", "--ignore-sigint", grace=30.0)
     driver.wait_for("READY")
+    child = driver.child_pid()
     t0 = time.monotonic()
-    driver.proc.send_signal(signal.SIGTERM)
+    driver.proc.send_signal(first)
     time.sleep(0.3)
-    driver.proc.send_signal(signal.SIGINT)
+    driver.proc.send_signal(second)
     result = driver.result()
-    assert result["exit_code"] == 128 + signal.SIGKILL
+    assert result["exit_code"] == code
     assert time.monotonic() - t0 < 5.0
+    assert_gone(child)
 
 
 @pytest.mark.slow
@@ -343,6 +364,35 @@ def test_child_stops_when_the_launcher_itself_is_sigkilled() -> None:
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError(f"vLLM stand-in {child} outlived its SIGKILLed launcher")
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_sigkill_of_the_launcher_leaves_no_vllm_even_one_that_ignores_sigterm(tmp_path: Path) -> None:
+    """Issue 18 item 4: docs/operations.md promises SIGKILL semantics. A vLLM (and a process it
+    spawned, like an engine core) that ignores SIGTERM must not outlive a SIGKILLed launcher."""
+    pidfile = tmp_path / "grandchild.pid"
+    driver = Driver(free_port(), "--ignore-sigterm", "--spawn-grandchild", str(pidfile), grace=30.0)
+    driver.wait_for("READY")
+    child = driver.child_pid()
+    grandchild = int(pidfile.read_text())
+    driver.proc.kill()
+    driver.proc.wait(timeout=5)
+    survivors = [pid for pid in (child, grandchild) if not _gone_within(pid, 5.0)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"{survivors} outlived the SIGKILLed launcher (child {child}, grandchild {grandchild})"
 
 
 @pytest.mark.slow
@@ -493,19 +543,47 @@ def test_a_registered_secret_in_vllm_output_is_masked(tmp_path: Path) -> None:
 def test_the_states_are_named_by_one_type_and_the_log_lines_use_them(caplog) -> None:
     """starting -> ready -> stopping -> exited, each change logged with the state's own name; a
     stop asked from outside (the group) goes through the same stopping state and sets the code."""
-    from kaito_runtime.launch.supervisor import StopRequest, SupervisorState
+    from kaito_runtime.launch.supervisor import StopRequest, SupervisorHooks, SupervisorState
 
     assert [s.value for s in SupervisorState] == ["starting", "ready", "stopping", "exited"]
     caplog.set_level(logging.DEBUG, logger=LOG.name)
     asked: list[StopRequest] = []
+    told: list[object] = []
 
-    def stop_when() -> StopRequest | None:
-        return asked[0] if asked else None
+    class Hooks(SupervisorHooks):
+        def started(self, alive):
+            told.append(("started", alive()))
+
+        def stop_request(self) -> StopRequest | None:
+            return asked[0] if asked else None
+
+        def exited(self, returncode: int) -> None:
+            told.append(("exited", returncode))
 
     result = run_inline(free_port(), on_ready=lambda s: asked.append(StopRequest("rank 1 was lost", 22)),
-                        stop_when=stop_when)
+                        hooks=Hooks())
+    assert told[0] == ("started", True) and told[1][0] == "exited" and len(told) == 2
     changes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("vLLM ") and " -> " in r.getMessage()]
     assert [c.split(" (")[0] for c in changes] == [
         "vLLM starting -> ready", "vLLM ready -> stopping", "vLLM stopping -> exited"]
     assert "rank 1 was lost" in changes[1]
     assert result.outcome == "group_stopped" and result.exit_code == 22
+
+
+def test_the_watchdog_inherits_no_secret_from_the_launcher(monkeypatch):
+    """The watchdog outlives nothing it needs the environment for: it must not hold the token."""
+    from kaito_runtime.launch.supervisor import _Watchdog
+
+    marker = "hf_watchdogMustNotSeeThis0123"
+    monkeypatch.setenv("HF_TOKEN", marker)
+    dog = _Watchdog(os.getpgid(0) + 10**7, logging.getLogger("test"))  # a group that does not exist
+    try:
+        assert dog.proc is not None
+        deadline = time.monotonic() + 5
+        while b"-c" not in Path(f"/proc/{dog.proc.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the watchdog has been exec'd: its own environment, not ours
+        environ = Path(f"/proc/{dog.proc.pid}/environ").read_bytes()
+        assert marker.encode() not in environ
+    finally:
+        dog.dismiss()
+        dog.proc.wait(5)

@@ -122,3 +122,56 @@ def test_a_local_folder_cannot_be_exported():
     result = CliRunner().invoke(main, ["--model", str(REPO / "models" / "tiny-llama"), "--export-preset"])
     assert result.exit_code == 2
     assert "Cannot export" in result.stderr and "local folder" in result.stderr
+
+
+# -- small hub models (issue 18, item 13) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("hidden,layers,vocab", [(64, 2, 1000), (16, 1, 128)])
+def test_a_small_hub_model_that_a_dry_run_plans_is_exported(tmp_path, hidden, layers, vocab):
+    """A model of a few thousand to a few hundred thousand parameters: its count in billions
+    rounded to 0.0 once failed the schema. What a dry run plans, --export-preset exports, and the
+    export loads back and plans the same."""
+    from tests.support.hub_emulator import HubEmulator
+    from tests.support.model_fixtures import _dense, write_header_only, write_repo
+
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+        "intermediate_size": hidden * 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_hidden_layers": layers, "max_position_embeddings": 512, "vocab_size": vocab,
+        "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+    }
+    root = tmp_path / "hub"
+    folder = write_repo(root, "tiny-org/Tiny-Llama", config, files={})
+    write_header_only(folder / "model.safetensors", _dense(config))
+    (folder / "tokenizer.json").write_text('{"model": {}}')
+    with HubEmulator(root, lfs_threshold=1024, valid_tokens=set()) as hub:
+        env = _env(hub, tmp_path)
+        runner = CliRunner()
+        plan_args = ["--dry-run", "-o", "json", "--assume-gpus", "1xA100-80GB"]
+        planned = runner.invoke(main, ["--preset", "tiny-org/Tiny-Llama", *plan_args], env=env)
+        assert planned.exit_code == 0, planned.output
+        exported = runner.invoke(main, ["--preset", "tiny-org/Tiny-Llama", "--export-preset"], env=env)
+        assert exported.exit_code == 0, exported.output
+        entry = yaml.safe_load(exported.stdout)["presets"][0]
+        assert entry.get("params_billions", 1) > 0
+        catalog = tmp_path / "catalog"
+        catalog.mkdir()
+        (catalog / f"{yaml.safe_load(exported.stdout)['family']}.yaml").write_text(exported.stdout)
+        again = runner.invoke(main, ["--preset", entry["name"], "--catalog-dir", str(catalog), *plan_args], env=env)
+        assert again.exit_code == 0, again.output
+        assert _comparable(again.stdout) == _comparable(planned.stdout)
+
+
+def test_an_empty_catalog_folder_adds_nothing_and_refuses_nothing(tmp_path):
+    """Issue 18 item 14: an empty --catalog-dir refused every launch, built-in presets included."""
+    empty = tmp_path / "catalog"
+    empty.mkdir()
+    runner = CliRunner()
+    planned = runner.invoke(main, ["--preset", "phi-4-mini-instruct", "--dry-run", "--assume-gpus", "1xA100-80GB",
+                                   "--catalog-dir", str(empty)])
+    assert planned.exit_code == 0, planned.output
+    assert str(empty) in planned.output and "no *.yaml" in planned.output  # said once, as a warning
+    listed = runner.invoke(main, ["--list-presets", "-o", "json"], env={"KAITO_CATALOG_DIR": str(empty)})
+    assert listed.exit_code == 0, listed.output
+    assert len(json.loads(listed.stdout)) == len(load_catalog())

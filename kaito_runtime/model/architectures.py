@@ -9,7 +9,7 @@ encoder-decoder or a pooling-only model is refused for what it is, not for a mis
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,6 @@ import yaml
 
 import kaito_runtime.settings as data
 from kaito_runtime.errors import InputError
-from kaito_runtime.vllm_flags import flag_names
 
 
 @dataclass(frozen=True)
@@ -101,8 +100,3 @@ def check_served(
     else:
         fix = f"pick a model whose architecture vLLM {version} serves (listed in {data.vllm_architectures_path().name})"
     raise InputError(f"{listed} (from {source}) is not served by vLLM {version}", why=why, fix=fix)
-
-
-def wants_remote_code(extra_vllm_args: Sequence[str]) -> bool:
-    """The user asked vLLM to run the repo's code (``--trust-remote-code`` after ``--``)."""
-    return "trust-remote-code" in flag_names(list(extra_vllm_args))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,9 +21,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import kaito_runtime.settings as data
-from kaito_runtime.errors import CatalogError, UnknownPresetError
+from kaito_runtime.errors import CatalogError, UnknownPresetError, shortened
 from kaito_runtime.vllm_flags import group, last_value
 from kaito_runtime.types import GiB, AttentionGeometry, ModelSpec
+from kaito_runtime.yaml_bounds import YamlBoundsError, load_bounded, read_bounded_text
+
+log = logging.getLogger("kaito_runtime.model")
 
 HUB_ID_EXAMPLE = "Qwen/Qwen3-0.6B"  # what an unknown preset name is told to use instead
 _HEX40 = re.compile(r"[0-9a-f]{40}")
@@ -177,7 +181,7 @@ def _from_validation_error(path: Path, raw: Any, exc: ValidationError) -> Catalo
     field_name = ".".join(str(part) for part in loc) or None
     problem = first["msg"].removeprefix("Value error, ")
     if first["type"] not in ("missing", "extra_forbidden") and not isinstance(first["input"], dict):
-        problem += f" (got {first['input']!r})"
+        problem += f" (got {shortened(repr(first['input']), 200)})"
     if first["type"] == "extra_forbidden":
         schema = _FamilyFile if preset is None else _Attention if len(loc) > 1 else _Preset
         problem = f"unknown key (known keys: {', '.join(schema.model_fields)})"
@@ -339,10 +343,13 @@ def _to_spec(path: Path, family: str, entry: _Preset) -> ModelSpec:
 
 def _load_file(path: Path) -> list[ModelSpec]:
     try:
-        with path.open("rb") as stream:
-            raw = yaml.load(stream, Loader=_Loader)  # noqa: S506 - a safe loader
+        raw = load_bounded(read_bounded_text(path), _Loader)
+    except YamlBoundsError as exc:
+        raise _catalog_error(path, None, None, str(exc)) from None
     except yaml.YAMLError as exc:
         raise _catalog_error(path, None, None, f"not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise _catalog_error(path, None, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise _catalog_error(path, None, None, f"cannot be read: {exc.strerror or exc}") from None
     if not isinstance(raw, dict):
@@ -508,6 +515,9 @@ def load_catalog(presets_dir: Path | None = None, *, user_dir: Path | None = Non
     return _merged(base, Path(user_dir).expanduser())
 
 
+_EMPTY_DIRS_SAID: set[Path] = set()  # empty catalog folders already warned about (once per process)
+
+
 def _merged(base: Catalog, user_dir: Path) -> Catalog:
     if not user_dir.is_dir():
         raise CatalogError(
@@ -515,6 +525,12 @@ def _merged(base: Catalog, user_dir: Path) -> Catalog:
             why="--catalog-dir / KAITO_CATALOG_DIR names a folder of preset catalog files (*.yaml)",
             fix="point it to a folder of family files written like presets/*.yaml (kaito-run --export-preset prints one), or unset it",
         )
+    if not any(user_dir.glob("*.yaml")):
+        # An empty folder (a ConfigMap not filled yet) adds no preset: the built-in ones still serve.
+        if user_dir not in _EMPTY_DIRS_SAID:
+            _EMPTY_DIRS_SAID.add(user_dir)
+            log.warning("the catalog folder %s holds no *.yaml family files; only the built-in presets are known", user_dir)
+        return base
     user = _load(user_dir)
     for spec in user:
         key = spec.name.lower()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from kaito_runtime import hub
 from kaito_runtime.hub import check_repo_id, repo_id_problem
 from kaito_runtime.secrets import Secret
 from kaito_runtime.model.sizes import NO_SAFETENSORS, figures_from_file_sizes, figures_from_headers, read_header
-from kaito_runtime.types import ModelSpec, RemoteFile, RemoteModel, WeightsFigures
+from kaito_runtime.types import ModelSpec, RemoteFile, RemoteModel, WeightsFigures, WeightsSource
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
@@ -111,11 +112,36 @@ def with_figures(spec: ModelSpec, figures: WeightsFigures) -> ModelSpec:
         weights_figures=figures,
         weights_bytes=figures.stored_bytes if figures.stored_bytes > 0 else spec.weights_bytes,
         quantization=spec.quantization or figures.quantization,
-        params_billions=round(figures.parameter_count / 1e9, 2) if figures.parameter_count else spec.params_billions,
+        params_billions=billions(figures.parameter_count) if figures.parameter_count else spec.params_billions,
     )
 
 
-LocalCopy = Callable[[str, "str | None"], "RemoteModel | None"]
+def billions(parameter_count: int) -> float:
+    """A parameter count in billions: two decimals, or (a small model, where two decimals give
+    0.0) two significant digits, so that a model of 220 thousand parameters is 0.00022, not 0."""
+    rounded = round(parameter_count / 1e9, 2)
+    return rounded if rounded > 0 else float(f"{parameter_count / 1e9:.2g}")
+
+
+class LocalCopies(Protocol):
+    """The one thing the model step may ask the weights store, before the plan: what a complete
+    local copy of ``repo_id@revision`` says about it (None when there is none). The API hands
+    in the weights step's reader (``weights.LocalCopies``); the model step never imports it."""
+
+    def metadata(self, repo_id: str, revision: str | None) -> RemoteModel | None: ...
+
+    def is_complete(self, model: WeightsSource) -> bool: ...
+
+
+class _NoLocalCopies:
+    def metadata(self, repo_id: str, revision: str | None) -> RemoteModel | None:
+        return None
+
+    def is_complete(self, model: WeightsSource) -> bool:
+        return False
+
+
+NO_LOCAL_COPIES: LocalCopies = _NoLocalCopies()
 
 
 def remote_metadata(
@@ -126,16 +152,16 @@ def remote_metadata(
     token_source: str | None = None,
     endpoint: str | None,
     offline: bool,
-    local_copy: LocalCopy,
+    local_copies: LocalCopies = NO_LOCAL_COPIES,
 ) -> RemoteModel:
     """config.json, file sizes, resolved commit and gated flag of a repo, for building a ModelSpec.
 
-    Offline it reads them from the complete local copy that ``local_copy(repo_id, revision)``
-    returns (the weights step's store, handed in by the API); online it asks the Hub, falling back
+    Offline it reads them from the complete local copy ``local_copies`` finds (the weights
+    step's store, handed in by the API); online it asks the Hub, falling back
     to that copy when the Hub cannot be reached. Writes nothing."""
     check_repo_id(repo_id)
     if offline:
-        local = local_copy(repo_id, revision)
+        local = local_copies.metadata(repo_id, revision)
         if local is None:
             raise HubUnreachableError(
                 f"Offline mode, and no complete copy of {repo_id}@{revision or 'main'} is in the weights folder",
@@ -145,7 +171,7 @@ def remote_metadata(
     try:
         return hub.fetch_model_metadata(repo_id, revision, token=token, endpoint=endpoint, token_source=token_source)
     except HubUnreachableError:
-        local = local_copy(repo_id, revision)
+        local = local_copies.metadata(repo_id, revision)
         if local is None:
             raise
         logger.warning("model: hub unreachable; reading %s from the complete copy at %s", repo_id, local.revision[:12])

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 # Memory already taken on a GPU above which the inventory warns (other tenants, a leftover process).
 _IN_USE_WARN_BYTES = 1 * GiB
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
-_INT_RE = re.compile(r"^[+-]?\d+$")
+_INT_RE = re.compile(r"^[+-]?[0-9]+$")  # ASCII digits: kaito_runtime.numbers
 
 
 # ------------------------------------------------------------------------------------------------

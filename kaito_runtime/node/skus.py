@@ -25,7 +25,7 @@ from kaito_runtime.settings import gpu_sku_table_path
 from kaito_runtime.errors import CatalogError, InputError, UnknownSkuError
 from kaito_runtime.types import GiB, GpuInfo, HostInfo, MiB, NodeInventory
 
-_ASSUME_RE = re.compile(r"^\s*(?:(\d+)\s*[x×*]\s*)?([A-Za-z][A-Za-z0-9._ -]*?)\s*$", re.IGNORECASE)
+_ASSUME_RE = re.compile(r"^\s*(?:([0-9]+)\s*[x×*]\s*)?([A-Za-z][A-Za-z0-9._ -]*?)\s*$", re.IGNORECASE)
 _ASSUME_FORM = "[<count>x]<gpu-model>, e.g. 4xA100-80GB, 8xH200 or A10"
 
 

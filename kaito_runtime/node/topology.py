@@ -38,13 +38,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from kaito_runtime.errors import TopologyError
+from kaito_runtime.errors import RankOutsideGroupError, TopologyError
+from kaito_runtime.numbers import parse_int
 from kaito_runtime.types import Topology, TopologySource
 
 DEFAULT_MASTER_PORT = 29501
 PLANNING_LEADER = "<leader>"  # stands in for the leader's address in a plan made without a group
 _T = TypeVar("_T")
-_HOST_ORDINAL_RE = re.compile(r"^(?P<ws>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)-(?P<n>\d+)$")
+_HOST_ORDINAL_RE = re.compile(r"^(?P<ws>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)-(?P<n>[0-9]+)$")
 
 
 @dataclass(frozen=True)
@@ -77,22 +78,22 @@ def _int(g: _Given, *, minimum: int, meaning: str, allow_range: bool = False) ->
     text = g.raw
     if allow_range and ":" in text:
         lo, _, hi = text.partition(":")
-        if lo.strip().lstrip("+-").isdigit() and hi.strip().lstrip("+-").isdigit():
-            if int(lo) != int(hi):
+        low, high = parse_int(lo), parse_int(hi)
+        if low is not None and high is not None:
+            if low != high:
                 raise TopologyError(
                     f"{g.show()} asks for an elastic node range",
                     why="A vLLM launch has a fixed number of nodes, so MIN:MAX ranges are not supported",
                     fix=f"set {g.var} to one number (or MIN:MAX with MIN equal to MAX)",
                 )
             text = lo
-    try:
-        value = int(text.strip())
-    except ValueError:
+    value = parse_int(text)
+    if value is None:
         raise TopologyError(
             f"{g.show()} is not a whole number",
-            why=f"It gives {meaning}",
+            why=f"It gives {meaning}, written with the digits 0-9",
             fix=f"set {g.var} to an integer of at least {minimum}",
-        ) from None
+        )
     if value < minimum:
         raise TopologyError(
             f"{g.show()} is out of range",
@@ -206,9 +207,11 @@ def resolve_topology(
     if rank >= count:
         assert rank_g is not None
         count_src = n_pick[0].show() if n_pick else "no node count given, so 1"
-        raise TopologyError(
+        raise RankOutsideGroupError(
             f"{rank_g.show()} gives node rank {rank}, which is not below the node count {count} "
             f"({count_src})",
+            rank=rank,
+            nnodes=count,
             why="Node ranks run from 0 to the node count minus 1",
             fix=f"check {rank_g.var} and {n_pick[0].var}"
             if n_pick
@@ -237,6 +240,13 @@ def resolve_topology(
             f"{p_pick[0].show()} is not a TCP port",
             why="Ports run from 1 to 65535",
             fix=f"set {p_pick[0].var} to a free port, e.g. {DEFAULT_MASTER_PORT}",
+        )
+    if count > 1 and port == 65535:
+        assert p_pick is not None
+        raise TopologyError(
+            f"{p_pick[0].show()} leaves no port for the group's store",
+            why="A group's leader hosts its store at the master port + 1, and 65536 is not a TCP port",
+            fix=f"set {p_pick[0].var} to a free port pair, e.g. {DEFAULT_MASTER_PORT} (the store then uses {DEFAULT_MASTER_PORT + 1})",
         )
 
     # Named after what placed this node: the rank's source, else the first source that said anything.

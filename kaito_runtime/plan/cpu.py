@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from kaito_runtime.errors import DoesNotFitError, InputError
+from kaito_runtime.numbers import parse_int
 from kaito_runtime.plan.fit import Layout
 from kaito_runtime.plan.memory import (
     CPU_HOST_HEADROOM,
@@ -163,8 +164,8 @@ def cpu_core_list(text: str) -> tuple[int, ...]:
     try:
         for part in text.replace(" ", "").split(","):
             lo, _, hi = part.partition("-")
-            first, last = int(lo), int(hi or lo)
-            if first < 0 or last < first:
+            first, last = parse_int(lo), parse_int(hi or lo)
+            if first is None or last is None or first < 0 or last < first:
                 raise ValueError(part)
             cores += range(first, last + 1)
     except ValueError:

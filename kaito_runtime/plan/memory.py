@@ -42,8 +42,6 @@ _DTYPE_BYTES = {
     "auto": 2,
 }
 
-# vLLM --kv-cache-dtype choices (vllm.md "Memory flags"); every fp8 variant stores 1 byte.
-KNOWN_KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla")
 
 
 def kv_dtype_bytes(model_dtype: str, kv_cache_dtype: str | None) -> int:

@@ -7,7 +7,7 @@ overrides that make sense for the model.
 from __future__ import annotations
 
 from kaito_runtime.errors import InputError
-from kaito_runtime.plan.memory import KNOWN_KV_CACHE_DTYPES
+from kaito_runtime.vllm_flags import KNOWN_KV_CACHE_DTYPES
 from kaito_runtime.types import ModelSpec, PlanOverrides
 
 # KAITO sizes node counts for a 2048-token context unless the user sets max-model-len; we call

@@ -19,8 +19,10 @@ import shutil
 import sys
 import time
 from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from kaito_runtime import hub
@@ -60,6 +62,8 @@ from kaito_runtime.types import MiB, WeightsSource
 from kaito_runtime.weights.lock import download_lock, lock_timeout_s
 from kaito_runtime.weights.store import (
     MARKER_NAME,
+    commit_folder,
+    known_commit,
     lock_path,
     held_on_disk,
     partial_path,
@@ -78,6 +82,7 @@ __all__ = [
     "ProgressMode",
     "WeightsResult",
     "disk_free_bytes",
+    "ensure_store_weights",
     "ensure_weights",
     "local_metadata",
     "os_error_as_weights_error",
@@ -190,6 +195,7 @@ class _Job:
     lock_timeout_s: float | None
     log: logging.Logger
     started: float  # time.monotonic() at the call
+    watch: Callable[[TransferCount, int], None] | None = None
 
     @property
     def repo_id(self) -> str:
@@ -212,6 +218,7 @@ def ensure_weights(
     max_workers: int = 8,
     progress_interval_s: float = DEFAULT_PROGRESS_INTERVAL_S,
     lock_timeout_s: float | None = None,
+    watch: Callable[[TransferCount, int], None] | None = None,
 ) -> WeightsResult:
     """Return a local folder holding ``model``'s weights at its pinned commit; download if needed.
 
@@ -221,7 +228,9 @@ def ensure_weights(
     ``lock_timeout_s``: how long to wait for another launcher's download of the same commit to
     make progress (default ``KAITO_WEIGHTS_LOCK_TIMEOUT`` or an hour). ``offline`` given as a
     bool is trusted; None reads ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` from the process
-    environment (``request.offline_in``). Raises the WeightsError family (exit codes 10-18) or InputError;
+    environment (``request.offline_in``). ``watch(count, total)`` is called when a download
+    starts, with the byte count the downloader moves per chunk (the launcher's /metrics reads
+    it). Raises the WeightsError family (exit codes 10-18) or InputError;
     file-system failures come as WeightsError naming the path and the fix.
     """
     log = log or logger
@@ -246,6 +255,7 @@ def ensure_weights(
         lock_timeout_s=lock_timeout_s,
         log=log,
         started=t0,
+        watch=watch,
     )
     try:
         return _ensure_repo(job)
@@ -260,15 +270,16 @@ def _ensure_repo(job: _Job) -> WeightsResult:
     ref = job.model.revision or "main"
     wait_s = lock_timeout_s(job.lock_timeout_s)  # validated before anything is fetched
 
-    commit = ref if COMMIT_RE.match(ref) else None
+    # A commit is its own; offline a branch is what it last resolved to here; online the hub says.
+    commit = known_commit(root, ref) if offline or COMMIT_RE.match(ref) else None
+    if commit is None and not offline:
+        commit = _resolve_online(repo_id, ref, root, token, source, ep, log)
     if commit is None:
-        commit = read_ref(root, ref) if offline else _resolve_online(repo_id, ref, root, token, source, ep, log)
-        if commit is None:
-            raise HubUnreachableError(
-                f"Offline mode, and {repo_id}@{ref} was never resolved to a commit under {root}",
-                why="without the network a branch cannot be resolved",
-                fix="run once online (or pass a 40-hex revision) to pre-fetch the weights, then use --offline",
-            )
+        raise HubUnreachableError(
+            f"Offline mode, and {repo_id}@{ref} was never resolved to a commit under {root}",
+            why="without the network a branch cannot be resolved",
+            fix="run once online (or pass a 40-hex revision) to pre-fetch the weights, then use --offline",
+        )
     folder = root / commit
 
     if offline:
@@ -400,6 +411,8 @@ def _download(job: _Job, folder: Path, commit: str, *, verify: bool) -> WeightsR
         with ExitStack() as shown:
             bar = shown.enter_context(ProgressBar(total, on_disk)) if mode == "bar" else None
             count = TransferCount(held, on_change=bar.add if bar else None)
+            if job.watch is not None:
+                job.watch(count, total)
             fetcher = Fetcher(repo_id, commit, folder, token, ep, log, count, verify=verify)
             if mode == "log":
                 shown.enter_context(ProgressLogger(count, total, log, job.progress_interval_s))
@@ -425,6 +438,42 @@ def _download(job: _Job, folder: Path, commit: str, *, verify: bool) -> WeightsR
     return WeightsResult(folder, needed, False, seconds, len(files), commit)
 
 
+# --- object stores (s3://, gs://, az://) ----------------------------------------------------------
+
+
+def ensure_store_weights(
+    model: WeightsSource,
+    *,
+    weights_dir: Path,
+    env: Mapping[str, str],
+    copy: bool = False,
+    lock_timeout_s: float = 3600.0,
+    log: logging.Logger | None = None,
+) -> WeightsResult:
+    """A model in an object store. Serving (``copy`` False): vLLM streams the tensors; this puts
+    the non-tensor files where vLLM looks for them on this node and returns that folder, with the
+    objects' version digest as ``revision``. ``copy`` (--download-only): a complete, verified
+    local copy (``weights.objects``)."""
+    from kaito_runtime.weights import objects
+
+    log = log or logger
+    assert model.store_uri
+    t0 = time.monotonic()
+    try:
+        if copy:
+            folder, version, received, files, reused = objects.download_copy(
+                model.store_uri, env, Path(weights_dir), log, lock_timeout_s=lock_timeout_s
+            )
+            return WeightsResult(folder, received, reused, time.monotonic() - t0, files, version)
+        folder, version, fetched = objects.fetch_assets(model.store_uri, env, Path(weights_dir), log)
+    except OSError as e:
+        raise os_error_as_weights_error(e, Path(weights_dir)) from None
+    if model.store_version and version != model.store_version:
+        log.warning("weights: the objects under %s changed since the plan was made (version %s, now %s)",
+                    model.store_uri, model.store_version, version)
+    return WeightsResult(folder, fetched, False, time.monotonic() - t0, len(list(folder.iterdir())), version)
+
+
 # --- for planning (before the download) -------------------------------------------------------
 
 
@@ -438,33 +487,43 @@ def planned_path(model: WeightsSource, weights_dir: Path) -> Path:
         return Path(model.local_path)
     if not model.repo_id:
         raise InputError(f"Model {model.name} has neither a Hugging Face repo id nor a local folder")
-    root = repo_folder(weights_dir, model.repo_id)
-    ref = model.revision or "main"
-    if COMMIT_RE.match(ref):
-        return root / ref
-    return root / (read_ref(root, ref) or ref.replace("/", "%2F"))
+    return commit_folder(weights_dir, model.repo_id, model.revision)[0]
+
+
+class LocalCopies:
+    """The complete copies under one weights folder, as the steps before the plan may read them
+    (``model.sources.LocalCopies``): metadata for an offline plan, whether a copy is whole."""
+
+    def __init__(self, weights_dir: Path) -> None:
+        self.weights_dir = Path(weights_dir)
+
+    def metadata(self, repo_id: str, revision: str | None) -> RemoteModel | None:
+        """What a complete copy says about ``repo_id@revision`` (None when there is none): the
+        metadata an offline run, or a run whose hub is unreachable, plans from."""
+        folder, commit = commit_folder(self.weights_dir, repo_id, revision)
+        if commit is None:
+            return None
+        files = read_marker(folder, repo_id, commit)
+        if files is None:
+            return None
+
+        def load(name: str) -> dict | None:
+            try:
+                data = json.loads((folder / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            return data if isinstance(data, dict) else None
+
+        return RemoteModel(repo_id, commit, tuple(files), gated=False, config=load("config.json"), params=load("params.json"))
+
+    def is_complete(self, model: WeightsSource) -> bool:
+        """A complete copy of ``model`` at its pinned commit is here (nothing to fetch)."""
+        if model.local_path or not (model.repo_id and model.revision):
+            return bool(model.local_path)
+        folder, commit = commit_folder(self.weights_dir, model.repo_id, model.revision)
+        return commit is not None and read_marker(folder, model.repo_id, commit) is not None
 
 
 def local_metadata(repo_id: str, revision: str | None, weights_dir: Path) -> RemoteModel | None:
-    """What a complete copy under ``weights_dir`` says about ``repo_id@revision`` (None when there is
-    none): the metadata an offline run, or a run whose hub is unreachable, plans from."""
-    root = repo_folder(weights_dir, repo_id)
-    ref = revision or "main"
-    commit = ref if COMMIT_RE.match(ref) else read_ref(root, ref)
-    if commit is None:
-        return None
-    folder = root / commit
-    files = read_marker(folder, repo_id, commit)
-    if files is None:
-        return None
-
-    def load(name: str) -> dict | None:
-        try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
-    return RemoteModel(repo_id, commit, tuple(files), gated=False, config=load("config.json"), params=load("params.json"))
-
-
+    """``LocalCopies(weights_dir).metadata(repo_id, revision)``."""
+    return LocalCopies(weights_dir).metadata(repo_id, revision)

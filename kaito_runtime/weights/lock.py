@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kaito_runtime.numbers import WEIGHTS_LOCK_TIMEOUT, seconds
+from kaito_runtime.request.settle import DEFAULT_LOCK_TIMEOUT_S, LOCK_TIMEOUT_ENV
 from kaito_runtime.settings import seconds_from_env
 from kaito_runtime.errors import WeightsError
 from kaito_runtime.types import format_bytes as fmt_bytes
@@ -27,8 +29,6 @@ from kaito_runtime.weights.store import folder_bytes, lock_path
 if TYPE_CHECKING:
     from filelock import BaseFileLock
 
-LOCK_TIMEOUT_ENV = "KAITO_WEIGHTS_LOCK_TIMEOUT"
-DEFAULT_LOCK_TIMEOUT_S = 3600.0
 LOCK_LOG_INTERVAL_S = 30.0
 
 
@@ -36,9 +36,9 @@ def lock_timeout_s(given: float | None = None, env: Mapping[str, str] | None = N
     """``given``, else ``KAITO_WEIGHTS_LOCK_TIMEOUT`` from ``env`` (default: the process
     environment), else the default (seconds without progress)."""
     if given is not None:
-        return float(given)
+        return seconds(given, WEIGHTS_LOCK_TIMEOUT, name="the weights lock timeout", fix=f"set {LOCK_TIMEOUT_ENV} within range")
     return seconds_from_env(
-        os.environ if env is None else env, LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S, allow_zero=True
+        os.environ if env is None else env, LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S, WEIGHTS_LOCK_TIMEOUT
     )
 
 

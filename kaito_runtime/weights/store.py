@@ -35,6 +35,22 @@ def repo_folder(weights_dir: Path, repo_id: str) -> Path:
     return Path(weights_dir) / repo_id.replace("/", "--")
 
 
+def known_commit(root: Path, ref: str) -> str | None:
+    """The one rule from a ref to a commit on this volume: a 40-hex ref is its own commit; a
+    branch or tag is the commit it last resolved to here (``refs/``), else None (not yet)."""
+    return ref if COMMIT_RE.match(ref) else read_ref(root, ref)
+
+
+def commit_folder(weights_dir: Path, repo_id: str, revision: str | None) -> tuple[Path, str | None]:
+    """The folder of ``repo_id@revision`` (default branch ``main``) and its commit when known:
+    a ref not resolved on this volume yet names the folder it would get (``ensure_weights``
+    then returns the real one)."""
+    root = repo_folder(weights_dir, repo_id)
+    ref = revision or "main"
+    commit = known_commit(root, ref)
+    return root / (commit or ref.replace("/", "%2F")), commit
+
+
 def lock_path(root: Path, commit: str) -> Path:
     return root / f".{commit}.lock"
 

@@ -128,3 +128,21 @@ def no_writes_under(root: Path, code: int = errno.EROFS) -> Iterator[list[str]]:
             m.setattr(os, name, wrap(getattr(os, name), paths=(0, 1)))
         m.setattr(shutil, "rmtree", wrap(shutil.rmtree))
         yield attempts
+
+
+@contextmanager
+def read_only_volume(root: Path) -> Iterator[list[str]]:
+    """``root`` as a read-only mount, as the kernel answers for one even to root: every write
+    fails with EROFS (``no_writes_under``) and ``os.access`` refuses W_OK under it."""
+    prefix = os.path.abspath(root)
+    real_access = os.access
+
+    def access(path, mode, *args, **kwargs):  # type: ignore[no-untyped-def]
+        text = os.path.abspath(os.fspath(path))
+        if mode & os.W_OK and (text == prefix or text.startswith(prefix + os.sep)):
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    with no_writes_under(root) as attempts, pytest.MonkeyPatch.context() as m:
+        m.setattr(os, "access", access)
+        yield attempts

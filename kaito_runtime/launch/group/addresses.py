@@ -13,7 +13,7 @@ group at ``--master-addr:--master-port``. Left alone it has three weak spots in 
 * a worker that starts long before the leader (the leader still downloading weights) would hit
   torch.distributed's own connect timeout (600 s for NCCL) and restart the group; workers wait
   for the leader's group store instead, and no vLLM starts before the group is released
-  (launch/group.py; peers.md lesson 7: "wait for the leader instead of racing it").
+  (launch/group/member.py; peers.md lesson 7: "wait for the leader instead of racing it").
 
 Every wait has a deadline and says what it is waiting for; nothing here imports torch or vLLM.
 """
@@ -27,15 +27,16 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
-from kaito_runtime.errors import TopologyError
+from kaito_runtime.errors import LeaderNotResolvedError, NoRouteError, RendezvousTimeoutError, TopologyError
 from kaito_runtime.types import LaunchPlan, Topology
 
 # Long enough for a leader that still downloads a large model; short enough that a group whose
 # leader never comes up fails with a message instead of hanging a rollout.
 DEFAULT_TIMEOUT_S = 1800.0
 PROGRESS_EVERY_S = 15.0
-CONNECT_TIMEOUT_S = 3.0
+CONNECT_TRY_S = 5.0  # one connect attempt; the loop says what it waits for between tries
 # How a user raises the deadline; named in the timeout errors.
 TIMEOUT_HINT = "raise the rendezvous timeout (--rendezvous-timeout / KAITO_RENDEZVOUS_TIMEOUT)"
 
@@ -43,6 +44,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}\.?$){_LABEL}(?:\.{_LABEL})*\.?$")
 
 Resolver = Callable[[str], Sequence[str]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -107,47 +109,78 @@ class _Progress:
             self.log.info(message + " (%.0f s)", *args, now - self.started)
 
 
-def resolve_leader(
+class Unreachable(Exception):
+    """One try to reach the leader found nothing there yet (raised by a ``connect`` function)."""
+
+
+def reach_leader(
     address: str,
     *,
     timeout_s: float,
-    interval_s: float = 2.0,
     log: logging.Logger | logging.LoggerAdapter,
     resolver: Resolver = dns_lookup,
-) -> str:
-    """The leader's IP: an IP passes through; a name is looked up until it resolves or time is up.
+    connect: Callable[[str, float], T] | None = None,
+    target: str = "",
+    interval_s: float = 1.0,
+) -> tuple[str, T | None]:
+    """The one loop that finds the leader: look its name up (again on every try, so a recreated
+    leader pod with a new IP is still found) and, given ``connect``, reach it at that IP; retried
+    until ``timeout_s`` with a progress line at the first miss and every 15 s.
 
-    Raises TopologyError naming the address, the seconds waited and what to check.
+    Returns the leader's IP and what ``connect`` returned (None without one). Raises
+    LeaderNotResolvedError (21) when the name never resolved, RendezvousTimeoutError (21) when it
+    resolved but ``connect`` (which raises Unreachable while nobody answers) never succeeded, and
+    TopologyError (2) for an address that cannot be a host name at all.
     """
     address = address.strip()
-    if is_ip(address):
-        return address
-    _check_host(address)
+    if not is_ip(address):
+        _check_host(address)
     started = time.monotonic()
     deadline = started + max(0.0, timeout_s)
     progress = _Progress(log, started)
-    last_error = "no address returned"
+    resolved: str | None = None
+    problem = "no address returned"
     while True:
-        try:
-            ips = list(resolver(address))
-        except (socket.gaierror, UnicodeError) as exc:
-            ips, last_error = [], str(exc)
-        if ips:
-            if progress.last is not None:
-                log.info("leader %s resolved to %s after %.0f s", address, ips[0], time.monotonic() - started)
-            return ips[0]
+        ip = address
+        if not is_ip(address):
+            try:
+                found = list(resolver(address))
+                ip, problem = (found[0], problem) if found else ("", "no address returned")
+            except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+                ip, problem = "", f"DNS: {exc}"
+        if ip:
+            if resolved is None and progress.last is not None:
+                log.info("leader %s resolved to %s after %.0f s", address, ip, time.monotonic() - started)
+            resolved = ip
+            if connect is None:
+                return ip, None
+            try:
+                return ip, connect(ip, max(1.0, min(CONNECT_TRY_S, deadline - time.monotonic())))
+            except Unreachable as exc:
+                problem = str(exc)
         now = time.monotonic()
+        shown = address if ip in ("", address) else f"{address} ({ip})"
         if now >= deadline:
-            raise TopologyError(
-                f"The leader address {address!r} did not resolve to an IP address within {now - started:.0f} s",
-                why=f"The last DNS answer was: {last_error}. A StatefulSet or LeaderWorkerSet publishes the "
-                "leader's record only once its pod exists",
-                fix="check that the leader pod (node rank 0) is scheduled and that its headless service "
-                "publishes not-ready pods (publishNotReadyAddresses: true); or pass the leader's IP with "
-                f"--leader-address/KAITO_LEADER_ADDRESS; or {TIMEOUT_HINT}",
+            if resolved is None:
+                raise LeaderNotResolvedError(
+                    f"The leader address {address!r} did not resolve to an IP address within {now - started:.0f} s",
+                    why=f"the last DNS answer was: {problem}. A StatefulSet or LeaderWorkerSet publishes the "
+                    "leader's record only once its pod exists",
+                    fix="check that the leader pod (node rank 0) is scheduled and that its headless service "
+                    "publishes not-ready pods (publishNotReadyAddresses: true); or pass the leader's IP with "
+                    f"--leader-address/KAITO_LEADER_ADDRESS; or {TIMEOUT_HINT}",
+                )
+            raise RendezvousTimeoutError(
+                f"{target or 'The leader'} at {shown} did not answer within {now - started:.0f} s",
+                why=f"the leader's launcher opens it once it has planned its launch; the last try said: {problem}",
+                fix="check the leader's log (did it start? fail?) and that the port is open between the nodes "
+                f"(deploy/networkpolicy.yaml); or {TIMEOUT_HINT}",
             )
-        progress.miss(now, "waiting for leader %s to resolve: %s", address, last_error)
-        time.sleep(min(interval_s, deadline - now))
+        if connect is None or resolved is None:
+            progress.miss(now, "waiting for leader %s to resolve: %s", address, problem)
+        else:
+            progress.miss(now, "waiting for %s at %s: %s", target or "the leader", shown, problem)
+        time.sleep(max(0.0, min(interval_s, deadline - now)))
 
 
 def local_ip_towards(ip: str) -> str:
@@ -161,14 +194,14 @@ def local_ip_towards(ip: str) -> str:
             sock.connect((ip, 9))  # the discard port; nothing is sent
             local = str(sock.getsockname()[0])
     except OSError as exc:
-        raise TopologyError(
+        raise NoRouteError(
             f"Cannot tell this node's IP address on the way to the leader {ip}",
             why=f"The operating system found no route to it ({exc.strerror or exc})",
             fix="check the node's network, or set VLLM_HOST_IP to this node's IP on the network the "
             "leader can reach (in a pod: status.podIP through the downward API)",
         ) from None
     if ipaddress.ip_address(local).is_unspecified:
-        raise TopologyError(
+        raise NoRouteError(
             f"Cannot tell this node's IP address on the way to the leader {ip}",
             why=f"The route gives the unspecified address {local}",
             fix="set VLLM_HOST_IP to this node's IP on the network the leader can reach",
@@ -193,22 +226,9 @@ def interface_of(ip: str) -> str | None:
     return None
 
 
-def prepare_rendezvous(
-    topology: Topology,
-    *,
-    env: Mapping[str, str],
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    log: logging.Logger | logging.LoggerAdapter,
-    interval_s: float = 2.0,
-    resolver: Resolver = dns_lookup,
-) -> RendezvousInfo | None:
-    """Resolve the leader and find this node's IP (the group store is waited for in launch/group.py).
-
-    None for a single node. One deadline covers all waits. An exported ``VLLM_HOST_IP`` is this
-    node's IP as given; on the leader it is also the master address (no DNS needed).
-    """
-    if not topology.multi_node:
-        return None
+def check_launchable(topology: Topology, env: Mapping[str, str]) -> str:
+    """The input checks before a node looks for its group: its place must be known (not
+    assumed) and an exported VLLM_HOST_IP must be an IP. Returns that exported IP ("" if none)."""
     if topology.assumed:
         raise TopologyError(
             f"This node's place in the group was assumed ({', '.join(topology.assumed)}), which is "
@@ -217,12 +237,6 @@ def prepare_rendezvous(
             fix="set --node-rank/KAITO_NODE_RANK and --leader-address/KAITO_LEADER_ADDRESS (or run "
             "where LWS, torchrun or the KAITO StatefulSet sets them)",
         )
-    assert topology.leader_address  # Topology guarantees it for nnodes > 1
-    deadline = time.monotonic() + max(0.0, timeout_s)
-
-    def left() -> float:
-        return max(0.0, deadline - time.monotonic())
-
     exported = (env.get("VLLM_HOST_IP") or "").strip()
     if exported and not is_ip(exported):
         raise TopologyError(
@@ -230,23 +244,24 @@ def prepare_rendezvous(
             why="vLLM and torch.distributed use it as this node's address as is",
             fix="set VLLM_HOST_IP to this node's IP, or unset it to let kaito-run find it",
         )
-    if topology.is_leader and exported:
-        master = exported
-        log.info("leader: using the exported VLLM_HOST_IP %s as the master address", exported)
-    else:
-        master = resolve_leader(topology.leader_address, timeout_s=left(), interval_s=interval_s, log=log, resolver=resolver)
-        if topology.is_leader and interface_of(master) is None:
-            log.warning(
-                "this node is rank 0 (the leader), but the leader address %s is %s, which is not one of "
-                "this node's addresses; the workers will look for the leader there",
-                topology.leader_address,
-                master,
-            )
+    return exported
+
+
+def addresses(topology: Topology, leader_ip: str, exported: str, log: logging.Logger | logging.LoggerAdapter) -> RendezvousInfo:
+    """This node's address on the way to the leader (``leader_ip``, found by ``reach_leader``),
+    or the exported VLLM_HOST_IP, with the interface holding it. Raises NoRouteError (21)."""
+    if topology.is_leader and interface_of(leader_ip) is None and not exported:
+        log.warning(
+            "this node is rank 0 (the leader), but the leader address %s is %s, which is not one of "
+            "this node's addresses; the workers will look for the leader there",
+            topology.leader_address,
+            leader_ip,
+        )
     if exported:
         host_ip, source = exported, "VLLM_HOST_IP"
     else:
-        host_ip, source = local_ip_towards(master), f"route to {master}"
-    info = RendezvousInfo(master, host_ip, source, interface_of(host_ip))
+        host_ip, source = local_ip_towards(leader_ip), f"route to {leader_ip}"
+    info = RendezvousInfo(leader_ip, host_ip, source, interface_of(host_ip))
     log.info(
         "rendezvous: node %d of %d, leader %s (%s:%d), this node %s (%s%s)",
         topology.node_rank,

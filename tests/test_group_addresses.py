@@ -1,4 +1,5 @@
-"""Multi-node check-in: leader resolution with retries, this node's IP, waiting for the leader's port.
+"""The group's addresses (launch/group/addresses.py): the one loop that finds the leader (DNS
+again on every try, then an optional connect), this node's IP, the input checks before a launch.
 
 Only loopback addresses (127.0.0.1, localhost) are used; DNS failures come from a fake resolver.
 """
@@ -8,22 +9,24 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from kaito_runtime.launch import rendezvous
-from kaito_runtime.errors import TopologyError
-from kaito_runtime.launch.rendezvous import (
+from kaito_runtime.errors import LeaderNotResolvedError, NoRouteError, RendezvousError, RendezvousTimeoutError, TopologyError
+from kaito_runtime.launch.group import addresses as group_addresses
+from kaito_runtime.launch.group.addresses import (
     RendezvousInfo,
+    Unreachable,
+    addresses,
+    check_launchable,
+    interface_of,
     local_ip_towards,
-    prepare_rendezvous,
-    resolve_leader,
+    reach_leader,
     with_master_ip,
 )
-from kaito_runtime.types import AttentionGeometry, LaunchPlan, ModelSpec, Topology
+from kaito_runtime.types import LaunchPlan, Topology
 
-log = logging.getLogger("test_rendezvous")
+log = logging.getLogger("test_group_addresses")
 
 
 class FlakyDns:
@@ -45,64 +48,84 @@ def never_called(host: str) -> list[str]:
     raise AssertionError(f"DNS was asked for {host}")
 
 
-@pytest.fixture
-def listener() -> Iterator[int]:
-    """A TCP port on 127.0.0.1 that accepts connections."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        yield server.getsockname()[1]
-
-
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def group(rank: int, leader: str = "localhost", port: int = 29501) -> Topology:
     return Topology(nnodes=2, node_rank=rank, leader_address=leader, master_port=port)
 
 
 # ------------------------------------------------------------------------------------------------
-# resolve_leader
+# reach_leader: the one DNS loop
 # ------------------------------------------------------------------------------------------------
+
+
+def resolve(address: str, **kw) -> str:
+    return reach_leader(address, log=log, **kw)[0]
 
 
 @pytest.mark.parametrize("ip", ["127.0.0.1", "::1"])
 def test_an_ip_passes_through_without_dns(ip: str) -> None:
-    assert resolve_leader(ip, timeout_s=0, log=log, resolver=never_called) == ip
+    assert resolve(ip, timeout_s=0, resolver=never_called) == ip
 
 
 def test_localhost_resolves_to_ipv4_loopback() -> None:
-    assert resolve_leader("localhost", timeout_s=5, log=log) == "127.0.0.1"
+    assert resolve("localhost", timeout_s=5) == "127.0.0.1"
 
 
 def test_a_late_dns_record_is_waited_for(caplog: pytest.LogCaptureFixture) -> None:
     dns = FlakyDns(misses=2)
     with caplog.at_level(logging.INFO, logger=log.name):
-        assert resolve_leader("myws-0.myws-headless", timeout_s=5, interval_s=0.01, log=log, resolver=dns) == "127.0.0.1"
+        assert resolve("myws-0.myws-headless", timeout_s=5, interval_s=0.01, resolver=dns) == "127.0.0.1"
     assert len(dns.calls) == 3
     assert "waiting for leader myws-0.myws-headless to resolve" in caplog.text
     assert "resolved to 127.0.0.1 after" in caplog.text
 
 
-def test_dns_timeout_names_address_seconds_and_fix() -> None:
+def test_a_name_that_never_resolves_is_a_rendezvous_error_exit_21() -> None:
     dns = FlakyDns(misses=10**6)
     started = time.monotonic()
-    with pytest.raises(TopologyError) as info:
-        resolve_leader("myws-0.myws-headless", timeout_s=0.2, interval_s=0.05, log=log, resolver=dns)
+    with pytest.raises(LeaderNotResolvedError) as info:
+        resolve("myws-0.myws-headless", timeout_s=0.2, interval_s=0.05, resolver=dns)
     assert time.monotonic() - started < 2
     text = str(info.value)
     assert "'myws-0.myws-headless' did not resolve" in text and "within 0 s" in text
     assert "Name or service not known" in text
     assert "publishNotReadyAddresses" in text and "--leader-address" in text
-    assert info.value.exit_code == 2
+    assert info.value.exit_code == 21 and isinstance(info.value, RendezvousError)
+    assert not isinstance(info.value, TopologyError)
     assert len(dns.calls) >= 2
+
+
+def test_the_loop_looks_the_name_up_again_on_every_connect_try() -> None:
+    """A leader pod recreated with a new IP (or whose DNS record appears late) is still found:
+    each try resolves again and connects to what it got."""
+    dns = FlakyDns(misses=1, ips=("127.0.0.2",))
+    tried: list[str] = []
+
+    def connect(ip: str, seconds: float) -> str:
+        tried.append(ip)
+        if len(tried) < 3:
+            raise Unreachable("connection refused")
+        return "store"
+
+    assert reach_leader("myws-0.myws-headless", timeout_s=10, interval_s=0.01, log=log, resolver=dns,
+                        connect=connect) == ("127.0.0.2", "store")
+    assert len(dns.calls) == 4 and tried == ["127.0.0.2"] * 3
+
+
+def test_a_leader_that_resolves_but_never_answers_names_what_was_waited_for() -> None:
+    def connect(ip: str, seconds: float) -> str:
+        raise Unreachable("connection refused")
+
+    with pytest.raises(RendezvousTimeoutError) as info:
+        reach_leader("localhost", timeout_s=0.3, interval_s=0.05, log=log, connect=connect,
+                     target="the leader's group store (port 29502)")
+    assert info.value.exit_code == 21
+    assert "the leader's group store (port 29502) at localhost (127.0.0.1)" in info.value.message
+    assert "connection refused" in info.value.message and "--rendezvous-timeout" in info.value.message
 
 
 def test_placeholder_address_is_refused_at_once() -> None:
     with pytest.raises(TopologyError, match="not a host name"):
-        resolve_leader("<leader>", timeout_s=60, log=log, resolver=never_called)
+        resolve("<leader>", timeout_s=60, resolver=never_called)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,49 +151,29 @@ def test_no_route_is_an_explained_error(monkeypatch: pytest.MonkeyPatch) -> None
         def connect(self, addr: object) -> None:
             raise OSError(101, "Network is unreachable")
 
-    monkeypatch.setattr(rendezvous.socket, "socket", NoRoute)
-    with pytest.raises(TopologyError) as info:
+    monkeypatch.setattr(group_addresses.socket, "socket", NoRoute)
+    with pytest.raises(NoRouteError) as info:
         local_ip_towards("127.0.0.1")
     assert "Network is unreachable" in str(info.value) and "VLLM_HOST_IP" in str(info.value)
+    assert info.value.exit_code == 21
 
 
 # ------------------------------------------------------------------------------------------------
-# prepare_rendezvous
+# check_launchable and addresses
 # ------------------------------------------------------------------------------------------------
 
 
-def test_single_node_needs_no_rendezvous() -> None:
-    assert prepare_rendezvous(Topology(), env={}, timeout_s=0, log=log, resolver=never_called) is None
+def test_this_nodes_address_is_the_route_to_the_leader() -> None:
+    info = addresses(group(1), "127.0.0.1", "", log)
+    assert (info.master_addr_ip, info.host_ip, info.host_ip_source) == ("127.0.0.1", "127.0.0.1", "route to 127.0.0.1")
+    assert info.socket_ifname == interface_of("127.0.0.1")
 
 
-def test_leader_resolves_itself_and_does_not_wait_for_a_port(closed_port: int) -> None:
-    info = prepare_rendezvous(group(0, port=closed_port), env={}, timeout_s=5, log=log)
-    assert info is not None
-    assert (info.master_addr_ip, info.host_ip) == ("127.0.0.1", "127.0.0.1")
-    assert info.host_ip_source == "route to 127.0.0.1"
-    assert info.socket_ifname == rendezvous.interface_of("127.0.0.1")
-
-
-def test_a_worker_resolves_the_leader_without_waiting_for_a_port(closed_port: int) -> None:
-    """The leader's launcher opens the group store; vLLM's master port opens only after the
-    release, so the rendezvous must not wait for it (launch/group.py waits for the store)."""
-    started = time.monotonic()
-    info = prepare_rendezvous(group(1, port=closed_port), env={}, timeout_s=5, log=log)
-    assert info is not None and info.master_addr_ip == "127.0.0.1" and info.host_ip == "127.0.0.1"
-    assert time.monotonic() - started < 1
-
-
-def test_exported_host_ip_is_honoured_and_leader_skips_dns() -> None:
-    env = {"VLLM_HOST_IP": "127.0.0.1"}
-    info = prepare_rendezvous(group(0, "myws-0.myws-headless"), env=env, timeout_s=0, log=log, resolver=never_called)
-    assert info is not None
-    assert (info.master_addr_ip, info.host_ip, info.host_ip_source) == ("127.0.0.1", "127.0.0.1", "VLLM_HOST_IP")
-    assert "VLLM_HOST_IP" not in info.child_env(env)
-
-
-def test_worker_keeps_the_exported_host_ip(listener: int) -> None:
-    info = prepare_rendezvous(group(1, port=listener), env={"VLLM_HOST_IP": "127.0.0.1"}, timeout_s=5, log=log)
-    assert info is not None and info.host_ip_source == "VLLM_HOST_IP"
+def test_an_exported_host_ip_is_honoured() -> None:
+    assert check_launchable(group(0), {"VLLM_HOST_IP": "127.0.0.1"}) == "127.0.0.1"
+    info = addresses(group(1), "127.0.0.1", "127.0.0.1", log)
+    assert info.host_ip_source == "VLLM_HOST_IP"
+    assert "VLLM_HOST_IP" not in info.child_env({"VLLM_HOST_IP": "127.0.0.1"})
 
 
 def test_a_planning_topology_cannot_launch() -> None:
@@ -178,12 +181,12 @@ def test_a_planning_topology_cannot_launch() -> None:
 
     planned = replace(group(0, "<leader>"), assumed=("node_rank", "leader_address"))
     with pytest.raises(TopologyError, match="assumed \\(node_rank, leader_address\\)"):
-        prepare_rendezvous(planned, env={}, timeout_s=60, log=log, resolver=never_called)
+        check_launchable(planned, {})
 
 
 def test_exported_host_ip_must_be_an_ip() -> None:
     with pytest.raises(TopologyError, match="VLLM_HOST_IP='node-a' is not an IP address"):
-        prepare_rendezvous(group(1), env={"VLLM_HOST_IP": "node-a"}, timeout_s=0, log=log, resolver=never_called)
+        check_launchable(group(1), {"VLLM_HOST_IP": "node-a"})
 
 
 def test_child_env_sets_host_ip_and_interfaces_unless_exported() -> None:
@@ -196,14 +199,9 @@ def test_child_env_sets_host_ip_and_interfaces_unless_exported() -> None:
 def test_resolved_ip_reaches_the_vllm_command() -> None:
     from kaito_runtime.launch.vllm_command import CommandInputs, build_vllm_command
 
-    model = ModelSpec(
-        name="tiny",
-        architecture="LlamaForCausalLM",
-        weights_bytes=1_641_920,
-        max_context=512,
-        attention=AttentionGeometry(num_layers=2, num_attention_heads=4, num_kv_heads=2, head_dim=32),
-    )
-    plan = LaunchPlan(model=model, target="gpu", topology=group(1), pipeline_parallel_size=2, max_model_len=512, gpus_per_node=1)
+    from tests.support.planner_helpers import tiny_model
+
+    plan = LaunchPlan(model=tiny_model(), target="gpu", topology=group(1), pipeline_parallel_size=2, max_model_len=512, gpus_per_node=1)
     info = RendezvousInfo("127.0.0.1", "127.0.0.1", "route to 127.0.0.1")
     resolved = with_master_ip(plan, info)
     assert resolved.topology.leader_address == "127.0.0.1" and plan.topology.leader_address == "localhost"
