@@ -4,7 +4,8 @@ cached by a hash of its inputs), run with podman, serving the tiny model through
 User stories, three groups of containers, one group at a time:
 - KAITO's single-node pod (command ["/bin/sh", "-c", <KAITO's command line, unchanged>]) downloads
   a gated model with a token from a mounted secret file and serves it: a chat completion,
-  /health, the image's HEALTHCHECK; everything runs as uid 1000, the weights and cache volumes
+  /health, KAITO's benchmark startup probe (podman exec, as kubelet runs it), the image's
+  HEALTHCHECK; everything runs as uid 1000, the weights and cache volumes
   are written by it and nothing else is; the token is nowhere (logs, inspect, history, the image
   and container file systems, the volumes).
 - The image's own entrypoint (tini -> kaito-entrypoint -> kaito-run): `podman stop` ends it with
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -125,7 +127,16 @@ class Pod:
             "--health-interval", "disable",
         ])
         self.health_while_loading = podman("healthcheck", "run", self.name, check=False)
+        self.probe_while_loading = self.probe()
         self.ready_s = self.container.wait_ready(READY_S)
+
+    def probe(self) -> subprocess.CompletedProcess:
+        """KAITO's startup probe as kubelet runs it (an exec in the container), shortened."""
+        short = {"KAITO_BENCHMARK_URL": f"http://localhost:{self.port}", "KAITO_BENCHMARK_DURATION": "5",
+                 "KAITO_BENCHMARK_INPUT_TOKENS": "32", "KAITO_BENCHMARK_OUTPUT_TOKENS": "8",
+                 "KAITO_BENCHMARK_DRAIN_TIMEOUT": "60"}
+        options = [item for key, value in short.items() for item in ("--env", f"{key}={value}")]
+        return self.container.exec("python3", "/workspace/vllm/benchmark_entrypoint.py", options=options, timeout=600)
 
 
 @pytest.fixture(scope="class")
@@ -147,6 +158,20 @@ class TestKaitoSingleNodePod:
         assert status == 200 and json.loads(models)["data"][0]["id"] == "tiny-llama"
         downloads = [r for r in hub.records if r.kind == "resolve" and r.status in (200, 206, 302)]
         assert downloads and all(r.authorized for r in downloads)  # the gated repo: only with the token
+
+    def test_kaitos_benchmark_startup_probe_fails_while_loading_then_passes_and_its_lines_reach_podman_logs(self, pod):
+        early = pod.probe_while_loading
+        assert early.returncode == 1, early.stdout + early.stderr
+        assert "KAITO_BENCHMARK_RESULT" not in pod.container.logs()  # /health was not 200: no result yet
+        done = pod.probe()
+        assert done.returncode == 0, done.stdout + done.stderr
+        logs = pod.container.logs()  # PID 1's stdout: what `kubectl logs` shows and KAITO parses
+        config = [line for line in logs.splitlines() if line.startswith("KAITO_BENCHMARK_CONFIG ")]
+        result = [line for line in logs.splitlines() if line.startswith("KAITO_BENCHMARK_RESULT ")]
+        assert len(config) == 1 and len(result) == 1, logs[-3000:]
+        assert json.loads(config[0].split(" ", 2)[2])["duration_sec"] == 5
+        figures = json.loads(result[0].split(" ", 2)[2])
+        assert figures["vllm_total_tpm"] > 0 and figures["ttft_avg_ms"] > 0, figures
 
     def test_the_images_healthcheck_fails_while_loading_and_passes_when_ready(self, pod):
         assert pod.health_while_loading.returncode != 0, pod.health_while_loading.stdout

@@ -116,7 +116,9 @@ def test_the_pure_dependencies_are_pyprojects_and_nothing_re_resolves_vllm_or_to
     _, run = run_with('"click')
     deps = run.split("rm -rf /tmp/wheels", 1)[1].split("pip check")[0]
     listed = set(re.findall(r'"([^"]+)"', deps))
-    assert listed == set(PYPROJECT["project"]["dependencies"])
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    runai = [spec for spec in extras["cpu"] if spec.startswith("runai-model-streamer")]
+    assert listed == set(PYPROJECT["project"]["dependencies"]) | set(extras["bench"]) | set(runai)
     assert "&& pip check" in run
     last_run = of("RUN")[-1][1]
     assert "pip install" in last_run and "--no-deps" in last_run and "--mount=type=bind" in last_run
@@ -175,7 +177,8 @@ def test_port_healthcheck_and_tini_entrypoint():
 
 def test_kaitos_scripts_are_at_kaitos_paths():
     assert "find /src/entrypoints/kaito -maxdepth 1 -type f ! -name '*.pyc' -exec install -m 0755 {} /workspace/vllm/" in of("RUN")[-1][1]
-    for name in ("inference_api.py", "multi-node-serving.sh", "multi-node-health-check.py"):
+    assert "install -m 0755 /src/entrypoints/cuda-provision.sh /workspace/cuda-provision.sh" in of("RUN")[-1][1]
+    for name in ("inference_api.py", "multi-node-serving.sh", "multi-node-health-check.py", "benchmark_entrypoint.py"):
         assert (REPO / "entrypoints" / "kaito" / name).stat().st_mode & 0o111
     assert not [p for p in (REPO / "entrypoints" / "kaito").iterdir() if p.is_dir() and p.name != "__pycache__"]
     assert "ln -s /workspace/weights /workspace/vllm/weights" in run_with("useradd")[1]
