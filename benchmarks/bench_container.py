@@ -111,7 +111,7 @@ def main() -> None:
     built = subprocess.run(["bash", str(REPO / "scripts" / "build-image.sh"), "cpu"], capture_output=True, text=True)
     if built.returncode != 0:
         sys.exit(f"bench_container: scripts/build-image.sh cpu failed:\n{built.stderr[-2000:]}")
-    tag = next(line.split()[-1] for line in built.stdout.splitlines() if line.startswith("build-image: "))
+    tag = next(line.split()[-1] for line in built.stdout.splitlines() if line.startswith("image:"))
     image_id = next(line.split()[-1] for line in built.stdout.splitlines() if line.startswith("image id:"))
 
     model = REPO / "models" / "tiny-llama"

@@ -140,6 +140,7 @@ report() {
     id=$(pod image inspect --format '{{.Id}}' "$tagged")
     size=$(pod image inspect --format '{{.Size}}' "$tagged")
     echo "$me: $how $tagged"
+    echo "image:      $tagged"
     echo "image id:   $id"
     echo "size:       $size bytes ($(numfmt --to=iec --suffix=B "$size"))"
     echo "layers:     $(pod image inspect --format '{{len .RootFS.Layers}}' "$tagged")"

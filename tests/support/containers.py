@@ -65,7 +65,7 @@ def build(variant: str) -> Built:
     done = subprocess.run(["bash", str(BUILD), variant], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     if done.returncode != 0:
         unavailable(f"scripts/build-image.sh {variant} exited {done.returncode}: {done.stderr.strip()[-1500:]}")
-    tag = next(line.split()[-1] for line in done.stdout.splitlines() if line.startswith("build-image: "))
+    tag = next(line.split()[-1] for line in done.stdout.splitlines() if line.startswith("image:"))
     image_id = next(line.split()[-1] for line in done.stdout.splitlines() if line.startswith("image id:"))
     return Built(tag, image_id, done.stdout)
 
