@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kaito_runtime import logs
+from kaito_runtime import logs, objstore
 from kaito_runtime.errors import (
     DoesNotFitError, GroupMemberLostError, GroupMismatchError, InputError, ModelDoesNotFitError, RankOutsideGroupError,
 )
@@ -132,28 +132,19 @@ def probe_node(request: RuntimeRequest, env: Mapping[str, str]) -> NodeInventory
 
 
 def _probe(node: NodeRequest, weights_dir: Path, env: Mapping[str, str]) -> NodeInventory:
-    """--sku takes the machine's CPUs and RAM from the SKU table; --assume-gpus names GPUs only,
-    so the host is this machine's (what a CPU plan, or a --cpu one, is sized against)."""
-    from kaito_runtime.node import inventory, skus
+    from kaito_runtime import node as node_step
 
-    if node.sku and node.assume_gpus:
-        raise InputError("Both --sku and --assume-gpus were given", fix="use one of them")
-    if node.sku:
-        return skus.inventory_for_sku(node.sku)
-    if node.assume_gpus:
-        return skus.inventory_for_assumed_gpus(node.assume_gpus, host=inventory.probe_host(weights_dir))
-    return inventory.probe_inventory(weights_dir=weights_dir, env=env)
+    return node_step.probe_node(sku=node.sku, assume_gpus=node.assume_gpus, weights_dir=weights_dir, env=env)
 
 
 def resolve_topology(request: RuntimeRequest | GroupRequest, env: Mapping[str, str], *, planning_only: bool = False) -> Topology:
     """This node's place in its group. ``planning_only``: a multi-node plan may go without a rank
     (taken as 0) or a leader address (a placeholder); a real launch must have both."""
-    from kaito_runtime.node import topology
+    from kaito_runtime import node as node_step
 
-    return topology.resolve_topology(
-        env, nnodes=request.nnodes, node_rank=request.node_rank, leader_address=request.leader_address,
-        master_port=request.master_port, planning_only=planning_only,
-    )
+    return node_step.resolve_topology(env, nnodes=request.nnodes, node_rank=request.node_rank,
+                                      leader_address=request.leader_address, master_port=request.master_port,
+                                      planning_only=planning_only)
 
 
 def doctor(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tuple[NodeInventory, Topology]:
@@ -170,7 +161,7 @@ def resolve_model(request: RuntimeRequest, env: Mapping[str, str] | None = None)
 def _resolve(launch: LaunchRequest) -> ModelSpec:
     from kaito_runtime import model
 
-    _register_store_secrets(launch.env)
+    objstore.register_secrets(launch.env)
     with hub_timeouts.timeout_from(launch.env):
         return model.resolve_model(launch.model, launch.catalog, credentials=launch.credentials,
                                    local_copies=_local_copies(launch), env=launch.env)
@@ -214,7 +205,7 @@ def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Ca
     except DoesNotFitError as error:
         raise ModelDoesNotFitError(error, model, fix=_with_gpu_node_hint(error.fix, launch, node),
                                    token_source=launch.credentials.found_source, warnings=(gated,) if gated else ()) from error
-    model_path = _vllm_model(model, launch.env) or (
+    model_path = objstore.vllm_model_uri(model.store_uri, launch.env) or (
         Path(model.local_path) if model.local_path else planned_path(model.weights_source, launch.weights.weights_dir)
     )
     serve = launch_step.ServeOptions(launch.serve.host, launch.serve.port, chat_template_dir=launch.serve.chat_template_dir,
@@ -285,7 +276,7 @@ def _fetch(model: ModelSpec | WeightsSource, launch: LaunchRequest, effects: Eff
     w, credentials = launch.weights, launch.credentials
     source = model.weights_source if isinstance(model, ModelSpec) else model
     if source.store_uri:
-        _register_store_secrets(launch.env)
+        objstore.register_secrets(launch.env)
         return weights.ensure_store_weights(source, weights_dir=w.weights_dir, env=launch.env, copy=copy,
                                             lock_timeout_s=w.lock_timeout_s, log=log)
     try:
@@ -351,7 +342,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
 def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, entered: float, effects: Effects) -> int:
     from kaito_runtime import launch as launch_step, termination
     from kaito_runtime.launch import plan_check, report, supervisor
-    from kaito_runtime.observe import Phase
+    from kaito_runtime.observe import ObservedHooks, Phase, hold_port
     from kaito_runtime.weights.store import check_weights_dir
 
     # First: without vLLM nothing below can end well, and a --join worker would otherwise meet
@@ -363,8 +354,8 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
 
         preload_torch()
         secret = _group_secret(launch)  # a bad file fails before anything slow
-    _hold_api_port(observer, effects, launch.user_args.last_value("host") or launch.serve.host,
-                   parse_int(launch.user_args.last_value("port") or "") or launch.serve.port)
+    hold_port(observer, launch.user_args.last_value("host") or launch.serve.host,
+              parse_int(launch.user_args.last_value("port") or "") or launch.serve.port, effects.check_port_free)
     if request.join:
         launch = settle(_join_the_leader(request, launch.env, secret), launch.env)
     if not launch.model.local_folder:
@@ -383,7 +374,7 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
     for warning in built.warnings:
         log.warning("%s", warning)
     # The leader's vLLM serves its API there; a worker's launcher answers /health there.
-    _hold_api_port(observer, effects, built.host, built.port)
+    hold_port(observer, built.host, built.port, effects.check_port_free)
     group = _the_group(planned, launch, secret) if topo.multi_node else None
     if group is not None and topo.is_leader:
         group.check_ports()  # vLLM's master port and the store's, naming --master-port
@@ -402,15 +393,14 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
     meeting = None
     if group is not None:
         observer.enter(Phase.GROUP)
-        observer.status.group.follow(lambda: {"size": group.nnodes, "state": group.state.value,
-                                              "round": group.round, "restarts": group.restarts})
+        observer.status.group.follow(group.figures)
         meeting = group.meet(_node_facts(planned, built, install, result, secret))
         observer.status.group.checked_in(group.nnodes)  # the group was released: every member is in
     # Filled in, not rebuilt: the folder the weights step returned (a branch may have resolved to
     # another commit's folder; a store's model stays its URI) and the leader's resolved IP.
-    built = built.filled(str(_vllm_model(planned.model, launch.env) or result.path),
+    built = built.filled(str(objstore.vllm_model_uri(planned.model.store_uri, launch.env) or result.path),
                          master_addr=meeting.master_addr_ip if meeting is not None else None)
-    store_plain, store_secret = _store_child_env(planned.model, launch.env, result)
+    store_plain, store_secret = objstore.child_env(planned.model.store_uri, launch.env, Path(result.path))
     added = {**(meeting.child_env(launch.env) if meeting is not None else {}), **store_plain}
     child_env = {**launch_step.child_environment(built, launch.env, added), **store_secret}
 
@@ -446,8 +436,10 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
             observer.release_api_port("the worker's health server takes it")
             stack.enter_context(WorkerHealthServer(host, port, lambda: group.health().answer()))
             log.info("worker health: GET http://%s:%d/health (200 while vLLM and the leader's heartbeat are alive)", host, port)
-        hooks = _ObservedHooks(group.hooks if group is not None else None, observer, worker=not topo.is_leader)
-        for attempt in (1, 2):
+        hooks = ObservedHooks(group.hooks if group is not None else None, observer, worker=not topo.is_leader)
+        attempt = 0
+        while True:  # a second try after a lost port race (one node); one pass per round of a group
+            attempt += 1
             observer.vllm_starting(child_env, serves_api=topo.is_leader)
             outcome = effects.supervise(
                 built.argv, child_env, ready=readiness, grace_seconds=serve.grace_seconds,
@@ -461,9 +453,13 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
                     and observer.port_race_lost(outcome.tail, outcome.exit_code)):
                 log.warning("vLLM bound port %d before the launcher had let go of it; starting it again", port)
                 continue
-            break
-        if group is not None:
-            return _leave_the_group(group, outcome, planned, built, serve.ready_timeout)
+            if group is None:
+                break
+            code = _end_the_round(group, outcome, planned, built, serve.ready_timeout)
+            if code is not None:
+                return code
+            group.meet_again()  # the same plan, weights and command: vLLM starts again
+            log.info("starting vLLM (round %d): %s", group.round, launch_step.start_line(built, added))
     if outcome.exit_code != 0 and outcome.signal_received is None:
         termination.note_cause(report.log_failure(outcome, planned.plan, built, serve.ready_timeout, log))
     elif outcome.signal_received is not None:
@@ -473,77 +469,12 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
     return outcome.exit_code
 
 
-def _hold_api_port(observer: Observer, effects: Effects, host: str, port: int) -> None:
-    """The port check (a busy port is exit 2 in a second) and the launcher's hold on it."""
-    if observer.holds(host, port):
-        return
-    observer.release_api_port("vLLM's port moved")
-    effects.check_port_free(host, port)
-    try:
-        observer.hold_api_port(host, port)
-    except OSError:
-        effects.check_port_free(host, port)  # taken in between: the same clear error
-        raise
-
-
-class _ObservedHooks:
-    """The supervisor's hooks: the group's (when there is one), and what the launcher's own
-    status learns from them (a headless worker is ready once its vLLM runs; a signal means
-    stopping)."""
-
-    def __init__(self, inner, observer: Observer, *, worker: bool) -> None:
-        from kaito_runtime.launch.supervisor import SupervisorHooks
-
-        self._inner = inner or SupervisorHooks()
-        self._observer, self._worker = observer, worker
-
-    def started(self, alive) -> None:
-        self._inner.started(alive)
-        if self._worker:
-            self._observer.vllm_ready()
-
-    def signalled(self, signum: int) -> None:
-        self._inner.signalled(signum)
-        self._observer.on_signal(signum)
-
-    def stop_request(self):
-        return self._inner.stop_request()
-
-    def exited(self, returncode: int) -> None:
-        self._inner.exited(returncode)
-
-
-def _register_store_secrets(env: Mapping[str, str]) -> None:
-    """Object-store credentials in the environment are masked in every output from here on."""
-    from kaito_runtime import objstore, secrets
-
-    for value in objstore.secret_values(env):
-        secrets.register_secret(value)
-
-
-def _vllm_model(model: ModelSpec | WeightsSource, env: Mapping[str, str]) -> str | None:
-    """The object-store URI vLLM streams from (None for a hub model or a folder)."""
-    from kaito_runtime import objstore
-
-    return objstore.parse_uri(model.store_uri, env).uri if model.store_uri else None
-
-
-def _store_child_env(model: ModelSpec, env: Mapping[str, str], weights: WeightsResult) -> tuple[dict[str, str], dict[str, str]]:
-    """(plain, secret) variables vLLM needs to stream ``model`` (nothing for other models)."""
-    from kaito_runtime import objstore
-
-    if not model.store_uri:
-        return {}, {}
-    plain, secret = objstore.store_env(objstore.parse_uri(model.store_uri, env), env)
-    if not env.get("VLLM_ASSETS_CACHE"):  # where the weights step put the non-tensor files
-        plain["VLLM_ASSETS_CACHE"] = str(Path(weights.path).parent.parent)
-    return plain, secret
-
-
-def _leave_the_group(group: Group, outcome, planned: PlannedLaunch, built: VllmLaunch, ready_timeout: float | None) -> int:
-    """This node's vLLM has stopped: tell the group why (or learn that a peer ended it), then
-    exit as one unit: 0 for a stop someone asked for, 22 where a member was lost, and the node
-    whose own vLLM failed keeps vLLM's code (its failure report says why)."""
+def _end_the_round(group: Group, outcome, planned: PlannedLaunch, built: VllmLaunch, ready_timeout: float | None) -> int | None:
+    """This node's vLLM has stopped: tell the group why (or learn that a peer ended it). None
+    when the group meets again (a loss within the restart budget); else the exit code, the group
+    ending as one unit: 0 for a stop someone asked for, 22 where a member was lost (and, with a
+    restart budget, on the node whose budget is spent), and with --max-restarts 0 the node whose
+    own vLLM failed keeps vLLM's code (its failure report says why)."""
     from kaito_runtime.launch.group import StopKind
     from kaito_runtime.launch.report import log_failure
     from kaito_runtime.launch.supervisor import describe_exit_code
@@ -554,7 +485,10 @@ def _leave_the_group(group: Group, outcome, planned: PlannedLaunch, built: VllmL
     own_failure = outcome.outcome in ("exited", "ready_timeout") and outcome.signal_received is None
     if own_failure and outcome.exit_code != 0:
         termination.note_cause(log_failure(outcome, planned.plan, built, ready_timeout, log))
-    stop = group.leave(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
+    stop = group.end_round(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
+    if group.meets_again:
+        return None
+    group.leave()
     if outcome.outcome == "group_stopped" and stop is not None:
         if stop.kind is StopKind.REQUESTED:
             log.info("rank %d stopped with its group: %s", rank, stop.reason)
@@ -563,8 +497,13 @@ def _leave_the_group(group: Group, outcome, planned: PlannedLaunch, built: VllmL
             termination.note_cause(f"rank {rank} stopped: a group member was lost: {stop.reason}")
         return outcome.exit_code
     if own_failure:
-        log.error("rank %d: vLLM exited (exit %d); the group stops with it", rank, outcome.exit_code)
-        return outcome.exit_code if outcome.exit_code != 0 else GroupMemberLostError.exit_code
+        log.error("rank %d: vLLM exited (exit %d); the group stops with it%s", rank, outcome.exit_code,
+                  f" ({stop.reason})" if stop is not None and stop.rank == rank else "")
+        if stop is not None and stop.rank == rank:
+            termination.note_cause(f"rank {rank}: {stop.reason}")
+        if group.settings.max_restarts > 0 or outcome.exit_code == 0:
+            return GroupMemberLostError.exit_code  # a spent budget: every node exits 22, naming the rank
+        return outcome.exit_code
     return outcome.exit_code
 
 
@@ -606,7 +545,8 @@ def _the_group(planned: PlannedLaunch, launch: LaunchRequest, secret: GroupSecre
 
     g = launch.group
     settings = GroupSettings(planned.topology, rendezvous_timeout_s=g.rendezvous_timeout or DEFAULT_TIMEOUT_S,
-                             peer_timeout_s=g.peer_timeout or DEFAULT_PEER_TIMEOUT_S, secret=secret)
+                             peer_timeout_s=g.peer_timeout or DEFAULT_PEER_TIMEOUT_S, secret=secret,
+                             max_restarts=g.max_restarts)
     return Group(settings, env=launch.env, log=log)
 
 
@@ -628,7 +568,7 @@ def _join_the_leader(request: RuntimeRequest, env: Mapping[str, str], secret: Gr
     """--join: learn what the group serves from the leader's store (model, revision, node count,
     plan options, vLLM arguments). This node keeps its own rank, ports, cores, folders and token."""
     from kaito_runtime.launch.group import DEFAULT_TIMEOUT_S, learn_from_leader
-    from kaito_runtime.node.topology import leader_of
+    from kaito_runtime.node import leader_of
 
     if request.preset or request.model or request.extra_vllm_args or request.config_file:
         raise InputError("--join learns the model and its settings from the leader, but this node was given its own",

@@ -52,9 +52,9 @@ def _commands_section(main) -> str:
 
 
 def _mode_aliases():
-    from kaito_runtime.cli import _MODE_ALIASES
+    from kaito_runtime.cli import MODE_ALIASES
 
-    return _MODE_ALIASES
+    return MODE_ALIASES
 
 
 def _options_section() -> str:

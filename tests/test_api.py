@@ -3,7 +3,7 @@
 vLLM itself is never started here: the API's side effects come through its seam (``api.Effects``,
 faked by ``tests/support/api_seam.py``): a "detected" vLLM, a supervisor that records what it
 was asked to start, a recording port check; the weights step is the real one unless a test hands
-in its own. tests/test_e2e_serve.py runs the real thing. No module attribute is patched here.
+in its own. tests/e2e/test_serve.py runs the real thing. No module attribute is patched here.
 """
 
 from __future__ import annotations
@@ -758,3 +758,22 @@ def test_join_without_vllm_exits_20_before_contacting_the_store(tmp_path, seam):
         api.run(request, {}, effects=seam.effects)
     assert caught.value.exit_code == 20
     assert time.monotonic() - started < 4.0 and seam.kinds() == ["detect"]
+
+
+def test_errors_carry_the_repo_and_the_path_as_fields(hub, hub_env, tmp_path, seam):
+    """A caller branches on what failed without parsing the message."""
+    from kaito_runtime.errors import RepoNotFoundError
+
+    with pytest.raises(RepoNotFoundError) as missing:
+        api.download_weights(api.RuntimeRequest(model="org/no-such-model", endpoint=hub.url, weights_dir=tmp_path / "w"),
+                             {}, effects=seam.effects)
+    assert missing.value.repo_id == "org/no-such-model"
+
+    def broken(source, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "w" / "org--x"))
+
+    seam.weights = broken
+    spec = api.resolve_model(api.RuntimeRequest(preset="phi-4-mini-instruct"))
+    with pytest.raises(WeightsError) as denied:
+        api.fetch_model_weights(spec, api.RuntimeRequest(weights_dir=tmp_path / "w"), {}, effects=seam.effects)
+    assert str(denied.value.path) == str(tmp_path / "w" / "org--x")

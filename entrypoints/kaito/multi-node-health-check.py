@@ -42,6 +42,12 @@ def seconds(text: str) -> float:
     return value
 
 
+def _port_arg(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,5}", text.strip()) or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number 1-65535")
+    return int(text)
+
+
 def _timeout_arg(text: str) -> float:
     try:
         return seconds(text)
@@ -83,9 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multi-node-health-check.py")
     parser.add_argument("probe", choices=("liveness", "readiness"))
     parser.add_argument("--leader-address", "--leader_address")
-    # KAITO_PORT moves kaito-run's port (a pod beside others on the host network): the probe follows it.
-    parser.add_argument("--vllm-port", "--vllm_port", type=int, default=int(os.environ.get("KAITO_PORT") or DEFAULT_PORT))
-    parser.add_argument("--ray-port", "--ray_port", type=int, help="accepted for KAITO's probe; not used")
+    # KAITO_PORT moves kaito-run's port (a pod beside others on the host network): the probe follows
+    # it. A string default goes through _port_arg too, so a bad KAITO_PORT is refused in one line.
+    parser.add_argument("--vllm-port", "--vllm_port", type=_port_arg, default=os.environ.get("KAITO_PORT") or str(DEFAULT_PORT))
+    parser.add_argument("--ray-port", "--ray_port", type=_port_arg, help="accepted for KAITO's probe; not used")
     parser.add_argument("--timeout", type=_timeout_arg, default=None,
                         help=f"seconds to wait for an answer (default: KAITO_HEALTH_TIMEOUT, else {DEFAULT_TIMEOUT_S:g})")
     args = parser.parse_args(argv)

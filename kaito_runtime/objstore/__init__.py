@@ -189,6 +189,9 @@ def store_env(uri: StoreURI, env: Mapping[str, str]) -> tuple[dict[str, str], di
             for name in ("STORAGE_EMULATOR_HOST", "CLOUD_STORAGE_EMULATOR_ENDPOINT"):
                 if not env.get(name):
                     plain[name] = emulator
+            # An emulator takes no credentials; the streamer's Python part otherwise demands ADC.
+            if not env.get("RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS"):
+                plain["RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS"] = "true"
     return plain, secret
 
 
@@ -246,3 +249,30 @@ def assets_folder(assets_cache: str, uri: StoreURI) -> Path:
     """Where vLLM puts a streamed model's non-tensor files: ``$VLLM_ASSETS_CACHE/model_streamer/``
     + the first 8 hex digits of sha256 of the --model string (vllm/transformers_utils/runai_utils.py)."""
     return Path(assets_cache) / "model_streamer" / hashlib.sha256(uri.uri.encode()).hexdigest()[:8]
+
+
+# --- what the API asks of a store's model ---------------------------------------------------------
+
+
+def register_secrets(env: Mapping[str, str]) -> None:
+    """Object-store credentials in ``env`` are masked in every output from here on."""
+    from kaito_runtime import secrets
+
+    for value in secret_values(env):
+        secrets.register_secret(value)
+
+
+def vllm_model_uri(store_uri: str | None, env: Mapping[str, str]) -> str | None:
+    """The URI vLLM streams a store's model from (None for a hub model or a folder)."""
+    return parse_uri(store_uri, env).uri if store_uri else None
+
+
+def child_env(store_uri: str | None, env: Mapping[str, str], assets: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(plain, secret) variables vLLM needs to stream the model at ``store_uri`` (nothing for
+    other models); ``assets``: the folder the weights step put the non-tensor files in."""
+    if not store_uri:
+        return {}, {}
+    plain, secret = store_env(parse_uri(store_uri, env), env)
+    if not env.get("VLLM_ASSETS_CACHE"):  # where the weights step put the non-tensor files
+        plain["VLLM_ASSETS_CACHE"] = str(Path(assets).parent.parent)
+    return plain, secret

@@ -19,10 +19,9 @@ and the API starts it once more, the port already free.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kaito_runtime import logs
@@ -117,7 +116,7 @@ class Observer:
                 return
         if held is not None:
             held.release()
-        server = StatusServer(self.status, host, port, "api", registry=self.metrics._registry if self.metrics else None)
+        server = StatusServer(self.status, host, port, "api", registry=self.metrics.registry if self.metrics else None)
         server.start()
         with self._lock:
             self.holder = server
@@ -211,3 +210,44 @@ class Observer:
     def on_signal(self, signum: int) -> None:  # from a signal handler: a flag-sized change only
         self.status.enter(Phase.STOPPING)
 
+
+
+def hold_port(observer: Observer, host: str, port: int, check: Callable[[str, int], None]) -> None:
+    """The port check (``check``: a busy port is exit 2 in a second) and the launcher's hold on
+    ``host:port`` until vLLM takes it; a port it already holds is known free."""
+    if observer.holds(host, port):
+        return
+    observer.release_api_port("vLLM's port moved")
+    check(host, port)
+    try:
+        observer.hold_api_port(host, port)
+    except OSError:
+        check(host, port)  # taken in between: the same clear error
+        raise
+
+
+class ObservedHooks:
+    """The supervisor's hooks (launch.supervisor.SupervisorHooks, duck-typed): the group's when
+    there is one (``inner``), and what the launcher's own status learns from them (a headless
+    worker is ready once its vLLM runs; a signal means stopping)."""
+
+    def __init__(self, inner, observer: Observer, *, worker: bool) -> None:
+        self._inner, self._observer, self._worker = inner, observer, worker
+
+    def started(self, alive, pgid: int) -> None:
+        if self._inner is not None:
+            self._inner.started(alive, pgid)
+        if self._worker:
+            self._observer.vllm_ready()
+
+    def signalled(self, signum: int) -> None:
+        if self._inner is not None:
+            self._inner.signalled(signum)
+        self._observer.on_signal(signum)
+
+    def stop_request(self):
+        return self._inner.stop_request() if self._inner is not None else None
+
+    def exited(self, returncode: int) -> None:
+        if self._inner is not None:
+            self._inner.exited(returncode)

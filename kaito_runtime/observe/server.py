@@ -64,6 +64,11 @@ class StatusServer:
         self.released_at: float | None = None  # time.monotonic() of the release
 
     @property
+    def registry(self):
+        """The metrics registry this server answers /metrics from (shared by both ports)."""
+        return self._registry
+
+    @property
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.server_address[1])

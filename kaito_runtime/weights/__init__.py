@@ -123,9 +123,16 @@ def _offline(given: bool | None) -> bool:
 
 
 def os_error_as_weights_error(e: OSError, weights_dir: Path) -> WeightsError:
-    """One line for a file-system failure in the weights step: the path, the cause, the fix.
+    """One line for a file-system failure in the weights step: the path, the cause, the fix; the
+    path at fault is the error's ``path``.
 
     The only OSError -> WeightsError mapping; callers outside this module use it too."""
+    error = _os_error(e, weights_dir)
+    error.path = e.filename or weights_dir
+    return error
+
+
+def _os_error(e: OSError, weights_dir: Path) -> WeightsError:
     path = e.filename or weights_dir
     cause = e.strerror or str(e) or type(e).__name__
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
