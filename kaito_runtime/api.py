@@ -177,7 +177,7 @@ def prepare(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, pl
 def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Callable[[str], None] | None = None) -> PlannedLaunch:
     """The plan of a settled request; the inventory's notes are logged here, once. ``on_phase``
     is told as each step begins ("resolve", "inventory", "plan"; the launcher's /startupz shows it)."""
-    import kaito_runtime.plan as planner
+    from kaito_runtime.plan import plan_launch
     from kaito_runtime import launch as launch_step, model as model_step
     from kaito_runtime.model.adapters import load_adapters
     from kaito_runtime.node import vllm_memory
@@ -201,7 +201,7 @@ def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Ca
     on_phase("plan")
     started = time.monotonic()
     try:
-        plan = planner.plan_launch(model, node, topo, launch.overrides, profile=vllm_memory.load_profile())
+        plan = plan_launch(model, node, topo, launch.overrides, profile=vllm_memory.load_profile())
     except DoesNotFitError as error:
         raise ModelDoesNotFitError(error, model, fix=_with_gpu_node_hint(error.fix, launch, node),
                                    token_source=launch.credentials.found_source, warnings=(gated,) if gated else ()) from error
@@ -393,8 +393,7 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
     meeting = None
     if group is not None:
         observer.enter(Phase.GROUP)
-        observer.status.group.follow(lambda: {"size": group.nnodes, "state": group.state.value,
-                                              "round": group.round, "restarts": group.restarts})
+        observer.status.group.follow(group.figures)
         meeting = group.meet(_node_facts(planned, built, install, result, secret))
         observer.status.group.checked_in(group.nnodes)  # the group was released: every member is in
     # Filled in, not rebuilt: the folder the weights step returned (a branch may have resolved to
@@ -438,7 +437,9 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
             stack.enter_context(WorkerHealthServer(host, port, lambda: group.health().answer()))
             log.info("worker health: GET http://%s:%d/health (200 while vLLM and the leader's heartbeat are alive)", host, port)
         hooks = ObservedHooks(group.hooks if group is not None else None, observer, worker=not topo.is_leader)
-        for attempt in (1, 2):
+        attempt = 0
+        while True:  # a second try after a lost port race (one node); one pass per round of a group
+            attempt += 1
             observer.vllm_starting(child_env, serves_api=topo.is_leader)
             outcome = effects.supervise(
                 built.argv, child_env, ready=readiness, grace_seconds=serve.grace_seconds,
@@ -452,9 +453,13 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
                     and observer.port_race_lost(outcome.tail, outcome.exit_code)):
                 log.warning("vLLM bound port %d before the launcher had let go of it; starting it again", port)
                 continue
-            break
-        if group is not None:
-            return _leave_the_group(group, outcome, planned, built, serve.ready_timeout)
+            if group is None:
+                break
+            code = _end_the_round(group, outcome, planned, built, serve.ready_timeout)
+            if code is not None:
+                return code
+            group.meet_again()  # the same plan, weights and command: vLLM starts again
+            log.info("starting vLLM (round %d): %s", group.round, launch_step.start_line(built, added))
     if outcome.exit_code != 0 and outcome.signal_received is None:
         termination.note_cause(report.log_failure(outcome, planned.plan, built, serve.ready_timeout, log))
     elif outcome.signal_received is not None:
@@ -464,10 +469,12 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
     return outcome.exit_code
 
 
-def _leave_the_group(group: Group, outcome, planned: PlannedLaunch, built: VllmLaunch, ready_timeout: float | None) -> int:
-    """This node's vLLM has stopped: tell the group why (or learn that a peer ended it), then
-    exit as one unit: 0 for a stop someone asked for, 22 where a member was lost, and the node
-    whose own vLLM failed keeps vLLM's code (its failure report says why)."""
+def _end_the_round(group: Group, outcome, planned: PlannedLaunch, built: VllmLaunch, ready_timeout: float | None) -> int | None:
+    """This node's vLLM has stopped: tell the group why (or learn that a peer ended it). None
+    when the group meets again (a loss within the restart budget); else the exit code, the group
+    ending as one unit: 0 for a stop someone asked for, 22 where a member was lost (and, with a
+    restart budget, on the node whose budget is spent), and with --max-restarts 0 the node whose
+    own vLLM failed keeps vLLM's code (its failure report says why)."""
     from kaito_runtime.launch.group import StopKind
     from kaito_runtime.launch.report import log_failure
     from kaito_runtime.launch.supervisor import describe_exit_code
@@ -478,7 +485,10 @@ def _leave_the_group(group: Group, outcome, planned: PlannedLaunch, built: VllmL
     own_failure = outcome.outcome in ("exited", "ready_timeout") and outcome.signal_received is None
     if own_failure and outcome.exit_code != 0:
         termination.note_cause(log_failure(outcome, planned.plan, built, ready_timeout, log))
-    stop = group.leave(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
+    stop = group.end_round(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
+    if group.meets_again:
+        return None
+    group.leave()
     if outcome.outcome == "group_stopped" and stop is not None:
         if stop.kind is StopKind.REQUESTED:
             log.info("rank %d stopped with its group: %s", rank, stop.reason)
@@ -487,8 +497,13 @@ def _leave_the_group(group: Group, outcome, planned: PlannedLaunch, built: VllmL
             termination.note_cause(f"rank {rank} stopped: a group member was lost: {stop.reason}")
         return outcome.exit_code
     if own_failure:
-        log.error("rank %d: vLLM exited (exit %d); the group stops with it", rank, outcome.exit_code)
-        return outcome.exit_code if outcome.exit_code != 0 else GroupMemberLostError.exit_code
+        log.error("rank %d: vLLM exited (exit %d); the group stops with it%s", rank, outcome.exit_code,
+                  f" ({stop.reason})" if stop is not None and stop.rank == rank else "")
+        if stop is not None and stop.rank == rank:
+            termination.note_cause(f"rank {rank}: {stop.reason}")
+        if group.settings.max_restarts > 0 or outcome.exit_code == 0:
+            return GroupMemberLostError.exit_code  # a spent budget: every node exits 22, naming the rank
+        return outcome.exit_code
     return outcome.exit_code
 
 
@@ -530,7 +545,8 @@ def _the_group(planned: PlannedLaunch, launch: LaunchRequest, secret: GroupSecre
 
     g = launch.group
     settings = GroupSettings(planned.topology, rendezvous_timeout_s=g.rendezvous_timeout or DEFAULT_TIMEOUT_S,
-                             peer_timeout_s=g.peer_timeout or DEFAULT_PEER_TIMEOUT_S, secret=secret)
+                             peer_timeout_s=g.peer_timeout or DEFAULT_PEER_TIMEOUT_S, secret=secret,
+                             max_restarts=g.max_restarts)
     return Group(settings, env=launch.env, log=log)
 
 

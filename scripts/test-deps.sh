@@ -10,9 +10,9 @@ want=()
 need() { command -v "$2" >/dev/null 2>&1 || want+=("$1"); }
 
 # One line per tool, e.g. `need podman podman` (keep them sorted).
-need iproute2 ip  # tests/test_e2e_multi_node.py: two network namespaces and a veth pair
-need util-linux setpriv  # tests/test_kaito_scripts.py: a non-root user
-need util-linux unshare  # tests/test_e2e_kaito.py, test_benchmark_probe.py: the probe's own PID namespace
+need iproute2 ip  # tests/e2e/test_multi_node.py: two network namespaces and a veth pair
+need util-linux setpriv  # tests/repo/test_kaito_scripts.py: a non-root user
+need util-linux unshare  # tests/e2e/test_kaito.py, test_benchmark_probe.py: the probe's own PID namespace
 need prometheus prometheus  # tests/observe/test_prometheus_e2e.py scrapes the launcher with it
 
 if ((${#want[@]})); then

@@ -91,8 +91,9 @@ class SupervisorHooks:
     """What a caller (the multi-node group, launch/group/) is told of and may ask while vLLM runs;
     the defaults do nothing. One object instead of a handful of callbacks."""
 
-    def started(self, alive: Callable[[], bool]) -> None:
-        """vLLM's process exists; ``alive`` says whether its main process still runs."""
+    def started(self, alive: Callable[[], bool], pgid: int) -> None:
+        """vLLM's process exists; ``alive`` says whether its main process still runs; ``pgid``
+        is the process group that holds vLLM and every process it started."""
 
     def signalled(self, signum: int) -> None:
         """SIGTERM/SIGINT arrived (called from the signal handler: set a flag, nothing more)."""
@@ -332,6 +333,8 @@ class _Child:
     def signal_group(self, sig: int) -> None:
         try:
             os.killpg(self.pgid, sig)
+            if sig == signal.SIGTERM:  # a stopped (SIGSTOP'd, hung) process acts on SIGTERM only once continued
+                os.killpg(self.pgid, signal.SIGCONT)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -619,7 +622,7 @@ def supervise(
             return SupervisorResult(127, None, (str(exc),), run.received[0] if run.received else None)
         log.debug("started pid %d (process group %d)", child.proc.pid, child.pgid)
         run.started_child(child)
-        hooks.started(lambda: child.proc.poll() is None)
+        hooks.started(lambda: child.proc.poll() is None, child.pgid)
         if ready is not None:
             threading.Thread(
                 target=_watch_readiness,

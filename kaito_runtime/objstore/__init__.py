@@ -189,6 +189,9 @@ def store_env(uri: StoreURI, env: Mapping[str, str]) -> tuple[dict[str, str], di
             for name in ("STORAGE_EMULATOR_HOST", "CLOUD_STORAGE_EMULATOR_ENDPOINT"):
                 if not env.get(name):
                     plain[name] = emulator
+            # An emulator takes no credentials; the streamer's Python part otherwise demands ADC.
+            if not env.get("RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS"):
+                plain["RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS"] = "true"
     return plain, secret
 
 

@@ -234,9 +234,9 @@ class ObservedHooks:
     def __init__(self, inner, observer: Observer, *, worker: bool) -> None:
         self._inner, self._observer, self._worker = inner, observer, worker
 
-    def started(self, alive) -> None:
+    def started(self, alive, pgid: int) -> None:
         if self._inner is not None:
-            self._inner.started(alive)
+            self._inner.started(alive, pgid)
         if self._worker:
             self._observer.vllm_ready()
 

@@ -105,6 +105,11 @@ class RuntimeRequest:
         None, "--peer-timeout", env="KAITO_PEER_TIMEOUT", **numbers.PEER_TIMEOUT.option_bounds(), concern=Concern.GROUP,
         help="Multi-node: seconds without a heartbeat after which a node counts as lost and the group stops (1 to 3600; default 15).",
     )
+    max_restarts: int = option(  # restarts a node may spend on failures of its own vLLM
+        3, "--max-restarts", env="KAITO_MAX_RESTARTS", kind="int", low=0, high=100, show_default=True, concern=Concern.GROUP,
+        help="Multi-node: how often a node whose own vLLM failed (exited or hung) may restart its group in place, "
+        "keeping every node's weights (0: a lost member ends the group, exit 22, as before).",
+    )
     group_secret_file: str | None = option(  # the group secret's file (KAITO_GROUP_SECRET holds the value itself)
         None, "--group-secret-file", env="KAITO_GROUP_SECRET_FILE", concern=Concern.GROUP,
         help="Multi-node: a file holding the group secret (the same on every node, e.g. a mounted Kubernetes Secret; "

@@ -83,6 +83,7 @@ class GroupRequest:
     peer_timeout: float | None = None
     join: bool = False
     secret_file: str | None = None  # the group secret's file (KAITO_GROUP_SECRET holds the value)
+    max_restarts: int = 0  # restarts this node may spend on failures of its own vLLM
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ def settle_request(request: RuntimeRequest, env: Mapping[str, str]) -> LaunchReq
         group=GroupRequest(
             request.nnodes, request.node_rank, request.leader_address, request.master_port,
             request.rendezvous_timeout, request.peer_timeout, request.join, request.group_secret_file,
+            request.max_restarts,
         ),
         weights=WeightsRequest(
             weights_dir=weights_dir_of(request, env), offline=offline, endpoint=endpoint, verify=request.verify_weights,

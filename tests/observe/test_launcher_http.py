@@ -264,7 +264,7 @@ def test_termination_message_when_a_group_member_is_lost(tmp_path):
     is killed with SIGKILL: the leader stops its vLLM and says which member was lost."""
     master = free_port()
     common = ("--model", str(TINY_MODEL), "--nnodes", "2", "--leader-address", "127.0.0.1",
-              "--master-port", str(master), "--peer-timeout", "3")
+              "--master-port", str(master), "--peer-timeout", "3", "--max-restarts", "0")  # 0: the loss ends the group
     (tmp_path / "leader").mkdir()
     (tmp_path / "worker").mkdir()
     env = {"VLLM_HOST_IP": "127.0.0.1"}

@@ -174,7 +174,7 @@ def reach_leader(
                 f"{target or 'The leader'} at {shown} did not answer within {now - started:.0f} s",
                 why=f"the leader's launcher opens it once it has planned its launch; the last try said: {problem}",
                 fix="check the leader's log (did it start? fail?) and that the port is open between the nodes "
-                f"(deploy/networkpolicy.yaml); or {TIMEOUT_HINT}",
+                f"(deploy/networkpolicy-two-nodes.yaml); or {TIMEOUT_HINT}",
             )
         if connect is None or resolved is None:
             progress.miss(now, "waiting for leader %s to resolve: %s", address, problem)

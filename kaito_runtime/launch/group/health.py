@@ -39,8 +39,16 @@ class HealthReport:
 
 
 def judge_health(*, state: GroupState, round_: int, restarts: int, rank: int, stop_reason: str | None,
-                 vllm_alive: bool, leader_silent_s: float | None, peer_timeout_s: float) -> HealthReport:
-    """Pure: the answer for the given snapshot (``leader_silent_s`` None on the leader itself)."""
+                 vllm_alive: bool, leader_silent_s: float | None, peer_timeout_s: float,
+                 max_restarts: int = 0) -> HealthReport:
+    """Pure: the answer for the given snapshot (``leader_silent_s`` None on the leader itself).
+
+    A group that restarts in place (restarting, or meeting again after round 1) is healthy: its
+    launcher is at work and every wait has a deadline; a liveness probe that failed here would
+    have the kubelet recreate the container and lose what the restart keeps."""
+    if state is GroupState.RESTARTING or (state is GroupState.MEETING and round_ > 1):
+        return HealthReport(True, f"restarting in place (restarts spent here {restarts} of {max_restarts})",
+                            state, round_, restarts)
     if stop_reason is not None:
         reason = stop_reason
     elif state is not GroupState.RUNNING:

@@ -14,10 +14,15 @@ restart a broken group only when its pods exit. So every launcher watches:
   leader's store that stops answering: every store call has a deadline, so a frozen or cut-off
   leader is noticed within the peer timeout, not never.
 
-The group meets in numbered rounds (``round``; every key of a round is its own), so a node can
-meet again in a later round without leaving the process.
+The group meets in numbered rounds (``round``; every key of a round is its own). A lost member
+(its vLLM exited or hung, its launcher went silent) ends the round; while the restart budget
+lasts (``--max-restarts``), every node stops its own vLLM, keeps its weights, and the group meets
+again in the next round and starts vLLM with the same plan. Only the node whose own vLLM failed
+spends a restart (torchrun's rule); a healthy node restarting because of it spends none, and nor
+does a silent launcher's loss (a membership change). A spent budget ends the group as before
+(exit 22 everywhere, naming the rank).
 
-States (health.GroupState): meeting -> running -> ending -> ended.
+States (health.GroupState): meeting -> running -> (restarting -> meeting -> running)* -> ending -> ended.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ BEAT_INTERVAL_S = 0.5
 LEADER_LINGER_S = 5.0
 PROGRESS_EVERY_S = 15.0
 _POLL_S = 0.2
+MAX_BACKOFF_S = 30.0  # the wait before round N+1 doubles from 1 s up to this
+_PORT_FREE_S = 60.0  # how long the leader waits for its old vLLM's master port before a new round
 # vLLM flags whose value is a secret: never published for --join workers.
 _SECRET_FLAGS = ("--api-key", "--hf-token")
 
@@ -75,6 +82,12 @@ class GroupSettings:
     peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S
     secret: GroupSecret | None = None
     beat_interval_s: float = BEAT_INTERVAL_S
+    max_restarts: int = 0  # restarts this node may spend on failures of its own vLLM
+
+    @property
+    def hung_after_s(self) -> float:
+        """How long vLLM may stay stopped (SIGSTOP, a stop signal) before it counts as hung."""
+        return max(1.0, self.peer_timeout_s / 2)
 
     @property
     def call_deadline_s(self) -> float:
@@ -129,10 +142,15 @@ class Group:
         self.restarts = 0
         self.store: GroupStore | None = None
         self.addresses: RendezvousInfo | None = None
+        self._facts: NodeFacts | None = None
         self._hooks = _Hooks(self)
         self._reset_round()
 
     def _reset_round(self) -> None:
+        self._signalled_end = False
+        self._leader_lost = False
+        self._pgid = 0
+        self._stopped_since: float | None = None
         self._stop: StopNotice | None = None
         self._must_stop = False  # the group ended because of another node (or we posted a peer's loss)
         self._asked: str | None = None  # a signal's reason, posted by the watch thread
@@ -198,7 +216,7 @@ class Group:
         if self.settings.secret is None:
             self.log.warning("no group secret (--group-secret-file / KAITO_GROUP_SECRET): anyone who can reach "
                              "the group store's port %d can read what the group serves (never a secret), check in "
-                             "or stop the group; deploy/networkpolicy.yaml limits who can", self.topology.group_store_port)
+                             "or stop the group; deploy/networkpolicy-two-nodes.yaml limits who can", self.topology.group_store_port)
 
     def publish_request(self, request: Mapping[str, object]) -> None:
         """The leader: what a --join worker needs to plan the same launch (no secret ever)."""
@@ -221,14 +239,15 @@ class Group:
         """
         deadline = time.monotonic() + self.settings.rendezvous_timeout_s
         self.state = GroupState.MEETING
-        if self.store is None:
-            self._join(deadline)
-        assert self.store is not None and self.addresses is not None
-        me = CheckIn(rank=self.rank, host_ip=self.addresses.host_ip, hostname=socket.gethostname(),
-                     resources=dict(facts.resources), kaito_runtime_version=facts.kaito_runtime_version,
-                     vllm_version=facts.vllm_version, plan_fields=dict(facts.plan_fields),
-                     weights_complete=facts.weights_complete, round=self.round)
+        self._facts = facts
         try:
+            if self.store is None:
+                self._join(deadline)
+            assert self.store is not None and self.addresses is not None
+            me = CheckIn(rank=self.rank, host_ip=self.addresses.host_ip, hostname=socket.gethostname(),
+                         resources=dict(facts.resources), kaito_runtime_version=facts.kaito_runtime_version,
+                         vllm_version=facts.vllm_version, plan_fields=dict(facts.plan_fields),
+                         weights_complete=facts.weights_complete, round=self.round)
             verdict = self._check_in(me, deadline)
         except StoreUnreachable as exc:
             raise GroupMemberLostError(
@@ -262,6 +281,49 @@ class Group:
         self.addresses = addresses(self.topology, ip, exported, self.log)
         if self.settings.secret is None:
             self._say_if_open()
+        self._find_round(deadline)
+
+    def _find_round(self, deadline: float) -> None:
+        """A node that joins a group already running (a replaced member: a new launcher, maybe a
+        new IP) waits for the next round, which starts once the leader has counted the old
+        member lost; a live node of the same rank that keeps beating is a duplicate (exit 2)."""
+        assert self.store is not None
+        current = self.store.current_round()
+        verdict = self.store.verdict(current)
+        if verdict is None or not verdict.ok:
+            self.round = current
+            return
+        self.log.info("the group runs in round %d: waiting for it to meet again (the leader counts the old rank %d "
+                      "lost within --peer-timeout)", current, self.rank)
+        started = last_progress = time.monotonic()
+        seen, changes = self.store.heartbeat(current, self.rank), 0
+        while True:
+            time.sleep(_POLL_S)
+            now = time.monotonic()
+            latest = self.store.current_round()
+            if latest != current:
+                self.round = latest
+                return
+            beat = self.store.heartbeat(current, self.rank)
+            if beat != seen:
+                seen, changes = beat, changes + 1
+            # A dead old member is silent (the leader counts it lost within the peer timeout and
+            # starts the next round); one whose heartbeat keeps changing is alive: this node is
+            # its twin, and the group ends as for any duplicate rank (exit 2 everywhere).
+            if changes >= 2:
+                notice = StopNotice(self.rank, StopKind.DUPLICATE, f"rank {self.rank} checked in twice (a second node "
+                                    f"with rank {self.rank} joined the running group)", by=self.rank)
+                self.store.announce_stop(current, notice)
+                raise GroupMismatchError(f"The group did not start: {notice.reason}",
+                                         why="a live member of the group already has this rank",
+                                         fix="give every node its own --node-rank")
+            if now >= deadline:
+                raise RendezvousTimeoutError(f"The group (round {current}) did not meet again within the rendezvous timeout",
+                                             why=f"rank {self.rank} joined while the group was running",
+                                             fix="check the leader's log; or raise --rendezvous-timeout")
+            if now - last_progress >= PROGRESS_EVERY_S:
+                last_progress = now
+                self.log.info("still waiting for round %d (%.0f s)", current + 1, now - started)
 
     def _check_in(self, me: CheckIn, deadline: float, settle_s: float = 0.5) -> Verdict:
         store = self.store
@@ -269,6 +331,7 @@ class Group:
         r = self.round
         if self.rank == 0:
             store.publish_leader(r, self.nnodes)
+            store.publish_round(r)
         slot = store.check_in(me)
         started = last_progress = time.monotonic()
         while True:
@@ -331,16 +394,23 @@ class Group:
         whether the group wants vLLM stopped."""
         return self._hooks
 
+    def figures(self) -> dict[str, object]:
+        """What a metrics scrape shows of the group (size, state, round, restarts spent here);
+        cheap: no store call."""
+        return {"size": self.nnodes, "state": self.state.value, "round": self.round, "restarts": self.restarts}
+
     def health(self) -> HealthReport:
         fresh = self._leader_fresh_at
         silent = None if self.rank == 0 else (float("inf") if fresh is None else time.monotonic() - fresh)
         return judge_health(state=self.state, round_=self.round, restarts=self.restarts, rank=self.rank,
+                            max_restarts=self.settings.max_restarts,
                             stop_reason=self._stop.reason if self._stop is not None else None,
                             vllm_alive=self._vllm_alive(), leader_silent_s=silent,
                             peer_timeout_s=self.settings.peer_timeout_s)
 
-    def _start_watch(self, vllm_alive: Callable[[], bool]) -> None:
+    def _start_watch(self, vllm_alive: Callable[[], bool], pgid: int) -> None:
         self._vllm_alive = vllm_alive
+        self._pgid = pgid
         now = time.monotonic()
         self._last_seen = {rank: (-1, now) for rank in self.watched}
         self._leader_fresh_at = now
@@ -369,7 +439,20 @@ class Group:
             self._post(StopNotice(self.rank, StopKind.REQUESTED, self._asked))
         else:
             code = 128 - returncode if returncode < 0 else returncode  # Popen's -N: killed by signal N
-            self._post(StopNotice(self.rank, StopKind.LOST, f"vLLM on rank {self.rank} exited ({describe_exit_code(code)})"))
+            self._own_failure(f"vLLM on rank {self.rank} exited ({describe_exit_code(code)})")
+
+    def _own_failure(self, reason: str) -> None:
+        """This node's own vLLM failed: tell the group, and spend a restart if ours is the loss
+        that stands and the budget allows one (otherwise the group ends)."""
+        budget = self.settings.max_restarts
+        again = self.restarts < budget
+        if budget:
+            reason += (f"; rank {self.rank} restarts the group ({self.restarts + 1} of {budget})" if again
+                       else f"; rank {self.rank} has spent its {budget} restart{'s' if budget > 1 else ''}")
+        self._post(StopNotice(self.rank, StopKind.LOST, reason, restart=again))
+        stop = self._stop
+        if again and stop is not None and stop.by == self.rank and stop.rank == self.rank:
+            self.restarts += 1
 
     def _post(self, notice: StopNotice) -> None:
         with self._lock:
@@ -389,10 +472,45 @@ class Group:
         self.state = GroupState.ENDING
 
     def _lose(self, notice: StopNotice) -> None:
-        """A peer is lost (seen by this node): record it, stop our vLLM, tell the others."""
+        """A peer is lost (seen by this node): record it, stop our vLLM, tell the others. A
+        membership change spends no restart; with a budget at all, the group meets again."""
+        notice = replace(notice, restart=self.settings.max_restarts > 0)
         self.log.error("group member lost: %s", notice.reason)
         self._post(notice)
         self._must_stop = True
+
+    def _hung(self, now: float) -> str | None:
+        """Whether a process of vLLM's group has been stopped (state T: SIGSTOP, a stop signal)
+        for longer than ``hung_after_s``; a deadlock inside a running process is not seen here."""
+        if not self._pgid:
+            return None
+        import os
+
+        import psutil
+
+        stopped = []
+        try:  # vLLM's main process leads its group; its tree is what we look at (cheap, every beat)
+            main = psutil.Process(self._pgid)
+            tree = [main, *main.children(recursive=True)]
+        except psutil.Error:
+            tree = []
+        for proc in tree:
+            try:
+                if proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP) and os.getpgid(proc.pid) == self._pgid:
+                    stopped.append(proc.pid)
+            except (psutil.Error, OSError):
+                continue
+        if not stopped:
+            self._stopped_since = None
+            return None
+        if self._stopped_since is None:
+            self._stopped_since = now
+            return None
+        if now - self._stopped_since <= self.settings.hung_after_s:
+            return None
+        pids = ", ".join(map(str, stopped[:5]))
+        return (f"vLLM on rank {self.rank} is hung: process{'es' if len(stopped) > 1 else ''} {pids} stopped "
+                f"for {now - self._stopped_since:.0f} s")
 
     def _watch(self) -> None:
         while not self._done.is_set():
@@ -400,8 +518,12 @@ class Group:
                 self._tick()
             except StoreUnreachable as exc:
                 if self._stop is None and self.rank != 0:
+                    # With a budget, a worker looks for the leader again (by name: a recreated
+                    # leader pod is found at its new IP) and meets in the new leader's round.
                     self._stop = StopNotice(0, StopKind.LOST, "the leader (rank 0) is gone: its launcher's group store "
-                                            f"stopped answering ({exc})", by=self.rank)
+                                            f"stopped answering ({exc})", by=self.rank,
+                                            restart=self.settings.max_restarts > 0)
+                    self._leader_lost = True
                     self._must_stop = True
                     self.state = GroupState.ENDING
                     self.log.error("group member lost: %s", self._stop.reason)
@@ -417,6 +539,12 @@ class Group:
             self._post(StopNotice(self.rank, StopKind.REQUESTED, self._asked))
         if self._stop is None and not self._vllm_alive():
             return  # the supervisor's exited hook posts the loss with vLLM's exit code at once
+        hung = self._hung(time.monotonic()) if self._stop is None else None
+        if hung is not None:
+            self.log.error("group member lost: %s", hung)
+            self._own_failure(hung)
+            self._must_stop = True  # our own vLLM must be stopped (and continued so it can stop)
+            return
         if self._stop is None:
             self._beats += 1
             store.beat(r, self.rank, self._beats)
@@ -446,10 +574,12 @@ class Group:
 
     # -- the end --
 
-    def leave(self, *, vllm_exit: str, signalled: bool) -> StopNotice | None:
+    def end_round(self, *, vllm_exit: str, signalled: bool) -> StopNotice | None:
         """After this node's vLLM has stopped: post why (unless a stop already stands), and on the
         leader keep the store up until every live worker has read it; a worker whose launcher went
-        silent is not waited for. Returns the stop that ended the group."""
+        silent is not waited for. Returns the stop that ended the round (``meets_again`` says
+        whether the group meets again)."""
+        self._signalled_end = signalled
         self._done.set()
         if self._thread is not None:
             self._thread.join(timeout=self.settings.call_deadline_s + 1)
@@ -466,11 +596,57 @@ class Group:
                 pass
         if store is not None and self.rank == 0:
             self._linger(store)
+        if self.meets_again:
+            self.state = GroupState.RESTARTING
+        return self._stop
+
+    @property
+    def meets_again(self) -> bool:
+        """The round ended with a loss that restarts the group, and this node was not asked to stop."""
+        stop = self._stop
+        return (stop is not None and stop.kind is StopKind.LOST and stop.restart and self._asked is None
+                and not self._signalled_end)
+
+    def meet_again(self) -> RendezvousInfo:
+        """The next round: wait a backoff that grows with the rounds, let the leader's old vLLM
+        free its master port, check in again (same plan, same weights) and wait for the release."""
+        assert self._facts is not None
+        self.state = GroupState.RESTARTING
+        previous = self._stop
+        if self._leader_lost:
+            self.store = None  # meet() joins again: the leader's name is looked up anew
+        self.round += 1
+        self._reset_round()
+        backoff = min(MAX_BACKOFF_S, 2.0 ** (self.round - 2))
+        self.log.warning("group restarting: round %d in %g s (%s; restarts spent on rank %d: %d of %d)", self.round,
+                         backoff, previous.reason if previous else "", self.rank, self.restarts, self.settings.max_restarts)
+        time.sleep(backoff)
+        if self.rank == 0:
+            self._wait_for_master_port()
+        return self.meet(self._facts)
+
+    def _wait_for_master_port(self) -> None:
+        import errno
+
+        port, end = self.topology.master_port, time.monotonic() + _PORT_FREE_S
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("", port))
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE or time.monotonic() >= end:
+                        return  # vLLM reports a port it cannot use in its own words
+            time.sleep(0.5)
+
+    def leave(self) -> None:
+        """This node leaves the group for good."""
+        store = self.store
         if store is not None and store.forged:
             self.log.warning("the group's store held %d value%s without the group secret's tag; all were ignored",
                              store.forged, "s" if store.forged > 1 else "")
         self.state = GroupState.ENDED
-        return self._stop
 
     def _linger(self, store: GroupStore) -> None:
         now = time.monotonic()
@@ -496,8 +672,8 @@ class _Hooks(SupervisorHooks):
     def __init__(self, group: Group) -> None:
         self._group = group
 
-    def started(self, alive: Callable[[], bool]) -> None:
-        self._group._start_watch(alive)
+    def started(self, alive: Callable[[], bool], pgid: int) -> None:
+        self._group._start_watch(alive, pgid)
 
     def signalled(self, signum: int) -> None:
         self._group._signalled(signum)

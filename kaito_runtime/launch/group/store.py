@@ -8,6 +8,7 @@ round writes is under ``r<round>/``, so a late message from an old round can nev
 new one (docs/multi-node.md lists the keys):
 
   leader/request              what a worker started with --join needs (no secret, ever)
+  round                       the round the group meets or runs in now (the leader's word)
   r<N>/leader                 the leader's node count for round N (a worker outside it is told)
   r<N>/arrivals/<rank>        counter: how many nodes checked in as <rank> (> 1: a duplicate rank)
   r<N>/checkin/<rank>/<n>     the n-th CheckIn as <rank>
@@ -114,17 +115,19 @@ class StopNotice:
     kind: StopKind
     reason: str
     by: int = -1  # the node that posted it (the leader posts a silent worker's loss)
+    restart: bool = False  # a loss after which the group meets again in the next round
 
     @property
     def exit_code(self) -> int:
         return self.kind.exit_code
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, "kind": self.kind.value, "reason": self.reason, "by": self.by}
+        return {"rank": self.rank, "kind": self.kind.value, "reason": self.reason, "by": self.by, "restart": self.restart}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> StopNotice:
-        return cls(int(data["rank"]), StopKind(data["kind"]), str(data["reason"]), int(data.get("by", -1)))
+        return cls(int(data["rank"]), StopKind(data["kind"]), str(data["reason"]), int(data.get("by", -1)),
+                   bool(data.get("restart", False)))
 
 
 def plan_fields(model: str, revision: str | None, argv: Sequence[str], *, api_key_digest: str | None = None) -> dict[str, str]:
@@ -335,6 +338,16 @@ class GroupStore:
 
     def leader_request(self) -> dict | None:
         return self._read("leader/request")
+
+    # -- rounds --
+
+    def publish_round(self, round_: int) -> None:
+        """The leader: the round the group meets in now (a replaced member checks in there)."""
+        self._put("round", {"round": round_})
+
+    def current_round(self) -> int:
+        found = self._read("round")
+        return int(found["round"]) if found and isinstance(found.get("round"), int) else 1
 
     # -- check-in and verdict (round-scoped) --
 
