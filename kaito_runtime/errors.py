@@ -18,11 +18,22 @@ class KaitoError(Exception):
     """Base of every error the launcher raises on purpose."""
 
     exit_code: int = 1
+    # Context a caller may need without parsing the message (None where it does not apply):
+    # the Hugging Face repo and the file or folder at fault.
+    repo_id: str | None = None
+    path: object | None = None
 
-    def __init__(self, what: str, *, why: str | None = None, fix: str | None = None) -> None:
+    def __init__(
+        self, what: str, *, why: str | None = None, fix: str | None = None,
+        repo_id: str | None = None, path: object | None = None,
+    ) -> None:
         self.what = what
         self.why = why
         self.fix = fix
+        if repo_id is not None:
+            self.repo_id = repo_id
+        if path is not None:
+            self.path = path
         super().__init__(self.message)
 
     @property

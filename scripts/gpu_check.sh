@@ -17,9 +17,9 @@ KR="python3 -m kaito_runtime.cli"
     echo "== nvidia-smi"; nvidia-smi --query-gpu=index,name,uuid,memory.total,memory.free,compute_cap,driver_version --format=csv
     python3 -m compileall -q kaito_runtime  # time the dry runs as an installed package would run
     echo "== tests"
-    python3 -m pytest -q -p no:cacheprovider tests/test_nvml_real.py tests/test_inventory.py tests/test_skus.py \
-        tests/test_topology.py tests/test_planner.py tests/test_vllm_command.py tests/test_render.py \
-        tests/test_rendezvous.py tests/test_catalog.py
+    python3 -m pytest -q -p no:cacheprovider tests/node/test_nvml.py tests/node/test_inventory.py tests/node/test_skus.py \
+        tests/node/test_topology.py tests/plan/test_plan.py tests/launch/test_vllm_command.py tests/test_render.py \
+        tests/test_rendezvous.py tests/model/test_catalog.py
     echo "== doctor"; $KR doctor; echo "rc=$?"
     echo "== doctor with CUDA_VISIBLE_DEVICES=''"; CUDA_VISIBLE_DEVICES="" $KR doctor; echo "rc=$?"
     uuid=$(nvidia-smi --query-gpu=uuid --format=csv,noheader | head -1)

@@ -3,7 +3,7 @@
 vLLM itself is never started here: the API's side effects come through its seam (``api.Effects``,
 faked by ``tests/support/api_seam.py``): a "detected" vLLM, a supervisor that records what it
 was asked to start, a recording port check; the weights step is the real one unless a test hands
-in its own. tests/test_e2e_serve.py runs the real thing. No module attribute is patched here.
+in its own. tests/e2e/test_serve.py runs the real thing. No module attribute is patched here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from kaito_runtime import weights
 from kaito_runtime.errors import DoesNotFitError, InputError, TopologyError, VllmNotInstalledError, WeightsError
 from kaito_runtime.launch.supervisor import SupervisorResult
 from kaito_runtime.types import PlanOverrides, WeightsSource
-from kaito_runtime.weights import store as weights_store
+from kaito_runtime.weights.store import write_marker
 from tests.support.api_seam import Seam, install_with_sources
 from tests.support.weights_helpers import no_writes_under, read_only_volume
 
@@ -650,7 +650,7 @@ def test_the_gated_warning_is_not_given_with_a_token_or_a_complete_copy(tmp_path
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     model = prepared.model
-    weights_store.write_marker(folder, model.repo_id, model.revision, "safetensors", [RemoteFile("config.json", 2)])
+    write_marker(folder, model.repo_id, model.revision, "safetensors", [RemoteFile("config.json", 2)])
     prepared, _ = api.dry_run(request, env)
     assert prepared.warnings == ()
 
@@ -758,3 +758,22 @@ def test_join_without_vllm_exits_20_before_contacting_the_store(tmp_path, seam):
         api.run(request, {}, effects=seam.effects)
     assert caught.value.exit_code == 20
     assert time.monotonic() - started < 4.0 and seam.kinds() == ["detect"]
+
+
+def test_errors_carry_the_repo_and_the_path_as_fields(hub, hub_env, tmp_path, seam):
+    """A caller branches on what failed without parsing the message."""
+    from kaito_runtime.errors import RepoNotFoundError
+
+    with pytest.raises(RepoNotFoundError) as missing:
+        api.download_weights(api.RuntimeRequest(model="org/no-such-model", endpoint=hub.url, weights_dir=tmp_path / "w"),
+                             {}, effects=seam.effects)
+    assert missing.value.repo_id == "org/no-such-model"
+
+    def broken(source, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "w" / "org--x"))
+
+    seam.weights = broken
+    spec = api.resolve_model(api.RuntimeRequest(preset="phi-4-mini-instruct"))
+    with pytest.raises(WeightsError) as denied:
+        api.fetch_model_weights(spec, api.RuntimeRequest(weights_dir=tmp_path / "w"), {}, effects=seam.effects)
+    assert str(denied.value.path) == str(tmp_path / "w" / "org--x")

@@ -61,3 +61,57 @@ def test_breaking_a_rule_fails_the_contract(package_copy: Path, module: str, lin
     result = lint(package_copy)
     assert result.returncode != 0, result.stdout
     assert f"{broken}" in result.stdout and "BROKEN" in result.stdout, result.stdout
+
+
+# --- the tests keep the layout too -----------------------------------------------------------------
+
+_TEST_STEPS = ("model", "plan", "node", "hub", "weights", "launch", "request", "objstore", "vllm_ext", "observe")
+_TEST_LEAVES = ("types", "errors", "numbers", "settings", "secrets", "logs", "model_files", "vllm_flags", "yaml_bounds",
+                "termination", "cli_types")
+
+
+def _foreign_imports(path: Path, step: str) -> list[str]:
+    """The kaito_runtime modules ``path`` imports that are neither its step nor a leaf."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = ([f"kaito_runtime.{a.name}" for a in node.names] if node.module == "kaito_runtime" else [node.module])
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "kaito_runtime" and (len(parts) == 1 or parts[1] not in (step, *_TEST_LEAVES)):
+                found.append(name)
+    return found
+
+
+def test_a_steps_tests_import_only_their_step_the_leaves_and_the_shared_support():
+    """tests/<step>/ mirrors kaito_runtime/<step>/: its modules import that step, the leaves and
+    tests.support (tests/support/steps.py lists every real part of another step they borrow)."""
+    tests = REPO / "tests"
+    offenders = {
+        str(path.relative_to(tests)): _foreign_imports(path, path.relative_to(tests).parts[0])
+        for step in _TEST_STEPS
+        for path in sorted((tests / step).rglob("test_*.py"))
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+    assert any(offenders), "no step test found: has tests/ been moved?"
+
+
+def test_the_test_rule_catches_a_crossing(tmp_path):
+    crossing = tmp_path / "test_x.py"
+    crossing.write_text("from kaito_runtime.weights import ensure_weights\nfrom kaito_runtime import errors\n")
+    assert _foreign_imports(crossing, "model") == ["kaito_runtime.weights"]
+    assert _foreign_imports(crossing, "weights") == []
+
+
+def test_every_package_module_has_its_test_folder():
+    """Each step package has a tests/<step>/ folder (the layout mirrors the package)."""
+    package = REPO / "kaito_runtime"
+    steps = sorted(p.name for p in package.iterdir() if (p / "__init__.py").is_file() and p.name not in ("presets",))
+    missing = [step for step in steps if not (REPO / "tests" / step).is_dir()]
+    assert missing == []

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from kaito_runtime.launch.vllm_install import detect_vllm
+from tests.support.steps import detect_vllm
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

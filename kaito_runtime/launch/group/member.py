@@ -240,14 +240,14 @@ class Group:
         deadline = time.monotonic() + self.settings.rendezvous_timeout_s
         self.state = GroupState.MEETING
         self._facts = facts
-        if self.store is None:
-            self._join(deadline)
-        assert self.store is not None and self.addresses is not None
-        me = CheckIn(rank=self.rank, host_ip=self.addresses.host_ip, hostname=socket.gethostname(),
-                     resources=dict(facts.resources), kaito_runtime_version=facts.kaito_runtime_version,
-                     vllm_version=facts.vllm_version, plan_fields=dict(facts.plan_fields),
-                     weights_complete=facts.weights_complete, round=self.round)
         try:
+            if self.store is None:
+                self._join(deadline)
+            assert self.store is not None and self.addresses is not None
+            me = CheckIn(rank=self.rank, host_ip=self.addresses.host_ip, hostname=socket.gethostname(),
+                         resources=dict(facts.resources), kaito_runtime_version=facts.kaito_runtime_version,
+                         vllm_version=facts.vllm_version, plan_fields=dict(facts.plan_fields),
+                         weights_complete=facts.weights_complete, round=self.round)
             verdict = self._check_in(me, deadline)
         except StoreUnreachable as exc:
             raise GroupMemberLostError(
