@@ -3,7 +3,7 @@ loopback: not ready, a worker, the concurrency it picks, the -1 line on failure,
 
 Every run of the script as a program happens in a PID namespace of its own (``unshare --pid
 --fork --mount-proc``): there it is PID 1, so its write to /proc/1/fd/1 is its own stdout and
-never this machine's init. The run through real vLLM is in test_e2e_kaito.py.
+never this machine's init. The run through real vLLM is in tests/e2e/test_kaito.py.
 """
 
 from __future__ import annotations
