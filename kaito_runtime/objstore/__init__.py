@@ -201,6 +201,12 @@ def secret_values(env: Mapping[str, str]) -> list[str]:
     sas = sas_from_file(env)
     if sas:
         found.append(sas)
+    for token in (env.get("AZURE_STORAGE_SAS_TOKEN"), sas):
+        # A client may log the request URL with the signature cut out: the rest of the token
+        # (expiry, permissions, resource) is masked too, and the signature on its own.
+        if token and "sig=" in token:
+            rest, _, tail = token.lstrip("?").partition("sig=")
+            found += [part for part in (rest.rstrip("&"), tail.partition("&")[0]) if part]
     key = connection_string_part(env, "AccountKey")
     if key:
         found.append(key)
