@@ -555,13 +555,11 @@ def _cpu_processes(
         return args, None, []
     tp, pp, dp = sizes
     kv_by_user = any(a.name == "kv-cache-memory-bytes" for a in user) or "VLLM_CPU_KVCACHE_SPACE" in inputs.base_env
-    warnings: list[str] = []  # cpu_ranks.layout_cpu reports into it
-    args, cpu = layout_cpu(
+    return layout_cpu(
         plan, args, tp=tp, pp=pp, dp=dp,
         is_user=lambda arg: any(arg is u for u in user),
-        cpu_ids=inputs.cpu_ids, base_env=inputs.base_env, kv_set_by_user=kv_by_user, warnings=warnings,
+        cpu_ids=inputs.cpu_ids, base_env=inputs.base_env, kv_set_by_user=kv_by_user,
     )
-    return args, cpu, warnings
 
 
 def _cpu_kv_space(
