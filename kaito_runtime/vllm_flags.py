@@ -297,5 +297,5 @@ def parse_user_args(
             "runs offline from the downloaded folder",
         )
         merged = [a for a in merged if a.name not in DROPPED_SECRET_FLAGS]
-    published = tuple(without_secret_flags([token for arg in merged for token in arg.tokens]))
+    published = tuple(token for arg in merged if arg.name not in SECRET_FLAGS for token in arg.tokens)
     return UserArgs(tuple(merged), tuple(switched_off), published, warnings)
