@@ -177,7 +177,7 @@ def prepare(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, pl
 def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Callable[[str], None] | None = None) -> PlannedLaunch:
     """The plan of a settled request; the inventory's notes are logged here, once. ``on_phase``
     is told as each step begins ("resolve", "inventory", "plan"; the launcher's /startupz shows it)."""
-    import kaito_runtime.plan as planner
+    from kaito_runtime.plan import plan_launch
     from kaito_runtime import launch as launch_step, model as model_step
     from kaito_runtime.model.adapters import load_adapters
     from kaito_runtime.node import vllm_memory
@@ -201,7 +201,7 @@ def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Ca
     on_phase("plan")
     started = time.monotonic()
     try:
-        plan = planner.plan_launch(model, node, topo, launch.overrides, profile=vllm_memory.load_profile())
+        plan = plan_launch(model, node, topo, launch.overrides, profile=vllm_memory.load_profile())
     except DoesNotFitError as error:
         raise ModelDoesNotFitError(error, model, fix=_with_gpu_node_hint(error.fix, launch, node),
                                    token_source=launch.credentials.found_source, warnings=(gated,) if gated else ()) from error

@@ -25,7 +25,7 @@ from kaito_runtime import weights
 from kaito_runtime.errors import DoesNotFitError, InputError, TopologyError, VllmNotInstalledError, WeightsError
 from kaito_runtime.launch.supervisor import SupervisorResult
 from kaito_runtime.types import PlanOverrides, WeightsSource
-from kaito_runtime.weights import store as weights_store
+from kaito_runtime.weights.store import write_marker
 from tests.support.api_seam import Seam, install_with_sources
 from tests.support.weights_helpers import no_writes_under, read_only_volume
 
@@ -650,7 +650,7 @@ def test_the_gated_warning_is_not_given_with_a_token_or_a_complete_copy(tmp_path
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     model = prepared.model
-    weights_store.write_marker(folder, model.repo_id, model.revision, "safetensors", [RemoteFile("config.json", 2)])
+    write_marker(folder, model.repo_id, model.revision, "safetensors", [RemoteFile("config.json", 2)])
     prepared, _ = api.dry_run(request, env)
     assert prepared.warnings == ()
 

@@ -12,7 +12,7 @@
   StatefulSet never waits on a worker that waits on the leader.
 
 Exit 0 = healthy, 1 = not; one line on stdout says what was asked and what came back. The port
-is --vllm-port (default 5000, KAITO's); --ray-port is accepted and not used. Standard library
+is --vllm-port (default $KAITO_PORT, else 5000, KAITO's); --ray-port is accepted and not used. Standard library
 only, so a probe costs one short interpreter start.
 """
 
@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multi-node-health-check.py")
     parser.add_argument("probe", choices=("liveness", "readiness"))
     parser.add_argument("--leader-address", "--leader_address")
-    parser.add_argument("--vllm-port", "--vllm_port", type=_port_arg, default=DEFAULT_PORT)
+    # KAITO_PORT moves kaito-run's port (a pod beside others on the host network): the probe follows
+    # it. A string default goes through _port_arg too, so a bad KAITO_PORT is refused in one line.
+    parser.add_argument("--vllm-port", "--vllm_port", type=_port_arg, default=os.environ.get("KAITO_PORT") or str(DEFAULT_PORT))
     parser.add_argument("--ray-port", "--ray_port", type=_port_arg, help="accepted for KAITO's probe; not used")
     parser.add_argument("--timeout", type=_timeout_arg, default=None,
                         help=f"seconds to wait for an answer (default: KAITO_HEALTH_TIMEOUT, else {DEFAULT_TIMEOUT_S:g})")

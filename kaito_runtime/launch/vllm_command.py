@@ -143,7 +143,8 @@ class VllmLaunch:
 # ------------------------------------------------------------------------------------------------
 
 
-def _plan_tokens(plan: LaunchPlan, host: str, port: int, auto_supported: bool, warnings: list[str]) -> list[str]:
+def _plan_tokens(plan: LaunchPlan, host: str, port: int, auto_supported: bool) -> tuple[list[str], list[str]]:
+    """The plan's own flags, and the warnings about them."""
     t: list[str] = [
         "--served-model-name", plan.model.name,
         "--host", host,
@@ -156,7 +157,7 @@ def _plan_tokens(plan: LaunchPlan, host: str, port: int, auto_supported: bool, w
         t += ["--data-parallel-size", str(plan.data_parallel_size)]
     if plan.target == "gpu" and plan.gpu_memory_utilization is not None:
         t += ["--gpu-memory-utilization", f"{plan.gpu_memory_utilization:.2f}"]
-    length = _max_model_len_value(plan, auto_supported, warnings)
+    length, warnings = _max_model_len_value(plan, auto_supported)
     if length is not None:
         t += ["--max-model-len", length]
     if plan.kv_cache_dtype:
@@ -179,32 +180,32 @@ def _plan_tokens(plan: LaunchPlan, host: str, port: int, auto_supported: bool, w
     elif plan.target == "cpu" and plan.world_size == 1:
         # One process, engine in the API server: fastest CPU start (vllm-cpu.md: 24 s vs 44 s).
         t += ["--distributed-executor-backend", "uni"]
-    return t
+    return t, warnings
 
 
-def _max_model_len_value(plan: LaunchPlan, auto_supported: bool, warnings: list[str]) -> str | None:
+def _max_model_len_value(plan: LaunchPlan, auto_supported: bool) -> tuple[str | None, list[str]]:
     if not plan.max_model_len_auto:
-        return str(plan.max_model_len) if plan.max_model_len else None
+        return (str(plan.max_model_len) if plan.max_model_len else None), []
     if auto_supported:
-        return "auto"
+        return "auto", []
     if plan.context_limit or plan.kv_cache_tokens:
         estimate = plan.context_limit or min(plan.model.max_context, align_down(plan.kv_cache_tokens or 0, CONTEXT_ALIGN))
-        warnings.append(
+        return str(estimate), [
             f"this vLLM has no '--max-model-len auto'; passing the planner's estimate {estimate} "
             "(if vLLM reports too little KV cache, lower it with --max-model-len)"
-        )
-        return str(estimate)
-    return None
+        ]
+    return None, []
 
 
-def lora_tokens(adapters: Sequence[LoraAdapter], warnings: list[str]) -> list[str]:
+def lora_tokens(adapters: Sequence[LoraAdapter]) -> tuple[list[str], list[str]]:
     """``--enable-lora --lora-modules name=path ... --max-lora-rank R`` for ``adapters`` (none: no
     flags). R is the smallest rank vLLM accepts that holds the largest adapter's rank. A name or
     path that ``name=path`` cannot carry (an '=' in the name, a ',' anywhere) goes as JSON, and
     so does a name vLLM's parser would read as an option (``--api-key``, ``-tp``): a JSON token
-    starts with '{', so it stays a value of --lora-modules (see model.adapters.option_like)."""
+    starts with '{', so it stays a value of --lora-modules (see model.adapters.option_like).
+    Returns the tokens and the warnings."""
     if not adapters:
-        return []
+        return [], []
     modules = []
     for a in adapters:
         if a.name.startswith("-") or "=" in a.name or "," in a.name or "," in a.path:
@@ -213,10 +214,11 @@ def lora_tokens(adapters: Sequence[LoraAdapter], warnings: list[str]) -> list[st
             modules.append(f"{a.name}={a.path}")
     largest = max(a.rank for a in adapters)
     rank = next((r for r in MAX_LORA_RANKS if r >= largest), None)
+    warnings = []
     if rank is None:
         rank = MAX_LORA_RANKS[-1]
         warnings.append(f"LoRA rank {largest} is above the largest rank vLLM serves ({rank}); vLLM will refuse the adapter")
-    return ["--enable-lora", "--lora-modules", *modules, "--max-lora-rank", str(rank)]
+    return ["--enable-lora", "--lora-modules", *modules, "--max-lora-rank", str(rank)], warnings
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,9 +296,10 @@ def _contradictions(plan: LaunchPlan, user: Sequence[FlagArg]) -> list[str]:
 
 
 def _effective_endpoint(
-    args: Sequence[FlagArg], inputs: CommandInputs, warnings: list[str]
-) -> tuple[str, int, tuple[str, ...]]:
-    """Host, port and served names vLLM will use, read from the merged arguments."""
+    args: Sequence[FlagArg], inputs: CommandInputs
+) -> tuple[tuple[str, int, tuple[str, ...]], list[str]]:
+    """Host, port and served names vLLM will use, read from the merged arguments; the warnings."""
+    warnings: list[str] = []
     host = last_value(args, "host") or inputs.host
     port = inputs.port
     port_text = last_value(args, "port")
@@ -307,7 +310,7 @@ def _effective_endpoint(
             warnings.append(f"--port {port_text!r} is not a number; vLLM will refuse it")
     served = last_arg(args, "served-model-name")
     # vLLM's default: the model argument
-    return host, port, served.values if served is not None else (inputs.model_path,)
+    return (host, port, served.values if served is not None else (inputs.model_path,)), warnings
 
 
 def _effective_max_model_len(args: Sequence[FlagArg]) -> int | None:
@@ -330,8 +333,9 @@ def _env(
     base_env: Mapping[str, str],
     user_flags: set[str | None],
     cpu: CpuLayout | None,
-    warnings: list[str],
-) -> dict[str, str]:
+) -> tuple[dict[str, str], list[str]]:
+    """The variables we set for vLLM, and the warnings about the ones the user exported."""
+    warnings: list[str] = []
     env = {
         "HF_HUB_OFFLINE": "1",  # vLLM loads the local folder; zero Hub calls
         "TRANSFORMERS_OFFLINE": "1",
@@ -356,7 +360,7 @@ def _env(
     for key, value in wanted.items():
         if key not in base_env:  # a value the user exported wins
             env[key] = value
-    return env
+    return env, warnings
 
 
 @dataclass(frozen=True)
@@ -424,21 +428,22 @@ def build_vllm_command(plan: LaunchPlan, inputs: CommandInputs) -> VllmLaunch:
     ``rendezvous.RendezvousInfo.child_env``, their one owner. An --api-key goes to the child as
     VLLM_API_KEY, not on the command line.
     """
-    warnings: list[str] = []
-    args = _planned_args(plan, inputs, warnings)
-    user, dropped = _user_args(inputs, warnings)
-    args = _with_chat_template(args, plan, user, inputs.chat_template_dir, warnings)
+    args, planned_warnings = _planned_args(plan, inputs)
+    user, dropped, user_warnings = _user_args(inputs)
+    args, template_warnings = _with_chat_template(args, plan, user, inputs.chat_template_dir)
     args = _merge(_merge(args, [], dropped), user)
-    warnings += _contradictions(plan, user)
     tp, pp, dp = _parallel_sizes(args, plan)
-    args, cpu = _cpu_processes(plan, inputs, args, user, (tp, pp, dp), warnings)
+    args, cpu, cpu_warnings = _cpu_processes(plan, inputs, args, user, (tp, pp, dp))
     args, kaito_env, features = _kaito_features(plan, inputs.kaito, args, user)
-    host, port, names = _effective_endpoint(args, inputs, warnings)
+    (host, port, names), endpoint_warnings = _effective_endpoint(args, inputs)
     sources = _sources(args, dropped)
-    kv_gib = _cpu_kv_space(plan, inputs, args, cpu, sources, warnings)
-    env = _env(inputs.base_env, {a.name for a in user}, cpu, warnings)
+    kv_gib, kv_warnings = _cpu_kv_space(plan, inputs, args, cpu, sources)
+    env, env_warnings = _env(inputs.base_env, {a.name for a in user}, cpu)
     env.update(kaito_env)
-    args, api_key = _api_key_to_env(args, inputs.base_env, env, warnings)
+    args, api_key, key_warnings = _api_key_to_env(args, inputs.base_env, env)
+    # Each step returns its own warnings; the launch carries them, in the order of the steps.
+    warnings = [*planned_warnings, *user_warnings, *template_warnings, *_contradictions(plan, user), *cpu_warnings,
+                *endpoint_warnings, *kv_warnings, *env_warnings, *key_warnings]
     head = inputs.head
     return VllmLaunch(
         argv=tuple(head + [token for arg in args for token in arg.tokens]), model_at=len(head) - 1,
@@ -485,12 +490,14 @@ def _kaito_features(
     return [*args, *added], env, features
 
 
-def _planned_args(plan: LaunchPlan, inputs: CommandInputs, warnings: list[str]) -> list[FlagArg]:
-    """The plan's own flags, then the preset's ``vllm_args`` and the adapters' flags (a later one wins)."""
-    args = group(_plan_tokens(plan, inputs.host, inputs.port, inputs.max_model_len_auto_supported, warnings))
-    args = _merge(args, group(plan.model.vllm_args, PRESET_ARGS))
+def _planned_args(plan: LaunchPlan, inputs: CommandInputs) -> tuple[list[FlagArg], list[str]]:
+    """The plan's own flags, then the preset's ``vllm_args`` and the adapters' flags (a later one
+    wins), and the warnings about them."""
+    tokens, warnings = _plan_tokens(plan, inputs.host, inputs.port, inputs.max_model_len_auto_supported)
+    args = _merge(group(tokens), group(plan.model.vllm_args, PRESET_ARGS))
     args = _merge(args, group(streamer_tokens(plan), PRESET_ARGS))
-    return _merge(args, group(lora_tokens(inputs.adapters, warnings), ADAPTERS))
+    lora, lora_warnings = lora_tokens(inputs.adapters)
+    return _merge(args, group(lora, ADAPTERS)), warnings + lora_warnings
 
 
 def streamer_tokens(plan: LaunchPlan) -> list[str]:
@@ -504,28 +511,26 @@ def streamer_tokens(plan: LaunchPlan) -> list[str]:
     return tokens
 
 
-def _user_args(inputs: CommandInputs, warnings: list[str]) -> tuple[list[FlagArg], list[str]]:
-    """The user's arguments as parsed once (config file, then pass-through, merged, no secrets)
-    and the flags the config file switches off."""
+def _user_args(inputs: CommandInputs) -> tuple[list[FlagArg], list[str], list[str]]:
+    """The user's arguments as parsed once (config file, then pass-through, merged, no secrets),
+    the flags the config file switches off, and what the parse dropped (a warning each)."""
     assert inputs.user is not None
-    warnings += inputs.user.warnings
-    return list(inputs.user.args), list(inputs.user.switched_off)
+    return list(inputs.user.args), list(inputs.user.switched_off), list(inputs.user.warnings)
 
 
 def _with_chat_template(
-    args: list[FlagArg], plan: LaunchPlan, user: Sequence[FlagArg], folder: str | None, warnings: list[str]
-) -> list[FlagArg]:
+    args: list[FlagArg], plan: LaunchPlan, user: Sequence[FlagArg], folder: str | None
+) -> tuple[list[FlagArg], list[str]]:
     """The preset's chat template from ``folder``, unless the user gives one. A missing file is
     warned about; the tokenizer's own template is used then."""
     template = plan.model.chat_template
     if not template or any(a.name == "chat-template" for a in user):
-        return args
+        return args, []
     path = os.path.join(folder, template) if folder else None
     if path and os.path.isfile(path):
-        return [*args, FlagArg("chat-template", ("--chat-template", path), PRESET_ARGS)]
+        return [*args, FlagArg("chat-template", ("--chat-template", path), PRESET_ARGS)], []
     where = folder or "(no chat-template folder given)"
-    warnings.append(f"chat template {template} not found in {where}; the tokenizer's own chat template is used")
-    return args
+    return args, [f"chat template {template} not found in {where}; the tokenizer's own chat template is used"]
 
 
 def _parallel_sizes(args: Sequence[FlagArg], plan: LaunchPlan) -> tuple[int, int, int]:
@@ -543,17 +548,17 @@ def _cpu_processes(
     args: list[FlagArg],
     user: Sequence[FlagArg],
     sizes: tuple[int, int, int],
-    warnings: list[str],
-) -> tuple[list[FlagArg], CpuLayout | None]:
-    """CPU target: the process layout fitted to the ranks the merged flags ask for. GPU: none."""
+) -> tuple[list[FlagArg], CpuLayout | None, list[str]]:
+    """CPU target: the process layout fitted to the ranks the merged flags ask for, and the
+    warnings about it. GPU: none."""
     if plan.target != "cpu":
-        return args, None
+        return args, None, []
     tp, pp, dp = sizes
     kv_by_user = any(a.name == "kv-cache-memory-bytes" for a in user) or "VLLM_CPU_KVCACHE_SPACE" in inputs.base_env
     return layout_cpu(
         plan, args, tp=tp, pp=pp, dp=dp,
         is_user=lambda arg: any(arg is u for u in user),
-        cpu_ids=inputs.cpu_ids, base_env=inputs.base_env, kv_set_by_user=kv_by_user, warnings=warnings,
+        cpu_ids=inputs.cpu_ids, base_env=inputs.base_env, kv_set_by_user=kv_by_user,
     )
 
 
@@ -563,16 +568,15 @@ def _cpu_kv_space(
     args: Sequence[FlagArg],
     cpu: CpuLayout | None,
     sources: dict[str, str],
-    warnings: list[str],
-) -> float | None:
+) -> tuple[float | None, list[str]]:
     """CPU target: the KV GiB per rank, with who chose it in ``sources[CPU_KV]``; a user's size
     that cannot fit in the free RAM is warned about. GPU: None."""
     if cpu is None:
-        return None
-    kv_gib, sources[CPU_KV] = _cpu_kv(args, inputs.base_env, cpu, warnings)
+        return None, []
+    kv_gib, sources[CPU_KV], warnings = _cpu_kv(args, inputs.base_env, cpu)
     if sources[CPU_KV] != PLAN:
         warnings += _kv_ram_warning(plan, kv_gib, cpu.ranks, inputs.ram_available_bytes)
-    return kv_gib
+    return kv_gib, warnings
 
 
 def _sources(args: Sequence[FlagArg], dropped: Sequence[str]) -> dict[str, str]:
@@ -592,9 +596,10 @@ def _sources(args: Sequence[FlagArg], dropped: Sequence[str]) -> dict[str, str]:
 
 
 def _cpu_kv(
-    args: Sequence[FlagArg], base_env: Mapping[str, str], cpu: CpuLayout, warnings: list[str]
-) -> tuple[float | None, str]:
-    """The KV space (GiB per rank) the CPU backend will allocate, and who chose it.
+    args: Sequence[FlagArg], base_env: Mapping[str, str], cpu: CpuLayout
+) -> tuple[float | None, str, list[str]]:
+    """The KV space (GiB per rank) the CPU backend will allocate, who chose it, and a warning
+    when an exported value is not one vLLM takes.
 
     vLLM's CPU platform lets an exported VLLM_CPU_KVCACHE_SPACE (whole GiB) override
     --kv-cache-memory-bytes; ours is only set when neither is given (see ``_env``).
@@ -602,15 +607,14 @@ def _cpu_kv(
     exported = base_env.get("VLLM_CPU_KVCACHE_SPACE")
     if exported is not None:
         try:
-            return float(int(exported)), ENVIRONMENT
+            return float(int(exported)), ENVIRONMENT, []
         except ValueError:
-            warnings.append(f"VLLM_CPU_KVCACHE_SPACE={exported!r} is not a whole number of GiB; vLLM will refuse it")
-            return None, ENVIRONMENT
+            return None, ENVIRONMENT, [f"VLLM_CPU_KVCACHE_SPACE={exported!r} is not a whole number of GiB; vLLM will refuse it"]
     arg = last_arg(args, "kv-cache-memory-bytes")
     if arg is not None:
         size = parse_human_int(arg.values[0])
-        return (size / GiB if size is not None else None), arg.source
-    return float(cpu.kv_cache_gib), PLAN
+        return (size / GiB if size is not None else None), arg.source, []
+    return float(cpu.kv_cache_gib), PLAN, []
 
 
 def _kv_ram_warning(plan: LaunchPlan, kv_gib: float | None, ranks: int, ram_available_bytes: int | None) -> list[str]:
@@ -630,22 +634,22 @@ def _kv_ram_warning(plan: LaunchPlan, kv_gib: float | None, ranks: int, ram_avai
 
 
 def _api_key_to_env(
-    args: list[FlagArg], base_env: Mapping[str, str], env: dict[str, str], warnings: list[str]
-) -> tuple[list[FlagArg], str | None]:
+    args: list[FlagArg], base_env: Mapping[str, str], env: dict[str, str]
+) -> tuple[list[FlagArg], str | None, list[str]]:
     """Move a single --api-key from the argv (readable by anyone on the node through ps) into the
     child's VLLM_API_KEY. Several keys cannot travel in one variable: they stay, with a warning.
-    Returns the argv groups and the key readiness checks use (--api-key wins over VLLM_API_KEY)."""
+    Returns the argv groups, the key readiness checks use (--api-key wins over VLLM_API_KEY) and
+    the warning about keys left on the command line."""
     arg = last_arg(args, "api-key")
     if arg is None:
-        return args, base_env.get(API_KEY_ENV) or None
+        return args, base_env.get(API_KEY_ENV) or None, []
     if len(arg.values) > 1:
-        warnings.append(
+        return args, arg.values[0], [
             f"{len(arg.values)} --api-key values stay on vLLM's command line, where any process on this node "
             f"can read them; {API_KEY_ENV} holds only one key, so pass one to keep it off the command line"
-        )
-        return args, arg.values[0]
+        ]
     env[API_KEY_ENV] = arg.values[0]
-    return [a for a in args if a is not arg], arg.values[0]
+    return [a for a in args if a is not arg], arg.values[0], []
 
 
 MASK = "***"

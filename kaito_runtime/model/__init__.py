@@ -38,7 +38,7 @@ def as_model_request(request: ModelRequest) -> ModelRequest:
     """``--preset ORG/NAME[@REV]`` (or KAITO_PRESET) as the request for that repo id: the same
     path as ``--model ORG/NAME --revision REV``, where a built-in preset's own repo id resolves to
     the preset. A built-in name, or a request with both --preset and --model, is left as is."""
-    from kaito_runtime.model import sources as model_source
+    from kaito_runtime.model import sources
 
     preset = (request.preset or "").strip()
     if not preset or request.model or not _is_hub_id_form(preset):
@@ -56,7 +56,7 @@ def as_model_request(request: ModelRequest) -> ModelRequest:
                 why=f"the '@{revision}' in the preset already picks one",
                 fix="give the revision once: in the preset (org/name@rev) or with --revision",
             )
-    model_source.check_repo_id(repo_id)
+    sources.check_repo_id(repo_id)
     return replace(request, preset=None, model=repo_id, revision=revision if at else request.revision)
 
 
@@ -86,7 +86,7 @@ def checked(request: ModelRequest, catalog: Catalog, env: Mapping[str, str] | No
     checked without network or disk writes: one of --preset / --model given, the preset known
     (and no --revision against its pin), a repo id well formed. Run when the request is settled,
     before anything is created (the weights folder), so a typo leaves no trace."""
-    from kaito_runtime.model import sources as model_sources
+    from kaito_runtime.model import sources
 
     request = as_model_request(request)
     _check_combination(request)
@@ -97,7 +97,7 @@ def checked(request: ModelRequest, catalog: Catalog, env: Mapping[str, str] | No
 
         check_store_model(request.model, env or {}, request.revision)
     elif request.model and not looks_like_path(request.model):
-        model_sources.check_repo_id(request.model)
+        sources.check_repo_id(request.model)
     return request
 
 
@@ -120,7 +120,7 @@ def _preset(request: ModelRequest, catalog: Catalog) -> ModelSpec:
 
 
 def _folder(request: ModelRequest) -> ModelSpec:
-    from kaito_runtime.model import sources as model_source
+    from kaito_runtime.model import sources
 
     assert request.model
     if request.revision:
@@ -129,7 +129,7 @@ def _folder(request: ModelRequest) -> ModelSpec:
             why="a folder holds one version of the model; there is nothing to pick a revision from",
             fix="drop --revision, or pass a Hugging Face id (--model ORG/NAME --revision REV)",
         )
-    return model_source.spec_from_folder(Path(request.model).expanduser(), trust_remote_code=request.remote_code)
+    return sources.spec_from_folder(Path(request.model).expanduser(), trust_remote_code=request.remote_code)
 
 
 def _known_preset(request: ModelRequest, catalog: Catalog) -> ModelSpec | None:
@@ -158,7 +158,7 @@ def resolve_model(
     """A preset name, a local folder, an object-store URI (read with ``env``'s credentials) or
     a Hugging Face repo id (``request`` as ``checked`` returned it) -> ModelSpec, read from the
     hub, or from the complete local copy that ``local_copies`` finds when offline or the hub is down."""
-    from kaito_runtime.model import sources as model_source
+    from kaito_runtime.model import sources
 
     if request.preset:
         return _named(_preset(request, catalog), request)
@@ -175,27 +175,27 @@ def resolve_model(
     if known is not None:
         return _named(known, request)
     token, token_source = credentials.token, credentials.source
-    remote = model_source.remote_metadata(
+    remote = sources.remote_metadata(
         request.model,
         revision=request.revision,
         token=token,
         token_source=token_source,
         endpoint=request.endpoint,
         offline=request.offline,
-        local_copies=local_copies or model_source.NO_LOCAL_COPIES,
+        local_copies=local_copies or sources.NO_LOCAL_COPIES,
     )
-    spec = model_source.spec_from_hub(request.model, remote, trust_remote_code=request.remote_code)
+    spec = sources.spec_from_hub(request.model, remote, trust_remote_code=request.remote_code)
     # Sized after the architecture and the config passed: an unserved model costs no header reads.
     figures = None
     if not request.offline:
         try:
-            figures = model_source.hub_weights_figures(
+            figures = sources.hub_weights_figures(
                 remote, token=token, token_source=token_source, endpoint=request.endpoint, load_format=spec.load_format
             )
         except HubUnreachableError as exc:  # config.json came from the complete local copy
             log.warning("model: safetensors headers of %s not read (%s); sizing by file sizes", request.model, exc.what)
     spec = with_hub_defaults(replace(spec, generated_from="hub metadata"))
-    return _named(model_source.with_figures(spec, figures) if figures is not None else spec, request)
+    return _named(sources.with_figures(spec, figures) if figures is not None else spec, request)
 
 
 def with_hub_defaults(spec: ModelSpec) -> ModelSpec:
@@ -213,7 +213,7 @@ def download_source(request: ModelRequest, catalog: Catalog, env: Mapping[str, s
     and folders resolve as for serving; any other repo id is named without reading its
     config.json: the weights step resolves the revision to a commit itself, and a config that
     lacks the KV-cache figures must not stop a download."""
-    from kaito_runtime.model import sources as model_source
+    from kaito_runtime.model import sources
 
     if request.preset:
         return _preset(request, catalog).weights_source
@@ -222,14 +222,14 @@ def download_source(request: ModelRequest, catalog: Catalog, env: Mapping[str, s
         from kaito_runtime.model.store import check_store_model
 
         uri = check_store_model(request.model, env or {}, request.revision)
-        return WeightsSource(name=model_source.served_name_for(uri.prefix or uri.bucket), store_uri=uri.shown)
+        return WeightsSource(name=sources.served_name_for(uri.prefix or uri.bucket), store_uri=uri.shown)
     if looks_like_path(request.model):
         return _folder(request).weights_source
     known = _known_preset(request, catalog)
     if known is not None:
         return known.weights_source
-    model_source.check_repo_id(request.model)
-    return WeightsSource(name=model_source.served_name_for(request.model), repo_id=request.model, revision=request.revision)
+    sources.check_repo_id(request.model)
+    return WeightsSource(name=sources.served_name_for(request.model), repo_id=request.model, revision=request.revision)
 
 
 def gated_token_warning(model: ModelSpec | WeightsSource, *, token_found: bool) -> str | None:

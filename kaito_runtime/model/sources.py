@@ -39,7 +39,7 @@ def served_name_for(model: str) -> str:
 
 
 def folder_weights_bytes(folder: Path, load_format: str = "hf") -> int:
-    """Bytes of the one weight format vLLM will load from the folder (``file_selection.weight_files``)."""
+    """Bytes of the one weight format vLLM will load from the folder (``model_files.weight_files``)."""
     sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
     return sum(sizes[name] for name in weight_files(sizes, load_format))
 

@@ -189,6 +189,9 @@ def store_env(uri: StoreURI, env: Mapping[str, str]) -> tuple[dict[str, str], di
             for name in ("STORAGE_EMULATOR_HOST", "CLOUD_STORAGE_EMULATOR_ENDPOINT"):
                 if not env.get(name):
                     plain[name] = emulator
+            # An emulator takes no credentials; the streamer's Python part otherwise demands ADC.
+            if not env.get("RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS"):
+                plain["RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS"] = "true"
     return plain, secret
 
 
@@ -198,6 +201,12 @@ def secret_values(env: Mapping[str, str]) -> list[str]:
     sas = sas_from_file(env)
     if sas:
         found.append(sas)
+    for token in (env.get("AZURE_STORAGE_SAS_TOKEN"), sas):
+        # A client may log the request URL with the signature cut out: the rest of the token
+        # (expiry, permissions, resource) is masked too, and the signature on its own.
+        if token and "sig=" in token:
+            rest, _, tail = token.lstrip("?").partition("sig=")
+            found += [part for part in (rest.rstrip("&"), tail.partition("&")[0]) if part]
     key = connection_string_part(env, "AccountKey")
     if key:
         found.append(key)

@@ -30,7 +30,7 @@ from kaito_runtime.observe.status import Phase, StartupStatus
 from kaito_runtime.secrets import redact
 
 Role = Literal["metrics", "api"]
-_POLL_S = 0.05  # serve_forever's poll interval: how long a release waits for the loop at most
+_POLL_S = 0.5  # serve_forever's poll interval (a release does not wait for it: the socket is shut down first)
 
 
 class _Server(ThreadingHTTPServer):

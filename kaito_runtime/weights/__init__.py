@@ -1,9 +1,10 @@
 """Make the model's weights present on local disk: selected, pinned, verified, reused.
 
-This module is the weights step's orchestration and public API. Its parts: ``file_selection``
-(which files), ``weights_store`` (the layout on disk, marker, refs), ``weights_lock`` (one
-downloader per commit), ``downloader`` (resumable, parallel, verifying fetch), ``progress``
-(bar or log lines), ``integrity`` (size and hash checks) and ``hub`` (the Hub client).
+This module is the weights step's orchestration and public API. Its parts: ``model_files``
+(which files, a top-level leaf), ``store`` (the layout on disk, marker, refs, the one ref ->
+commit -> folder rule), ``lock`` (one downloader per commit), ``fetch`` (resumable, parallel,
+verifying fetch), ``objects`` (object-store copies), ``progress`` (bar or log lines),
+``integrity`` (size and hash checks) and ``hub`` (the Hub client).
 
 A warm start reads the completion marker and checks file sizes only: no network, no hashing.
 ``verify=True`` re-hashes every file of a complete copy and fetches the bad ones again.

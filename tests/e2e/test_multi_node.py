@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ import pytest
 
 from kaito_runtime.launch.vllm_install import detect_vllm
 from tests.support.group_helpers import namespaces_or_skip
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -57,24 +57,6 @@ if detect_vllm() is None or not KAITO_RUN.exists():
     if os.environ.get("KAITO_REQUIRE_VLLM") == "1":
         raise RuntimeError("KAITO_REQUIRE_VLLM=1 but vLLM or kaito-run is missing: run scripts/setup.sh")
     pytest.skip("vLLM is not installed in this environment (scripts/setup.sh installs it)", allow_module_level=True)
-
-
-def free_port(span: int = 1) -> int:
-    """A port p with p .. p+span-1 free (the master port and the group store's port after it)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + span > 65535:
-            continue
-        try:
-            for extra in range(1, span):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port + extra))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port range")
 
 
 class Node:

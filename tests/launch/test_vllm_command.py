@@ -549,12 +549,12 @@ def test_cpu_runs_put_the_amx_permission_shim_first_on_vllms_python_path(monkeyp
     from kaito_runtime.launch import vllm_command
 
     monkeypatch.setattr(vllm_command.platform, "machine", lambda: "x86_64")
-    env = vllm_command._env({"PYTHONPATH": "/user/lib"}, set(), CpuLayout(ranks=1, single_process=True, threads_bind='auto', kv_cache_gib=1), [])
+    env, _ = vllm_command._env({"PYTHONPATH": "/user/lib"}, set(), CpuLayout(ranks=1, single_process=True, threads_bind='auto', kv_cache_gib=1))
     first, rest = env["PYTHONPATH"].split(os.pathsep, 1)
     assert first == str(vllm_command.AMX_SITE_DIR) and rest == "/user/lib"
     assert (vllm_command.AMX_SITE_DIR / "sitecustomize.py").is_file()
     monkeypatch.setattr(vllm_command.platform, "machine", lambda: "aarch64")
-    assert "PYTHONPATH" not in vllm_command._env({}, set(), CpuLayout(ranks=1, single_process=True, threads_bind='auto', kv_cache_gib=1), [])
+    assert "PYTHONPATH" not in vllm_command._env({}, set(), CpuLayout(ranks=1, single_process=True, threads_bind='auto', kv_cache_gib=1))[0]
 
 
 def test_a_config_value_the_pass_through_overrides_is_not_warned_about():

@@ -116,23 +116,22 @@ def _adapter(name: str, rank: int, path: str | None = None) -> LoraAdapter:
 
 
 def test_lora_tokens_name_each_module_and_round_the_largest_rank_up_to_one_vllm_takes():
-    warnings: list[str] = []
-    tokens = lora_tokens([_adapter("a", 8), _adapter("b", 24)], warnings)
+    tokens, warnings = lora_tokens([_adapter("a", 8), _adapter("b", 24)])
     assert tokens == ["--enable-lora", "--lora-modules", "a=/mnt/adapter/a", "b=/mnt/adapter/b", "--max-lora-rank", "32"]
     assert warnings == []
-    assert lora_tokens([_adapter("a", 320)], [])[-1] == "320"
-    assert lora_tokens([], []) == []
+    assert lora_tokens([_adapter("a", 320)])[0][-1] == "320"
+    assert lora_tokens([]) == ([], [])
 
 
 def test_lora_tokens_use_json_where_name_equals_path_cannot_carry_it():
-    tokens = lora_tokens([_adapter("a=b", 8), _adapter("c", 8, "/mnt/x,y")], [])
+    tokens, _ = lora_tokens([_adapter("a=b", 8), _adapter("c", 8, "/mnt/x,y")])
     assert json.loads(tokens[2]) == {"name": "a=b", "path": "/mnt/adapter/a=b"}
     assert json.loads(tokens[3]) == {"name": "c", "path": "/mnt/x,y"}
 
 
 def test_a_rank_above_vllms_largest_is_warned_about():
-    warnings: list[str] = []
-    assert lora_tokens([_adapter("huge", 1024)], warnings)[-1] == str(MAX_LORA_RANKS[-1])
+    tokens, warnings = lora_tokens([_adapter("huge", 1024)])
+    assert tokens[-1] == str(MAX_LORA_RANKS[-1])
     assert "1024" in warnings[0]
 
 
@@ -222,7 +221,7 @@ def test_an_option_like_adapter_name_reads_back_as_one_module_in_an_argparse_par
     parser.add_argument("--lora-modules", nargs="+")
     parser.add_argument("--api-key")
     parser.add_argument("--max-lora-rank")
-    tokens = lora_tokens([_adapter("--api-key", 8), _adapter("--api", 8), _adapter("ok", 8)], [])
+    tokens, _ = lora_tokens([_adapter("--api-key", 8), _adapter("--api", 8), _adapter("ok", 8)])
     parsed = parser.parse_args(tokens[1:])
     assert parsed.api_key is None
     assert len(parsed.lora_modules) == 3

@@ -1,6 +1,6 @@
 """Planner: GPU layout choice, utilization, context, not-fit errors and every preset on every shape.
 
-Memory arithmetic is in test_memory.py, CPU plans in test_cpu_planner.py."""
+Memory arithmetic is in test_memory.py, CPU plans in test_cpu.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shared by the group's tests: free loopback ports and a helper process to freeze."""
+"""Shared by the group's tests: port pairs, a helper process to freeze, two network namespaces."""
 
 from __future__ import annotations
 
@@ -6,36 +6,18 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.ports import free_port
 
 
 def free_port_pair() -> int:
     """p with p and p+1 free (vLLM's master port and the group store's port after it)."""
-    candidates = (free_port() for _ in range(50))
-    found = next((port for port in candidates if port < 65535 and _bindable(port + 1)), None)
-    if found is None:
-        raise RuntimeError("no free port pair")
-    return found
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return free_port(span=2)
 
 
 @contextlib.contextmanager

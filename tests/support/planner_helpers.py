@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kaito_runtime import plan as planner
+from kaito_runtime.plan import plan_launch as _plan_launch
 from kaito_runtime.model.catalog import load_catalog
 from kaito_runtime.node.vllm_memory import load_profile
 from kaito_runtime.types import (
@@ -67,4 +67,4 @@ PROFILE = load_profile()
 def plan_launch(model: ModelSpec, inventory: NodeInventory, topology: Topology, overrides: PlanOverrides = PlanOverrides(), **kw):
     """``kaito_runtime.plan.plan_launch`` with the shipped profile (as ``api.prepare`` calls it)."""
     kw.setdefault("profile", PROFILE)
-    return planner.plan_launch(model, inventory, topology, overrides, **kw)
+    return _plan_launch(model, inventory, topology, overrides, **kw)

@@ -1,4 +1,4 @@
-"""Helpers shared by the weights-step tests (test_weights, test_downloader, test_hub, ...)."""
+"""Helpers shared by the weights-step tests (tests/weights/, tests/hub/, ...)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from filelock import FileLock
 
-from kaito_runtime.weights import lock as weights_lock
+from kaito_runtime.weights import lock as lock_module
 from kaito_runtime.errors import InputError, WeightsError
 from kaito_runtime.weights import ensure_weights
 from kaito_runtime.weights.store import lock_path, repo_folder
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("hub_env")
 
 @pytest.fixture
 def quick_log(monkeypatch):
-    monkeypatch.setattr(weights_lock, "LOCK_LOG_INTERVAL_S", 0.1)
+    monkeypatch.setattr(lock_module, "LOCK_LOG_INTERVAL_S", 0.1)
 
 
 def _held_lock(hub, tmp_path) -> tuple[FileLock, str]:
@@ -92,17 +92,17 @@ def test_a_holder_that_makes_progress_is_waited_for(hub, tmp_path, quick_log):
 def test_bad_lock_timeout_setting(monkeypatch, value):
     monkeypatch.setenv("KAITO_WEIGHTS_LOCK_TIMEOUT", value)
     with pytest.raises(InputError, match="KAITO_WEIGHTS_LOCK_TIMEOUT"):
-        weights_lock.lock_timeout_s()
+        lock_module.lock_timeout_s()
 
 
 def test_lock_timeout_default_and_override(monkeypatch):
     monkeypatch.delenv("KAITO_WEIGHTS_LOCK_TIMEOUT", raising=False)
-    assert weights_lock.lock_timeout_s() == weights_lock.DEFAULT_LOCK_TIMEOUT_S
-    assert weights_lock.lock_timeout_s(12) == 12.0
+    assert lock_module.lock_timeout_s() == lock_module.DEFAULT_LOCK_TIMEOUT_S
+    assert lock_module.lock_timeout_s(12) == 12.0
 
 
 def test_lock_timeout_is_read_from_the_env_given(monkeypatch):
-    monkeypatch.setenv(weights_lock.LOCK_TIMEOUT_ENV, "5")
-    assert weights_lock.lock_timeout_s(None, {weights_lock.LOCK_TIMEOUT_ENV: "7"}) == 7.0
-    assert weights_lock.lock_timeout_s(None, {}) == weights_lock.DEFAULT_LOCK_TIMEOUT_S
-    assert weights_lock.lock_timeout_s() == 5.0
+    monkeypatch.setenv(lock_module.LOCK_TIMEOUT_ENV, "5")
+    assert lock_module.lock_timeout_s(None, {lock_module.LOCK_TIMEOUT_ENV: "7"}) == 7.0
+    assert lock_module.lock_timeout_s(None, {}) == lock_module.DEFAULT_LOCK_TIMEOUT_S
+    assert lock_module.lock_timeout_s() == 5.0

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from kaito_runtime.weights import store as weights_store
+from kaito_runtime.weights import store
 from kaito_runtime.errors import InputError
 from tests.support.steps import RemoteFile
 from kaito_runtime.weights.store import (
@@ -71,7 +71,7 @@ def test_a_folder_that_cannot_be_created_is_an_input_error(tmp_path, code):
 
 
 def test_an_existing_read_only_folder_is_accepted_with_create_and_without_writable(tmp_path, monkeypatch):
-    monkeypatch.setattr(weights_store.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(store.os, "access", lambda path, mode: False)
     with no_writes_under(tmp_path) as attempts:
         check_weights_dir(tmp_path, writable=False, create=True)
         check_weights_dir(tmp_path / "x", writable=False)
@@ -85,7 +85,7 @@ def test_an_unwritable_folder_is_refused_when_writing_is_needed(tmp_path, monkey
         asked.append((str(path), mode))
         return False
 
-    monkeypatch.setattr(weights_store.os, "access", access)
+    monkeypatch.setattr(store.os, "access", access)
     with pytest.raises(InputError) as itself:
         check_weights_dir(tmp_path)
     assert "is not writable" in str(itself.value) and f"uid {os.getuid()}" in str(itself.value)
