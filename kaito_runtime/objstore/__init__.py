@@ -101,6 +101,13 @@ def parse_uri(text: str, env: Mapping[str, str] | None = None) -> StoreURI:
     names one; vLLM then gets the two-part form and the account by environment.
     """
     env = env or {}
+    if "?" in text or "#" in text:
+        shown = re.split(r"[?#]", text, maxsplit=1)[0]
+        raise InputError(
+            f"--model {shown!r} has a query or fragment ('?...' or '#...')",
+            why="a SAS token never goes into the URI (it would reach vLLM's argv, the plan, the metrics and the logs)",
+            fix=f"drop it and set AZURE_STORAGE_SAS_TOKEN, or KAITO's SAS file ({SAS_FILE_ENV}, default {DEFAULT_SAS_FILE})",
+        )
     scheme = text[:2].lower()
     rest = text[5:].strip("/")
     parts = [p for p in rest.split("/") if p]

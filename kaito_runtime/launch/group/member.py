@@ -59,6 +59,7 @@ from kaito_runtime.launch.group.store import (
 )
 from kaito_runtime.launch.supervisor import StopRequest, SupervisorHooks
 from kaito_runtime.types import Topology
+from kaito_runtime.vllm_flags import without_secret_flags
 
 DEFAULT_PEER_TIMEOUT_S = 15.0
 BEAT_INTERVAL_S = 0.5
@@ -69,8 +70,6 @@ PROGRESS_EVERY_S = 15.0
 _POLL_S = 0.2
 MAX_BACKOFF_S = 30.0  # the wait before round N+1 doubles from 1 s up to this
 _PORT_FREE_S = 60.0  # how long the leader waits for its old vLLM's master port before a new round
-# vLLM flags whose value is a secret: never published for --join workers.
-_SECRET_FLAGS = ("--api-key", "--hf-token")
 
 
 @dataclass(frozen=True)
@@ -108,21 +107,8 @@ class NodeFacts:
 
 def public_vllm_args(args: list[str] | tuple[str, ...], secrets: tuple[str, ...] = ()) -> list[str]:
     """The vLLM arguments without any secret (an --api-key, an --hf-token, a registered secret
-    value): what the leader may publish for --join workers."""
-    kept: list[str] = []
-    skip = False
-    for token in args:
-        if skip:
-            skip = False
-            continue
-        name = token.partition("=")[0]
-        if name in _SECRET_FLAGS:
-            skip = "=" not in token
-            continue
-        if token in secrets:
-            continue
-        kept.append(token)
-    return kept
+    value), in every spelling (vllm_flags.SECRET_FLAGS): what the leader may publish for --join workers."""
+    return [token for token in without_secret_flags(args) if token not in secrets]
 
 
 class Group:

@@ -222,6 +222,16 @@ def test_the_published_request_holds_no_secret():
     assert public_vllm_args(args, ("secret-v",)) == ["--max-model-len", "256", "--x"]
 
 
+@pytest.mark.parametrize("spelling", [
+    ["--api_key=K"], ["--api_key", "K"], ["--API-KEY=K"], ["--api-key", "K", "K2"], ["--hf_token", "K"],
+    ["--hf-token=K"], ["--HF_TOKEN", "K", "K2"],
+])
+def test_the_published_request_drops_every_spelling_of_a_secret_flag(spelling):
+    published = public_vllm_args(["--max-model-len", "256", *spelling, "--enforce-eager"])
+    assert published == ["--max-model-len", "256", "--enforce-eager"]
+    assert not any("K" in token for token in published)
+
+
 def _status(port: int) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
