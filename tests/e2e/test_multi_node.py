@@ -41,6 +41,7 @@ import psutil
 import pytest
 
 from kaito_runtime.launch.vllm_install import detect_vllm
+from tests.support.group_helpers import namespaces_or_skip
 from tests.support.ports import free_port
 from tests.support.streams import start_streams
 
@@ -479,53 +480,6 @@ def test_two_nodes_with_one_rank_stop_every_node_naming_the_rank(tmp_path):
     finally:
         for node in (second, first, leader):
             node.stop()
-
-
-class Namespaces:
-    """Two network namespaces joined by a veth pair (10.211.<n>.1 and .2), as two hosts; cut()
-    takes the link down, so packets vanish (no reset), as on a cut cable or a partition."""
-
-    def __init__(self) -> None:
-        tag = f"{os.getpid() % 10000}"
-        self.names = (f"kt{tag}a", f"kt{tag}b")
-        self.links = (f"kt{tag}va", f"kt{tag}vb")
-        subnet = 1 + os.getpid() % 250
-        self.ips = (f"10.211.{subnet}.1", f"10.211.{subnet}.2")
-        steps = [["ip", "netns", "add", self.names[0]], ["ip", "netns", "add", self.names[1]],
-                 ["ip", "link", "add", self.links[0], "type", "veth", "peer", "name", self.links[1]]]
-        for ns, link, ip in zip(self.names, self.links, self.ips):
-            steps += [["ip", "link", "set", link, "netns", ns], ["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", link],
-                      ["ip", "-n", ns, "link", "set", link, "up"], ["ip", "-n", ns, "link", "set", "lo", "up"]]
-        try:
-            for step in steps:
-                subprocess.run(step, check=True, capture_output=True, text=True, timeout=30)
-        except subprocess.CalledProcessError as exc:
-            self.remove()
-            raise RuntimeError(f"{' '.join(exc.cmd)}: {exc.stderr.strip()}") from None
-
-    def prefix(self, rank: int) -> list[str]:
-        return ["ip", "netns", "exec", self.names[rank]]
-
-    def cut(self) -> None:
-        subprocess.run(["ip", "-n", self.names[0], "link", "set", self.links[0], "down"], check=True, timeout=30)
-
-    def remove(self) -> None:
-        for ns in self.names:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-
-
-def namespaces_or_skip() -> Namespaces:
-    import shutil
-
-    why = ("needs root" if os.geteuid() != 0 else "needs the ip command (iproute2)" if shutil.which("ip") is None else "")
-    if not why:
-        try:
-            return Namespaces()
-        except (RuntimeError, OSError) as exc:
-            why = f"cannot make network namespaces here: {exc}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the network cut test {why}")
-    pytest.skip(f"the network cut test {why}")
 
 
 

@@ -478,6 +478,56 @@ def test_while_the_group_first_meets_the_leader_names_the_missing_ranks_every_so
         leader.store.close()
 
 
+CUT_NODE = """
+import logging, os, sys, time
+from kaito_runtime.launch.group import Group, GroupSettings, NodeFacts, plan_fields
+from kaito_runtime.types import Topology
+logging.basicConfig(level=logging.WARNING)
+rank, leader_ip, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+topo = Topology(nnodes=2, node_rank=rank, leader_address=leader_ip, master_port=port)
+group = Group(GroupSettings(topo, rendezvous_timeout_s=30, peer_timeout_s=3, beat_interval_s=0.2), env={},
+              log=logging.getLogger("node"))
+if rank == 0:
+    group.open()
+print("open", flush=True)
+group.meet(NodeFacts({"cpu_cores": 1}, "0.1", "0.32.0", plan_fields("tiny", "abc", ["--max-model-len", "256"])))
+group.hooks.started(lambda: True, os.getpgid(0))
+print("running", flush=True)
+while group.hooks.stop_request() is None:
+    time.sleep(0.05)
+print("lost " + group.hooks.stop_request().reason, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+def test_a_network_cut_between_two_namespaces_is_noticed_by_both_launchers_within_the_peer_timeout():
+    """issue 18 item 3 without vLLM (the real-vLLM form is tests/e2e/test_multi_node.py): two
+    launchers' group owners in two network namespaces joined by a veth pair; the link goes down."""
+    from tests.support.group_helpers import namespaces_or_skip
+
+    net = namespaces_or_skip()
+    try:
+        port = 29611
+        with helper_process(CUT_NODE, "0", net.ips[0], str(port), ready="open", prefix=tuple(net.prefix(0))) as leader, \
+                helper_process(CUT_NODE, "1", net.ips[0], str(port), ready="open", prefix=tuple(net.prefix(1))) as worker:
+            assert leader.stdout.readline().strip() == "running"
+            assert worker.stdout.readline().strip() == "running"
+            time.sleep(1)
+            cut = time.monotonic()
+            net.cut()
+            seen = {}
+            for name, proc in (("leader", leader), ("worker", worker)):
+                line = proc.stdout.readline().strip()
+                seen[name] = (time.monotonic() - cut, line)
+            assert seen["leader"][1].startswith("lost rank 1's launcher sent no heartbeat"), seen
+            assert seen["worker"][1].startswith("lost the leader (rank 0) is gone"), seen
+            print(f"after the cut: " + ", ".join(f"{name} {took:.1f} s" for name, (took, _) in seen.items()))
+            assert max(took for took, _ in seen.values()) <= 3 + 1.5, seen
+    finally:
+        net.remove()
+
+
 def test_a_draining_worker_stays_healthy_for_its_probe(pair):
     leader, worker = pair
     Vllm(leader), Vllm(worker)
