@@ -202,10 +202,10 @@ class TestKaitoSingleNodePod:
         diff = json.loads(changed) if changed.strip() else {}
         info = json.loads(podman("inspect", pod.name).stdout)[0]
         mounts = {m["Destination"] for m in info["Mounts"]} | PODMAN_FILES
-        parents = {str(Path(m).parent) for m in mounts} | {"/"}
+        parents = {str(parent) for m in mounts for parent in Path(m).parents}
         assert not diff.get("deleted"), diff
-        assert set(diff.get("added") or []) <= mounts, diff
-        assert set(diff.get("changed") or []) <= parents, diff
+        assert set(diff.get("added") or []) <= mounts | parents, diff
+        assert set(diff.get("changed") or []) <= mounts | parents, diff
         assert "/tmp" in mounts  # a scratch volume (vLLM's IPC sockets): nothing of it stays in the layer
 
     def test_the_token_is_nowhere_but_its_secret_file(self, pod, image):
@@ -366,11 +366,14 @@ class TestKaitoTwoNodeStatefulSet:
                              f"--leader-address={LEADER_DNS}")
             assert done.returncode == 0, (probe, done.stdout, done.stderr)
 
+        before = leader.logs()
         killed = time.monotonic()
         podman("kill", worker.name)
         code = leader.wait_exit(PEER_TIMEOUT_S + GRACE_S + 15)
         took = time.monotonic() - killed
         logs = leader.logs()
         assert code == 22, f"leader exit {code} after {took:.0f} s:\n{logs[-4000:]}"
-        assert "rank 1" in logs and "group member was lost" in logs, logs[-3000:]
+        # Which line names the loss depends on what the leader sees first: rank 1's launcher
+        # silent for the peer timeout, or its own vLLM losing the pipeline stage on rank 1.
+        assert "rank 1" in logs[len(before):], logs[-3000:]
         assert took < PEER_TIMEOUT_S + GRACE_S + 15
