@@ -22,6 +22,10 @@ from kaito_runtime.errors import InputError
 
 MASK = "***"
 TOKEN_FILE_ENV = "KAITO_HF_TOKEN_FILE"
+# The group's shared secret and the file that holds it (launch.group.secret reads them); no child
+# process (vLLM, the watchdog) inherits either.
+GROUP_SECRET_ENV = "KAITO_GROUP_SECRET"
+GROUP_SECRET_FILE_ENV = "KAITO_GROUP_SECRET_FILE"
 # Keys a Kubernetes Secret mounted as a folder may use for the token.
 _TOKEN_KEYS_IN_FOLDER = ("token", "HF_TOKEN", "hf_token")
 # Shorter values would redact ordinary words; real tokens are far longer.

@@ -28,8 +28,12 @@ PASS_THROUGH = "pass-through"
 # vLLM --kv-cache-dtype choices (vllm.md "Memory flags"); every fp8 variant stores 1 byte.
 KNOWN_KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla")
 
-# Flags whose value is a secret: dropped from the user's arguments, never put in an argv.
-SECRET_FLAGS = frozenset({"hf-token"})
+# Flags whose value is a secret (normalised names, so every spelling counts: --api_key=K,
+# --HF-TOKEN x): never published for --join workers, never compared or reported as text.
+SECRET_FLAGS = frozenset({"hf-token", "api-key"})
+# The secret flags dropped from the user's arguments (the API key goes to vLLM by its environment:
+# launch.vllm_command moves it there).
+DROPPED_SECRET_FLAGS = frozenset({"hf-token"})
 
 # Short spellings vLLM accepts for flags the plan sets (vllm.md "Parallelism flags").
 SHORT_FLAGS = {
@@ -88,6 +92,12 @@ def group(tokens: Sequence[str], source: str = PLAN) -> list[FlagArg]:
 
 def _make(tokens: list[str], source: str) -> FlagArg:
     return FlagArg(normalise_flag(tokens[0]) if is_flag(tokens[0]) else None, tuple(tokens), source)
+
+
+def without_secret_flags(tokens: Sequence[str]) -> list[str]:
+    """``tokens`` without any secret flag and all of its values, in every spelling
+    (``--api_key=K``, ``--hf_token hf_x``, ``--api-key k1 k2``)."""
+    return [token for arg in group(tokens) if arg.name not in SECRET_FLAGS for token in arg.tokens]
 
 
 def parse_human_int(text: str) -> int | None:
@@ -241,7 +251,7 @@ class UserArgs:
 
     args: tuple[FlagArg, ...] = ()
     switched_off: tuple[str, ...] = ()  # flags the config file sets to false/null (left out)
-    published: tuple[str, ...] = ()  # config tokens then the pass-through ones, as a --join worker gets them
+    published: tuple[str, ...] = ()  # the merged flags without secrets, as a --join worker gets them
     warnings: tuple[str, ...] = ()  # what was dropped, for the user
 
     @property
@@ -281,10 +291,11 @@ def parse_user_args(
         )
     merged = merge([], layers)
     warnings: tuple[str, ...] = ()
-    if any(a.name in SECRET_FLAGS for a in merged):
+    if any(a.name in DROPPED_SECRET_FLAGS for a in merged):
         warnings = (
             "dropped --hf-token from the vLLM arguments: tokens never go on a command line and vLLM "
             "runs offline from the downloaded folder",
         )
-        merged = [a for a in merged if a.name not in SECRET_FLAGS]
-    return UserArgs(tuple(merged), tuple(switched_off), (*config, *pass_through), warnings)
+        merged = [a for a in merged if a.name not in DROPPED_SECRET_FLAGS]
+    published = tuple(token for arg in merged if arg.name not in SECRET_FLAGS for token in arg.tokens)
+    return UserArgs(tuple(merged), tuple(switched_off), published, warnings)

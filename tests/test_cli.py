@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from kaito_runtime.model.catalog import load_catalog
 from kaito_runtime.cli import main
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES = {"deepseek", "falcon", "gemma-3", "gpt-oss", "llama", "mistral", "phi-3", "phi-4", "qwen"}
@@ -107,8 +108,8 @@ def test_two_nodes_without_a_rank_is_refused_for_a_real_launch(tmp_path):
     result = CliRunner().invoke(
         main,
         ["--preset", "llama-3.3-70b-instruct", "--sku", "Standard_NC48ads_A100_v4", "--nnodes", "2",
-         "--weights-dir", str(tmp_path)],
-    )
+         "--weights-dir", str(tmp_path), "--port", str(free_port()), "--metrics-port", "0"],
+    )  # a free port: the launcher checks (and holds) vLLM's port first, and 5000 may be busy here
     assert result.exit_code == 2
     assert "--node-rank" in result.output
 
@@ -573,6 +574,7 @@ def test_a_leader_name_that_never_resolves_exits_21_naming_it(tmp_path, join):
     one (the DNS record may come late, so it is waited for, never exit 2 "bad input")."""
     what = ["--join"] if join else ["--model", str(REPO / "models" / "tiny-llama"), "--nnodes", "2"]
     result = invoke(*what, "--node-rank", "1", "--leader-address", "no-such-leader.invalid", "--rendezvous-timeout", "1.5",
-                 env={"HF_HOME": str(tmp_path / "hf"), "KAITO_WEIGHTS_DIR": str(tmp_path / "w")})
+                    "--port", str(free_port()), "--metrics-port", "0",  # not this machine's 5000 and 5090
+                    env={"HF_HOME": str(tmp_path / "hf"), "KAITO_WEIGHTS_DIR": str(tmp_path / "w")})
     assert result.exit_code == 21, result.output
     assert "'no-such-leader.invalid' did not resolve" in result.output

@@ -261,7 +261,8 @@ def test_object_store_credentials_never_show_even_in_debug_logs(store, tmp_path)
         for model, code in ((uri, 0), (uri + "-missing", 14)):
             ran = run_cli(["--model", model, "--dry-run", "--log-level", "debug"], launcher_env(env, home=tmp_path))
             assert ran.code == code, ran.output[-2000:]
-            assert "Sending http request" in ran.output or "Request URL" in ran.output  # the clients' debug lines
+            if store == "s3":  # botocore logs each signed request at debug (azure-core's URL log is kept off)
+                assert "Sending http request" in ran.output
             for secret in secrets_:
                 assert not leaked(secret, ran.output), (model, leaked(secret, ran.output))
     finally:

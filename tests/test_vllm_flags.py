@@ -33,3 +33,15 @@ def test_the_last_occurrence_wins_and_unknown_flags_keep_their_values():
 
 def test_a_negative_number_is_a_value_not_a_flag():
     assert last_value(group(["--seed", "-1"]), "seed") == "-1"
+
+
+@pytest.mark.parametrize("secret", [
+    ["--hf-token", "hf_x"], ["--hf_token=hf_x"], ["--HF-Token", "hf_x"], ["--api_key=hf_x"], ["--api-key", "hf_x", "hf_y"],
+])
+def test_the_published_arguments_hold_no_secret_in_any_spelling(secret):
+    from kaito_runtime.vllm_flags import parse_user_args
+
+    parsed = parse_user_args({"hf_token": "hf_x", "max-model-len": 256}, ["--enforce-eager", *secret])
+    assert not any("hf_" in token for token in parsed.published)
+    assert parsed.published == ("--max-model-len", "256", "--enforce-eager")
+    assert "hf-token" not in parsed.names

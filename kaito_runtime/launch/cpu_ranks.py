@@ -95,16 +95,17 @@ def layout_cpu(
     cpu_ids: Sequence[int] | None,
     base_env: Mapping[str, str],
     kv_set_by_user: bool,
-    warnings: list[str],
-) -> tuple[list[A], CpuLayout]:
+) -> tuple[list[A], CpuLayout, list[str]]:
     """Fit the merged CPU arguments to the world size they ask for (TP ``tp`` x PP ``pp`` x DP ``dp``).
 
     One rank: the plan's single-process settings stay. More: the plan's ``--distributed-executor-
     backend uni`` goes (a user's is kept with a warning), and so does the plan's ``--enforce-eager``
     under PP (a user's is kept with a warning); each rank gets its own core list unless the user
     exported one. ``kv_set_by_user``: the user chose the KV space (flag or exported variable), so
-    the per-rank value computed here is not used and not warned about.
+    the per-rank value computed here is not used and not warned about. Returns the arguments,
+    the layout and the warnings.
     """
+    warnings: list[str] = []
     planned_ranks = local_ranks(
         plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.data_parallel_size, plan.topology.nnodes
     )
@@ -114,7 +115,7 @@ def layout_cpu(
         warnings.append(_kv_warning(plan, planned_ranks, ranks, kv))
     if ranks <= 1:
         bind = plan.cpu_threads_bind or "auto"
-        return args, CpuLayout(ranks=1, single_process=not plan.topology.multi_node, threads_bind=bind, kv_cache_gib=kv)
+        return args, CpuLayout(ranks=1, single_process=not plan.topology.multi_node, threads_bind=bind, kv_cache_gib=kv), warnings
 
     dropped: list[str] = []
     kept: list[A] = []
@@ -156,7 +157,7 @@ def layout_cpu(
         )
     if len(cpus) < ranks:
         warnings.append(f"{ranks} CPU ranks share {len(cpus)} core(s); expect a slow server")
-    return kept, CpuLayout(ranks=ranks, single_process=False, threads_bind=bind, kv_cache_gib=kv)
+    return kept, CpuLayout(ranks=ranks, single_process=False, threads_bind=bind, kv_cache_gib=kv), warnings
 
 
 def _kv_warning(plan: LaunchPlan, planned_ranks: int, ranks: int, kv: int) -> str:

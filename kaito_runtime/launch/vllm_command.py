@@ -29,6 +29,7 @@ from kaito_runtime.launch.kaito_serving import (
     role_transfer_config,
     shutdown_timeout_for,
 )
+from kaito_runtime.secrets import GROUP_SECRET_ENV, GROUP_SECRET_FILE_ENV
 from kaito_runtime.vllm_flags import (
     CONFIG_FILE,
     PASS_THROUGH,
@@ -57,6 +58,9 @@ from kaito_runtime.plan.vllm_rules import CONTEXT_ALIGN, align_down, tp_rule_vio
 AMX_SITE_DIR = Path(__file__).resolve().parent / "amx_site"
 
 TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "KAITO_HF_TOKEN_FILE")
+# What vLLM's environment never holds: the token variables and the group's secret (its store is
+# the launcher's; vLLM has no use for it).
+SECRET_ENV_VARS = (*TOKEN_ENV_VARS, GROUP_SECRET_ENV, GROUP_SECRET_FILE_ENV)
 
 # Where a flag's final value came from (``VllmLaunch.sources``); a later layer wins.
 PRESET_ARGS = "the preset's vLLM args"
@@ -89,7 +93,7 @@ class VllmLaunch:
 
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
-    unset_env: tuple[str, ...] = TOKEN_ENV_VARS
+    unset_env: tuple[str, ...] = SECRET_ENV_VARS
     warnings: tuple[str, ...] = ()
     host: str = "0.0.0.0"
     port: int = 5000
@@ -447,7 +451,7 @@ def build_vllm_command(plan: LaunchPlan, inputs: CommandInputs) -> VllmLaunch:
     head = inputs.head
     return VllmLaunch(
         argv=tuple(head + [token for arg in args for token in arg.tokens]), model_at=len(head) - 1,
-        env=env, unset_env=TOKEN_ENV_VARS, warnings=tuple(warnings),
+        env=env, unset_env=SECRET_ENV_VARS, warnings=tuple(warnings),
         host=host, port=port, served_model_names=names,
         tensor_parallel_size=tp, pipeline_parallel_size=pp, data_parallel_size=dp,
         gpu_memory_utilization=last_float(args, "gpu-memory-utilization", plan.gpu_memory_utilization),
@@ -555,13 +559,11 @@ def _cpu_processes(
         return args, None, []
     tp, pp, dp = sizes
     kv_by_user = any(a.name == "kv-cache-memory-bytes" for a in user) or "VLLM_CPU_KVCACHE_SPACE" in inputs.base_env
-    warnings: list[str] = []  # cpu_ranks.layout_cpu reports into it
-    args, cpu = layout_cpu(
+    return layout_cpu(
         plan, args, tp=tp, pp=pp, dp=dp,
         is_user=lambda arg: any(arg is u for u in user),
-        cpu_ids=inputs.cpu_ids, base_env=inputs.base_env, kv_set_by_user=kv_by_user, warnings=warnings,
+        cpu_ids=inputs.cpu_ids, base_env=inputs.base_env, kv_set_by_user=kv_by_user,
     )
-    return args, cpu, warnings
 
 
 def _cpu_kv_space(

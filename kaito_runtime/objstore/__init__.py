@@ -101,6 +101,13 @@ def parse_uri(text: str, env: Mapping[str, str] | None = None) -> StoreURI:
     names one; vLLM then gets the two-part form and the account by environment.
     """
     env = env or {}
+    if "?" in text or "#" in text:
+        shown = re.split(r"[?#]", text, maxsplit=1)[0]
+        raise InputError(
+            f"--model {shown!r} has a query or fragment ('?...' or '#...')",
+            why="a SAS token never goes into the URI (it would reach vLLM's argv, the plan, the metrics and the logs)",
+            fix=f"drop it and set AZURE_STORAGE_SAS_TOKEN, or KAITO's SAS file ({SAS_FILE_ENV}, default {DEFAULT_SAS_FILE})",
+        )
     scheme = text[:2].lower()
     rest = text[5:].strip("/")
     parts = [p for p in rest.split("/") if p]
@@ -201,6 +208,12 @@ def secret_values(env: Mapping[str, str]) -> list[str]:
     sas = sas_from_file(env)
     if sas:
         found.append(sas)
+    for token in (env.get("AZURE_STORAGE_SAS_TOKEN"), sas):
+        # A client may log the request URL with the signature cut out: the rest of the token
+        # (expiry, permissions, resource) is masked too, and the signature on its own.
+        if token and "sig=" in token:
+            rest, _, tail = token.lstrip("?").partition("sig=")
+            found += [part for part in (rest.rstrip("&"), tail.partition("&")[0]) if part]
     key = connection_string_part(env, "AccountKey")
     if key:
         found.append(key)

@@ -231,6 +231,10 @@ class AzureStore:
             raise _missing_library(uri, exc) from None
         from kaito_runtime.objstore import sas_from_file
 
+        import logging
+
+        # azure-core logs every request's URL and headers at INFO: a SAS query string among them.
+        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
         self.uri = uri
         conn = env.get("AZURE_STORAGE_CONNECTION_STRING")
         account = uri.account or env.get("AZURE_STORAGE_ACCOUNT_NAME") or connection_string_part(env, "AccountName")

@@ -37,12 +37,14 @@ pytestmark = [pytest.mark.container, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent.parent
 TINY_MODEL = REPO / "models" / "tiny-llama"
 REPO_ID = "kaito-test/tiny-llama"
-TOKEN = "hf_containerSecret7Qm2Xw9Lp4Rt8Zk3Vb6N"  # granted access to the gated tiny repo
+TOKEN = "hf_Qm2Xw9Lp4Rt8Zk3Vb6NjYc7Hd5GfUa"  # granted access to the gated tiny repo
 READY_S = 600
 GRACE_S = 30
 PEER_TIMEOUT_S = 10
 LEADER_DNS = "ws-0.ws-headless.default.svc.cluster.local"
 UID = 1000
+# Files podman itself bind-mounts into every container.
+PODMAN_FILES = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run/.containerenv"}
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +196,17 @@ class TestKaitoSingleNodePod:
         assert {p.stat().st_uid for p in written} == {UID}
         assert any(p.is_file() for p in cache.rglob("*")), "nothing in the cache volume"
         assert {p.stat().st_uid for p in cache.rglob("*")} <= {UID}
-        # The container's own layer: what it wrote outside its volumes and mounts.
+        # The container's own layer: what was written outside its volumes. podman's own mount
+        # points (the secret file, /etc/hosts, ...) and the folders holding them are not writes.
         changed = podman("diff", "--format", "json", pod.name).stdout
         diff = json.loads(changed) if changed.strip() else {}
-        assert not any(diff.get(kind) for kind in ("changed", "added", "deleted")), diff
+        info = json.loads(podman("inspect", pod.name).stdout)[0]
+        mounts = {m["Destination"] for m in info["Mounts"]} | PODMAN_FILES
+        parents = {str(parent) for m in mounts for parent in Path(m).parents}
+        assert not diff.get("deleted"), diff
+        assert set(diff.get("added") or []) <= mounts | parents, diff
+        assert set(diff.get("changed") or []) <= mounts | parents, diff
+        assert "/tmp" in mounts  # a scratch volume (vLLM's IPC sockets): nothing of it stays in the layer
 
     def test_the_token_is_nowhere_but_its_secret_file(self, pod, image):
         texts = {
@@ -328,6 +337,9 @@ def group(image, hub, token_file):
             name = f"kaito-test-ws-{rank}-{os.getpid()}"
             containers.append(Container(name, image.tag, ["-c", kaito_statefulset_script(hub)], port=port, options=[
                 "--entrypoint", "/bin/sh", "--hostname", f"ws-{rank}", "--add-host", f"{LEADER_DNS}:127.0.0.1",
+                # The StatefulSet's short leader name (ws-0.ws-headless), which the pod's DNS search
+                # domains resolve in a cluster.
+                "--add-host", f"{LEADER_DNS.split('.default.')[0]}:127.0.0.1",
                 "-e", f"POD_INDEX={rank}",
                 "-v", f"{token_file}:/run/secrets/hf-token:ro", "-e", "KAITO_HF_TOKEN_FILE=/run/secrets/hf-token",
                 # Two pods on one host network: each its own port and core; the group's master port.
@@ -354,11 +366,14 @@ class TestKaitoTwoNodeStatefulSet:
                              f"--leader-address={LEADER_DNS}")
             assert done.returncode == 0, (probe, done.stdout, done.stderr)
 
+        before = leader.logs()
         killed = time.monotonic()
         podman("kill", worker.name)
         code = leader.wait_exit(PEER_TIMEOUT_S + GRACE_S + 15)
         took = time.monotonic() - killed
         logs = leader.logs()
         assert code == 22, f"leader exit {code} after {took:.0f} s:\n{logs[-4000:]}"
-        assert "rank 1" in logs and "group member was lost" in logs, logs[-3000:]
+        # Which line names the loss depends on what the leader sees first: rank 1's launcher
+        # silent for the peer timeout, or its own vLLM losing the pipeline stage on rank 1.
+        assert "rank 1" in logs[len(before):], logs[-3000:]
         assert took < PEER_TIMEOUT_S + GRACE_S + 15

@@ -136,10 +136,11 @@ def test_two_loopback_nodes_serve_one_model_from_s3(tmp_path):
     nodes = []
     try:
         for rank in (0, 1):
-            nodes.append(Node(tmp_path, rank, master_port, env=base_env(tmp_path, st.s3_env(server)), argv=[
+            port = free_port()
+            nodes.append(Node(tmp_path, rank, master_port, env=base_env(tmp_path, st.s3_env(server)), port=port, argv=[
                 str(KAITO_RUN), "--model", "s3://models/tiny-llama", "--nnodes", "2", "--node-rank", str(rank),
                 "--leader-address", "127.0.0.1", "--master-port", str(master_port), "--host", "127.0.0.1",
-                "--port", str(free_port()), "--cpu-cores", str(rank), "--weights-dir", str(tmp_path / f"w{rank}"),
+                "--port", str(port), "--cpu-cores", str(rank), "--weights-dir", str(tmp_path / f"w{rank}"),
             ]))
         group_ready(*nodes)
         assert chat(nodes[0])["choices"][0]["message"]["content"] is not None

@@ -68,20 +68,18 @@ def test_kv_gib_per_rank(tp, pp, kv, ranks, expected):
 
 def test_one_rank_keeps_the_plan():
     args = [Arg("distributed-executor-backend", ("uni",)), Arg("enforce-eager")]
-    warnings: list[str] = []
-    kept, layout = layout_cpu(
+    kept, layout, warnings = layout_cpu(
         plan(), args, tp=1, pp=1, dp=1, is_user=lambda a: False, cpu_ids=[0, 1], base_env={},
-        kv_set_by_user=False, warnings=warnings,
+        kv_set_by_user=False,
     )
     assert kept == args and warnings == []
     assert (layout.ranks, layout.single_process, layout.threads_bind, layout.kv_cache_gib) == (1, True, "auto", 8)
 
 
 def test_planned_pp_ranks_bind_per_rank_silently():
-    warnings: list[str] = []
-    kept, layout = layout_cpu(
+    kept, layout, warnings = layout_cpu(
         plan(1, 2), [Arg("max-num-seqs", ("2",))], tp=1, pp=2, dp=1, is_user=lambda a: False,
-        cpu_ids=range(4), base_env={}, kv_set_by_user=False, warnings=warnings,
+        cpu_ids=range(4), base_env={}, kv_set_by_user=False,
     )
     assert warnings == []
     assert (layout.ranks, layout.single_process, layout.threads_bind, layout.kv_cache_gib) == (2, False, "0-1|2-3", 8)
@@ -89,10 +87,9 @@ def test_planned_pp_ranks_bind_per_rank_silently():
 
 def test_pass_through_pp_drops_the_plans_eager_and_uni_and_says_so():
     planned = [Arg("distributed-executor-backend", ("uni",)), Arg("enforce-eager")]
-    warnings: list[str] = []
-    kept, layout = layout_cpu(
+    kept, layout, warnings = layout_cpu(
         plan(), planned, tp=1, pp=2, dp=1, is_user=lambda a: False, cpu_ids=[0, 1], base_env={},
-        kv_set_by_user=False, warnings=warnings,
+        kv_set_by_user=False,
     )
     assert kept == []
     kv, relayout = warnings
@@ -102,9 +99,8 @@ def test_pass_through_pp_drops_the_plans_eager_and_uni_and_says_so():
 
 
 def test_users_kv_choice_gets_no_kv_warning():
-    warnings: list[str] = []
-    layout_cpu(
+    _, _, warnings = layout_cpu(
         plan(), [], tp=2, pp=1, dp=1, is_user=lambda a: True, cpu_ids=[0, 1], base_env={},
-        kv_set_by_user=True, warnings=warnings,
+        kv_set_by_user=True,
     )
     assert not any("VLLM_CPU_KVCACHE_SPACE" in w for w in warnings)

@@ -1,7 +1,7 @@
 """KAITO's serving features as vLLM flags (launch/kaito_serving.py): CPU KV offload sized from the
 container's memory (cgroup v1 and v2, node/container_memory.py), KAITO's exclusions, the 429
 guard's --middleware, the drain's --shutdown-timeout and the prefill/decode role. Units on the
-argv; the real-vLLM behaviour is in test_e2e_kaito.py."""
+argv; the real-vLLM behaviour is in tests/e2e/test_kaito.py."""
 
 from __future__ import annotations
 

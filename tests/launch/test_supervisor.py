@@ -39,10 +39,18 @@ logging.basicConfig(level=logging.INFO, format="LOG %(levelname)s %(message)s", 
 spec = json.loads(sys.argv[1])
 def on_ready(seconds):
     print("READY", seconds, flush=True)
+from kaito_runtime.launch.supervisor import StopRequest, SupervisorHooks
+class Held(SupervisorHooks):  # a group's worker: holds SIGTERM until the group asks (a file appears)
+    def holds(self, signum):
+        return signum == signal.SIGTERM
+    def stop_request(self):
+        import os
+        return StopRequest("the leader has drained", 0) if os.path.exists(spec["stop_file"]) else None
 result = supervise(
     spec["argv"], spec["env"],
     ready=ReadinessCheck("127.0.0.1", spec["port"], "tiny", interval=0.05),
     grace_seconds=spec["grace"], on_ready=on_ready, log=logging.getLogger("driver"),
+    hooks=Held() if spec.get("stop_file") else None,
 )
 print("RESULT " + json.dumps({
     "exit_code": result.exit_code, "ready_after": result.ready_after,
@@ -71,8 +79,9 @@ def run_inline(port: int, *extra: str, **kwargs) -> SupervisorResult:
 class Driver:
     """supervise() in a subprocess that the test can signal."""
 
-    def __init__(self, port: int, *extra: str, grace: float = 5.0) -> None:
-        spec = {"argv": fake_argv(port, *extra), "env": dict(os.environ), "port": port, "grace": grace}
+    def __init__(self, port: int, *extra: str, grace: float = 5.0, stop_file: Path | None = None) -> None:
+        spec = {"argv": fake_argv(port, *extra), "env": dict(os.environ), "port": port, "grace": grace,
+                "stop_file": str(stop_file) if stop_file else None}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", DRIVER, json.dumps(spec)],
             stdout=subprocess.PIPE,
@@ -287,6 +296,36 @@ def test_sigint_while_vllm_runs_exits_130_even_when_vllm_exits_0() -> None:
     result = driver.result()
     assert result["signal"] == signal.SIGINT
     assert result["exit_code"] == 130
+    assert_gone(result["pid"])
+
+
+def test_a_held_sigterm_reaches_vllm_only_when_the_group_asks_and_the_stop_exits_0(tmp_path: Path) -> None:
+    """A group's worker: its vLLM keeps running after SIGTERM until the leader has drained."""
+    stop_file = tmp_path / "leader-drained"
+    driver = Driver(free_port(), grace=30.0, stop_file=stop_file)
+    driver.wait_for("READY")
+    child = driver.child_pid()
+    driver.proc.send_signal(signal.SIGTERM)
+    driver.wait_for("LOG INFO received SIGTERM: vLLM keeps serving its group until the leader has drained")
+    time.sleep(1.0)  # ten polls of the group: still held
+    assert psutil.Process(child).status() != psutil.STATUS_ZOMBIE
+    stop_file.touch()
+    result = driver.result()
+    assert result["exit_code"] == 0 and result["outcome"] == "group_stopped" and result["signal"] == signal.SIGTERM
+    lines = "".join(driver.lines)
+    assert lines.index("stopping vLLM: the leader has drained") < lines.index("fake-vllm: shutting down")
+    assert_gone(child)
+
+
+def test_a_held_sigterm_goes_to_vllm_by_itself_once_the_grace_period_less_the_margin_is_over(tmp_path: Path) -> None:
+    driver = Driver(free_port(), grace=2.0, stop_file=tmp_path / "never")
+    driver.wait_for("READY")
+    driver.proc.send_signal(signal.SIGTERM)
+    result = driver.result()
+    assert result["exit_code"] == 0 and result["outcome"] == "stopped"
+    lines = "".join(driver.lines)
+    assert "at most 2 s; grace 2s" in lines  # 2 s less a quarter of it, rounded
+    assert lines.index("the group's leader has not drained") < lines.index("fake-vllm: shutting down")
     assert_gone(result["pid"])
 
 

@@ -575,3 +575,13 @@ def test_a_config_value_the_pass_through_overrides_is_not_warned_about():
         llama70b_plan(), CommandInputs(model_path="/w", config_args={"max-model-len": 8192}, extra_args=["-tp", "3"])
     )
     assert any("tensor-parallel-size 3" in w for w in kept.warnings), kept.warnings
+
+
+def test_vllm_never_inherits_the_group_secret_or_its_file():
+    from kaito_runtime.launch import child_environment
+
+    built = build_vllm_command(cpu_plan(), CommandInputs(model_path="/m"))
+    env = {"KAITO_GROUP_SECRET": "group-secret-0123456789", "KAITO_GROUP_SECRET_FILE": "/run/group/secret", "PATH": "/bin"}
+    child = child_environment(built, env, {"MASTER_ADDR": "10.0.0.1"})
+    assert "KAITO_GROUP_SECRET" not in child and "KAITO_GROUP_SECRET_FILE" not in child
+    assert "group-secret" not in repr(sorted(child.items())) and child["PATH"] == "/bin"

@@ -604,3 +604,13 @@ def test_the_group_fingerprint_follows_the_objects_version(moto, tmp_path):
     st.upload_s3(moto, "models", "versioned", folder, create=False)
     changed, new_fields = facts()
     assert changed.revision != first.revision and fingerprint(new_fields) != fingerprint(fields)
+
+
+@pytest.mark.parametrize("text", ["az://acct/models/x?sv=2024-01-01&sig=SIGSECRET", "s3://b/p#SIGSECRET",
+                                  "gs://b/p?X-Goog-Signature=SIGSECRET"])
+def test_a_uri_with_a_query_or_fragment_is_refused_without_quoting_it(text):
+    with pytest.raises(InputError) as err:
+        objstore.parse_uri(text, {})
+    message = err.value.message
+    assert err.value.exit_code == 2 and "SIGSECRET" not in message and "sig=" not in message
+    assert "AZURE_STORAGE_SAS_TOKEN" in message and "STREAM_ENV_FILE" in message and "\n" not in message

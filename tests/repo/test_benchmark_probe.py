@@ -3,7 +3,7 @@ loopback: not ready, a worker, the concurrency it picks, the -1 line on failure,
 
 Every run of the script as a program happens in a PID namespace of its own (``unshare --pid
 --fork --mount-proc``): there it is PID 1, so its write to /proc/1/fd/1 is its own stdout and
-never this machine's init. The run through real vLLM is in test_e2e_kaito.py.
+never this machine's init. The run through real vLLM is in tests/e2e/test_kaito.py.
 """
 
 from __future__ import annotations
@@ -141,3 +141,13 @@ def test_a_failed_benchmark_still_writes_the_result_line_with_minus_one(fake, tm
     result = re.match(r"KAITO_BENCHMARK_RESULT \d{4}-\d\d-\d\dT[\d:.]+Z (\{.*\})$", lines[1])
     assert json.loads(result.group(1)) == {"vllm_total_tpm": -1, "ttft_avg_ms": -1, "tpot_avg_ms": -1}
     assert "benchmark failed" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_tokenizer_is_kaito_processor_else_the_folder_vllm_serves(fake, tmp_path):
+    url = f"http://127.0.0.1:{fake.server_port}"
+    assert probe.tokenizer_folder(probe.Settings(url, 60, 2048, 256, 300, "/models/tok")) == "/models/tok"
+    FakeVllm.root = str(tmp_path)
+    assert probe.tokenizer_folder(probe.Settings(url, 60, 2048, 256, 300, None)) == str(tmp_path)
+    FakeVllm.root = str(tmp_path / "gone")
+    with pytest.raises(probe.ProbeError, match="set KAITO_PROCESSOR"):
+        probe.tokenizer_folder(probe.Settings(url, 60, 2048, 256, 300, None))

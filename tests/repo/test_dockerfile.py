@@ -244,7 +244,7 @@ def test_a_built_images_configuration_keeps_the_files_promises():
         assert config["Entrypoint"] == ["/usr/bin/tini", "--", "/usr/local/bin/kaito-entrypoint"]
         assert config["Cmd"] == ["--help"] and config["WorkingDir"] == "/workspace"
         assert set(config["ExposedPorts"]) == {"5000/tcp"}
-        assert set(config["Volumes"]) == {"/workspace/weights", "/workspace/cache"}
+        assert set(config["Volumes"]) == {"/workspace/weights", "/workspace/cache", "/tmp"}
         health = info.get("Healthcheck")
         assert health and health["Test"] == ["CMD", "python3", "/workspace/vllm/multi-node-health-check.py", "liveness"]
         assert health["StartPeriod"] == 30 * 60 * 10**9  # nanoseconds

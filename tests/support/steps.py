@@ -32,7 +32,7 @@ _HOMES = {
     'lock_path': ('kaito_runtime.weights.store', 'lock_path'),
     'lora_tokens': ('kaito_runtime.launch.vllm_command', 'lora_tokens'),
     'main': ('kaito_runtime.cli', 'main'),
-    'objects': ('kaito_runtime.weights', 'objects'),
+    'objects': ('kaito_runtime.weights.objects', ''),
     'offline_in': ('kaito_runtime.request', 'offline_in'),
     'profile_from_table': ('kaito_runtime.node.vllm_memory', 'profile_from_table'),
     'remote_metadata': ('kaito_runtime.model.sources', 'remote_metadata'),

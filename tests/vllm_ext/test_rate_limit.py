@@ -1,5 +1,5 @@
 """KAITO's 429 guard (kaito_runtime/vllm_ext/rate_limit.py) as a plain ASGI app around a fake
-one: the rule, the paths, the body and the counter. Real vLLM: test_e2e_kaito.py."""
+one: the rule, the paths, the body and the counter. Real vLLM: tests/e2e/test_kaito.py."""
 
 from __future__ import annotations
 

@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kaito_runtime.errors import InputError
-
-SECRET_ENV = "KAITO_GROUP_SECRET"
-SECRET_FILE_ENV = "KAITO_GROUP_SECRET_FILE"
+from kaito_runtime.secrets import GROUP_SECRET_ENV as SECRET_ENV, GROUP_SECRET_FILE_ENV as SECRET_FILE_ENV
 MIN_BYTES = 16  # below this a secret can be guessed; a Kubernetes-generated one is far longer
 _MAX_BYTES = 4096
 # The API key's hash without a group secret: scrypt, so that a short key costs a guesser ~50 ms a try.

@@ -47,12 +47,14 @@ from enum import Enum
 from kaito_runtime.errors import GroupMemberLostError, GroupMismatchError, NoRouteError, RendezvousTimeoutError, StorePortTakenError
 from kaito_runtime.launch.group.addresses import Unreachable
 from kaito_runtime.launch.group.secret import GroupSecret
+from kaito_runtime.vllm_flags import SECRET_FLAGS, group
 
 PREFIX = "kaito/v2/"
 CALL_DEADLINE_S = 5.0
-# vLLM's multi-node flags that differ per node by design; everything else must agree. The API key
-# is compared by its digest (api-key), never sent; a node without one (a headless worker) agrees.
-RANK_FLAGS = frozenset({"--node-rank", "--headless", "--master-addr", "--host", "--port", "--model", "--api-key"})
+# vLLM's multi-node flags that differ per node by design (normalised names, so every spelling
+# counts); everything else must agree. A secret flag (vllm_flags.SECRET_FLAGS) never becomes a
+# field: the API key is compared by its digest (api-key), a node without one (a headless worker) agrees.
+RANK_FLAGS = frozenset({"node-rank", "headless", "master-addr", "host", "port", "model"})
 API_KEY_FIELD = "api-key"
 
 
@@ -135,17 +137,10 @@ def plan_fields(model: str, revision: str | None, argv: Sequence[str], *, api_ke
     per-node ones (rank, headless, master address, host, port). Flag values are kept as text
     so a mismatch can name the flag and both values; the executable and model path are not.
     ``api_key_digest``: the node's API key as ``api_key_digest`` made it (never the key)."""
-    fields = {"model": model, "revision": revision or "-"}
-    name: str | None = None
-    for token in argv:
-        if token.startswith("--"):
-            name, _, value = token.partition("=")
-            fields[name] = value if value else ""
-            if value:
-                name = None
-        elif name is not None:
-            fields[name] = (fields[name] + " " + token).strip()
-    kept = {k: v for k, v in fields.items() if k not in RANK_FLAGS}
+    kept = {"model": model, "revision": revision or "-"}
+    for arg in group(argv):
+        if arg.name is not None and arg.name not in RANK_FLAGS and arg.name not in SECRET_FLAGS:
+            kept[f"--{arg.name}"] = " ".join(arg.values)
     if api_key_digest:
         kept[API_KEY_FIELD] = api_key_digest
     return kept
@@ -405,13 +400,22 @@ class GroupStore:
 
     # -- liveness --
 
-    def beat(self, round_: int, rank: int, count: int) -> None:
-        self._put(f"r{round_}/beat/{rank}", {"n": count})
+    def beat(self, round_: int, rank: int, count: int, state: str = "running") -> None:
+        """``state``: the sender's GroupState value (a draining node says so in every beat)."""
+        self._put(f"r{round_}/beat/{rank}", {"n": count, "state": state})
 
     def heartbeat(self, round_: int, rank: int) -> int:
         """The last genuine heartbeat count of ``rank`` (-1 before its first)."""
+        return self.pulse(round_, rank)[0]
+
+    def pulse(self, round_: int, rank: int) -> tuple[int, str]:
+        """The last genuine heartbeat of ``rank``: its count (-1 before its first) and the state
+        it said it was in ("" before its first)."""
         found = self._read(f"r{round_}/beat/{rank}")
-        return int(found["n"]) if found and isinstance(found.get("n"), int) else -1
+        if not found or not isinstance(found.get("n"), int):
+            return -1, ""
+        state = found.get("state")
+        return int(found["n"]), state if isinstance(state, str) else ""
 
     def announce_stop(self, round_: int, notice: StopNotice) -> StopNotice:
         """Say why the group ends; returns the notice that stands (the first genuine one)."""

@@ -10,7 +10,7 @@ import pytest
 
 from kaito_runtime.errors import StorePortTakenError
 from kaito_runtime.launch.group.secret import GroupSecret, api_key_digest
-from tests.support.group_helpers import free_port
+from tests.support.ports import free_port
 from kaito_runtime.launch.group.store import (
     CheckIn, GroupStore, StopKind, StopNotice, fingerprint, judge, plan_fields,
 )
@@ -36,6 +36,21 @@ def test_plan_fields_leave_out_the_per_node_flags_and_keep_the_rest():
     assert not {"--node-rank", "--headless", "--master-addr", "--port"} & set(fields)
     worker = plan_fields("tiny", None, [*ARGV[:11], "1", "--master-addr", "10.0.0.1", "--headless"])
     assert fingerprint(worker) == fingerprint(plan_fields("tiny", None, ARGV))
+
+
+@pytest.mark.parametrize("spelling", [
+    ["--api_key", "k1", "k2"], ["--api-key=k1"], ["--API_KEY", "k1"], ["--hf_token", "k1"], ["--hf-token=k1", "k2"],
+])
+def test_plan_fields_hold_no_secret_flag_in_any_spelling(spelling):
+    fields = plan_fields("tiny", None, [*ARGV, *spelling, "--enforce-eager"])
+    assert not any("k1" in key or "k1" in value or "k2" in value for key, value in fields.items())
+    assert fields["--enforce-eager"] == "" and fields["--max-model-len"] == "256"
+
+
+def test_plan_fields_name_every_spelling_of_a_per_node_flag_once():
+    fields = plan_fields("tiny", None, ["vllm", "serve", "/m", "--node_rank=1", "--Master-Addr", "10.0.0.2",
+                                        "--max_model_len", "256", "-tp", "2"])
+    assert fields == {"model": "tiny", "revision": "-", "--max-model-len": "256", "--tensor-parallel-size": "2"}
 
 
 def test_judge_names_rank_and_field_of_a_mismatch():
