@@ -223,6 +223,26 @@ def test_child_exit_code_is_returned_when_it_dies_before_ready() -> None:
     assert result.tail[-1] == "fake-vllm: exiting with 3"
 
 
+def test_a_vllm_exit_that_the_group_counts_as_part_of_its_stop_takes_the_groups_code() -> None:
+    """A worker's headless vLLM that exits as its leader drains: the group, told of the exit,
+    asks for the stop it was part of, and the launcher exits with that code, not vLLM's."""
+    from kaito_runtime.launch.supervisor import StopRequest, SupervisorHooks
+
+    class Group(SupervisorHooks):
+        told: int | None = None
+
+        def exited(self, returncode: int) -> None:
+            self.told = returncode
+
+        def stop_request(self) -> StopRequest | None:
+            return StopRequest("rank 0 is stopping as asked", 0) if self.told is not None else None
+
+    group = Group()
+    result = run_inline(free_port(), "--exit-code", "3", hooks=group)
+    assert group.told == 3 and result.exit_code == 0 and result.outcome == "group_stopped"
+    assert run_inline(free_port(), "--exit-code", "3", hooks=SupervisorHooks()).exit_code == 3
+
+
 def test_failure_tail_is_kept_and_explained() -> None:
     message = (
         "ERROR 11-26 17:00:01 [core.py:700] ValueError: To serve at least one request with the "
