@@ -76,6 +76,7 @@ main(sys.argv[2:], prog_name="kaito-run")
 # line, a progress bar redrawn with \r), then fails.
 _STAND_IN_VLLM = r"""
 import os, sys
+from tests.support.ports import free_port
 print("INFO 01-02 03:04:05 [api_server.py:1] vLLM API server version 0.32.0", flush=True)
 print("(EngineCore_DP0 pid=7) WARNING 01-02 03:04:05 [core.py:2] few blocks", flush=True)
 print("key is " + os.environ["VLLM_API_KEY"], file=sys.stderr, flush=True)
@@ -84,14 +85,6 @@ print("Loading 10%\rLoading 100%", flush=True)
 print("ERROR 01-02 03:04:06 [core.py:3] Engine core initialization failed", file=sys.stderr, flush=True)
 sys.exit(3)
 """
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_with_stand_in(tmp_path, *args: str):
@@ -103,7 +96,7 @@ def _run_with_stand_in(tmp_path, *args: str):
     script = tmp_path / "stand_in_vllm.py"
     script.write_text(_STAND_IN_VLLM)
     argv = ["--model", str(REPO / "models" / "tiny-llama"), "--assume-gpus", "1xA100-80GB", "--host", "127.0.0.1",
-            "--port", str(_free_port()), "--weights-dir", str(tmp_path / "w"), *args]
+            "--port", str(free_port()), "--weights-dir", str(tmp_path / "w"), *args]
     done = subprocess.run([sys.executable, "-c", _WITH_STAND_IN, str(script), *argv],
                           env=launcher_env(home=tmp_path), capture_output=True, timeout=60)
     return Ran(done.returncode, done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace"))

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ spec = json.loads(sys.argv[1])
 def on_ready(seconds):
     print("READY", seconds, flush=True)
 from kaito_runtime.launch.supervisor import StopRequest, SupervisorHooks
+from tests.support.ports import free_port
 class Held(SupervisorHooks):  # a group's worker: holds SIGTERM until the group asks (a file appears)
     def holds(self, signum):
         return signum == signal.SIGTERM
@@ -58,12 +58,6 @@ print("RESULT " + json.dumps({
     "handler_restored": signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,
 }), flush=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake_argv(port: int, *extra: str) -> list[str]:
