@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tests.support.hardening import launcher_env, run_cli
+from tests.support.ports import free_port
 
 
 def _json_lines(text: str) -> list[dict]:
@@ -76,7 +77,6 @@ main(sys.argv[2:], prog_name="kaito-run")
 # line, a progress bar redrawn with \r), then fails.
 _STAND_IN_VLLM = r"""
 import os, sys
-from tests.support.ports import free_port
 print("INFO 01-02 03:04:05 [api_server.py:1] vLLM API server version 0.32.0", flush=True)
 print("(EngineCore_DP0 pid=7) WARNING 01-02 03:04:05 [core.py:2] few blocks", flush=True)
 print("key is " + os.environ["VLLM_API_KEY"], file=sys.stderr, flush=True)

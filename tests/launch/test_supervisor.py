@@ -25,6 +25,7 @@ from kaito_runtime.launch.supervisor import (
     SupervisorResult,
     supervise,
 )
+from tests.support.ports import free_port
 
 FAKE = Path(__file__).parents[1] / "fixtures" / "fake_vllm.py"
 LOG = logging.getLogger("test_supervisor")
@@ -39,7 +40,6 @@ spec = json.loads(sys.argv[1])
 def on_ready(seconds):
     print("READY", seconds, flush=True)
 from kaito_runtime.launch.supervisor import StopRequest, SupervisorHooks
-from tests.support.ports import free_port
 class Held(SupervisorHooks):  # a group's worker: holds SIGTERM until the group asks (a file appears)
     def holds(self, signum):
         return signum == signal.SIGTERM
