@@ -57,6 +57,7 @@ from typing import IO, Literal
 import psutil
 
 from kaito_runtime.errors import GRACEFUL_STOP_EXIT_CODES
+from kaito_runtime.launch.kaito_serving import DRAIN_MARGIN_SECONDS
 from kaito_runtime.secrets import redact
 
 TAIL_LINES = 400  # enough to hold a vLLM traceback and the error line above it
@@ -97,6 +98,13 @@ class SupervisorHooks:
 
     def signalled(self, signum: int) -> None:
         """SIGTERM/SIGINT arrived (called from the signal handler: set a flag, nothing more)."""
+
+    def holds(self, signum: int) -> bool:
+        """Whether the first ``signum`` is held instead of forwarded at once (a group's worker:
+        its vLLM serves the leader's drain). A held signal reaches vLLM when ``stop_request``
+        asks for a stop, or when the grace period less the drain margin has passed; the
+        grace-period kill still counts from the signal. Called from the signal handler."""
+        return False
 
     def stop_request(self) -> StopRequest | None:
         """Polled every 0.1 s while vLLM runs: a StopRequest stops vLLM as a signal would."""
@@ -473,6 +481,7 @@ class _Supervision:
         self.outcome: Outcome = "exited"
         self.stop_request: StopRequest | None = None
         self.forced = False  # a second signal killed the group at once
+        self.held_until: float | None = None  # a held first signal goes to vLLM at the latest then
         self.became_ready = threading.Event()
 
     def _enter(self, state: SupervisorState, why: str) -> None:
@@ -492,15 +501,24 @@ class _Supervision:
             pass
         self.kill_at = time.monotonic() + self.grace
 
-    def on_signal(self, signum: int) -> None:
+    def on_signal(self, signum: int, hold: bool = False) -> None:
         first = not self.received
         self.received.append(signum)
         if self.child is None:
             return  # forwarded right after the child starts (see ``started_child``)
         if first:
-            self.signalled_at = time.monotonic()
-            self.log.info("received %s: stopping vLLM (grace %gs)", signal.Signals(signum).name, self.grace)
-            self._stop(signum, f"received {signal.Signals(signum).name}")
+            self.signalled_at = now = time.monotonic()
+            name = signal.Signals(signum).name
+            if self.state is SupervisorState.STOPPING:  # the group asked first: a second SIGTERM would cut vLLM's drain
+                self.log.info("received %s: vLLM is already stopping (grace %gs)", name, self.grace)
+                return
+            if hold:
+                self.held_until = now + max(0.0, self.grace - min(DRAIN_MARGIN_SECONDS, self.grace / 4))
+                self.log.info("received %s: vLLM keeps serving its group until the leader has drained (at most %.0f s; "
+                              "grace %gs)", name, self.held_until - now, self.grace)
+                return
+            self.log.info("received %s: stopping vLLM (grace %gs)", name, self.grace)
+            self._stop(signum, f"received {name}")
         else:
             self.log.warning("second signal (%s): killing vLLM now", signal.Signals(signum).name)
             self.forced = True
@@ -527,6 +545,9 @@ class _Supervision:
             self.kill_at = None
         if self.state is SupervisorState.STOPPING:
             return
+        if self.held_until is not None:
+            self._release(now, stop_when)
+            return
         if (self.state is SupervisorState.STARTING and self.ready_timeout is not None
                 and now - self.started >= self.ready_timeout):
             self.log.error("vLLM was not ready after %gs: stopping it", self.ready_timeout)
@@ -541,6 +562,33 @@ class _Supervision:
             self.signalled_at = now
             self._stop(signal.SIGTERM, request.reason)
 
+    def _release(self, now: float, stop_when: Callable[[], StopRequest | None] | None) -> None:
+        """A held signal: forward it once the group asks for the stop, or when the grace period
+        less the drain margin is over; the kill stays due at the end of the grace period."""
+        assert self.held_until is not None and self.signalled_at is not None
+        request = stop_when() if stop_when is not None else None
+        if request is not None:
+            self.log.info("stopping vLLM: %s", request.reason)
+            self.stop_request = request
+            self.outcome = "group_stopped"
+        elif now >= self.held_until:
+            self.log.warning("the group's leader has not drained %.0f s after %s: stopping vLLM", now - self.signalled_at,
+                             signal.Signals(self.received[0]).name)
+        else:
+            return
+        self.held_until = None
+        self._stop(self.received[0], "a held signal")
+        self.kill_at = self.signalled_at + self.grace
+
+    def after_exit(self, stop_when: Callable[[], StopRequest | None] | None) -> None:
+        """vLLM exited by itself, and the group (told by ``exited``) says that is part of a stop
+        it asked for (a worker whose leader drained): the group's exit code, not vLLM's."""
+        if self.outcome == "exited" and not self.received and stop_when is not None:
+            request = stop_when()
+            if request is not None:
+                self.stop_request = request
+                self.outcome = "group_stopped"
+
     def result(self, returncode: int) -> SupervisorResult:
         assert self.child is not None
         self._enter(SupervisorState.EXITED, _describe_exit(returncode))
@@ -552,9 +600,10 @@ class _Supervision:
             code = READY_TIMEOUT_EXIT_CODE
         elif self.outcome == "group_stopped" and self.stop_request is not None:
             code = self.stop_request.exit_code
-        elif self.outcome == "stopped" and (self.forced or returncode in (0, -self.received[0])):
-            # stopped as asked (exited 0, or by the very signal forwarded), or at once on a
-            # second signal: the graceful code of the first signal, as docs/operations.md says
+        elif self.outcome == "stopped" and (self.forced or returncode in (0, -self.received[0]) or self.held_until is not None):
+            # stopped as asked (exited 0, or by the very signal forwarded), at once on a second
+            # signal, or by itself while the signal was held (a worker whose leader went first):
+            # the graceful code of the first signal, as docs/operations.md says
             code = GRACEFUL_STOP_EXIT_CODES.get(self.received[0], _exit_code(returncode))
         else:
             code = _exit_code(returncode)
@@ -604,7 +653,7 @@ def supervise(
     hooks = hooks or SupervisorHooks()
 
     def handle_signal(signum: int, _frame: object) -> None:
-        run.on_signal(signum)
+        run.on_signal(signum, hold=not run.received and hooks.holds(signum))
         hooks.signalled(signum)
 
     previous: dict[int, object] = {}
@@ -638,6 +687,7 @@ def supervise(
                 run.tick(hooks.stop_request, on_ready)
         stop_watch.set()
         hooks.exited(returncode)
+        run.after_exit(hooks.stop_request)
         linger = 0.0 if len(run.received) > 1 else min(grace_seconds, _LINGER_SECONDS)
         child.sweep(min(grace_seconds, _SWEEP_SECONDS), linger)
         child.finish_output()

@@ -245,6 +245,9 @@ class ObservedHooks:
             self._inner.signalled(signum)
         self._observer.on_signal(signum)
 
+    def holds(self, signum: int) -> bool:
+        return self._inner is not None and self._inner.holds(signum)
+
     def stop_request(self):
         return self._inner.stop_request() if self._inner is not None else None
 

@@ -36,6 +36,7 @@ import psutil
 import pytest
 
 from kaito_runtime.launch.vllm_install import detect_vllm
+from tests.support.streams import start_streams
 
 pytestmark = pytest.mark.e2e
 
@@ -218,35 +219,7 @@ def test_a_burst_gets_kaitos_429_and_the_counter_equals_the_rejections(pod):
 def test_sigterm_drains_streaming_requests_and_kaito_run_exits_0_within_the_grace_period(pod):
     payload = {"model": "tiny-llama", "prompt": "import os", "max_tokens": 400, "ignore_eos": True, "temperature": 0,
                "stream": True, "stream_options": {"include_usage": True}}
-    first_chunk = [threading.Event() for _ in range(3)]
-    results: list[dict] = [{} for _ in range(3)]
-
-    def stream(i: int) -> None:
-        request = urllib.request.Request(f"{pod.base}/v1/completions", data=json.dumps(payload).encode(),
-                                         headers={"Content-Type": "application/json"})
-        chunks, finish, tokens = 0, None, None
-        try:
-            with urllib.request.urlopen(request, timeout=GRACE + 30) as response:
-                for raw in response:
-                    line = raw.decode().strip()
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    event = json.loads(line[6:])
-                    if event.get("usage"):
-                        tokens = event["usage"]["completion_tokens"]
-                    if not event.get("choices"):
-                        continue
-                    chunks += 1
-                    finish = event["choices"][0].get("finish_reason") or finish
-                    first_chunk[i].set()
-        except Exception as error:  # noqa: BLE001 - recorded and asserted below
-            results[i]["error"] = repr(error)
-        results[i].update(chunks=chunks, finish=finish, tokens=tokens)
-        first_chunk[i].set()
-
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
+    first_chunk, results, threads = start_streams(pod.base, payload, 3, timeout=GRACE + 30)
     for event in first_chunk[:MAX_NUM_SEQS]:
         assert event.wait(60)
     launcher = pod.kaito_run()

@@ -39,10 +39,18 @@ logging.basicConfig(level=logging.INFO, format="LOG %(levelname)s %(message)s", 
 spec = json.loads(sys.argv[1])
 def on_ready(seconds):
     print("READY", seconds, flush=True)
+from kaito_runtime.launch.supervisor import StopRequest, SupervisorHooks
+class Held(SupervisorHooks):  # a group's worker: holds SIGTERM until the group asks (a file appears)
+    def holds(self, signum):
+        return signum == signal.SIGTERM
+    def stop_request(self):
+        import os
+        return StopRequest("the leader has drained", 0) if os.path.exists(spec["stop_file"]) else None
 result = supervise(
     spec["argv"], spec["env"],
     ready=ReadinessCheck("127.0.0.1", spec["port"], "tiny", interval=0.05),
     grace_seconds=spec["grace"], on_ready=on_ready, log=logging.getLogger("driver"),
+    hooks=Held() if spec.get("stop_file") else None,
 )
 print("RESULT " + json.dumps({
     "exit_code": result.exit_code, "ready_after": result.ready_after,
@@ -71,8 +79,9 @@ def run_inline(port: int, *extra: str, **kwargs) -> SupervisorResult:
 class Driver:
     """supervise() in a subprocess that the test can signal."""
 
-    def __init__(self, port: int, *extra: str, grace: float = 5.0) -> None:
-        spec = {"argv": fake_argv(port, *extra), "env": dict(os.environ), "port": port, "grace": grace}
+    def __init__(self, port: int, *extra: str, grace: float = 5.0, stop_file: Path | None = None) -> None:
+        spec = {"argv": fake_argv(port, *extra), "env": dict(os.environ), "port": port, "grace": grace,
+                "stop_file": str(stop_file) if stop_file else None}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", DRIVER, json.dumps(spec)],
             stdout=subprocess.PIPE,
@@ -214,6 +223,26 @@ def test_child_exit_code_is_returned_when_it_dies_before_ready() -> None:
     assert result.tail[-1] == "fake-vllm: exiting with 3"
 
 
+def test_a_vllm_exit_that_the_group_counts_as_part_of_its_stop_takes_the_groups_code() -> None:
+    """A worker's headless vLLM that exits as its leader drains: the group, told of the exit,
+    asks for the stop it was part of, and the launcher exits with that code, not vLLM's."""
+    from kaito_runtime.launch.supervisor import StopRequest, SupervisorHooks
+
+    class Group(SupervisorHooks):
+        told: int | None = None
+
+        def exited(self, returncode: int) -> None:
+            self.told = returncode
+
+        def stop_request(self) -> StopRequest | None:
+            return StopRequest("rank 0 is stopping as asked", 0) if self.told is not None else None
+
+    group = Group()
+    result = run_inline(free_port(), "--exit-code", "3", hooks=group)
+    assert group.told == 3 and result.exit_code == 0 and result.outcome == "group_stopped"
+    assert run_inline(free_port(), "--exit-code", "3", hooks=SupervisorHooks()).exit_code == 3
+
+
 def test_failure_tail_is_kept_and_explained() -> None:
     message = (
         "ERROR 11-26 17:00:01 [core.py:700] ValueError: To serve at least one request with the "
@@ -287,6 +316,36 @@ def test_sigint_while_vllm_runs_exits_130_even_when_vllm_exits_0() -> None:
     result = driver.result()
     assert result["signal"] == signal.SIGINT
     assert result["exit_code"] == 130
+    assert_gone(result["pid"])
+
+
+def test_a_held_sigterm_reaches_vllm_only_when_the_group_asks_and_the_stop_exits_0(tmp_path: Path) -> None:
+    """A group's worker: its vLLM keeps running after SIGTERM until the leader has drained."""
+    stop_file = tmp_path / "leader-drained"
+    driver = Driver(free_port(), grace=30.0, stop_file=stop_file)
+    driver.wait_for("READY")
+    child = driver.child_pid()
+    driver.proc.send_signal(signal.SIGTERM)
+    driver.wait_for("LOG INFO received SIGTERM: vLLM keeps serving its group until the leader has drained")
+    time.sleep(1.0)  # ten polls of the group: still held
+    assert psutil.Process(child).status() != psutil.STATUS_ZOMBIE
+    stop_file.touch()
+    result = driver.result()
+    assert result["exit_code"] == 0 and result["outcome"] == "group_stopped" and result["signal"] == signal.SIGTERM
+    lines = "".join(driver.lines)
+    assert lines.index("stopping vLLM: the leader has drained") < lines.index("fake-vllm: shutting down")
+    assert_gone(child)
+
+
+def test_a_held_sigterm_goes_to_vllm_by_itself_once_the_grace_period_less_the_margin_is_over(tmp_path: Path) -> None:
+    driver = Driver(free_port(), grace=2.0, stop_file=tmp_path / "never")
+    driver.wait_for("READY")
+    driver.proc.send_signal(signal.SIGTERM)
+    result = driver.result()
+    assert result["exit_code"] == 0 and result["outcome"] == "stopped"
+    lines = "".join(driver.lines)
+    assert "at most 2 s; grace 2s" in lines  # 2 s less a quarter of it, rounded
+    assert lines.index("the group's leader has not drained") < lines.index("fake-vllm: shutting down")
     assert_gone(result["pid"])
 
 

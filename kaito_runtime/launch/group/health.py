@@ -2,7 +2,7 @@
 healthy or not, why, and where the group stands (its state, its round, the restarts spent).
 
 A worker is healthy while its vLLM runs, the leader's heartbeat is fresh and no stop notice
-stands; the body names the group's state and round either way, so a probe's output in
+stands (also while it drains: asked to stop, its vLLM serves the leader's drain); the body names the group's state and round either way, so a probe's output in
 ``kubectl describe pod`` says what the group is doing.
 """
 
@@ -17,6 +17,7 @@ class GroupState(Enum):
 
     MEETING = "meeting"  # checking in for a round, waiting for the leader's verdict
     RUNNING = "running"  # released: vLLM runs, heartbeats go both ways
+    DRAINING = "draining"  # asked to stop: the leader's vLLM finishes its requests, a worker's waits for it
     RESTARTING = "restarting"  # a member was lost; this node stopped its vLLM to meet again
     ENDING = "ending"  # a stop notice stands (ours or a peer's); vLLM is being stopped
     ENDED = "ended"  # this node has left the group
@@ -49,6 +50,9 @@ def judge_health(*, state: GroupState, round_: int, restarts: int, rank: int, st
     if state is GroupState.RESTARTING or (state is GroupState.MEETING and round_ > 1):
         return HealthReport(True, f"restarting in place (restarts spent here {restarts} of {max_restarts})",
                             state, round_, restarts)
+    if state is GroupState.DRAINING and stop_reason is None and vllm_alive:
+        # asked to stop, serving the leader's drain: a failed liveness probe here would kill it early
+        return HealthReport(True, "draining: vLLM serves the leader's drain", state, round_, restarts)
     if stop_reason is not None:
         reason = stop_reason
     elif state is not GroupState.RUNNING:

@@ -7,9 +7,13 @@ idle leader misses a dead worker; docs/multi-node.md), and a StatefulSet or Lead
 restart a broken group only when its pods exit. So every launcher watches:
 
 * the leader's launcher watches every worker's heartbeat, each worker's watches the leader's;
-* a launcher whose vLLM exits, or that is asked to stop (SIGTERM/SIGINT), posts a stop notice at
-  once, before it sweeps vLLM's leftovers (the first genuine notice stands), and every other
-  launcher stops its own vLLM;
+* a launcher whose vLLM exits posts a stop notice at once, before it sweeps vLLM's leftovers (the
+  first genuine notice stands), and every other launcher stops its own vLLM;
+* a stop that is asked for (SIGTERM: a pod deleted) drains: the node says "draining" in its
+  heartbeat; the leader's vLLM finishes its requests (--shutdown-timeout) and the leader posts its
+  stop notice only once its vLLM has exited; a worker holds its SIGTERM (its headless vLLM serves
+  the leader's drain) until that notice or the end of its grace period less the drain margin; a
+  leader that sees a worker draining drains too. Every node exits 0;
 * a heartbeat that does not change for ``peer_timeout_s`` counts as a lost member, and so does a
   leader's store that stops answering: every store call has a deadline, so a frozen or cut-off
   leader is noticed within the peer timeout, not never.
@@ -144,6 +148,7 @@ class Group:
         self._vllm_alive: Callable[[], bool] = lambda: False
         self._beats = 0
         self._last_seen: dict[int, tuple[int, float]] = {}
+        self._peer_states: dict[int, str] = {}  # the GroupState value each watched node last sent
         self._leader_fresh_at: float | None = None
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -406,13 +411,32 @@ class Group:
 
     def _stop_request(self) -> StopRequest | None:
         stop = self._stop
-        return StopRequest(reason=stop.reason, exit_code=stop.exit_code) if stop is not None and self._must_stop else None
+        if stop is not None and self._must_stop:
+            return StopRequest(reason=stop.reason, exit_code=stop.exit_code)
+        if self.state is GroupState.DRAINING and self._asked is None:  # the leader drains for a worker
+            return StopRequest(reason=f"{self._drain_reason()}: the leader drains first", exit_code=StopKind.REQUESTED.exit_code)
+        return None
 
     def _signalled(self, signum: int) -> None:
         import signal
 
         if self._asked is None:
             self._asked = f"rank {self.rank} was asked to stop ({signal.Signals(signum).name})"
+        if self.state is GroupState.RUNNING:
+            self.state = GroupState.DRAINING
+
+    def _holds(self, signum: int) -> bool:
+        """A running worker holds a SIGTERM: its headless vLLM serves the leader's drain."""
+        import signal
+
+        return signum == signal.SIGTERM and self.rank != 0 and self.state is GroupState.RUNNING
+
+    def _drain_reason(self) -> str:
+        """Why this node stops as asked: its own signal, or a worker that was asked (the leader)."""
+        if self._asked is not None:
+            return self._asked
+        draining = [rank for rank, state in sorted(self._peer_states.items()) if state == GroupState.DRAINING.value]
+        return f"rank {draining[0] if draining else '?'} was asked to stop"
 
     def _vllm_exited(self, returncode: int) -> None:
         """Announce first: tell the group at once that this node's vLLM is gone (the supervisor
@@ -421,8 +445,12 @@ class Group:
             return
         from kaito_runtime.launch.supervisor import describe_exit_code
 
-        if self._asked is not None:
-            self._post(StopNotice(self.rank, StopKind.REQUESTED, self._asked))
+        if self._asked is not None or self.state is GroupState.DRAINING:
+            self._post(StopNotice(self.rank, StopKind.REQUESTED, self._drain_reason()))
+        elif self.rank != 0 and self._peer_states.get(0) == GroupState.DRAINING.value:
+            # The leader drains as asked and its engine let ours go: part of that stop, not a loss.
+            self._post(StopNotice(0, StopKind.REQUESTED, f"rank 0 is stopping as asked; vLLM on rank {self.rank} "
+                                  "exited as it drained"))
         else:
             code = 128 - returncode if returncode < 0 else returncode  # Popen's -N: killed by signal N
             self._own_failure(f"vLLM on rank {self.rank} exited ({describe_exit_code(code)})")
@@ -521,8 +549,6 @@ class Group:
         store = self.store
         assert store is not None
         r = self.round
-        if self._asked is not None and not self._posted:
-            self._post(StopNotice(self.rank, StopKind.REQUESTED, self._asked))
         if self._stop is None and not self._vllm_alive():
             return  # the supervisor's exited hook posts the loss with vLLM's exit code at once
         hung = self._hung(time.monotonic()) if self._stop is None else None
@@ -533,7 +559,7 @@ class Group:
             return
         if self._stop is None:
             self._beats += 1
-            store.beat(r, self.rank, self._beats)
+            store.beat(r, self.rank, self._beats, self.state.value)
             notice = store.stop_notice(r)
             if notice is not None and notice.by != self.rank:
                 self._stop = notice
@@ -547,7 +573,11 @@ class Group:
             return
         now = time.monotonic()
         for rank in self.watched:
-            count = store.heartbeat(r, rank)
+            count, state = store.pulse(r, rank)
+            self._peer_states[rank] = state
+            if rank != 0 and state == GroupState.DRAINING.value and self.state is GroupState.RUNNING:
+                self.log.info("rank %d was asked to stop: the leader drains its requests, then the group stops", rank)
+                self.state = GroupState.DRAINING
             seen, since = self._last_seen[rank]
             if count != seen:
                 self._last_seen[rank] = (count, now)
@@ -570,8 +600,9 @@ class Group:
         if self._thread is not None:
             self._thread.join(timeout=self.settings.call_deadline_s + 1)
         if self._stop is None:
-            if signalled or self._asked is not None:
-                self._post(StopNotice(self.rank, StopKind.REQUESTED, self._asked or f"rank {self.rank} was asked to stop"))
+            if signalled or self._asked is not None or self.state is GroupState.DRAINING:
+                self._post(StopNotice(self.rank, StopKind.REQUESTED, self._drain_reason() if self._asked or not signalled
+                                      else f"rank {self.rank} was asked to stop"))
             else:
                 self._post(StopNotice(self.rank, StopKind.LOST, f"vLLM on rank {self.rank} exited ({vllm_exit})"))
         store = self.store
@@ -663,6 +694,9 @@ class _Hooks(SupervisorHooks):
 
     def signalled(self, signum: int) -> None:
         self._group._signalled(signum)
+
+    def holds(self, signum: int) -> bool:
+        return self._group._holds(signum)
 
     def stop_request(self) -> StopRequest | None:
         return self._group._stop_request()

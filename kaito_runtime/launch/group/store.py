@@ -400,13 +400,22 @@ class GroupStore:
 
     # -- liveness --
 
-    def beat(self, round_: int, rank: int, count: int) -> None:
-        self._put(f"r{round_}/beat/{rank}", {"n": count})
+    def beat(self, round_: int, rank: int, count: int, state: str = "running") -> None:
+        """``state``: the sender's GroupState value (a draining node says so in every beat)."""
+        self._put(f"r{round_}/beat/{rank}", {"n": count, "state": state})
 
     def heartbeat(self, round_: int, rank: int) -> int:
         """The last genuine heartbeat count of ``rank`` (-1 before its first)."""
+        return self.pulse(round_, rank)[0]
+
+    def pulse(self, round_: int, rank: int) -> tuple[int, str]:
+        """The last genuine heartbeat of ``rank``: its count (-1 before its first) and the state
+        it said it was in ("" before its first)."""
         found = self._read(f"r{round_}/beat/{rank}")
-        return int(found["n"]) if found and isinstance(found.get("n"), int) else -1
+        if not found or not isinstance(found.get("n"), int):
+            return -1, ""
+        state = found.get("state")
+        return int(found["n"]), state if isinstance(state, str) else ""
 
     def announce_stop(self, round_: int, notice: StopNotice) -> StopNotice:
         """Say why the group ends; returns the notice that stands (the first genuine one)."""

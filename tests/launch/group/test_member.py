@@ -104,21 +104,101 @@ def test_a_silent_worker_is_lost_and_the_leader_does_not_wait_for_its_ack(pair):
     assert time.monotonic() - started < 1.0  # no linger for an acknowledgement that cannot come
 
 
-def test_a_stop_asked_of_the_leader_reaches_the_worker_as_a_graceful_stop(pair):
+class Vllm:
+    """A stand-in for one node's vLLM main process: alive until ``exit`` (what the supervisor
+    tells the hooks when the real one exits)."""
+
+    def __init__(self, group: Group) -> None:
+        self.group, self.alive = group, True
+        group.hooks.started(lambda: self.alive, PGID)
+
+    def exit(self, returncode: int = 0) -> None:
+        self.alive = False
+        self.group.hooks.exited(returncode)
+
+
+def test_a_leader_asked_to_stop_drains_and_posts_its_notice_only_after_its_vllm_exited(pair):
     leader, worker = pair
-    leader.hooks.started(lambda: True, PGID)
-    worker.hooks.started(lambda: True, PGID)
+    leader_vllm, _ = Vllm(leader), Vllm(worker)
+    assert not leader.hooks.holds(signal.SIGTERM)  # the leader's SIGTERM goes to its vLLM at once: it drains
     leader.hooks.signalled(signal.SIGTERM)
-    assert wait_for(lambda: worker.hooks.stop_request() is not None)
+    assert leader.state is GroupState.DRAINING
+    assert wait_for(lambda: worker._peer_states.get(0) == "draining")
+    time.sleep(2.5)  # longer than the peer timeout (1.5 s): the draining leader keeps beating
+    assert worker.hooks.stop_request() is None  # the worker's vLLM keeps serving the leader's drain
+    assert leader.hooks.stop_request() is None  # its own stop is the signal's, not the group's
+    assert leader.store.stop_notice(1) is None  # no notice while its vLLM drains
+    leader_vllm.exit(0)
+    assert wait_for(lambda: worker.hooks.stop_request() is not None, timeout=2)
     request = worker.hooks.stop_request()
     assert request.exit_code == 0 and request.reason == "rank 0 was asked to stop (SIGTERM)"
-    assert leader.hooks.stop_request() is None  # its own stop is the signal's, not the group's
     started = time.monotonic()
     assert leader.end_round(vllm_exit="exit 0", signalled=True).kind is StopKind.REQUESTED
     assert time.monotonic() - started < 2  # the worker had confirmed: no waiting out the linger
+    assert worker.end_round(vllm_exit="exit 0", signalled=False).kind is StopKind.REQUESTED
     assert not leader.meets_again and not worker.meets_again
     leader.leave()
     assert leader.state is GroupState.ENDED
+
+
+def test_a_worker_asked_to_stop_with_its_leader_holds_its_vllm_until_the_leaders_notice(pair):
+    leader, worker = pair
+    leader_vllm, worker_vllm = Vllm(leader), Vllm(worker)
+    assert worker.hooks.holds(signal.SIGTERM) and not worker.hooks.holds(signal.SIGINT)
+    worker.hooks.signalled(signal.SIGTERM)  # the kubelet signals every pod of the group at once
+    leader.hooks.signalled(signal.SIGTERM)
+    assert worker.state is GroupState.DRAINING
+    time.sleep(2.5)
+    assert worker.hooks.stop_request() is None and worker_vllm.alive
+    assert leader.hooks.stop_request() is None and leader.store.stop_notice(1) is None
+    leader_vllm.exit(0)
+    assert wait_for(lambda: worker.hooks.stop_request() is not None, timeout=2)
+    assert worker.hooks.stop_request().exit_code == 0
+    worker_vllm.exit(0)  # released: the supervisor forwarded the SIGTERM, vLLM stopped
+    assert worker.end_round(vllm_exit="exit 0", signalled=True).by == 0  # the leader's notice stands
+    assert leader.end_round(vllm_exit="exit 0", signalled=True).kind is StopKind.REQUESTED
+
+
+def test_a_worker_asked_alone_makes_the_leader_drain_and_holds_until_it_has(pair):
+    leader, worker = pair
+    leader_vllm, worker_vllm = Vllm(leader), Vllm(worker)
+    worker.hooks.signalled(signal.SIGTERM)  # only the worker's pod is deleted
+    assert wait_for(lambda: leader.hooks.stop_request() is not None, timeout=2)
+    request = leader.hooks.stop_request()
+    assert request.exit_code == 0 and request.reason == "rank 1 was asked to stop: the leader drains first"
+    assert leader.state is GroupState.DRAINING
+    time.sleep(0.5)
+    assert worker.hooks.stop_request() is None and leader.store.stop_notice(1) is None
+    leader_vllm.exit(0)  # drained
+    assert wait_for(lambda: worker.hooks.stop_request() is not None, timeout=2)
+    assert worker.hooks.stop_request().exit_code == 0
+    assert leader.store.stop_notice(1) == StopNotice(0, StopKind.REQUESTED, "rank 1 was asked to stop", by=0)
+    worker_vllm.exit(0)
+    assert not leader.meets_again and not worker.meets_again
+
+
+def test_a_worker_whose_vllm_exits_while_the_leader_drains_stops_with_it_not_as_a_loss(pair):
+    leader, worker = pair
+    Vllm(leader)
+    worker_vllm = Vllm(worker)
+    leader.hooks.signalled(signal.SIGTERM)
+    assert wait_for(lambda: worker._peer_states.get(0) == "draining")
+    worker_vllm.exit(1)  # the leader's engine shut down and let the headless worker go
+    request = worker.hooks.stop_request()  # asked once more by the supervisor after the exit
+    assert request is not None and request.exit_code == 0
+    stop = worker.end_round(vllm_exit="exit 1", signalled=False)
+    assert stop.kind is StopKind.REQUESTED and stop.rank == 0 and not worker.meets_again
+
+
+def test_a_leader_lost_while_it_drains_is_still_a_lost_member(pair):
+    leader, worker = pair
+    Vllm(leader), Vllm(worker)
+    leader.hooks.signalled(signal.SIGTERM)
+    assert wait_for(lambda: worker._peer_states.get(0) == "draining")
+    leader._done.set()  # its launcher froze mid-drain: no more beats
+    assert wait_for(lambda: worker.hooks.stop_request() is not None, timeout=5)
+    request = worker.hooks.stop_request()
+    assert request.exit_code == 22 and "rank 0" in request.reason and "no heartbeat" in request.reason
 
 
 def test_a_worker_whose_vllm_exited_tells_the_group_before_any_clean_up(pair):
@@ -396,3 +476,60 @@ def test_while_the_group_first_meets_the_leader_names_the_missing_ranks_every_so
         assert len(waiting) >= 2 and all("round 1: waiting for rank 2 to check in" in line for line in waiting)
     finally:
         leader.store.close()
+
+
+CUT_NODE = """
+import logging, os, sys, time
+from kaito_runtime.launch.group import Group, GroupSettings, NodeFacts, plan_fields
+from kaito_runtime.types import Topology
+logging.basicConfig(level=logging.WARNING)
+rank, leader_ip, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+topo = Topology(nnodes=2, node_rank=rank, leader_address=leader_ip, master_port=port)
+group = Group(GroupSettings(topo, rendezvous_timeout_s=30, peer_timeout_s=3, beat_interval_s=0.2), env={},
+              log=logging.getLogger("node"))
+if rank == 0:
+    group.open()
+print("open", flush=True)
+group.meet(NodeFacts({"cpu_cores": 1}, "0.1", "0.32.0", plan_fields("tiny", "abc", ["--max-model-len", "256"])))
+group.hooks.started(lambda: True, os.getpgid(0))
+print("running", flush=True)
+while group.hooks.stop_request() is None:
+    time.sleep(0.05)
+print("lost " + group.hooks.stop_request().reason, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+def test_a_network_cut_between_two_namespaces_is_noticed_by_both_launchers_within_the_peer_timeout():
+    """issue 18 item 3 without vLLM (the real-vLLM form is tests/e2e/test_multi_node.py): two
+    launchers' group owners in two network namespaces joined by a veth pair; the link goes down."""
+    from tests.support.group_helpers import namespaces_or_skip
+
+    net = namespaces_or_skip()
+    try:
+        port = 29611
+        with helper_process(CUT_NODE, "0", net.ips[0], str(port), ready="open", prefix=tuple(net.prefix(0))) as leader, \
+                helper_process(CUT_NODE, "1", net.ips[0], str(port), ready="open", prefix=tuple(net.prefix(1))) as worker:
+            assert leader.stdout.readline().strip() == "running"
+            assert worker.stdout.readline().strip() == "running"
+            time.sleep(1)
+            cut = time.monotonic()
+            net.cut()
+            seen = {}
+            for name, proc in (("leader", leader), ("worker", worker)):
+                line = proc.stdout.readline().strip()
+                seen[name] = (time.monotonic() - cut, line)
+            assert seen["leader"][1].startswith("lost rank 1's launcher sent no heartbeat"), seen
+            assert seen["worker"][1].startswith("lost the leader (rank 0) is gone"), seen
+            print(f"after the cut: " + ", ".join(f"{name} {took:.1f} s" for name, (took, _) in seen.items()))
+            assert max(took for took, _ in seen.values()) <= 3 + 1.5, seen
+    finally:
+        net.remove()
+
+
+def test_a_draining_worker_stays_healthy_for_its_probe(pair):
+    leader, worker = pair
+    Vllm(leader), Vllm(worker)
+    worker.hooks.signalled(signal.SIGTERM)
+    assert worker.health().answer() == (True, "draining: vLLM serves the leader's drain (group draining, round 1, restarts 0)")

@@ -10,7 +10,7 @@ import pytest
 
 from kaito_runtime.errors import StorePortTakenError
 from kaito_runtime.launch.group.secret import GroupSecret, api_key_digest
-from tests.support.group_helpers import free_port
+from tests.support.ports import free_port
 from kaito_runtime.launch.group.store import (
     CheckIn, GroupStore, StopKind, StopNotice, fingerprint, judge, plan_fields,
 )
