@@ -14,6 +14,8 @@ need buildah buildah  # tests/e2e/test_container.py: builds the image (scripts/b
 need debootstrap debootstrap  # scripts/build-image.sh: the Debian base where no registry answers
 need iproute2 ip  # tests/e2e/test_multi_node.py: two network namespaces and a veth pair
 need podman podman  # tests/e2e/test_container.py: runs the image
+need nodejs node  # runs azurite (below)
+need npm npm  # installs azurite (below)
 need prometheus prometheus  # tests/observe/test_prometheus_e2e.py scrapes the launcher with it
 need runc runc  # podman's runtime here (scripts/containers/containers.conf)
 need util-linux setpriv  # tests/repo/test_kaito_scripts.py: a non-root user
@@ -22,9 +24,25 @@ need util-linux unshare  # tests/e2e/test_kaito.py, test_benchmark_probe.py: the
 if ((${#want[@]})); then
     if [[ $(id -u) != 0 ]]; then
         echo "test-deps: missing ${want[*]}; run this script as root (or install them) to run every test" >&2
-        exit 0
+    else
+        echo "test-deps: installing ${want[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}"
     fi
-    echo "test-deps: installing ${want[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}"
+fi
+
+# Azurite, the Azure Blob emulator (tests/objstore, tests/e2e/test_object_stores.py), is not in
+# Debian: npm installs this exact version into the project's cache folder, where
+# tests/support/object_stores.py (AZURITE) looks for it.
+AZURITE_VERSION=3.37.0
+tools="$(cd "$(dirname "$0")/.." && pwd)/.cache/test-tools"
+have=$(node -p "require('$tools/node_modules/azurite/package.json').version" 2>/dev/null || true)
+if [[ $have == "$AZURITE_VERSION" ]]; then
+    :
+elif ! command -v npm >/dev/null 2>&1; then
+    echo "test-deps: npm is missing, so azurite $AZURITE_VERSION is not installed; run this script as root" >&2
+else
+    echo "test-deps: installing azurite $AZURITE_VERSION into $tools"
+    mkdir -p "$tools"
+    npm install --prefix "$tools" --save-exact --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION"
 fi

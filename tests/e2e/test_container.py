@@ -336,6 +336,8 @@ def group(image, hub, token_file):
             port = free_port()
             name = f"kaito-test-ws-{rank}-{os.getpid()}"
             containers.append(Container(name, image.tag, ["-c", kaito_statefulset_script(hub)], port=port, options=[
+                # KAITO gives its pods a memory-backed /dev/shm (an emptyDir); podman's default is 64 MB.
+                "--shm-size", "1g",
                 "--entrypoint", "/bin/sh", "--hostname", f"ws-{rank}", "--add-host", f"{LEADER_DNS}:127.0.0.1",
                 # The StatefulSet's short leader name (ws-0.ws-headless), which the pod's DNS search
                 # domains resolve in a cluster.

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ import pytest
 
 from kaito_runtime.launch.vllm_install import detect_vllm
 from tests.support.streams import start_streams
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -70,12 +70,6 @@ def kaito_lines(lines: list[str]) -> dict[str, dict]:
         if match:
             found[match.group(1)] = json.loads(match.group(3))
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, payload: dict, timeout: float = 120) -> tuple[int, bytes]:

@@ -28,7 +28,7 @@ from kaito_runtime.launch.vllm_install import detect_vllm
 from tests.support import object_stores as st
 from tests.support.hardening import leaked
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "models" / "tiny-llama"

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.steps import detect_vllm
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -54,12 +54,6 @@ if PROMETHEUS is None:
         raise RuntimeError("CI=true but the prometheus binary is missing: scripts/test-deps.sh installs Debian's package")
     pytest.skip("the prometheus binary is not installed (apt-get install prometheus; scripts/test-deps.sh)",
                 allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fetch(url: str, timeout: float = 5.0) -> tuple[int | None, dict[str, str], bytes]:

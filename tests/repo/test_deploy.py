@@ -176,3 +176,12 @@ def test_the_network_policy_opens_the_group_ports_only_to_the_group_and_http_to_
                 assert rule["from"] == [{"podSelector": policy["spec"]["podSelector"]}] and "ports" not in rule
             else:  # everyone else: the HTTP port only
                 assert rule["ports"] == [{"protocol": "TCP", "port": 5000}]
+
+
+def test_no_instruction_puts_a_secret_on_a_command_line():
+    # `kubectl create secret ... --from-literal=secret=$(openssl rand ...)` puts the secret in
+    # kubectl's argv (ps, shell history): every instruction makes the Secret from a file.
+    texts = {p: p.read_text() for p in [*DEPLOY.glob("*.yaml"), *(REPO / "docs").glob("*.md"), REPO / "README.md"]}
+    literal = [str(p.relative_to(REPO)) for p, text in texts.items() if "--from-literal" in text]
+    assert literal == []
+    assert any("--from-file=secret=" in text for text in texts.values())

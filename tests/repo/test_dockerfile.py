@@ -87,7 +87,7 @@ def text_before_first(keyword: str) -> str:
 
 
 def test_vllm_is_the_pinned_wheel_checked_against_its_hash_before_it_is_installed():
-    (pin,) = PYPROJECT["project"]["optional-dependencies"]["gpu"]
+    (pin,) = [spec for spec in PYPROJECT["project"]["optional-dependencies"]["gpu"] if spec.startswith("vllm==")]
     version = pin.removeprefix("vllm==")
     defaults = args_defaults()
     assert defaults["VLLM_DIST"] == "vllm" and defaults["VLLM_VERSION"] == version  # the product: CUDA vLLM
@@ -119,6 +119,7 @@ def test_the_pure_dependencies_are_pyprojects_and_nothing_re_resolves_vllm_or_to
     extras = PYPROJECT["project"]["optional-dependencies"]
     runai = [spec for spec in extras["cpu"] if spec.startswith("runai-model-streamer")]
     assert listed == set(PYPROJECT["project"]["dependencies"]) | set(extras["bench"]) | set(runai)
+    assert runai and runai[0] in extras["gpu"]  # a GPU install streams s3/gs/az like the image does
     assert "&& pip check" in run
     last_run = of("RUN")[-1][1]
     assert "pip install" in last_run and "--no-deps" in last_run and "--mount=type=bind" in last_run

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -34,12 +35,6 @@ def missing(what: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{what} (CI must have every test server: scripts/test-deps.sh and the test extra install them)")
     pytest.skip(what)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
