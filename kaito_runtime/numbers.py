@@ -99,15 +99,3 @@ def seconds(value: object, allowed: DurationRange, *, name: str, fix: str, subje
             fix=fix,
         )
     return number
-
-
-def whole_number(value: object, *, name: str, minimum: int, maximum: int, fix: str) -> int:
-    """``value`` as a whole number from ``minimum`` to ``maximum``; InputError (exit 2) otherwise."""
-    number = parse_int(value)
-    if number is None or not minimum <= number <= maximum:
-        raise InputError(
-            f"{name} {value!r} is not a valid number",
-            why=f"it must be a whole number from {minimum} to {maximum}, written with the digits 0-9",
-            fix=fix,
-        )
-    return number

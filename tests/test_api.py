@@ -28,6 +28,7 @@ from kaito_runtime.types import PlanOverrides, WeightsSource
 from kaito_runtime.weights.store import write_marker
 from tests.support.api_seam import Seam, install_with_sources
 from tests.support.weights_helpers import no_writes_under, read_only_volume
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "models" / "tiny-llama"
@@ -357,22 +358,8 @@ def _multi_node_request(tmp_path: Path, rank: int, port: int) -> api.RuntimeRequ
     return api.RuntimeRequest(
         preset="llama-3.1-8b-instruct", assume_gpus="1xA100-80GB", weights_dir=tmp_path / "w",
         nnodes=2, node_rank=rank, leader_address="localhost", master_port=port, rendezvous_timeout=10,
-        host="127.0.0.1", port=_free_port(),
+        host="127.0.0.1", port=free_port(),
     )
-
-
-def _free_port(span: int = 1) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            for extra in range(1, span):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port + extra))
-            return port
-        except OSError:
-            continue
 
 
 def _stopped_by_sigterm(seam: Seam) -> None:
@@ -404,7 +391,7 @@ def fetched(tmp_path, seam):
 def test_leader_resolves_its_address_and_tells_vllm(tmp_path, seam, fetched, caplog):
     caplog.set_level(logging.INFO, logger="kaito_runtime")
     _stopped_by_sigterm(seam)
-    master_port = _free_port(span=2)
+    master_port = free_port(span=2)
     worker, worker_outcome = _run_in_thread(_multi_node_request(tmp_path, rank=1, port=master_port), seam)
     request = replace(_multi_node_request(tmp_path, rank=0, port=master_port), ready_timeout=5.0)
     assert api.run(request, {}, effects=seam.effects) == 0
@@ -426,7 +413,7 @@ def test_leader_resolves_its_address_and_tells_vllm(tmp_path, seam, fetched, cap
 
 def test_worker_waits_for_the_leaders_store_then_starts_headless(tmp_path, seam, fetched):
     _stopped_by_sigterm(seam)
-    master_port = _free_port(span=2)
+    master_port = free_port(span=2)
     worker, worker_outcome = _run_in_thread(replace(_multi_node_request(tmp_path, rank=1, port=master_port), ready_timeout=5.0), seam)
     time.sleep(2.0)  # the worker starts first and waits for the leader's store
     assert not seam.calls
@@ -447,7 +434,7 @@ def test_worker_waits_for_the_leaders_store_then_starts_headless(tmp_path, seam,
 def test_worker_gives_up_when_the_leader_never_opens_its_store(tmp_path, seam, fetched):
     from kaito_runtime.errors import RendezvousTimeoutError
 
-    port = _free_port(span=2)  # nobody listens there
+    port = free_port(span=2)  # nobody listens there
     request = replace(_multi_node_request(tmp_path, rank=1, port=port), rendezvous_timeout=1.5)
     with pytest.raises(RendezvousTimeoutError) as caught:
         api.run(request, {}, effects=seam.effects)
@@ -607,7 +594,7 @@ def test_a_port_in_use_is_refused_before_the_weights(tmp_path, seam):
 def test_a_worker_checks_the_http_port_its_health_endpoint_uses(tmp_path, seam, fetched):
     """A headless worker serves no API, but its launcher answers /health on that port."""
     _stopped_by_sigterm(seam)
-    master_port = _free_port(span=2)
+    master_port = free_port(span=2)
     request = _multi_node_request(tmp_path, rank=1, port=master_port)
     worker, _ = _run_in_thread(request, seam)
     leader = _multi_node_request(tmp_path, rank=0, port=master_port)
@@ -704,12 +691,12 @@ def test_download_only_hands_the_weights_step_only_what_it_needs(hub, hub_env, t
 
 def test_a_join_worker_learns_the_model_and_settings_from_the_leader(tmp_path, seam, fetched):
     _stopped_by_sigterm(seam)
-    master_port = _free_port(span=2)
+    master_port = free_port(span=2)
     leader = replace(_multi_node_request(tmp_path, rank=0, port=master_port), extra_vllm_args=("--max-num-seqs", "7"),
                      overrides=api.PlanOverrides(max_model_len=4096))
     joiner = api.RuntimeRequest(join=True, node_rank=1, leader_address="localhost", master_port=master_port,
                                 assume_gpus="1xA100-80GB", weights_dir=tmp_path / "w", rendezvous_timeout=10,
-                                host="127.0.0.1", port=_free_port())
+                                host="127.0.0.1", port=free_port())
     worker, outcome = _run_in_thread(joiner, seam)
     assert api.run(leader, {}, effects=seam.effects) == 0
     worker.join(20)
@@ -751,7 +738,7 @@ def test_join_without_vllm_exits_20_before_contacting_the_store(tmp_path, seam):
     (exit 1) while contacting the leader's store; the install is checked first (exit 20). Nobody
     listens at the leader's address: contacting it would end in a rendezvous error instead."""
     seam.install = None
-    request = api.RuntimeRequest(join=True, node_rank=1, leader_address="127.0.0.1", master_port=_free_port(span=2),
+    request = api.RuntimeRequest(join=True, node_rank=1, leader_address="127.0.0.1", master_port=free_port(span=2),
                                  weights_dir=tmp_path / "w", rendezvous_timeout=5)
     started = time.monotonic()
     with pytest.raises(VllmNotInstalledError) as caught:

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from kaito_runtime.model.catalog import load_catalog
 from kaito_runtime.cli import main
+from tests.support.ci import missing
 from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -374,7 +375,7 @@ def test_bad_topology_env_exits_2():
 def _console_script() -> Path:
     script = Path(sys.executable).parent / "kaito-run"
     if not script.exists():
-        pytest.skip("the kaito-run console script is not installed in this environment")
+        missing("the kaito-run console script is not installed in this environment (pip install -e .)")
     return script
 
 
@@ -395,14 +396,14 @@ def test_installed_console_script_lists_and_rejects(tmp_path):
 def test_wheel_ships_the_catalog(tmp_path):
     """`pip install .` puts presets/ inside the package: a wheel install run elsewhere finds them all."""
     if shutil.which("git") is None:
-        pytest.skip("git is needed to copy the tracked tree")
+        missing("git is needed to copy the tracked tree")
     wheel_dir = tmp_path / "wheel"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(REPO)],
         capture_output=True, text=True, timeout=300,
     )
     if build.returncode != 0 and "hatchling" in build.stderr:
-        pytest.skip("hatchling is not installed for a no-isolation build")
+        missing("hatchling is not installed for a no-isolation build (it is in the test extra)")
     assert build.returncode == 0, build.stderr
     wheel = next(wheel_dir.glob("kaito_runtime-*.whl"))
     target = tmp_path / "site"

@@ -48,6 +48,9 @@ def package_copy(tmp_path: Path) -> Path:
         ("cli.py", "from kaito_runtime.types import ModelSpec", "The CLI talks to the API"),
         ("types.py", "from kaito_runtime import plan", "Only the API orders the steps"),
         ("weights/store.py", "from kaito_runtime.weights import fetch", "No import cycles"),
+        ("launch/supervisor.py", "from kaito_runtime import observe", "Only the API wires in the launcher's own HTTP"),
+        ("weights/store.py", "from kaito_runtime.observe import Phase", "Only the API wires in the launcher's own HTTP"),
+        ("cli.py", "from kaito_runtime.vllm_ext import rate_limit", "The CLI talks to the API"),
     ],
 )
 @pytest.mark.slow

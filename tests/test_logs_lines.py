@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tests.support.hardening import launcher_env, run_cli
+from tests.support.ports import free_port
 
 
 def _json_lines(text: str) -> list[dict]:
@@ -86,14 +87,6 @@ sys.exit(3)
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_with_stand_in(tmp_path, *args: str):
     import subprocess
     import sys
@@ -103,7 +96,7 @@ def _run_with_stand_in(tmp_path, *args: str):
     script = tmp_path / "stand_in_vllm.py"
     script.write_text(_STAND_IN_VLLM)
     argv = ["--model", str(REPO / "models" / "tiny-llama"), "--assume-gpus", "1xA100-80GB", "--host", "127.0.0.1",
-            "--port", str(_free_port()), "--weights-dir", str(tmp_path / "w"), *args]
+            "--port", str(free_port()), "--weights-dir", str(tmp_path / "w"), *args]
     done = subprocess.run([sys.executable, "-c", _WITH_STAND_IN, str(script), *argv],
                           env=launcher_env(home=tmp_path), capture_output=True, timeout=60)
     return Ran(done.returncode, done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace"))

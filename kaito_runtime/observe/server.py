@@ -21,7 +21,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 
@@ -179,17 +178,3 @@ def _handler_for(owner: StatusServer) -> type[BaseHTTPRequestHandler]:
             return
 
     return Handler
-
-
-def serve_status(status: StartupStatus, host: str, port: int, role: Role, *, registry=None,
-                 on_error: Callable[[OSError], None] | None = None) -> StatusServer | None:
-    """Start a StatusServer; with ``on_error``, a port that cannot be bound is reported there
-    and None is returned, else the OSError is raised."""
-    server = StatusServer(status, host, port, role, registry=registry)
-    try:
-        return server.start()
-    except OSError as error:
-        if on_error is None:
-            raise
-        on_error(error)
-        return None

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -36,7 +35,9 @@ import psutil
 import pytest
 
 from kaito_runtime.launch.vllm_install import detect_vllm
+from tests.support.ci import in_ci, missing, need_vllm
 from tests.support.streams import start_streams
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -49,14 +50,9 @@ MAX_NUM_SEQS = 2
 GRACE = 40
 READY_TIMEOUT = 480
 
-if detect_vllm() is None or not KAITO_RUN.exists():
-    if os.environ.get("KAITO_REQUIRE_VLLM") == "1":
-        raise RuntimeError("KAITO_REQUIRE_VLLM=1 but vLLM or kaito-run is missing: run scripts/setup.sh")
-    pytest.skip("vLLM is not installed in this environment (scripts/setup.sh installs it)", allow_module_level=True)
+need_vllm(detect_vllm() is not None and KAITO_RUN.exists())
 if shutil.which("unshare") is None:
-    if os.environ.get("CI") == "true":
-        raise RuntimeError("unshare (util-linux) is missing: scripts/test-deps.sh installs it")
-    pytest.skip("unshare is missing: the probe must not write to this machine's PID 1", allow_module_level=True)
+    missing("unshare (util-linux) is missing: the probe must not write to this machine's PID 1", module_level=True)
 
 # KAITO's log line, as the controller reads it from the pod's log: TAG <UTC ISO time> <JSON>.
 KAITO_LINE = re.compile(r"^(KAITO_BENCHMARK_CONFIG|KAITO_BENCHMARK_RESULT) (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) (\{.*\})$")
@@ -70,12 +66,6 @@ def kaito_lines(lines: list[str]) -> dict[str, dict]:
         if match:
             found[match.group(1)] = json.loads(match.group(3))
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, payload: dict, timeout: float = 120) -> tuple[int, bytes]:
@@ -170,7 +160,7 @@ def pod(tmp_path_factory):
 
 
 def test_the_benchmark_probe_fails_while_loading_then_writes_kaitos_lines_on_pid1(pod):
-    if importlib.util.find_spec("guidellm") is None and os.environ.get("CI") != "true":
+    if importlib.util.find_spec("guidellm") is None and not in_ci():
         pytest.skip("guidellm is not installed (scripts/setup.sh installs the bench extra)")
     probes = [line.split() for line in pod.lines if line.startswith("HARNESS probe ")]
     codes = [int(p[2]) for p in probes]

@@ -41,6 +41,7 @@ import psutil
 import pytest
 
 from kaito_runtime.launch.vllm_install import detect_vllm
+from tests.support.ci import need_vllm
 from tests.support.group_helpers import namespaces_or_skip
 from tests.support.ports import free_port
 from tests.support.streams import start_streams
@@ -58,10 +59,7 @@ PEER_TIMEOUT = 8
 API_KEY = "sk-e2e-group-api-key-0123456789"
 GROUP_SECRET = "e2e-group-secret-0123456789abcdef"
 
-if detect_vllm() is None or not KAITO_RUN.exists():
-    if os.environ.get("KAITO_REQUIRE_VLLM") == "1":
-        raise RuntimeError("KAITO_REQUIRE_VLLM=1 but vLLM or kaito-run is missing: run scripts/setup.sh")
-    pytest.skip("vLLM is not installed in this environment (scripts/setup.sh installs it)", allow_module_level=True)
+need_vllm(detect_vllm() is not None and KAITO_RUN.exists())
 
 
 class Node:

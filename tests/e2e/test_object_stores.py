@@ -26,6 +26,7 @@ import pytest
 
 from kaito_runtime.launch.vllm_install import detect_vllm
 from tests.support import object_stores as st
+from tests.support.ci import need_vllm
 from tests.support.hardening import leaked
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -35,10 +36,7 @@ TINY = REPO / "models" / "tiny-llama"
 KAITO_RUN = Path(sys.executable).parent / "kaito-run"
 READY_TIMEOUT = 420
 
-if detect_vllm() is None or not KAITO_RUN.exists():
-    if os.environ.get("KAITO_REQUIRE_VLLM") == "1":
-        raise RuntimeError("KAITO_REQUIRE_VLLM=1 but vLLM or kaito-run is missing: run scripts/setup.sh")
-    pytest.skip("vLLM is not installed in this environment (scripts/setup.sh installs it)", allow_module_level=True)
+need_vllm(detect_vllm() is not None and KAITO_RUN.exists())
 
 
 def base_env(tmp: Path, extra: dict[str, str]) -> dict[str, str]:

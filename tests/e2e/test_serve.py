@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ import psutil
 import pytest
 
 from kaito_runtime.launch.vllm_install import detect_vllm
+from tests.support.ci import need_vllm
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -39,16 +40,7 @@ KAITO_RUN = Path(sys.executable).parent / "kaito-run"
 READY_TIMEOUT = 300
 GRACE_SECONDS = 20
 
-if detect_vllm() is None or not KAITO_RUN.exists():
-    if os.environ.get("KAITO_REQUIRE_VLLM") == "1":
-        raise RuntimeError("KAITO_REQUIRE_VLLM=1 but vLLM or kaito-run is missing: run scripts/setup.sh")
-    pytest.skip("vLLM is not installed in this environment (scripts/setup.sh installs it)", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+need_vllm(detect_vllm() is not None and KAITO_RUN.exists())
 
 
 def get_json(url: str, payload: dict | None = None, timeout: float = 120) -> dict:

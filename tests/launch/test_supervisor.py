@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from kaito_runtime.launch.supervisor import (
     SupervisorResult,
     supervise,
 )
+from tests.support.ports import free_port
 
 FAKE = Path(__file__).parents[1] / "fixtures" / "fake_vllm.py"
 LOG = logging.getLogger("test_supervisor")
@@ -58,12 +58,6 @@ print("RESULT " + json.dumps({
     "handler_restored": signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,
 }), flush=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake_argv(port: int, *extra: str) -> list[str]:

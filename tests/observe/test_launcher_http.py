@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.hardening import launcher_env
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +37,6 @@ TINY_MODEL = REPO / "models" / "tiny-llama"
 RUNNER = REPO / "tests" / "support" / "fake_vllm_run.py"
 REPO_ID = "kaito-test/tiny-llama"
 PHASES = ["starting", "resolve", "inventory", "plan", "weights", "group", "vllm_start", "ready", "stopping", "exited"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, path: str, timeout: float = 2.0) -> tuple[int | None, dict[str, str], bytes]:

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +31,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ci import missing, need_vllm
 from tests.support.steps import detect_vllm
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,23 +44,11 @@ KAITO_RUN = Path(sys.executable).parent / "kaito-run"
 READY_TIMEOUT = 300
 RATE = 150_000  # bytes per second: the 1.7 MiB model takes about 12 s, a dozen scrapes
 
-if detect_vllm() is None or not KAITO_RUN.exists():
-    if os.environ.get("KAITO_REQUIRE_VLLM") == "1":
-        raise RuntimeError("KAITO_REQUIRE_VLLM=1 but vLLM or kaito-run is missing: run scripts/setup.sh")
-    pytest.skip("vLLM is not installed in this environment (scripts/setup.sh installs it)", allow_module_level=True)
+need_vllm(detect_vllm() is not None and KAITO_RUN.exists())
 
 PROMETHEUS = shutil.which("prometheus")
 if PROMETHEUS is None:
-    if os.environ.get("CI", "").lower() == "true":
-        raise RuntimeError("CI=true but the prometheus binary is missing: scripts/test-deps.sh installs Debian's package")
-    pytest.skip("the prometheus binary is not installed (apt-get install prometheus; scripts/test-deps.sh)",
-                allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    missing("the prometheus binary is not installed (apt-get install prometheus; scripts/test-deps.sh)", module_level=True)
 
 
 def fetch(url: str, timeout: float = 5.0) -> tuple[int | None, dict[str, str], bytes]:

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from tests.support.ci import missing
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = REPO / "entrypoints" / "kaito" / "benchmark_entrypoint.py"
@@ -41,9 +42,7 @@ kaito_max_concurrent_requests 8.0
 
 def needs_unshare() -> None:
     if shutil.which("unshare") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("unshare (util-linux) is missing: scripts/test-deps.sh installs it")
-        pytest.skip("unshare is missing: the probe must not write to this machine's PID 1")
+        missing("unshare (util-linux) is missing: the probe must not write to this machine's PID 1")
 
 
 class FakeVllm(BaseHTTPRequestHandler):

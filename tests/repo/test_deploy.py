@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.support.ci import need_module
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +52,7 @@ def test_the_three_forms_are_there():
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
 def test_core_kinds_validate_against_the_kubernetes_schema(path):
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is in the test extra")
+    kv = need_module("kubernetes_validate", "kubernetes-validate is not installed (it is in the test extra)")
     for doc in documents(path):
         if doc["apiVersion"].startswith("leaderworkerset."):
             for role, template in pod_templates(doc):  # a CRD: its pod templates are core PodSpecs
@@ -63,7 +64,7 @@ def test_core_kinds_validate_against_the_kubernetes_schema(path):
 
 
 def test_the_validation_catches_a_misspelt_field():
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is in the test extra")
+    kv = need_module("kubernetes_validate", "kubernetes-validate is not installed (it is in the test extra)")
     doc = documents(DEPLOY / "single-node.yaml")[0]
     doc["spec"]["template"]["spec"]["terminationGracePeriod"] = 90
     with pytest.raises(kv.ValidationError):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.support.ci import missing
 from tests.support.steps import main
 from kaito_runtime.request.config_file import ConfigFile, read_config
 from kaito_runtime.errors import ConfigFileError
@@ -166,7 +167,7 @@ def test_container_entrypoint_passes_kaito_config_file(tmp_path):
     path = write(tmp_path, "vllm:\n  max-num-seqs: 11\n")
     env = {**os.environ, "KAITO_CONFIG_FILE": str(path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     if not (Path(sys.executable).parent / "kaito-run").exists():
-        pytest.skip("the kaito-run console script is not installed in this environment")
+        missing("the kaito-run console script is not installed in this environment (pip install -e .)")
     out = subprocess.run(
         ["sh", str(REPO / "entrypoints" / "kaito-entrypoint.sh"), "--preset", "phi-4-mini-instruct", "--dry-run",
          "--assume-gpus", "1xA100-80GB", "-o", "json"],

@@ -18,16 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.support.ci import in_ci
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PODMAN = REPO / "scripts" / "podman.sh"
 BUILD = REPO / "scripts" / "build-image.sh"
 TOOLS = ("podman", "buildah", "runc")
 BUILD_TIMEOUT_S = 3600  # a first build downloads vLLM, torch and their dependencies
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def unavailable(reason: str) -> None:

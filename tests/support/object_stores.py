@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.support.ci import missing
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -28,18 +30,6 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 # Azurite's documented development key (public, the same in every Azurite install).
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 S3_KEY_ID, S3_SECRET = "AKIAKAITOTEST0000001", "kaitoTestSecret/0123456789abcdefghijABCD"
-
-
-def missing(what: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} (CI must have every test server: scripts/test-deps.sh and the test extra install them)")
-    pytest.skip(what)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:

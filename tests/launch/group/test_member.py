@@ -384,7 +384,8 @@ def test_a_lost_member_within_the_budget_restarts_the_group_in_the_next_round_an
         assert not stop.restart and "rank 1 has spent its 1 restart" in stop.reason
         leader.end_round(vllm_exit="exit 0", signalled=False)
         assert not leader.meets_again and not worker.meets_again
-        assert leader.hooks.stop_request() is None or leader.hooks.stop_request().exit_code == 22
+        request = leader.hooks.stop_request()  # the worker's loss, as the leader was told of it above
+        assert request is not None and request.exit_code == 22 and "rank 1" in request.reason
     finally:
         leader.store.close()
 
