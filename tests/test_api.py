@@ -740,11 +740,10 @@ def test_join_without_vllm_exits_20_before_contacting_the_store(tmp_path, seam):
     seam.install = None
     request = api.RuntimeRequest(join=True, node_rank=1, leader_address="127.0.0.1", master_port=free_port(span=2),
                                  weights_dir=tmp_path / "w", rendezvous_timeout=5)
-    started = time.monotonic()
     with pytest.raises(VllmNotInstalledError) as caught:
         api.run(request, {}, effects=seam.effects)
-    assert caught.value.exit_code == 20
-    assert time.monotonic() - started < 4.0 and seam.kinds() == ["detect"]
+    assert caught.value.exit_code == 20  # a store contacted first would end in a rendezvous error instead
+    assert seam.kinds() == ["detect"]
 
 
 def test_errors_carry_the_repo_and_the_path_as_fields(hub, hub_env, tmp_path, seam):
