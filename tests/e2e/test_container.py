@@ -12,7 +12,8 @@ User stories, three groups of containers, one group at a time:
   exit 0 while a request is in flight, and that request completes.
 - KAITO's two-node StatefulSet script in two containers on the host network (the leader's DNS
   name mapped to loopback): a chat through the leader; `podman kill` of the worker ends the
-  leader's container with exit 22 within the peer timeout (docs/multi-node.md).
+  leader's container with exit 22 within the peer timeout when the group has no restart budget
+  (KAITO_MAX_RESTARTS=0; docs/multi-node.md).
 
 Tools missing (podman, buildah, runc, root): skip with one line; under CI=true: fail.
 """
@@ -348,6 +349,9 @@ def group(image, hub, token_file):
                 "-e", f"HF_ENDPOINT={hub.url}", "-e", "HF_HUB_DISABLE_XET=1", "-e", f"KAITO_PORT={port}",
                 "-e", f"KAITO_MASTER_PORT={master_port}", "-e", f"KAITO_CPU_CORES={rank}",
                 "-e", f"KAITO_PEER_TIMEOUT={PEER_TIMEOUT_S}", "-e", f"KAITO_GRACE_PERIOD={GRACE_S}",
+                # No restart budget: a lost member ends the group (with one, the group would wait
+                # for a new rank 1 to meet again in the next round).
+                "-e", "KAITO_MAX_RESTARTS=0",
                 "--health-interval", "disable",
             ]))
         containers[0].wait_ready(READY_S)
