@@ -134,15 +134,23 @@ def group_members(pgid: int) -> list[int]:
 # --- readiness ----------------------------------------------------------------------------------
 
 
+def _record_then_stop_the_fake(seen: list[float]):
+    """An on_ready callback that records the ready time, then ends the run by stopping the fake server."""
+
+    def on_ready(seconds: float) -> None:
+        seen.append(seconds)
+        for proc in psutil.Process().children():
+            if str(FAKE) in proc.cmdline():
+                proc.terminate()
+
+    return on_ready
+
+
 @pytest.mark.slow
 def test_ready_is_reported_after_the_server_answers_and_timing_includes_the_delay() -> None:
     seen: list[float] = []
 
-    def on_ready(seconds: float) -> None:
-        seen.append(seconds)
-        for proc in psutil.Process().children():  # end the run: stop the fake server
-            if str(FAKE) in proc.cmdline():
-                proc.terminate()
+    on_ready = _record_then_stop_the_fake(seen)
 
     t0 = time.monotonic()
     result = run_inline(free_port(), "--ready-delay", "0.6", on_ready=on_ready)
@@ -485,11 +493,7 @@ def test_supervise_becomes_ready_behind_an_api_key() -> None:
     port = free_port()
     seen: list[float] = []
 
-    def on_ready(seconds: float) -> None:
-        seen.append(seconds)
-        for proc in psutil.Process().children():  # end the run: stop the fake server
-            if str(FAKE) in proc.cmdline():
-                proc.terminate()
+    on_ready = _record_then_stop_the_fake(seen)
 
     check = ReadinessCheck("127.0.0.1", port, "tiny", interval=0.05, api_key="sk-test")
     result = run_inline(port, "--api-key", "sk-test", ready=check, ready_timeout=20.0, on_ready=on_ready)
