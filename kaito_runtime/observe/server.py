@@ -13,6 +13,9 @@ Paths (GET; HEAD answers the same without a body):
   /health    metrics port: 200 once ready, else 503; API port (before the hand-over): always 503.
              The body is one line, ``<phase>: <reason>``; the header ``X-Kaito-Phase`` names the phase.
 Everything else is 404. Every body is redacted (no registered secret leaves through here).
+Other methods (a client's POST to /v1/chat/completions while the model loads): on the API port
+503 with ``Retry-After`` and an OpenAI-style JSON error naming the phase, so a client retries
+instead of giving up; on the metrics port 405 with ``Allow: GET, HEAD``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from kaito_runtime.secrets import redact
 
 Role = Literal["metrics", "api"]
 _POLL_S = 0.5  # serve_forever's poll interval (a release does not wait for it: the socket is shut down first)
+_RETRY_AFTER_S = 5
+_MAX_DRAINED_BYTES = 1 << 20  # a larger body is not read: the connection closes after the answer
 
 
 class _Server(ThreadingHTTPServer):
@@ -146,6 +151,37 @@ def _handler_for(owner: StatusServer) -> type[BaseHTTPRequestHandler]:
         def do_HEAD(self) -> None:  # noqa: N802
             self._dispatch(body=False)
 
+        def do_POST(self) -> None:  # noqa: N802
+            self._refuse()
+
+        do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_POST  # noqa: N815
+
+        def _refuse(self) -> None:
+            self._drain_request_body()
+            try:
+                if owner.role == "api":
+                    status, text = owner.health()
+                    payload = {"error": {"message": redact(f"the model is not served yet ({text}); retry later"),
+                                         "type": "ServiceUnavailable", "code": 503}}
+                    self._answer(503, (json.dumps(payload) + "\n").encode(), "application/json", True,
+                                 extra={"Retry-After": str(_RETRY_AFTER_S)})
+                else:
+                    text = "the launcher's status port answers GET and HEAD only\n"
+                    self._answer(405, text.encode(), "text/plain; charset=utf-8", True, extra={"Allow": "GET, HEAD"})
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def _drain_request_body(self) -> None:
+            """Read what the client sent, so that the answer is not lost to a reset connection."""
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = 0
+            if 0 < length <= _MAX_DRAINED_BYTES:
+                self.rfile.read(length)
+            elif length:
+                self.close_connection = True
+
         def _dispatch(self, body: bool) -> None:
             path = self.path.split("?", 1)[0]
             try:
@@ -164,8 +200,11 @@ def _handler_for(owner: StatusServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-        def _answer(self, status: int, payload: bytes, content_type: str, body: bool) -> None:
+        def _answer(self, status: int, payload: bytes, content_type: str, body: bool,
+                    extra: dict[str, str] | None = None) -> None:
             self.send_response(status)
+            for name, value in (extra or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("X-Kaito-Phase", owner.status.phase.value)

@@ -43,6 +43,7 @@ import pytest
 from kaito_runtime.launch.vllm_install import detect_vllm
 from tests.support.ci import need_vllm
 from tests.support.group_helpers import namespaces_or_skip
+from tests.support.launcher_log import times_ready
 from tests.support.ports import free_port
 from tests.support.streams import start_streams
 
@@ -72,7 +73,10 @@ class Node:
         self.port = port or free_port()
         self.log = tmp / f"{name or f'rank{rank}'}.log"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "KAITO_", "HUGGING_FACE", "VLLM_"))}
-        base.update(HF_HOME=str(tmp / f"hf-home-{name or rank}"), PYTHONUNBUFFERED="1")
+        # Each node its own metrics port, as each pod has: two launchers on one machine would
+        # both take the default 5090, and one would only warn.
+        base.update(HF_HOME=str(tmp / f"hf-home-{name or rank}"), PYTHONUNBUFFERED="1",
+                    KAITO_METRICS_PORT=str(free_port()))
         # A --join worker is told only the leader's address and its own rank, ports and cores.
         what = [] if "--join" in extra else ["--model", str(TINY_MODEL), "--nnodes", str(nnodes)]
         self.argv = argv or [
@@ -143,7 +147,7 @@ def wait_ready(leader: Node, worker: Node) -> None:
     while time.monotonic() < deadline:
         leader.note_processes()
         worker.note_processes()
-        if "ready in" in leader.text():
+        if times_ready(leader.text()):
             return
         for node in (leader, worker):
             if node.proc.poll() is not None:
@@ -361,7 +365,7 @@ def wait_serving_again(leader: Node, worker: Node, round_: int, timeout: float =
             if node.proc.poll() is not None:
                 pytest.fail(f"rank {node.rank} exited with {node.proc.returncode} instead of restarting:\n"
                             f"{kaito_lines(node)[-3000:]}")
-        if leader.text().count("ready in") >= round_:  # the leader's readiness needs the worker's vLLM too
+        if times_ready(leader.text()) >= round_:  # the leader's readiness needs the worker's vLLM too
             return
         time.sleep(1)
     pytest.fail(f"round {round_} did not serve:\n{kaito_lines(leader)[-3000:]}\n---\n{kaito_lines(worker)[-2000:]}")

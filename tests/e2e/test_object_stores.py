@@ -28,6 +28,7 @@ from kaito_runtime.launch.vllm_install import detect_vllm
 from tests.support import object_stores as st
 from tests.support.ci import need_vllm
 from tests.support.hardening import leaked
+from tests.support.launcher_log import READY_LINE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -60,7 +61,7 @@ def completion(port: int) -> dict:
 def wait_ready(proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        if "ready in" in log.read_text(errors="replace"):
+        if READY_LINE in log.read_text(errors="replace"):
             return
         if proc.poll() is not None:
             pytest.fail(f"kaito-run exited with {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")

@@ -28,6 +28,7 @@ import pytest
 
 from kaito_runtime.launch.vllm_install import detect_vllm
 from tests.support.ci import need_vllm
+from tests.support.launcher_log import READY_LINE
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -97,7 +98,7 @@ def server(gated_hub, tmp_path_factory):
     with out.open("w") as stdout, err.open("w") as stderr:
         proc = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr, cwd=tmp)
     try:
-        wait_for_line(proc, err, "ready in", READY_TIMEOUT)
+        wait_for_line(proc, err, READY_LINE, READY_TIMEOUT)
         yield {"proc": proc, "port": port, "out": out, "err": err, "argv": argv, "hub": gated_hub}
     finally:
         if proc.poll() is None:
@@ -110,7 +111,7 @@ def server(gated_hub, tmp_path_factory):
 
 def test_gated_model_is_downloaded_with_the_token_and_reported_ready(server):
     log = server["err"].read_text()
-    ready = next(line for line in log.splitlines() if "ready in" in line)
+    ready = next(line for line in log.splitlines() if READY_LINE in line)
     for phase in ("inventory", "plan", "weights", "vLLM start"):
         assert phase in ready
     assert server["hub"].body_gets() >= 1, "the weights should have come from the hub emulator"

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from tests.e2e.test_serve import GRACE_SECONDS, KAITO_RUN, READY_TIMEOUT, TINY_MODEL, base_env, free_port, wait_for_line
+from tests.support.launcher_log import READY_LINE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -34,7 +35,7 @@ def _serve(tmp: Path) -> tuple[subprocess.Popen, int, Path]:
             "--grace-period", str(GRACE_SECONDS), "--", "--max-model-len", "384"]
     with err.open("w") as stderr:
         proc = subprocess.Popen(argv, env=base_env(tmp), stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp)
-    wait_for_line(proc, err, "ready in", READY_TIMEOUT)
+    wait_for_line(proc, err, READY_LINE, READY_TIMEOUT)
     return proc, port, err
 
 

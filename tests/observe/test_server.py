@@ -95,6 +95,32 @@ def test_other_paths_are_404_and_head_answers_without_a_body(served):
     assert answer.value.code == 503 and answer.value.read() == b""
 
 
+def send(port: int, path: str, method: str, payload: bytes | None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=payload, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS"])
+def test_a_request_before_the_hand_over_is_told_to_retry_and_the_metrics_port_allows_only_reads(served, method):
+    status, metrics, api = served
+    status.enter(Phase.WEIGHTS)
+    chat = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Hello"}]}).encode()
+    code, headers, body = send(api.port, "/v1/chat/completions", method, chat)
+    assert code == 503 and headers["Retry-After"] == "5" and headers["X-Kaito-Phase"] == "weights"
+    error = json.loads(body)["error"]
+    assert error["code"] == 503 and error["type"] == "ServiceUnavailable"
+    assert error["message"].startswith("the model is not served yet (weights: not ready yet")
+    assert get(api.port, "/health")[0] == 503  # the connection's next request is still answered
+
+    code, headers, body = send(metrics.port, "/metrics", method, chat)
+    assert code == 405 and headers["Allow"] == "GET, HEAD"
+
+
 def test_a_release_frees_the_port_at_once_for_a_server_that_binds_as_vllm_does():
     status = StartupStatus()
     server = StatusServer(status, "127.0.0.1", 0, "api").start()
