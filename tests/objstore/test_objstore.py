@@ -582,6 +582,7 @@ def test_the_group_fingerprint_follows_the_objects_version(moto, tmp_path):
     (new ETag) changes the fingerprint, so nodes reading two copies cannot form one group."""
     from tests.support.steps import api
     from tests.support.steps import fingerprint
+    from tests.support.steps import node_facts
     from tests.support.steps import ensure_store_weights
 
     folder = tmp_path / "copy"
@@ -593,7 +594,8 @@ def test_the_group_fingerprint_follows_the_objects_version(moto, tmp_path):
 
     def facts():
         result = ensure_store_weights(planned.model.weights_source, weights_dir=tmp_path / "w", env=env)
-        return result, api._node_facts(planned, built, None, result, None).plan_fields
+        return result, node_facts(planned.inventory, planned.plan, planned.model, built, None, result.revision,
+                                  None).plan_fields
 
     first, fields = facts()
     assert fields["model"] == "s3://models/versioned" and fields["revision"] == planned.model.store_version

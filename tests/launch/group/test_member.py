@@ -344,25 +344,6 @@ def test_worker_health_answers_200_while_healthy_and_503_with_the_reason():
         assert caught.value.code == 404
 
 
-def test_a_join_worker_whose_rank_is_outside_the_leaders_node_count_is_told_why():
-    from tests.support.steps import api
-    from tests.support.steps import RuntimeRequest
-
-    port = free_port_pair()
-    leader = make(0, port)
-    leader.open()
-    leader.publish_request({"preset": None, "model": "models/tiny-llama", "revision": None, "served_model_name": None,
-                            "nnodes": 2, "overrides": {}, "vllm_args": []})
-    try:
-        request = RuntimeRequest(join=True, node_rank=3, leader_address="127.0.0.1", master_port=port, rendezvous_timeout=5)
-        with pytest.raises(GroupMismatchError) as caught:
-            api._join_the_leader(request, {}, SECRET)
-        assert caught.value.exit_code == 2
-        assert "rank 3 is outside the leader's group of 2 nodes (ranks 0..1)" in caught.value.message
-    finally:
-        leader.store.close()
-
-
 def test_a_lost_member_within_the_budget_restarts_the_group_in_the_next_round_and_only_it_spends():
     port = free_port_pair()
     leader, worker = make(0, port), make(1, port)
