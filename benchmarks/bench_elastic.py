@@ -52,15 +52,18 @@ MILESTONES = (
     (1, "group restarting", "worker: its vLLM's leftovers swept, round over"),
     (0, "group member lost", "leader: learns of the loss"),
     (0, "vLLM stopped in", "leader: its vLLM stopped"),
+    (0, "standby vLLM for a next round started", "leader: standby started (round 2 on)"),
     (0, "group restarting", "leader: round over, backoff starts"),
     (1, "group released", "worker: group met again (released)"),
     (0, "starting vLLM (round", "leader: starts vLLM again"),
+    (0, "Starting vLLM server on", "leader: vLLM's API server up"),
     (0, READY_LINE, "leader: ready (its own check)"),
 )
 COLD_MILESTONES = (
     (0, "weights ready at", "leader: weights step done"),
     (0, "group released", "leader: group met (released)"),
     (0, "starting vLLM", "leader: starts vLLM"),
+    (0, "Starting vLLM server on", "leader: vLLM's API server up"),
     (0, READY_LINE, "leader: ready (its own check)"),
 )
 
