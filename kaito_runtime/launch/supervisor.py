@@ -301,9 +301,14 @@ class _Watchdog:
 
 
 STANDBY_SCRIPT = Path(__file__).with_name("vllm_standby.py")
-# What a standby imports ahead: vLLM's command line and what `vllm serve` loads (torch, vLLM and
-# its server: most of the API server process's start).
-STANDBY_PRELOAD = ("vllm.entrypoints.cli.main", "vllm.entrypoints.cli.serve")
+# What a standby imports ahead: vLLM's command line and every module its main() imports before it
+# parses the arguments (torch, vLLM and its server: most of the API server process's start).
+STANDBY_PRELOAD = (
+    "vllm.entrypoints.cli.main", "vllm.entrypoints.cli.serve", "vllm.entrypoints.cli.openai",
+    "vllm.entrypoints.cli.launch", "vllm.entrypoints.cli.benchmark.main", "vllm.entrypoints.cli.collect_env",
+    "vllm.entrypoints.cli.download_kernels", "vllm.entrypoints.cli.preload", "vllm.entrypoints.cli.run_batch",
+    "vllm.entrypoints.cli.snapshot", "vllm.entrypoints.serve.utils.api_utils", "vllm.utils.argparse_utils",
+)
 
 
 class Standby:
