@@ -72,6 +72,7 @@ BEAT_INTERVAL_S = 0.5
 LEADER_LINGER_S = 5.0
 PROGRESS_EVERY_S = 15.0
 _POLL_S = 0.2
+_MEET_POLL_S = 0.1  # while nodes check in and wait for the verdict: every node waits on it
 MAX_BACKOFF_S = 30.0  # the wait before round N+1 doubles from 1 s up to this
 _PORT_FREE_S = 60.0  # how long the leader waits for its old vLLM's master port before a new round
 
@@ -319,7 +320,7 @@ class Group:
                 last_progress = now
                 self.log.info("still waiting for round %d (%.0f s)", current + 1, now - started)
 
-    def _check_in(self, me: CheckIn, deadline: float, settle_s: float = 0.5) -> Verdict:
+    def _check_in(self, me: CheckIn, deadline: float, settle_s: float = 0.25) -> Verdict:
         store = self.store
         assert store is not None
         r = self.round
@@ -367,7 +368,7 @@ class Group:
                 # The leader decides at its own deadline; a worker waits a little longer for that word.
                 if now >= deadline + 10 * _POLL_S + 5:
                     return Verdict(False, RendezvousTimeoutError.exit_code, "the leader (rank 0) gave no verdict")
-            time.sleep(_POLL_S)
+            time.sleep(_MEET_POLL_S)
 
     def _wait_for_readers(self, seconds: float) -> None:
         """The leader refused the group: keep its store up (up to ``seconds``) until every node that
