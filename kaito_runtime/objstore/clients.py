@@ -221,8 +221,9 @@ class S3Store:
 
 class AzureStore:
     """azure-storage-blob: a connection string (its BlobEndpoint, e.g. Azurite's) or
-    https://ACCOUNT.blob.SUFFIX, with a SAS token, an account key or DefaultAzureCredential
-    (workload identity) -- the order runai-model-streamer-azure uses."""
+    https://ACCOUNT.SUFFIX (AZURE_STORAGE_ENDPOINT_SUFFIX, default blob.core.windows.net), with a
+    SAS token, an account key or DefaultAzureCredential (workload identity) -- the order
+    runai-model-streamer-azure uses."""
 
     def __init__(self, uri: StoreURI, env: dict[str, str], timeout_s: float) -> None:
         try:
@@ -244,7 +245,9 @@ class AzureStore:
                 raise _Faults(uri, None, timeout_s).no_credentials(
                     "no storage account: AZURE_STORAGE_ACCOUNT_NAME is unset and the URI has the form az://CONTAINER/PREFIX"
                 )
-            endpoint = f"https://{account}.blob.{env.get('AZURE_STORAGE_ENDPOINT_SUFFIX') or 'core.windows.net'}"
+            # The streamer's meaning (its C++ and Python clients): the suffix replaces
+            # `blob.core.windows.net` whole, so the plan reads the host vLLM will read.
+            endpoint = f"https://{account}.{env.get('AZURE_STORAGE_ENDPOINT_SUFFIX') or 'blob.core.windows.net'}"
         self.faults = _Faults(uri, endpoint, timeout_s)
         sas = env.get("AZURE_STORAGE_SAS_TOKEN") or sas_from_file(env) or connection_string_part(env, "SharedAccessSignature")
         key = env.get("AZURE_STORAGE_ACCOUNT_KEY")
