@@ -26,6 +26,12 @@ T = TypeVar("T")
 CHUNK = 8 * 1024 * 1024
 
 _STORE = {"s3": "S3", "gs": "GCS", "az": "Azure Blob"}
+# Where each store's endpoint comes from (named in the "cannot be reached" fix).
+_ENDPOINT_FROM = {
+    "s3": "AWS_ENDPOINT_URL",
+    "gs": "STORAGE_EMULATOR_HOST",
+    "az": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ENDPOINT_SUFFIX, or the connection string's BlobEndpoint",
+}
 
 
 def open_store(uri: StoreURI, env: dict[str, str], timeout_s: float) -> Store:
@@ -85,8 +91,8 @@ class _Faults:
         return StoreUnreachableError(
             f"{self.store} cannot be reached for {self.where(name)}",
             why=why,
-            fix="check the endpoint (AWS_ENDPOINT_URL / connection string / STORAGE_EMULATOR_HOST), the network "
-            "and the store's status; the launcher exits before vLLM starts",
+            fix=f"check the endpoint ({_ENDPOINT_FROM[self.uri.scheme]}), the network and the store's status; "
+            "the launcher exits before vLLM starts",
         )
 
     def truncated(self, name: str | None, why: str) -> StoreError:
