@@ -218,7 +218,7 @@ def fetch_model_weights(model: ModelSpec | WeightsSource, request: RuntimeReques
 
     launch = settle(request, env, check_model=False)
     source = model.weights_source if isinstance(model, ModelSpec) else model
-    return weights.fetch(source, launch.weights, launch.credentials, launch.env,
+    return weights.obtain(source, launch.weights, launch.credentials, launch.env,
                          ensure=(effects or Effects.real()).ensure_weights, log=log)
 
 
@@ -243,7 +243,7 @@ def _download(launch: LaunchRequest, effects: Effects, watch: Callable[[object, 
     gated = model_step.gated_without_token(source, launch.model, launch.credentials, launch.local_copies)
     if gated:
         log.warning("%s", gated)
-    result = weights.fetch(source, launch.weights, launch.credentials, launch.env, ensure=effects.ensure_weights,
+    result = weights.obtain(source, launch.weights, launch.credentials, launch.env, ensure=effects.ensure_weights,
                            copy=True, watch=watch, log=log)
     log.info("weights ready at %s (%.2f s)", result.path, time.monotonic() - started)
     return result
@@ -313,7 +313,7 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
 
     observer.enter(Phase.WEIGHTS)
     started = time.monotonic()
-    result = weights.fetch(planned.model.weights_source, launch.weights, launch.credentials, launch.env,
+    result = weights.obtain(planned.model.weights_source, launch.weights, launch.credentials, launch.env,
                            ensure=effects.ensure_weights, watch=observer.status.weights.watch, log=log)
     observer.status.weights.finish()
     weights_seconds = time.monotonic() - started

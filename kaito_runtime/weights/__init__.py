@@ -482,8 +482,9 @@ def ensure_store_weights(
     return WeightsResult(folder, fetched, False, time.monotonic() - t0, len(list(folder.iterdir())), version)
 
 
-def fetch(source: WeightsSource, asked, credentials, env: Mapping[str, str], *, ensure: Callable[..., WeightsResult] | None = None,
-          copy: bool = False, watch: Callable[[object, int], None] | None = None, log: logging.Logger | None = None) -> WeightsResult:
+def obtain(source: WeightsSource, asked, credentials, env: Mapping[str, str], *,
+           ensure: Callable[..., WeightsResult] | None = None, copy: bool = False,
+           watch: Callable[[object, int], None] | None = None, log: logging.Logger | None = None) -> WeightsResult:
     """The weights step as a launch takes it: ``asked`` is the settled request's weights slice
     (folder, offline, endpoint, verify, lock timeout), ``credentials`` its resolved token,
     ``ensure`` the hub's fetcher (``ensure_weights``; the API's seam replaces it). An object
