@@ -269,19 +269,21 @@ def test_a_frozen_leader_is_noticed_by_the_worker_within_the_peer_timeout():
         time.sleep(1.0)
         assert worker.hooks.stop_request() is None
         os.kill(leader.pid, signal.SIGSTOP)  # the leader's launcher frozen (or its network cut)
-        stopped = time.monotonic()
-        assert wait_for(lambda: worker.hooks.stop_request() is not None, timeout=10)
-        took = time.monotonic() - stopped
-        assert took <= 3 + 1.5, took
+        # the deadline: the peer timeout and a few beats
+        assert wait_for(lambda: worker.hooks.stop_request() is not None, timeout=3 + 1.5)
         request = worker.hooks.stop_request()
         assert request.exit_code == 22 and "rank 0" in request.reason
         assert not worker.health().healthy
-        started = time.monotonic()
-        worker.end_round(vllm_exit="exit 0", signalled=False)
-        assert time.monotonic() - started < 2  # no store call waits on the frozen leader
-        with pytest.raises(StoreUnreachable, match="no answer"):  # the connection is spent: fails at once
-            worker.store.heartbeat(1, 0)
-        assert time.monotonic() - started < 2
+
+        def leave() -> None:  # no store call may wait on the frozen leader; the spent connection fails at once
+            worker.end_round(vllm_exit="exit 0", signalled=False)
+            with pytest.raises(StoreUnreachable, match="no answer"):
+                worker.store.heartbeat(1, 0)
+            left.set()
+
+        left = threading.Event()
+        threading.Thread(target=leave, daemon=True).start()
+        assert left.wait(timeout=2)
 
 
 def test_a_worker_outside_the_leaders_node_count_is_told_why():
