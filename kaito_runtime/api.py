@@ -25,13 +25,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kaito_runtime import logs, objstore
+from kaito_runtime import objstore
 from kaito_runtime.errors import DoesNotFitError, ModelDoesNotFitError
 from kaito_runtime.hub import timeouts as hub_timeouts
 from kaito_runtime.launch.report import PhaseTimes
 from kaito_runtime.numbers import parse_int
 from kaito_runtime.request import RuntimeRequest, weights_dir_of
-from kaito_runtime.request.settle import GroupRequest, LaunchRequest, NodeRequest, settle_request
+from kaito_runtime.request.settle import GroupRequest, LaunchRequest, settle_request
 from kaito_runtime.types import LaunchPlan, LoraAdapter, ModelSpec, NodeInventory, PlanOverrides, Topology, WeightsSource
 
 if TYPE_CHECKING:
@@ -92,30 +92,21 @@ def settle(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, che
     """The request settled in ``env`` (default: this process's), once per run: environment
     defaults, token, config file, the user's vLLM arguments, the catalog, the model checked
     (``check_model=False`` for a --join worker, which learns its model from the leader)."""
-    from kaito_runtime import model
+    from kaito_runtime import model, weights
     from kaito_runtime.model.catalog import load_catalog
 
     settled = settle_request(request, dict(os.environ if env is None else env))
     catalog = load_catalog(user_dir=settled.model.catalog_dir)
     checked = model.checked(settled.model, catalog, settled.env) if check_model else settled.model
-    return replace(settled, model=checked, catalog=catalog)
-
-
-def _local_copies(launch: LaunchRequest):
-    from kaito_runtime import weights
-
-    return weights.LocalCopies(launch.weights.weights_dir)
+    return replace(settled, model=checked, catalog=catalog, local_copies=weights.LocalCopies(settled.weights.weights_dir))
 
 
 def probe_node(request: RuntimeRequest, env: Mapping[str, str]) -> NodeInventory:
     """This node's GPUs and host, or the ones --sku / --assume-gpus describe."""
-    return _probe(NodeRequest(request.sku, request.assume_gpus), weights_dir_of(request, env), env)
-
-
-def _probe(node: NodeRequest, weights_dir: Path, env: Mapping[str, str]) -> NodeInventory:
     from kaito_runtime import node as node_step
 
-    return node_step.probe_node(sku=node.sku, assume_gpus=node.assume_gpus, weights_dir=weights_dir, env=env)
+    return node_step.probe_node(sku=request.sku, assume_gpus=request.assume_gpus, weights_dir=weights_dir_of(request, env),
+                                env=env)
 
 
 def resolve_topology(request: RuntimeRequest | GroupRequest, env: Mapping[str, str], *, planning_only: bool = False) -> Topology:
@@ -145,7 +136,7 @@ def _resolve(launch: LaunchRequest) -> ModelSpec:
     objstore.register_secrets(launch.env)
     with hub_timeouts.timeout_from(launch.env):
         return model.resolve_model(launch.model, launch.catalog, credentials=launch.credentials,
-                                   local_copies=_local_copies(launch), env=launch.env)
+                                   local_copies=launch.local_copies, env=launch.env)
 
 
 def prepare(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, planning_only: bool | None = None,
@@ -159,7 +150,8 @@ def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Ca
     """The plan of a settled request; the inventory's notes are logged here, once. ``on_phase``
     is told as each step begins ("resolve", "inventory", "plan"; the launcher's /startupz shows it)."""
     from kaito_runtime.plan import plan_launch
-    from kaito_runtime import launch as launch_step, model as model_step
+    from kaito_runtime.plan.suggestions import gpu_node_hint
+    from kaito_runtime import launch as launch_step, model as model_step, node as node_step
     from kaito_runtime.model.adapters import load_adapters
     from kaito_runtime.node import vllm_memory
     from kaito_runtime.weights import planned_path
@@ -173,18 +165,23 @@ def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Ca
     adapters, adapter_warnings = load_adapters(launch.model.adapters_dir, model, log)
     on_phase("inventory")
     started = time.monotonic()
-    node = _probe(launch.node, launch.weights.weights_dir, launch.env)
+    node = node_step.probe_node(sku=launch.node.sku, assume_gpus=launch.node.assume_gpus,
+                                weights_dir=launch.weights.weights_dir, env=launch.env)
     for note in node.notes:
         log.warning("%s", note)
-    topo = resolve_topology(launch.group, launch.env, planning_only=planning_only)
+    g = launch.group
+    topo = node_step.resolve_topology(launch.env, nnodes=g.nnodes, node_rank=g.node_rank, leader_address=g.leader_address,
+                                      master_port=g.master_port, planning_only=planning_only)
     inventory_seconds = time.monotonic() - started
-    gated = model_step.gated_without_token(model, launch.model, launch.credentials, _local_copies(launch))
+    gated = model_step.gated_without_token(model, launch.model, launch.credentials, launch.local_copies)
     on_phase("plan")
     started = time.monotonic()
     try:
         plan = plan_launch(model, node, topo, launch.overrides, profile=vllm_memory.load_profile())
     except DoesNotFitError as error:
-        raise ModelDoesNotFitError(error, model, fix=_with_gpu_node_hint(error.fix, launch, node),
+        fix = gpu_node_hint(error.fix, has_gpu=node.has_gpu, described=launch.node.described,
+                            force_cpu=launch.overrides.force_cpu, dry_run=launch.dry_run)
+        raise ModelDoesNotFitError(error, model, fix=fix,
                                    token_source=launch.credentials.found_source, warnings=(gated,) if gated else ()) from error
     model_path = objstore.vllm_model_uri(model.store_uri, launch.env) or (
         Path(model.local_path) if model.local_path else planned_path(model.weights_source, launch.weights.weights_dir)
@@ -202,56 +199,27 @@ def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Ca
 def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, effects: Effects | None = None) -> tuple[PlannedLaunch, VllmLaunch]:
     """The ``plan`` command: the plan and the exact command it would start (the installed vLLM's
     form when there is one). Nothing is downloaded or started."""
+    from kaito_runtime import launch as launch_step
+
     launch = settle(request, env, check_model=not request.join)
     if request.join:  # the plan of a --join worker is the one its leader would give it
         from kaito_runtime.launch.group import group_secret
 
         launch = _join(request, launch, group_secret(launch.group, launch.env))
     planned = _plan(launch)
-    return planned, _build(planned, launch, (effects or Effects.real()).detect_vllm())
-
-
-def _build(planned: PlannedLaunch, launch: LaunchRequest, install) -> VllmLaunch:
-    """The command, built once per run. The launch's API key is registered for redaction here,
-    before any line about it is logged."""
-    from kaito_runtime import launch as launch_step, secrets
-    from kaito_runtime.launch.kaito_serving import serving_for
-
-    built = launch_step.build_launch(planned.serve, planned.plan, planned.model_path, launch.env, install,
-                                     ram_available_bytes=planned.inventory.host.ram_available_bytes,
-                                     kaito=serving_for(launch.serve, planned.plan, planned.inventory))
-    secrets.register_secret(built.api_key)
-    return built
+    return planned, launch_step.command_for(planned.serve, planned.plan, planned.model_path, launch.env,
+                                            (effects or Effects.real()).detect_vllm(), planned.inventory, launch.serve)
 
 
 def fetch_model_weights(model: ModelSpec | WeightsSource, request: RuntimeRequest, env: Mapping[str, str] | None = None,
                         *, effects: Effects | None = None) -> WeightsResult:
     """The weights step for ``model`` alone: returns weights.WeightsResult (the local folder)."""
-    return _fetch(model, settle(request, env, check_model=False), effects or Effects.real())
-
-
-def _fetch(model: ModelSpec | WeightsSource, launch: LaunchRequest, effects: Effects, *, copy: bool = False,
-           watch: Callable[[object, int], None] | None = None) -> WeightsResult:
-    """An operating-system error on the way (permissions, a full or read-only volume) becomes a
-    WeightsError (exit 10) naming the path, not a traceback. ``watch(count, total)``: told when a
-    download starts (the launcher's /metrics reads the count). An object store's model: its
-    non-tensor files (vLLM streams the tensors), or with ``copy`` all of it."""
     from kaito_runtime import weights
 
-    w, credentials = launch.weights, launch.credentials
+    launch = settle(request, env, check_model=False)
     source = model.weights_source if isinstance(model, ModelSpec) else model
-    if source.store_uri:
-        objstore.register_secrets(launch.env)
-        return weights.ensure_store_weights(source, weights_dir=w.weights_dir, env=launch.env, copy=copy,
-                                            lock_timeout_s=w.lock_timeout_s, log=log)
-    try:
-        with hub_timeouts.timeout_from(launch.env):
-            return effects.ensure_weights(
-                source, weights_dir=w.weights_dir, token=credentials.token, token_source=credentials.source,
-                offline=w.offline, endpoint=w.endpoint, verify=w.verify, lock_timeout_s=w.lock_timeout_s, watch=watch,
-            )
-    except OSError as e:
-        raise weights.os_error_as_weights_error(e, w.weights_dir) from e
+    return weights.obtain(source, launch.weights, launch.credentials, launch.env,
+                         ensure=(effects or Effects.real()).ensure_weights, log=log)
 
 
 def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, effects: Effects | None = None) -> WeightsResult:
@@ -262,7 +230,7 @@ def download_weights(request: RuntimeRequest, env: Mapping[str, str] | None = No
 def _download(launch: LaunchRequest, effects: Effects, watch: Callable[[object, int], None] | None = None) -> WeightsResult:
     """No probe and no plan: an init container usually has no GPU, so whether the model fits is a
     question for the serving pod. A repo id's config.json is not read either."""
-    from kaito_runtime import model as model_step
+    from kaito_runtime import model as model_step, weights
     from kaito_runtime.weights.store import check_weights_dir
 
     if not launch.model.local_folder:  # this mode exists to write there: made now, refused at once
@@ -272,10 +240,11 @@ def _download(launch: LaunchRequest, effects: Effects, watch: Callable[[object, 
     log.info("download-only: weights of %s (%s) into %s; whether it fits this machine is not checked in this mode",
              source.name, source.local_path or source.store_uri or f"{source.repo_id}@{source.revision or 'main'}",
              source.local_path or launch.weights.weights_dir)
-    gated = model_step.gated_without_token(source, launch.model, launch.credentials, _local_copies(launch))
+    gated = model_step.gated_without_token(source, launch.model, launch.credentials, launch.local_copies)
     if gated:
         log.warning("%s", gated)
-    result = _fetch(source, launch, effects, copy=True, watch=watch)
+    result = weights.obtain(source, launch.weights, launch.credentials, launch.env, ensure=effects.ensure_weights,
+                           copy=True, watch=watch, log=log)
     log.info("weights ready at %s (%.2f s)", result.path, time.monotonic() - started)
     return result
 
@@ -305,7 +274,7 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
 
 
 def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, entered: float, effects: Effects) -> int:
-    from kaito_runtime import launch as launch_step
+    from kaito_runtime import launch as launch_step, weights
     from kaito_runtime.launch import group as group_step, report
     from kaito_runtime.launch.vllm_run import run_vllm
     from kaito_runtime.observe import ObservedHooks, Phase, hold_port
@@ -329,7 +298,8 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
     install = launch_step.installed_vllm(planned.model, topo, log, found)
     # Built once, before the weights: what vLLM will really use (the config file and pass-through
     # arguments may override the plan) is what the plan line shows and the port check tests.
-    built = _build(planned, launch, install)
+    built = launch_step.command_for(planned.serve, planned.plan, planned.model_path, launch.env, install,
+                                    planned.inventory, launch.serve)
     report.log_plan_summary(planned.serve, planned.plan, built, log)
     observer.plan(planned.plan)
     for warning in built.warnings:
@@ -343,7 +313,8 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
 
     observer.enter(Phase.WEIGHTS)
     started = time.monotonic()
-    result = _fetch(planned.model, launch, effects, watch=observer.status.weights.watch)
+    result = weights.obtain(planned.model.weights_source, launch.weights, launch.credentials, launch.env,
+                           ensure=effects.ensure_weights, watch=observer.status.weights.watch, log=log)
     observer.status.weights.finish()
     weights_seconds = time.monotonic() - started
     log.info("weights ready at %s (%.2f s)", result.path, weights_seconds)
@@ -373,21 +344,13 @@ def _join(request: RuntimeRequest, launch: LaunchRequest, secret: GroupSecret | 
     """--join: this worker's request settled again with what its leader publishes (model,
     revision, node count, plan options, vLLM arguments); its own rank, ports, cores, folders and
     token stay."""
+    from kaito_runtime import model
     from kaito_runtime.launch.group import join_the_leader
-    from kaito_runtime.request import check_join, joined
+    from kaito_runtime.request import check_join
 
     check_join(request)
-    return settle(joined(request, join_the_leader(launch.group, launch.env, secret, log)), launch.env)
-
-
-def _with_gpu_node_hint(fix: str | None, launch: LaunchRequest, node: NodeInventory) -> str | None:
-    """On a machine without GPUs (and no --sku / --assume-gpus / --cpu), the answer people want
-    is usually the plan for the GPU node the model will run on: say how to get it."""
-    if node.has_gpu or launch.node.described or launch.overrides.force_cpu:
-        return fix
-    how = "--sku SKU or --assume-gpus 4xA100-80GB"
-    hint = f"plan for a GPU node with {how}" if launch.dry_run else f"see the plan for a GPU node with --dry-run {how}"
-    return f"{fix}; or {hint}" if fix else hint
+    joined = launch.joined(join_the_leader(launch.group, launch.env, secret, log))
+    return replace(joined, model=model.checked(joined.model, joined.catalog, joined.env))
 
 
 def list_presets(catalog_dir: Path | None = None, env: Mapping[str, str] | None = None) -> tuple:

@@ -286,13 +286,3 @@ def check_join(request: RuntimeRequest) -> None:
         raise InputError("--join learns the model and its settings from the leader, but this node was given its own",
                          fix="drop --preset/--model/--config and the arguments after -- on a --join worker, or drop --join")
 
-
-def joined(request: RuntimeRequest, leader) -> RuntimeRequest:
-    """A --join worker's request: what its leader published (``leader``: launch.group's
-    ``Published``) with this node's own rank, ports, cores, folders and token."""
-    return replace(
-        request, preset=leader.preset, model=leader.model, revision=leader.revision,
-        served_model_name=leader.served_model_name, nnodes=leader.nnodes, leader_address=leader.leader_address,
-        master_port=leader.master_port, overrides=replace(leader.overrides, cpu_cores=request.overrides.cpu_cores),
-        extra_vllm_args=leader.vllm_args,
-    )

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from kaito_runtime import request
 from kaito_runtime.errors import InputError
-from kaito_runtime.request import RuntimeRequest, check_join, joined
-from kaito_runtime.types import PlanOverrides
+from kaito_runtime.request import RuntimeRequest, check_join
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,14 +68,3 @@ def test_a_join_worker_names_no_model_of_its_own():
             check_join(RuntimeRequest(join=True, **given))
         assert "--join learns the model and its settings from the leader" in caught.value.message
 
-
-def test_a_joined_request_takes_the_leaders_model_and_keeps_this_nodes_rank_cores_and_folders(tmp_path):
-    own = RuntimeRequest(join=True, node_rank=1, port=5001, weights_dir=tmp_path, overrides=PlanOverrides(cpu_cores="4-7"))
-    leader = SimpleNamespace(preset=None, model="models/tiny", revision="abc", served_model_name="tiny", nnodes=2,
-                             leader_address="10.0.0.1", master_port=29500, vllm_args=("--max-num-seqs", "4"),
-                             overrides=PlanOverrides(cpu_cores=None, max_model_len=256))
-    request = joined(own, leader)
-    assert (request.model, request.revision, request.served_model_name, request.nnodes) == ("models/tiny", "abc", "tiny", 2)
-    assert (request.leader_address, request.master_port, request.extra_vllm_args) == ("10.0.0.1", 29500, ("--max-num-seqs", "4"))
-    assert request.overrides == PlanOverrides(cpu_cores="4-7", max_model_len=256)
-    assert (request.node_rank, request.port, request.weights_dir, request.join) == (1, 5001, tmp_path, True)
