@@ -11,7 +11,7 @@ show too.
   worker's spawn (the leader is spawned just before it) to the leader answering: GET /health 200,
   the served name in /v1/models and a 1-token completion (polled every 0.1 s), as
   benchmarks/bench_multi_node.py measures it;
-- recovery: one group started once with a restart budget; `kill -9` of the worker's vLLM; the
+- recovery: in the same group, once it has answered: `kill -9` of the worker's vLLM; the
   clock runs from the kill to the leader's launcher reporting the next round ready
   (`kaito-run: ready in`) and the same readiness check passing. The kill comes once the group
   has settled (`--kill-after settled`, the default): each node's standby vLLM for the next round,
@@ -20,8 +20,8 @@ show too.
 
 For each, the bytes the emulator sent in that window and the launchers' weights steps are
 counted, and the time between the launchers' log lines (taken as they arrive) says where it went.
-The cold starts run first, alone (an idle group's vLLM would slow them), then the recoveries, one
-after the other in the same group.
+Each repetition is one fresh group (restart budget 1): its cold start, then its recovery, then it
+is stopped; so a drift in the machine's load hits cold starts and recoveries alike.
 
     .venv/bin/python benchmarks/bench_elastic.py [--reps 3] [--model models/tiny-llama]
 """
@@ -55,7 +55,6 @@ MILESTONES = (
     (1, "group restarting", "worker: its vLLM's leftovers swept, round over"),
     (0, "group member lost", "leader: learns of the loss"),
     (0, "vLLM stopped in", "leader: its vLLM stopped"),
-    (0, "standby vLLM for a next round started", "leader: standby started (round 2 on)"),
     (0, "group restarting", "leader: round over, backoff starts"),
     (1, "group released", "worker: group met again (released)"),
     (0, "starting vLLM (round", "leader: starts vLLM again"),
@@ -211,25 +210,18 @@ def main() -> None:
         def window(seconds: float | None, bytes_before: int, requests_before: int, steps) -> Window:
             return Window(seconds, hub.sent_bytes() - bytes_before, len(hub.records) - requests_before, steps)
 
-        for rep in range(args.reps):  # first, alone on the machine: an idle group's vLLM would slow them
+        weights_steps = []
+        for rep in range(args.reps):  # each rep one fresh group: its cold start, then its recovery
             sent, requests = hub.sent_bytes(), len(hub.records)
-            group = Group(REPO_ID, env, weights, budget=0)
+            group = Group(REPO_ID, env, weights, budget=1)
             try:
                 took = group.wait_ready(1, group.spawned, args.timeout)
-                if took is None:
-                    print("cold start not ready; leader's last lines:\n" + group.tail(0))
                 run = window(took, sent, requests, breakdown(group, group.spawned, COLD_MILESTONES))
-            finally:
-                group.stop(args.log_dir, f"cold{rep + 1}")
-            cold.append(run)
-            show(f"rep {rep + 1} cold start", run)
-
-        group = Group(REPO_ID, env, weights, budget=args.reps + 1)
-        weights_steps = None
-        try:
-            if group.wait_ready(1, group.spawned, args.timeout) is None:
-                raise SystemExit("the recovery group never became ready:\n" + group.tail(0))
-            for rep in range(args.reps):
+                cold.append(run)
+                show(f"rep {rep + 1} cold start", run)
+                if took is None:
+                    print("not ready; leader's last lines:\n" + group.tail(0) + "\nworker's:\n" + group.tail(1))
+                    continue
                 waited = group.settle(args.timeout) if args.kill_after == "settled" else 0.0
                 time.sleep(2)  # heartbeats flowing, no request in flight
                 print(f"rep {rep + 1} recovery: killing the worker's vLLM {waited + 2:.1f} s after the group answered",
@@ -237,16 +229,15 @@ def main() -> None:
                 sent, requests = hub.sent_bytes(), len(hub.records)
                 killed = time.monotonic()
                 os.kill(group.worker_vllm(), signal.SIGKILL)
-                took = group.wait_ready(rep + 2, killed, args.timeout)
+                took = group.wait_ready(2, killed, args.timeout)
                 run = window(took, sent, requests, breakdown(group, killed, MILESTONES))
                 recovery.append(run)
                 show(f"rep {rep + 1} recovery  ", run)
                 if took is None:
                     print("leader's last lines:\n" + group.tail(0) + "\nworker's:\n" + group.tail(1))
-                    break
-            weights_steps = [group.count(rank, "weights ready at") for rank in (0, 1)]
-        finally:
-            group.stop(args.log_dir, "recovery")
+                weights_steps.append([group.count(rank, "weights ready at") for rank in (0, 1)])
+            finally:
+                group.stop(args.log_dir, f"rep{rep + 1}")
     shutil.rmtree(tmp, ignore_errors=True)
 
     cold_s = [w.seconds for w in cold if w.seconds is not None]
@@ -256,7 +247,7 @@ def main() -> None:
         ("kill -9 of worker's vLLM -> answering again", fmt(rec_s)),
         ("hub bytes sent during each cold start", ", ".join(str(w.sent_bytes) for w in cold)),
         ("hub bytes sent during each recovery", ", ".join(str(w.sent_bytes) for w in recovery)),
-        ("weights steps per node, recovery group", f"{weights_steps} (its start only: none in a recovery)"),
+        ("weights steps per node, each group", f"{weights_steps} (its start only: none in a recovery)"),
     ]
     if cold_s and rec_s:
         report.append(("ratio recovery / cold start", f"{statistics.median(rec_s) / statistics.median(cold_s):.3f}  "
