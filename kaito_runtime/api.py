@@ -310,6 +310,7 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
     for warning in planned.warnings:
         log.warning("%s", warning)
     group_step.open_for_workers(group, launch.model, launch.overrides, launch.user_args.published)
+    group_step.report_weights(group, observer.status.weights.figures)  # a worker, until it checks in
 
     observer.enter(Phase.WEIGHTS)
     started = time.monotonic()

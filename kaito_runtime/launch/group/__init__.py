@@ -29,6 +29,8 @@ from kaito_runtime.launch.group.launching import (
     join_the_leader,
     node_facts,
     open_for_workers,
+    report_weights,
+    weights_progress,
 )
 from kaito_runtime.launch.group.secret import GroupSecret, api_key_digest, load_group_secret
 from kaito_runtime.launch.group.store import StopKind, StopNotice, plan_fields, preload_torch
@@ -38,5 +40,5 @@ __all__ = [
     "HealthReport", "NodeFacts", "RendezvousInfo", "StopKind", "StopNotice", "api_key_digest", "learn_from_leader",
     "load_group_secret", "plan_fields", "preload_torch", "public_vllm_args", "with_master_ip",
     "Published", "before_the_group", "end_the_round", "for_launch", "group_secret", "join_the_leader", "node_facts",
-    "open_for_workers",
+    "open_for_workers", "report_weights", "weights_progress",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -138,6 +138,26 @@ def for_launch(asked: GroupAsked, topology: Topology, secret: GroupSecret | None
     if topology.is_leader:
         group.check_ports()
     return group
+
+
+def report_weights(group: Group | None, figures: Callable[[], object]) -> None:
+    """A worker, before its weights step: its progress beat carries the step's figures
+    (``figures()``: the launcher's WeightsFigures), so the leader's "waiting for rank N" line says
+    what a rank that has not checked in yet is doing. Nothing on the leader or on one node."""
+    if group is not None and not group.topology.is_leader:
+        group.report_progress(lambda: weights_progress(figures()))
+
+
+def weights_progress(figures: object) -> str:
+    """One phrase for the weights step's figures (done_bytes, total_bytes, speed_bytes_per_second)."""
+    done, total = getattr(figures, "done_bytes", None), getattr(figures, "total_bytes", None)
+    speed = getattr(figures, "speed_bytes_per_second", -1.0)
+    if done is None or not total:
+        return "weights step: no download under way (checking or reusing the copy on disk)"
+    if done >= total:
+        return f"weights on disk ({total / 1e9:.2f} GB)"
+    rate = f", {speed / 1e6:.1f} MB/s" if speed > 0 else ""
+    return f"downloading weights: {done / 1e9:.2f} of {total / 1e9:.2f} GB ({100 * done / total:.0f} %{rate})"
 
 
 def open_for_workers(group: Group | None, model, overrides: PlanOverrides, vllm_args: tuple[str, ...]) -> None:

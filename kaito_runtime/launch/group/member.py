@@ -71,6 +71,7 @@ BEAT_INTERVAL_S = 0.5
 # read why the group ends (they acknowledge within one beat; this is only the upper bound).
 LEADER_LINGER_S = 5.0
 PROGRESS_EVERY_S = 15.0
+PROGRESS_BEAT_S = 2.0  # how often a worker that has not checked in says what it is doing
 _POLL_S = 0.2
 _MEET_POLL_S = 0.1  # while nodes check in and wait for the verdict: every node waits on it
 MAX_BACKOFF_S = 30.0  # the wait before round N+1 doubles from 1 s up to this
@@ -136,6 +137,8 @@ class Group:
         self._facts: NodeFacts | None = None
         self._hooks = _Hooks(self)
         self._on_serving: Callable[[], None] | None = None
+        self._progress_done = threading.Event()
+        self._progress_thread: threading.Thread | None = None
         self._reset_round()
 
     def _reset_round(self) -> None:
@@ -222,6 +225,46 @@ class Group:
         public["vllm_args"] = public_vllm_args(list(request.get("vllm_args", ())), registered_secrets())  # type: ignore[arg-type]
         self.store.publish_request(public)
 
+    def report_progress(self, progress: Callable[[], str]) -> None:
+        """A worker, before its weights step: until it checks in, say every ``PROGRESS_BEAT_S``
+        what ``progress()`` says (its weights step's progress) where the leader's "waiting for
+        rank N" line reads it. Best effort, in a thread with its own connection to the store: it
+        never delays this node's own start, and ends when ``meet`` begins."""
+        if self.rank == 0 or self._progress_thread is not None or not self.topology.leader_address:
+            return
+        self._progress_thread = threading.Thread(target=self._beat_progress, args=(progress,), name="group-progress",
+                                                 daemon=True)
+        self._progress_thread.start()
+
+    def _beat_progress(self, progress: Callable[[], str]) -> None:
+        quiet = logging.getLogger("kaito_runtime.group.progress")  # the meeting's own loop says what goes wrong
+        quiet.propagate = False
+        if not quiet.handlers:
+            quiet.addHandler(logging.NullHandler())
+        port = self.topology.group_store_port
+        try:
+            _, store = reach_leader(
+                self.topology.leader_address or "", timeout_s=self.settings.rendezvous_timeout_s, log=quiet,
+                resolver=self._resolver, target=f"the leader's group store (port {port})",
+                connect=lambda ip, t: GroupStore.join(ip, port, timeout_s=t, secret=self.settings.secret, log=quiet,
+                                                      call_deadline_s=self.settings.call_deadline_s))
+        except Exception:  # the meeting finds the leader (or says why not) in its own words
+            return
+        assert store is not None
+        try:
+            while not self._progress_done.is_set():
+                store.put_progress(store.current_round(), self.rank, progress())
+                self._progress_done.wait(PROGRESS_BEAT_S)
+        except Exception:
+            pass
+        finally:
+            store.close()
+
+    def _end_progress(self) -> None:
+        self._progress_done.set()
+        if self._progress_thread is not None:
+            self._progress_thread.join(timeout=self.settings.call_deadline_s + 1)
+
     # -- the meeting --
 
     def meet(self, facts: NodeFacts) -> RendezvousInfo:
@@ -235,6 +278,7 @@ class Group:
         deadline = time.monotonic() + self.settings.rendezvous_timeout_s
         self.state = GroupState.MEETING
         self._facts = facts
+        self._end_progress()
         try:
             if self.store is None:
                 self._join(deadline)
@@ -347,10 +391,11 @@ class Group:
                     return verdict
                 if now - last_progress >= PROGRESS_EVERY_S:
                     last_progress = now
-                    missing = [str(rank) for rank in range(self.nnodes) if rank not in arrivals]
-                    self.log.info("round %d: waiting for rank%s %s to check in (%.0f s of %.0f s)", r,
-                                  "s" if len(missing) > 1 else "", ", ".join(missing), now - started,
-                                  self.settings.rendezvous_timeout_s)
+                    missing = [rank for rank in range(self.nnodes) if rank not in arrivals]
+                    doing = [f"rank {rank}: {text}" for rank in missing if (text := store.progress_of(r, rank))]
+                    self.log.info("round %d: waiting for rank%s %s to check in (%.0f s of %.0f s)%s", r,
+                                  "s" if len(missing) > 1 else "", ", ".join(map(str, missing)), now - started,
+                                  self.settings.rendezvous_timeout_s, f"; {'; '.join(doing)}" if doing else "")
             else:
                 nnodes = store.leader_nnodes(r)
                 if nnodes is not None and self.rank >= nnodes:
@@ -687,6 +732,7 @@ class Group:
 
     def leave(self) -> None:
         """This node leaves the group for good."""
+        self._progress_done.set()
         store = self.store
         if store is not None and store.forged:
             self.log.warning("the group's store held %d value%s without the group secret's tag; all were ignored",

@@ -340,6 +340,15 @@ class GroupStore:
         """The leader: the round the group meets in now (a replaced member checks in there)."""
         self._put("round", {"round": round_})
 
+    def put_progress(self, round_: int, rank: int, text: str) -> None:
+        """A worker that has not checked in yet: what it is doing (its weights step's progress)."""
+        self._put(f"r{round_}/progress/{rank}", {"text": text[:200]})
+
+    def progress_of(self, round_: int, rank: int) -> str | None:
+        found = self._read(f"r{round_}/progress/{rank}")
+        text = found.get("text") if found else None
+        return text[:200] if isinstance(text, str) else None
+
     def current_round(self) -> int:
         found = self._read("round")
         return int(found["round"]) if found and isinstance(found.get("round"), int) else 1

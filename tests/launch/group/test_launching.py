@@ -93,3 +93,20 @@ def test_a_bad_secret_file_fails_before_any_group_exists(tmp_path):
     with pytest.raises(InputError) as caught:
         group_secret(Asked(nnodes=2, node_rank=0, secret_file=missing), {})
     assert missing in caught.value.message + (caught.value.fix or "") + (caught.value.why or "")
+
+
+def test_a_workers_weights_progress_reads_as_one_phrase():
+    from kaito_runtime.launch.group import weights_progress
+
+    @dataclass(frozen=True)
+    class WeightsFigures:  # the launcher's weights figures (observe.status), as the phrase reads them
+        done_bytes: int | None
+        total_bytes: int | None
+        speed_bytes_per_second: float
+        remaining_seconds: float
+
+    assert weights_progress(WeightsFigures(1_000_000_000, 4_000_000_000, 35e6, 85.7)) == \
+        "downloading weights: 1.00 of 4.00 GB (25 %, 35.0 MB/s)"
+    assert weights_progress(WeightsFigures(0, 4_000_000_000, -1.0, -1.0)) == "downloading weights: 0.00 of 4.00 GB (0 %)"
+    assert weights_progress(WeightsFigures(4_000_000_000, 4_000_000_000, 0.0, 0.0)) == "weights on disk (4.00 GB)"
+    assert weights_progress(WeightsFigures(None, None, -1.0, -1.0)).startswith("weights step: no download under way")

@@ -566,3 +566,26 @@ def test_a_lost_member_leaves_nothing_to_drain_on_any_node(pair):
     assert worker.hooks.nothing_to_drain()  # its own vLLM is gone: the loss stands
     assert wait_for(lambda: leader.hooks.stop_request() is not None)
     assert leader.hooks.nothing_to_drain()  # the leader's engine waits on a peer that is gone
+
+
+def test_the_leader_says_what_a_rank_that_has_not_checked_in_is_doing(monkeypatch, caplog):
+    from kaito_runtime.launch.group import member
+
+    monkeypatch.setattr(member, "PROGRESS_EVERY_S", 0.3)
+    monkeypatch.setattr(member, "PROGRESS_BEAT_S", 0.1)
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    port = free_port_pair()
+    leader, worker = make(0, port, rendezvous_timeout_s=2.5), make(1, port, rendezvous_timeout_s=2.5)
+    worker.report_progress(lambda: "downloading weights: 1.00 of 4.00 GB (25 %)")  # before the leader is up
+    leader.open()
+    try:
+        results = meet_all([leader])  # rank 1 never checks in
+        assert isinstance(results[0], RendezvousTimeoutError)
+        waiting = [r.getMessage() for r in caplog.records if "waiting for rank 1" in r.getMessage()]
+        assert any(line.endswith("; rank 1: downloading weights: 1.00 of 4.00 GB (25 %)") for line in waiting), waiting
+    finally:
+        worker.leave()
+        leader.store.close()
+    assert worker._progress_thread is not None
+    worker._progress_thread.join(5)
+    assert not worker._progress_thread.is_alive()  # its beat ends with the node's leave (or its check-in)
