@@ -261,9 +261,7 @@ class Group:
             store.close()
 
     def _end_progress(self) -> None:
-        self._progress_done.set()
-        if self._progress_thread is not None:
-            self._progress_thread.join(timeout=self.settings.call_deadline_s + 1)
+        self._progress_done.set()  # not waited for: the beat never holds up the meeting
 
     # -- the meeting --
 
