@@ -11,15 +11,17 @@ need() { command -v "$2" >/dev/null 2>&1 || want+=("$1"); }
 
 # One line per tool, e.g. `need podman podman` (keep them sorted).
 need buildah buildah  # tests/e2e/test_container.py: builds the image (scripts/build-image.sh)
+need ca-certificates update-ca-certificates  # tests/e2e/test_object_stores.py: the system bundle a test CA is added to (in a private namespace only)
 need debootstrap debootstrap  # scripts/build-image.sh: the Debian base where no registry answers
 need iproute2 ip  # tests/e2e/test_multi_node.py: two network namespaces and a veth pair
+need mount mount  # tests/e2e/test_object_stores.py: bind mounts inside a private mount namespace
 need podman podman  # tests/e2e/test_container.py: runs the image
 need nodejs node  # runs azurite (below)
 need npm npm  # installs azurite (below)
 need prometheus prometheus  # tests/observe/test_prometheus_e2e.py scrapes the launcher with it
 need runc runc  # podman's runtime here (scripts/containers/containers.conf)
 need util-linux setpriv  # tests/repo/test_kaito_scripts.py: a non-root user
-need util-linux unshare  # tests/e2e/test_kaito.py, test_benchmark_probe.py: the probe's own PID namespace
+need util-linux unshare  # tests/e2e/test_kaito.py, test_benchmark_probe.py: the probe's own PID namespace; test_object_stores.py: a private mount namespace
 
 if ((${#want[@]})); then
     if [[ $(id -u) != 0 ]]; then

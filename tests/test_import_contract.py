@@ -51,6 +51,8 @@ def package_copy(tmp_path: Path) -> Path:
         ("launch/supervisor.py", "from kaito_runtime import observe", "Only the API wires in the launcher's own HTTP"),
         ("weights/store.py", "from kaito_runtime.observe import Phase", "Only the API wires in the launcher's own HTTP"),
         ("cli.py", "from kaito_runtime.vllm_ext import rate_limit", "The CLI talks to the API"),
+        ("launch/group/launching.py", "from kaito_runtime.launch import vllm_install", "The group's calls for one launch"),
+        ("launch/vllm_run.py", "from kaito_runtime.observe import Phase", "Only the API wires in the launcher's own HTTP"),
     ],
 )
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kaito_runtime.errors import VllmNotInstalledError
-from kaito_runtime.types import LaunchPlan, LoraAdapter, ModelSpec, Topology
+from kaito_runtime.types import LaunchPlan, LoraAdapter, ModelSpec, NodeInventory, Topology
 from kaito_runtime.launch.vllm_command import (
     CONFIG_FILE,
     CPU_KV,
@@ -114,6 +114,20 @@ def build_launch(
         kaito=kaito,
     )
     return vllm_command.build_vllm_command(plan, inputs)
+
+
+def command_for(serve: ServeOptions, plan: LaunchPlan, model_path: Path | str, env: Mapping[str, str],
+                install: VllmInstall | None, inventory: NodeInventory, asked) -> VllmLaunch:
+    """The command, built once per run (filled in after the weights: ``VllmLaunch.filled``),
+    with KAITO's serving features as ``asked`` (the settled request's serve slice) wants them.
+    Its API key is registered for redaction here, before any line about it is logged."""
+    from kaito_runtime import secrets
+    from kaito_runtime.launch.kaito_serving import serving_for
+
+    built = build_launch(serve, plan, model_path, env, install, ram_available_bytes=inventory.host.ram_available_bytes,
+                         kaito=serving_for(asked, plan, inventory))
+    secrets.register_secret(built.api_key)
+    return built
 
 
 def child_environment(launch: VllmLaunch, env: Mapping[str, str], added: Mapping[str, str]) -> dict[str, str]:

@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from kaito_runtime.types import GiB, LaunchPlan
+from kaito_runtime.types import GiB, LaunchPlan, NodeInventory
 
 RATE_LIMIT_MIDDLEWARE = "kaito_runtime.vllm_ext.rate_limit.RateLimitMiddleware"
 RATE_LIMIT_THRESHOLD_ENV = "KAITO_RATE_LIMIT_MAX_NUM_SEQS"  # = rate_limit.THRESHOLD_ENV
@@ -47,6 +47,22 @@ class KaitoServing:
     grace_seconds: float | None = None  # None: no --shutdown-timeout from us
     inference_role: str | None = None  # "prefill" / "decode"
     mig: bool = False  # a GPU of the plan is a MIG slice
+
+
+def serving_for(serve, plan: LaunchPlan, inventory: NodeInventory) -> KaitoServing:
+    """KAITO's serving features as ``serve`` (the settled request's serve slice) asks for them,
+    with the container's free memory measured when CPU KV offload is wanted on the GPU target."""
+    free = source = None
+    if serve.kv_cache_cpu_memory_utilization and plan.target == "gpu":
+        from kaito_runtime.node.container_memory import container_memory
+
+        memory = container_memory()
+        free, source = memory.available_bytes, memory.describe()
+    return KaitoServing(
+        kv_offload_utilization=serve.kv_cache_cpu_memory_utilization, container_free_bytes=free,
+        container_memory_source=source, rate_limit=serve.rate_limit, grace_seconds=serve.grace_seconds,
+        inference_role=serve.inference_role, mig=any(gpu.mig for gpu in inventory.gpus),
+    )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ is ready, and a failed vLLM's report. Each takes the values it reports on and a 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from kaito_runtime.launch import ServeOptions, effective_settings
@@ -12,6 +13,23 @@ from kaito_runtime.launch.vllm_command import VllmLaunch
 from kaito_runtime.types import LaunchPlan
 
 FAILURE_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class PhaseTimes:
+    """Seconds each phase of a launch took (the "ready in" line shows them)."""
+
+    model: float = 0.0
+    inventory: float = 0.0
+    plan: float = 0.0
+    weights: float = 0.0
+    vllm_start: float = 0.0
+
+    def line(self) -> str:
+        return (
+            f"model {self.model:.2f} s, inventory {self.inventory:.2f} s, plan {self.plan:.2f} s, "
+            f"weights {self.weights:.2f} s, vLLM start {self.vllm_start:.1f} s"
+        )
 
 
 def log_plan_summary(serve: ServeOptions, plan: LaunchPlan, built: VllmLaunch, log: logging.Logger) -> None:

@@ -26,6 +26,12 @@ T = TypeVar("T")
 CHUNK = 8 * 1024 * 1024
 
 _STORE = {"s3": "S3", "gs": "GCS", "az": "Azure Blob"}
+# Where each store's endpoint comes from (named in the "cannot be reached" fix).
+_ENDPOINT_FROM = {
+    "s3": "AWS_ENDPOINT_URL",
+    "gs": "STORAGE_EMULATOR_HOST",
+    "az": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ENDPOINT_SUFFIX, or the connection string's BlobEndpoint",
+}
 
 
 def open_store(uri: StoreURI, env: dict[str, str], timeout_s: float) -> Store:
@@ -85,8 +91,8 @@ class _Faults:
         return StoreUnreachableError(
             f"{self.store} cannot be reached for {self.where(name)}",
             why=why,
-            fix="check the endpoint (AWS_ENDPOINT_URL / connection string / STORAGE_EMULATOR_HOST), the network "
-            "and the store's status; the launcher exits before vLLM starts",
+            fix=f"check the endpoint ({_ENDPOINT_FROM[self.uri.scheme]}), the network and the store's status; "
+            "the launcher exits before vLLM starts",
         )
 
     def truncated(self, name: str | None, why: str) -> StoreError:
@@ -221,8 +227,9 @@ class S3Store:
 
 class AzureStore:
     """azure-storage-blob: a connection string (its BlobEndpoint, e.g. Azurite's) or
-    https://ACCOUNT.blob.SUFFIX, with a SAS token, an account key or DefaultAzureCredential
-    (workload identity) -- the order runai-model-streamer-azure uses."""
+    https://ACCOUNT.SUFFIX (AZURE_STORAGE_ENDPOINT_SUFFIX, default blob.core.windows.net), with a
+    SAS token, an account key or DefaultAzureCredential (workload identity) -- the order
+    runai-model-streamer-azure uses."""
 
     def __init__(self, uri: StoreURI, env: dict[str, str], timeout_s: float) -> None:
         try:
@@ -244,7 +251,9 @@ class AzureStore:
                 raise _Faults(uri, None, timeout_s).no_credentials(
                     "no storage account: AZURE_STORAGE_ACCOUNT_NAME is unset and the URI has the form az://CONTAINER/PREFIX"
                 )
-            endpoint = f"https://{account}.blob.{env.get('AZURE_STORAGE_ENDPOINT_SUFFIX') or 'core.windows.net'}"
+            # The streamer's meaning (its C++ and Python clients): the suffix replaces
+            # `blob.core.windows.net` whole, so the plan reads the host vLLM will read.
+            endpoint = f"https://{account}.{env.get('AZURE_STORAGE_ENDPOINT_SUFFIX') or 'blob.core.windows.net'}"
         self.faults = _Faults(uri, endpoint, timeout_s)
         sas = env.get("AZURE_STORAGE_SAS_TOKEN") or sas_from_file(env) or connection_string_part(env, "SharedAccessSignature")
         key = env.get("AZURE_STORAGE_ACCOUNT_KEY")

@@ -93,3 +93,13 @@ def does_not_fit(
     needed_total = math.ceil(fit.needed(context) / util / (fit.cuda_total / fit.total) / GiB)
     fixes.append(f"needs GPUs with >= {needed_total} GiB each at {layout.describe()}")
     return DoesNotFitError(f"{model.name} does not fit on {where}", why=why, fix="; or ".join(fixes))
+
+
+def gpu_node_hint(fix: str | None, *, has_gpu: bool, described: bool, force_cpu: bool, dry_run: bool) -> str | None:
+    """On a machine without GPUs (and no --sku / --assume-gpus / --cpu), the answer people want
+    is usually the plan for the GPU node the model will run on: say how to get it."""
+    if has_gpu or described or force_cpu:
+        return fix
+    how = "--sku SKU or --assume-gpus 4xA100-80GB"
+    hint = f"plan for a GPU node with {how}" if dry_run else f"see the plan for a GPU node with --dry-run {how}"
+    return f"{fix}; or {hint}" if fix else hint

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kaito_runtime import numbers
+from kaito_runtime.errors import InputError
 from kaito_runtime.types import LAUNCH_COMMANDS, Concern, OptionSpec, PlanOverrides, option
 
 CONTAINER_WEIGHTS_DIR = Path("/workspace/weights")
@@ -277,3 +278,11 @@ def looks_like_path(text: str) -> bool:
 def uses_local_folder(request: RuntimeRequest) -> bool:
     """The model is a folder on disk: the weights folder is never touched."""
     return bool(request.model and not request.preset and looks_like_path(request.model))
+
+
+def check_join(request: RuntimeRequest) -> None:
+    """A --join worker names no model of its own: it learns the model and its settings from the leader."""
+    if request.preset or request.model or request.extra_vllm_args or request.config_file:
+        raise InputError("--join learns the model and its settings from the leader, but this node was given its own",
+                         fix="drop --preset/--model/--config and the arguments after -- on a --join worker, or drop --join")
+

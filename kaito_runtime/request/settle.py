@@ -132,11 +132,24 @@ class LaunchRequest:
     dry_run: bool = False  # only a plan is wanted
     config_file: Path | None = None  # named in messages
     catalog: Any = field(default=None, repr=False)  # model.catalog.Catalog, loaded once by api.settle
+    local_copies: Any = field(default=None, repr=False)  # weights.LocalCopies under weights_dir, made by api.settle
 
     @property
     def planning_only(self) -> bool:
         """A plan for hardware that is not (necessarily) this node: a dry run, --sku or --assume-gpus."""
         return self.dry_run or self.node.described
+
+    def joined(self, leader) -> LaunchRequest:
+        """A --join worker's launch once its leader has said what the group serves (``leader``:
+        launch.group's ``Published``): the leader's model, node count, plan options and vLLM
+        arguments (parsed here, once); this node keeps its rank, ports, cores, folders and token."""
+        user_args = parse_user_args(None, leader.vllm_args, config_path=None)
+        model = replace(self.model, preset=leader.preset, model=leader.model, revision=leader.revision,
+                        served_model_name=leader.served_model_name, remote_code=user_args.remote_code)
+        group = replace(self.group, nnodes=leader.nnodes, leader_address=leader.leader_address,
+                        master_port=leader.master_port)
+        overrides = with_user_sizes(replace(leader.overrides, cpu_cores=self.overrides.cpu_cores), user_args)
+        return replace(self, model=model, group=group, overrides=overrides, user_args=user_args)
 
 
 def settle_request(request: RuntimeRequest, env: Mapping[str, str]) -> LaunchRequest:

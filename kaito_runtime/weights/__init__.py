@@ -482,6 +482,34 @@ def ensure_store_weights(
     return WeightsResult(folder, fetched, False, time.monotonic() - t0, len(list(folder.iterdir())), version)
 
 
+def obtain(source: WeightsSource, asked, credentials, env: Mapping[str, str], *,
+           ensure: Callable[..., WeightsResult] | None = None, copy: bool = False,
+           watch: Callable[[object, int], None] | None = None, log: logging.Logger | None = None) -> WeightsResult:
+    """The weights step as a launch takes it: ``asked`` is the settled request's weights slice
+    (folder, offline, endpoint, verify, lock timeout), ``credentials`` its resolved token,
+    ``ensure`` the hub's fetcher (``ensure_weights``; the API's seam replaces it). An object
+    store's model: its non-tensor files (vLLM streams the tensors), or with ``copy`` all of it.
+    An operating-system error on the way (permissions, a full or read-only volume) becomes a
+    WeightsError (exit 10) naming the path, not a traceback. ``watch(count, total)``: told when a
+    download starts (the launcher's /metrics reads the count)."""
+    from kaito_runtime import objstore
+    from kaito_runtime.hub import timeouts
+
+    if source.store_uri:
+        objstore.register_secrets(env)
+        return ensure_store_weights(source, weights_dir=asked.weights_dir, env=env, copy=copy,
+                                    lock_timeout_s=asked.lock_timeout_s, log=log)
+    try:
+        with timeouts.timeout_from(env):
+            return (ensure or ensure_weights)(
+                source, weights_dir=asked.weights_dir, token=credentials.token, token_source=credentials.source,
+                offline=asked.offline, endpoint=asked.endpoint, verify=asked.verify, lock_timeout_s=asked.lock_timeout_s,
+                watch=watch,
+            )
+    except OSError as e:
+        raise os_error_as_weights_error(e, asked.weights_dir) from e
+
+
 # --- for planning (before the download) -------------------------------------------------------
 
 

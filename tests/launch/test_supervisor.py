@@ -1,4 +1,4 @@
-"""The supervisor against a fake vLLM (tests/fixtures/fake_vllm.py): readiness, signals, clean-up.
+"""The supervisor against a fake vLLM (tests/support/fake_vllm.py): readiness, signals, clean-up.
 
 Signal tests run supervise() in a driver subprocess (its main thread owns the signal handlers)
 and signal that process, as Kubernetes would signal kaito-run.
@@ -27,7 +27,7 @@ from kaito_runtime.launch.supervisor import (
 )
 from tests.support.ports import free_port
 
-FAKE = Path(__file__).parents[1] / "fixtures" / "fake_vllm.py"
+FAKE = Path(__file__).parents[1] / "support" / "fake_vllm.py"
 LOG = logging.getLogger("test_supervisor")
 
 # Runs supervise() with the JSON spec in argv[1]; prints "READY <s>" when ready and the result

@@ -20,6 +20,7 @@ import pytest
 from kaito_runtime import objstore
 from kaito_runtime.errors import InputError
 from tests.support import object_stores as st
+from tests.support.ci import need_module
 from tests.support.hardening import launcher_env, leaked, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +92,22 @@ def test_the_sas_token_file_of_kaito(tmp_path):
     # set by KAITO's wrapper already: nothing to add
     env["AZURE_STORAGE_SAS_TOKEN"] = "given"
     assert objstore.store_env(objstore.parse_uri("az://acct/models/x", env), env)[1] == {}
+
+
+@pytest.mark.parametrize(("suffix", "host"), [
+    (None, "acct.blob.core.windows.net"),
+    ("blob.core.chinacloudapi.cn", "acct.blob.core.chinacloudapi.cn"),
+    ("localhost:10000", "acct.localhost:10000"),
+])
+def test_the_azure_endpoint_suffix_means_what_it_means_to_the_streamer(suffix, host):
+    # runai-model-streamer-azure (C++ and Python): https://ACCOUNT.SUFFIX, SUFFIX defaulting to
+    # blob.core.windows.net; the plan must read the host vLLM will read.
+    need_module("azure.storage.blob", "azure-storage-blob is not installed (the cpu extra has it)")
+    env = {"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_SAS_TOKEN": "sv=2026&sig=abc"}
+    if suffix:
+        env["AZURE_STORAGE_ENDPOINT_SUFFIX"] = suffix
+    store = objstore.open_store(objstore.parse_uri("az://models/phi-4", env), env)
+    assert store.container.url.partition("?")[0] == f"https://{host}/models"
 
 
 def test_streamer_arguments_follow_the_tensor_parallel_size():
@@ -582,6 +599,7 @@ def test_the_group_fingerprint_follows_the_objects_version(moto, tmp_path):
     (new ETag) changes the fingerprint, so nodes reading two copies cannot form one group."""
     from tests.support.steps import api
     from tests.support.steps import fingerprint
+    from tests.support.steps import node_facts
     from tests.support.steps import ensure_store_weights
 
     folder = tmp_path / "copy"
@@ -593,7 +611,8 @@ def test_the_group_fingerprint_follows_the_objects_version(moto, tmp_path):
 
     def facts():
         result = ensure_store_weights(planned.model.weights_source, weights_dir=tmp_path / "w", env=env)
-        return result, api._node_facts(planned, built, None, result, None).plan_fields
+        return result, node_facts(planned.inventory, planned.plan, planned.model, built, None, result.revision,
+                                  None).plan_fields
 
     first, fields = facts()
     assert fields["model"] == "s3://models/versioned" and fields["revision"] == planned.model.store_version

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kaito_runtime import request
-from kaito_runtime.request import RuntimeRequest
+from kaito_runtime.errors import InputError
+from kaito_runtime.request import RuntimeRequest, check_join
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,3 +59,12 @@ def test_chat_template_dir_flag_then_variable_then_default():
     assert request.chat_template_dir_of(RuntimeRequest(chat_template_dir="/a"), {"KAITO_CHAT_TEMPLATE_DIR": "/b"}) == "/a"
     assert request.chat_template_dir_of(RuntimeRequest(), {"KAITO_CHAT_TEMPLATE_DIR": "/b"}) == "/b"
     assert request.chat_template_dir_of(RuntimeRequest(), {}) == request.DEFAULT_CHAT_TEMPLATE_DIR
+
+
+def test_a_join_worker_names_no_model_of_its_own():
+    check_join(RuntimeRequest(join=True, node_rank=1))
+    for given in ({"model": "models/tiny"}, {"preset": "phi-3-mini-4k-instruct"}, {"extra_vllm_args": ("--enforce-eager",)}):
+        with pytest.raises(InputError) as caught:
+            check_join(RuntimeRequest(join=True, **given))
+        assert "--join learns the model and its settings from the leader" in caught.value.message
+

@@ -27,7 +27,8 @@ of the same length, cap the bytes per second of bodies, ignore Range headers (20
 body, as some proxies do), answer the API calls with a fixed status and body (an odd status,
 malformed JSON), delay every answer (a slow hub that keeps answering), split tree listings
 into pages (``Link: <…>; rel="next"``, as the real Hub paginates). Every request is recorded
-(method, kind, path, range start, status, its headers but Authorization) so tests can count them.
+(method, kind, path, range start, status, its headers but Authorization) so tests can count them,
+and every byte written to a client (status lines, headers, bodies) is counted (``sent_bytes()``).
 
 Run it standalone: ``python -m tests.support.hub_emulator --root DIR --port P --gated ORG/NAME
 --token T`` (prints ``READY <url>`` on stdout when it listens).
@@ -151,6 +152,7 @@ class HubEmulator:
         self.host = host
         self.port = port
         self.records: list[RequestRecord] = []
+        self._sent_bytes = 0  # every byte written to clients: status lines, headers and bodies
         self.body_requests: list[str] = []  # header-only files asked for past their header
         self.rate_limit_bps: int | None = None
         self.ignore_range = False  # answer 200 with the whole body even to a Range request (some proxies do)
@@ -234,6 +236,15 @@ class HubEmulator:
                 and (kind is None or r.kind == kind)
                 and path_contains in r.path
             )
+
+    def sent_bytes(self) -> int:
+        """Bytes written to clients so far (status lines, headers, bodies), every request counted."""
+        with self._lock:
+            return self._sent_bytes
+
+    def _count_sent(self, n: int) -> None:
+        with self._lock:
+            self._sent_bytes += n
 
     def body_gets(self) -> int:
         """GET requests for file bodies (what a warm start must never send)."""
@@ -357,12 +368,31 @@ class _HubError(Exception):
         self.retry_after = retry_after
 
 
+class _CountingWriter:
+    """The handler's output stream, telling ``count`` how many bytes each write hands over (before
+    the write: a client that has read them always finds them counted)."""
+
+    def __init__(self, raw: Any, count: Any) -> None:
+        self._raw, self._count = raw, count
+
+    def write(self, data: bytes) -> int:
+        self._count(len(data))
+        return self._raw.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
 class _Handler(BaseHTTPRequestHandler):
     emulator: HubEmulator
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # silence stderr access log
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.wfile = _CountingWriter(self.wfile, self.emulator._count_sent)
 
     # --- dispatch -------------------------------------------------------------------------------
 

@@ -18,10 +18,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from tests.support.ci import missing
 from tests.support.ports import free_port
+from tests.support.private_trust import LoopbackCA
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -47,9 +49,10 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60
 class Server:
     """A child-process server with its combined output in ``log``."""
 
-    def __init__(self, argv: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, argv: list[str], port: int, log: Path, env: dict[str, str] | None = None,
+                 scheme: str = "http") -> None:
         self.port, self.log = port, log
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{scheme}://127.0.0.1:{port}"
         with log.open("wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                          start_new_session=True)
@@ -118,28 +121,34 @@ def upload_s3(server: Server, bucket: str, prefix: str, folder: Path, *, create:
             client.upload_file(str(path), bucket, f"{prefix}/{path.name}" if prefix else path.name)
 
 
-def start_azurite(tmp: Path) -> Server:
+def start_azurite(tmp: Path, tls: LoopbackCA | None = None) -> Server:
+    """Azurite on 127.0.0.1; with ``tls``, over https with the certificate that CA signed (it then
+    also answers production-style URLs, https://ACCOUNT.HOST:PORT/CONTAINER/BLOB)."""
     if shutil.which("node") is None or not AZURITE.exists():
         missing("azurite is not installed (run scripts/test-deps.sh: Node.js from Debian, azurite from npm)")
     port = free_port()
+    https = ["--cert", str(tls.cert), "--key", str(tls.key)] if tls else []
     return Server(
         [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence", "--debug",
-         str(tmp / f"azurite-{port}-debug.log"), "--skipApiVersionCheck", "--loose"],
-        port, tmp / f"azurite-{port}.log",
+         str(tmp / f"azurite-{port}-debug.log"), "--skipApiVersionCheck", "--loose", *https],
+        port, tmp / f"azurite-{port}.log", scheme="https" if tls else "http",
     )
 
 
 def azurite_connection_string(server: Server, *, with_key: bool = True) -> str:
-    parts = ["DefaultEndpointsProtocol=http", f"AccountName={AZURITE_ACCOUNT}", f"BlobEndpoint={server.url}/{AZURITE_ACCOUNT}"]
+    scheme = server.url.partition(":")[0]
+    parts = [f"DefaultEndpointsProtocol={scheme}", f"AccountName={AZURITE_ACCOUNT}",
+             f"BlobEndpoint={server.url}/{AZURITE_ACCOUNT}"]
     if with_key:
         parts.insert(2, f"AccountKey={AZURITE_KEY}")
     return ";".join(parts) + ";"
 
 
-def upload_azure(server: Server, container: str, prefix: str, folder: Path) -> None:
+def upload_azure(server: Server, container: str, prefix: str, folder: Path, tls: LoopbackCA | None = None) -> None:
     from azure.storage.blob import BlobServiceClient
 
-    service = BlobServiceClient.from_connection_string(azurite_connection_string(server))
+    verify = {"connection_verify": str(tls.ca)} if tls else {}
+    service = BlobServiceClient.from_connection_string(azurite_connection_string(server), **verify)
     client = service.get_container_client(container)
     client.create_container()
     for path in sorted(folder.iterdir()):
@@ -161,15 +170,23 @@ def azure_sas(server: Server, container: str) -> str:
     )
 
 
-def azurite_requests(server: Server) -> list[tuple[str, str, str]]:
-    """(method, url, Range header or "") per request from Azurite's debug log."""
+class AzuriteRequest(NamedTuple):
+    method: str
+    url: str
+    range: str  # the Range header, "" when none
+    agent: str  # the User-Agent: which client sent it
+
+
+def azurite_requests(server: Server) -> list[AzuriteRequest]:
+    """Each request in Azurite's debug log, in order."""
     debug = next(server.log.parent.glob(f"azurite-{server.port}-debug.log"), None)
     if debug is None:
         return []
     found = []
     for m in re.finditer(r'RequestMethod=(\w+) RequestURL=(\S+) RequestHeaders:(\{.*?\})', debug.read_text(errors="replace")):
         rng = re.search(r'"(?:x-ms-)?range":"([^"]+)"', m.group(3))
-        found.append((m.group(1), m.group(2), rng.group(1) if rng else ""))
+        agent = re.search(r'"user-agent":"([^"]*)"', m.group(3))
+        found.append(AzuriteRequest(m.group(1), m.group(2), rng.group(1) if rng else "", agent.group(1) if agent else ""))
     return found
 
 

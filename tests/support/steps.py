@@ -10,6 +10,7 @@ import importlib
 _HOMES = {
     'CONTEXT_ALIGN': ('kaito_runtime.plan.vllm_rules', 'CONTEXT_ALIGN'),
     'CPU_HEAD_DIMS': ('kaito_runtime.plan.vllm_rules', 'CPU_HEAD_DIMS'),
+    'GroupRequest': ('kaito_runtime.request.settle', 'GroupRequest'),
     'MARKER_NAME': ('kaito_runtime.weights', 'MARKER_NAME'),
     'MAX_LORA_RANKS': ('kaito_runtime.launch.vllm_command', 'MAX_LORA_RANKS'),
     'MODE_ALIASES': ('kaito_runtime.cli', 'MODE_ALIASES'),
@@ -32,6 +33,7 @@ _HOMES = {
     'lock_path': ('kaito_runtime.weights.store', 'lock_path'),
     'lora_tokens': ('kaito_runtime.launch.vllm_command', 'lora_tokens'),
     'main': ('kaito_runtime.cli', 'main'),
+    'node_facts': ('kaito_runtime.launch.group', 'node_facts'),
     'objects': ('kaito_runtime.weights.objects', ''),
     'offline_in': ('kaito_runtime.request', 'offline_in'),
     'profile_from_table': ('kaito_runtime.node.vllm_memory', 'profile_from_table'),

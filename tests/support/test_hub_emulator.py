@@ -133,3 +133,14 @@ def test_cli_serves_a_folder(hub_root):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_every_byte_sent_to_a_client_is_counted(hub):
+    assert hub.sent_bytes() == 0
+    data = (hub.root / "org/tiny/model.safetensors").read_bytes()
+    with urllib.request.urlopen(f"{hub.url}/org/tiny/resolve/main/model.safetensors") as resp:
+        assert resp.read() == data
+    assert 100 < hub.sent_bytes() - len(data) < 1000  # the body, its status line and headers
+    before = hub.sent_bytes()
+    HfApi(endpoint=hub.url, token=False).model_info("org/tiny")
+    assert hub.sent_bytes() > before

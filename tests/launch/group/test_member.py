@@ -269,19 +269,21 @@ def test_a_frozen_leader_is_noticed_by_the_worker_within_the_peer_timeout():
         time.sleep(1.0)
         assert worker.hooks.stop_request() is None
         os.kill(leader.pid, signal.SIGSTOP)  # the leader's launcher frozen (or its network cut)
-        stopped = time.monotonic()
-        assert wait_for(lambda: worker.hooks.stop_request() is not None, timeout=10)
-        took = time.monotonic() - stopped
-        assert took <= 3 + 1.5, took
+        # the deadline: the peer timeout and a few beats
+        assert wait_for(lambda: worker.hooks.stop_request() is not None, timeout=3 + 1.5)
         request = worker.hooks.stop_request()
         assert request.exit_code == 22 and "rank 0" in request.reason
         assert not worker.health().healthy
-        started = time.monotonic()
-        worker.end_round(vllm_exit="exit 0", signalled=False)
-        assert time.monotonic() - started < 2  # no store call waits on the frozen leader
-        with pytest.raises(StoreUnreachable, match="no answer"):  # the connection is spent: fails at once
-            worker.store.heartbeat(1, 0)
-        assert time.monotonic() - started < 2
+
+        def leave() -> None:  # no store call may wait on the frozen leader; the spent connection fails at once
+            worker.end_round(vllm_exit="exit 0", signalled=False)
+            with pytest.raises(StoreUnreachable, match="no answer"):
+                worker.store.heartbeat(1, 0)
+            left.set()
+
+        left = threading.Event()
+        threading.Thread(target=leave, daemon=True).start()
+        assert left.wait(timeout=2)
 
 
 def test_a_worker_outside_the_leaders_node_count_is_told_why():
@@ -342,25 +344,6 @@ def test_worker_health_answers_200_while_healthy_and_503_with_the_reason():
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/v1/models", timeout=5)
         assert caught.value.code == 404
-
-
-def test_a_join_worker_whose_rank_is_outside_the_leaders_node_count_is_told_why():
-    from tests.support.steps import api
-    from tests.support.steps import RuntimeRequest
-
-    port = free_port_pair()
-    leader = make(0, port)
-    leader.open()
-    leader.publish_request({"preset": None, "model": "models/tiny-llama", "revision": None, "served_model_name": None,
-                            "nnodes": 2, "overrides": {}, "vllm_args": []})
-    try:
-        request = RuntimeRequest(join=True, node_rank=3, leader_address="127.0.0.1", master_port=port, rendezvous_timeout=5)
-        with pytest.raises(GroupMismatchError) as caught:
-            api._join_the_leader(request, {}, SECRET)
-        assert caught.value.exit_code == 2
-        assert "rank 3 is outside the leader's group of 2 nodes (ranks 0..1)" in caught.value.message
-    finally:
-        leader.store.close()
 
 
 def test_a_lost_member_within_the_budget_restarts_the_group_in_the_next_round_and_only_it_spends():
