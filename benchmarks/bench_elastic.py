@@ -13,7 +13,10 @@ show too.
   benchmarks/bench_multi_node.py measures it;
 - recovery: one group started once with a restart budget; `kill -9` of the worker's vLLM; the
   clock runs from the kill to the leader's launcher reporting the next round ready
-  (`kaito-run: ready in`) and the same readiness check passing.
+  (`kaito-run: ready in`) and the same readiness check passing. The kill comes once the group
+  has settled (`--kill-after settled`, the default): each node's standby vLLM for the next round,
+  started once the round serves, has done its imports, as it has long before a loss in a group
+  that serves; `--kill-after ready` kills 2 s after the group answers instead.
 
 For each, the bytes the emulator sent in that window and the launchers' weights steps are
 counted, and the time between the launchers' log lines (taken as they arrive) says where it went.
@@ -52,15 +55,18 @@ MILESTONES = (
     (1, "group restarting", "worker: its vLLM's leftovers swept, round over"),
     (0, "group member lost", "leader: learns of the loss"),
     (0, "vLLM stopped in", "leader: its vLLM stopped"),
+    (0, "standby vLLM for a next round started", "leader: standby started (round 2 on)"),
     (0, "group restarting", "leader: round over, backoff starts"),
     (1, "group released", "worker: group met again (released)"),
     (0, "starting vLLM (round", "leader: starts vLLM again"),
+    (0, "Starting vLLM server on", "leader: vLLM's API server up"),
     (0, READY_LINE, "leader: ready (its own check)"),
 )
 COLD_MILESTONES = (
     (0, "weights ready at", "leader: weights step done"),
     (0, "group released", "leader: group met (released)"),
     (0, "starting vLLM", "leader: starts vLLM"),
+    (0, "Starting vLLM server on", "leader: vLLM's API server up"),
     (0, READY_LINE, "leader: ready (its own check)"),
 )
 
@@ -102,13 +108,44 @@ class Group:
         return None
 
     def worker_vllm(self) -> int:
-        """vLLM's main process on the worker: the launcher's child that leads its own process group."""
+        """vLLM's main process on the worker: the launcher's child that leads its own process group
+        and has started processes of its own (a standby waiting for the next round has none)."""
         import psutil
 
         for child in psutil.Process(self.procs[1].pid).children():
-            if os.getpgid(child.pid) == child.pid:
+            if os.getpgid(child.pid) == child.pid and child.children():
                 return child.pid
         raise SystemExit("the worker's launcher has no vLLM child:\n" + self.tail(1))
+
+    def settle(self, timeout: float) -> float:
+        """Wait until the group has settled after a start: each node's standby vLLM for the next
+        round (kaito_runtime/launch/vllm_standby.py, started once the round serves) has started
+        and done its imports (its CPU time stopped growing for a second), as it has long before
+        a loss in a group that serves. Returns the seconds waited (the timeout at most)."""
+        import psutil
+
+        started = time.monotonic()
+        last: dict[int, float] = {}
+        quiet_since: float | None = None
+        while time.monotonic() - started < timeout:
+            standbys = []
+            for proc in self.procs:
+                for child in psutil.Process(proc.pid).children():
+                    try:
+                        if "vllm_standby.py" in " ".join(child.cmdline()) and not child.children():
+                            standbys.append(child)
+                    except psutil.Error:
+                        continue
+            now = {p.pid: sum(p.cpu_times()[:2]) for p in standbys}
+            if len(standbys) == len(self.procs) and now == last:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= 1.0:
+                    break
+            else:
+                quiet_since = None
+            last = now
+            time.sleep(0.25)
+        return time.monotonic() - started
 
     def tail(self, rank: int, n: int = 30) -> str:
         return "\n".join(line for _, line in self.lines[rank][-n:])
@@ -147,6 +184,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=400.0, help="per start or recovery, in seconds")
     parser.add_argument("--log-dir", type=Path, help="write each node's lines there, with their arrival times")
+    parser.add_argument("--kill-after", choices=("settled", "ready"), default="settled",
+                        help="kill once both nodes' standby vLLMs have done their imports (a loss in a group that "
+                        "has served a while; default), or 2 s after the group answers (a loss right after a start)")
     args = parser.parse_args()
     if args.log_dir is not None:
         args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +230,10 @@ def main() -> None:
             if group.wait_ready(1, group.spawned, args.timeout) is None:
                 raise SystemExit("the recovery group never became ready:\n" + group.tail(0))
             for rep in range(args.reps):
-                time.sleep(2)  # settled: heartbeats flowing, no request in flight
+                waited = group.settle(args.timeout) if args.kill_after == "settled" else 0.0
+                time.sleep(2)  # heartbeats flowing, no request in flight
+                print(f"rep {rep + 1} recovery: killing the worker's vLLM {waited + 2:.1f} s after the group answered",
+                      flush=True)
                 sent, requests = hub.sent_bytes(), len(hub.records)
                 killed = time.monotonic()
                 os.kill(group.worker_vllm(), signal.SIGKILL)
@@ -218,6 +261,7 @@ def main() -> None:
     if cold_s and rec_s:
         report.append(("ratio recovery / cold start", f"{statistics.median(rec_s) / statistics.median(cold_s):.3f}  "
                        "(medians; target <= 0.60)"))
+    report.append(("kill after", args.kill_after))
     print("\n" + "\n".join(f"{name:45}: {value}" for name, value in report))
 
 

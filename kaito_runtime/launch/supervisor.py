@@ -52,6 +52,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import IO, Literal
 
 import psutil
@@ -113,6 +114,18 @@ class SupervisorHooks:
     def exited(self, returncode: int) -> None:
         """vLLM's main process has exited; called at once, before its leftovers are swept (which
         can take seconds), so a group hears of the loss first and the clean-up comes after."""
+
+    def nothing_to_drain(self) -> bool:
+        """Whether vLLM can no longer finish anything (its group lost a member: the engine waits
+        on a peer that is gone). Then a stop kills vLLM's whole process group at once instead of
+        a SIGTERM and its drain, and what is left once vLLM's main process exited is killed
+        without waiting for it to go by itself: the next round starts sooner."""
+        return False
+
+    def tick(self) -> None:
+        """Called every 0.1 s from the supervising thread while vLLM runs, for work that must be
+        done from that thread (a process started from another thread gets its parent-death
+        signal when that thread ends)."""
 
 
 @dataclass(frozen=True)
@@ -287,8 +300,104 @@ class _Watchdog:
                 self.proc.wait()
 
 
+STANDBY_SCRIPT = Path(__file__).with_name("vllm_standby.py")
+# What a standby imports ahead: vLLM's command line and every module its main() imports before it
+# parses the arguments (torch, vLLM and its server: most of the API server process's start).
+STANDBY_PRELOAD = (
+    "vllm.entrypoints.cli.main", "vllm.entrypoints.cli.serve", "vllm.entrypoints.cli.openai",
+    "vllm.entrypoints.cli.launch", "vllm.entrypoints.cli.benchmark.main", "vllm.entrypoints.cli.collect_env",
+    "vllm.entrypoints.cli.download_kernels", "vllm.entrypoints.cli.preload", "vllm.entrypoints.cli.run_batch",
+    "vllm.entrypoints.cli.snapshot", "vllm.entrypoints.serve.utils.api_utils", "vllm.utils.argparse_utils",
+)
+
+
+class Standby:
+    """A vLLM process started ahead of need (launch/vllm_standby.py): its imports done, paused
+    before it starts anything, with the argv and environment of the next start. ``supervise``
+    adopts it (``standby=``) when both still match; ``discard`` kills it."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], proc: subprocess.Popen, watchdog: _Watchdog) -> None:
+        self.argv, self.env, self.proc, self.watchdog = tuple(argv), dict(env), proc, watchdog
+
+    def unfit(self, argv: Sequence[str], env: Mapping[str, str]) -> str | None:
+        """Why this standby cannot be the start of ``argv`` in ``env`` (None: it can)."""
+        if self.proc.poll() is not None:
+            return f"it had exited ({_describe_exit(self.proc.returncode)})"
+        if tuple(argv) != self.argv or dict(env) != self.env:
+            return "the command or its environment changed"
+        return None
+
+    def go(self) -> bool:
+        """Let it start vLLM; False when it can no longer hear it."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(b"go\n")
+            self.proc.stdin.close()
+        except OSError:
+            return False
+        return True
+
+    def discard(self) -> None:
+        """Kill it (it holds nothing worth a graceful end) and its watchdog."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+        self.watchdog.dismiss()
+
+
+def standby_program(argv: Sequence[str]) -> tuple[str, list[str]] | None:
+    """The interpreter, and the Python script with its arguments, that a standby runs for
+    ``argv``: ``PYTHON SCRIPT.py ...`` (launch/vllm_cli.py), or a script whose first line names
+    its Python by absolute path (the ``vllm`` console script); None for any other form (no
+    standby then)."""
+    if len(argv) > 1 and argv[1].endswith(".py") and "python" in Path(argv[0]).name:
+        return argv[0], list(argv[1:])
+    if not argv:
+        return None
+    try:
+        with open(argv[0], "rb") as script:
+            first = script.readline(300).strip()
+    except OSError:
+        return None
+    interpreter = first[2:].decode(errors="replace") if first.startswith(b"#!/") else ""
+    if "python" in Path(interpreter).name and " " not in interpreter and Path(interpreter).is_file():
+        return interpreter, list(argv)
+    return None
+
+
+def start_standby(argv: Sequence[str], env: Mapping[str, str], log: logging.Logger,
+                  preload: Sequence[str] = STANDBY_PRELOAD) -> Standby | None:
+    """Start a standby for ``argv`` in ``env`` (None when its form has none, or it cannot
+    start). Call it from the thread that supervises: the parent-death signal follows that thread."""
+    found = standby_program(argv)
+    if found is None:
+        return None
+    interpreter, program = found
+    command = [interpreter, str(STANDBY_SCRIPT)]
+    for module in preload:
+        command += ["--preload", module]
+    try:
+        proc = subprocess.Popen(
+            [*command, "--", *program], env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_parent_death_signal(signal.SIGKILL),
+        )
+    except OSError as exc:
+        log.warning("cannot start a standby vLLM: %s", exc)
+        return None
+    return Standby(argv, env, proc, _Watchdog(proc.pid, log))
+
+
 class _Child:
-    """The running child, its output pump, its process group and its watchdog."""
+    """The running child, its output pump, its process group and its watchdog; or a standby
+    (``standby``) adopted in its place when it fits."""
 
     def __init__(
         self,
@@ -298,23 +407,33 @@ class _Child:
         log: logging.Logger,
         on_line: Callable[[str], None] | None = None,
         write_line: Callable[[str], None] | None = None,
+        standby: Standby | None = None,
     ) -> None:
         self.log = log
         self._on_line = on_line
         self._write_line = write_line
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._output = output
-        self.proc = subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_parent_death_signal(signal.SIGKILL),
-        )
+        unfit = standby.unfit(argv, env) if standby is not None else None
+        if standby is not None and unfit is None and standby.go():
+            self.proc, self.watchdog = standby.proc, standby.watchdog
+            log.info("vLLM starts from its standby (pid %d): started ahead, its imports are done", self.proc.pid)
+        else:
+            if standby is not None:
+                log.warning("the standby vLLM (pid %d) cannot be used (%s): starting vLLM afresh", standby.proc.pid,
+                            unfit or "it no longer reads its input")
+                standby.discard()
+            self.proc = subprocess.Popen(
+                list(argv),
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_parent_death_signal(signal.SIGKILL),
+            )
+            self.watchdog = _Watchdog(self.proc.pid, log)
         self.pgid = self.proc.pid  # a new session leader's group id is its pid
-        self.watchdog = _Watchdog(self.pgid, log)
         self._pump = threading.Thread(target=self._copy_output, name="vllm-output", daemon=True)
         self._pump.start()
 
@@ -531,7 +650,7 @@ class _Supervision:
             self._stop(self.received[0], "a signal came before the start")
 
     def tick(self, stop_when: Callable[[], StopRequest | None] | None,
-             on_ready: Callable[[float], None] | None) -> None:
+             on_ready: Callable[[float], None] | None, at_once: Callable[[], bool] = lambda: False) -> None:
         assert self.child is not None
         now = time.monotonic()
         if self.state is SupervisorState.STARTING and self.became_ready.is_set():
@@ -556,10 +675,15 @@ class _Supervision:
             return
         request = stop_when() if stop_when is not None else None
         if request is not None:
-            self.log.warning("stopping vLLM: %s (grace %gs)", request.reason, self.grace)
             self.stop_request = request
             self.outcome = "group_stopped"
             self.signalled_at = now
+            if at_once():
+                self.log.warning("stopping vLLM at once: %s (nothing to drain: its group lost a member)", request.reason)
+                self._enter(SupervisorState.STOPPING, request.reason)
+                self.child.signal_group(signal.SIGKILL)
+                return
+            self.log.warning("stopping vLLM: %s (grace %gs)", request.reason, self.grace)
             self._stop(signal.SIGTERM, request.reason)
 
     def _release(self, now: float, stop_when: Callable[[], StopRequest | None] | None) -> None:
@@ -630,6 +754,7 @@ def supervise(
     on_line: Callable[[str], None] | None = None,
     hooks: SupervisorHooks | None = None,
     write_line: Callable[[str], None] | None = None,
+    standby: Standby | None = None,
 ) -> SupervisorResult:
     """Run ``argv`` with exactly ``env`` until it exits; see the module docstring for the rules.
 
@@ -641,6 +766,8 @@ def supervise(
     0.1 s whether vLLM must stop (its StopRequest sets the exit code).
     ``write_line``: when given, writes each redacted line (without its newline) instead of
     ``output`` (the API passes the JSON-mode wrapper from logs); ``output`` None still discards.
+    ``standby``: a vLLM started ahead for this very command (``start_standby``); it is used
+    when it still fits and discarded otherwise.
     Signal handlers are installed only when called from the main thread, and the previous
     handlers are restored before returning.
     """
@@ -665,7 +792,7 @@ def supervise(
     child: _Child | None = None
     try:
         try:
-            child = _Child(argv, env, output, log, on_line, write_line)
+            child = _Child(argv, env, output, log, on_line, write_line, standby)
         except OSError as exc:
             log.error("cannot start %s: %s", argv[0] if argv else "?", exc)
             return SupervisorResult(127, None, (str(exc),), run.received[0] if run.received else None)
@@ -684,12 +811,17 @@ def supervise(
                 returncode = child.proc.wait(timeout=_POLL_SECONDS)
                 break
             except subprocess.TimeoutExpired:
-                run.tick(hooks.stop_request, on_ready)
+                run.tick(hooks.stop_request, on_ready, hooks.nothing_to_drain)
+                hooks.tick()
         stop_watch.set()
         hooks.exited(returncode)
         run.after_exit(hooks.stop_request)
-        linger = 0.0 if len(run.received) > 1 else min(grace_seconds, _LINGER_SECONDS)
-        child.sweep(min(grace_seconds, _SWEEP_SECONDS), linger)
+        if hooks.nothing_to_drain():  # helpers of an engine that lost its peer never finish: no wait
+            child.signal_group(signal.SIGKILL)
+            child.sweep(0.0)
+        else:
+            linger = 0.0 if len(run.received) > 1 else min(grace_seconds, _LINGER_SECONDS)
+            child.sweep(min(grace_seconds, _SWEEP_SECONDS), linger)
         child.finish_output()
         return run.result(returncode)
     finally:

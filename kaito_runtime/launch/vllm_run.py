@@ -65,6 +65,8 @@ def run_vllm(built: VllmLaunch, child_env: Mapping[str, str], added: Mapping[str
         watcher.vllm_ready()
         log.info("ready in %.1f s (%s): serving %s on http://%s:%d/v1", time.monotonic() - entered,
                  replace(times, vllm_start=seconds).line(), served_names[0], host, port)
+        if group is not None:
+            group.serving()
 
     def on_line(line: str) -> None:
         watcher.on_vllm_line(line)  # first: vLLM binds the API port right after its first lines
@@ -75,6 +77,10 @@ def run_vllm(built: VllmLaunch, child_env: Mapping[str, str], added: Mapping[str
         readiness = supervisor.ReadinessCheck(host=host, port=port, served_name=served_names, api_key=built.api_key)
     log.info("starting vLLM: %s", start_line(built, added))
     with contextlib.ExitStack() as stack:
+        standby = None
+        if group is not None and group.settings.max_restarts > 0:
+            standby = stack.enter_context(NextRound(built.argv, child_env, log))
+            group.when_serving(standby.prepare)
         if group is not None and not is_leader:
             from kaito_runtime.launch.worker_health import WorkerHealthServer
 
@@ -91,6 +97,7 @@ def run_vllm(built: VllmLaunch, child_env: Mapping[str, str], added: Mapping[str
                 ready_timeout=serve.ready_timeout if readiness is not None else None,
                 on_ready=on_ready, log=log, on_line=on_line, hooks=hooks,
                 write_line=logs.child_line_writer(),  # JSON mode: each vLLM line one object
+                standby=standby.take() if standby is not None else None,
             )
             watcher.vllm_exited(outcome.outcome, outcome.exit_code, outcome.signal_received is not None)
             if (attempt == 1 and group is None and outcome.signal_received is None and outcome.ready_after is None
@@ -111,3 +118,35 @@ def run_vllm(built: VllmLaunch, child_env: Mapping[str, str], added: Mapping[str
         termination.note_cause(f"stopped by {signal.Signals(outcome.signal_received).name} (vLLM {how})")
     # A forwarded stop ends with the supervisor's own "vLLM stopped in N s (exit N)" line.
     return outcome.exit_code
+
+
+class NextRound:
+    """A group with a restart budget keeps a standby vLLM for its next round on every node
+    (launch/vllm_standby.py: vLLM's own command and environment, its imports done, paused before
+    it starts anything). It is started once the round serves (the leader's vLLM answers), so it
+    never slows a start; a restart starts from it instead of importing torch and vLLM again. It
+    costs one idle process (vLLM's imports, several hundred MB), killed when the launcher ends."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], log: logging.Logger) -> None:
+        self._argv, self._env, self._log = tuple(argv), dict(env), log
+        self._standby: supervisor.Standby | None = None
+
+    def prepare(self) -> None:
+        """From the supervising thread, once this round serves."""
+        if self._standby is None:
+            self._standby = supervisor.start_standby(self._argv, self._env, self._log)
+            if self._standby is not None:
+                self._log.info("standby vLLM for a next round started (pid %d): it imports now and waits; a restart "
+                               "starts from it", self._standby.proc.pid)
+
+    def take(self) -> supervisor.Standby | None:
+        standby, self._standby = self._standby, None
+        return standby
+
+    def __enter__(self) -> NextRound:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        standby = self.take()
+        if standby is not None:
+            standby.discard()

@@ -254,3 +254,10 @@ class ObservedHooks:
     def exited(self, returncode: int) -> None:
         if self._inner is not None:
             self._inner.exited(returncode)
+
+    def nothing_to_drain(self) -> bool:
+        return self._inner is not None and self._inner.nothing_to_drain()
+
+    def tick(self) -> None:
+        if self._inner is not None:
+            self._inner.tick()

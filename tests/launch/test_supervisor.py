@@ -654,3 +654,54 @@ def test_the_watchdog_inherits_no_secret_from_the_launcher(monkeypatch):
     finally:
         dog.dismiss()
         dog.proc.wait(5)
+
+
+class _LostGroup:
+    """A group that lost a member: it asks for the stop at once and has nothing to drain."""
+
+    def __init__(self, ask: bool) -> None:
+        self.ask = ask
+
+    def started(self, alive, pgid) -> None: ...
+    def signalled(self, signum) -> None: ...
+    def holds(self, signum) -> bool:
+        return False
+    def exited(self, returncode) -> None: ...
+    def tick(self) -> None: ...
+    def nothing_to_drain(self) -> bool:
+        return True
+
+    def stop_request(self):
+        from kaito_runtime.launch.supervisor import StopRequest
+
+        return StopRequest("rank 1 was lost", 22) if self.ask else None
+
+
+TRAPS_SIGTERM = ("import pathlib, signal, sys, time\n"
+                 "signal.signal(signal.SIGTERM, lambda *a: pathlib.Path(sys.argv[1]).write_text('TERM'))\n"
+                 "print('up', flush=True)\n"
+                 "while True: time.sleep(0.1)\n")
+
+
+def test_a_group_that_lost_a_member_kills_vllm_at_once_without_a_drain(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    marker = tmp_path / "term"
+    result = supervise([sys.executable, "-c", TRAPS_SIGTERM, str(marker)], dict(os.environ), ready=None,
+                       grace_seconds=30.0, log=LOG, output=None, hooks=_LostGroup(ask=True))
+    assert result.outcome == "group_stopped" and result.exit_code == 22
+    assert not marker.exists()  # no SIGTERM: SIGKILL to the whole group at once
+    assert any(r.getMessage().startswith("stopping vLLM at once: rank 1 was lost") for r in caplog.records)
+
+
+def test_what_a_lost_groups_vllm_leaves_behind_is_killed_without_waiting(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    marker = tmp_path / "term"
+    code = (f"import subprocess, sys\n"
+            f"gc = subprocess.Popen([sys.executable, '-c', {TRAPS_SIGTERM!r}, {str(marker)!r}], stdout=subprocess.PIPE)\n"
+            "gc.stdout.readline()\n"  # the grandchild traps SIGTERM now
+            "print('grandchild', gc.pid, flush=True)\n")
+    result = supervise([sys.executable, "-c", code], dict(os.environ), ready=None, grace_seconds=30.0, log=LOG,
+                       output=None, hooks=_LostGroup(ask=False))
+    assert result.exit_code == 0
+    assert_gone(grandchild_pid(result))
+    assert not marker.exists()  # no linger, no SIGTERM and its patience: SIGKILL

@@ -107,3 +107,75 @@ def test_a_failed_vllm_ends_the_launcher_with_its_code_and_a_cause():
     code, calls = _run(Watcher(), [failed])
     assert code == 3 and len(calls) == 1
     assert termination.cause() == "vLLM exited with code 3; the cause is in its last lines above; vLLM's last line: RuntimeError: boom"
+
+
+class Rounds:
+    """A leader's group with a restart budget: round 1 ends with a lost member and meets again,
+    round 2 ends as asked."""
+
+    rank = 0
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.settings = SimpleNamespace(max_restarts=1)
+        self.round, self.served, self.meets_again = 1, 0, False
+        self.on_serving = None
+
+    def serving(self) -> None:
+        self.served += 1
+
+    def when_serving(self, callback) -> None:
+        self.on_serving = callback
+
+    def end_round(self, *, vllm_exit: str, signalled: bool):
+        from kaito_runtime.launch.group import StopKind, StopNotice
+
+        self.meets_again = self.round == 1
+        if self.meets_again:
+            return StopNotice(1, StopKind.LOST, "rank 1 was lost", restart=True)
+        return StopNotice(0, StopKind.REQUESTED, "rank 0 was asked to stop")
+
+    def meet_again(self) -> None:
+        self.round += 1
+
+    def leave(self) -> None:
+        pass
+
+
+def test_a_group_with_a_budget_starts_its_next_round_from_a_standby_started_once_it_served(tmp_path):
+    import sys
+
+    (tmp_path / "prog.py").write_text("print('hi')\n")
+    built = VllmLaunch(argv=(sys.executable, str(tmp_path / "prog.py")), host="127.0.0.1", port=5123)
+    group = Rounds()
+    calls: list[dict] = []
+
+    def supervise(argv, env, **kw):
+        calls.append(kw)
+        kw["on_ready"](2.5)
+        assert group.served == len(calls)  # the leader's group hears that its vLLM answers
+        group.on_serving()  # the supervisor's tick, from its own thread
+        if len(calls) == 1:
+            return SupervisorResult(exit_code=137, ready_after=2.5, tail=(), signal_received=None, outcome="group_stopped")
+        return SupervisorResult(exit_code=0, ready_after=2.5, tail=(), signal_received=None, outcome="group_stopped")
+
+    code = run_vllm(built, {"A": "1"}, {}, plan=PLAN, model_name="tiny", is_leader=True, group=group, serve=Serve(),
+                    watcher=Watcher(), hooks=SupervisorHooks(), supervise=supervise, entered=0.0,
+                    times=PhaseTimes(weights=1.0), log=LOG)
+    assert code == 0 and len(calls) == 2
+    assert calls[0]["standby"] is None  # round 1 starts plainly
+    standby = calls[1]["standby"]  # round 2 gets the standby started once round 1 served
+    try:
+        assert standby is not None and standby.argv == built.argv and standby.env == {"A": "1"}
+    finally:
+        standby.discard()
+    # the standby started once round 2 served was killed when the launcher's run ended
+    second = [p for p in psutil_children() if str(tmp_path / "prog.py") in " ".join(p.cmdline())]
+    assert second == []
+
+
+def psutil_children():
+    import psutil
+
+    return [p for p in psutil.Process().children() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

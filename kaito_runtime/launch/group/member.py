@@ -72,6 +72,7 @@ BEAT_INTERVAL_S = 0.5
 LEADER_LINGER_S = 5.0
 PROGRESS_EVERY_S = 15.0
 _POLL_S = 0.2
+_MEET_POLL_S = 0.1  # while nodes check in and wait for the verdict: every node waits on it
 MAX_BACKOFF_S = 30.0  # the wait before round N+1 doubles from 1 s up to this
 _PORT_FREE_S = 60.0  # how long the leader waits for its old vLLM's master port before a new round
 
@@ -134,6 +135,7 @@ class Group:
         self.addresses: RendezvousInfo | None = None
         self._facts: NodeFacts | None = None
         self._hooks = _Hooks(self)
+        self._on_serving: Callable[[], None] | None = None
         self._reset_round()
 
     def _reset_round(self) -> None:
@@ -153,6 +155,8 @@ class Group:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._serving = False  # the leader's vLLM answers in this round (the leader's beats say so)
+        self._serving_told = False
 
     @property
     def watched(self) -> list[int]:
@@ -316,7 +320,7 @@ class Group:
                 last_progress = now
                 self.log.info("still waiting for round %d (%.0f s)", current + 1, now - started)
 
-    def _check_in(self, me: CheckIn, deadline: float, settle_s: float = 0.5) -> Verdict:
+    def _check_in(self, me: CheckIn, deadline: float, settle_s: float = 0.25) -> Verdict:
         store = self.store
         assert store is not None
         r = self.round
@@ -364,7 +368,7 @@ class Group:
                 # The leader decides at its own deadline; a worker waits a little longer for that word.
                 if now >= deadline + 10 * _POLL_S + 5:
                     return Verdict(False, RendezvousTimeoutError.exit_code, "the leader (rank 0) gave no verdict")
-            time.sleep(_POLL_S)
+            time.sleep(_MEET_POLL_S)
 
     def _wait_for_readers(self, seconds: float) -> None:
         """The leader refused the group: keep its store up (up to ``seconds``) until every node that
@@ -384,6 +388,17 @@ class Group:
         """What the supervisor gets: told when vLLM started, of signals and of vLLM's exit; asks
         whether the group wants vLLM stopped."""
         return self._hooks
+
+    def serving(self) -> None:
+        """The leader: this round's vLLM answers (its readiness check passed); its heartbeats say
+        so, and every node is told through ``when_serving``."""
+        self._serving = True
+
+    def when_serving(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once per round, from the supervising thread (the supervisor's
+        ``tick``), once the leader's vLLM answers: e.g. to start a standby vLLM for a next round
+        without slowing this round's start."""
+        self._on_serving = callback
 
     def figures(self) -> dict[str, object]:
         """What a metrics scrape shows of the group (size, state, round, restarts spent here);
@@ -416,6 +431,17 @@ class Group:
         if self.state is GroupState.DRAINING and self._asked is None:  # the leader drains for a worker
             return StopRequest(reason=f"{self._drain_reason()}: the leader drains first", exit_code=StopKind.REQUESTED.exit_code)
         return None
+
+    def _nothing_to_drain(self) -> bool:
+        """A member is lost: vLLM's engine waits on a peer that is gone, so no drain and no
+        clean-up waits for it (the next round starts sooner)."""
+        stop = self._stop
+        return stop is not None and stop.kind is StopKind.LOST
+
+    def _supervisor_tick(self) -> None:
+        if self._serving and not self._serving_told and self._stop is None and self._on_serving is not None:
+            self._serving_told = True
+            self._on_serving()
 
     def _signalled(self, signum: int) -> None:
         import signal
@@ -559,7 +585,7 @@ class Group:
             return
         if self._stop is None:
             self._beats += 1
-            store.beat(r, self.rank, self._beats, self.state.value)
+            store.beat(r, self.rank, self._beats, self.state.value, serving=self.rank == 0 and self._serving)
             notice = store.stop_notice(r)
             if notice is not None and notice.by != self.rank:
                 self._stop = notice
@@ -573,8 +599,10 @@ class Group:
             return
         now = time.monotonic()
         for rank in self.watched:
-            count, state = store.pulse(r, rank)
+            count, state, serving = store.pulse(r, rank)
             self._peer_states[rank] = state
+            if rank == 0 and serving:
+                self._serving = True
             if rank != 0 and state == GroupState.DRAINING.value and self.state is GroupState.RUNNING:
                 self.log.info("rank %d was asked to stop: the leader drains its requests, then the group stops", rank)
                 self.state = GroupState.DRAINING
@@ -703,6 +731,12 @@ class _Hooks(SupervisorHooks):
 
     def exited(self, returncode: int) -> None:
         self._group._vllm_exited(returncode)
+
+    def nothing_to_drain(self) -> bool:
+        return self._group._nothing_to_drain()
+
+    def tick(self) -> None:
+        self._group._supervisor_tick()
 
 
 def learn_from_leader(address: str, master_port: int, *, timeout_s: float, secret: GroupSecret | None,

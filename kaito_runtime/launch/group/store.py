@@ -400,22 +400,23 @@ class GroupStore:
 
     # -- liveness --
 
-    def beat(self, round_: int, rank: int, count: int, state: str = "running") -> None:
-        """``state``: the sender's GroupState value (a draining node says so in every beat)."""
-        self._put(f"r{round_}/beat/{rank}", {"n": count, "state": state})
+    def beat(self, round_: int, rank: int, count: int, state: str = "running", serving: bool = False) -> None:
+        """``state``: the sender's GroupState value (a draining node says so in every beat);
+        ``serving``: the leader's vLLM answers in this round (its readiness check passed)."""
+        self._put(f"r{round_}/beat/{rank}", {"n": count, "state": state, **({"serving": True} if serving else {})})
 
     def heartbeat(self, round_: int, rank: int) -> int:
         """The last genuine heartbeat count of ``rank`` (-1 before its first)."""
         return self.pulse(round_, rank)[0]
 
-    def pulse(self, round_: int, rank: int) -> tuple[int, str]:
-        """The last genuine heartbeat of ``rank``: its count (-1 before its first) and the state
-        it said it was in ("" before its first)."""
+    def pulse(self, round_: int, rank: int) -> tuple[int, str, bool]:
+        """The last genuine heartbeat of ``rank``: its count (-1 before its first), the state it
+        said it was in ("" before its first) and whether it said it serves."""
         found = self._read(f"r{round_}/beat/{rank}")
         if not found or not isinstance(found.get("n"), int):
-            return -1, ""
+            return -1, "", False
         state = found.get("state")
-        return int(found["n"]), state if isinstance(state, str) else ""
+        return int(found["n"]), state if isinstance(state, str) else "", found.get("serving") is True
 
     def announce_stop(self, round_: int, notice: StopNotice) -> StopNotice:
         """Say why the group ends; returns the notice that stands (the first genuine one)."""

@@ -530,3 +530,39 @@ def test_a_draining_worker_stays_healthy_for_its_probe(pair):
     Vllm(leader), Vllm(worker)
     worker.hooks.signalled(signal.SIGTERM)
     assert worker.health().answer() == (True, "draining: vLLM serves the leader's drain (group draining, round 1, restarts 0)")
+
+
+def test_every_node_is_told_once_per_round_from_the_supervising_thread_that_the_leader_serves(pair):
+    leader, worker = pair
+    told: list[int] = []
+    for group in (leader, worker):
+        group.when_serving(lambda rank=group.rank: told.append(rank))
+        group.hooks.started(lambda: True, PGID)
+    for _ in range(5):  # beats flow, but the leader's vLLM does not answer yet
+        time.sleep(0.1)
+        leader.hooks.tick()
+        worker.hooks.tick()
+    assert told == []
+    leader.serving()
+    leader.hooks.tick()
+    assert told == [0]
+
+    def worker_told() -> bool:
+        worker.hooks.tick()
+        return told == [0, 1]
+
+    assert wait_for(worker_told)  # through the leader's heartbeat
+    for group in (leader, worker):
+        group.hooks.tick()
+    assert told == [0, 1]
+
+
+def test_a_lost_member_leaves_nothing_to_drain_on_any_node(pair):
+    leader, worker = pair
+    for group in (leader, worker):
+        group.hooks.started(lambda: True, PGID)
+    assert not leader.hooks.nothing_to_drain() and not worker.hooks.nothing_to_drain()
+    worker.hooks.exited(-9)
+    assert worker.hooks.nothing_to_drain()  # its own vLLM is gone: the loss stands
+    assert wait_for(lambda: leader.hooks.stop_request() is not None)
+    assert leader.hooks.nothing_to_drain()  # the leader's engine waits on a peer that is gone
