@@ -431,13 +431,14 @@ def launcher_pid(container: Container) -> int:
 
 
 def kill_vllm(container: Container, *, not_pids: frozenset[int] = frozenset(), timeout: float = READY_S) -> int:
-    """SIGKILL to the main process of vLLM, kaito-run's child (not its watchdog), once there is one
-    that is not in ``not_pids``; its pid."""
+    """SIGKILL to the main process of the vLLM that runs, once there is one not in ``not_pids``;
+    its pid. That is kaito-run's child that has started processes of its own (vLLM's engine), not
+    its watchdog nor the standby vLLM that waits, idle, for the next round (docs/multi-node.md)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         running = processes(container)
-        launcher = launcher_pid(container)
-        vllm = [p.pid for p in running if p.ppid == launcher and "vllm" in p.cmd.lower()
+        launcher, parents = launcher_pid(container), {p.ppid for p in running}
+        vllm = [p.pid for p in running if p.ppid == launcher and p.pid in parents and "vllm" in p.cmd.lower()
                 and p.pid not in not_pids]
         if vllm:
             done = container.exec("python3", "-c", f"import os; os.kill({vllm[0]}, 9)")
