@@ -11,9 +11,11 @@ User stories, three groups of containers, one group at a time:
 - The image's own entrypoint (tini -> kaito-entrypoint -> kaito-run): `podman stop` ends it with
   exit 0 while a request is in flight, and that request completes.
 - KAITO's two-node StatefulSet script in two containers on the host network (the leader's DNS
-  name mapped to loopback): a chat through the leader; `podman kill` of the worker ends the
-  leader's container with exit 22 within the peer timeout when the group has no restart budget
-  (KAITO_MAX_RESTARTS=0; docs/multi-node.md).
+  name mapped to loopback), with a restart budget of one per node: a chat through the leader;
+  `podman kill` of the worker and a new worker container with the same command (a recreated
+  pod): the group meets again in round 2 and serves, the leader's kaito-run never exits; the new
+  worker's vLLM killed twice spends its one restart: both containers exit 22, and each one's
+  termination message (/dev/termination-log) says why (docs/multi-node.md).
 
 Tools missing (podman, buildah, runc, root): skip with one line; under CI=true: fail.
 """
@@ -26,11 +28,13 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from tests.support.containers import Container, build, chat, http, inspect_image, podman
 from tests.support.hardening import leaked
+from tests.support.launcher_log import times_ready
 from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
@@ -42,6 +46,7 @@ TOKEN = "hf_Qm2Xw9Lp4Rt8Zk3Vb6NjYc7Hd5GfUa"  # granted access to the gated tiny 
 READY_S = 600
 GRACE_S = 30
 PEER_TIMEOUT_S = 10
+MAX_RESTARTS = 1  # the two-node group's restart budget, per node (KAITO_MAX_RESTARTS)
 LEADER_DNS = "ws-0.ws-headless.default.svc.cluster.local"
 UID = 1000
 # Files podman itself bind-mounts into every container.
@@ -89,25 +94,36 @@ def volume_dir(name: str) -> Path:
     return Path(podman("volume", "inspect", "--format", "{{.Mountpoint}}", name).stdout.strip())
 
 
-def processes(container: Container) -> list[tuple[int, int, str]]:
-    """(pid, uid, command line) of every process in the container but the one that lists them."""
+class Proc(NamedTuple):
+    pid: int
+    ppid: int
+    uid: int
+    argv: list[str]
+
+    @property
+    def cmd(self) -> str:
+        return " ".join(self.argv)
+
+
+def processes(container: Container) -> list[Proc]:
+    """Every process in the container but the one that lists them."""
     script = (
         "import os, json\n"
         "me = os.getpid()\n"
         "out = []\n"
         "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
         "    try:\n"
-        "        uid = int(next(l for l in open(f'/proc/{pid}/status') if l.startswith('Uid:')).split()[1])\n"
-        "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read().replace(b'\\0', b' ').decode()\n"
+        "        status = dict(l.split(':', 1) for l in open(f'/proc/{pid}/status') if ':' in l)\n"
+        "        argv = [a for a in open(f'/proc/{pid}/cmdline', 'rb').read().decode().split('\\0') if a]\n"
         "    except OSError:\n"
         "        continue\n"
         "    if int(pid) != me:\n"
-        "        out.append((int(pid), uid, cmd))\n"
+        "        out.append((int(pid), int(status['PPid']), int(status['Uid'].split()[0]), argv))\n"
         "print(json.dumps(out))\n"
     )
     done = container.exec("python3", "-c", script)
     assert done.returncode == 0, done.stderr
-    return [tuple(row) for row in json.loads(done.stdout)]
+    return [Proc(*row) for row in json.loads(done.stdout)]
 
 
 # =================================================================================================
@@ -185,10 +201,10 @@ class TestKaitoSingleNodePod:
 
     def test_everything_runs_as_uid_1000(self, pod):
         running = processes(pod.container)
-        commands = " | ".join(cmd for _, _, cmd in running)
+        commands = " | ".join(p.cmd for p in running)
         assert "kaito_runtime" in commands or "kaito-run" in commands, commands
         assert "vllm" in commands.lower(), commands
-        assert {uid for _, uid, _ in running} == {UID}, running
+        assert {p.uid for p in running} == {UID}, running
 
     def test_the_weights_and_cache_volumes_are_written_by_uid_1000_and_nothing_else_is(self, pod):
         weights, cache = volume_dir(pod.weights), volume_dir(pod.cache)
@@ -267,9 +283,9 @@ def served(image, hub, token_file):
 class TestEntrypoint:
     def test_tini_is_pid_1_and_podman_stop_lets_the_request_in_flight_finish_then_exits_0(self, served):
         running = processes(served)
-        pid1 = next(cmd for pid, _, cmd in running if pid == 1)
+        pid1 = next(p.cmd for p in running if p.pid == 1)
         assert pid1.startswith("/usr/bin/tini -- /usr/local/bin/kaito-entrypoint"), pid1
-        assert any("kaito-run" in cmd for _, _, cmd in running), running
+        assert any("kaito-run" in p.cmd for p in running), running
 
         answer: dict = {}
 
@@ -328,42 +344,114 @@ def kaito_statefulset_script(hub) -> str:
     )
 
 
+class StatefulSet:
+    """KAITO's two-node StatefulSet as containers: one pod per rank (ws-0 leads), each with the same
+    command and settings. A recreated pod is a new container of the same name and command, as the
+    StatefulSet controller recreates ws-1; each container gets its own termination message file,
+    mounted where the kubelet mounts it (/dev/termination-log)."""
+
+    def __init__(self, image, hub, token_file: Path, folder: Path) -> None:
+        self.image, self.hub, self.token_file, self.folder = image, hub, token_file, folder
+        self.master_port = free_port(span=2)
+        self.ports = {rank: free_port() for rank in (0, 1)}  # KAITO's pods all use 5000; here each its own
+        self.pods: dict[int, Container] = {}
+        self.messages: dict[int, Path] = {}
+
+    def start(self, rank: int) -> Container:
+        message = self.folder / f"termination-log-{rank}-{len(self.messages)}"
+        message.write_text("")
+        message.chmod(0o666)  # the kubelet's file is writable by the container's user
+        self.messages[rank] = message
+        name = f"kaito-test-ws-{rank}-{os.getpid()}"
+        self.pods[rank] = Container(name, self.image.tag, ["-c", kaito_statefulset_script(self.hub)],
+                                    port=self.ports[rank], options=[
+            # KAITO gives its pods a memory-backed /dev/shm (an emptyDir); podman's default is 64 MB.
+            "--shm-size", "1g",
+            "--entrypoint", "/bin/sh", "--hostname", f"ws-{rank}", "--add-host", f"{LEADER_DNS}:127.0.0.1",
+            # The StatefulSet's short leader name (ws-0.ws-headless), which the pod's DNS search
+            # domains resolve in a cluster.
+            "--add-host", f"{LEADER_DNS.split('.default.')[0]}:127.0.0.1",
+            "-e", f"POD_INDEX={rank}",
+            "-v", f"{self.token_file}:/run/secrets/hf-token:ro", "-e", "KAITO_HF_TOKEN_FILE=/run/secrets/hf-token",
+            "-v", f"{message}:/dev/termination-log",
+            # Two pods on one host network: each its own port and core; the group's master port.
+            "-e", f"HF_ENDPOINT={self.hub.url}", "-e", "HF_HUB_DISABLE_XET=1", "-e", f"KAITO_PORT={self.ports[rank]}",
+            "-e", f"KAITO_MASTER_PORT={self.master_port}", "-e", f"KAITO_CPU_CORES={rank}",
+            "-e", f"KAITO_PEER_TIMEOUT={PEER_TIMEOUT_S}", "-e", f"KAITO_GRACE_PERIOD={GRACE_S}",
+            # One restart per node (issue 21): a recreated pod is a membership change and spends
+            # none; the worker's vLLM failing twice spends its one and ends the group.
+            "-e", f"KAITO_MAX_RESTARTS={MAX_RESTARTS}",
+            "--health-interval", "disable",
+        ])
+        return self.pods[rank]
+
+    def message(self, rank: int) -> str:
+        """What the kubelet would show as the pod's termination message."""
+        return self.messages[rank].read_text()
+
+    def wait_serving(self, round_: int) -> None:
+        """Both pods keep running while the group meets again, until the leader is ready in
+        ``round_`` (its readiness needs the worker's vLLM too)."""
+        deadline = time.monotonic() + READY_S
+        while time.monotonic() < deadline:
+            leader_log = self.pods[0].logs()
+            if times_ready(leader_log) >= round_:
+                return
+            for rank, pod in self.pods.items():
+                if not pod.running():
+                    pytest.fail(f"rank {rank}'s container exited {pod.state().get('ExitCode')} instead of meeting "
+                                f"again in round {round_}:\n{pod.logs()[-4000:]}")
+            time.sleep(2)
+        pytest.fail(f"round {round_} did not serve after {READY_S} s:\n{self.pods[0].logs()[-3000:]}\n---\n"
+                    f"{self.pods[1].logs()[-2000:]}")
+
+    def close(self) -> None:
+        for rank in sorted(self.pods, reverse=True):
+            self.pods[rank].close()
+
+
 @pytest.fixture(scope="class")
-def group(image, hub, token_file):
-    master_port = free_port(span=2)
-    containers = []
+def statefulset(image, hub, token_file, tmp_path_factory):
+    pods = StatefulSet(image, hub, token_file, tmp_path_factory.mktemp("statefulset"))
     try:
         for rank in (0, 1):
-            port = free_port()
-            name = f"kaito-test-ws-{rank}-{os.getpid()}"
-            containers.append(Container(name, image.tag, ["-c", kaito_statefulset_script(hub)], port=port, options=[
-                # KAITO gives its pods a memory-backed /dev/shm (an emptyDir); podman's default is 64 MB.
-                "--shm-size", "1g",
-                "--entrypoint", "/bin/sh", "--hostname", f"ws-{rank}", "--add-host", f"{LEADER_DNS}:127.0.0.1",
-                # The StatefulSet's short leader name (ws-0.ws-headless), which the pod's DNS search
-                # domains resolve in a cluster.
-                "--add-host", f"{LEADER_DNS.split('.default.')[0]}:127.0.0.1",
-                "-e", f"POD_INDEX={rank}",
-                "-v", f"{token_file}:/run/secrets/hf-token:ro", "-e", "KAITO_HF_TOKEN_FILE=/run/secrets/hf-token",
-                # Two pods on one host network: each its own port and core; the group's master port.
-                "-e", f"HF_ENDPOINT={hub.url}", "-e", "HF_HUB_DISABLE_XET=1", "-e", f"KAITO_PORT={port}",
-                "-e", f"KAITO_MASTER_PORT={master_port}", "-e", f"KAITO_CPU_CORES={rank}",
-                "-e", f"KAITO_PEER_TIMEOUT={PEER_TIMEOUT_S}", "-e", f"KAITO_GRACE_PERIOD={GRACE_S}",
-                # No restart budget: a lost member ends the group (with one, the group would wait
-                # for a new rank 1 to meet again in the next round).
-                "-e", "KAITO_MAX_RESTARTS=0",
-                "--health-interval", "disable",
-            ]))
-        containers[0].wait_ready(READY_S)
-        yield containers[0], containers[1]
+            pods.start(rank)
+        pods.pods[0].wait_ready(READY_S)
+        yield pods
     finally:
-        for container in reversed(containers):
-            container.close()
+        pods.close()
+
+
+def launcher_pid(container: Container) -> int:
+    """The pid of kaito-run in the container (the leader's: python3 inference_api.py, exec'd)."""
+    running = processes(container)
+    found = [p.pid for p in running if any(Path(arg).name == "kaito-run" or arg == "kaito_runtime.cli" for arg in p.argv[:3])]
+    assert len(found) == 1, running
+    return found[0]
+
+
+def kill_vllm(container: Container, *, not_pids: frozenset[int] = frozenset(), timeout: float = READY_S) -> int:
+    """SIGKILL to the main process of the vLLM that runs, once there is one not in ``not_pids``;
+    its pid. That is kaito-run's child that has started processes of its own (vLLM's engine), not
+    its watchdog nor the standby vLLM that waits, idle, for the next round (docs/multi-node.md)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = processes(container)
+        launcher, parents = launcher_pid(container), {p.ppid for p in running}
+        vllm = [p.pid for p in running if p.ppid == launcher and p.pid in parents and "vllm" in p.cmd.lower()
+                and p.pid not in not_pids]
+        if vllm:
+            done = container.exec("python3", "-c", f"import os; os.kill({vllm[0]}, 9)")
+            assert done.returncode == 0, done.stderr
+            return vllm[0]
+        time.sleep(1)
+    pytest.fail(f"no new vLLM under kaito-run in {container.name} after {timeout} s:\n{container.logs()[-3000:]}")
 
 
 class TestKaitoTwoNodeStatefulSet:
-    def test_the_group_serves_through_the_leader_and_a_killed_worker_ends_the_leader(self, group):
-        leader, worker = group
+    def test_the_group_meets_again_with_a_recreated_worker_pod_and_both_pods_end_once_the_budget_is_spent(
+            self, statefulset):
+        leader, worker = statefulset.pods[0], statefulset.pods[1]
         assert chat(leader.port)["choices"][0]["message"]["content"]
         assert http(f"http://127.0.0.1:{worker.port}/health")[0] == 200  # the worker's launcher
         assert "joined the group of" in worker.logs()
@@ -371,15 +459,37 @@ class TestKaitoTwoNodeStatefulSet:
             done = node.exec("python3", "/workspace/vllm/multi-node-health-check.py", probe,
                              f"--leader-address={LEADER_DNS}")
             assert done.returncode == 0, (probe, done.stdout, done.stderr)
+        launcher = launcher_pid(leader)
 
-        before = leader.logs()
+        # A recreated worker pod: its container killed, a new one with the same command. The group
+        # meets again in round 2 without the leader's launcher ever exiting, and serves.
         killed = time.monotonic()
         podman("kill", worker.name)
-        code = leader.wait_exit(PEER_TIMEOUT_S + GRACE_S + 15)
-        took = time.monotonic() - killed
-        logs = leader.logs()
-        assert code == 22, f"leader exit {code} after {took:.0f} s:\n{logs[-4000:]}"
-        # Which line names the loss depends on what the leader sees first: rank 1's launcher
-        # silent for the peer timeout, or its own vLLM losing the pipeline stage on rank 1.
-        assert "rank 1" in logs[len(before):], logs[-3000:]
-        assert took < PEER_TIMEOUT_S + GRACE_S + 15
+        worker = statefulset.start(1)
+        statefulset.wait_serving(2)
+        print(f"recreated worker pod: serving again {time.monotonic() - killed:.1f} s after the kill")
+        assert chat(leader.port)["choices"][0]["message"]["content"]
+        assert launcher_pid(leader) == launcher  # the same kaito-run, in the same container
+        status, body = http(f"http://127.0.0.1:{worker.port}/health")
+        assert status == 200 and body.startswith("ok (group running, round 2, restarts 0)"), body
+        leader_log = leader.logs()
+        assert "group restarting: round 2" in leader_log, leader_log[-3000:]
+        assert "joined the group of" in worker.logs()
+
+        # The budget spent: the new worker's vLLM killed (restart 1 of 1: round 3), and again once
+        # round 3 has started it (a vLLM that dies while it starts fails all the same): both pods
+        # exit 22, and each one's termination message says why.
+        first = kill_vllm(worker)
+        kill_vllm(worker, not_pids=frozenset({first}))
+        ended = time.monotonic()
+        codes = {rank: pod.wait_exit(GRACE_S + 60) for rank, pod in statefulset.pods.items()}
+        print(f"budget spent: both pods exited {time.monotonic() - ended:.1f} s after the second kill")
+        logs = {rank: pod.logs() for rank, pod in statefulset.pods.items()}
+        assert codes == {0: 22, 1: 22}, (codes, logs[0][-3000:], logs[1][-3000:])
+        assert "rank 1 restarts the group (1 of 1)" in logs[1] and "group restarting: round 3" in logs[0]
+        assert "rank 1 has spent its 1 restart" in logs[0], logs[0][-3000:]
+        messages = {rank: statefulset.message(rank) for rank in (0, 1)}
+        print(f"termination messages: {messages}")
+        for rank, message in messages.items():  # one line, naming the rank and the spent budget
+            assert message.strip().endswith("(exit 22)") and "\n" not in message.strip(), (rank, message)
+            assert "vLLM on rank 1 exited (killed by SIGKILL); rank 1 has spent its 1 restart" in message, (rank, message)

@@ -110,7 +110,16 @@ class Container:
         podman("run", "--detach", "--name", name, "--network", "host", *options, image, *args)
 
     def state(self) -> dict:
-        return json.loads(podman("inspect", "--format", "{{json .State}}", self.name).stdout)
+        """podman's record of the container. While the container's last process exits, podman 4.3's
+        inspect can fail on its way through /proc (``read /proc/N/cgroup: no such process``): asked again."""
+        for _ in range(10):
+            done = podman("inspect", "--format", "{{json .State}}", self.name, check=False)
+            if done.returncode == 0 or "no such process" not in done.stderr:
+                break
+            time.sleep(0.5)
+        if done.returncode != 0:
+            raise AssertionError(f"podman inspect {self.name} exited {done.returncode}: {done.stderr[-2000:]}")
+        return json.loads(done.stdout)
 
     def running(self) -> bool:
         return bool(self.state().get("Running"))

@@ -205,11 +205,10 @@ def end_the_round(group: Group, outcome, plan: LaunchPlan, built: VllmLaunch, re
 
     rank = group.rank
     own_failure = outcome.outcome in ("exited", "ready_timeout") and outcome.signal_received is None
-    if own_failure and outcome.exit_code != 0:
-        termination.note_cause(log_failure(outcome, plan, built, ready_timeout, log))
+    failure = log_failure(outcome, plan, built, ready_timeout, log) if own_failure and outcome.exit_code != 0 else ""
     stop = group.end_round(vllm_exit=describe_exit_code(outcome.exit_code), signalled=outcome.signal_received is not None)
     if group.meets_again:
-        return None
+        return None  # a failure the group restarts from is not why the pod ends: nothing noted
     group.leave()
     if outcome.outcome == "group_stopped" and stop is not None:
         if stop.kind is StopKind.REQUESTED:
@@ -221,8 +220,8 @@ def end_the_round(group: Group, outcome, plan: LaunchPlan, built: VllmLaunch, re
     if own_failure:
         log.error("rank %d: vLLM exited (exit %d); the group stops with it%s", rank, outcome.exit_code,
                   f" ({stop.reason})" if stop is not None and stop.rank == rank else "")
-        if stop is not None and stop.rank == rank:
-            termination.note_cause(f"rank {rank}: {stop.reason}")
+        ours = f"rank {rank}: {stop.reason}" if stop is not None and stop.rank == rank else ""  # names a spent budget
+        termination.note_cause("; ".join(part for part in (ours, failure) if part))
         if group.settings.max_restarts > 0 or outcome.exit_code == 0:
             return GroupMemberLostError.exit_code  # a spent budget: every node exits 22, naming the rank
         return outcome.exit_code

@@ -1,17 +1,22 @@
 """The group's calls for one launch, through a real store on loopback: what the leader publishes
 is what a --join worker learns, a worker outside the leader's node count is told why, a single
-node has no group, and a bad secret file fails before any group exists."""
+node has no group, and a bad secret file fails before any group exists. The end of a round
+(a stand-in group): the termination message gets the cause of the end the pod has, not of a
+failure the group restarted from."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 
+from kaito_runtime import termination
 from kaito_runtime.errors import GroupMismatchError, InputError
 from kaito_runtime.launch.group import (
-    GroupSecret, before_the_group, for_launch, group_secret, join_the_leader, open_for_workers,
+    GroupSecret, StopKind, StopNotice, before_the_group, end_the_round, for_launch, group_secret, join_the_leader,
+    open_for_workers,
 )
 from kaito_runtime.types import PlanOverrides, Topology
 from tests.support.group_helpers import free_port_pair
@@ -110,3 +115,43 @@ def test_a_workers_weights_progress_reads_as_one_phrase():
     assert weights_progress(WeightsFigures(0, 4_000_000_000, -1.0, -1.0)) == "downloading weights: 0.00 of 4.00 GB (0 %)"
     assert weights_progress(WeightsFigures(4_000_000_000, 4_000_000_000, 0.0, 0.0)) == "weights on disk (4.00 GB)"
     assert weights_progress(WeightsFigures(None, None, -1.0, -1.0)).startswith("weights step: no download under way")
+
+
+class _RoundEnded:
+    """A stand-in for a Group whose round has just ended with ``stop`` (rank 1, one restart)."""
+
+    def __init__(self, stop: StopNotice, *, meets_again: bool) -> None:
+        self.rank, self.settings, self.meets_again = 1, SimpleNamespace(max_restarts=1), meets_again
+        self._stop, self.left = stop, False
+
+    def end_round(self, *, vllm_exit: str, signalled: bool) -> StopNotice:
+        return self._stop
+
+    def leave(self) -> None:
+        self.left = True
+
+
+@pytest.fixture
+def vllm_killed(monkeypatch):
+    """vLLM on this node was killed; its failure report's line is a fixed text."""
+    import kaito_runtime.launch.report as report
+
+    monkeypatch.setattr(report, "log_failure", lambda *args: "vLLM exited with code 137")
+    termination._reset_for_tests()
+    yield SimpleNamespace(outcome="exited", exit_code=137, signal_received=None)
+    termination._reset_for_tests()
+
+
+def test_a_failure_the_group_restarts_from_notes_no_termination_cause_and_a_spent_budget_is_named(vllm_killed):
+    first = StopNotice(1, StopKind.LOST, "vLLM on rank 1 exited (killed by SIGKILL); rank 1 restarts the group (1 of 1)",
+                       by=1, restart=True)
+    assert end_the_round(_RoundEnded(first, meets_again=True), vllm_killed, None, None, None, LOG) is None
+    assert termination.cause() is None  # the group met again: this failure is not why the pod ends
+
+    spent = StopNotice(1, StopKind.LOST, "vLLM on rank 1 exited (killed by SIGKILL); rank 1 has spent its 1 restart",
+                       by=1, restart=False)
+    group = _RoundEnded(spent, meets_again=False)
+    assert end_the_round(group, vllm_killed, None, None, None, LOG) == 22
+    assert group.left
+    assert termination.cause() == ("rank 1: vLLM on rank 1 exited (killed by SIGKILL); rank 1 has spent its 1 restart; "
+                                   "vLLM exited with code 137")
