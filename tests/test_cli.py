@@ -85,6 +85,23 @@ def test_dry_run_70b_on_four_a100_plans_tp4():
     assert argv[argv.index("--served-model-name") + 1] == "llama-3.3-70b-instruct"
 
 
+def test_the_text_dry_run_states_kaitos_serving_features_and_agrees_with_the_command():
+    on = invoke("--preset", "phi-4-mini-instruct", "--dry-run", "--sku", "Standard_NC24ads_A100_v4",
+                "--kv-cache-cpu-memory-utilization", "0.5")
+    assert on.exit_code == 0, on.output
+    lines = on.output.splitlines()
+    offload = next(line for line in lines if line.startswith("KV offload "))
+    size = offload.split("--kv-offloading-size ", 1)[1].split(" GiB", 1)[0]
+    assert float(size) > 0 and "0.5 x" in offload and f"--kv-offloading-size {size} " in on.output
+    assert any(line.startswith("429 guard  on") for line in lines)
+    assert any(line.startswith("Drain     ") and "25 s" in line for line in lines)  # 30 s grace - 5 s
+    off = invoke("--preset", "phi-4-mini-instruct", "--dry-run", "--sku", "Standard_NC24ads_A100_v4",
+                 "--disable-rate-limit")
+    assert off.exit_code == 0, off.output
+    assert "KV offload off (--kv-cache-cpu-memory-utilization is 0 or unset)" in off.output
+    assert "429 guard" not in off.output and "--kv-offloading-size" not in off.output
+
+
 @pytest.mark.parametrize("hostname", [None, "ci-runner-7", "myws-1"])
 def test_done_when_two_nodes_dry_run_needs_no_rank_or_leader(hostname):
     """Issue 3, done-when: the literal command, with no rank and no leader address. A CI runner's

@@ -289,55 +289,88 @@ def _scrape_all(ports: tuple[int, ...]) -> str:
     return "\n".join(seen)
 
 
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    ports = []
+    for _ in range(count):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    return ports
+
+
+def _serve_scrape_and_stop(model: str, env: dict[str, str], tmp_path: Path, *vllm_args: str) -> tuple[str, str]:
+    """kaito-run (with the stand-in vLLM) serving ``model``: every answer of both launcher ports,
+    scraped from the start until ready, then SIGTERM. Returns (all it said, the termination message)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ports = _free_ports(2)
+    runner = Path(__file__).resolve().parent / "support" / "fake_vllm_run.py"
+    env = {**env, "KAITO_TERMINATION_LOG": str(tmp_path / "termination-log")}
+    proc = subprocess.Popen(
+        [sys.executable, str(runner), "--model", model, "--host", "127.0.0.1", "--port", str(ports[0]),
+         "--metrics-port", str(ports[1]), "--weights-dir", str(tmp_path / "w"), "--log-format", "json",
+         "--", *vllm_args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    scraped = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        scraped.append(_scrape_all(tuple(ports)))
+        if '"ready": true' in scraped[-1]:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    everything = "\n".join(scraped)
+    assert '"ready": true' in everything, err[-2000:]
+    message = (tmp_path / "termination-log").read_text()
+    assert proc.returncode == 0 and "SIGTERM" in message, (proc.returncode, message)
+    return everything + out + err, message
+
+
 @pytest.mark.slow
 def test_no_secret_in_metrics_startupz_health_or_the_termination_message(tmp_path):
     """A gated model downloaded with a token, vLLM (the stand-in) given an API key: every answer
     of both launcher ports, scraped through the whole run, and the termination message after
     SIGTERM hold no fragment of either."""
     import shutil
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
 
     from tests.support.hub_emulator import HubEmulator
 
     token, api_key = "hf_MetricsHygiene_7Q2w9E4r6T", "sk-metrics-hygiene-K3y9x8c7v6"
     root = tmp_path / "hub"
     shutil.copytree(Path(__file__).resolve().parent.parent / "models" / "tiny-llama", root / "org" / "tiny-llama")
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
     with HubEmulator(root, lfs_threshold=100_000) as emulator:
         emulator.gate("org/tiny-llama", {token})
         emulator.rate_limit_bps = 500_000
-        env = launcher_env({"HF_ENDPOINT": emulator.url, "HF_TOKEN": token,
-                            "KAITO_TERMINATION_LOG": str(tmp_path / "termination-log")}, home=tmp_path)
-        runner = Path(__file__).resolve().parent / "support" / "fake_vllm_run.py"
-        proc = subprocess.Popen(
-            [sys.executable, str(runner), "--model", "org/tiny-llama", "--host", "127.0.0.1", "--port", str(ports[0]),
-             "--metrics-port", str(ports[1]), "--weights-dir", str(tmp_path / "w"), "--log-format", "json",
-             "--", "--api-key", api_key],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        scraped = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            scraped.append(_scrape_all(tuple(ports)))
-            if '"ready": true' in scraped[-1]:
-                break
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    everything = "\n".join(scraped)
-    assert '"phase": "weights"' in everything and '"ready": true' in everything  # scraped in both phases
-    message = (tmp_path / "termination-log").read_text()
-    assert proc.returncode == 0 and "SIGTERM" in message
+        env = launcher_env({"HF_ENDPOINT": emulator.url, "HF_TOKEN": token}, home=tmp_path)
+        said, message = _serve_scrape_and_stop("org/tiny-llama", env, tmp_path, "--api-key", api_key)
+    assert '"phase": "weights"' in said  # scraped during the download too
     for secret in (token, api_key):
-        assert not leaked(secret, everything + message + out + err), secret
+        assert not leaked(secret, said + message), secret
+
+
+@pytest.mark.slow
+def test_no_store_credential_in_metrics_startupz_health_or_the_termination_message(tmp_path):
+    """A model streamed from S3 (moto): the key pair reaches vLLM by environment only, and no answer
+    of either launcher port, no log line and not the termination message holds any part of it."""
+    from tests.support import object_stores as st
+
+    server = st.start_moto(tmp_path)
+    try:
+        st.upload_s3(server, "models", "tiny-llama", Path(__file__).resolve().parent.parent / "models" / "tiny-llama")
+        env = launcher_env(st.s3_env(server), home=tmp_path)
+        said, message = _serve_scrape_and_stop("s3://models/tiny-llama", env, tmp_path)
+    finally:
+        server.stop()
+    assert "s3://models/tiny-llama" in said  # the plan on /startupz names the source
+    for secret in (st.S3_SECRET, st.S3_KEY_ID):
+        assert not leaked(secret, said + message), (secret, leaked(secret, said + message))
 
 
 def test_a_rejected_token_is_not_in_the_termination_message(hub, tmp_path):

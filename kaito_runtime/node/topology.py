@@ -43,6 +43,10 @@ from kaito_runtime.numbers import parse_int
 from kaito_runtime.types import Topology, TopologySource
 
 DEFAULT_MASTER_PORT = 29501
+# The largest group kaito-run forms. A group splits one model into tensor shards (bounded by its
+# attention heads) and pipeline stages (bounded by its layers); the models vLLM serves fill far
+# fewer nodes than this, so a larger count is a typo, not a cluster.
+MAX_NODES = 1024
 PLANNING_LEADER = "<leader>"  # stands in for the leader's address in a plan made without a group
 _T = TypeVar("_T")
 _HOST_ORDINAL_RE = re.compile(r"^(?P<ws>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)-(?P<n>[0-9]+)$")
@@ -74,7 +78,9 @@ def _collect(
     return out
 
 
-def _int(g: _Given, *, minimum: int, meaning: str, allow_range: bool = False) -> int:
+def _int(
+    g: _Given, *, minimum: int, meaning: str, allow_range: bool = False, maximum: int | None = None
+) -> int:
     text = g.raw
     if allow_range and ":" in text:
         lo, _, hi = text.partition(":")
@@ -99,6 +105,13 @@ def _int(g: _Given, *, minimum: int, meaning: str, allow_range: bool = False) ->
             f"{g.show()} is out of range",
             why=f"It gives {meaning}, which must be at least {minimum}",
             fix=f"set {g.var} to an integer of at least {minimum}",
+        )
+    if maximum is not None and value > maximum:
+        raise TopologyError(
+            f"{g.show()} is out of range",
+            why=f"It gives {meaning}, which is at most {maximum}: a model splits over nodes by its "
+            "attention heads and layers, and no model vLLM serves has enough to fill more",
+            fix=f"set {g.var} to the group's real size, at most {maximum}",
         )
     return value
 
@@ -167,7 +180,8 @@ def resolve_topology(
     nodes_meaning = "the number of nodes in the group"
     n_pick = _agree(
         "node count",
-        [(g, _int(g, minimum=1, meaning=nodes_meaning, allow_range=g.var in ("PET_NNODES", "NNODES")))
+        [(g, _int(g, minimum=1, maximum=MAX_NODES, meaning=nodes_meaning,
+                  allow_range=g.var in ("PET_NNODES", "NNODES")))
          for g in n_given],
     )
     r_pick = _agree("node rank", [(g, _int(g, minimum=0, meaning="this node's rank")) for g in r_given])

@@ -78,7 +78,7 @@ class RuntimeRequest:
     # -- the group ----------------------------------------------------------------------------
     nnodes: int | None = option(
         None, "--nnodes", env="KAITO_NNODES", kind="int", concern=Concern.GROUP, commands=_WITH_DOCTOR,
-        help="Number of nodes in the group (default: from the environment, else 1).",
+        help="Number of nodes in the group, at most 1024 (default: from the environment, else 1).",
     )
     node_rank: int | None = option(
         None, "--node-rank", env="KAITO_NODE_RANK", kind="int", concern=Concern.GROUP, commands=_WITH_DOCTOR,

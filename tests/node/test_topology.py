@@ -201,6 +201,14 @@ BAD: list[tuple[str, dict[str, str], dict[str, Any], list[str]]] = [
         {},
         ["MASTER_ADDR='a'", "LWS_LEADER_ADDRESS='b'"],
     ),
+    ("node count above the bound", {}, {"nnodes": 1025}, ["--nnodes/KAITO_NNODES", "1025", "out of range"]),
+    ("LWS group size above the bound", {"LWS_GROUP_SIZE": "5000", "LWS_WORKER_INDEX": "0"}, {}, ["LWS_GROUP_SIZE"]),
+    (
+        "master port 65535 in a group",
+        {"KAITO_NNODES": "2", "KAITO_NODE_RANK": "0", "KAITO_LEADER_ADDRESS": "l", "KAITO_MASTER_PORT": "65535"},
+        {},
+        ["KAITO_MASTER_PORT", "store", "65536"],
+    ),
     ("elastic range", {"PET_NNODES": "1:4", "PET_NODE_RANK": "0"}, {}, ["PET_NNODES", "'1:4'", "elastic"]),
     ("address with scheme", {}, {"leader_address": "http://x"}, ["--leader-address/KAITO_LEADER_ADDRESS"]),
 ]
@@ -214,6 +222,13 @@ def test_bad_values(case: str, env: dict[str, str], kw: dict[str, Any], words: l
     for w in words:
         assert w in err.value.message, (w, err.value.message)
     assert err.value.fix  # tells how to fix it
+
+
+def test_the_largest_group_and_a_lone_node_on_port_65535_are_accepted() -> None:
+    largest = resolve_topology({}, nnodes=1024, node_rank=1023, leader_address="l")
+    assert (largest.nnodes, largest.node_rank) == (1024, 1023)
+    lone = resolve_topology({"KAITO_MASTER_PORT": "65535"})
+    assert (lone.nnodes, lone.master_port) == (1, 65535)
 
 
 def test_is_pure_and_ignores_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:

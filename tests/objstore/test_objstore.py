@@ -302,22 +302,28 @@ def test_s3_store_that_hangs_meets_its_deadline(tmp_path):
 
 
 @pytest.mark.slow
-def test_s3_wrong_credentials(tmp_path):
-    """moto checks signatures once its first N (setup) requests are done."""
-    setup_requests = 3 + 1 + len([p for p in TINY.iterdir() if p.is_file()])
+def _moto_user(iam, name: str, actions: list[str]) -> dict[str, str]:
+    iam.create_user(UserName=name)
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    iam.put_user_policy(UserName=name, PolicyName="read", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+
+def test_s3_wrong_credentials_and_a_user_the_policy_denies(tmp_path):
+    """moto checks signatures and IAM policies once its first N (setup) requests are done."""
+    setup_requests = 2 * 3 + 1 + len([p for p in TINY.iterdir() if p.is_file()])
     server = st.start_moto(tmp_path, env={"INITIAL_NO_AUTH_ACTION_COUNT": str(setup_requests)})
     try:
         import boto3
 
         iam = boto3.client("iam", endpoint_url=server.url, region_name="us-east-1",
                            aws_access_key_id="setup", aws_secret_access_key="setup")
-        iam.create_user(UserName="reader")
-        key = iam.create_access_key(UserName="reader")["AccessKey"]
-        iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        reader = _moto_user(iam, "reader", ["s3:*"])
+        lister = _moto_user(iam, "lister", ["s3:ListBucket"])  # may list, may not read an object
         st.upload_s3(server, "models", "tiny-llama", TINY)
         base = {"AWS_ENDPOINT_URL": server.url, "AWS_DEFAULT_REGION": "us-east-1"}
-        good = {**base, "AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        good = {**base, **reader}
         ok = cli(["--model", "s3://models/tiny-llama", "--dry-run"], good, tmp_path)
         assert ok.code == 0, ok.output
         wrong = {**good, "AWS_SECRET_ACCESS_KEY": "wrongSecretValue0123456789abcdef"}
@@ -325,10 +331,15 @@ def test_s3_wrong_credentials(tmp_path):
         assert ran.code == 12, ran.output
         line = _one_line_error(ran)
         assert "rejected the credentials for s3://models/tiny-llama" in line and "SignatureDoesNotMatch" in line
-        for secret in (key["SecretAccessKey"], "wrongSecretValue0123456789abcdef"):
+        for secret in (reader["AWS_SECRET_ACCESS_KEY"], "wrongSecretValue0123456789abcdef"):
             assert not leaked(secret, ran.output + ok.output)
         unknown = {**good, "AWS_ACCESS_KEY_ID": "AKIAUNKNOWN000000000"}
         assert store_run("s3://models/tiny-llama", unknown, tmp_path).code == 12
+        denied = store_run("s3://models/tiny-llama", {**base, **lister}, tmp_path)
+        assert denied.code == 13, denied.output
+        line = _one_line_error(denied)
+        assert "s3://models/tiny-llama" in line and "Fix:" in line, line
+        assert not leaked(lister["AWS_SECRET_ACCESS_KEY"], denied.output)
     finally:
         server.stop()
 

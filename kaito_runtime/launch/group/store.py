@@ -302,6 +302,9 @@ class GroupStore:
         text = json.dumps(dict(value), sort_keys=True)
         tag = self.secret.tag(PREFIX + key, text) if self.secret is not None else ""
         self._call("set", PREFIX + key, json.dumps({"v": text, "tag": tag}))
+        # TCPStore's set does not wait for the store's answer, so a reader on another connection
+        # could still miss it; a check on this connection is answered only after the set is applied.
+        self._call("check", [PREFIX + key])
 
     def _read(self, key: str) -> dict | None:
         """The value at ``key``; None when absent or not genuine (logged once)."""

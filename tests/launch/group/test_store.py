@@ -131,3 +131,10 @@ def test_a_taken_store_port_is_exit_2_naming_the_master_port(stores):
     with pytest.raises(StorePortTakenError) as caught:
         GroupStore.host("127.0.0.1", port, secret=None)
     assert caught.value.exit_code == 2 and "--master-port" in caught.value.message and "--port " not in caught.value.message
+
+
+def test_a_value_put_is_seen_by_every_other_connection_as_soon_as_the_put_returns(stores):
+    leader, worker, _, _ = stores
+    for count in range(300):
+        worker.beat(1, 1, count)
+        assert leader.heartbeat(1, 1) == count
