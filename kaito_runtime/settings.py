@@ -22,6 +22,11 @@ def presets_dir() -> Path:
     return _PACKAGE_DIR.parent / "presets"
 
 
+def shipped_chat_templates_dir() -> Path:
+    """kaito-runtime's own chat templates, for presets whose template is not in the configured folder."""
+    return presets_dir() / "chat_templates"
+
+
 def gpu_sku_table_path() -> Path:
     return presets_dir() / "hardware" / "gpu-skus.yaml"
 

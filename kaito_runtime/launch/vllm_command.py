@@ -30,6 +30,7 @@ from kaito_runtime.launch.kaito_serving import (
     shutdown_timeout_for,
 )
 from kaito_runtime.secrets import GROUP_SECRET_ENV, GROUP_SECRET_FILE_ENV
+from kaito_runtime.settings import shipped_chat_templates_dir
 from kaito_runtime.vllm_flags import (
     CONFIG_FILE,
     PASS_THROUGH,
@@ -525,14 +526,17 @@ def _user_args(inputs: CommandInputs) -> tuple[list[FlagArg], list[str], list[st
 def _with_chat_template(
     args: list[FlagArg], plan: LaunchPlan, user: Sequence[FlagArg], folder: str | None
 ) -> tuple[list[FlagArg], list[str]]:
-    """The preset's chat template from ``folder``, unless the user gives one. A missing file is
-    warned about; the tokenizer's own template is used then."""
+    """The preset's chat template from ``folder`` (KAITO's, or the user's), else from the templates
+    kaito-runtime ships, unless the user gives one. A template in neither is warned about; the
+    tokenizer's own template is used then."""
     template = plan.model.chat_template
     if not template or any(a.name == "chat-template" for a in user):
         return args, []
-    path = os.path.join(folder, template) if folder else None
-    if path and os.path.isfile(path):
-        return [*args, FlagArg("chat-template", ("--chat-template", path), PRESET_ARGS)], []
+    candidates = [os.path.join(folder, template)] if folder else []
+    candidates.append(str(shipped_chat_templates_dir() / template))
+    for path in candidates:
+        if os.path.isfile(path):
+            return [*args, FlagArg("chat-template", ("--chat-template", path), PRESET_ARGS)], []
     where = folder or "(no chat-template folder given)"
     return args, [f"chat template {template} not found in {where}; the tokenizer's own chat template is used"]
 

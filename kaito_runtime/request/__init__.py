@@ -150,7 +150,7 @@ class RuntimeRequest:
     )
     chat_template_dir: str | None = option(
         None, "--chat-template-dir", env="KAITO_CHAT_TEMPLATE_DIR", concern=Concern.SERVE,
-        help="Folder of preset chat templates (default /workspace/chat_templates).",
+        help="Folder of preset chat templates (default /workspace/chat_templates); a template not there comes from the ones kaito-runtime ships, if any.",
     )
     grace_seconds: float = option(
         30.0, "--grace-period", env="KAITO_GRACE_PERIOD", **numbers.GRACE_PERIOD.option_bounds(), show_default=True,

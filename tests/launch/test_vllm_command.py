@@ -189,6 +189,27 @@ def test_chat_template_used_only_when_file_exists(tmp_path):
     assert flag_value(user.argv, "--chat-template") == "/mine.jinja" and user.argv.count("--chat-template") == 1
 
 
+def test_the_falcon_presets_get_the_shipped_template_unless_the_folder_has_kaitos(tmp_path):
+    from kaito_runtime.settings import shipped_chat_templates_dir
+
+    plan = plan_launch(CATALOG.get("falcon-7b-instruct"), node(1), group(), PlanOverrides())
+    shipped = build_vllm_command(plan, CommandInputs(model_path="/w", chat_template_dir=str(tmp_path)))
+    assert flag_value(shipped.argv, "--chat-template") == str(shipped_chat_templates_dir() / "falcon-instruct.jinja")
+    assert shipped.warnings == ()
+    (tmp_path / "falcon-instruct.jinja").write_text("{{ messages }}")  # KAITO's file, mounted
+    kaitos = build_vllm_command(plan, CommandInputs(model_path="/w", chat_template_dir=str(tmp_path)))
+    assert flag_value(kaitos.argv, "--chat-template") == str(tmp_path / "falcon-instruct.jinja")
+
+
+def test_every_template_a_preset_names_is_known_or_warned_about():
+    """The shipped folder holds only templates that some preset names."""
+    from kaito_runtime.settings import shipped_chat_templates_dir
+
+    named = {spec.chat_template for spec in CATALOG.presets if spec.chat_template}
+    shipped = {p.name for p in shipped_chat_templates_dir().glob("*.jinja")}
+    assert shipped and shipped <= named, shipped - named
+
+
 def test_model_without_template_gets_no_warning():
     assert build_vllm_command(cpu_plan(), CommandInputs(model_path="/m")).warnings == ()
 
