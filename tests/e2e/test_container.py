@@ -350,8 +350,9 @@ class StatefulSet:
     StatefulSet controller recreates ws-1; each container gets its own termination message file,
     mounted where the kubelet mounts it (/dev/termination-log)."""
 
-    def __init__(self, image, hub, token_file: Path, folder: Path) -> None:
+    def __init__(self, image, hub, token_file: Path, folder: Path, max_restarts: int = MAX_RESTARTS) -> None:
         self.image, self.hub, self.token_file, self.folder = image, hub, token_file, folder
+        self.max_restarts = max_restarts
         self.master_port = free_port(span=2)
         self.ports = {rank: free_port() for rank in (0, 1)}  # KAITO's pods all use 5000; here each its own
         self.pods: dict[int, Container] = {}
@@ -362,7 +363,7 @@ class StatefulSet:
         message.write_text("")
         message.chmod(0o666)  # the kubelet's file is writable by the container's user
         self.messages[rank] = message
-        name = f"kaito-test-ws-{rank}-{os.getpid()}"
+        name = f"kaito-test-ws-{rank}-{os.getpid()}-budget-{self.max_restarts}"
         self.pods[rank] = Container(name, self.image.tag, ["-c", kaito_statefulset_script(self.hub)],
                                     port=self.ports[rank], options=[
             # KAITO gives its pods a memory-backed /dev/shm (an emptyDir); podman's default is 64 MB.
@@ -380,7 +381,7 @@ class StatefulSet:
             "-e", f"KAITO_PEER_TIMEOUT={PEER_TIMEOUT_S}", "-e", f"KAITO_GRACE_PERIOD={GRACE_S}",
             # One restart per node (issue 21): a recreated pod is a membership change and spends
             # none; the worker's vLLM failing twice spends its one and ends the group.
-            "-e", f"KAITO_MAX_RESTARTS={MAX_RESTARTS}",
+            "-e", f"KAITO_MAX_RESTARTS={self.max_restarts}",
             "--health-interval", "disable",
         ])
         return self.pods[rank]
@@ -410,9 +411,8 @@ class StatefulSet:
             self.pods[rank].close()
 
 
-@pytest.fixture(scope="class")
-def statefulset(image, hub, token_file, tmp_path_factory):
-    pods = StatefulSet(image, hub, token_file, tmp_path_factory.mktemp("statefulset"))
+def _serving_statefulset(image, hub, token_file, folder: Path, max_restarts: int):
+    pods = StatefulSet(image, hub, token_file, folder, max_restarts)
     try:
         for rank in (0, 1):
             pods.start(rank)
@@ -420,6 +420,16 @@ def statefulset(image, hub, token_file, tmp_path_factory):
         yield pods
     finally:
         pods.close()
+
+
+@pytest.fixture(scope="class")
+def statefulset(image, hub, token_file, tmp_path_factory):
+    yield from _serving_statefulset(image, hub, token_file, tmp_path_factory.mktemp("statefulset"), MAX_RESTARTS)
+
+
+@pytest.fixture(scope="class")
+def statefulset_without_budget(image, hub, token_file, tmp_path_factory):
+    yield from _serving_statefulset(image, hub, token_file, tmp_path_factory.mktemp("no-budget"), 0)
 
 
 def launcher_pid(container: Container) -> int:
@@ -493,3 +503,21 @@ class TestKaitoTwoNodeStatefulSet:
         for rank, message in messages.items():  # one line, naming the rank and the spent budget
             assert message.strip().endswith("(exit 22)") and "\n" not in message.strip(), (rank, message)
             assert "vLLM on rank 1 exited (killed by SIGKILL); rank 1 has spent its 1 restart" in message, (rank, message)
+
+
+class TestKaitoTwoNodeStatefulSetWithoutRestartBudget:
+    def test_podman_kill_of_the_worker_ends_the_leaders_container_non_zero_within_the_peer_timeout(
+            self, statefulset_without_budget):
+        pods = statefulset_without_budget
+        leader, worker = pods.pods[0], pods.pods[1]
+        assert chat(leader.port)["choices"][0]["message"]["content"]
+        killed = time.monotonic()
+        podman("kill", worker.name)
+        code = leader.wait_exit(PEER_TIMEOUT_S + 20)
+        took = time.monotonic() - killed
+        print(f"no restart budget: the leader's container exited {code} {took:.1f} s after podman kill of the worker")
+        log = leader.logs()
+        assert code not in (0, None), (code, log[-3000:])
+        assert "group restarting" not in log, log[-3000:]
+        message = pods.message(0).strip()
+        assert message.endswith(f"(exit {code})") and "\n" not in message and "rank 1" in message, message
