@@ -538,7 +538,9 @@ def _with_chat_template(
         if os.path.isfile(path):
             return [*args, FlagArg("chat-template", ("--chat-template", path), PRESET_ARGS)], []
     where = folder or "(no chat-template folder given)"
-    return args, [f"chat template {template} not found in {where}; the tokenizer's own chat template is used"]
+    return args, [f"chat template {template} not found in {where} nor among kaito-runtime's own; the tokenizer's "
+                  "own chat template is used (to use the preset's, put the file in --chat-template-dir, "
+                  "or pass '-- --chat-template FILE')"]
 
 
 def _parallel_sizes(args: Sequence[FlagArg], plan: LaunchPlan) -> tuple[int, int, int]:

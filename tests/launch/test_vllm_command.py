@@ -136,8 +136,9 @@ def test_merge_rule_user_values_win_once():
     assert "--enforce-eager" in argv and flag_value(argv, "--cpu-offload-gb") == "0"
     # Config file first, then the arguments after --.
     assert argv.index("--max_model_len") < argv.index("-tp")
-    assert launch.warnings == ("chat template tool-chat-llama3.1-json.jinja not found in (no chat-template folder given); "
-                               "the tokenizer's own chat template is used",)
+    assert launch.warnings == ("chat template tool-chat-llama3.1-json.jinja not found in (no chat-template folder given) "
+                               "nor among kaito-runtime's own; the tokenizer's own chat template is used (to use the "
+                               "preset's, put the file in --chat-template-dir, or pass '-- --chat-template FILE')",)
 
 
 def test_extra_args_override_config_args():
@@ -201,8 +202,8 @@ def test_the_falcon_presets_get_the_shipped_template_unless_the_folder_has_kaito
     assert flag_value(kaitos.argv, "--chat-template") == str(tmp_path / "falcon-instruct.jinja")
 
 
-def test_every_template_a_preset_names_is_known_or_warned_about():
-    """The shipped folder holds only templates that some preset names."""
+def test_each_shipped_template_is_one_a_preset_names():
+    """The shipped folder holds templates, and only ones that some preset names."""
     from kaito_runtime.settings import shipped_chat_templates_dir
 
     named = {spec.chat_template for spec in CATALOG.presets if spec.chat_template}

@@ -301,7 +301,6 @@ def test_s3_store_that_hangs_meets_its_deadline(tmp_path):
     assert "said nothing for 1 s while reading s3://models/tiny-llama" in line and "KAITO_STORE_TIMEOUT" in line
 
 
-@pytest.mark.slow
 def _moto_user(iam, name: str, actions: list[str]) -> dict[str, str]:
     iam.create_user(UserName=name)
     key = iam.create_access_key(UserName=name)["AccessKey"]
@@ -310,6 +309,7 @@ def _moto_user(iam, name: str, actions: list[str]) -> dict[str, str]:
     return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
 
 
+@pytest.mark.slow
 def test_s3_wrong_credentials_and_a_user_the_policy_denies(tmp_path):
     """moto checks signatures and IAM policies once its first N (setup) requests are done."""
     setup_requests = 2 * 3 + 1 + len([p for p in TINY.iterdir() if p.is_file()])

@@ -133,8 +133,29 @@ def test_a_taken_store_port_is_exit_2_naming_the_master_port(stores):
     assert caught.value.exit_code == 2 and "--master-port" in caught.value.message and "--port " not in caught.value.message
 
 
-def test_a_value_put_is_seen_by_every_other_connection_as_soon_as_the_put_returns(stores):
-    leader, worker, _, _ = stores
-    for count in range(300):
-        worker.beat(1, 1, count)
-        assert leader.heartbeat(1, 1) == count
+class _RecordingStore:
+    """Stands in for torch's TCPStore client: the calls a GroupStore makes, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def set(self, key: str, value: str) -> None:
+        self.calls.append(("set", key))
+
+    def check(self, keys: list[str]) -> bool:
+        self.calls.append(("check", tuple(keys)))
+        return True
+
+
+def test_every_put_waits_for_the_stores_answer_on_its_own_connection():
+    """TCPStore's set is sent without waiting for an answer, so a reader on another connection
+    could miss a value whose put already returned (a heartbeat read as absent under load). Each
+    put is therefore followed by a call the store does answer, after applying the set."""
+    recorder = _RecordingStore()
+    store = GroupStore(recorder, secret=None, log=LOG)
+    store.beat(1, 1, 7)
+    store.acknowledge(2, 1)
+    assert recorder.calls == [
+        ("set", "kaito/v2/r1/beat/1"), ("check", ("kaito/v2/r1/beat/1",)),
+        ("set", "kaito/v2/r2/seen/1"), ("check", ("kaito/v2/r2/seen/1",)),
+    ]
