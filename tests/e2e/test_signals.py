@@ -65,6 +65,19 @@ def _port_free(port: int) -> bool:
             return False
 
 
+def _port_freed(port: int, within_s: float = 5.0) -> str:
+    """"" once ``port`` can be bound again (the kernel closes a killed process's sockets as it
+    tears the process down, which can end a moment after the process is reaped); otherwise who
+    still listens there."""
+    deadline = time.monotonic() + within_s
+    while not _port_free(port):
+        if time.monotonic() > deadline:
+            holders = [f"pid {c.pid} {c.status}" for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port]
+            return f"port {port} still taken {within_s:g} s after every process died: {holders or 'no listed holder'}"
+        time.sleep(0.1)
+    return ""
+
+
 def test_ctrl_c_on_a_serving_launcher_exits_130_and_leaves_nothing(tmp_path):
     proc, _, err = _serve(tmp_path)
     procs = _tree(proc.pid)
@@ -93,4 +106,5 @@ def test_sigkill_of_the_launcher_takes_vllms_whole_group_with_it(tmp_path):
     for line in left:
         os.kill(int(line.split()[0]), signal.SIGKILL)
     assert not left, f"outlived the SIGKILLed launcher: {left}\n{err.read_text()[-2000:]}"
-    assert _port_free(port)
+    taken = _port_freed(port)
+    assert not taken, taken
