@@ -338,8 +338,10 @@ def _env(
     base_env: Mapping[str, str],
     user_flags: set[str | None],
     cpu: CpuLayout | None,
+    eager: bool = False,
 ) -> tuple[dict[str, str], list[str]]:
-    """The variables we set for vLLM, and the warnings about the ones the user exported."""
+    """The variables we set for vLLM, and the warnings about the ones the user exported.
+    ``eager``: the final command has --enforce-eager."""
     warnings: list[str] = []
     env = {
         "HF_HUB_OFFLINE": "1",  # vLLM loads the local folder; zero Hub calls
@@ -359,6 +361,12 @@ def _env(
         wanted["VLLM_CPU_OMP_THREADS_BIND"] = cpu.threads_bind
         if cpu.single_process:
             wanted["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if eager:
+            # Eager still compiles a few helpers at their first call (the sampler's top-k/top-p
+            # and logprobs, the vocabulary mask of TP > 1): 3 s of the first such request on a
+            # 2-core machine with a warm inductor cache, 8 s cold, in each start. torch's switch
+            # makes them plain functions; vLLM reads it as -cc.mode=none, which eager is anyway.
+            wanted["TORCH_COMPILE_DISABLE"] = "1"
         if platform.machine() in ("x86_64", "AMD64"):
             # amx_site/sitecustomize.py asks Linux for AMX permission in each vLLM process.
             env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(AMX_SITE_DIR), base_env.get("PYTHONPATH"))))
@@ -443,7 +451,7 @@ def build_vllm_command(plan: LaunchPlan, inputs: CommandInputs) -> VllmLaunch:
     (host, port, names), endpoint_warnings = _effective_endpoint(args, inputs)
     sources = _sources(args, dropped)
     kv_gib, kv_warnings = _cpu_kv_space(plan, inputs, args, cpu, sources)
-    env, env_warnings = _env(inputs.base_env, {a.name for a in user}, cpu)
+    env, env_warnings = _env(inputs.base_env, {a.name for a in user}, cpu, eager=any(a.name == "enforce-eager" for a in args))
     env.update(kaito_env)
     args, api_key, key_warnings = _api_key_to_env(args, inputs.base_env, env)
     # Each step returns its own warnings; the launch carries them, in the order of the steps.

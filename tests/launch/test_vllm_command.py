@@ -95,6 +95,31 @@ def test_cpu_env_and_flags():
     assert flag_value(launch.argv, "--max-model-len") == "512"
 
 
+def test_an_eager_cpu_launch_turns_torch_compile_off_for_vllms_helpers():
+    # Eager vLLM still compiles its sampler and TP helpers at the first request that needs them;
+    # TORCH_COMPILE_DISABLE makes that request as fast as the next one.
+    assert build_vllm_command(cpu_plan(), CommandInputs(model_path="/m")).env["TORCH_COMPILE_DISABLE"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("why", "extra_args", "base_env"),
+    [
+        ("the user turned eager off", ["--no-enforce-eager"], {}),
+        ("PP on the CPU runs compiled: the plan's eager is dropped", ["--pipeline-parallel-size", "2"], {}),
+        ("the user exported their own value", [], {"TORCH_COMPILE_DISABLE": "0"}),
+    ],
+)
+def test_torch_compile_stays_on_when_the_cpu_launch_compiles_or_the_user_chose(why, extra_args, base_env):
+    launch = build_vllm_command(cpu_plan(), CommandInputs(model_path="/m", extra_args=extra_args, base_env=base_env))
+    assert "TORCH_COMPILE_DISABLE" not in launch.env, why
+
+
+def test_a_gpu_launch_leaves_torch_compile_alone_even_eager():
+    launch = build_vllm_command(llama70b_plan(), CommandInputs(model_path="/w", extra_args=["--enforce-eager"]))
+    assert "--enforce-eager" in launch.argv
+    assert "TORCH_COMPILE_DISABLE" not in launch.env
+
+
 def test_user_exported_cpu_variables_win():
     launch = build_vllm_command(cpu_plan(), CommandInputs(model_path="/m", base_env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}))
     assert "VLLM_CPU_OMP_THREADS_BIND" not in launch.env  # inherited from the parent instead
