@@ -338,7 +338,8 @@ def _env(
     base_env: Mapping[str, str],
     user_flags: set[str | None],
     cpu: CpuLayout | None,
-    eager: bool = False,
+    *,
+    eager: bool,
 ) -> tuple[dict[str, str], list[str]]:
     """The variables we set for vLLM, and the warnings about the ones the user exported.
     ``eager``: the final command has --enforce-eager."""
@@ -545,10 +546,10 @@ def _with_chat_template(
     for path in candidates:
         if os.path.isfile(path):
             return [*args, FlagArg("chat-template", ("--chat-template", path), PRESET_ARGS)], []
-    where = folder or "(no chat-template folder given)"
-    return args, [f"chat template {template} not found in {where} nor among kaito-runtime's own; the tokenizer's "
-                  "own chat template is used (to use the preset's, put the file in --chat-template-dir, "
-                  "or pass '-- --chat-template FILE')"]
+    where = (f"in {folder} nor among kaito-runtime's own" if folder
+             else "among kaito-runtime's own (no --chat-template-dir given)")
+    return args, [f"chat template {template} not found {where}; the tokenizer's own chat template is used (to use "
+                  "the preset's, put the file in --chat-template-dir, or pass '-- --chat-template FILE')"]
 
 
 def _parallel_sizes(args: Sequence[FlagArg], plan: LaunchPlan) -> tuple[int, int, int]:

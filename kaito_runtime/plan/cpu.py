@@ -137,7 +137,8 @@ def plan_cpu(model: ModelSpec, inv: NodeInventory, topo: Topology, o: PlanOverri
         Decision("max-model-len", str(max_model_len),
                  "user value" if o.max_model_len else f"the KV space holds ~{capacity:,} tokens; model limit {model.max_context:,}"),
         Decision("enforce-eager", "on", "skips torch.compile warm-up on CPU (start 44 s vs 90 s cold, vllm-cpu.md); "
-                 "TORCH_COMPILE_DISABLE=1 keeps the first request from compiling vLLM's helpers (3 s)")
+                 "vLLM also gets TORCH_COMPILE_DISABLE=1 unless it is exported, so the first request does not compile its "
+                 "helpers (3 s)")
         if eager else
         Decision("enforce-eager", "off", f"PP {pp} on the CPU backend needs compiled mode: eager, the first request "
                  "kills the engine (vllm-cpu.md)"),

@@ -102,15 +102,17 @@ def test_an_eager_cpu_launch_turns_torch_compile_off_for_vllms_helpers():
 
 
 @pytest.mark.parametrize(
-    ("why", "extra_args", "base_env"),
+    ("why", "extra_args", "base_env", "eager"),
     [
-        ("the user turned eager off", ["--no-enforce-eager"], {}),
-        ("PP on the CPU runs compiled: the plan's eager is dropped", ["--pipeline-parallel-size", "2"], {}),
-        ("the user exported their own value", [], {"TORCH_COMPILE_DISABLE": "0"}),
+        ("the user turned eager off", ["--no-enforce-eager"], {}, False),
+        ("PP on the CPU runs compiled: the plan's eager is dropped", ["--pipeline-parallel-size", "2"], {}, False),
+        ("the user exported their own value", [], {"TORCH_COMPILE_DISABLE": "0"}, True),
     ],
 )
-def test_torch_compile_stays_on_when_the_cpu_launch_compiles_or_the_user_chose(why, extra_args, base_env):
+def test_torch_compile_stays_on_when_the_cpu_launch_compiles_or_the_user_chose(why, extra_args, base_env, eager):
     launch = build_vllm_command(cpu_plan(), CommandInputs(model_path="/m", extra_args=extra_args, base_env=base_env))
+    assert launch.cpu_kv_cache_gib is not None  # still the CPU target
+    assert ("--enforce-eager" in launch.argv) is eager, why
     assert "TORCH_COMPILE_DISABLE" not in launch.env, why
 
 
@@ -161,8 +163,8 @@ def test_merge_rule_user_values_win_once():
     assert "--enforce-eager" in argv and flag_value(argv, "--cpu-offload-gb") == "0"
     # Config file first, then the arguments after --.
     assert argv.index("--max_model_len") < argv.index("-tp")
-    assert launch.warnings == ("chat template tool-chat-llama3.1-json.jinja not found in (no chat-template folder given) "
-                               "nor among kaito-runtime's own; the tokenizer's own chat template is used (to use the "
+    assert launch.warnings == ("chat template tool-chat-llama3.1-json.jinja not found among kaito-runtime's own (no "
+                               "--chat-template-dir given); the tokenizer's own chat template is used (to use the "
                                "preset's, put the file in --chat-template-dir, or pass '-- --chat-template FILE')",)
 
 
@@ -596,12 +598,12 @@ def test_cpu_runs_put_the_amx_permission_shim_first_on_vllms_python_path(monkeyp
     from kaito_runtime.launch import vllm_command
 
     monkeypatch.setattr(vllm_command.platform, "machine", lambda: "x86_64")
-    env, _ = vllm_command._env({"PYTHONPATH": "/user/lib"}, set(), CpuLayout(ranks=1, single_process=True, threads_bind='auto', kv_cache_gib=1))
+    env, _ = vllm_command._env({"PYTHONPATH": "/user/lib"}, set(), CpuLayout(ranks=1, single_process=True, threads_bind='auto', kv_cache_gib=1), eager=True)
     first, rest = env["PYTHONPATH"].split(os.pathsep, 1)
     assert first == str(vllm_command.AMX_SITE_DIR) and rest == "/user/lib"
     assert (vllm_command.AMX_SITE_DIR / "sitecustomize.py").is_file()
     monkeypatch.setattr(vllm_command.platform, "machine", lambda: "aarch64")
-    assert "PYTHONPATH" not in vllm_command._env({}, set(), CpuLayout(ranks=1, single_process=True, threads_bind='auto', kv_cache_gib=1))[0]
+    assert "PYTHONPATH" not in vllm_command._env({}, set(), CpuLayout(ranks=1, single_process=True, threads_bind='auto', kv_cache_gib=1), eager=True)[0]
 
 
 def test_a_config_value_the_pass_through_overrides_is_not_warned_about():
