@@ -3,16 +3,13 @@
     RuntimeRequest --settle--> LaunchRequest -> ModelSpec -> NodeInventory + Topology -> LaunchPlan
         -> vLLM installed? -> the command (built once) -> weights -> the group meets -> supervise
 
-``settle()`` is the one call that turns a request and the environment into a ``LaunchRequest``
-(every default read, the token resolved, the config file read, the user's vLLM arguments parsed,
-the catalog loaded, the model checked); each public function settles once and hands each step
-its slice. ``prepare()`` stops after the plan; ``dry_run()`` adds the command the plan would
-start (the ``plan`` command); ``run()`` fetches the weights and supervises vLLM;
-``download_weights()`` fetches the weights without probing or planning. Nothing before the
-weights step downloads weights, imports torch or vLLM, or starts a process.
-
-The side effects this module orders (vLLM detection, the port check, the weights store, the
-supervisor, the launcher's own HTTP) come in one ``Effects`` record, the seam tests replace.
+``settle()`` turns a request and the environment into a ``LaunchRequest`` once per call (every
+default read, the token resolved, the object-store keys masked, the config file read, the user's
+vLLM arguments parsed, the catalog loaded, the model checked); each step gets its slice.
+``prepare()`` stops after the plan, ``dry_run()`` adds the command (the ``plan`` command),
+``run()`` fetches the weights and supervises vLLM, ``download_weights()`` only fetches. Nothing
+before the weights step downloads weights, imports torch or vLLM, or starts a process. The side
+effects this module orders come in one ``Effects`` record, the seam tests replace.
 """
 
 from __future__ import annotations
@@ -29,9 +26,8 @@ from kaito_runtime import objstore
 from kaito_runtime.errors import DoesNotFitError, ModelDoesNotFitError
 from kaito_runtime.hub import timeouts as hub_timeouts
 from kaito_runtime.launch.report import PhaseTimes
-from kaito_runtime.numbers import parse_int
 from kaito_runtime.request import RuntimeRequest, weights_dir_of
-from kaito_runtime.request.settle import GroupRequest, LaunchRequest, settle_request
+from kaito_runtime.request.settle import LaunchRequest, settle_request
 from kaito_runtime.types import LaunchPlan, LoraAdapter, ModelSpec, NodeInventory, PlanOverrides, Topology, WeightsSource
 
 if TYPE_CHECKING:
@@ -44,10 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("kaito_runtime")
 
 __all__ = [
-    "Effects", "LaunchRequest", "ModelDoesNotFitError", "PhaseTimes", "PlanOverrides",
-    "PlannedLaunch", "RuntimeRequest", "doctor", "download_weights", "dry_run",
-    "export_preset", "fetch_model_weights", "list_presets", "prepare", "probe_node", "resolve_model",
-    "resolve_topology", "run", "settle",
+    "Effects", "LaunchRequest", "ModelDoesNotFitError", "PhaseTimes", "PlanOverrides", "PlannedLaunch", "RuntimeRequest",
+    "doctor", "download_weights", "dry_run", "export_preset", "fetch_model_weights", "list_presets", "prepare",
+    "resolve_model", "run", "settle",
 ]
 
 
@@ -91,38 +86,27 @@ class PlannedLaunch:
 def settle(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, check_model: bool = True) -> LaunchRequest:
     """The request settled in ``env`` (default: this process's), once per run: environment
     defaults, token, config file, the user's vLLM arguments, the catalog, the model checked
-    (``check_model=False`` for a --join worker, which learns its model from the leader)."""
+    (``check_model=False`` for a --join worker, which learns its model from the leader); from
+    here on the object-store keys in ``env`` are masked in every output."""
     from kaito_runtime import model, weights
     from kaito_runtime.model.catalog import load_catalog
 
     settled = settle_request(request, dict(os.environ if env is None else env))
+    objstore.register_secrets(settled.env)
     catalog = load_catalog(user_dir=settled.model.catalog_dir)
     checked = model.checked(settled.model, catalog, settled.env) if check_model else settled.model
     return replace(settled, model=checked, catalog=catalog, local_copies=weights.LocalCopies(settled.weights.weights_dir))
 
 
-def probe_node(request: RuntimeRequest, env: Mapping[str, str]) -> NodeInventory:
-    """This node's GPUs and host, or the ones --sku / --assume-gpus describe."""
-    from kaito_runtime import node as node_step
-
-    return node_step.probe_node(sku=request.sku, assume_gpus=request.assume_gpus, weights_dir=weights_dir_of(request, env),
-                                env=env)
-
-
-def resolve_topology(request: RuntimeRequest | GroupRequest, env: Mapping[str, str], *, planning_only: bool = False) -> Topology:
-    """This node's place in its group. ``planning_only``: a multi-node plan may go without a rank
-    (taken as 0) or a leader address (a placeholder); a real launch must have both."""
-    from kaito_runtime import node as node_step
-
-    return node_step.resolve_topology(env, nnodes=request.nnodes, node_rank=request.node_rank,
-                                      leader_address=request.leader_address, master_port=request.master_port,
-                                      planning_only=planning_only)
-
-
 def doctor(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tuple[NodeInventory, Topology]:
-    """This node as kaito-run sees it (the ``doctor`` command)."""
+    """This node as kaito-run sees it (the ``doctor`` command): its GPUs and host (or those that
+    --sku / --assume-gpus describe) and its place in its group (a rank or leader may be missing)."""
+    from kaito_runtime import node
+
     env = dict(os.environ if env is None else env)
-    return probe_node(request, env), resolve_topology(request, env, planning_only=True)
+    return (node.probe_node(sku=request.sku, assume_gpus=request.assume_gpus, weights_dir=weights_dir_of(request, env), env=env),
+            node.resolve_topology(env, nnodes=request.nnodes, node_rank=request.node_rank, leader_address=request.leader_address,
+                                  master_port=request.master_port, planning_only=True))
 
 
 def resolve_model(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> ModelSpec:
@@ -133,7 +117,6 @@ def resolve_model(request: RuntimeRequest, env: Mapping[str, str] | None = None)
 def _resolve(launch: LaunchRequest) -> ModelSpec:
     from kaito_runtime import model
 
-    objstore.register_secrets(launch.env)
     with hub_timeouts.timeout_from(launch.env):
         return model.resolve_model(launch.model, launch.catalog, credentials=launch.credentials,
                                    local_copies=launch.local_copies, env=launch.env)
@@ -163,6 +146,7 @@ def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Ca
     model = _resolve(launch)
     model_seconds = time.monotonic() - started
     adapters, adapter_warnings = load_adapters(launch.model.adapters_dir, model, log)
+    gated = model_step.gated_without_token(model, launch.model, launch.credentials, launch.local_copies)
     on_phase("inventory")
     started = time.monotonic()
     node = node_step.probe_node(sku=launch.node.sku, assume_gpus=launch.node.assume_gpus,
@@ -173,7 +157,6 @@ def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Ca
     topo = node_step.resolve_topology(launch.env, nnodes=g.nnodes, node_rank=g.node_rank, leader_address=g.leader_address,
                                       master_port=g.master_port, planning_only=planning_only)
     inventory_seconds = time.monotonic() - started
-    gated = model_step.gated_without_token(model, launch.model, launch.credentials, launch.local_copies)
     on_phase("plan")
     started = time.monotonic()
     try:
@@ -183,9 +166,7 @@ def _plan(launch: LaunchRequest, planning_only: bool | None = None, on_phase: Ca
                             force_cpu=launch.overrides.force_cpu, dry_run=launch.dry_run)
         raise ModelDoesNotFitError(error, model, fix=fix,
                                    token_source=launch.credentials.found_source, warnings=(gated,) if gated else ()) from error
-    model_path = objstore.vllm_model_uri(model.store_uri, launch.env) or (
-        Path(model.local_path) if model.local_path else planned_path(model.weights_source, launch.weights.weights_dir)
-    )
+    model_path = planned_path(model.weights_source, launch.weights.weights_dir, launch.env)
     serve = launch_step.ServeOptions(launch.serve.host, launch.serve.port, chat_template_dir=launch.serve.chat_template_dir,
                                      adapters=adapters, user_args=launch.user_args)
     return PlannedLaunch(
@@ -202,10 +183,10 @@ def dry_run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, ef
     from kaito_runtime import launch as launch_step
 
     launch = settle(request, env, check_model=not request.join)
-    if request.join:  # the plan of a --join worker is the one its leader would give it
+    if launch.group.join:  # the plan of a --join worker is the one its leader would give it
         from kaito_runtime.launch.group import group_secret
 
-        launch = _join(request, launch, group_secret(launch.group, launch.env))
+        launch = _join(launch, group_secret(launch.group, launch.env))
     planned = _plan(launch)
     return planned, launch_step.command_for(planned.serve, planned.plan, planned.model_path, launch.env,
                                             (effects or Effects.real()).detect_vllm(), planned.inventory, launch.serve)
@@ -231,17 +212,15 @@ def _download(launch: LaunchRequest, effects: Effects, watch: Callable[[object, 
     """No probe and no plan: an init container usually has no GPU, so whether the model fits is a
     question for the serving pod. A repo id's config.json is not read either."""
     from kaito_runtime import model as model_step, weights
-    from kaito_runtime.weights.store import check_weights_dir
 
     if not launch.model.local_folder:  # this mode exists to write there: made now, refused at once
-        check_weights_dir(launch.weights.weights_dir, create=True)
+        weights.check_weights_dir(launch.weights.weights_dir, create=True)
     started = time.monotonic()
     source = model_step.download_source(launch.model, launch.catalog, launch.env)
     log.info("download-only: weights of %s (%s) into %s; whether it fits this machine is not checked in this mode",
              source.name, source.local_path or source.store_uri or f"{source.repo_id}@{source.revision or 'main'}",
              source.local_path or launch.weights.weights_dir)
-    gated = model_step.gated_without_token(source, launch.model, launch.credentials, launch.local_copies)
-    if gated:
+    if gated := model_step.gated_without_token(source, launch.model, launch.credentials, launch.local_copies):
         log.warning("%s", gated)
     result = weights.obtain(source, launch.weights, launch.credentials, launch.env, ensure=effects.ensure_weights,
                            copy=True, watch=watch, log=log)
@@ -254,13 +233,11 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
     """The whole chain: plan, vLLM check, port check, weights, the group, vLLM, supervision.
     Returns the process exit code. From its first moment the launcher serves its own HTTP
     (kaito_runtime.observe): the metrics port for its whole life, vLLM's port until vLLM takes it."""
-    from kaito_runtime import observe, termination
+    from kaito_runtime import observe
 
     entered = time.monotonic()
     effects = effects or Effects.real()
     env = dict(os.environ if env is None else env)
-    if request.termination_log is not None:  # first: a bad request's cause is written there too
-        termination.configure(request.termination_log, env)
     launch = settle(request, env, check_model=download_only or not request.join)
     serve = launch.serve
     options = observe.ObserveOptions(serve.host, serve.metrics_port, serve.startup_http and not download_only)
@@ -270,37 +247,35 @@ def run(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, downlo
             _download(launch, effects, watch=observer.status.weights.watch)
             observer.status.weights.finish()
             return 0
-        return _run(request, launch, observer, entered, effects)
+        return _run(launch, observer, entered, effects)
 
 
-def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, entered: float, effects: Effects) -> int:
+def _run(launch: LaunchRequest, observer: Observer, entered: float, effects: Effects) -> int:
     from kaito_runtime import launch as launch_step, weights
     from kaito_runtime.launch import group as group_step, report
     from kaito_runtime.launch.vllm_run import run_vllm
     from kaito_runtime.observe import ObservedHooks, Phase, hold_port
-    from kaito_runtime.weights.store import check_weights_dir
 
     # First: without vLLM nothing below can end well, and a --join worker would otherwise meet
     # the missing install as "No module named torch" while contacting its leader's store.
     found = launch_step.require_vllm(effects.detect_vllm)
     secret = group_step.before_the_group(launch.group, launch.env)  # a bad file fails before anything slow
-    hold_port(observer, launch.user_args.last_value("host") or launch.serve.host,
-              parse_int(launch.user_args.last_value("port") or "") or launch.serve.port, effects.check_port_free)
-    if request.join:
-        launch = _join(request, launch, secret)
+    hold_port(observer, *launch.api_address, effects.check_port_free)
+    if launch.group.join:
+        launch = _join(launch, secret)
     if not launch.model.local_folder:
         # Made now, so a path that can never be a folder (/proc/x, a read-only parent) fails in
         # a second; an existing read-only volume holding a complete copy is still served.
-        check_weights_dir(launch.weights.weights_dir, writable=False, create=True)
+        weights.check_weights_dir(launch.weights.weights_dir, writable=False, create=True)
     planned = _plan(launch, planning_only=False, on_phase=lambda name: observer.enter(Phase(name)))
     topo = planned.topology
-    observer.describe(model=planned.model.name, role="leader" if topo.is_leader else "worker")
     install = launch_step.installed_vllm(planned.model, topo, log, found)
     # Built once, before the weights: what vLLM will really use (the config file and pass-through
     # arguments may override the plan) is what the plan line shows and the port check tests.
     built = launch_step.command_for(planned.serve, planned.plan, planned.model_path, launch.env, install,
                                     planned.inventory, launch.serve)
     report.log_plan_summary(planned.serve, planned.plan, built, log)
+    observer.describe(model=planned.model.name, role="leader" if topo.is_leader else "worker")
     observer.plan(planned.plan)
     for warning in built.warnings:
         log.warning("%s", warning)
@@ -329,11 +304,10 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
         observer.status.group.checked_in(group.nnodes)  # the group was released: every member is in
     # Filled in, not rebuilt: the folder the weights step returned (a branch may have resolved to
     # another commit's folder; a store's model stays its URI) and the leader's resolved IP.
-    built = built.filled(str(objstore.vllm_model_uri(planned.model.store_uri, launch.env) or result.path),
+    built = built.filled(str(planned.model_path if planned.model.store_uri else result.path),
                          master_addr=meeting.master_addr_ip if meeting is not None else None)
-    store_plain, store_secret = objstore.child_env(planned.model.store_uri, launch.env, Path(result.path))
-    added = {**(meeting.child_env(launch.env) if meeting is not None else {}), **store_plain}
-    child_env = {**launch_step.child_environment(built, launch.env, added), **store_secret}
+    added = {**(meeting.child_env(launch.env) if meeting is not None else {}), **result.vllm_env}
+    child_env = {**launch_step.child_environment(built, launch.env, added), **result.vllm_secret_env}
     observer.enter(Phase.VLLM_START)
     hooks = ObservedHooks(group.hooks if group is not None else None, observer, worker=not topo.is_leader)
     return run_vllm(built, child_env, added, plan=planned.plan, model_name=planned.model.name, is_leader=topo.is_leader,
@@ -341,15 +315,12 @@ def _run(request: RuntimeRequest, launch: LaunchRequest, observer: Observer, ent
                     entered=entered, times=replace(planned.times, weights=weights_seconds), log=log)
 
 
-def _join(request: RuntimeRequest, launch: LaunchRequest, secret: GroupSecret | None) -> LaunchRequest:
-    """--join: this worker's request settled again with what its leader publishes (model,
-    revision, node count, plan options, vLLM arguments); its own rank, ports, cores, folders and
-    token stay."""
+def _join(launch: LaunchRequest, secret: GroupSecret | None) -> LaunchRequest:
+    """--join: settled again with what the leader publishes (model, revision, node count, plan
+    options, vLLM arguments); this worker's rank, ports, cores, folders and token stay."""
     from kaito_runtime import model
     from kaito_runtime.launch.group import join_the_leader
-    from kaito_runtime.request import check_join
 
-    check_join(request)
     joined = launch.joined(join_the_leader(launch.group, launch.env, secret, log))
     return replace(joined, model=model.checked(joined.model, joined.catalog, joined.env))
 

@@ -485,10 +485,10 @@ def test_assumed_gpus_use_this_machines_host_and_a_sku_its_own(tmp_path):
     from kaito_runtime.node.inventory import probe_host
 
     here = probe_host(tmp_path)
-    node = api.probe_node(api.RuntimeRequest(assume_gpus="1xH100", weights_dir=tmp_path), {})
+    node, _ = api.doctor(api.RuntimeRequest(assume_gpus="1xH100", weights_dir=tmp_path), {})
     assert (node.host.cpu_count, node.host.ram_total_bytes) == (here.cpu_count, here.ram_total_bytes)
     assert node.host.disk_free_bytes is not None  # the disk of the weights folder was read
-    sku = api.probe_node(api.RuntimeRequest(sku="Standard_NC24ads_A100_v4", weights_dir=tmp_path), {})
+    sku, _ = api.doctor(api.RuntimeRequest(sku="Standard_NC24ads_A100_v4", weights_dir=tmp_path), {})
     assert sku.host.cpu_count == 24 and sku.host.ram_total_bytes > 0
 
 

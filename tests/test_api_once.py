@@ -92,13 +92,14 @@ def test_the_command_is_filled_in_with_the_weights_folder_not_rebuilt(tmp_path, 
 
 def test_a_join_worker_settles_once_and_parses_its_leaders_args_once(tmp_path, counts):
     from kaito_runtime.launch.group import for_launch, load_group_secret, open_for_workers
+    from kaito_runtime.request.settle import GroupRequest
     from kaito_runtime.types import Topology
     from tests.support.group_helpers import free_port_pair
 
     env = {"KAITO_GROUP_SECRET": "0123456789abcdef-the-group-secret"}
     port = free_port_pair()
     topo = Topology(nnodes=2, node_rank=0, leader_address="127.0.0.1", master_port=port)
-    leader = for_launch(api.GroupRequest(nnodes=2, node_rank=0, master_port=port), topo, load_group_secret(None, env), env,
+    leader = for_launch(GroupRequest(nnodes=2, node_rank=0, master_port=port), topo, load_group_secret(None, env), env,
                         api.log)
     model = api.settle(_request(tmp_path, config_file=None)).model
     open_for_workers(leader, model, api.PlanOverrides(), (MARK, "7"))

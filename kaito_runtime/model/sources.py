@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kaito_runtime.errors import HubUnreachableError, InputError
-from kaito_runtime.model_files import check_model_folder, weight_files
+from kaito_runtime.model.files import check_model_folder, weight_files
 from kaito_runtime.model.hf_config import read_config_json, spec_from_hf_config
 from kaito_runtime import hub
 from kaito_runtime.hub import check_repo_id, repo_id_problem
@@ -39,7 +39,7 @@ def served_name_for(model: str) -> str:
 
 
 def folder_weights_bytes(folder: Path, load_format: str = "hf") -> int:
-    """Bytes of the one weight format vLLM will load from the folder (``model_files.weight_files``)."""
+    """Bytes of the one weight format vLLM will load from the folder (``files.weight_files``)."""
     sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
     return sum(sizes[name] for name in weight_files(sizes, load_format))
 

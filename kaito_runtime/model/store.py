@@ -18,7 +18,7 @@ from kaito_runtime.errors import InputError, StoreError, StoreNotFoundError, Sto
 from kaito_runtime.model.hf_config import spec_from_hf_config
 from kaito_runtime.model.sizes import Tensor, figures_from_headers, parse_header
 from kaito_runtime.model.sources import SAFETENSORS_INDEX, _indexed, served_name_for, with_figures
-from kaito_runtime.model_files import weight_files
+from kaito_runtime.model.files import weight_files
 from kaito_runtime.objstore import Store, StoreObject, StoreURI
 from kaito_runtime.types import ModelSpec
 
@@ -97,6 +97,7 @@ def spec_from_store(
             f"{where} holds no objects (no such prefix)",
             fix="check the prefix in --model: it must be the folder that holds config.json and the *.safetensors",
         )
+    version = objstore.version_digest(objects)
     by_name = {o.name: o for o in objects}
     top = [o.name for o in objects if "/" not in o.name]
     if "config.json" not in by_name:
@@ -124,7 +125,6 @@ def spec_from_store(
         source=f"{where}/config.json",
         trust_remote_code=trust_remote_code,
     )
-    version = objstore.version_digest(objects)
     log.info("model: %s: %d objects, %d safetensors shards, version %s (headers read by range)",
              where, len(objects), len(shards), version)
     spec = replace(spec, generated_from="store metadata", store_uri=where, store_version=version)

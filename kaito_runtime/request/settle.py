@@ -18,12 +18,13 @@ from kaito_runtime.request import (
     RuntimeRequest,
     catalog_dir_of,
     chat_template_dir_of,
+    check_join,
     endpoint_of,
     is_offline,
     looks_like_path,
     weights_dir_of,
 )
-from kaito_runtime.numbers import WEIGHTS_LOCK_TIMEOUT
+from kaito_runtime.numbers import WEIGHTS_LOCK_TIMEOUT, parse_int
 from kaito_runtime.secrets import Credentials, resolve_credentials
 from kaito_runtime.settings import seconds_from_env
 from kaito_runtime.types import PlanOverrides
@@ -135,6 +136,12 @@ class LaunchRequest:
     local_copies: Any = field(default=None, repr=False)  # weights.LocalCopies under weights_dir, made by api.settle
 
     @property
+    def api_address(self) -> tuple[str, int]:
+        """Where vLLM's API will listen: the pass-through --host/--port win over the options."""
+        return (self.user_args.last_value("host") or self.serve.host,
+                parse_int(self.user_args.last_value("port") or "") or self.serve.port)
+
+    @property
     def planning_only(self) -> bool:
         """A plan for hardware that is not (necessarily) this node: a dry run, --sku or --assume-gpus."""
         return self.dry_run or self.node.described
@@ -155,6 +162,8 @@ class LaunchRequest:
 def settle_request(request: RuntimeRequest, env: Mapping[str, str]) -> LaunchRequest:
     """``request`` in ``env``, settled (see the module docstring). Raises InputError for a bad
     value in the config file or the pass-through arguments, ConfigFileError for a bad file."""
+    if request.join:
+        check_join(request)
     config = _read_config(request.config_file)
     config_args = config.vllm_args if config is not None else None
     user_args = parse_user_args(config_args, request.extra_vllm_args, config_path=request.config_file)

@@ -1,7 +1,7 @@
 """Make the model's weights present on local disk: selected, pinned, verified, reused.
 
-This module is the weights step's orchestration and public API. Its parts: ``model_files``
-(which files, a top-level leaf), ``store`` (the layout on disk, marker, refs, the one ref ->
+This module is the weights step's orchestration and public API. Which files a model needs is
+the model step's rule (``model.files``); its parts: ``store`` (the layout on disk, marker, refs, the one ref ->
 commit -> folder rule), ``lock`` (one downloader per commit), ``fetch`` (resumable, parallel,
 verifying fetch), ``objects`` (object-store copies), ``progress`` (bar or log lines),
 ``integrity`` (size and hash checks) and ``hub`` (the Hub client).
@@ -21,7 +21,7 @@ import sys
 import time
 from contextlib import ExitStack
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
@@ -37,7 +37,7 @@ from kaito_runtime.errors import (
     WeightsCorruptError,
     WeightsError,
 )
-from kaito_runtime.model_files import check_model_folder, has_weights, select_files
+from kaito_runtime.model.files import check_model_folder, has_weights, select_files
 from kaito_runtime.hub import (
     COMMIT_RE,
     RemoteFile,
@@ -63,6 +63,7 @@ from kaito_runtime.types import MiB, WeightsSource
 from kaito_runtime.weights.lock import download_lock, lock_timeout_s
 from kaito_runtime.weights.store import (
     MARKER_NAME,
+    check_weights_dir,
     commit_folder,
     known_commit,
     lock_path,
@@ -82,6 +83,7 @@ __all__ = [
     "DEFAULT_DISK_MARGIN",
     "ProgressMode",
     "WeightsResult",
+    "check_weights_dir",
     "disk_free_bytes",
     "ensure_store_weights",
     "ensure_weights",
@@ -107,6 +109,10 @@ class WeightsResult:
     seconds: float
     files: int
     revision: str | None = None  # the commit the folder holds (None for a local folder)
+    # An object store's model: what vLLM's environment needs to stream it (objstore.child_env),
+    # the plain variables and the secret ones (never shown)
+    vllm_env: Mapping[str, str] = field(default_factory=dict)
+    vllm_secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def disk_free_bytes(path: Path) -> int:
@@ -462,6 +468,7 @@ def ensure_store_weights(
     the non-tensor files where vLLM looks for them on this node and returns that folder, with the
     objects' version digest as ``revision``. ``copy`` (--download-only): a complete, verified
     local copy (``weights.objects``)."""
+    from kaito_runtime import objstore
     from kaito_runtime.weights import objects
 
     log = log or logger
@@ -479,7 +486,9 @@ def ensure_store_weights(
     if model.store_version and version != model.store_version:
         log.warning("weights: the objects under %s changed since the plan was made (version %s, now %s)",
                     model.store_uri, model.store_version, version)
-    return WeightsResult(folder, fetched, False, time.monotonic() - t0, len(list(folder.iterdir())), version)
+    plain, secret = objstore.child_env(model.store_uri, env, folder)
+    return WeightsResult(folder, fetched, False, time.monotonic() - t0, len(list(folder.iterdir())), version,
+                         vllm_env=plain, vllm_secret_env=secret)
 
 
 def obtain(source: WeightsSource, asked, credentials, env: Mapping[str, str], *,
@@ -496,7 +505,6 @@ def obtain(source: WeightsSource, asked, credentials, env: Mapping[str, str], *,
     from kaito_runtime.hub import timeouts
 
     if source.store_uri:
-        objstore.register_secrets(env)
         return ensure_store_weights(source, weights_dir=asked.weights_dir, env=env, copy=copy,
                                     lock_timeout_s=asked.lock_timeout_s, log=log)
     try:
@@ -513,17 +521,22 @@ def obtain(source: WeightsSource, asked, credentials, env: Mapping[str, str], *,
 # --- for planning (before the download) -------------------------------------------------------
 
 
-def planned_path(model: WeightsSource, weights_dir: Path) -> Path:
-    """The folder ensure_weights will return, known before any download (for vLLM's argv).
+def planned_path(model: WeightsSource, weights_dir: Path, env: Mapping[str, str] | None = None) -> Path | str:
+    """Where vLLM will load the model from, known before any download (for vLLM's argv): the
+    folder ensure_weights will return, or (a str) the URI vLLM streams an object store's model from.
 
-    Exact for a local folder and a 40-hex revision; a branch uses the commit it last resolved
-    to on this volume, else the branch name (ensure_weights then returns the real folder).
+    Exact for a local folder, a store and a 40-hex revision; a branch uses the commit it last
+    resolved to on this volume, else the branch name (ensure_weights then returns the real folder).
     """
     if model.local_path:
         return Path(model.local_path)
-    if not model.repo_id:
-        raise InputError(f"Model {model.name} has neither a Hugging Face repo id nor a local folder")
-    return commit_folder(weights_dir, model.repo_id, model.revision)[0]
+    if model.repo_id:
+        return commit_folder(weights_dir, model.repo_id, model.revision)[0]
+    if not model.store_uri:
+        raise InputError(f"Model {model.name} has neither a Hugging Face repo id, an object-store URI nor a local folder")
+    from kaito_runtime import objstore
+
+    return objstore.vllm_model_uri(model.store_uri, env or {})
 
 
 class LocalCopies:

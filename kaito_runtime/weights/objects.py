@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kaito_runtime import objstore
 from kaito_runtime.errors import StoreError, StoreTruncatedError
-from kaito_runtime.model_files import select_files
+from kaito_runtime.model.files import select_files
 from kaito_runtime.objstore import Store, StoreObject, StoreURI
 from kaito_runtime.types import RemoteFile
 from kaito_runtime.types import format_bytes as fmt_bytes

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kaito_runtime.errors import InputError
-from kaito_runtime.model_files import WEIGHT_FILES_RULE, has_weights, weight_files
+from kaito_runtime.model.files import WEIGHT_FILES_RULE, has_weights, weight_files
 from kaito_runtime.model.sources import (
     check_repo_id,
     folder_weights_bytes,

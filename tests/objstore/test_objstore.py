@@ -627,6 +627,10 @@ def test_the_group_fingerprint_follows_the_objects_version(moto, tmp_path):
 
     first, fields = facts()
     assert fields["model"] == "s3://models/versioned" and fields["revision"] == planned.model.store_version
+    # what vLLM's environment needs to stream it comes with the weights step's answer
+    assert first.vllm_env == {"RUNAI_STREAMER_S3_ENDPOINT": env["AWS_ENDPOINT_URL"],
+                              "VLLM_ASSETS_CACHE": str(first.path.parent.parent)}
+    assert first.vllm_secret_env == {} and planned.model_path == "s3://models/versioned"
     assert first.revision == planned.model.store_version and (first.path / "config.json").is_file()
     again = fingerprint(facts()[1])
     assert again == fingerprint(fields)

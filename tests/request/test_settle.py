@@ -26,3 +26,21 @@ def test_a_joined_launch_takes_the_leaders_model_and_args_and_keeps_this_nodes_r
     assert launch.user_args.last_value("max-num-seqs") == "4"
     assert (launch.serve.port, launch.weights.weights_dir) == (5001, tmp_path)
     assert launch.credentials is own.credentials  # the token is not resolved again
+
+
+def test_a_join_worker_given_a_model_of_its_own_is_refused_at_settle_time(tmp_path):
+    import pytest
+
+    from kaito_runtime.errors import InputError
+
+    with pytest.raises(InputError, match="--join learns the model and its settings from the leader"):
+        settle_request(RuntimeRequest(join=True, node_rank=1, model="org/tiny", weights_dir=tmp_path), {})
+    assert settle_request(RuntimeRequest(join=True, node_rank=1, weights_dir=tmp_path), {}).group.join
+
+
+def test_vllms_api_address_is_the_pass_through_host_and_port_else_the_options(tmp_path):
+    options_only = settle_request(RuntimeRequest(model="org/tiny", host="127.0.0.1", port=5001, weights_dir=tmp_path), {})
+    assert options_only.api_address == ("127.0.0.1", 5001)
+    passed = settle_request(RuntimeRequest(model="org/tiny", host="127.0.0.1", port=5001, weights_dir=tmp_path,
+                                           extra_vllm_args=("--host", "0.0.0.0", "--port=6001")), {})
+    assert passed.api_address == ("0.0.0.0", 6001)

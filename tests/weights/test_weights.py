@@ -27,6 +27,7 @@ from kaito_runtime.errors import (
     WeightsError,
 )
 from kaito_runtime.secrets import Secret, resolve_token
+from kaito_runtime.types import WeightsSource
 from kaito_runtime.weights import MARKER_NAME, ensure_weights
 from tests.conftest import BAD_TOKEN, GRANTED_TOKEN, UNGRANTED_TOKEN
 from tests.support.weights_helpers import closed_port_url, no_writes_under, sha256, spec
@@ -222,6 +223,11 @@ def test_concurrent_launchers_download_once(hub, tmp_path, caplog):
 def test_planned_path_and_offline_metadata_from_a_complete_copy(hub, tmp_path):
     commit = hub.commit_of("org/tiny")
     assert weights.planned_path(spec(revision=commit), tmp_path) == tmp_path / "org--tiny" / commit
+    store = WeightsSource(name="tiny", store_uri="az://acct/models/tiny")  # vLLM streams it: the URI, as vLLM takes it
+    assert weights.planned_path(store, tmp_path, {"AZURE_STORAGE_ACCOUNT_NAME": "acct"}) == "az://models/tiny"
+    assert weights.planned_path(WeightsSource(name="tiny", local_path=str(tmp_path)), tmp_path / "w") == tmp_path
+    with pytest.raises(InputError, match="neither"):
+        weights.planned_path(WeightsSource(name="tiny"), tmp_path)
     result = ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url)
     assert weights.planned_path(spec(), tmp_path) == result.path  # branch: the commit it resolved to
 
@@ -429,3 +435,9 @@ def test_the_progress_bar_is_closed_when_the_fetcher_cannot_even_start(hub, tmp_
     with pytest.raises(WeightsError):
         ensure_weights(spec(), weights_dir=tmp_path, token=None, endpoint=hub.url, progress="bar")
     assert closed == [True]
+
+
+def test_a_weights_result_never_shows_the_secret_part_of_vllms_environment(tmp_path):
+    result = weights.WeightsResult(tmp_path, 0, False, 0.0, 1, "v1", vllm_env={"AZURE_STORAGE_ACCOUNT_NAME": "acct"},
+                                   vllm_secret_env={"AZURE_STORAGE_SAS_TOKEN": "sv=1&sig=SecretSas0123"})
+    assert "SecretSas0123" not in repr(result) and "acct" in repr(result)

@@ -1,5 +1,6 @@
 """Which files of a model repo or folder a server needs, by load format, and the one rule for a
-local model folder (shared by the model step and the weights step)."""
+local model folder: the model step sizes the model by them, the weights step fetches and checks
+by them (its one import of this step)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""kaito_runtime.model_files: which repo files a server needs (pure)."""
+"""kaito_runtime.model.files: which repo files a server needs (pure)."""
 
 from __future__ import annotations
 
-from kaito_runtime.model_files import has_weights, select_files
+from kaito_runtime.model.files import has_weights, select_files
 
 REPO_FILES = [
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
