@@ -92,15 +92,15 @@ def settle(request: RuntimeRequest, env: Mapping[str, str] | None = None, *, che
     from kaito_runtime.model.catalog import load_catalog
 
     settled = settle_request(request, dict(os.environ if env is None else env))
-    objstore.register_secrets(settled.env)
     catalog = load_catalog(user_dir=settled.model.catalog_dir)
     checked = model.checked(settled.model, catalog, settled.env) if check_model else settled.model
-    return replace(settled, model=checked, catalog=catalog, local_copies=weights.LocalCopies(settled.weights.weights_dir))
+    settled = replace(settled, model=checked, catalog=catalog, local_copies=weights.LocalCopies(settled.weights.weights_dir))
+    objstore.register_secrets(settled.env)
+    return settled
 
 
 def doctor(request: RuntimeRequest, env: Mapping[str, str] | None = None) -> tuple[NodeInventory, Topology]:
-    """This node as kaito-run sees it (the ``doctor`` command): its GPUs and host (or those that
-    --sku / --assume-gpus describe) and its place in its group (a rank or leader may be missing)."""
+    """This node as kaito-run sees it (the ``doctor`` command): its GPUs and host, and its place in its group."""
     from kaito_runtime import node
 
     env = dict(os.environ if env is None else env)

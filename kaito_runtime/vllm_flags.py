@@ -12,12 +12,16 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kaito_runtime.errors import InputError
 
 from kaito_runtime.numbers import parse_decimal, parse_int
+
+if TYPE_CHECKING:
+    from kaito_runtime.types import PlanOverrides
 
 PLAN = "plan"  # the source of a flag the launcher itself computed
 # The user's layers, in the order they are merged (a later one wins): the KAITO config file's
@@ -265,6 +269,25 @@ class UserArgs:
     def remote_code(self) -> bool:
         """The user asked vLLM to run the repo's code (``--trust-remote-code``)."""
         return "trust-remote-code" in self.names
+
+    def sized(self, overrides: PlanOverrides) -> PlanOverrides:
+        """The plan options with the sizes these flags set: vLLM gets them either way, so the
+        plan must agree (a TP size from here left the planned data-parallel size in place). The
+        batch budget and CUDA graphs change vLLM's non-KV memory: plan with what vLLM will get."""
+        sizes: dict[str, object] = {}
+        for flag, name in (("tensor-parallel-size", "tensor_parallel_size"), ("pipeline-parallel-size", "pipeline_parallel_size")):
+            value = self.last_value(flag)
+            if value is not None:
+                sizes[name] = int(value)
+        for flag, name in (("max-num-batched-tokens", "max_num_batched_tokens"), ("max-num-seqs", "max_num_seqs")):
+            value = self.last_value(flag)
+            number = parse_human_int(value) if value is not None else None
+            if number:
+                sizes[name] = number
+        eager = [a.name for a in self.args if a.name in ("enforce-eager", "no-enforce-eager")]
+        if eager and (eager[-1] == "enforce-eager") != overrides.enforce_eager:
+            sizes["enforce_eager"] = eager[-1] == "enforce-eager"
+        return replace(overrides, **sizes) if sizes else overrides
 
 
 def parse_user_args(

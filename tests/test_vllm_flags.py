@@ -45,3 +45,15 @@ def test_the_published_arguments_hold_no_secret_in_any_spelling(secret):
     assert not any("hf_" in token for token in parsed.published)
     assert parsed.published == ("--max-model-len", "256", "--enforce-eager")
     assert "hf-token" not in parsed.names
+
+
+def test_the_users_flags_size_the_plan_options():
+    from kaito_runtime.types import PlanOverrides
+    from kaito_runtime.vllm_flags import parse_user_args
+
+    asked = PlanOverrides(max_model_len=4096)
+    assert parse_user_args(None, ("--served-model-name", "x")).sized(asked) is asked  # nothing to size
+    user = parse_user_args({"max-num-seqs": 8}, ("-tp", "2", "--max-num-batched-tokens", "8k", "--enforce-eager"))
+    assert user.sized(asked) == PlanOverrides(max_model_len=4096, tensor_parallel_size=2, max_num_seqs=8,
+                                              max_num_batched_tokens=8000, enforce_eager=True)  # 8k: 8000, as vLLM reads it
+    assert parse_user_args(None, ("--no-enforce-eager",)).sized(PlanOverrides(enforce_eager=True)).enforce_eager is False

@@ -111,11 +111,14 @@ def run_vllm(built: VllmLaunch, child_env: Mapping[str, str], added: Mapping[str
                 return code
             group.meet_again()  # the same plan, weights and command: vLLM starts again
             log.info("starting vLLM (round %d): %s", group.round, start_line(built, added))
-    if outcome.exit_code != 0 and outcome.signal_received is None:
-        termination.note_cause(report.log_failure(outcome, plan, built, serve.ready_timeout, log))
-    elif outcome.signal_received is not None:
+    cause = None  # for the termination message: why vLLM ended, when it did not end well or was stopped
+    if outcome.signal_received is not None:
         how = "stopped cleanly" if outcome.exit_code == 0 else supervisor.describe_exit_code(outcome.exit_code)
-        termination.note_cause(f"stopped by {signal.Signals(outcome.signal_received).name} (vLLM {how})")
+        cause = f"stopped by {signal.Signals(outcome.signal_received).name} (vLLM {how})"
+    elif outcome.exit_code != 0:
+        cause = report.log_failure(outcome, plan, built, serve.ready_timeout, log)
+    if cause:
+        termination.note_cause(cause)
     # A forwarded stop ends with the supervisor's own "vLLM stopped in N s (exit N)" line.
     return outcome.exit_code
 

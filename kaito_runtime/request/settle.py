@@ -28,7 +28,7 @@ from kaito_runtime.numbers import WEIGHTS_LOCK_TIMEOUT, parse_int
 from kaito_runtime.secrets import Credentials, resolve_credentials
 from kaito_runtime.settings import seconds_from_env
 from kaito_runtime.types import PlanOverrides
-from kaito_runtime.vllm_flags import UserArgs, parse_human_int, parse_user_args
+from kaito_runtime.vllm_flags import UserArgs, parse_user_args
 
 if TYPE_CHECKING:
     from kaito_runtime.request.config_file import ConfigFile
@@ -155,7 +155,7 @@ class LaunchRequest:
                         served_model_name=leader.served_model_name, remote_code=user_args.remote_code)
         group = replace(self.group, nnodes=leader.nnodes, leader_address=leader.leader_address,
                         master_port=leader.master_port)
-        overrides = with_user_sizes(replace(leader.overrides, cpu_cores=self.overrides.cpu_cores), user_args)
+        overrides = user_args.sized(replace(leader.overrides, cpu_cores=self.overrides.cpu_cores))
         return replace(self, model=model, group=group, overrides=overrides, user_args=user_args)
 
 
@@ -165,14 +165,18 @@ def settle_request(request: RuntimeRequest, env: Mapping[str, str]) -> LaunchReq
     if request.join:
         check_join(request)
     config = _read_config(request.config_file)
-    config_args = config.vllm_args if config is not None else None
-    user_args = parse_user_args(config_args, request.extra_vllm_args, config_path=request.config_file)
-    offline = is_offline(request, env)
-    endpoint = endpoint_of(request, env)
+    # The environment's defaults first, then the user's vLLM arguments (they size the plan and say
+    # whether the repo's own code may run), then the token.
+    offline, endpoint, catalog_dir = is_offline(request, env), endpoint_of(request, env), catalog_dir_of(request, env)
+    weights_dir, chat_template_dir = weights_dir_of(request, env), chat_template_dir_of(request, env)
+    kv_offload = _kv_offload(request, config)
+    lock_timeout_s = seconds_from_env(env, LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S, WEIGHTS_LOCK_TIMEOUT)
+    user_args = parse_user_args(config.vllm_args if config is not None else None, request.extra_vllm_args,
+                                config_path=request.config_file)
     return LaunchRequest(
         model=ModelRequest(
             preset=request.preset, model=request.model, revision=request.revision,
-            served_model_name=request.served_model_name, catalog_dir=catalog_dir_of(request, env),
+            served_model_name=request.served_model_name, catalog_dir=catalog_dir,
             endpoint=endpoint, offline=offline, remote_code=user_args.remote_code, adapters_dir=request.adapters_dir,
         ),
         node=NodeRequest(request.sku, request.assume_gpus),
@@ -181,16 +185,14 @@ def settle_request(request: RuntimeRequest, env: Mapping[str, str]) -> LaunchReq
             request.rendezvous_timeout, request.peer_timeout, request.join, request.group_secret_file,
             request.max_restarts,
         ),
-        weights=WeightsRequest(
-            weights_dir=weights_dir_of(request, env), offline=offline, endpoint=endpoint, verify=request.verify_weights,
-            lock_timeout_s=seconds_from_env(env, LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_S, WEIGHTS_LOCK_TIMEOUT),
-        ),
+        weights=WeightsRequest(weights_dir=weights_dir, offline=offline, endpoint=endpoint,
+                               verify=request.verify_weights, lock_timeout_s=lock_timeout_s),
         serve=ServeRequest(
-            request.host, request.port, chat_template_dir_of(request, env), request.grace_seconds,
+            request.host, request.port, chat_template_dir, request.grace_seconds,
             request.ready_timeout, request.plan_report, request.metrics_port, not request.no_startup_http,
-            _kv_offload(request, config), not request.disable_rate_limit, request.inference_role,
+            kv_offload, not request.disable_rate_limit, request.inference_role,
         ),
-        overrides=with_user_sizes(request.overrides, user_args),
+        overrides=user_args.sized(request.overrides),
         user_args=user_args,
         credentials=resolve_credentials(env, request.token_file),
         env=dict(env),
@@ -224,23 +226,3 @@ def _kv_offload(request: RuntimeRequest, config: ConfigFile | None) -> float | N
         log.info("%s: kv_cache_cpu_memory_utilization %g replaces --kv-cache-cpu-memory-utilization %g",
                  request.config_file, wanted, request.kv_cache_cpu_memory_utilization)
     return wanted
-
-
-def with_user_sizes(overrides: PlanOverrides, user: UserArgs) -> PlanOverrides:
-    """The plan options with the sizes the user's vLLM flags set: vLLM gets them either way, so
-    the plan must agree (a TP size from there left the planned data-parallel size in place). The
-    batch budget and CUDA graphs change vLLM's non-KV memory: plan with what vLLM will get."""
-    sizes: dict[str, object] = {}
-    for flag, name in (("tensor-parallel-size", "tensor_parallel_size"), ("pipeline-parallel-size", "pipeline_parallel_size")):
-        value = user.last_value(flag)
-        if value is not None:
-            sizes[name] = int(value)
-    for flag, name in (("max-num-batched-tokens", "max_num_batched_tokens"), ("max-num-seqs", "max_num_seqs")):
-        value = user.last_value(flag)
-        number = parse_human_int(value) if value is not None else None
-        if number:
-            sizes[name] = number
-    eager = [a.name for a in user.args if a.name in ("enforce-eager", "no-enforce-eager")]
-    if eager and (eager[-1] == "enforce-eager") != overrides.enforce_eager:
-        sizes["enforce_eager"] = eager[-1] == "enforce-eager"
-    return replace(overrides, **sizes) if sizes else overrides

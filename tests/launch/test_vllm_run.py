@@ -179,3 +179,13 @@ def psutil_children():
     import psutil
 
     return [p for p in psutil.Process().children() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_clean_end_notes_no_cause_and_a_stop_that_ended_badly_says_how():
+    clean = SupervisorResult(exit_code=0, ready_after=None, tail=(), signal_received=None)
+    code, _ = _run(Watcher(), [clean])
+    assert code == 0 and termination.cause() is None
+    stopped = SupervisorResult(exit_code=137, ready_after=None, tail=(), signal_received=signal.SIGTERM)
+    code, _ = _run(Watcher(), [stopped])
+    assert code == 137
+    assert termination.cause().startswith("stopped by SIGTERM (vLLM ") and "stopped cleanly" not in termination.cause()
