@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,19 +209,27 @@ def secret_values(env: Mapping[str, str]) -> list[str]:
     sas = sas_from_file(env)
     if sas:
         found.append(sas)
-    for token in (env.get("AZURE_STORAGE_SAS_TOKEN"), sas):
-        # A client may log the request URL with the signature cut out: the rest of the token
-        # (expiry, permissions, resource) is masked too, and the signature on its own.
-        if token and "sig=" in token:
-            rest, _, tail = token.lstrip("?").partition("sig=")
-            found += [part for part in (rest.rstrip("&"), tail.partition("&")[0]) if part]
     key = connection_string_part(env, "AccountKey")
     if key:
         found.append(key)
-    sig = connection_string_part(env, "SharedAccessSignature")
-    if sig:
-        found.append(sig)
+    in_connection_string = connection_string_part(env, "SharedAccessSignature")
+    if in_connection_string:
+        found.append(in_connection_string)
+    for token in (env.get("AZURE_STORAGE_SAS_TOKEN"), sas, in_connection_string):
+        found += _sas_parts(token)
     return found
+
+
+def _sas_parts(token: str | None) -> list[str]:
+    """A client may log the request URL with the signature cut out, and re-encodes the query it
+    sends: the rest of the token (expiry, permissions, resource) is masked on its own, and so is
+    the signature, decoded too, so that its every encoding is masked (a '/' the token carries
+    as is goes out as %2F, which would leave the pieces between the slashes readable)."""
+    if not token or "sig=" not in token:
+        return []
+    rest, _, tail = token.lstrip("?").partition("sig=")
+    signature = tail.partition("&")[0]
+    return [part for part in (rest.rstrip("&"), signature, urllib.parse.unquote(signature)) if part]
 
 
 @dataclass(frozen=True)

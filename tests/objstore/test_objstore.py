@@ -648,3 +648,27 @@ def test_a_uri_with_a_query_or_fragment_is_refused_without_quoting_it(text):
     message = err.value.message
     assert err.value.exit_code == 2 and "SIGSECRET" not in message and "sig=" not in message
     assert "AZURE_STORAGE_SAS_TOKEN" in message and "STREAM_ENV_FILE" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("where", ["AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING"])
+def test_a_sas_signature_is_masked_however_a_client_re_encodes_it(where, monkeypatch):
+    """The Azure client sends (and urllib3 logs at debug) the SAS with its signature decoded and
+    quoted again: a '/' kept as is in the token goes out as %2F. Masking only the token's own form
+    left the pieces between the slashes readable in such a line."""
+    import urllib.parse
+
+    from kaito_runtime import secrets
+
+    monkeypatch.setattr(secrets, "_registry", set(secrets._registry))  # this test's registrations go with it
+    signature = "EfbwYFGvr//EZCbrKF/GLYHyFl/JoDeIzc9Gb+5TPSkM%3D"
+    token = f"se=2026-12-07T22%3A14%3A51Z&sp=rl&sv=2026-10-06&sr=c&sig={signature}"
+    env = ({where: token} if where == "AZURE_STORAGE_SAS_TOKEN"
+           else {where: f"BlobEndpoint=http://127.0.0.1:1/acct;SharedAccessSignature={token}"})
+    objstore.register_secrets(env)
+    sent = urllib.parse.quote(urllib.parse.unquote(signature), safe="")
+    assert "%2F" in sent and "%2B" in sent
+    line = f'"GET /acct/models?restype=container&comp=list&se=2026-12-07T22%3A14%3A51Z&sp=rl&sig={sent} HTTP/1.1" 200'
+    shown = secrets.redact(line)
+    for piece in ("EfbwYFGvr", "EZCbrKF", "GLYHyFl", "JoDeIzc9Gb", "5TPSkM"):
+        assert piece not in shown, shown
+    assert secrets.redact(f"?{token}") == f"?{secrets.MASK}"
